@@ -1,0 +1,217 @@
+//! Prefixed, sortable, random identifiers (`actor_01JD…`).
+//!
+//! An id is `<prefix>_<26 chars>`: 48 bits of milliseconds since the Unix epoch followed by 80
+//! random bits, in Crockford base32 (lower case). Ids therefore sort by creation time, which is
+//! what list cursors rely on, and cannot be guessed.
+
+use crate::clock::Timestamp;
+
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+/// Length of the encoded body after the prefix and underscore.
+pub const BODY_LEN: usize = 26;
+
+/// Encodes 128 bits as 26 Crockford base32 characters, most significant first.
+fn encode_u128(mut value: u128) -> String {
+    let mut out = [0u8; BODY_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value & 0x1f) as usize];
+        value >>= 5;
+    }
+    out.iter().map(|&b| b as char).collect()
+}
+
+/// Encodes arbitrary bytes as lower-case Crockford base32 without padding.
+pub fn base32_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 0x1f) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 0x1f) as usize] as char);
+    }
+    out
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+///
+/// The OS generator failing is not a condition the process can recover from safely (every
+/// secret would be weak), so this aborts loudly instead of returning an error.
+pub fn random_bytes(buf: &mut [u8]) {
+    if let Err(err) = getrandom::fill(buf) {
+        panic!("the operating system's random number generator failed: {err}");
+    }
+}
+
+/// A fresh id body for `now`: timestamp-ordered, 80 bits of randomness.
+pub fn new_body(now: Timestamp) -> String {
+    let mut random = [0u8; 10];
+    random_bytes(&mut random);
+    let mut value = u128::from(now.as_millis().max(0) as u64 & 0xffff_ffff_ffff) << 80;
+    for (i, byte) in random.iter().enumerate() {
+        value |= u128::from(*byte) << (8 * (9 - i));
+    }
+    encode_u128(value)
+}
+
+/// True when `body` is a well-formed encoded id body.
+pub fn is_valid_body(body: &str) -> bool {
+    body.len() == BODY_LEN
+        && body.bytes().all(|b| ALPHABET.contains(&b))
+        // The first character carries only 3 bits (128 = 26 * 5 - 2).
+        && body.as_bytes()[0] <= b'7'
+}
+
+/// The id was not `<prefix>_<26 base32 chars>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid {expected} id")]
+pub struct IdParseError {
+    pub expected: &'static str,
+}
+
+macro_rules! define_id {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with (before the underscore).
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new random id stamped with the current time.
+            pub fn generate() -> Self {
+                Self::generate_at($crate::clock::Timestamp::now())
+            }
+
+            /// A new random id stamped with `now`.
+            pub fn generate_at(now: $crate::clock::Timestamp) -> Self {
+                Self(format!("{}_{}", $prefix, $crate::id::new_body(now)))
+            }
+
+            /// Parses an id, checking its prefix and body.
+            pub fn parse(raw: &str) -> Result<Self, $crate::id::IdParseError> {
+                match raw.strip_prefix(concat!($prefix, "_")) {
+                    Some(body) if $crate::id::is_valid_body(body) => Ok(Self(raw.to_owned())),
+                    _ => Err($crate::id::IdParseError { expected: $prefix }),
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::id::IdParseError;
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                Self::parse(raw)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+define_id!(
+    /// A deployment: the tenant every other object belongs to.
+    DeploymentId,
+    "dep"
+);
+define_id!(
+    /// A backend secret key's record (not the key itself).
+    SecretKeyId,
+    "key"
+);
+define_id!(
+    /// Who an agent works for.
+    ActorId,
+    "actor"
+);
+define_id!(
+    /// An agent definition.
+    AgentId,
+    "agent"
+);
+define_id!(
+    /// An actor project: binds one actor and one agent.
+    ProjectId,
+    "proj"
+);
+define_id!(
+    /// A tool definition an agent may call.
+    ToolId,
+    "tool"
+);
+define_id!(
+    /// A request, for correlating logs and error reports.
+    RequestId,
+    "req"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_sort_by_time() {
+        let a = ActorId::generate_at(Timestamp::from_millis(1_000));
+        let b = ActorId::generate_at(Timestamp::from_millis(2_000));
+        assert!(a < b);
+        assert_eq!(ActorId::parse(a.as_str()), Ok(a.clone()));
+        assert!(a.as_str().starts_with("actor_"));
+        assert_eq!(a.as_str().len(), "actor_".len() + BODY_LEN);
+    }
+
+    #[test]
+    fn wrong_prefix_or_body_is_rejected() {
+        let a = ActorId::generate();
+        assert!(AgentId::parse(a.as_str()).is_err());
+        assert!(ActorId::parse("actor_").is_err());
+        assert!(ActorId::parse("actor_01jd0000000000000000000000x").is_err());
+        assert!(ActorId::parse("actor_ILLEGALCHARSILLEGALCHARS").is_err());
+        assert!(ActorId::parse("actor_8zzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn random_parts_differ() {
+        let now = Timestamp::from_millis(5);
+        assert_ne!(ActorId::generate_at(now), ActorId::generate_at(now));
+    }
+
+    #[test]
+    fn base32_encodes_known_values() {
+        assert_eq!(base32_encode(&[]), "");
+        assert_eq!(base32_encode(&[0xff]), "zw");
+        assert_eq!(base32_encode(&[0; 5]), "00000000");
+        assert_eq!(base32_encode(&[0xff; 32]).len(), 52);
+    }
+}

@@ -1,0 +1,35 @@
+//! Tessera's core vocabulary: ids, timestamps, secrets, validated values and the records the
+//! rest of the system stores and serves.
+//!
+//! Architecture invariant: this crate does no I/O. Its only ambient inputs are the system clock
+//! and the OS random generator (ids and secrets); everything else arrives as arguments.
+
+pub mod agent;
+pub mod clock;
+pub mod id;
+pub mod records;
+pub mod secret;
+pub mod validate;
+
+pub use clock::Timestamp;
+pub use id::{ActorId, AgentId, DeploymentId, ProjectId, RequestId, SecretKeyId, ToolId};
+pub use validate::ValidationError;
+
+/// The tenancy scope of a caller. Every storage operation takes one, so a query can only ever
+/// see the objects of the deployment the caller authenticated for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    deployment_id: DeploymentId,
+}
+
+impl Scope {
+    /// The scope of a deployment. Built by authentication (or by an operator command that
+    /// names the deployment explicitly), never from request input.
+    pub fn deployment(deployment_id: DeploymentId) -> Self {
+        Self { deployment_id }
+    }
+
+    pub fn deployment_id(&self) -> &DeploymentId {
+        &self.deployment_id
+    }
+}
