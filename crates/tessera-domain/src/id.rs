@@ -49,7 +49,14 @@ pub fn random_bytes(buf: &mut [u8]) {
     }
 }
 
+/// The last id value handed out by this process, to keep ids strictly increasing.
+static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+
 /// A fresh id body for `now`: timestamp-ordered, 80 bits of randomness.
+///
+/// Within one process ids are strictly increasing even when several are made in the same
+/// millisecond (the later one is the earlier one plus a random step), so ordering by id
+/// orders by creation.
 pub fn new_body(now: Timestamp) -> String {
     let mut random = [0u8; 10];
     random_bytes(&mut random);
@@ -57,6 +64,16 @@ pub fn new_body(now: Timestamp) -> String {
     for (i, byte) in random.iter().enumerate() {
         value |= u128::from(*byte) << (8 * (9 - i));
     }
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if value <= *last {
+        // Same (or an earlier, clock stepped back) millisecond: step forward by 1..2^32 so the
+        // id stays unpredictable while sorting after the previous one.
+        let step = u128::from(u32::from_be_bytes([
+            random[0], random[1], random[2], random[3],
+        ])) + 1;
+        value = last.saturating_add(step);
+    }
+    *last = value;
     encode_u128(value)
 }
 
@@ -199,6 +216,18 @@ mod tests {
         assert!(ActorId::parse("actor_01jd0000000000000000000000x").is_err());
         assert!(ActorId::parse("actor_ILLEGALCHARSILLEGALCHARS").is_err());
         assert!(ActorId::parse("actor_8zzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_still_increase() {
+        let now = Timestamp::from_millis(10_000_000);
+        let mut prev = ActorId::generate_at(now);
+        for _ in 0..1000 {
+            let next = ActorId::generate_at(now);
+            assert!(next > prev);
+            assert!(ActorId::parse(next.as_str()).is_ok());
+            prev = next;
+        }
     }
 
     #[test]

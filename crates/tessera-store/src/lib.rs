@@ -1,1 +1,389 @@
-//! placeholder
+//! Tessera's storage: use-case traits, with SQLite and PostgreSQL implementations.
+//!
+//! Architecture invariant: every method that touches tenant data takes the caller's [`Scope`]
+//! and filters on it in SQL, so an object of another deployment is indistinguishable from a
+//! missing one ([`StoreError::NotFound`]). Only the few operator methods documented as such
+//! (creating deployments, authenticating a key) work across deployments.
+//!
+//! Both backends share one SQL implementation (`sql.rs`, written once for both dialects) and
+//! differ only in connection set-up, transaction start and migrations. Timestamps are stored as
+//! integer milliseconds and JSON as text, so the schemas stay alike.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tessera_domain::agent::{Agent, AgentSpec};
+use tessera_domain::records::{
+    Actor, Deployment, NewActor, NewDeployment, NewProject, Project, ProjectStatus, SecretKeyRecord,
+};
+use tessera_domain::secret::SecretHash;
+use tessera_domain::validate::Label;
+use tessera_domain::{ActorId, AgentId, ProjectId, Scope, SecretKeyId, Timestamp};
+
+mod migrate;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use migrate::MigrationReport;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The kinds of object a lookup can fail to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Deployment,
+    SecretKey,
+    Actor,
+    Agent,
+    Project,
+    Tool,
+}
+
+/// State conflicts the caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    ActorExists,
+    AgentInUse,
+    ProjectArchived,
+    LastActiveKey,
+    DeploymentNameTaken,
+    /// An optimistic-concurrency check failed: the row changed since it was read.
+    StaleVersion,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Absent, or belonging to another deployment. `field` names the request field that held
+    /// the reference, when the id came from a request body or query.
+    #[error("{entity:?} not found")]
+    NotFound {
+        entity: Entity,
+        field: Option<&'static str>,
+        index: Option<usize>,
+    },
+    #[error("conflict: {0:?}")]
+    Conflict(Conflict),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+}
+
+impl StoreError {
+    pub fn not_found(entity: Entity) -> Self {
+        Self::NotFound {
+            entity,
+            field: None,
+            index: None,
+        }
+    }
+
+    pub fn not_found_at(entity: Entity, field: &'static str) -> Self {
+        Self::NotFound {
+            entity,
+            field: Some(field),
+            index: None,
+        }
+    }
+
+    pub fn not_found_in_list(entity: Entity, field: &'static str, index: usize) -> Self {
+        Self::NotFound {
+            entity,
+            field: Some(field),
+            index: Some(index),
+        }
+    }
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cursor {
+    #[default]
+    First,
+    /// Items strictly after this id.
+    After(String),
+    /// Items strictly before this id.
+    Before(String),
+}
+
+/// A page request. Lists are ordered by id, which orders them by creation time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Cursor,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 100;
+
+    pub fn first(limit: u32) -> Self {
+        Self {
+            limit,
+            cursor: Cursor::First,
+        }
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self::first(Self::DEFAULT_LIMIT)
+    }
+}
+
+/// One page of a list, in ascending id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// More items exist beyond this page in the direction of travel.
+    pub has_more: bool,
+}
+
+/// The storage form of a new secret key: only its hash and display prefix.
+#[derive(Debug, Clone)]
+pub struct NewSecretKey {
+    pub name: Label,
+    pub hash: SecretHash,
+    pub prefix: String,
+}
+
+/// A key that matched: the caller's scope and which key it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthenticatedKey {
+    pub scope: Scope,
+    pub key_id: SecretKeyId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActorFilter {
+    pub subject_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentFilter {
+    pub endpoint_slug: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectFilter {
+    pub actor_id: Option<ActorId>,
+    pub agent_id: Option<AgentId>,
+    pub status: Option<ProjectStatus>,
+}
+
+#[async_trait]
+pub trait DeploymentStore {
+    /// Operator: creates a deployment and its first secret key in one transaction.
+    async fn create_deployment(
+        &self,
+        new: &NewDeployment,
+        first_key: &NewSecretKey,
+    ) -> StoreResult<(Deployment, SecretKeyRecord)>;
+
+    /// Operator: creates deployment `default` with `first_key` only if no deployment exists yet.
+    /// Returns `None` when the database already had deployments (nothing is changed).
+    async fn bootstrap_deployment(
+        &self,
+        new: &NewDeployment,
+        first_key: &NewSecretKey,
+    ) -> StoreResult<Option<(Deployment, SecretKeyRecord)>>;
+
+    async fn get_deployment(&self, scope: &Scope) -> StoreResult<Deployment>;
+
+    /// Operator: finds a deployment by its id or name, across all deployments.
+    async fn find_deployment(&self, id_or_name: &str) -> StoreResult<Option<Deployment>>;
+}
+
+#[async_trait]
+pub trait KeyStore {
+    /// Resolves a presented key's hash to its deployment. Revoked keys do not match. This is
+    /// the one lookup that is not scoped: it is what establishes the scope.
+    async fn authenticate_key(
+        &self,
+        hash: &SecretHash,
+        now: Timestamp,
+    ) -> StoreResult<Option<AuthenticatedKey>>;
+
+    async fn create_key(&self, scope: &Scope, new: &NewSecretKey) -> StoreResult<SecretKeyRecord>;
+
+    async fn list_keys(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Page<SecretKeyRecord>>;
+
+    /// Revokes a key; revoking an already revoked key returns it unchanged. Refuses to revoke
+    /// the deployment's last active key ([`Conflict::LastActiveKey`]).
+    async fn revoke_key(&self, scope: &Scope, id: &SecretKeyId) -> StoreResult<SecretKeyRecord>;
+}
+
+#[async_trait]
+pub trait ActorStore {
+    /// Fails with [`Conflict::ActorExists`] when `(subject_type, external_key)` is taken.
+    async fn create_actor(&self, scope: &Scope, new: &NewActor) -> StoreResult<Actor>;
+
+    async fn get_actor(&self, scope: &Scope, id: &ActorId) -> StoreResult<Actor>;
+
+    async fn lookup_actor(
+        &self,
+        scope: &Scope,
+        subject_type: &str,
+        external_key: &str,
+    ) -> StoreResult<Option<Actor>>;
+
+    async fn list_actors(
+        &self,
+        scope: &Scope,
+        filter: &ActorFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Actor>>;
+}
+
+#[async_trait]
+pub trait AgentStore {
+    /// Checks that every referenced sub-agent and tool exists in the scope.
+    async fn create_agent(&self, scope: &Scope, spec: &AgentSpec) -> StoreResult<Agent>;
+
+    async fn get_agent(&self, scope: &Scope, id: &AgentId) -> StoreResult<Agent>;
+
+    async fn list_agents(
+        &self,
+        scope: &Scope,
+        filter: &AgentFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Agent>>;
+
+    /// Replaces the spec if the stored version is still `expected_version`
+    /// ([`Conflict::StaleVersion`] otherwise).
+    async fn update_agent(
+        &self,
+        scope: &Scope,
+        id: &AgentId,
+        expected_version: i64,
+        spec: &AgentSpec,
+    ) -> StoreResult<Agent>;
+
+    /// Deletes an agent no active project uses ([`Conflict::AgentInUse`] otherwise).
+    async fn delete_agent(&self, scope: &Scope, id: &AgentId) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait ProjectStore {
+    /// The actor and agent must exist in the scope.
+    async fn create_project(&self, scope: &Scope, new: &NewProject) -> StoreResult<Project>;
+
+    async fn get_project(&self, scope: &Scope, id: &ProjectId) -> StoreResult<Project>;
+
+    async fn list_projects(
+        &self,
+        scope: &Scope,
+        filter: &ProjectFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Project>>;
+
+    /// Archives a project; archiving an archived project returns it unchanged.
+    async fn archive_project(&self, scope: &Scope, id: &ProjectId) -> StoreResult<Project>;
+}
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}
+
+/// Everything the server needs from storage.
+#[async_trait]
+pub trait Store:
+    DeploymentStore + KeyStore + ActorStore + AgentStore + ProjectStore + Send + Sync + 'static
+{
+    fn backend(&self) -> Backend;
+
+    /// Round-trips a trivial query (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Closes the pools, waiting for connections in use to be returned.
+    async fn close(&self);
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// SQLite `synchronous`: `full` makes every commit durable against power loss, `normal`
+    /// only against a process crash (faster).
+    pub sqlite_synchronous_full: bool,
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            sqlite_synchronous_full: true,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the database named by `url` (`sqlite://…` or `postgres://…`) and applies pending
+/// migrations.
+pub async fn open(url: &str, options: &ConnectOptions) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url, options).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PgStore::connect(url, options).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::InvalidUrl(
+            "expected a sqlite:// or postgres:// url".to_owned(),
+        ))
+    }
+}
+
+/// Applies pending migrations without keeping the store open; returns what was applied.
+pub async fn migrate(url: &str, options: &ConnectOptions) -> StoreResult<MigrationReport> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url, options).await?;
+        let report = store.migrate().await;
+        store.close_pools().await;
+        report
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PgStore::connect(url, options).await?;
+        let report = store.migrate().await;
+        store.close_pools().await;
+        report
+    } else {
+        Err(StoreError::InvalidUrl(
+            "expected a sqlite:// or postgres:// url".to_owned(),
+        ))
+    }
+}

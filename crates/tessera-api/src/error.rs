@@ -1,0 +1,98 @@
+//! The one error body and the one table of stable error codes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every non-2xx response carries this body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case code from the error table; match on this, not on `message`.
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+    /// The request field (dotted path, `[i]` for list items) or parameter at fault, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Correlates this answer with the server's logs (`X-Request-Id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+macro_rules! error_codes {
+    ($($variant:ident => ($status:literal, $code:literal, $doc:literal),)*) => {
+        /// Stable error codes. The HTTP status of each is fixed by this table.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub const fn status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $doc,)* }
+            }
+
+            pub fn from_code(code: &str) -> Option<Self> {
+                match code { $($code => Some(ErrorCode::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedJson => (400, "malformed_json", "The request body is not valid JSON."),
+    InvalidParameter => (400, "invalid_parameter", "A query parameter or header has a wrong type or value (`field` names it)."),
+    Unauthorized => (401, "unauthorized", "Credentials are missing, unknown or revoked."),
+    RouteNotFound => (404, "route_not_found", "No operation exists at this path."),
+    ActorNotFound => (404, "actor_not_found", "No actor with this id exists in the caller's deployment."),
+    AgentNotFound => (404, "agent_not_found", "No agent with this id exists in the caller's deployment."),
+    ProjectNotFound => (404, "project_not_found", "No actor project with this id exists in the caller's deployment."),
+    SecretKeyNotFound => (404, "secret_key_not_found", "No secret key with this id exists in the caller's deployment."),
+    ToolNotFound => (404, "tool_not_found", "A referenced tool does not exist in the caller's deployment."),
+    MethodNotAllowed => (405, "method_not_allowed", "The path exists but not with this HTTP method."),
+    ActorExists => (409, "actor_exists", "An actor with this (subject_type, external_key) already exists."),
+    AgentInUse => (409, "agent_in_use", "The agent is still used by an active project; archive the projects first."),
+    ProjectArchived => (409, "project_archived", "The project is archived and cannot be changed."),
+    LastActiveKey => (409, "last_active_key", "Revoking this key would leave the deployment without an active secret key."),
+    ConcurrentUpdate => (409, "concurrent_update", "The object changed while this request was applied; retry it."),
+    PayloadTooLarge => (413, "payload_too_large", "The request body exceeds the size limit."),
+    UnsupportedMediaType => (415, "unsupported_media_type", "The request body must be `application/json`."),
+    ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
+    RateLimited => (429, "rate_limited", "Too many requests; retry after the `Retry-After` seconds."),
+    Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),
+    Unavailable => (503, "unavailable", "A dependency (the database) is not reachable."),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
+            assert!(code
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert_eq!(ErrorCode::from_code(code.as_str()), Some(*code));
+            assert!((400..600).contains(&code.status()));
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The operation table: every operation's SPEC operationId, HTTP method and path template.
+//!
+//! The server's OpenAPI document is tested against this table, and the SDK builds its requests
+//! from it, so the three cannot drift apart.
+
+/// One API operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    pub id: &'static str,
+    pub method: &'static str,
+    /// Path template with `{name}` placeholders.
+    pub path: &'static str,
+}
+
+macro_rules! operations {
+    ($($konst:ident = ($id:literal, $method:literal, $path:literal);)*) => {
+        $(pub const $konst: Operation = Operation { id: $id, method: $method, path: $path };)*
+        /// Every operation, in documentation order.
+        pub const ALL: &[Operation] = &[$($konst,)*];
+    };
+}
+
+operations! {
+    GET_CURRENT_DEPLOYMENT = ("getCurrentDeployment", "GET", "/deployments/current");
+    CREATE_SECRET_KEY = ("createSecretKey", "POST", "/secret-keys");
+    LIST_SECRET_KEYS = ("listSecretKeys", "GET", "/secret-keys");
+    REVOKE_SECRET_KEY = ("revokeSecretKey", "POST", "/secret-keys/{key_id}/revoke");
+    CREATE_ACTOR = ("createActor", "POST", "/ai/actors");
+    LIST_ACTORS = ("listActors", "GET", "/ai/actors");
+    LOOKUP_ACTOR = ("lookupActor", "GET", "/ai/actors/lookup");
+    GET_ACTOR = ("getActor", "GET", "/ai/actors/{actor_id}");
+    CREATE_AI_AGENT = ("createAiAgent", "POST", "/ai/agents");
+    LIST_AI_AGENTS = ("listAiAgents", "GET", "/ai/agents");
+    GET_AI_AGENT_BY_ID = ("getAiAgentById", "GET", "/ai/agents/{agent_id}");
+    UPDATE_AI_AGENT = ("updateAiAgent", "PATCH", "/ai/agents/{agent_id}");
+    DELETE_AI_AGENT = ("deleteAiAgent", "DELETE", "/ai/agents/{agent_id}");
+    CREATE_ACTOR_PROJECT_FLAT = ("createActorProjectFlat", "POST", "/ai/actor-projects");
+    LIST_ACTOR_PROJECTS = ("listActorProjects", "GET", "/ai/actor-projects");
+    GET_ACTOR_PROJECT = ("getActorProject", "GET", "/ai/actor-projects/{project_id}");
+    ARCHIVE_ACTOR_PROJECT = ("archiveActorProject", "POST", "/ai/actor-projects/{project_id}/archive");
+}
+
+/// Finds an operation by its operationId.
+pub fn by_id(id: &str) -> Option<Operation> {
+    ALL.iter().copied().find(|op| op.id == id)
+}
+
+impl Operation {
+    /// The path with each `{name}` replaced by the percent-encoded value from `params`.
+    /// Returns the first placeholder that has no value as the error.
+    pub fn fill_path<'a>(
+        &self,
+        mut params: impl FnMut(&str) -> Option<&'a str>,
+    ) -> Result<String, String> {
+        let mut out = String::with_capacity(self.path.len() + 32);
+        let mut rest = self.path;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            let name = &rest[start + 1..start + end];
+            let value = params(name).ok_or_else(|| name.to_owned())?;
+            out.push_str(&encode_path_segment(value));
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Names of the `{placeholders}` in the path template.
+    pub fn path_params(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        let mut rest = self.path;
+        while let Some(start) = rest.find('{') {
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            names.push(&rest[start + 1..start + end]);
+            rest = &rest[start + end + 1..];
+        }
+        names
+    }
+}
+
+/// Percent-encodes everything outside RFC 3986's unreserved set.
+pub fn encode_path_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for op in ALL {
+            assert!(seen.insert(op.id), "duplicate {}", op.id);
+            assert!(seen.insert(op.path) || ALL.iter().filter(|o| o.path == op.path).count() > 1);
+        }
+    }
+
+    #[test]
+    fn fills_and_encodes_path_params() {
+        let path = GET_AI_AGENT_BY_ID
+            .fill_path(|n| (n == "agent_id").then_some("a/b c"))
+            .unwrap();
+        assert_eq!(path, "/ai/agents/a%2Fb%20c");
+        assert_eq!(
+            GET_AI_AGENT_BY_ID.fill_path(|_| None).unwrap_err(),
+            "agent_id"
+        );
+        assert_eq!(ARCHIVE_ACTOR_PROJECT.path_params(), vec!["project_id"]);
+    }
+}

@@ -1,0 +1,118 @@
+//! The PostgreSQL backend, for running several `tessera serve` nodes on one database.
+//!
+//! Nodes coordinate only through the database: schema changes and the first-start bootstrap
+//! take transaction-scoped advisory locks so that concurrent starts do the work once.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::migrate::{self, MigrationReport};
+use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
+
+/// Advisory lock keys (arbitrary constants, unique within Tessera).
+const MIGRATION_LOCK: i64 = 0x7465_7373_0001;
+const BOOTSTRAP_LOCK: i64 = 0x7465_7373_0002;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.busy_timeout.max(std::time::Duration::from_secs(5)))
+            .connect_with(connect)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub(crate) async fn lock_bootstrap(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(BOOTSTRAP_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies pending migrations in one transaction (PostgreSQL DDL is transactional).
+    pub async fn migrate(&self) -> StoreResult<MigrationReport> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(migrate::CREATE_TABLE).execute(&mut *tx).await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM tessera_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            current_version: applied.iter().map(|(v, _)| *v).max().unwrap_or(0),
+        };
+        for m in migrate::pending(migrate::POSTGRES, &applied)? {
+            sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
+                StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
+            })?;
+            sqlx::query(
+                "INSERT INTO tessera_migrations (version, name, checksum, applied_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(m.checksum())
+            .bind(tessera_domain::Timestamp::now().as_millis())
+            .execute(&mut *tx)
+            .await?;
+            report.applied.push((m.version, m.name));
+            report.current_version = m.version;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    pub(crate) async fn close_pools(&self) {
+        self.pool.close().await;
+    }
+}
+
+crate::sql::impl_sql_store!(PgStore, Postgres);
+
+#[async_trait::async_trait]
+impl crate::Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+        }
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

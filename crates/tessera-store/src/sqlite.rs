@@ -1,0 +1,138 @@
+//! The SQLite backend: one embedded database file in WAL mode.
+//!
+//! Writes go through a single-connection pool and start with `BEGIN IMMEDIATE`, so a
+//! read-then-write transaction takes the write lock up front and never fails to upgrade; reads
+//! use a separate pool and run concurrently with the writer (WAL).
+
+use std::str::FromStr;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::migrate::{self, MigrationReport};
+use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
+
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its directory) the database file named by `url`.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let path = base.get_filename().to_owned();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::InvalidUrl(
+                "in-memory SQLite is not supported; name a database file".to_owned(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::InvalidUrl(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let connect = base
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.sqlite_synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        // The writer is opened first so that it creates the file before readers open it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(connect)
+            .await?;
+        Ok(Self { reader, writer })
+    }
+
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    pub(crate) async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// `BEGIN IMMEDIATE` already serialises writers; nothing more to lock.
+    pub(crate) async fn lock_bootstrap(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Applies pending migrations in one write transaction.
+    pub async fn migrate(&self) -> StoreResult<MigrationReport> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(migrate::CREATE_TABLE).execute(&mut *tx).await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM tessera_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            current_version: applied.iter().map(|(v, _)| *v).max().unwrap_or(0),
+        };
+        for m in migrate::pending(migrate::SQLITE, &applied)? {
+            sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
+                StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
+            })?;
+            sqlx::query(
+                "INSERT INTO tessera_migrations (version, name, checksum, applied_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(m.checksum())
+            .bind(tessera_domain::Timestamp::now().as_millis())
+            .execute(&mut *tx)
+            .await?;
+            report.applied.push((m.version, m.name));
+            report.current_version = m.version;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    pub(crate) async fn close_pools(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+crate::sql::impl_sql_store!(SqliteStore, Sqlite);
+
+#[async_trait::async_trait]
+impl crate::Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.reader.size() + self.writer.size(),
+            idle: (self.reader.num_idle() + self.writer.num_idle()) as u32,
+        }
+    }
+
+    async fn close(&self) {
+        self.close_pools().await;
+    }
+}

@@ -1,0 +1,122 @@
+//! Test support: a fresh, isolated database per test, on SQLite always and on PostgreSQL when
+//! `TESSERA_TEST_POSTGRES_URL` is set.
+//!
+//! Each PostgreSQL test gets its own schema (selected through the connection's `search_path`),
+//! so tests run in parallel without colliding. When the variable is set the database is
+//! mandatory: an unreachable server fails the test instead of skipping it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::Connection;
+
+/// The environment variable naming the PostgreSQL server used by the test suites.
+pub const POSTGRES_ENV: &str = "TESSERA_TEST_POSTGRES_URL";
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    /// URL to hand to `tessera_store::open` or `tessera serve --database-url`.
+    pub url: String,
+    backend: crate::Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDatabase {
+    /// A new SQLite file in a temporary directory removed on drop.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+        Self {
+            url,
+            backend: crate::Backend::Sqlite,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A new schema on the PostgreSQL server of `TESSERA_TEST_POSTGRES_URL`, or `None` when the
+    /// variable is unset. Panics when it is set but the server cannot be used.
+    pub async fn postgres() -> Option<Self> {
+        let admin = std::env::var(POSTGRES_ENV).ok().filter(|v| !v.is_empty())?;
+        let schema = format!(
+            "tessera_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            tessera_domain::Timestamp::now().as_millis() % 1_000_000
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but PostgreSQL is unreachable: {e}"));
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test schema {schema}: {e}"));
+        let _ = conn.close().await;
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{sep}options=-c%20search_path%3D{schema}");
+        Some(Self {
+            url,
+            backend: crate::Backend::Postgres,
+            _dir: None,
+            pg: Some((admin, schema)),
+        })
+    }
+
+    pub fn backend(&self) -> crate::Backend {
+        self.backend
+    }
+
+    /// Drops the PostgreSQL schema (call at the end of a passing test; a failing test leaves
+    /// it for inspection). SQLite files go with the temporary directory.
+    pub async fn cleanup(self) {
+        if let Some((admin, schema)) = &self.pg {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            }
+        }
+    }
+}
+
+/// Runs `body` once per available backend, each on a fresh database. Prints a skip notice for
+/// PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is unset.
+///
+/// ```ignore
+/// backend_tests!(my_suite; creates_actor, lists_actors);
+/// async fn creates_actor(db: &TestDatabase) { … }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::testing::TestDatabase::sqlite();
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::testing::TestDatabase::postgres().await else {
+                        eprintln!(
+                            "skipped: {} is not set, PostgreSQL test not run",
+                            $crate::testing::POSTGRES_ENV
+                        );
+                        return;
+                    };
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
