@@ -1,1 +1,207 @@
-//! placeholder
+//! Tessera's HTTP server: routing, authentication, error mapping, OpenAPI and observability.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP. Handlers are thin: they
+//! parse the request into domain values (rejecting bad input with a 4xx naming the field), call
+//! the store with the caller's scope, and map the result to wire types. Status codes come from
+//! the one error table in `tessera-api`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tessera_domain::records::Deployment;
+use tessera_domain::secret::PlainSecret;
+use tessera_store::Store;
+use tokio::net::TcpListener;
+
+mod auth;
+mod bootstrap;
+pub mod config;
+mod convert;
+mod error;
+mod extract;
+mod observe;
+mod openapi;
+mod routes;
+
+pub use config::{Config, LogFormat, Overrides, Secret};
+pub use openapi::openapi_document;
+
+/// What handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<observe::Metrics>,
+}
+
+/// What the first start on an empty database created.
+pub struct Bootstrapped {
+    pub deployment: Deployment,
+    /// The generated secret key, to print once. `None` when the operator supplied it through
+    /// `TESSERA_BOOTSTRAP_SECRET_KEY` (they already know it).
+    pub secret_key: Option<PlainSecret>,
+}
+
+/// A server bound to its listener and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Arc<dyn Store>,
+    public_url: String,
+    shutdown_timeout: Duration,
+    bootstrapped: Option<Bootstrapped>,
+}
+
+impl Application {
+    /// Opens and migrates the database, creates deployment `default` on an empty database,
+    /// binds the listener (port 0 picks a free port) and assembles the routes.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = tessera_store::open(&config.database_url, &config.connect_options())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the database {}",
+                    redact_url(&config.database_url)
+                )
+            })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let public_url = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{local_addr}"),
+        };
+        let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
+        let state = AppState {
+            store: store.clone(),
+            metrics: Arc::new(observe::Metrics::new()),
+        };
+        let router = routes::router(state, config.max_body_bytes);
+        Ok(Self {
+            listener,
+            router,
+            store,
+            public_url,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
+            bootstrapped,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The public origin (configured, or `http://` + the bound address).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// The database backend in use (`sqlite` or `postgres`).
+    pub fn backend(&self) -> &'static str {
+        self.store.backend().as_str()
+    }
+
+    /// Set when this start created deployment `default`.
+    pub fn bootstrapped(&self) -> Option<&Bootstrapped> {
+        self.bootstrapped.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections, lets in-flight
+    /// requests finish (up to the configured timeout) and closes the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let serve = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful);
+        let timeout = self.shutdown_timeout;
+        let drained = async move {
+            // Only starts counting once shutdown was requested.
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serve => result.context("server error")?,
+            () = drained => tracing::warn!(
+                timeout_seconds = timeout.as_secs(),
+                "in-flight requests did not finish in time; stopping anyway"
+            ),
+        }
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// A database URL with any password replaced, safe to print.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+}

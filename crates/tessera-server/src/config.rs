@@ -1,0 +1,258 @@
+//! Server configuration, layered: defaults → `tessera.toml` → `TESSERA_*` environment → flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The default database: an embedded SQLite file next to where the server starts.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./tessera-data/tessera.db";
+/// The configuration file read when present (or the one `--config` names).
+pub const DEFAULT_CONFIG_FILE: &str = "tessera.toml";
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit survives power loss (default).
+    Full,
+    /// Commits survive a process crash; the last ones may be lost on power loss. Faster.
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Connections per pool.
+    pub max_connections: u32,
+    /// How long a statement waits for a lock before failing, in milliseconds.
+    pub busy_timeout_ms: u64,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            busy_timeout_ms: 5_000,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// Everything `tessera serve` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:8080`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Public origin clients reach the server at; defaults to `http://{listen}`. Used as the
+    /// default deployment's backend and frontend host, and in printed URLs.
+    pub public_url: Option<String>,
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub database_url: String,
+    pub database: DatabaseConfig,
+    pub log_format: LogFormat,
+    /// Log filter: a level (`info`) or per-target levels (`warn,tessera_server=debug`).
+    pub log_level: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_timeout_seconds: u64,
+    /// The first secret key of deployment `default`, instead of a generated one (automation).
+    /// Read from `TESSERA_BOOTSTRAP_SECRET_KEY`.
+    pub bootstrap_secret_key: Option<Secret>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database: DatabaseConfig::default(),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            max_body_bytes: 1024 * 1024,
+            shutdown_timeout_seconds: 30,
+            bootstrap_secret_key: None,
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers in force.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Environment variables that belong to tools around the server, not to its configuration.
+const NOT_CONFIG: &[&str] = &["URL", "API_KEY", "TEST_POSTGRES_URL", "REQUIRE_BROWSER"];
+
+impl Config {
+    /// Loads the layers. `file` is the configuration file to read; when it is `None`,
+    /// `tessera.toml` in the working directory is read if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.exists(),
+                    "configuration file {} does not exist",
+                    path.display()
+                );
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("TESSERA_").ignore(NOT_CONFIG).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.public_url {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "public_url must start with http:// or https:// (got {url:?})"
+            );
+        }
+        anyhow::ensure!(
+            self.max_body_bytes >= 1024,
+            "max_body_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.database.max_connections >= 1,
+            "database.max_connections must be at least 1"
+        );
+        if let Some(key) = &self.bootstrap_secret_key {
+            tessera_domain::secret::validate_operator_secret_key(key.expose())
+                .map_err(|e| anyhow::anyhow!("TESSERA_BOOTSTRAP_SECRET_KEY {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The public origin without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Storage connection settings derived from this configuration.
+    pub fn connect_options(&self) -> tessera_store::ConnectOptions {
+        tessera_store::ConnectOptions {
+            max_connections: self.database.max_connections,
+            sqlite_synchronous_full: self.database.sqlite_synchronous == SqliteSynchronous::Full,
+            busy_timeout: std::time::Duration::from_millis(self.database.busy_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tessera.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                log_level = "debug"
+                [database]
+                max_connections = 3
+                "#,
+            )?;
+            jail.set_env("TESSERA_LOG_LEVEL", "warn");
+            jail.set_env("TESSERA_DATABASE__BUSY_TIMEOUT_MS", "100");
+            jail.set_env("TESSERA_API_KEY", "not-config");
+            let config = Config::load(
+                None,
+                &Overrides {
+                    database_url: Some("sqlite://x.db".into()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.log_level, "warn");
+            assert_eq!(config.database.max_connections, 3);
+            assert_eq!(config.database.busy_timeout_ms, 100);
+            assert_eq!(config.database_url, "sqlite://x.db");
+            assert_eq!(config.public_url(), "http://127.0.0.1:9000");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn weak_bootstrap_keys_and_bad_urls_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESSERA_BOOTSTRAP_SECRET_KEY", "tsk_short");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("BOOTSTRAP_SECRET_KEY"));
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESSERA_PUBLIC_URL", "example.com");
+            assert!(Config::load(None, &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = Config {
+            bootstrap_secret_key: Some(Secret::new("tsk_supersecret")),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("supersecret"));
+    }
+}

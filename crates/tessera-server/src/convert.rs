@@ -1,0 +1,326 @@
+//! Conversions at the API edge: wire requests into validated domain values (errors name the
+//! field as the client sent it) and stored records into wire responses.
+
+use tessera_api as api;
+use tessera_domain::agent::{
+    Agent, AgentLimits, AgentSpec, ApprovalRule, ModelRef, MultitaskPolicy,
+};
+use tessera_domain::records::{
+    Actor, Deployment, NewActor, NewProject, Project, ProjectStatus, SecretKeyRecord,
+};
+use tessera_domain::validate::{
+    parse_list, CapabilityTag, Description, EndpointSlug, ExternalKey, Label, Metadata, ModelName,
+    ProviderName, SubjectType, ToolPattern,
+};
+use tessera_domain::{ActorId, AgentId, Timestamp, ToolId, ValidationError};
+use tessera_store::Page;
+
+fn ts(t: Timestamp) -> String {
+    t.to_rfc3339()
+}
+
+// --- requests → domain ------------------------------------------------------------------------
+
+pub(crate) fn new_actor(req: api::CreateActorRequest) -> Result<NewActor, ValidationError> {
+    Ok(NewActor {
+        subject_type: SubjectType::parse("subject_type", req.subject_type)?,
+        external_key: ExternalKey::parse("external_key", req.external_key)?,
+        display_name: req
+            .display_name
+            .map(|n| Label::parse("display_name", n))
+            .transpose()?,
+        metadata: match req.metadata {
+            Some(value) => Metadata::parse("metadata", value)?,
+            None => Metadata::empty(),
+        },
+    })
+}
+
+fn model_field(req: api::ModelConfig) -> Result<ModelRef, ValidationError> {
+    // Name/provider errors arise before `ModelRef::new`; re-root them too.
+    let provider = ProviderName::parse("provider", req.provider).map_err(|e| e.under("model"))?;
+    let name = ModelName::parse("model", req.model).map_err(|e| e.under("model"))?;
+    ModelRef::new(provider, name, req.temperature, req.max_output_tokens)
+        .map_err(|e| e.under("model"))
+}
+
+fn limits(req: api::AgentLimits) -> Result<AgentLimits, ValidationError> {
+    AgentLimits::new(
+        req.max_iterations,
+        req.token_budget,
+        req.run_timeout_seconds,
+    )
+    .map_err(|e| e.under("limits"))
+}
+
+fn multitask(policy: api::MultitaskPolicy) -> MultitaskPolicy {
+    match policy {
+        api::MultitaskPolicy::Enqueue => MultitaskPolicy::Enqueue,
+        api::MultitaskPolicy::Reject => MultitaskPolicy::Reject,
+        api::MultitaskPolicy::Interrupt => MultitaskPolicy::Interrupt,
+    }
+}
+
+fn ids<T: PartialEq>(
+    field: &str,
+    raw: Vec<String>,
+    max: usize,
+    parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
+) -> Result<Vec<T>, ValidationError> {
+    parse_list(field, raw, max, |f, v| {
+        parse(&v).map_err(|e| ValidationError::new(f, e.to_string()))
+    })
+}
+
+fn approval_rules(raw: Vec<api::ApprovalRule>) -> Result<Vec<ApprovalRule>, ValidationError> {
+    if raw.len() > AgentSpec::MAX_APPROVAL_RULES {
+        return Err(ValidationError::new(
+            "approval_rules",
+            format!("must have at most {} items", AgentSpec::MAX_APPROVAL_RULES),
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            Ok(ApprovalRule {
+                tool: ToolPattern::parse(&format!("approval_rules[{i}].tool"), rule.tool)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn agent_spec(req: api::CreateAgentRequest) -> Result<AgentSpec, ValidationError> {
+    let spec = AgentSpec {
+        name: Label::parse("name", req.name)?,
+        description: Description::parse("description", req.description.unwrap_or_default())?,
+        model: req.model.map(model_field).transpose()?,
+        tool_ids: ids(
+            "tool_ids",
+            req.tool_ids.unwrap_or_default(),
+            AgentSpec::MAX_TOOLS,
+            ToolId::parse,
+        )?,
+        sub_agent_ids: ids(
+            "sub_agent_ids",
+            req.sub_agent_ids.unwrap_or_default(),
+            AgentSpec::MAX_SUB_AGENTS,
+            AgentId::parse,
+        )?,
+        capability_tags: parse_list(
+            "capability_tags",
+            req.capability_tags.unwrap_or_default(),
+            AgentSpec::MAX_CAPABILITY_TAGS,
+            CapabilityTag::parse,
+        )?,
+        endpoint_slug: req
+            .endpoint_slug
+            .map(|s| EndpointSlug::parse("endpoint_slug", s))
+            .transpose()?,
+        approval_rules: approval_rules(req.approval_rules.unwrap_or_default())?,
+        limits: limits(req.limits.unwrap_or_default())?,
+        multitask: req.multitask.map(multitask).unwrap_or_default(),
+    };
+    spec.check(None)?;
+    Ok(spec)
+}
+
+/// Applies a PATCH to a stored spec; the result is validated as a whole.
+pub(crate) fn patch_agent_spec(
+    id: &AgentId,
+    mut spec: AgentSpec,
+    req: api::UpdateAgentRequest,
+) -> Result<AgentSpec, ValidationError> {
+    if let Some(name) = req.name {
+        spec.name = Label::parse("name", name)?;
+    }
+    if let Some(description) = req.description {
+        spec.description = Description::parse("description", description)?;
+    }
+    if let Some(m) = req.model {
+        spec.model = m.map(model_field).transpose()?;
+    }
+    if let Some(tool_ids) = req.tool_ids {
+        spec.tool_ids = ids("tool_ids", tool_ids, AgentSpec::MAX_TOOLS, ToolId::parse)?;
+    }
+    if let Some(sub) = req.sub_agent_ids {
+        spec.sub_agent_ids = ids(
+            "sub_agent_ids",
+            sub,
+            AgentSpec::MAX_SUB_AGENTS,
+            AgentId::parse,
+        )?;
+    }
+    if let Some(tags) = req.capability_tags {
+        spec.capability_tags = parse_list(
+            "capability_tags",
+            tags,
+            AgentSpec::MAX_CAPABILITY_TAGS,
+            CapabilityTag::parse,
+        )?;
+    }
+    if let Some(slug) = req.endpoint_slug {
+        spec.endpoint_slug = slug
+            .map(|s| EndpointSlug::parse("endpoint_slug", s))
+            .transpose()?;
+    }
+    if let Some(rules) = req.approval_rules {
+        spec.approval_rules = approval_rules(rules)?;
+    }
+    if let Some(l) = req.limits {
+        spec.limits = limits(l)?;
+    }
+    if let Some(m) = req.multitask {
+        spec.multitask = multitask(m);
+    }
+    spec.check(Some(id))?;
+    Ok(spec)
+}
+
+pub(crate) fn new_project(
+    actor_id: ActorId,
+    req: api::CreateActorProjectRequest,
+) -> Result<NewProject, ValidationError> {
+    Ok(NewProject {
+        actor_id,
+        agent_id: AgentId::parse(&req.agent_id)
+            .map_err(|e| ValidationError::new("agent_id", e.to_string()))?,
+        name: Label::parse("name", req.name)?,
+    })
+}
+
+// --- records → responses ----------------------------------------------------------------------
+
+pub(crate) fn deployment(d: Deployment) -> api::Deployment {
+    api::Deployment {
+        id: d.id.into_string(),
+        name: d.name,
+        backend_host: d.backend_host,
+        frontend_host: d.frontend_host,
+        created_at: ts(d.created_at),
+    }
+}
+
+pub(crate) fn secret_key(k: SecretKeyRecord) -> api::SecretKey {
+    api::SecretKey {
+        id: k.id.into_string(),
+        name: k.name,
+        prefix: k.prefix,
+        created_at: ts(k.created_at),
+        last_used_at: k.last_used_at.map(ts),
+        revoked_at: k.revoked_at.map(ts),
+    }
+}
+
+pub(crate) fn actor(a: Actor) -> api::Actor {
+    api::Actor {
+        id: a.id.into_string(),
+        subject_type: a.subject_type,
+        external_key: a.external_key,
+        display_name: a.display_name,
+        metadata: a.metadata,
+        created_at: ts(a.created_at),
+    }
+}
+
+pub(crate) fn agent(a: Agent) -> api::Agent {
+    let s = a.spec;
+    api::Agent {
+        id: a.id.into_string(),
+        name: s.name.into_string(),
+        description: s.description.into_string(),
+        model: s.model.map(|m| api::ModelConfig {
+            provider: m.provider.into_string(),
+            model: m.model.into_string(),
+            temperature: m.temperature,
+            max_output_tokens: m.max_output_tokens,
+        }),
+        tool_ids: s.tool_ids.into_iter().map(ToolId::into_string).collect(),
+        sub_agent_ids: s
+            .sub_agent_ids
+            .into_iter()
+            .map(AgentId::into_string)
+            .collect(),
+        capability_tags: s
+            .capability_tags
+            .into_iter()
+            .map(CapabilityTag::into_string)
+            .collect(),
+        endpoint_slug: s.endpoint_slug.map(EndpointSlug::into_string),
+        approval_rules: s
+            .approval_rules
+            .into_iter()
+            .map(|r| api::ApprovalRule {
+                tool: r.tool.into_string(),
+            })
+            .collect(),
+        limits: api::AgentLimits {
+            max_iterations: Some(s.limits.max_iterations),
+            token_budget: s.limits.token_budget,
+            run_timeout_seconds: Some(s.limits.run_timeout_seconds),
+        },
+        multitask: match s.multitask {
+            MultitaskPolicy::Enqueue => api::MultitaskPolicy::Enqueue,
+            MultitaskPolicy::Reject => api::MultitaskPolicy::Reject,
+            MultitaskPolicy::Interrupt => api::MultitaskPolicy::Interrupt,
+        },
+        created_at: ts(a.created_at),
+        updated_at: ts(a.updated_at),
+    }
+}
+
+pub(crate) fn project(p: Project) -> api::ActorProject {
+    api::ActorProject {
+        id: p.id.into_string(),
+        actor_id: p.actor_id.into_string(),
+        agent_id: p.agent_id.into_string(),
+        name: p.name,
+        status: match p.status {
+            ProjectStatus::Active => api::ProjectStatus::Active,
+            ProjectStatus::Archived => api::ProjectStatus::Archived,
+        },
+        created_at: ts(p.created_at),
+        archived_at: p.archived_at.map(ts),
+    }
+}
+
+pub(crate) fn project_status(s: api::ProjectStatus) -> ProjectStatus {
+    match s {
+        api::ProjectStatus::Active => ProjectStatus::Active,
+        api::ProjectStatus::Archived => ProjectStatus::Archived,
+    }
+}
+
+/// The parts of a list response: items plus paging hints.
+pub(crate) struct ListParts<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+}
+
+pub(crate) fn list<R, T>(page: Page<R>, map: fn(R) -> T, id_of: fn(&T) -> &str) -> ListParts<T> {
+    let data: Vec<T> = page.items.into_iter().map(map).collect();
+    ListParts {
+        first_id: data.first().map(|i| id_of(i).to_owned()),
+        last_id: data.last().map(|i| id_of(i).to_owned()),
+        has_more: page.has_more,
+        data,
+    }
+}
+
+macro_rules! list_from_parts {
+    ($($list:ident => $item:ident),*) => {$(
+        impl From<ListParts<api::$item>> for api::$list {
+            fn from(p: ListParts<api::$item>) -> Self {
+                Self { data: p.data, has_more: p.has_more, first_id: p.first_id, last_id: p.last_id }
+            }
+        }
+    )*};
+}
+
+list_from_parts!(
+    ActorList => Actor,
+    AgentList => Agent,
+    ActorProjectList => ActorProject,
+    SecretKeyList => SecretKey
+);

@@ -1,0 +1,189 @@
+//! The one API error type: every failure becomes `{"error": {code, message, field?, request_id}}`
+//! with the status fixed by the code table. Internal causes are logged (once, by the request
+//! middleware) and never sent to the client.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tessera_api::{ErrorBody, ErrorCode, ErrorDetail};
+use tessera_domain::ValidationError;
+use tessera_store::{Conflict, Entity, StoreError};
+
+use crate::observe;
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+    /// The underlying cause of a 5xx, for the log.
+    pub cause: Option<anyhow::Error>,
+}
+
+/// Attached to error responses so the logging middleware can record the cause chain.
+#[derive(Clone)]
+pub(crate) struct LoggedCause(pub Arc<anyhow::Error>);
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            cause: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn invalid_parameter(field: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidParameter, message).with_field(field)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: ErrorCode::Internal,
+            message: "the server failed to handle this request".to_owned(),
+            field: None,
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// The not-found error of an entity, as answered for a missing or foreign id.
+    pub fn not_found(entity: Entity) -> Self {
+        let (code, what) = entity_code(entity);
+        Self::new(code, format!("no {what} with this id exists"))
+    }
+}
+
+fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
+    match entity {
+        Entity::Deployment => (ErrorCode::Unauthorized, "deployment"),
+        Entity::SecretKey => (ErrorCode::SecretKeyNotFound, "secret key"),
+        Entity::Actor => (ErrorCode::ActorNotFound, "actor"),
+        Entity::Agent => (ErrorCode::AgentNotFound, "agent"),
+        Entity::Project => (ErrorCode::ProjectNotFound, "actor project"),
+        Entity::Tool => (ErrorCode::ToolNotFound, "tool"),
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        Self::new(ErrorCode::ValidationFailed, err.to_string()).with_field(err.field)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound {
+                entity,
+                field,
+                index,
+            } => {
+                let mut api = Self::not_found(entity);
+                if let Some(field) = field {
+                    let field = match index {
+                        Some(i) => format!("{field}[{i}]"),
+                        None => field.to_owned(),
+                    };
+                    api.message = format!("{field}: {}", api.message);
+                    api.field = Some(field);
+                }
+                api
+            }
+            StoreError::Conflict(conflict) => match conflict {
+                Conflict::ActorExists => Self::new(
+                    ErrorCode::ActorExists,
+                    "an actor with this subject_type and external_key already exists",
+                ),
+                Conflict::AgentInUse => Self::new(
+                    ErrorCode::AgentInUse,
+                    "the agent is used by an active project; archive the project first",
+                ),
+                Conflict::ProjectArchived => {
+                    Self::new(ErrorCode::ProjectArchived, "the project is archived")
+                }
+                Conflict::LastActiveKey => Self::new(
+                    ErrorCode::LastActiveKey,
+                    "this is the deployment's last active secret key; create another first",
+                ),
+                Conflict::DeploymentNameTaken => Self::new(
+                    ErrorCode::ValidationFailed,
+                    "a deployment with this name already exists",
+                )
+                .with_field("name"),
+                Conflict::StaleVersion => Self::new(
+                    ErrorCode::ConcurrentUpdate,
+                    "the object changed while this request was applied; retry",
+                ),
+            },
+            StoreError::Database(sqlx::Error::PoolTimedOut) => Self {
+                code: ErrorCode::Unavailable,
+                message: "the database is busy or unreachable; retry shortly".to_owned(),
+                field: None,
+                cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
+            },
+            err @ (StoreError::Database(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Migration(_)
+            | StoreError::InvalidUrl(_)) => Self::internal(err),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+                field: self.field,
+                request_id: observe::current_request_id(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if self.code == ErrorCode::Unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tessera\""),
+            );
+        }
+        if let Some(cause) = self.cause {
+            response
+                .extensions_mut()
+                .insert(LoggedCause(Arc::new(cause)));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_codes() {
+        let e: ApiError = StoreError::not_found_in_list(Entity::Agent, "sub_agent_ids", 2).into();
+        assert_eq!(e.code, ErrorCode::AgentNotFound);
+        assert_eq!(e.field.as_deref(), Some("sub_agent_ids[2]"));
+        let e: ApiError = StoreError::Conflict(Conflict::ActorExists).into();
+        assert_eq!(e.code.status(), 409);
+        let e: ApiError = StoreError::Corrupt("x".into()).into();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(!e.message.contains('x'));
+    }
+}

@@ -1,0 +1,243 @@
+//! Request extractors that turn every malformed input into an [`ApiError`] naming the field:
+//! JSON bodies, query strings and paging parameters.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use tessera_api::ErrorCode;
+use tessera_store::{Cursor, PageRequest};
+
+use crate::error::ApiError;
+
+/// A JSON request body. Content type must be JSON (or absent); syntax errors are 400
+/// `malformed_json`; type, enum, missing and unknown fields are 422 `validation_failed` with the
+/// path of the field; bodies over the limit are 413.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_json_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()` (for optional bodies).
+pub(crate) struct ApiJsonOrDefault<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for ApiJsonOrDefault<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_json_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ApiJsonOrDefault(T::default()));
+        }
+        parse_json(&bytes).map(ApiJsonOrDefault)
+    }
+}
+
+/// Checks the content type (JSON or absent) and reads the body within the size limit.
+async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let is_json = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !is_json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("expected Content-Type: application/json, got {essence:?}"),
+            ));
+        }
+    }
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body exceeds the size limit",
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+/// Deserializes a JSON body, reporting the failing field's path.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => field_error(&path, &inner.to_string()),
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the request body is not valid JSON: {inner}"),
+            ),
+        }
+    })?;
+    de.end().map_err(|err| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the request body is not valid JSON: {err}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// Builds a 422 for a serde data error at `path`, naming the field even when serde reports the
+/// error on the parent object (missing and unknown fields).
+fn field_error(path: &str, message: &str) -> ApiError {
+    let message = strip_position(message);
+    let field = field_path(path, &message);
+    ApiError::new(ErrorCode::ValidationFailed, format!("{field}: {message}")).with_field(field)
+}
+
+/// The field a serde error is about. serde_path_to_error's path already ends at an unknown
+/// field, but stops at the parent object for a missing one, whose name is in the message.
+fn field_path(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (parent, missing) {
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
+/// serde_json appends " at line 1 column 17"; the field path is more useful to clients.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A query string deserialized into `T`; errors are 400 `invalid_parameter` naming the parameter.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let message = err.into_inner().to_string();
+                let field = field_path(&path, &message);
+                ApiError::invalid_parameter(&field, format!("{field}: {message}"))
+            })
+    }
+}
+
+/// Validates paging parameters; `parse_cursor` checks that a cursor is an id of the listed kind.
+pub(crate) fn page_request<E>(
+    limit: Option<u32>,
+    before: Option<String>,
+    after: Option<String>,
+    parse_cursor: impl Fn(&str) -> Result<(), E>,
+) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(PageRequest::DEFAULT_LIMIT);
+    if limit == 0 || limit > PageRequest::MAX_LIMIT {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!("limit must be between 1 and {}", PageRequest::MAX_LIMIT),
+        ));
+    }
+    let check = |field: &str, value: String| {
+        parse_cursor(&value).map(|()| value).map_err(|_| {
+            ApiError::invalid_parameter(field, format!("{field} is not an id from this list"))
+        })
+    };
+    let cursor = match (before, after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_parameter(
+                "before",
+                "use either before or after, not both",
+            ))
+        }
+        (Some(before), None) => Cursor::Before(check("before", before)?),
+        (None, Some(after)) => Cursor::After(check("after", after)?),
+        (None, None) => Cursor::First,
+    };
+    Ok(PageRequest { limit, cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_api::CreateAgentRequest;
+
+    fn err_of(body: &str) -> ApiError {
+        match parse_json::<CreateAgentRequest>(body.as_bytes()) {
+            Ok(_) => panic!("expected an error for {body}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = err_of(r#"{"name": 5}"#);
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        assert_eq!(e.field.as_deref(), Some("name"));
+        assert_eq!(err_of("{}").field.as_deref(), Some("name"));
+        let e = err_of(r#"{"name":"a","instructions":"x"}"#);
+        assert_eq!(e.field.as_deref(), Some("instructions"));
+        let e = err_of(r#"{"name":"a","multitask":"sometimes"}"#);
+        assert_eq!(e.field.as_deref(), Some("multitask"));
+        let e = err_of(r#"{"name":"a","model":{"provider":"x","model":"y","temperature":"hot"}}"#);
+        assert_eq!(e.field.as_deref(), Some("model.temperature"));
+        let e = err_of(r#"{"name":"a","model":{"provider":"x"}}"#);
+        assert_eq!(e.field.as_deref(), Some("model.model"));
+        let e = err_of(r#"{"name":"a","capability_tags":["x", 3]}"#);
+        assert_eq!(e.field.as_deref(), Some("capability_tags[1]"));
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        assert_eq!(err_of(r#"{"name":"#).code, ErrorCode::MalformedJson);
+        assert_eq!(err_of("").code, ErrorCode::MalformedJson);
+        assert_eq!(
+            err_of(r#"{"name":"a"} trailing"#).code,
+            ErrorCode::MalformedJson
+        );
+    }
+
+    #[test]
+    fn paging_is_checked() {
+        let ok = |_: &str| Ok::<(), ()>(());
+        assert_eq!(page_request(None, None, None, ok).unwrap().limit, 50);
+        assert_eq!(
+            page_request(Some(0), None, None, ok)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("limit")
+        );
+        assert!(page_request(Some(101), None, None, ok).is_err());
+        assert!(page_request(None, Some("a".into()), Some("b".into()), ok).is_err());
+        let e = page_request(None, None, Some("zz".into()), |_| Err::<(), ()>(())).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("after"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{actors, agents, deployments, projects};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera",
+        description = "Agent session server: deployments, actors, agents and actor projects.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        deployments::get_current_deployment,
+        deployments::create_secret_key,
+        deployments::list_secret_keys,
+        deployments::revoke_secret_key,
+        actors::create_actor,
+        actors::list_actors,
+        actors::lookup_actor,
+        actors::get_actor,
+        agents::create_agent,
+        agents::list_agents,
+        agents::get_agent,
+        agents::update_agent,
+        agents::delete_agent,
+        projects::create_actor_project,
+        projects::list_actor_projects,
+        projects::get_actor_project,
+        projects::archive_actor_project,
+    ),
+    components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
+    modifiers(&Security),
+    tags(
+        (name = "deployments", description = "The caller's deployment (tenant)."),
+        (name = "secret keys", description = "Backend credentials of a deployment."),
+        (name = "actors", description = "Who agents work for."),
+        (name = "agents", description = "Agent definitions."),
+        (name = "actor projects", description = "An actor bound to an agent."),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "secret_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A deployment secret key: `Authorization: Bearer tsk_…`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key_header",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A deployment secret key; accepted on `/api/v1/*` only",
+            ))),
+        );
+    }
+}
+
+/// The OpenAPI document served at `/openapi.json` (also used offline by `tessera api`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}

@@ -1,0 +1,100 @@
+//! The route table and the handlers behind it, one module per resource.
+
+use std::panic::AssertUnwindSafe;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::FutureExt as _;
+use tessera_api::ErrorCode;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) mod actors;
+pub(crate) mod agents;
+pub(crate) mod deployments;
+pub(crate) mod projects;
+pub(crate) mod system;
+
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/deployments/current",
+            get(deployments::get_current_deployment),
+        )
+        .route(
+            "/secret-keys",
+            post(deployments::create_secret_key).get(deployments::list_secret_keys),
+        )
+        .route(
+            "/secret-keys/{key_id}/revoke",
+            post(deployments::revoke_secret_key),
+        )
+        .route(
+            "/ai/actors",
+            post(actors::create_actor).get(actors::list_actors),
+        )
+        .route("/ai/actors/lookup", get(actors::lookup_actor))
+        .route("/ai/actors/{actor_id}", get(actors::get_actor))
+        .route(
+            "/ai/agents",
+            post(agents::create_agent).get(agents::list_agents),
+        )
+        .route(
+            "/ai/agents/{agent_id}",
+            get(agents::get_agent)
+                .patch(agents::update_agent)
+                .delete(agents::delete_agent),
+        )
+        .route(
+            "/ai/actor-projects",
+            post(projects::create_actor_project).get(projects::list_actor_projects),
+        )
+        .route(
+            "/ai/actor-projects/{project_id}",
+            get(projects::get_actor_project),
+        )
+        .route(
+            "/ai/actor-projects/{project_id}/archive",
+            post(projects::archive_actor_project),
+        )
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(crate::observe::metrics))
+        .route("/openapi.json", get(system::openapi_json))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn(catch_panic))
+        .layer(from_fn_with_state(state.clone(), crate::observe::track))
+        .with_state(state)
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(ErrorCode::RouteNotFound, "no operation exists at this path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not support this HTTP method",
+    )
+}
+
+/// A panicking handler answers 500 (and is logged) instead of dropping the connection.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            ApiError::internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+        }
+    }
+}
