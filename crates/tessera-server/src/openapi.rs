@@ -75,3 +75,52 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document_json() -> serde_json::Value {
+        serde_json::to_value(openapi_document()).expect("the document serializes")
+    }
+
+    /// The served document and the operation table (used by the SDK and CLI) must agree
+    /// exactly: same operationIds, methods and paths.
+    #[test]
+    fn operations_match_the_ops_table() {
+        let doc = document_json();
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if let Some(id) = op.get("operationId").and_then(|v| v.as_str()) {
+                    documented.push((id.to_owned(), method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let mut expected: Vec<_> = tessera_api::ops::ALL
+            .iter()
+            .map(|op| (op.id.to_owned(), op.method.to_owned(), op.path.to_owned()))
+            .collect();
+        expected.sort();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn is_openapi_3_1_with_security_on_every_operation() {
+        let doc = document_json();
+        assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3.1"));
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                assert!(op.get("security").is_some(), "{op}");
+            }
+        }
+    }
+
+    /// Changes to the public API shape must be deliberate: review the snapshot diff and
+    /// accept it with `cargo insta review` (or `INSTA_UPDATE=always cargo test`).
+    #[test]
+    fn snapshot() {
+        insta::assert_json_snapshot!("openapi", document_json());
+    }
+}
