@@ -67,13 +67,11 @@ error_codes! {
     MethodNotAllowed => (405, "method_not_allowed", "The path exists but not with this HTTP method."),
     ActorExists => (409, "actor_exists", "An actor with this (subject_type, external_key) already exists."),
     AgentInUse => (409, "agent_in_use", "The agent is still used by an active project; archive the projects first."),
-    ProjectArchived => (409, "project_archived", "The project is archived and cannot be changed."),
     LastActiveKey => (409, "last_active_key", "Revoking this key would leave the deployment without an active secret key."),
     ConcurrentUpdate => (409, "concurrent_update", "The object changed while this request was applied; retry it."),
     PayloadTooLarge => (413, "payload_too_large", "The request body exceeds the size limit."),
     UnsupportedMediaType => (415, "unsupported_media_type", "The request body must be `application/json`."),
     ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
-    RateLimited => (429, "rate_limited", "Too many requests; retry after the `Retry-After` seconds."),
     Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),
     Unavailable => (503, "unavailable", "A dependency (the database) is not reachable."),
 }

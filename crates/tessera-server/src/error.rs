@@ -112,9 +112,6 @@ impl From<StoreError> for ApiError {
                     ErrorCode::AgentInUse,
                     "the agent is used by an active project; archive the project first",
                 ),
-                Conflict::ProjectArchived => {
-                    Self::new(ErrorCode::ProjectArchived, "the project is archived")
-                }
                 Conflict::LastActiveKey => Self::new(
                     ErrorCode::LastActiveKey,
                     "this is the deployment's last active secret key; create another first",

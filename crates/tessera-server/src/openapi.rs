@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn is_openapi_3_1_with_security_on_every_operation() {
         let doc = document_json();
-        assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3.1"));
+        assert!(doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"));
         for item in doc["paths"].as_object().expect("paths").values() {
             for op in item.as_object().expect("path item").values() {
                 assert!(op.get("security").is_some(), "{op}");

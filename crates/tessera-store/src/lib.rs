@@ -47,7 +47,6 @@ pub enum Entity {
 pub enum Conflict {
     ActorExists,
     AgentInUse,
-    ProjectArchived,
     LastActiveKey,
     DeploymentNameTaken,
     /// An optimistic-concurrency check failed: the row changed since it was read.
