@@ -85,8 +85,10 @@ impl TestDatabase {
 /// Runs `body` once per available backend, each on a fresh database. Prints a skip notice for
 /// PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is unset.
 ///
+/// It expands to modules `sqlite` and `postgres`, so call it once per module:
+///
 /// ```ignore
-/// backend_tests!(my_suite; creates_actor, lists_actors);
+/// backend_tests!(creates_actor, lists_actors);
 /// async fn creates_actor(db: &TestDatabase) { … }
 /// ```
 #[macro_export]
