@@ -8,5 +8,6 @@
 
 mod api;
 mod offline;
+mod readme;
 mod server;
 mod support;

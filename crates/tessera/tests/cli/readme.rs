@@ -1,0 +1,66 @@
+//! The README's walk-through, run verbatim against a real server: if a user can copy it, so can
+//! this test.
+
+use std::process::Stdio;
+
+use tessera_store::testing::TestDatabase;
+
+use crate::support::{bootstrap_key, Server};
+
+/// The shell code between the walk-through markers of README.md.
+fn walkthrough() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md is readable");
+    let start = readme
+        .find("<!-- walkthrough:start -->")
+        .expect("README has the walk-through start marker");
+    let end = readme
+        .find("<!-- walkthrough:end -->")
+        .expect("README has the walk-through end marker");
+    let section = &readme[start..end];
+    let mut script = String::new();
+    let mut in_block = false;
+    for line in section.lines() {
+        if line.starts_with("```") {
+            in_block = line.trim() == "```sh";
+            continue;
+        }
+        if in_block {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    assert!(script.contains("curl"), "the walk-through has commands");
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_walkthrough_runs_verbatim() {
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    let server = Server::start(&db.url, &key).await;
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &walkthrough()])
+        .env("TESSERA_URL", &server.url)
+        .env("TESSERA_API_KEY", &key)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "walk-through failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains(r#""external_key":"ext-1234""#), "{stdout}");
+    assert!(stdout.contains("actor: actor_"), "{stdout}");
+    assert!(stdout.contains("agent: agent_"), "{stdout}");
+    assert!(stdout.contains(r#""status":"active""#), "{stdout}");
+    assert!(
+        stdout.contains(r#""code":"validation_failed""#)
+            && stdout.contains(r#""field":"instructions""#),
+        "{stdout}"
+    );
+    db.cleanup().await;
+}
