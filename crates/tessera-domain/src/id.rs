@@ -189,6 +189,21 @@ define_id!(
     "tool"
 );
 define_id!(
+    /// A thread: a conversation or execution lane inside a project.
+    ThreadId,
+    "thread"
+);
+define_id!(
+    /// A message of a thread.
+    MessageId,
+    "msg"
+);
+define_id!(
+    /// A run: the agent loop answering one message.
+    RunId,
+    "run"
+);
+define_id!(
     /// A request, for correlating logs and error reports.
     RequestId,
     "req"

@@ -5,14 +5,19 @@
 //! and the OS random generator (ids and secrets); everything else arrives as arguments.
 
 pub mod agent;
+pub mod agent_loop;
 pub mod clock;
 pub mod id;
 pub mod records;
 pub mod secret;
+pub mod thread;
 pub mod validate;
 
 pub use clock::Timestamp;
-pub use id::{ActorId, AgentId, DeploymentId, ProjectId, RequestId, SecretKeyId, ToolId};
+pub use id::{
+    ActorId, AgentId, DeploymentId, MessageId, ProjectId, RequestId, RunId, SecretKeyId, ThreadId,
+    ToolId,
+};
 pub use validate::ValidationError;
 
 /// The tenancy scope of a caller. Every storage operation takes one, so a query can only ever

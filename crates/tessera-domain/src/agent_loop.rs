@@ -1,0 +1,559 @@
+//! The agent loop as a pure state machine: events in, effects out.
+//!
+//! The driver (in `tessera-runtime`) performs the effects — calling the model, persisting
+//! messages, running tools — and feeds what happened back as events. Because the machine does no
+//! I/O it is tested exhaustively without a network, and because its state can be rebuilt from the
+//! run's stored messages ([`LoopState::from_history`]) a run resumed on another node continues from
+//! its last durable step: a model turn whose reply was stored is not asked again, a tool whose
+//! result was stored is not run again.
+
+use crate::thread::{Message, Role, StopReason, TokenUsage, ToolCall};
+
+/// The limits a run works under (from the agent definition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopLimits {
+    pub max_iterations: u32,
+    pub token_budget: Option<u64>,
+}
+
+/// What has happened so far in a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopState {
+    /// Model turns whose reply is stored.
+    pub iterations: u32,
+    pub usage: TokenUsage,
+    /// Tool calls made so far.
+    pub tool_calls: u32,
+    /// Calls of the latest model turn still waiting for their result.
+    pub pending: Vec<ToolCall>,
+}
+
+impl LoopState {
+    /// Rebuilds the state from the messages this run has stored, oldest first.
+    pub fn from_history(run_messages: &[Message]) -> Self {
+        let mut state = Self::default();
+        for message in run_messages {
+            match message.role {
+                Role::Assistant => {
+                    state.iterations += 1;
+                    if let Some(u) = message.usage {
+                        state.usage.prompt_tokens += u.prompt_tokens;
+                        state.usage.completion_tokens += u.completion_tokens;
+                    }
+                    state.tool_calls += message.tool_calls.len() as u32;
+                    state.pending = message.tool_calls.clone();
+                }
+                Role::Tool => {
+                    if let Some(id) = &message.tool_call_id {
+                        state.pending.retain(|c| &c.id != id);
+                    }
+                }
+                Role::User | Role::System => {}
+            }
+        }
+        state
+    }
+}
+
+/// How a finished run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// Something that happened, reported by the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The model finished a turn.
+    ModelReplied {
+        text: String,
+        tool_calls: Vec<ToolCall>,
+        usage: TokenUsage,
+    },
+    /// The model call failed for good (the provider already retried what it could).
+    ModelFailed { error: String },
+    /// The assistant message of the last turn is durable.
+    AssistantRecorded,
+    /// A tool call finished; `Err` carries the error text given back to the model.
+    ToolFinished {
+        call_id: String,
+        result: Result<String, String>,
+    },
+    /// The result of a tool call is durable.
+    ToolResultRecorded { call_id: String },
+    /// Cancellation was requested (`interrupted`: by a newer message).
+    Cancelled { interrupted: bool },
+    /// The run's wall-clock limit passed.
+    TimedOut,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Ask the model for the next turn, given the stored conversation.
+    CallModel,
+    /// Store the model's reply (one durable step), then report `AssistantRecorded`.
+    RecordAssistant {
+        text: String,
+        tool_calls: Vec<ToolCall>,
+        usage: TokenUsage,
+    },
+    /// Run these calls (concurrently) and report each with `ToolFinished`.
+    RunTools(Vec<ToolCall>),
+    /// Store a tool result (one durable step), then report `ToolResultRecorded`.
+    RecordToolResult {
+        call: ToolCall,
+        result: Result<String, String>,
+    },
+    /// End the run.
+    Finish {
+        outcome: Outcome,
+        reason: StopReason,
+        detail: Option<String>,
+    },
+}
+
+/// Where the loop is.
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    /// Waiting for the model's reply.
+    AwaitingModel,
+    /// Waiting for the reply (its calls and usage) to be stored.
+    RecordingAssistant {
+        tool_calls: Vec<ToolCall>,
+        usage: TokenUsage,
+    },
+    /// Waiting for tool results / their storage.
+    AwaitingTools,
+    Finished,
+}
+
+/// One run's loop.
+#[derive(Debug, Clone)]
+pub struct AgentLoop {
+    limits: LoopLimits,
+    state: LoopState,
+    phase: Phase,
+    /// Results reported but not yet stored, by call id.
+    recording: Vec<String>,
+}
+
+impl AgentLoop {
+    /// A loop resuming from `state` (use `LoopState::default()` for a new run). Returns the loop
+    /// and the first effects.
+    pub fn start(limits: LoopLimits, state: LoopState) -> (Self, Vec<Effect>) {
+        let mut this = Self {
+            limits,
+            state,
+            phase: Phase::AwaitingModel,
+            recording: Vec::new(),
+        };
+        let effects = if this.state.pending.is_empty() {
+            this.next_turn()
+        } else {
+            this.phase = Phase::AwaitingTools;
+            vec![Effect::RunTools(this.state.pending.clone())]
+        };
+        (this, effects)
+    }
+
+    pub fn state(&self) -> &LoopState {
+        &self.state
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    fn finish(
+        &mut self,
+        outcome: Outcome,
+        reason: StopReason,
+        detail: Option<String>,
+    ) -> Vec<Effect> {
+        self.phase = Phase::Finished;
+        vec![Effect::Finish {
+            outcome,
+            reason,
+            detail,
+        }]
+    }
+
+    /// Starts the next model turn unless a limit forbids it.
+    fn next_turn(&mut self) -> Vec<Effect> {
+        if self.state.iterations >= self.limits.max_iterations {
+            return self.finish(
+                Outcome::Failed,
+                StopReason::MaxIterations,
+                Some(format!(
+                    "the run reached its limit of {} model turns",
+                    self.limits.max_iterations
+                )),
+            );
+        }
+        self.phase = Phase::AwaitingModel;
+        vec![Effect::CallModel]
+    }
+
+    /// Feeds one event; returns what to do next. Events that do not fit the current phase
+    /// (a late tool result after cancellation, say) are ignored.
+    pub fn handle(&mut self, event: Event) -> Vec<Effect> {
+        if self.phase == Phase::Finished {
+            return Vec::new();
+        }
+        match event {
+            Event::Cancelled { interrupted } => self.finish(
+                Outcome::Cancelled,
+                if interrupted {
+                    StopReason::Interrupted
+                } else {
+                    StopReason::Cancelled
+                },
+                None,
+            ),
+            Event::TimedOut => self.finish(
+                Outcome::Failed,
+                StopReason::Timeout,
+                Some("the run exceeded its wall-clock limit".to_owned()),
+            ),
+            Event::ModelFailed { error } => {
+                if self.phase != Phase::AwaitingModel {
+                    return Vec::new();
+                }
+                self.finish(Outcome::Failed, StopReason::ModelError, Some(error))
+            }
+            Event::ModelReplied {
+                text,
+                tool_calls,
+                usage,
+            } => {
+                if self.phase != Phase::AwaitingModel {
+                    return Vec::new();
+                }
+                self.phase = Phase::RecordingAssistant {
+                    tool_calls: tool_calls.clone(),
+                    usage,
+                };
+                vec![Effect::RecordAssistant {
+                    text,
+                    tool_calls,
+                    usage,
+                }]
+            }
+            Event::AssistantRecorded => {
+                let Phase::RecordingAssistant { tool_calls, usage } = &self.phase else {
+                    return Vec::new();
+                };
+                let (tool_calls, usage) = (tool_calls.clone(), *usage);
+                // The turn counts once it is durable, exactly as `from_history` counts it.
+                self.state.iterations += 1;
+                self.state.usage.prompt_tokens += usage.prompt_tokens;
+                self.state.usage.completion_tokens += usage.completion_tokens;
+                self.state.tool_calls += tool_calls.len() as u32;
+                self.state.pending = tool_calls.clone();
+                self.after_assistant(tool_calls)
+            }
+            Event::ToolFinished { call_id, result } => {
+                if self.phase != Phase::AwaitingTools || self.recording.contains(&call_id) {
+                    return Vec::new();
+                }
+                let Some(call) = self.state.pending.iter().find(|c| c.id == call_id).cloned()
+                else {
+                    return Vec::new();
+                };
+                self.recording.push(call_id);
+                vec![Effect::RecordToolResult { call, result }]
+            }
+            Event::ToolResultRecorded { call_id } => {
+                if self.phase != Phase::AwaitingTools {
+                    return Vec::new();
+                }
+                self.recording.retain(|id| id != &call_id);
+                self.state.pending.retain(|c| c.id != call_id);
+                if self.state.pending.is_empty() {
+                    self.next_turn()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// After a stored turn: finish on a limit or a final answer, else run the tools.
+    fn after_assistant(&mut self, tool_calls: Vec<ToolCall>) -> Vec<Effect> {
+        if let Some(budget) = self.limits.token_budget {
+            if self.state.usage.total() > budget {
+                return self.finish(
+                    Outcome::Failed,
+                    StopReason::TokenBudget,
+                    Some(format!(
+                        "the run used {} tokens, over its budget of {budget}",
+                        self.state.usage.total()
+                    )),
+                );
+            }
+        }
+        if tool_calls.is_empty() {
+            return self.finish(Outcome::Completed, StopReason::Completed, None);
+        }
+        self.phase = Phase::AwaitingTools;
+        vec![Effect::RunTools(tool_calls)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{MessageId, ThreadId};
+    use crate::Timestamp;
+
+    const LIMITS: LoopLimits = LoopLimits {
+        max_iterations: 5,
+        token_budget: None,
+    };
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: "notify_user".into(),
+            arguments: serde_json::json!({"message": "hi"}),
+        }
+    }
+
+    fn usage(n: u64) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: n,
+            completion_tokens: n,
+        }
+    }
+
+    fn reply(text: &str, calls: Vec<ToolCall>, n: u64) -> Event {
+        Event::ModelReplied {
+            text: text.into(),
+            tool_calls: calls,
+            usage: usage(n),
+        }
+    }
+
+    /// Drives a loop: the model answers from `turns` in order; tools succeed.
+    fn drive(limits: LoopLimits, turns: Vec<Event>) -> (AgentLoop, Vec<Effect>) {
+        let (mut lp, mut queue) = AgentLoop::start(limits, LoopState::default());
+        let mut turns = turns.into_iter();
+        let mut log = Vec::new();
+        while let Some(effect) = queue.first().cloned() {
+            queue.remove(0);
+            log.push(effect.clone());
+            let next = match effect {
+                Effect::CallModel => match turns.next() {
+                    Some(e) => lp.handle(e),
+                    None => lp.handle(Event::ModelFailed {
+                        error: "script exhausted".into(),
+                    }),
+                },
+                Effect::RecordAssistant { .. } => lp.handle(Event::AssistantRecorded),
+                Effect::RunTools(calls) => calls
+                    .into_iter()
+                    .flat_map(|c| {
+                        lp.handle(Event::ToolFinished {
+                            call_id: c.id,
+                            result: Ok("done".into()),
+                        })
+                    })
+                    .collect(),
+                Effect::RecordToolResult { call, .. } => {
+                    lp.handle(Event::ToolResultRecorded { call_id: call.id })
+                }
+                Effect::Finish { .. } => Vec::new(),
+            };
+            queue.extend(next);
+        }
+        (lp, log)
+    }
+
+    fn finish_of(log: &[Effect]) -> (Outcome, StopReason) {
+        match log.last() {
+            Some(Effect::Finish {
+                outcome, reason, ..
+            }) => (*outcome, *reason),
+            other => panic!("expected a finish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_answer_completes_in_one_turn() {
+        let (lp, log) = drive(LIMITS, vec![reply("hello", vec![], 3)]);
+        assert_eq!(finish_of(&log), (Outcome::Completed, StopReason::Completed));
+        assert_eq!(lp.state().iterations, 1);
+        assert_eq!(lp.state().usage.total(), 6);
+    }
+
+    #[test]
+    fn tool_calls_run_then_the_model_is_asked_again() {
+        let (lp, log) = drive(
+            LIMITS,
+            vec![
+                reply("", vec![call("a"), call("b")], 1),
+                reply("done", vec![], 1),
+            ],
+        );
+        assert_eq!(finish_of(&log), (Outcome::Completed, StopReason::Completed));
+        let calls_model = log.iter().filter(|e| **e == Effect::CallModel).count();
+        assert_eq!(calls_model, 2);
+        let recorded = log
+            .iter()
+            .filter(|e| matches!(e, Effect::RecordToolResult { .. }))
+            .count();
+        assert_eq!(recorded, 2);
+        assert_eq!(lp.state().tool_calls, 2);
+    }
+
+    #[test]
+    fn the_iteration_limit_ends_the_run() {
+        let looping: Vec<_> = (0..10)
+            .map(|i| reply("", vec![call(&format!("c{i}"))], 1))
+            .collect();
+        let (lp, log) = drive(LIMITS, looping);
+        assert_eq!(
+            finish_of(&log),
+            (Outcome::Failed, StopReason::MaxIterations)
+        );
+        assert_eq!(lp.state().iterations, 5);
+    }
+
+    #[test]
+    fn the_token_budget_ends_the_run_after_recording_the_turn() {
+        let limits = LoopLimits {
+            max_iterations: 5,
+            token_budget: Some(10),
+        };
+        let (_, log) = drive(
+            limits,
+            vec![reply("", vec![call("a")], 3), reply("", vec![call("b")], 3)],
+        );
+        assert_eq!(finish_of(&log), (Outcome::Failed, StopReason::TokenBudget));
+        let recorded = log
+            .iter()
+            .filter(|e| matches!(e, Effect::RecordAssistant { .. }))
+            .count();
+        assert_eq!(recorded, 2, "the over-budget turn is still stored");
+    }
+
+    #[test]
+    fn model_failure_cancellation_and_timeout_finish() {
+        let (mut lp, _) = AgentLoop::start(LIMITS, LoopState::default());
+        let fx = lp.handle(Event::ModelFailed {
+            error: "boom".into(),
+        });
+        assert!(matches!(
+            fx[0],
+            Effect::Finish {
+                outcome: Outcome::Failed,
+                reason: StopReason::ModelError,
+                ..
+            }
+        ));
+        assert!(
+            lp.handle(Event::TimedOut).is_empty(),
+            "finished loops ignore events"
+        );
+
+        let (mut lp, _) = AgentLoop::start(LIMITS, LoopState::default());
+        let fx = lp.handle(Event::Cancelled { interrupted: true });
+        assert!(matches!(
+            fx[0],
+            Effect::Finish {
+                reason: StopReason::Interrupted,
+                ..
+            }
+        ));
+        let (mut lp, _) = AgentLoop::start(LIMITS, LoopState::default());
+        let fx = lp.handle(Event::TimedOut);
+        assert!(matches!(
+            fx[0],
+            Effect::Finish {
+                reason: StopReason::Timeout,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stray_events_are_ignored() {
+        let (mut lp, _) = AgentLoop::start(LIMITS, LoopState::default());
+        assert!(lp.handle(Event::AssistantRecorded).is_empty());
+        assert!(lp
+            .handle(Event::ToolFinished {
+                call_id: "x".into(),
+                result: Ok("".into())
+            })
+            .is_empty());
+        assert!(lp
+            .handle(Event::ToolResultRecorded {
+                call_id: "x".into()
+            })
+            .is_empty());
+        assert!(!lp.is_finished());
+    }
+
+    fn message(role: Role, calls: Vec<ToolCall>, answers: Option<&str>) -> Message {
+        Message {
+            id: MessageId::generate(),
+            thread_id: ThreadId::generate(),
+            run_id: None,
+            role,
+            content: String::new(),
+            tool_calls: calls,
+            tool_call_id: answers.map(str::to_owned),
+            tool_name: None,
+            is_error: false,
+            attachments: vec![],
+            usage: (role == Role::Assistant).then_some(usage(2)),
+            created_at: Timestamp::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn resuming_runs_only_the_tools_without_stored_results() {
+        let history = vec![
+            message(Role::User, vec![], None),
+            message(Role::Assistant, vec![call("a"), call("b")], None),
+            message(Role::Tool, vec![], Some("a")),
+        ];
+        let state = LoopState::from_history(&history);
+        assert_eq!(state.iterations, 1);
+        assert_eq!(state.usage.total(), 4);
+        assert_eq!(state.pending, vec![call("b")]);
+        let (_, effects) = AgentLoop::start(LIMITS, state);
+        assert_eq!(effects, vec![Effect::RunTools(vec![call("b")])]);
+    }
+
+    #[test]
+    fn resuming_after_all_results_asks_the_model_again() {
+        let history = vec![
+            message(Role::Assistant, vec![call("a")], None),
+            message(Role::Tool, vec![], Some("a")),
+        ];
+        let (_, effects) = AgentLoop::start(LIMITS, LoopState::from_history(&history));
+        assert_eq!(effects, vec![Effect::CallModel]);
+        // A resumed run keeps counting toward its limits.
+        let full: Vec<_> = (0..5)
+            .flat_map(|i| {
+                let id = format!("c{i}");
+                [
+                    message(Role::Assistant, vec![call(&id)], None),
+                    message(Role::Tool, vec![], Some(&id)),
+                ]
+            })
+            .collect();
+        let (_, effects) = AgentLoop::start(LIMITS, LoopState::from_history(&full));
+        assert!(matches!(
+            effects[0],
+            Effect::Finish {
+                reason: StopReason::MaxIterations,
+                ..
+            }
+        ));
+    }
+}
