@@ -29,6 +29,10 @@ impl Timestamp {
         self.0.div_euclid(1000)
     }
 
+    pub fn plus_millis(self, millis: i64) -> Self {
+        Self(self.0.saturating_add(millis))
+    }
+
     pub fn plus_secs(self, secs: i64) -> Self {
         Self(self.0.saturating_add(secs.saturating_mul(1000)))
     }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod agent_loop;
 pub mod clock;
+pub mod event;
 pub mod id;
 pub mod records;
 pub mod secret;

@@ -12,17 +12,21 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::agent::{Agent, AgentSpec};
+use tessera_domain::event::NewEvent;
 use tessera_domain::records::{
     Actor, Deployment, NewActor, NewDeployment, NewProject, Project, ProjectStatus, SecretKeyRecord,
 };
 use tessera_domain::secret::SecretHash;
+use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
 use tessera_domain::validate::Label;
-use tessera_domain::{ActorId, AgentId, ProjectId, Scope, SecretKeyId, Timestamp};
+use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
 
 mod migrate;
 pub mod postgres;
 mod sql;
+mod sql_runs;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -40,6 +44,8 @@ pub enum Entity {
     Agent,
     Project,
     Tool,
+    Thread,
+    Run,
 }
 
 /// State conflicts the caller can act on.
@@ -51,6 +57,14 @@ pub enum Conflict {
     DeploymentNameTaken,
     /// An optimistic-concurrency check failed: the row changed since it was read.
     StaleVersion,
+    /// The project is archived: nothing new may be created in it.
+    ProjectArchived,
+    /// The thread already has a run and the agent's multitask policy is `reject`.
+    RunActive,
+    /// There is no queued or active run to act on (e.g. cancelling a finished run).
+    RunNotActive,
+    /// An `Idempotency-Key` was reused with a different request.
+    IdempotencyKeyReused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +87,10 @@ pub enum StoreError {
     Migration(String),
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
+    /// The worker's lease on the run was taken over (its attempt is stale) or the run ended:
+    /// the worker must stop without writing.
+    #[error("the lease on the run was lost")]
+    LeaseLost,
 }
 
 impl StoreError {
@@ -291,6 +309,223 @@ pub trait ProjectStore {
     async fn archive_project(&self, scope: &Scope, id: &ProjectId) -> StoreResult<Project>;
 }
 
+/// Order of a message list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    OldestFirst,
+    NewestFirst,
+}
+
+/// A stored thread event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadEvent {
+    pub thread_id: ThreadId,
+    /// Position in the thread's log, from 1.
+    pub seq: i64,
+    pub run_id: Option<RunId>,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: Timestamp,
+}
+
+/// An idempotency record: the first answer to a request, kept to answer its retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    /// The operation the key is scoped to (`executeAgentThreadAsync:<thread id>`).
+    pub operation: String,
+    pub key: String,
+    /// Digest of the request, to refuse the same key with a different request.
+    pub request_hash: String,
+    /// The answer to replay.
+    pub result: serde_json::Value,
+}
+
+/// A user message that starts a run. Ids and timestamps are made by the caller so that the
+/// events stored with the rows can carry them.
+#[derive(Debug, Clone)]
+pub struct SubmitRun {
+    pub message: Message,
+    pub run_id: RunId,
+    pub policy: MultitaskPolicy,
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    /// The message was stored and the run queued. `interrupted` lists runs the `interrupt`
+    /// policy asked to stop.
+    Created {
+        run: Run,
+        interrupted: Vec<RunId>,
+        events: Vec<ThreadEvent>,
+    },
+    /// The idempotency key was seen before with the same request: its first answer.
+    Replayed { result: serde_json::Value },
+}
+
+/// A worker's claim on a run: the attempt number is its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: RunId,
+    pub attempt: i64,
+}
+
+/// A run claimed by a worker, with what it needs to execute it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub scope: Scope,
+    pub run: Run,
+    pub thread: Thread,
+    pub lease: Lease,
+    /// Events the claim appended (`run.status` running).
+    pub events: Vec<ThreadEvent>,
+}
+
+/// Whether someone asked the run to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CancelRequest {
+    #[default]
+    None,
+    Cancel,
+    /// A newer message interrupted the run (`multitask: interrupt`).
+    Interrupt,
+}
+
+/// A message a worker stores as one durable step. `step_key` is unique within the run, so
+/// storing the same step twice keeps the first.
+#[derive(Debug, Clone)]
+pub struct StepMessage {
+    pub message: Message,
+    pub step_key: String,
+    pub event: NewEvent,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub stop_reason: StopReason,
+    pub error: Option<String>,
+    pub usage: RunUsage,
+}
+
+/// A wake-up from another node (PostgreSQL `NOTIFY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// Runs were queued or cancelled: workers should look.
+    Runs,
+    /// A thread has new events.
+    ThreadEvents(ThreadId),
+    /// A run was asked to stop.
+    CancelRun(RunId),
+}
+
+#[async_trait]
+pub trait ThreadStore {
+    /// The project must exist in the scope ([`Entity::Project`]) and be active
+    /// ([`Conflict::ProjectArchived`]).
+    async fn create_thread(&self, scope: &Scope, new: &NewThread) -> StoreResult<Thread>;
+
+    async fn get_thread(&self, scope: &Scope, id: &ThreadId) -> StoreResult<Thread>;
+
+    async fn list_messages(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        page: &PageRequest,
+        order: Order,
+    ) -> StoreResult<Page<Message>>;
+
+    /// Every message of the thread, oldest first (the model's context).
+    async fn thread_history(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+    ) -> StoreResult<Vec<Message>>;
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ThreadEvent>>;
+}
+
+#[async_trait]
+pub trait RunStore {
+    /// Stores a user message and queues its run in one transaction, applying the multitask
+    /// policy ([`Conflict::RunActive`] for `reject`) and the idempotency key.
+    async fn submit_run(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        submit: &SubmitRun,
+    ) -> StoreResult<SubmitOutcome>;
+
+    /// A recorded answer for this idempotency key, if any ([`Conflict::IdempotencyKeyReused`]
+    /// when the key was used for a different request).
+    async fn idempotent_result(
+        &self,
+        scope: &Scope,
+        operation: &str,
+        key: &str,
+        request_hash: &str,
+    ) -> StoreResult<Option<serde_json::Value>>;
+
+    /// Cancels the thread's queued runs and flags its active run for its worker. Returns the
+    /// runs affected; [`Conflict::RunNotActive`] when there are none.
+    async fn cancel_runs(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        idempotency: Option<&Idempotency>,
+    ) -> StoreResult<Vec<Run>>;
+
+    async fn get_run(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        run_id: &RunId,
+    ) -> StoreResult<Run>;
+
+    /// Worker: claims the oldest claimable run — a queued run first in its thread's queue
+    /// whose thread has no active run, or a running run whose lease expired — taking a lease
+    /// until `now + lease_ms` and incrementing its attempt.
+    async fn claim_run(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> StoreResult<Option<Claimed>>;
+
+    /// Worker: extends the lease; [`StoreError::LeaseLost`] when it was taken over.
+    async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest>;
+
+    /// Worker: stores messages (one durable step) with their events, fenced by the lease.
+    async fn record_step(
+        &self,
+        lease: &Lease,
+        step: &[StepMessage],
+    ) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Worker: appends events, fenced by the lease.
+    async fn append_events(
+        &self,
+        lease: &Lease,
+        events: &[NewEvent],
+    ) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Worker: ends the run, frees the thread for its next run, fenced by the lease.
+    async fn finish_run(&self, lease: &Lease, end: &RunEnd)
+        -> StoreResult<(Run, Vec<ThreadEvent>)>;
+
+    /// Deletes idempotency records older than `before`.
+    async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64>;
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -317,7 +552,16 @@ pub struct PoolStats {
 /// Everything the server needs from storage.
 #[async_trait]
 pub trait Store:
-    DeploymentStore + KeyStore + ActorStore + AgentStore + ProjectStore + Send + Sync + 'static
+    DeploymentStore
+    + KeyStore
+    + ActorStore
+    + AgentStore
+    + ProjectStore
+    + ThreadStore
+    + RunStore
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
 
@@ -328,6 +572,10 @@ pub trait Store:
 
     /// Closes the pools, waiting for connections in use to be returned.
     async fn close(&self);
+
+    /// Notifications from other nodes (PostgreSQL `LISTEN`); `None` on SQLite, where every
+    /// writer is in this process.
+    async fn listen(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Notification>>>;
 }
 
 /// Connection settings beyond the URL.

@@ -8,8 +8,11 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use sqlx::postgres::PgListener;
+use tessera_domain::{RunId, ThreadId};
+
 use crate::migrate::{self, MigrationReport};
-use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
+use crate::{Backend, ConnectOptions, Notification, PoolStats, StoreError, StoreResult};
 
 /// Advisory lock keys (arbitrary constants, unique within Tessera).
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;
@@ -90,9 +93,52 @@ impl PgStore {
     pub(crate) async fn close_pools(&self) {
         self.pool.close().await;
     }
+
+    /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
+    pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    /// Queues a `NOTIFY` for the other nodes; PostgreSQL delivers it when the transaction
+    /// commits (and drops it if it rolls back).
+    pub(crate) async fn notify(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        notification: &Notification,
+    ) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(encode_notification(notification))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The `LISTEN`/`NOTIFY` channel of Tessera's wake-ups.
+const CHANNEL: &str = "tessera";
+
+fn encode_notification(n: &Notification) -> String {
+    match n {
+        Notification::Runs => "runs".to_owned(),
+        Notification::ThreadEvents(thread) => format!("events:{thread}"),
+        Notification::CancelRun(run) => format!("cancel:{run}"),
+    }
+}
+
+fn decode_notification(payload: &str) -> Option<Notification> {
+    if payload == "runs" {
+        return Some(Notification::Runs);
+    }
+    if let Some(thread) = payload.strip_prefix("events:") {
+        return ThreadId::parse(thread).ok().map(Notification::ThreadEvents);
+    }
+    payload
+        .strip_prefix("cancel:")
+        .and_then(|run| RunId::parse(run).ok())
+        .map(Notification::CancelRun)
 }
 
 crate::sql::impl_sql_store!(PgStore, Postgres);
+crate::sql_runs::impl_run_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {
@@ -114,5 +160,38 @@ impl crate::Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn listen(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Notification>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(message) => {
+                        if let Some(n) = decode_notification(message.payload()) {
+                            // A full channel means the node is far behind; the slow poll and the
+                            // next notification catch it up, so dropping one is safe.
+                            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                                tx.try_send(n)
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        // PgListener reconnects on the next recv; notifications sent meanwhile
+                        // are lost, which the workers' slow poll covers.
+                        tracing::warn!(error = %err, "LISTEN connection failed; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 }

@@ -110,9 +110,22 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
+
+    /// `BEGIN IMMEDIATE` makes the claiming transaction the only writer; no row locks needed.
+    pub(crate) const CLAIM_LOCK: &'static str = "";
+
+    /// Every writer is in this process, which wakes itself; nothing to send.
+    pub(crate) async fn notify(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _notification: &crate::Notification,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 crate::sql::impl_sql_store!(SqliteStore, Sqlite);
+crate::sql_runs::impl_run_sql!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]
 impl crate::Store for SqliteStore {
@@ -134,5 +147,11 @@ impl crate::Store for SqliteStore {
 
     async fn close(&self) {
         self.close_pools().await;
+    }
+
+    async fn listen(
+        &self,
+    ) -> StoreResult<Option<tokio::sync::mpsc::Receiver<crate::Notification>>> {
+        Ok(None)
     }
 }

@@ -1,0 +1,773 @@
+//! SQL for threads, messages, runs and thread events, shared by both backends like `sql.rs`.
+//!
+//! Worker writes are *fenced*: each transaction first touches the run row with the worker's
+//! attempt number (`UPDATE runs … WHERE id = $1 AND attempt = $2 AND status = 'running'`). A
+//! worker whose lease was taken over finds no row and gets `LeaseLost` before writing anything.
+//! On PostgreSQL the same statement row-locks the run for the rest of the transaction.
+//!
+//! Backend hooks used here: `self.notify(&mut tx, &Notification)` (PostgreSQL `pg_notify`,
+//! delivered on commit; nothing on SQLite) and `CLAIM_LOCK` (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL so concurrent workers never wait on, or take, the same run).
+
+pub(crate) const THREAD_COLS: &str =
+    "id, project_id, actor_id, agent_id, title, system_instructions, \
+     purpose, capability_tags, context_group, status, created_at, updated_at";
+pub(crate) const MESSAGE_COLS: &str =
+    "id, thread_id, run_id, role, content, tool_calls, tool_call_id, \
+     tool_name, is_error, attachments, usage, created_at";
+pub(crate) const RUN_COLS: &str =
+    "id, thread_id, status, attempt, input_message_id, cancel_requested, \
+     stop_reason, error, prompt_tokens, completion_tokens, iterations, tool_calls, wall_ms, \
+     created_at, started_at, finished_at";
+pub(crate) const EVENT_COLS: &str = "thread_id, seq, run_id, kind, data, created_at";
+
+/// Run statuses that hold (or wait for) the thread.
+pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
+
+macro_rules! impl_run_sql {
+    ($store:ident, $db:ty) => {
+    /// Thread and run SQL, instantiated for this backend.
+    mod run_sql {
+        #[allow(unused_imports)]
+        use super::*;
+        use sqlx::{QueryBuilder, Row as _};
+        use tessera_domain::event::{self, NewEvent};
+        use tessera_domain::thread::{
+            Message, NewThread, Role, Run, RunStatus, RunUsage, StopReason, Thread, ThreadPurpose,
+            ThreadStatus, TokenUsage, ToolCall,
+        };
+        use tessera_domain::{
+            ActorId, AgentId, DeploymentId, MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp,
+        };
+        use $crate::sql::corrupt;
+        use $crate::sql_runs::{EVENT_COLS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
+        use $crate::{
+            CancelRequest, Claimed, Conflict, Cursor, Entity, Idempotency, Lease, Notification,
+            Order, Page, PageRequest, RunEnd, StepMessage, StoreError, StoreResult, SubmitOutcome,
+            SubmitRun, ThreadEvent,
+        };
+
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        fn id<T>(raw: String, parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>) -> StoreResult<T> {
+            parse(&raw).map_err(|e| corrupt("id", e))
+        }
+
+        fn json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> StoreResult<T> {
+            serde_json::from_str(raw).map_err(|e| corrupt(what, e))
+        }
+
+        fn to_json<T: serde::Serialize>(what: &str, value: &T) -> StoreResult<String> {
+            serde_json::to_string(value).map_err(|e| corrupt(what, e))
+        }
+
+        fn thread_from_row(row: &DbRow) -> StoreResult<Thread> {
+            let purpose: String = row.try_get("purpose")?;
+            let status: String = row.try_get("status")?;
+            let tags: String = row.try_get("capability_tags")?;
+            Ok(Thread {
+                id: id(row.try_get("id")?, ThreadId::parse)?,
+                project_id: id(row.try_get("project_id")?, ProjectId::parse)?,
+                actor_id: id(row.try_get("actor_id")?, ActorId::parse)?,
+                agent_id: id(row.try_get("agent_id")?, AgentId::parse)?,
+                title: row.try_get("title")?,
+                system_instructions: row.try_get("system_instructions")?,
+                purpose: ThreadPurpose::parse(&purpose).ok_or_else(|| corrupt("thread purpose", &purpose))?,
+                capability_tags: json("thread capability_tags", &tags)?,
+                context_group: row.try_get("context_group")?,
+                status: ThreadStatus::parse(&status).ok_or_else(|| corrupt("thread status", &status))?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+            })
+        }
+
+        fn message_from_row(row: &DbRow) -> StoreResult<Message> {
+            let role: String = row.try_get("role")?;
+            let tool_calls: String = row.try_get("tool_calls")?;
+            let attachments: String = row.try_get("attachments")?;
+            let usage: Option<String> = row.try_get("usage")?;
+            let run_id: Option<String> = row.try_get("run_id")?;
+            let is_error: i64 = row.try_get("is_error")?;
+            Ok(Message {
+                id: id(row.try_get("id")?, MessageId::parse)?,
+                thread_id: id(row.try_get("thread_id")?, ThreadId::parse)?,
+                run_id: run_id.map(|r| id(r, RunId::parse)).transpose()?,
+                role: Role::parse(&role).ok_or_else(|| corrupt("message role", &role))?,
+                content: row.try_get("content")?,
+                tool_calls: json::<Vec<ToolCall>>("message tool_calls", &tool_calls)?,
+                tool_call_id: row.try_get("tool_call_id")?,
+                tool_name: row.try_get("tool_name")?,
+                is_error: is_error != 0,
+                attachments: json("message attachments", &attachments)?,
+                usage: usage.map(|u| json::<TokenUsage>("message usage", &u)).transpose()?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        fn run_from_row(row: &DbRow) -> StoreResult<Run> {
+            let status: String = row.try_get("status")?;
+            let stop: Option<String> = row.try_get("stop_reason")?;
+            let cancel: i64 = row.try_get("cancel_requested")?;
+            let started: Option<i64> = row.try_get("started_at")?;
+            let finished: Option<i64> = row.try_get("finished_at")?;
+            let count = |name: &str| -> StoreResult<i64> { Ok(row.try_get::<i64, _>(name)?) };
+            Ok(Run {
+                id: id(row.try_get("id")?, RunId::parse)?,
+                thread_id: id(row.try_get("thread_id")?, ThreadId::parse)?,
+                status: RunStatus::parse(&status).ok_or_else(|| corrupt("run status", &status))?,
+                attempt: row.try_get("attempt")?,
+                input_message_id: id(row.try_get("input_message_id")?, MessageId::parse)?,
+                stop_reason: stop
+                    .map(|s| StopReason::parse(&s).ok_or_else(|| corrupt("run stop_reason", &s)))
+                    .transpose()?,
+                error: row.try_get("error")?,
+                usage: RunUsage {
+                    prompt_tokens: count("prompt_tokens")? as u64,
+                    completion_tokens: count("completion_tokens")? as u64,
+                    iterations: count("iterations")? as u32,
+                    tool_calls: count("tool_calls")? as u32,
+                    wall_ms: count("wall_ms")? as u64,
+                },
+                cancel_requested: cancel != 0,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                started_at: started.map(Timestamp::from_millis),
+                finished_at: finished.map(Timestamp::from_millis),
+            })
+        }
+
+        fn event_from_row(row: &DbRow) -> StoreResult<ThreadEvent> {
+            let run_id: Option<String> = row.try_get("run_id")?;
+            let data: String = row.try_get("data")?;
+            Ok(ThreadEvent {
+                thread_id: id(row.try_get("thread_id")?, ThreadId::parse)?,
+                seq: row.try_get("seq")?,
+                run_id: run_id.map(|r| id(r, RunId::parse)).transpose()?,
+                kind: row.try_get("kind")?,
+                data: json("event data", &data)?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        /// Appends events to a thread's log, numbering them after its last event.
+        async fn append(
+            conn: &mut Conn,
+            deployment_id: &str,
+            thread_id: &str,
+            run_id: Option<&str>,
+            events: &[NewEvent],
+        ) -> StoreResult<Vec<ThreadEvent>> {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = Timestamp::now();
+            let last: i64 = sqlx::query(
+                "UPDATE threads SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3 RETURNING last_seq",
+            )
+            .bind(events.len() as i64)
+            .bind(now.as_millis())
+            .bind(thread_id)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("last_seq")?;
+            let first = last - events.len() as i64 + 1;
+            let mut stored = Vec::with_capacity(events.len());
+            for (i, e) in events.iter().enumerate() {
+                let seq = first + i as i64;
+                sqlx::query(
+                    "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(thread_id)
+                .bind(seq)
+                .bind(deployment_id)
+                .bind(run_id)
+                .bind(e.kind)
+                .bind(to_json("event data", &e.data)?)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                stored.push(ThreadEvent {
+                    thread_id: id(thread_id.to_owned(), ThreadId::parse)?,
+                    seq,
+                    run_id: run_id.map(|r| id(r.to_owned(), RunId::parse)).transpose()?,
+                    kind: e.kind.to_owned(),
+                    data: e.data.clone(),
+                    created_at: now,
+                });
+            }
+            Ok(stored)
+        }
+
+        /// Inserts a message; `false` when a message with the same step key already exists.
+        async fn insert_message(
+            conn: &mut Conn,
+            deployment_id: &str,
+            m: &Message,
+            step_key: Option<&str>,
+        ) -> StoreResult<bool> {
+            let done = sqlx::query(
+                "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
+                   tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (run_id, step_key) DO NOTHING",
+            )
+            .bind(m.id.as_str())
+            .bind(deployment_id)
+            .bind(m.thread_id.as_str())
+            .bind(m.run_id.as_ref().map(|r| r.as_str()))
+            .bind(m.role.as_str())
+            .bind(m.content.as_str())
+            .bind(to_json("message tool_calls", &m.tool_calls)?)
+            .bind(m.tool_call_id.as_deref())
+            .bind(m.tool_name.as_deref())
+            .bind(i64::from(m.is_error))
+            .bind(to_json("message attachments", &m.attachments)?)
+            .bind(m.usage.map(|u| to_json("message usage", &u)).transpose()?)
+            .bind(step_key)
+            .bind(m.created_at.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// Checks the lease inside the transaction (and locks the run row on PostgreSQL).
+        /// Returns the run's deployment and thread.
+        async fn fence(conn: &mut Conn, lease: &Lease) -> StoreResult<(String, String)> {
+            let row = sqlx::query(
+                "UPDATE runs SET attempt = attempt
+                 WHERE id = $1 AND attempt = $2 AND status IN ('running', 'waiting_for_input')
+                 RETURNING deployment_id, thread_id",
+            )
+            .bind(lease.run_id.as_str())
+            .bind(lease.attempt)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::LeaseLost)?;
+            Ok((row.try_get("deployment_id")?, row.try_get("thread_id")?))
+        }
+
+        async fn find_idempotent(
+            conn: &mut Conn,
+            deployment_id: &str,
+            operation: &str,
+            key: &str,
+            request_hash: &str,
+        ) -> StoreResult<Option<serde_json::Value>> {
+            let row = sqlx::query(
+                "SELECT request_hash, result FROM idempotency_keys
+                 WHERE deployment_id = $1 AND operation = $2 AND key = $3",
+            )
+            .bind(deployment_id)
+            .bind(operation)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let stored: String = row.try_get("request_hash")?;
+            if stored != request_hash {
+                return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
+            }
+            let result: String = row.try_get("result")?;
+            Ok(Some(json("idempotency result", &result)?))
+        }
+
+        async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(deployment_id)
+            .bind(idem.operation.as_str())
+            .bind(idem.key.as_str())
+            .bind(idem.request_hash.as_str())
+            .bind(to_json("idempotency result", &idem.result)?)
+            .bind(Timestamp::now().as_millis())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
+            let rows = sqlx::query(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
+            ))
+            .bind(thread_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(run_from_row).collect()
+        }
+
+        /// Cancels a queued run at once, or asks the worker of an active one to stop (`flag` 1 =
+        /// cancel, 2 = interrupt). Returns the run as it is now and the events appended.
+        async fn stop_run(
+            conn: &mut Conn,
+            deployment_id: &str,
+            run: &Run,
+            flag: i64,
+        ) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+            if run.status == RunStatus::Queued {
+                let reason = if flag == 2 { StopReason::Interrupted } else { StopReason::Cancelled };
+                let row = sqlx::query(&format!(
+                    "UPDATE runs SET status = 'cancelled', stop_reason = $1, cancel_requested = $2,
+                       finished_at = $3 WHERE id = $4 RETURNING {RUN_COLS}"
+                ))
+                .bind(reason.as_str())
+                .bind(flag)
+                .bind(Timestamp::now().as_millis())
+                .bind(run.id.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+                let run = run_from_row(&row)?;
+                let events = append(
+                    conn,
+                    deployment_id,
+                    run.thread_id.as_str(),
+                    Some(run.id.as_str()),
+                    &[event::run_status_event(&run)],
+                )
+                .await?;
+                Ok((run, events))
+            } else {
+                let row = sqlx::query(&format!(
+                    "UPDATE runs SET cancel_requested = $1 WHERE id = $2 RETURNING {RUN_COLS}"
+                ))
+                .bind(flag)
+                .bind(run.id.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok((run_from_row(&row)?, Vec::new()))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ThreadStore for $store {
+            async fn create_thread(&self, scope: &Scope, new: &NewThread) -> StoreResult<Thread> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                let project = sqlx::query(
+                    "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2",
+                )
+                .bind(new.project_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::Project))?;
+                let status: String = project.try_get("status")?;
+                if status != "active" {
+                    return Err(StoreError::Conflict(Conflict::ProjectArchived));
+                }
+                let actor_id: String = project.try_get("actor_id")?;
+                let agent_id: String = project.try_get("agent_id")?;
+                let tags: Vec<&str> = new.capability_tags.iter().map(|t| t.as_str()).collect();
+                let row = sqlx::query(&format!(
+                    "INSERT INTO threads (id, deployment_id, project_id, actor_id, agent_id, title,
+                       system_instructions, purpose, capability_tags, context_group, status,
+                       created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'idle', $11, $11)
+                     RETURNING {THREAD_COLS}"
+                ))
+                .bind(ThreadId::generate_at(now).into_string())
+                .bind(scope.deployment_id().as_str())
+                .bind(new.project_id.as_str())
+                .bind(actor_id)
+                .bind(agent_id)
+                .bind(new.title.as_str())
+                .bind(new.system_instructions.as_deref())
+                .bind(new.purpose.as_str())
+                .bind(to_json("thread capability_tags", &tags)?)
+                .bind(new.context_group.as_ref().map(|c| c.as_str()))
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await?;
+                let thread = thread_from_row(&row)?;
+                tx.commit().await?;
+                Ok(thread)
+            }
+
+            async fn get_thread(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Thread> {
+                let row = sqlx::query(&format!(
+                    "SELECT {THREAD_COLS} FROM threads WHERE id = $1 AND deployment_id = $2"
+                ))
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::Thread))?;
+                thread_from_row(&row)
+            }
+
+            async fn list_messages(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                page: &PageRequest,
+                order: Order,
+            ) -> StoreResult<Page<Message>> {
+                $crate::ThreadStore::get_thread(self, scope, thread_id).await?;
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE deployment_id = "
+                ));
+                qb.push_bind(scope.deployment_id().as_str());
+                qb.push(" AND thread_id = ").push_bind(thread_id.as_str());
+                // "After" and "before" follow the requested order.
+                let newest_first = order == Order::NewestFirst;
+                let descending = match &page.cursor {
+                    Cursor::First => newest_first,
+                    Cursor::After(c) => {
+                        qb.push(if newest_first { " AND id < " } else { " AND id > " }).push_bind(c.clone());
+                        newest_first
+                    }
+                    Cursor::Before(c) => {
+                        qb.push(if newest_first { " AND id > " } else { " AND id < " }).push_bind(c.clone());
+                        !newest_first
+                    }
+                };
+                qb.push(if descending { " ORDER BY id DESC" } else { " ORDER BY id ASC" });
+                qb.push(" LIMIT ").push_bind(i64::from(page.limit) + 1);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                let limit = page.limit as usize;
+                let has_more = rows.len() > limit;
+                let mut items = rows.iter().take(limit).map(message_from_row).collect::<StoreResult<Vec<_>>>()?;
+                if matches!(page.cursor, Cursor::Before(_)) {
+                    items.reverse();
+                }
+                Ok(Page { items, has_more })
+            }
+
+            async fn thread_history(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Message>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND deployment_id = $2 ORDER BY id"
+                ))
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(message_from_row).collect()
+            }
+
+            async fn events_after(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                after: i64,
+                limit: u32,
+            ) -> StoreResult<Vec<ThreadEvent>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {EVENT_COLS} FROM thread_events
+                     WHERE thread_id = $1 AND deployment_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+                ))
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::RunStore for $store {
+            async fn submit_run(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                submit: &SubmitRun,
+            ) -> StoreResult<SubmitOutcome> {
+                let dep = scope.deployment_id().as_str();
+                let mut tx = self.begin_write().await?;
+                if let Some(idem) = &submit.idempotency {
+                    if let Some(result) = find_idempotent(&mut tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
+                        return Ok(SubmitOutcome::Replayed { result });
+                    }
+                }
+                let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
+                    .bind(thread_id.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(StoreError::not_found(Entity::Thread));
+                }
+                let open = open_runs(&mut tx, thread_id.as_str()).await?;
+                let mut events = Vec::new();
+                let mut interrupted = Vec::new();
+                match submit.policy {
+                    tessera_domain::agent::MultitaskPolicy::Reject if !open.is_empty() => {
+                        return Err(StoreError::Conflict(Conflict::RunActive));
+                    }
+                    tessera_domain::agent::MultitaskPolicy::Interrupt => {
+                        for run in &open {
+                            let (run, evs) = stop_run(&mut tx, dep, run, 2).await?;
+                            events.extend(evs);
+                            if !run.status.is_terminal() {
+                                interrupted.push(run.id.clone());
+                                self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                insert_message(&mut tx, dep, &submit.message, None).await?;
+                events.extend(
+                    append(&mut tx, dep, thread_id.as_str(), Some(submit.run_id.as_str()), &[
+                        event::message_event(event::MESSAGE_CREATED, &submit.message),
+                    ])
+                    .await?,
+                );
+                let now = Timestamp::now();
+                let row = sqlx::query(&format!(
+                    "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
+                     VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
+                ))
+                .bind(submit.run_id.as_str())
+                .bind(dep)
+                .bind(thread_id.as_str())
+                .bind(submit.message.id.as_str())
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await?;
+                let run = run_from_row(&row)?;
+                events.extend(
+                    append(&mut tx, dep, thread_id.as_str(), Some(run.id.as_str()), &[event::run_status_event(&run)])
+                        .await?,
+                );
+                if let Some(idem) = &submit.idempotency {
+                    save_idempotent(&mut tx, dep, idem).await?;
+                }
+                self.notify(&mut tx, &Notification::Runs).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                tx.commit().await?;
+                Ok(SubmitOutcome::Created { run, interrupted, events })
+            }
+
+            async fn idempotent_result(
+                &self,
+                scope: &Scope,
+                operation: &str,
+                key: &str,
+                request_hash: &str,
+            ) -> StoreResult<Option<serde_json::Value>> {
+                let mut conn = self.reader().acquire().await?;
+                find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
+            }
+
+            async fn cancel_runs(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                idempotency: Option<&Idempotency>,
+            ) -> StoreResult<Vec<Run>> {
+                let dep = scope.deployment_id().as_str();
+                let mut tx = self.begin_write().await?;
+                let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
+                    .bind(thread_id.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(StoreError::not_found(Entity::Thread));
+                }
+                let open = open_runs(&mut tx, thread_id.as_str()).await?;
+                if open.is_empty() {
+                    return Err(StoreError::Conflict(Conflict::RunNotActive));
+                }
+                let mut affected = Vec::new();
+                for run in &open {
+                    let (run, _) = stop_run(&mut tx, dep, run, 1).await?;
+                    if !run.status.is_terminal() {
+                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                    }
+                    affected.push(run);
+                }
+                if let Some(idem) = idempotency {
+                    save_idempotent(&mut tx, dep, idem).await?;
+                }
+                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                tx.commit().await?;
+                Ok(affected)
+            }
+
+            async fn get_run(&self, scope: &Scope, thread_id: &ThreadId, run_id: &RunId) -> StoreResult<Run> {
+                let row = sqlx::query(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE id = $1 AND thread_id = $2 AND deployment_id = $3"
+                ))
+                .bind(run_id.as_str())
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::Run))?;
+                run_from_row(&row)
+            }
+
+            async fn claim_run(&self, owner: &str, now: Timestamp, lease_ms: i64) -> StoreResult<Option<Claimed>> {
+                let mut tx = self.begin_write().await?;
+                // Runs whose worker died come first: they have waited longest.
+                let mut candidate = sqlx::query(&format!(
+                    "SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < $1
+                     ORDER BY id LIMIT 1{}", Self::CLAIM_LOCK
+                ))
+                .bind(now.as_millis())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if candidate.is_none() {
+                    candidate = sqlx::query(&format!(
+                        "SELECT r.id FROM runs r
+                         WHERE r.status = 'queued'
+                           AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
+                           AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id)
+                         ORDER BY r.id LIMIT 1{}", Self::CLAIM_LOCK
+                    ))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                }
+                let Some(candidate) = candidate else { return Ok(None) };
+                let run_id: String = candidate.try_get("id")?;
+                let row = sqlx::query(&format!(
+                    "UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = $1,
+                       lease_expires_at = $2, started_at = COALESCE(started_at, $3)
+                     WHERE id = $4 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))
+                     RETURNING deployment_id, {RUN_COLS}"
+                ))
+                .bind(owner)
+                .bind(now.as_millis() + lease_ms)
+                .bind(now.as_millis())
+                .bind(&run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let run = run_from_row(&row)?;
+                let dep: String = row.try_get("deployment_id")?;
+                // The thread's single active slot: taken here, or already ours on recovery.
+                let thread_row = sqlx::query(&format!(
+                    "UPDATE threads SET active_run_id = $1, status = 'running', updated_at = $2
+                     WHERE id = $3 AND (active_run_id IS NULL OR active_run_id = $1)
+                     RETURNING {THREAD_COLS}"
+                ))
+                .bind(&run_id)
+                .bind(now.as_millis())
+                .bind(run.thread_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(thread_row) = thread_row else {
+                    // Another run of the thread won the slot concurrently; leave this one queued.
+                    return Ok(None);
+                };
+                let thread = thread_from_row(&thread_row)?;
+                let events = append(&mut tx, &dep, thread.id.as_str(), Some(&run_id), &[event::run_status_event(&run)]).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(thread.id.clone())).await?;
+                tx.commit().await?;
+                Ok(Some(Claimed {
+                    scope: Scope::deployment(id(dep, DeploymentId::parse)?),
+                    lease: Lease { run_id: run.id.clone(), attempt: run.attempt },
+                    run,
+                    thread,
+                    events,
+                }))
+            }
+
+            async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(
+                    "UPDATE runs SET lease_expires_at = $1
+                     WHERE id = $2 AND attempt = $3 AND status IN ('running', 'waiting_for_input')
+                     RETURNING cancel_requested",
+                )
+                .bind(until.as_millis())
+                .bind(lease.run_id.as_str())
+                .bind(lease.attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::LeaseLost)?;
+                let flag: i64 = row.try_get("cancel_requested")?;
+                tx.commit().await?;
+                Ok(match flag {
+                    0 => CancelRequest::None,
+                    2 => CancelRequest::Interrupt,
+                    _ => CancelRequest::Cancel,
+                })
+            }
+
+            async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
+                let mut tx = self.begin_write().await?;
+                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                let mut events = Vec::new();
+                for s in step {
+                    if insert_message(&mut tx, &dep, &s.message, Some(&s.step_key)).await? {
+                        events.push(s.event.clone());
+                    }
+                }
+                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
+                if !stored.is_empty() {
+                    self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                }
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn append_events(&self, lease: &Lease, events: &[NewEvent]) -> StoreResult<Vec<ThreadEvent>> {
+                let mut tx = self.begin_write().await?;
+                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), events).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn finish_run(&self, lease: &Lease, end: &RunEnd) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                let row = sqlx::query(&format!(
+                    "UPDATE runs SET status = $1, stop_reason = $2, error = $3, prompt_tokens = $4,
+                       completion_tokens = $5, iterations = $6, tool_calls = $7,
+                       wall_ms = $8 - COALESCE(started_at, $8), finished_at = $8,
+                       lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = $9 AND attempt = $10 RETURNING {RUN_COLS}"
+                ))
+                .bind(end.status.as_str())
+                .bind(end.stop_reason.as_str())
+                .bind(end.error.as_deref())
+                .bind(end.usage.prompt_tokens as i64)
+                .bind(end.usage.completion_tokens as i64)
+                .bind(i64::from(end.usage.iterations))
+                .bind(i64::from(end.usage.tool_calls))
+                .bind(now.as_millis())
+                .bind(lease.run_id.as_str())
+                .bind(lease.attempt)
+                .fetch_one(&mut *tx)
+                .await?;
+                let run = run_from_row(&row)?;
+                sqlx::query(
+                    "UPDATE threads SET active_run_id = NULL, status = 'idle', updated_at = $1
+                     WHERE id = $2 AND active_run_id = $3",
+                )
+                .bind(now.as_millis())
+                .bind(&thread_id)
+                .bind(lease.run_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let events = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &[event::run_status_event(&run)]).await?;
+                self.notify(&mut tx, &Notification::Runs).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                tx.commit().await?;
+                Ok((run, events))
+            }
+
+            async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(before.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            }
+        }
+    }
+    };
+}
+
+pub(crate) use impl_run_sql;
