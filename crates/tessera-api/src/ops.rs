@@ -38,6 +38,12 @@ operations! {
     LIST_ACTOR_PROJECTS = ("listActorProjects", "GET", "/ai/actor-projects");
     GET_ACTOR_PROJECT = ("getActorProject", "GET", "/ai/actor-projects/{project_id}");
     ARCHIVE_ACTOR_PROJECT = ("archiveActorProject", "POST", "/ai/actor-projects/{project_id}/archive");
+    CREATE_AGENT_THREAD = ("createAgentThread", "POST", "/ai/actor-projects/{project_id}/threads");
+    GET_AGENT_THREAD_BY_ID = ("getAgentThreadById", "GET", "/ai/threads/{thread_id}");
+    GET_AGENT_THREAD_MESSAGES = ("getAgentThreadMessages", "GET", "/ai/threads/{thread_id}/messages");
+    EXECUTE_AGENT_THREAD_ASYNC = ("executeAgentThreadAsync", "POST", "/ai/threads/{thread_id}/run");
+    GET_AGENT_THREAD_RUN = ("getAgentThreadRun", "GET", "/ai/threads/{thread_id}/runs/{run_id}");
+    STREAM_AGENT_THREAD = ("streamAgentThread", "GET", "/ai/threads/{thread_id}/stream");
 }
 
 /// Finds an operation by its operationId.

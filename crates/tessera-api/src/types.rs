@@ -443,3 +443,227 @@ mod tests {
         assert!(err.to_string().contains("instructions"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Threads, messages and runs
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadPurpose {
+    /// A conversation with a person.
+    #[default]
+    Conversation,
+    /// A lane that executes tasks.
+    Execution,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadStatus {
+    Idle,
+    Running,
+    WaitingForInput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Thread {
+    pub id: String,
+    pub project_id: String,
+    pub actor_id: String,
+    pub agent_id: String,
+    pub title: String,
+    #[serde(default)]
+    pub system_instructions: Option<String>,
+    pub purpose: ThreadPurpose,
+    pub capability_tags: Vec<String>,
+    #[serde(default)]
+    pub context_group: Option<String>,
+    pub status: ThreadStatus,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateThreadRequest {
+    /// 1-200 characters.
+    #[schema(example = "Billing question")]
+    pub title: String,
+    /// Extra system text for this thread's model turns (at most 20 000 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_instructions: Option<String>,
+    /// `conversation` (default) or `execution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<ThreadPurpose>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_tags: Option<Vec<String>>,
+    /// Partition key, 1-256 characters of `[A-Za-z0-9:_.@-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_group: Option<String>,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRole {
+    User,
+    Assistant,
+    Tool,
+    System,
+}
+
+/// A message of a thread. This is also the `message` of stream events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub id: String,
+    pub thread_id: String,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    pub role: MessageRole,
+    pub content: String,
+    /// Assistant messages: the tools the model called.
+    pub tool_calls: Vec<ToolCall>,
+    /// Tool messages: the call answered.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub tool_name: Option<String>,
+    /// Tool messages: the tool failed; `content` is the error given to the model.
+    pub is_error: bool,
+    /// Workspace paths of attached files.
+    pub attachments: Vec<String>,
+    /// Assistant messages: the model turn's token usage.
+    #[serde(default)]
+    pub usage: Option<TokenUsage>,
+    pub created_at: String,
+}
+
+list_type!(
+    /// A page of messages.
+    MessageList,
+    Message
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageOrder {
+    /// Oldest first (default).
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListMessagesParams {
+    /// `asc` (oldest first, default) or `desc` (newest first). `after`/`before` follow this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<MessageOrder>,
+    /// Page size, 1-100 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Return messages that come before this id (in the chosen order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// Return messages that come after this id (in the chosen order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// The message a run answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// The text, 1-100 000 characters.
+    #[schema(example = "What is the status of order 123?")]
+    pub content: String,
+    /// Workspace paths of files to attach (at most 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+}
+
+/// Send `message` to start a run, or `cancel: true` to cancel the thread's queued and active
+/// runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteThreadRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<NewMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    WaitingForInput,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// The answer to `executeAgentThreadAsync`: the run was queued (or, for `cancel`, the runs
+/// affected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunAccepted {
+    /// `queued` for a new run, `cancelled` / `cancelling` for a cancel request.
+    pub status: String,
+    /// The new run (or, for `cancel`, the active run that was asked to stop).
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// For `cancel`: every run affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ids: Option<Vec<String>>,
+}
+
+/// What a run consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct RunUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Model turns.
+    pub iterations: u32,
+    pub tool_calls: u32,
+    /// Milliseconds from the run starting to its end.
+    pub wall_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    pub id: String,
+    pub thread_id: String,
+    pub status: RunStatus,
+    /// How many times a worker claimed it (more than 1 after a node failure).
+    pub attempt: i64,
+    pub input_message_id: String,
+    /// Why it ended: `completed`, `cancelled`, `interrupted`, `max_iterations`,
+    /// `token_budget`, `timeout` or `model_error`.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub usage: RunUsage,
+    pub created_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}

@@ -42,6 +42,11 @@ impl<'a> Ai<'a> {
             client: self.client,
         }
     }
+
+    /// Threads, their messages, runs and event stream.
+    pub fn threads(&self) -> crate::threads::Threads<'a> {
+        crate::threads::Threads::new(self.client)
+    }
 }
 
 /// Actors: [`Ai::actors`].
@@ -222,6 +227,12 @@ mod tests {
             ),
             seen(ai.actor_projects().get_actor_project("x")),
             seen(ai.actor_projects().archive_actor_project("x")),
+            seen(ai.threads().create_thread("x", Default::default())),
+            seen(ai.threads().get_thread("x")),
+            seen(ai.threads().list_messages("x", Default::default())),
+            seen(ai.threads().send_message("x", "hi")),
+            seen(ai.threads().get_run("x", "x")),
+            ("GET".to_owned(), ai.threads().stream("x").path().to_owned()),
         ];
         let mut table: Vec<(String, String)> = ops::ALL
             .iter()

@@ -33,9 +33,11 @@ mod deployments;
 mod error;
 mod request;
 mod secret_keys;
+mod stream;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly.
 mod tests;
+mod threads;
 
 pub use ai::{ActorProjects, Actors, Agents, Ai};
 pub use client::Client;
@@ -43,6 +45,8 @@ pub use deployments::Deployments;
 pub use error::Error;
 pub use request::Request;
 pub use secret_keys::SecretKeys;
+pub use stream::{StreamEvent, StreamRequest, ThreadStream};
+pub use threads::Threads;
 
 /// The wire crate, for [`tessera_api::ErrorCode`], [`tessera_api::ops`] and friends.
 pub use tessera_api as api;

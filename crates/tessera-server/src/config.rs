@@ -72,6 +72,38 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// `[runtime]`: the workers that execute runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeSettings {
+    /// Runs this node executes concurrently.
+    pub workers: usize,
+    /// A worker's claim on a run lasts this long without a heartbeat; a run whose node died is
+    /// resumed by another node after it expires.
+    pub lease_seconds: u64,
+    /// Safety-net poll for work (wake-ups are otherwise immediate), in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Longest a single tool call may take.
+    pub tool_timeout_seconds: u64,
+    /// Provider used by agents that name no model.
+    pub default_provider: String,
+    /// Model used by agents that name no model.
+    pub default_model: String,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            lease_seconds: 30,
+            poll_interval_ms: 2_000,
+            tool_timeout_seconds: 60,
+            default_provider: "echo".to_owned(),
+            default_model: "echo".to_owned(),
+        }
+    }
+}
+
 /// Everything `tessera serve` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -94,6 +126,9 @@ pub struct Config {
     /// The first secret key of deployment `default`, instead of a generated one (automation).
     /// Read from `TESSERA_BOOTSTRAP_SECRET_KEY`.
     pub bootstrap_secret_key: Option<Secret>,
+    pub runtime: RuntimeSettings,
+    /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
+    pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
 
 impl Default for Config {
@@ -108,6 +143,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             shutdown_timeout_seconds: 30,
             bootstrap_secret_key: None,
+            runtime: RuntimeSettings::default(),
+            providers: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -170,6 +207,26 @@ impl Config {
             self.database.max_connections >= 1,
             "database.max_connections must be at least 1"
         );
+        anyhow::ensure!(
+            (1..=1024).contains(&self.runtime.workers),
+            "runtime.workers must be between 1 and 1024"
+        );
+        anyhow::ensure!(
+            self.runtime.lease_seconds >= 3,
+            "runtime.lease_seconds must be at least 3"
+        );
+        anyhow::ensure!(
+            self.runtime.poll_interval_ms >= 10,
+            "runtime.poll_interval_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.runtime.tool_timeout_seconds >= 1,
+            "runtime.tool_timeout_seconds must be at least 1"
+        );
+        for name in self.providers.keys() {
+            tessera_domain::validate::ProviderName::parse("providers", name.clone())
+                .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;
+        }
         if let Some(key) = &self.bootstrap_secret_key {
             tessera_domain::secret::validate_operator_secret_key(key.expose())
                 .map_err(|e| anyhow::anyhow!("TESSERA_BOOTSTRAP_SECRET_KEY {e}"))?;
@@ -196,6 +253,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's test jail returns its own (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -8,10 +8,15 @@ use tessera_domain::agent::{
 use tessera_domain::records::{
     Actor, Deployment, NewActor, NewProject, Project, ProjectStatus, SecretKeyRecord,
 };
+use tessera_domain::thread::{
+    self, ContextGroup, Message, NewThread, Role, Run, RunStatus, Thread, ThreadPurpose,
+    ThreadStatus,
+};
 use tessera_domain::validate::{
     parse_list, CapabilityTag, Description, EndpointSlug, ExternalKey, Label, Metadata, ModelName,
     ProviderName, SubjectType, ToolPattern,
 };
+use tessera_domain::ProjectId;
 use tessera_domain::{ActorId, AgentId, Timestamp, ToolId, ValidationError};
 use tessera_store::Page;
 
@@ -188,6 +193,58 @@ pub(crate) fn new_project(
     })
 }
 
+pub(crate) fn new_thread(
+    project_id: ProjectId,
+    req: api::CreateThreadRequest,
+) -> Result<NewThread, ValidationError> {
+    if let Some(instructions) = &req.system_instructions {
+        thread::check_system_instructions("system_instructions", instructions)?;
+    }
+    Ok(NewThread {
+        project_id,
+        title: Label::parse("title", req.title)?,
+        system_instructions: req.system_instructions,
+        purpose: match req.purpose.unwrap_or_default() {
+            api::ThreadPurpose::Conversation => ThreadPurpose::Conversation,
+            api::ThreadPurpose::Execution => ThreadPurpose::Execution,
+        },
+        capability_tags: parse_list(
+            "capability_tags",
+            req.capability_tags.unwrap_or_default(),
+            AgentSpec::MAX_CAPABILITY_TAGS,
+            CapabilityTag::parse,
+        )?,
+        context_group: req
+            .context_group
+            .map(|c| ContextGroup::parse("context_group", c))
+            .transpose()?,
+    })
+}
+
+/// Most files a message may reference.
+pub(crate) const MAX_MESSAGE_FILES: usize = 20;
+
+/// Checks a message a caller sends; returns its content and attachment paths.
+pub(crate) fn new_message(req: api::NewMessage) -> Result<(String, Vec<String>), ValidationError> {
+    thread::check_message_content("message.content", &req.content)?;
+    let files = req.files.unwrap_or_default();
+    if files.len() > MAX_MESSAGE_FILES {
+        return Err(ValidationError::new(
+            "message.files",
+            format!("must have at most {MAX_MESSAGE_FILES} items"),
+        ));
+    }
+    for (i, path) in files.iter().enumerate() {
+        if path.is_empty() || path.len() > 1024 || path.contains('\0') {
+            return Err(ValidationError::new(
+                format!("message.files[{i}]"),
+                "must be a path of 1-1024 bytes",
+            ));
+        }
+    }
+    Ok((req.content, files))
+}
+
 // --- records → responses ----------------------------------------------------------------------
 
 pub(crate) fn deployment(d: Deployment) -> api::Deployment {
@@ -290,6 +347,93 @@ pub(crate) fn project_status(s: api::ProjectStatus) -> ProjectStatus {
     }
 }
 
+pub(crate) fn thread(t: Thread) -> api::Thread {
+    api::Thread {
+        id: t.id.into_string(),
+        project_id: t.project_id.into_string(),
+        actor_id: t.actor_id.into_string(),
+        agent_id: t.agent_id.into_string(),
+        title: t.title,
+        system_instructions: t.system_instructions,
+        purpose: match t.purpose {
+            ThreadPurpose::Conversation => api::ThreadPurpose::Conversation,
+            ThreadPurpose::Execution => api::ThreadPurpose::Execution,
+        },
+        capability_tags: t.capability_tags,
+        context_group: t.context_group,
+        status: match t.status {
+            ThreadStatus::Idle => api::ThreadStatus::Idle,
+            ThreadStatus::Running => api::ThreadStatus::Running,
+            ThreadStatus::WaitingForInput => api::ThreadStatus::WaitingForInput,
+        },
+        created_at: ts(t.created_at),
+        updated_at: ts(t.updated_at),
+    }
+}
+
+pub(crate) fn message(m: Message) -> api::Message {
+    api::Message {
+        id: m.id.into_string(),
+        thread_id: m.thread_id.into_string(),
+        run_id: m.run_id.map(|r| r.into_string()),
+        role: match m.role {
+            Role::User => api::MessageRole::User,
+            Role::Assistant => api::MessageRole::Assistant,
+            Role::Tool => api::MessageRole::Tool,
+            Role::System => api::MessageRole::System,
+        },
+        content: m.content,
+        tool_calls: m
+            .tool_calls
+            .into_iter()
+            .map(|c| api::ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+        tool_call_id: m.tool_call_id,
+        tool_name: m.tool_name,
+        is_error: m.is_error,
+        attachments: m.attachments,
+        usage: m.usage.map(|u| api::TokenUsage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }),
+        created_at: ts(m.created_at),
+    }
+}
+
+pub(crate) fn run(r: Run) -> api::Run {
+    api::Run {
+        id: r.id.into_string(),
+        thread_id: r.thread_id.into_string(),
+        status: match r.status {
+            RunStatus::Queued => api::RunStatus::Queued,
+            RunStatus::Running => api::RunStatus::Running,
+            RunStatus::WaitingForInput => api::RunStatus::WaitingForInput,
+            RunStatus::Completed => api::RunStatus::Completed,
+            RunStatus::Failed => api::RunStatus::Failed,
+            RunStatus::Cancelled => api::RunStatus::Cancelled,
+        },
+        attempt: r.attempt,
+        input_message_id: r.input_message_id.into_string(),
+        stop_reason: r.stop_reason.map(|s| s.as_str().to_owned()),
+        error: r.error,
+        cancel_requested: r.cancel_requested,
+        usage: api::RunUsage {
+            prompt_tokens: r.usage.prompt_tokens,
+            completion_tokens: r.usage.completion_tokens,
+            iterations: r.usage.iterations,
+            tool_calls: r.usage.tool_calls,
+            wall_ms: r.usage.wall_ms,
+        },
+        created_at: ts(r.created_at),
+        started_at: r.started_at.map(ts),
+        finished_at: r.finished_at.map(ts),
+    }
+}
+
 /// The parts of a list response: items plus paging hints.
 pub(crate) struct ListParts<T> {
     pub data: Vec<T>,
@@ -322,5 +466,43 @@ list_from_parts!(
     ActorList => Actor,
     AgentList => Agent,
     ActorProjectList => ActorProject,
-    SecretKeyList => SecretKey
+    SecretKeyList => SecretKey,
+    MessageList => Message
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_domain::thread::{TokenUsage, ToolCall};
+    use tessera_domain::{MessageId, RunId, ThreadId};
+
+    /// Stream events carry messages built by the domain; they must look exactly like the
+    /// messages of `GET /ai/threads/{id}/messages`.
+    #[test]
+    fn event_messages_match_api_messages() {
+        let m = Message {
+            id: MessageId::generate(),
+            thread_id: ThreadId::generate(),
+            run_id: Some(RunId::generate()),
+            role: Role::Assistant,
+            content: "hi".into(),
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                name: "notify_user".into(),
+                arguments: serde_json::json!({"message": "x"}),
+            }],
+            tool_call_id: None,
+            tool_name: None,
+            is_error: false,
+            attachments: vec!["a.txt".into()],
+            usage: Some(TokenUsage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            }),
+            created_at: Timestamp::from_millis(1_700_000_000_000),
+        };
+        let from_event = tessera_domain::event::message_json(&m);
+        let from_api = serde_json::to_value(message(m)).unwrap();
+        assert_eq!(from_event, from_api);
+    }
+}

@@ -75,6 +75,8 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::Agent => (ErrorCode::AgentNotFound, "agent"),
         Entity::Project => (ErrorCode::ProjectNotFound, "actor project"),
         Entity::Tool => (ErrorCode::ToolNotFound, "tool"),
+        Entity::Thread => (ErrorCode::ThreadNotFound, "thread"),
+        Entity::Run => (ErrorCode::RunNotFound, "run"),
     }
 }
 
@@ -121,6 +123,22 @@ impl From<StoreError> for ApiError {
                     "a deployment with this name already exists",
                 )
                 .with_field("name"),
+                Conflict::ProjectArchived => Self::new(
+                    ErrorCode::ProjectArchived,
+                    "the project is archived; nothing new can be created in it",
+                ),
+                Conflict::RunActive => Self::new(
+                    ErrorCode::RunActive,
+                    "the thread already has a run and the agent's multitask policy is `reject`",
+                ),
+                Conflict::RunNotActive => Self::new(
+                    ErrorCode::RunNotActive,
+                    "the thread has no queued or active run to cancel",
+                ),
+                Conflict::IdempotencyKeyReused => Self::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was already used with a different request",
+                ),
                 Conflict::StaleVersion => Self::new(
                     ErrorCode::ConcurrentUpdate,
                     "the object changed while this request was applied; retry",
@@ -135,7 +153,8 @@ impl From<StoreError> for ApiError {
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
             | StoreError::Migration(_)
-            | StoreError::InvalidUrl(_)) => Self::internal(err),
+            | StoreError::InvalidUrl(_)
+            | StoreError::LeaseLost) => Self::internal(err),
         }
     }
 }

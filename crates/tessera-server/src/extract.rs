@@ -2,13 +2,13 @@
 //! JSON bodies, query strings and paging parameters.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use tessera_api::ErrorCode;
-use tessera_store::{Cursor, PageRequest};
+use tessera_store::{Cursor, Entity, PageRequest};
 
 use crate::error::ApiError;
 
@@ -78,6 +78,18 @@ async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 
 /// Deserializes a JSON body, reporting the failing field's path.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object; serde would also accept a struct written as an array.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                return Err(ApiError::new(
+                    ErrorCode::ValidationFailed,
+                    "the request body must be a JSON object",
+                ));
+            }
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -106,6 +118,9 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 fn field_error(path: &str, message: &str) -> ApiError {
     let message = strip_position(message);
     let field = field_path(path, &message);
+    if field.is_empty() {
+        return ApiError::new(ErrorCode::ValidationFailed, message);
+    }
     ApiError::new(ErrorCode::ValidationFailed, format!("{field}: {message}")).with_field(field)
 }
 
@@ -113,8 +128,9 @@ fn field_error(path: &str, message: &str) -> ApiError {
 /// field, but stops at the parent object for a missing one, whose name is in the message.
 fn field_path(path: &str, message: &str) -> String {
     let parent = if path == "." { "" } else { path };
-    let missing = message
-        .strip_prefix("missing field `")
+    let missing = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
     match (parent, missing) {
         ("", Some(name)) => name.to_owned(),
@@ -146,8 +162,70 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                 let path = err.path().to_string();
                 let message = err.into_inner().to_string();
                 let field = field_path(&path, &message);
+                if field.is_empty() {
+                    return ApiError::new(ErrorCode::InvalidParameter, message);
+                }
                 ApiError::invalid_parameter(&field, format!("{field}: {message}"))
             })
+    }
+}
+
+/// An id type that appears in paths, and the entity a bad one is "not found" as.
+pub(crate) trait PathId: Sized {
+    const ENTITY: Entity;
+    fn parse_id(raw: &str) -> Option<Self>;
+}
+
+macro_rules! path_ids {
+    ($($ty:ty => $entity:ident),*) => {$(
+        impl PathId for $ty {
+            const ENTITY: Entity = Entity::$entity;
+            fn parse_id(raw: &str) -> Option<Self> {
+                <$ty>::parse(raw).ok()
+            }
+        }
+    )*};
+}
+
+path_ids!(
+    tessera_domain::ActorId => Actor,
+    tessera_domain::AgentId => Agent,
+    tessera_domain::ProjectId => Project,
+    tessera_domain::SecretKeyId => SecretKey,
+    tessera_domain::ThreadId => Thread,
+    tessera_domain::RunId => Run
+);
+
+/// The single id of a path (`/ai/agents/{agent_id}`). An id that cannot exist — malformed,
+/// wrong prefix, not even UTF-8 — is answered like an unknown one: 404 with the entity's code.
+pub(crate) struct IdPath<T>(pub T);
+
+impl<S: Send + Sync, T: PathId + Send> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found(T::ENTITY))?;
+        T::parse_id(&raw)
+            .map(IdPath)
+            .ok_or_else(|| ApiError::not_found(T::ENTITY))
+    }
+}
+
+/// Two ids of a path (`/ai/threads/{thread_id}/runs/{run_id}`), checked outer first.
+pub(crate) struct IdPath2<A, B>(pub A, pub B);
+
+impl<S: Send + Sync, A: PathId + Send, B: PathId + Send> FromRequestParts<S> for IdPath2<A, B> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((a, b)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found(A::ENTITY))?;
+        let a = A::parse_id(&a).ok_or_else(|| ApiError::not_found(A::ENTITY))?;
+        let b = B::parse_id(&b).ok_or_else(|| ApiError::not_found(B::ENTITY))?;
+        Ok(IdPath2(a, b))
     }
 }
 

@@ -13,6 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::PlainSecret;
+use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
+use tessera_runtime::hub::Hub;
+use tessera_runtime::provider::ProviderRegistry;
+use tessera_runtime::tools::InternalTools;
 use tessera_store::Store;
 use tokio::net::TcpListener;
 
@@ -25,6 +29,7 @@ mod extract;
 mod observe;
 mod openapi;
 mod routes;
+mod stream;
 
 pub use config::{Config, LogFormat, Overrides, Secret};
 pub use openapi::openapi_document;
@@ -34,6 +39,7 @@ pub use openapi::openapi_document;
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<observe::Metrics>,
+    pub runtime: Arc<Runtime>,
 }
 
 /// What the first start on an empty database created.
@@ -49,6 +55,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
     public_url: String,
     shutdown_timeout: Duration,
     bootstrapped: Option<Bootstrapped>,
@@ -58,6 +65,13 @@ impl Application {
     /// Opens and migrates the database, creates deployment `default` on an empty database,
     /// binds the listener (port 0 picks a free port) and assembles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let providers = ProviderRegistry::from_config(&config.providers)
+            .map_err(|e| anyhow::anyhow!("invalid [providers] configuration: {e}"))?;
+        anyhow::ensure!(
+            providers.contains(&config.runtime.default_provider),
+            "runtime.default_provider {:?} is not a configured provider",
+            config.runtime.default_provider
+        );
         let store = tessera_store::open(&config.database_url, &config.connect_options())
             .await
             .with_context(|| {
@@ -75,15 +89,34 @@ impl Application {
             None => format!("http://{local_addr}"),
         };
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
+        let runtime = Arc::new(Runtime {
+            store: store.clone(),
+            providers,
+            tools: Arc::new(InternalTools),
+            hub: Arc::new(Hub::new()),
+            config: RuntimeConfig {
+                workers: config.runtime.workers,
+                lease: Duration::from_secs(config.runtime.lease_seconds),
+                poll_interval: Duration::from_millis(config.runtime.poll_interval_ms),
+                default_model: ModelChoice {
+                    provider: config.runtime.default_provider.clone(),
+                    model: config.runtime.default_model.clone(),
+                },
+                tool_timeout: Duration::from_secs(config.runtime.tool_timeout_seconds),
+                node_id: format!("{}:{}", local_addr, tessera_domain::RequestId::generate()),
+            },
+        });
         let state = AppState {
             store: store.clone(),
             metrics: Arc::new(observe::Metrics::new()),
+            runtime: runtime.clone(),
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {
             listener,
             router,
             store,
+            runtime,
             public_url,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
             bootstrapped,
@@ -118,8 +151,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
+        let workers = tokio::spawn(tessera_runtime::worker::run_workers(
+            self.runtime.clone(),
+            workers_rx,
+        ));
         let graceful = async move {
             shutdown.await;
+            let _ = workers_stop.send(true);
             let _ = stopping_tx.send(());
         };
         let serve = axum::serve(
@@ -144,6 +183,7 @@ impl Application {
                 "in-flight requests did not finish in time; stopping anyway"
             ),
         }
+        workers.abort();
         self.store.close().await;
         Ok(())
     }

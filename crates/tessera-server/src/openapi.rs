@@ -3,13 +3,14 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{actors, agents, deployments, projects};
+use crate::routes::{actors, agents, deployments, projects, threads};
+use crate::stream;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents and actor projects.",
+        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -30,6 +31,12 @@ use crate::routes::{actors, agents, deployments, projects};
         projects::list_actor_projects,
         projects::get_actor_project,
         projects::archive_actor_project,
+        threads::create_thread,
+        threads::get_thread,
+        threads::list_messages,
+        threads::execute,
+        threads::get_run,
+        stream::stream_thread,
     ),
     components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
     modifiers(&Security),
@@ -39,6 +46,7 @@ use crate::routes::{actors, agents, deployments, projects};
         (name = "actors", description = "Who agents work for."),
         (name = "agents", description = "Agent definitions."),
         (name = "actor projects", description = "An actor bound to an agent."),
+        (name = "threads", description = "Conversations and execution lanes; runs and their event stream."),
     )
 )]
 struct ApiDoc;

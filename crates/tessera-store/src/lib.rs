@@ -475,14 +475,17 @@ pub trait RunStore {
         request_hash: &str,
     ) -> StoreResult<Option<serde_json::Value>>;
 
-    /// Cancels the thread's queued runs and flags its active run for its worker. Returns the
-    /// runs affected; [`Conflict::RunNotActive`] when there are none.
-    async fn cancel_runs(
+    /// Records the answer to an idempotent request made outside `submit_run`; a record that
+    /// already exists for the key is kept.
+    async fn remember_idempotent(
         &self,
         scope: &Scope,
-        thread_id: &ThreadId,
-        idempotency: Option<&Idempotency>,
-    ) -> StoreResult<Vec<Run>>;
+        idempotency: &Idempotency,
+    ) -> StoreResult<()>;
+
+    /// Cancels the thread's queued runs and flags its active run for its worker. Returns the
+    /// runs affected; [`Conflict::RunNotActive`] when there are none.
+    async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>>;
 
     async fn get_run(
         &self,

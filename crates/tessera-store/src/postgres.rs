@@ -96,6 +96,9 @@ impl PgStore {
 
     /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// Check-then-write transactions lock the row they check, so a concurrent writer waits
+    /// instead of acting on a stale check (READ COMMITTED would allow it).
+    pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
 
     /// Queues a `NOTIFY` for the other nodes; PostgreSQL delivers it when the transaction
     /// commits (and drops it if it rolls back).

@@ -377,6 +377,12 @@ macro_rules! impl_sql_store {
                 id: &SecretKeyId,
             ) -> StoreResult<SecretKeyRecord> {
                 let mut tx = self.begin_write().await?;
+                // Serialise revocations per deployment: two concurrent revokes must not both see
+                // the other's key as the remaining active one.
+                sqlx::query(&format!("SELECT id FROM deployments WHERE id = $1{}", Self::ROW_LOCK))
+                    .bind(scope.deployment_id().as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 let row = sqlx::query(&format!(
                     "SELECT {KEY_COLS} FROM secret_keys WHERE id = $1 AND deployment_id = $2"
                 ))
@@ -597,9 +603,11 @@ macro_rules! impl_sql_store {
 
             async fn delete_agent(&self, scope: &Scope, id: &AgentId) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                let exists = sqlx::query(
-                    "SELECT 1 FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL",
-                )
+                // Locks the agent so that a concurrent project creation waits for the outcome.
+                let exists = sqlx::query(&format!(
+                    "SELECT id FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL{}",
+                    Self::ROW_LOCK
+                ))
                 .bind(id.as_str())
                 .bind(scope.deployment_id().as_str())
                 .fetch_optional(&mut *tx)
@@ -643,9 +651,12 @@ macro_rules! impl_sql_store {
                 if actor.is_none() {
                     return Err(StoreError::not_found_at(Entity::Actor, "actor_id"));
                 }
-                let agent = sqlx::query(
-                    "SELECT 1 FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL",
-                )
+                // Locks the agent: a concurrent delete either waits for this project (and then
+                // refuses) or has already deleted it (and this creation fails).
+                let agent = sqlx::query(&format!(
+                    "SELECT id FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL{}",
+                    Self::ROW_LOCK
+                ))
                 .bind(new.agent_id.as_str())
                 .bind(scope.deployment_id().as_str())
                 .fetch_optional(&mut *tx)

@@ -272,10 +272,13 @@ macro_rules! impl_run_sql {
             Ok(Some(json("idempotency result", &result)?))
         }
 
-        async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<()> {
-            sqlx::query(
+        /// Records the key; `false` when it is already recorded. On PostgreSQL an insert racing
+        /// an uncommitted one for the same key waits for it, then inserts nothing if it committed.
+        async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<bool> {
+            let done = sqlx::query(
                 "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (deployment_id, operation, key) DO NOTHING",
             )
             .bind(deployment_id)
             .bind(idem.operation.as_str())
@@ -285,7 +288,7 @@ macro_rules! impl_run_sql {
             .bind(Timestamp::now().as_millis())
             .execute(&mut *conn)
             .await?;
-            Ok(())
+            Ok(done.rows_affected() == 1)
         }
 
         async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
@@ -345,9 +348,11 @@ macro_rules! impl_run_sql {
             async fn create_thread(&self, scope: &Scope, new: &NewThread) -> StoreResult<Thread> {
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
-                let project = sqlx::query(
-                    "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2",
-                )
+                // Locks the project so that a concurrent archive cannot slip in between.
+                let project = sqlx::query(&format!(
+                    "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
+                    Self::ROW_LOCK
+                ))
                 .bind(new.project_id.as_str())
                 .bind(scope.deployment_id().as_str())
                 .fetch_optional(&mut *tx)
@@ -481,6 +486,14 @@ macro_rules! impl_run_sql {
                     if let Some(result) = find_idempotent(&mut tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
                         return Ok(SubmitOutcome::Replayed { result });
                     }
+                    // Take the key before writing anything, so that a concurrent retry waits for
+                    // this transaction and then replays its answer instead of failing.
+                    if !save_idempotent(&mut tx, dep, idem).await? {
+                        return match find_idempotent(&mut tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
+                            Some(result) => Ok(SubmitOutcome::Replayed { result }),
+                            None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
+                        };
+                    }
                 }
                 let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
                     .bind(thread_id.as_str())
@@ -533,9 +546,6 @@ macro_rules! impl_run_sql {
                     append(&mut tx, dep, thread_id.as_str(), Some(run.id.as_str()), &[event::run_status_event(&run)])
                         .await?,
                 );
-                if let Some(idem) = &submit.idempotency {
-                    save_idempotent(&mut tx, dep, idem).await?;
-                }
                 self.notify(&mut tx, &Notification::Runs).await?;
                 self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 tx.commit().await?;
@@ -553,12 +563,25 @@ macro_rules! impl_run_sql {
                 find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
             }
 
-            async fn cancel_runs(
-                &self,
-                scope: &Scope,
-                thread_id: &ThreadId,
-                idempotency: Option<&Idempotency>,
-            ) -> StoreResult<Vec<Run>> {
+            async fn remember_idempotent(&self, scope: &Scope, idem: &Idempotency) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, operation, key) DO NOTHING",
+                )
+                .bind(scope.deployment_id().as_str())
+                .bind(idem.operation.as_str())
+                .bind(idem.key.as_str())
+                .bind(idem.request_hash.as_str())
+                .bind(to_json("idempotency result", &idem.result)?)
+                .bind(Timestamp::now().as_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
                 let dep = scope.deployment_id().as_str();
                 let mut tx = self.begin_write().await?;
                 let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
@@ -580,9 +603,6 @@ macro_rules! impl_run_sql {
                         self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
                     }
                     affected.push(run);
-                }
-                if let Some(idem) = idempotency {
-                    save_idempotent(&mut tx, dep, idem).await?;
                 }
                 self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 tx.commit().await?;

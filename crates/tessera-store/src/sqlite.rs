@@ -113,6 +113,8 @@ impl SqliteStore {
 
     /// `BEGIN IMMEDIATE` makes the claiming transaction the only writer; no row locks needed.
     pub(crate) const CLAIM_LOCK: &'static str = "";
+    /// Likewise for check-then-write transactions.
+    pub(crate) const ROW_LOCK: &'static str = "";
 
     /// Every writer is in this process, which wakes itself; nothing to send.
     pub(crate) async fn notify(

@@ -1,18 +1,18 @@
 //! Actors: who agents work for.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::validate::{ExternalKey, SubjectType};
 use tessera_domain::ActorId;
-use tessera_store::{ActorFilter, Entity};
+use tessera_store::ActorFilter;
 
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{page_request, ApiJson, ApiQuery};
+use crate::extract::{page_request, ApiJson, ApiQuery, IdPath};
 use crate::AppState;
 
 /// Creates an actor; `(subject_type, external_key)` must be new in the deployment.
@@ -112,9 +112,8 @@ pub(crate) async fn lookup_actor(
 pub(crate) async fn get_actor(
     caller: Caller,
     State(state): State<AppState>,
-    Path(actor_id): Path<String>,
+    IdPath(id): IdPath<ActorId>,
 ) -> ApiResult<Json<api::Actor>> {
-    let id = ActorId::parse(&actor_id).map_err(|_| ApiError::not_found(Entity::Actor))?;
     let actor = state.store.get_actor(&caller.scope, &id).await?;
     Ok(Json(convert::actor(actor)))
 }

@@ -1,23 +1,42 @@
 //! Agents: model, tools, routing and limits. No instructions or schedule (those belong to
 //! threads and board items).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::validate::EndpointSlug;
 use tessera_domain::AgentId;
-use tessera_store::{AgentFilter, Conflict, Entity, StoreError};
+use tessera_store::{AgentFilter, Conflict, StoreError};
 
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{page_request, ApiJson, ApiQuery};
+use crate::extract::{page_request, ApiJson, ApiQuery, IdPath};
 use crate::AppState;
 
-fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
-    AgentId::parse(raw).map_err(|_| ApiError::not_found(Entity::Agent))
+/// An agent may only name a provider this server is configured with.
+fn check_provider(
+    state: &AppState,
+    spec: &tessera_domain::agent::AgentSpec,
+) -> Result<(), ApiError> {
+    let Some(model) = &spec.model else {
+        return Ok(());
+    };
+    let providers = &state.runtime.providers;
+    if providers.contains(model.provider.as_str()) {
+        return Ok(());
+    }
+    let known: Vec<&str> = providers.names().collect();
+    Err(ApiError::from(tessera_domain::ValidationError::new(
+        "model.provider",
+        format!(
+            "unknown provider `{}`; configured providers: {}",
+            model.provider,
+            known.join(", ")
+        ),
+    )))
 }
 
 /// Creates an agent.
@@ -39,6 +58,7 @@ pub(crate) async fn create_agent(
     ApiJson(req): ApiJson<api::CreateAgentRequest>,
 ) -> ApiResult<(StatusCode, Json<api::Agent>)> {
     let spec = convert::agent_spec(req)?;
+    check_provider(&state, &spec)?;
     let agent = state.store.create_agent(&caller.scope, &spec).await?;
     Ok((StatusCode::CREATED, Json(convert::agent(agent))))
 }
@@ -93,12 +113,9 @@ pub(crate) async fn list_agents(
 pub(crate) async fn get_agent(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<AgentId>,
 ) -> ApiResult<Json<api::Agent>> {
-    let agent = state
-        .store
-        .get_agent(&caller.scope, &agent_id(&id)?)
-        .await?;
+    let agent = state.store.get_agent(&caller.scope, &id).await?;
     Ok(Json(convert::agent(agent)))
 }
 
@@ -120,15 +137,15 @@ pub(crate) async fn get_agent(
 pub(crate) async fn update_agent(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<AgentId>,
     ApiJson(req): ApiJson<api::UpdateAgentRequest>,
 ) -> ApiResult<Json<api::Agent>> {
-    let id = agent_id(&id)?;
     // Optimistic concurrency: re-read and re-apply when another update won the race.
     let mut attempts = 0;
     loop {
         let current = state.store.get_agent(&caller.scope, &id).await?;
         let spec = convert::patch_agent_spec(&id, current.spec, req.clone())?;
+        check_provider(&state, &spec)?;
         match state
             .store
             .update_agent(&caller.scope, &id, current.version, &spec)
@@ -155,9 +172,8 @@ pub(crate) async fn update_agent(
 pub(crate) async fn delete_agent(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<AgentId>,
 ) -> ApiResult<Json<api::DeletedAgent>> {
-    let id = agent_id(&id)?;
     state.store.delete_agent(&caller.scope, &id).await?;
     Ok(Json(api::DeletedAgent {
         id: id.into_string(),

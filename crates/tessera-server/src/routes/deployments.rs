@@ -1,6 +1,6 @@
 //! The caller's deployment and its secret keys.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use tessera_api as api;
@@ -8,12 +8,12 @@ use tessera_api::ErrorBody;
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::Label;
 use tessera_domain::SecretKeyId;
-use tessera_store::{Entity, NewSecretKey};
+use tessera_store::NewSecretKey;
 
 use crate::auth::Caller;
 use crate::convert;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{page_request, ApiJsonOrDefault, ApiQuery};
+use crate::error::ApiResult;
+use crate::extract::{page_request, ApiJsonOrDefault, ApiQuery, IdPath};
 use crate::AppState;
 
 /// The deployment the caller's secret key belongs to.
@@ -115,9 +115,8 @@ pub(crate) async fn list_secret_keys(
 pub(crate) async fn revoke_secret_key(
     caller: Caller,
     State(state): State<AppState>,
-    Path(key_id): Path<String>,
+    IdPath(id): IdPath<SecretKeyId>,
 ) -> ApiResult<Json<api::SecretKey>> {
-    let id = SecretKeyId::parse(&key_id).map_err(|_| ApiError::not_found(Entity::SecretKey))?;
     let key = state.store.revoke_key(&caller.scope, &id).await?;
     Ok(Json(convert::secret_key(key)))
 }

@@ -18,6 +18,7 @@ pub(crate) mod agents;
 pub(crate) mod deployments;
 pub(crate) mod projects;
 pub(crate) mod system;
+pub(crate) mod threads;
 
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -60,6 +61,24 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/ai/actor-projects/{project_id}/archive",
             post(projects::archive_actor_project),
+        )
+        .route(
+            "/ai/actor-projects/{project_id}/threads",
+            post(threads::create_thread),
+        )
+        .route("/ai/threads/{thread_id}", get(threads::get_thread))
+        .route(
+            "/ai/threads/{thread_id}/messages",
+            get(threads::list_messages),
+        )
+        .route("/ai/threads/{thread_id}/run", post(threads::execute))
+        .route(
+            "/ai/threads/{thread_id}/runs/{run_id}",
+            get(threads::get_run),
+        )
+        .route(
+            "/ai/threads/{thread_id}/stream",
+            get(crate::stream::stream_thread),
         )
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

@@ -1,6 +1,6 @@
 //! Actor projects: one actor and one agent; threads and board items live inside.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use tessera_api as api;
@@ -11,12 +11,8 @@ use tessera_store::{Entity, ProjectFilter, StoreError};
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{page_request, ApiJson, ApiQuery};
+use crate::extract::{page_request, ApiJson, ApiQuery, IdPath};
 use crate::AppState;
-
-fn project_id(raw: &str) -> Result<ProjectId, ApiError> {
-    ProjectId::parse(raw).map_err(|_| ApiError::not_found(Entity::Project))
-}
 
 /// Creates a project binding the actor of `?actor_id=` to an agent.
 #[utoipa::path(
@@ -107,12 +103,9 @@ pub(crate) async fn list_actor_projects(
 pub(crate) async fn get_actor_project(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<ProjectId>,
 ) -> ApiResult<Json<api::ActorProject>> {
-    let project = state
-        .store
-        .get_project(&caller.scope, &project_id(&id)?)
-        .await?;
+    let project = state.store.get_project(&caller.scope, &id).await?;
     Ok(Json(convert::project(project)))
 }
 
@@ -130,11 +123,8 @@ pub(crate) async fn get_actor_project(
 pub(crate) async fn archive_actor_project(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<ProjectId>,
 ) -> ApiResult<Json<api::ActorProject>> {
-    let project = state
-        .store
-        .archive_project(&caller.scope, &project_id(&id)?)
-        .await?;
+    let project = state.store.archive_project(&caller.scope, &id).await?;
     Ok(Json(convert::project(project)))
 }

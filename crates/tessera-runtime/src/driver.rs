@@ -1,0 +1,600 @@
+//! The driver: performs the agent loop's effects for one claimed run.
+//!
+//! Every durable step (a model reply, a tool result, the end of the run) is one fenced store
+//! transaction; nothing holds a transaction open across a model or tool call. A heartbeat task
+//! keeps the lease alive and relays stop requests; when the lease is lost the driver stops
+//! without writing, and whichever worker holds the lease resumes from the stored steps.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_domain::agent::Agent;
+use tessera_domain::agent_loop::{AgentLoop, Effect, Event, LoopLimits, LoopState, Outcome};
+use tessera_domain::event::{self, NewEvent, TOOL_COMPLETED, TOOL_STARTED};
+use tessera_domain::thread::{
+    Message, Role, Run, RunStatus, RunUsage, StopReason, Thread, TokenUsage, ToolCall,
+};
+use tessera_domain::{MessageId, Scope, Timestamp};
+use tessera_store::{
+    CancelRequest, Claimed, Entity, Lease, RunEnd, StepMessage, Store, StoreError, ThreadEvent,
+};
+use tokio::sync::watch;
+
+use crate::hub::{Hub, Live, Stop};
+use crate::provider::{self, ChatMessage, ChatRole, ModelRequest, ProviderRegistry};
+use crate::tools::{ToolContext, ToolExecutor};
+
+/// The model used by agents that name none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChoice {
+    pub provider: String,
+    pub model: String,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Runs executed concurrently by this node.
+    pub workers: usize,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    /// Safety-net poll for runs (wake-ups are immediate otherwise); also bounds how soon a run
+    /// whose node died is picked up after its lease expires.
+    pub poll_interval: Duration,
+    pub default_model: ModelChoice,
+    /// Longest a single tool call may take.
+    pub tool_timeout: Duration,
+    /// This node's name in leases.
+    pub node_id: String,
+}
+
+/// Everything runs need, shared by the workers of one node.
+pub struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub providers: ProviderRegistry,
+    pub tools: Arc<dyn ToolExecutor>,
+    pub hub: Arc<Hub>,
+    pub config: RuntimeConfig,
+}
+
+/// Text every model sees first.
+const PREAMBLE: &str = "You are an agent working through Tessera for the person or service \
+                        described below. Use the tools offered when they help; answer plainly.";
+
+impl Runtime {
+    /// Publishes stored events to this node's stream subscribers.
+    pub fn publish(&self, events: &[ThreadEvent]) {
+        if let Some(last) = events.last() {
+            self.hub
+                .publish(&last.thread_id, Live::Durable { seq: last.seq });
+        }
+    }
+
+    /// Executes a claimed run to its end, or until its lease is lost.
+    pub async fn execute(self: &Arc<Self>, claimed: Claimed) {
+        let run_id = claimed.run.id.clone();
+        self.publish(&claimed.events);
+        let stop = self.hub.register_run(&run_id);
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), claimed.lease.clone()));
+        let driver = Driver {
+            rt: self,
+            scope: claimed.scope,
+            thread: claimed.thread,
+            run: claimed.run,
+            lease: claimed.lease,
+            history: Vec::new(),
+            stop,
+            next_assistant_id: None,
+        };
+        match driver.drive().await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost) => {
+                tracing::info!(run_id = %run_id, "lease lost; another worker continues the run");
+            }
+            Err(err) => {
+                // The lease will expire and another attempt resumes from the stored steps.
+                tracing::error!(run_id = %run_id, error = %err, "run step failed; it will be retried");
+            }
+        }
+        heartbeat.abort();
+        self.hub.unregister_run(&run_id);
+    }
+}
+
+/// Extends the lease every third of its length and relays stop requests to the driver.
+async fn heartbeat(rt: Arc<Runtime>, lease: Lease) {
+    let every = rt.config.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = Timestamp::now().plus_millis(rt.config.lease.as_millis() as i64);
+        match rt.store.heartbeat(&lease, until).await {
+            Ok(CancelRequest::None) => {}
+            Ok(CancelRequest::Cancel) => rt.hub.stop_run(&lease.run_id, Stop::Cancel),
+            Ok(CancelRequest::Interrupt) => rt.hub.stop_run(&lease.run_id, Stop::Interrupt),
+            Err(StoreError::LeaseLost) => {
+                rt.hub.stop_run(&lease.run_id, Stop::Abandon);
+                return;
+            }
+            Err(err) => tracing::warn!(run_id = %lease.run_id, error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+struct Driver<'a> {
+    rt: &'a Arc<Runtime>,
+    scope: Scope,
+    thread: Thread,
+    run: Run,
+    lease: Lease,
+    /// The thread's messages as the model will see them (kept current as steps are stored).
+    history: Vec<Message>,
+    stop: watch::Receiver<Stop>,
+    /// Id of the assistant message being streamed (deltas carry it; the stored reply keeps it).
+    next_assistant_id: Option<MessageId>,
+}
+
+/// Waits until a stop other than `Continue` is requested.
+async fn stopped(rx: &mut watch::Receiver<Stop>) -> Stop {
+    loop {
+        let current = *rx.borrow_and_update();
+        if current != Stop::Continue {
+            return current;
+        }
+        if rx.changed().await.is_err() {
+            // The hub dropped the run: treat as abandoned.
+            return Stop::Abandon;
+        }
+    }
+}
+
+fn stop_event(stop: Stop) -> Result<Event, StoreError> {
+    match stop {
+        Stop::Cancel => Ok(Event::Cancelled { interrupted: false }),
+        Stop::Interrupt => Ok(Event::Cancelled { interrupted: true }),
+        Stop::Abandon | Stop::Continue => Err(StoreError::LeaseLost),
+    }
+}
+
+impl Driver<'_> {
+    async fn drive(mut self) -> Result<(), StoreError> {
+        let store = self.rt.store.as_ref();
+        // A fresh heartbeat tells whether a stop was requested before this claim.
+        let until = Timestamp::now().plus_millis(self.rt.config.lease.as_millis() as i64);
+        let pending_stop = store.heartbeat(&self.lease, until).await?;
+        let agent = match store.get_agent(&self.scope, &self.thread.agent_id).await {
+            Ok(agent) => Some(agent),
+            Err(StoreError::NotFound {
+                entity: Entity::Agent,
+                ..
+            }) => None,
+            Err(err) => return Err(err),
+        };
+        self.history = store.thread_history(&self.scope, &self.thread.id).await?;
+        let state = LoopState::from_history(
+            &self
+                .history
+                .iter()
+                .filter(|m| m.run_id.as_ref() == Some(&self.run.id))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let Some(agent) = agent else {
+            return self
+                .finish(
+                    &state,
+                    Outcome::Failed,
+                    StopReason::ModelError,
+                    Some("the thread's agent was deleted".to_owned()),
+                )
+                .await;
+        };
+        let limits = LoopLimits {
+            max_iterations: agent.spec.limits.max_iterations,
+            token_budget: agent.spec.limits.token_budget,
+        };
+        let started = self.run.started_at.unwrap_or_else(Timestamp::now);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(
+                (started
+                    .plus_secs(i64::from(agent.spec.limits.run_timeout_seconds))
+                    .as_millis()
+                    - Timestamp::now().as_millis())
+                .max(0) as u64,
+            );
+        let (mut lp, first) = AgentLoop::start(limits, state);
+        let mut queue: VecDeque<Effect> = first.into();
+        match pending_stop {
+            CancelRequest::None => {}
+            CancelRequest::Cancel | CancelRequest::Interrupt => {
+                let interrupted = pending_stop == CancelRequest::Interrupt;
+                queue = lp.handle(Event::Cancelled { interrupted }).into();
+            }
+        }
+        while let Some(effect) = queue.pop_front() {
+            if !matches!(effect, Effect::Finish { .. }) {
+                // Between steps: honour stop requests and the deadline before doing more.
+                let current = *self.stop.borrow();
+                let interruption = if current != Stop::Continue {
+                    Some(stop_event(current)?)
+                } else if tokio::time::Instant::now() >= deadline {
+                    Some(Event::TimedOut)
+                } else {
+                    None
+                };
+                if let Some(event) = interruption {
+                    queue = lp.handle(event).into();
+                    continue;
+                }
+            }
+            let events = match effect {
+                Effect::CallModel => vec![self.call_model(&agent, deadline).await?],
+                Effect::RecordAssistant {
+                    text,
+                    tool_calls,
+                    usage,
+                } => {
+                    let turn = lp.state().iterations;
+                    self.record_assistant(turn, text, tool_calls, usage).await?;
+                    vec![Event::AssistantRecorded]
+                }
+                Effect::RunTools(calls) => self.run_tools(calls, deadline).await?,
+                Effect::RecordToolResult { call, result } => {
+                    let call_id = call.id.clone();
+                    self.record_tool_result(call, result).await?;
+                    vec![Event::ToolResultRecorded { call_id }]
+                }
+                Effect::Finish {
+                    outcome,
+                    reason,
+                    detail,
+                } => {
+                    let state = lp.state().clone();
+                    return self.finish(&state, outcome, reason, detail).await;
+                }
+            };
+            for event in events {
+                queue.extend(lp.handle(event));
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation as the model sees it: system text, then the thread's messages.
+    fn context(&self, agent: &Agent) -> Vec<ChatMessage> {
+        let mut system = String::from(PREAMBLE);
+        if !agent.spec.description.as_str().is_empty() {
+            system.push_str("\n\n");
+            system.push_str(agent.spec.description.as_str());
+        }
+        if let Some(instructions) = &self.thread.system_instructions {
+            system.push_str("\n\n");
+            system.push_str(instructions);
+        }
+        let mut messages = vec![ChatMessage {
+            role: ChatRole::System,
+            content: system,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }];
+        let input = &self.run.input_message_id;
+        let mut open_calls: Vec<(String, String)> = Vec::new();
+        for m in &self.history {
+            // Messages queued for later runs are not part of this run's conversation.
+            if m.role == Role::User && m.run_id.as_ref() != Some(&self.run.id) && m.id > *input {
+                continue;
+            }
+            if m.role != Role::Tool {
+                close_open_calls(&mut messages, &mut open_calls);
+            }
+            match m.role {
+                Role::User | Role::System => messages.push(ChatMessage {
+                    role: if m.role == Role::User {
+                        ChatRole::User
+                    } else {
+                        ChatRole::System
+                    },
+                    content: m.content.clone(),
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                }),
+                Role::Assistant => {
+                    open_calls = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| (c.id.clone(), c.name.clone()))
+                        .collect();
+                    messages.push(ChatMessage {
+                        role: ChatRole::Assistant,
+                        content: m.content.clone(),
+                        tool_calls: m.tool_calls.iter().map(to_provider_call).collect(),
+                        tool_call_id: None,
+                    });
+                }
+                Role::Tool => {
+                    if let Some(id) = &m.tool_call_id {
+                        open_calls.retain(|(open, _)| open != id);
+                    }
+                    messages.push(ChatMessage {
+                        role: ChatRole::Tool,
+                        content: m.content.clone(),
+                        tool_calls: Vec::new(),
+                        tool_call_id: m.tool_call_id.clone(),
+                    });
+                }
+            }
+        }
+        close_open_calls(&mut messages, &mut open_calls);
+        messages
+    }
+
+    async fn call_model(
+        &mut self,
+        agent: &Agent,
+        deadline: tokio::time::Instant,
+    ) -> Result<Event, StoreError> {
+        let (provider_name, model_name, temperature, max_output_tokens) = match &agent.spec.model {
+            Some(m) => (
+                m.provider.as_str().to_owned(),
+                m.model.as_str().to_owned(),
+                m.temperature,
+                m.max_output_tokens,
+            ),
+            None => (
+                self.rt.config.default_model.provider.clone(),
+                self.rt.config.default_model.model.clone(),
+                None,
+                None,
+            ),
+        };
+        let Some(provider) = self.rt.providers.get(&provider_name) else {
+            return Ok(Event::ModelFailed {
+                error: format!("model provider `{provider_name}` is not configured"),
+            });
+        };
+        let request = ModelRequest {
+            model: model_name,
+            messages: self.context(agent),
+            tools: self.rt.tools.specs(),
+            temperature,
+            max_output_tokens,
+        };
+        let message_id = MessageId::generate();
+        let hub = self.rt.hub.clone();
+        let thread_id = self.thread.id.clone();
+        let run_id = self.run.id.clone();
+        let draft_id = message_id.to_string();
+        let on_delta = move |text: &str| {
+            hub.publish(
+                &thread_id,
+                Live::Delta {
+                    run_id: run_id.clone(),
+                    message_id: draft_id.clone(),
+                    text: text.to_owned(),
+                },
+            );
+        };
+        let mut stop = self.stop.clone();
+        let event = tokio::select! {
+            result = provider.complete(&request, &on_delta) => match result {
+                Ok(turn) => Event::ModelReplied {
+                    text: turn.text,
+                    tool_calls: turn.tool_calls.into_iter().map(from_provider_call).collect(),
+                    usage: TokenUsage {
+                        prompt_tokens: turn.usage.prompt_tokens,
+                        completion_tokens: turn.usage.completion_tokens,
+                    },
+                },
+                Err(err) => Event::ModelFailed { error: err.to_string() },
+            },
+            requested = stopped(&mut stop) => stop_event(requested)?,
+            () = tokio::time::sleep_until(deadline) => Event::TimedOut,
+        };
+        self.next_assistant_id = Some(message_id);
+        Ok(event)
+    }
+
+    async fn record_assistant(
+        &mut self,
+        turn: u32,
+        text: String,
+        tool_calls: Vec<ToolCall>,
+        usage: TokenUsage,
+    ) -> Result<(), StoreError> {
+        let message = Message {
+            id: self
+                .next_assistant_id
+                .take()
+                .unwrap_or_else(MessageId::generate),
+            thread_id: self.thread.id.clone(),
+            run_id: Some(self.run.id.clone()),
+            role: Role::Assistant,
+            content: text,
+            tool_calls,
+            tool_call_id: None,
+            tool_name: None,
+            is_error: false,
+            attachments: Vec::new(),
+            usage: Some(usage),
+            created_at: Timestamp::now(),
+        };
+        let step = StepMessage {
+            event: event::message_event(event::MESSAGE_COMPLETED, &message),
+            step_key: format!("turn:{turn}"),
+            message: message.clone(),
+        };
+        let events = self.rt.store.record_step(&self.lease, &[step]).await?;
+        self.rt.publish(&events);
+        self.history.push(message);
+        Ok(())
+    }
+
+    async fn run_tools(
+        &mut self,
+        calls: Vec<ToolCall>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<Event>, StoreError> {
+        let started: Vec<NewEvent> = calls
+            .iter()
+            .map(|c| NewEvent {
+                kind: TOOL_STARTED,
+                data: json!({
+                    "run_id": self.run.id.as_str(),
+                    "call_id": c.id,
+                    "name": c.name,
+                    "arguments": c.arguments,
+                }),
+            })
+            .collect();
+        let events = self.rt.store.append_events(&self.lease, &started).await?;
+        self.rt.publish(&events);
+        let ctx = ToolContext {
+            store: self.rt.store.as_ref(),
+            scope: &self.scope,
+            thread_id: &self.thread.id,
+            run_id: &self.run.id,
+            lease: &self.lease,
+        };
+        let timeout = self.rt.config.tool_timeout;
+        let tools = self.rt.tools.clone();
+        // Independent calls of one turn run concurrently.
+        let all = futures_util::future::join_all(calls.iter().map(|call| {
+            let ctx = &ctx;
+            let tools = tools.clone();
+            async move {
+                match tokio::time::timeout(timeout, tools.execute(ctx, call)).await {
+                    Ok(output) => output,
+                    Err(_) => crate::tools::ToolOutput::error(format!(
+                        "the tool `{}` did not finish within {} seconds",
+                        call.name,
+                        timeout.as_secs()
+                    )),
+                }
+            }
+        }));
+        let mut stop = self.stop.clone();
+        let outputs = tokio::select! {
+            outputs = all => outputs,
+            requested = stopped(&mut stop) => return Ok(vec![stop_event(requested)?]),
+            () = tokio::time::sleep_until(deadline) => return Ok(vec![Event::TimedOut]),
+        };
+        let mut events = Vec::with_capacity(outputs.len());
+        for (call, output) in calls.into_iter().zip(outputs) {
+            self.rt.publish(&output.events);
+            events.push(Event::ToolFinished {
+                call_id: call.id,
+                result: output.result,
+            });
+        }
+        Ok(events)
+    }
+
+    async fn record_tool_result(
+        &mut self,
+        call: ToolCall,
+        result: Result<String, String>,
+    ) -> Result<(), StoreError> {
+        let (content, is_error) = match result {
+            Ok(text) => (text, false),
+            Err(text) => (text, true),
+        };
+        let message = Message {
+            id: MessageId::generate(),
+            thread_id: self.thread.id.clone(),
+            run_id: Some(self.run.id.clone()),
+            role: Role::Tool,
+            content,
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call.id.clone()),
+            tool_name: Some(call.name.clone()),
+            is_error,
+            attachments: Vec::new(),
+            usage: None,
+            created_at: Timestamp::now(),
+        };
+        let step = StepMessage {
+            event: NewEvent {
+                kind: TOOL_COMPLETED,
+                data: json!({
+                    "run_id": self.run.id.as_str(),
+                    "call_id": call.id,
+                    "name": call.name,
+                    "is_error": is_error,
+                    "message": event::message_json(&message),
+                }),
+            },
+            step_key: format!("tool:{}", call.id),
+            message: message.clone(),
+        };
+        let events = self.rt.store.record_step(&self.lease, &[step]).await?;
+        self.rt.publish(&events);
+        self.history.push(message);
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        state: &LoopState,
+        outcome: Outcome,
+        reason: StopReason,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let end = RunEnd {
+            status: match outcome {
+                Outcome::Completed => RunStatus::Completed,
+                Outcome::Failed => RunStatus::Failed,
+                Outcome::Cancelled => RunStatus::Cancelled,
+            },
+            stop_reason: reason,
+            error: detail,
+            usage: RunUsage {
+                prompt_tokens: state.usage.prompt_tokens,
+                completion_tokens: state.usage.completion_tokens,
+                iterations: state.iterations,
+                tool_calls: state.tool_calls,
+                wall_ms: 0,
+            },
+        };
+        let (run, events) = self.rt.store.finish_run(&self.lease, &end).await?;
+        self.rt.publish(&events);
+        self.rt.hub.wake_workers();
+        tracing::info!(
+            run_id = %run.id,
+            status = run.status.as_str(),
+            stop_reason = reason.as_str(),
+            iterations = state.iterations,
+            "run finished"
+        );
+        Ok(())
+    }
+}
+
+/// Gives calls of an earlier turn that never got a result (their run was cancelled) a result,
+/// because chat APIs refuse an assistant tool call without one.
+fn close_open_calls(messages: &mut Vec<ChatMessage>, open: &mut Vec<(String, String)>) {
+    for (id, name) in open.drain(..) {
+        messages.push(ChatMessage {
+            role: ChatRole::Tool,
+            content: format!("the call to `{name}` was not completed (the run ended first)"),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(id),
+        });
+    }
+}
+
+fn to_provider_call(c: &ToolCall) -> provider::ToolCall {
+    provider::ToolCall {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        arguments: c.arguments.clone(),
+    }
+}
+
+fn from_provider_call(c: provider::ToolCall) -> ToolCall {
+    ToolCall {
+        id: c.id,
+        name: c.name,
+        arguments: c.arguments,
+    }
+}

@@ -1,0 +1,136 @@
+//! In-process signalling: live stream items per thread, worker wake-ups and run cancellation.
+//!
+//! Everything durable is in the database; the hub only tells waiting tasks to look (and carries
+//! text deltas, which are live only). Channels are bounded: a slow stream subscriber lags and
+//! re-reads durable events from storage instead of growing memory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tessera_domain::{RunId, ThreadId};
+use tokio::sync::{broadcast, watch, Notify};
+
+/// Items per thread a subscriber may fall behind by before it lags.
+const THREAD_CHANNEL_CAPACITY: usize = 256;
+
+/// Something a stream subscriber should know now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// Text streamed by the model for the assistant message `message_id` (not stored).
+    Delta {
+        run_id: RunId,
+        message_id: String,
+        text: String,
+    },
+    /// Durable events up to `seq` exist (0 = "look in storage", e.g. after a remote node wrote).
+    Durable { seq: i64 },
+}
+
+/// What a running run is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stop {
+    #[default]
+    Continue,
+    Cancel,
+    Interrupt,
+    /// The lease was lost (or the node is stopping): stop without writing anything.
+    Abandon,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    threads: Mutex<HashMap<ThreadId, broadcast::Sender<Live>>>,
+    runs: Mutex<HashMap<RunId, watch::Sender<Stop>>>,
+    work: Notify,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes to a thread's live items.
+    pub fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Live> {
+        Self::lock(&self.threads)
+            .entry(thread.clone())
+            .or_insert_with(|| broadcast::channel(THREAD_CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Publishes to a thread's subscribers, if any (drops the channel when none are left).
+    pub fn publish(&self, thread: &ThreadId, item: Live) {
+        let mut threads = Self::lock(&self.threads);
+        if let Some(sender) = threads.get(thread) {
+            if sender.send(item).is_err() {
+                threads.remove(thread);
+            }
+        }
+    }
+
+    /// Wakes the workers: there may be runs to claim.
+    pub fn wake_workers(&self) {
+        self.work.notify_one();
+    }
+
+    /// Completes when `wake_workers` was called (or had been called since the last wait).
+    pub async fn work_available(&self) {
+        self.work.notified().await;
+    }
+
+    /// Registers a run executing on this node; the receiver learns of stop requests.
+    pub fn register_run(&self, run: &RunId) -> watch::Receiver<Stop> {
+        let (tx, rx) = watch::channel(Stop::Continue);
+        Self::lock(&self.runs).insert(run.clone(), tx);
+        rx
+    }
+
+    pub fn unregister_run(&self, run: &RunId) {
+        Self::lock(&self.runs).remove(run);
+    }
+
+    /// Asks a run executing on this node to stop; no-op when it runs elsewhere.
+    pub fn stop_run(&self, run: &RunId, stop: Stop) {
+        if let Some(tx) = Self::lock(&self.runs).get(run) {
+            let _ = tx.send(stop);
+        }
+    }
+
+    /// Runs executing on this node.
+    pub fn running(&self) -> usize {
+        Self::lock(&self.runs).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_to_subscribers_and_forgets_idle_threads() {
+        let hub = Hub::new();
+        let thread = ThreadId::generate();
+        let mut rx = hub.subscribe(&thread);
+        hub.publish(&thread, Live::Durable { seq: 3 });
+        assert_eq!(rx.recv().await.unwrap(), Live::Durable { seq: 3 });
+        drop(rx);
+        hub.publish(&thread, Live::Durable { seq: 4 });
+        assert!(Hub::lock(&hub.threads).is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_requests_reach_registered_runs() {
+        let hub = Hub::new();
+        let run = RunId::generate();
+        let mut rx = hub.register_run(&run);
+        hub.stop_run(&run, Stop::Interrupt);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), Stop::Interrupt);
+        hub.unregister_run(&run);
+        hub.stop_run(&run, Stop::Cancel);
+        assert_eq!(hub.running(), 0);
+    }
+}

@@ -1,0 +1,12 @@
+//! Tessera's agent runtime: model providers, tool dispatch, the driver that performs the agent
+//! loop's effects, and the workers that claim runs.
+//!
+//! Architecture invariant: no HTTP server code (only HTTP *clients* to model and tool APIs) and
+//! no SQL; storage is reached through `tessera-store` traits, the loop's decisions come from the
+//! pure state machine in `tessera-domain`.
+
+pub mod driver;
+pub mod hub;
+pub mod provider;
+pub mod tools;
+pub mod worker;

@@ -1,0 +1,97 @@
+//! Tool dispatch: which tools an agent's model sees and how a call is executed.
+//!
+//! The full catalogue (API, code, MCP, …) comes later; the interface is what the loop uses.
+//! Internal tools every agent has today: `notify_user`.
+
+use async_trait::async_trait;
+use serde_json::json;
+use tessera_domain::event::{NewEvent, NOTIFICATION};
+use tessera_domain::thread::ToolCall;
+use tessera_domain::{RunId, Scope, ThreadId};
+use tessera_store::{Lease, Store, ThreadEvent};
+
+use crate::provider::ToolSpec;
+
+/// What a tool execution may use.
+pub struct ToolContext<'a> {
+    pub store: &'a dyn Store,
+    pub scope: &'a Scope,
+    pub thread_id: &'a ThreadId,
+    pub run_id: &'a RunId,
+    pub lease: &'a Lease,
+}
+
+/// The result of a tool call: text for the model, and events it stored (to publish).
+pub struct ToolOutput {
+    pub result: Result<String, String>,
+    pub events: Vec<ThreadEvent>,
+}
+
+impl ToolOutput {
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            result: Err(message.into()),
+            events: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait ToolExecutor: Send + Sync {
+    /// The tools offered to the model.
+    fn specs(&self) -> Vec<ToolSpec>;
+
+    /// Executes one call. Errors are returned as `Err` text for the model, not raised.
+    async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput;
+}
+
+/// The built-in tools.
+#[derive(Default)]
+pub struct InternalTools;
+
+pub const NOTIFY_USER: &str = "notify_user";
+
+#[async_trait]
+impl ToolExecutor for InternalTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        vec![ToolSpec {
+            name: NOTIFY_USER.to_owned(),
+            description: "Show a short notification to the person the agent works for, without \
+                          ending the turn."
+                .to_owned(),
+            parameters: json!({
+                "type": "object",
+                "properties": {"message": {"type": "string", "description": "The text to show (at most 2000 characters)."}},
+                "required": ["message"],
+                "additionalProperties": false
+            }),
+        }]
+    }
+
+    async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        match call.name.as_str() {
+            NOTIFY_USER => notify_user(ctx, &call.arguments).await,
+            other => ToolOutput::error(format!("unknown tool `{other}`")),
+        }
+    }
+}
+
+async fn notify_user(ctx: &ToolContext<'_>, args: &serde_json::Value) -> ToolOutput {
+    let Some(message) = args.get("message").and_then(|m| m.as_str()) else {
+        return ToolOutput::error("notify_user needs {\"message\": string}");
+    };
+    if message.trim().is_empty() || message.chars().count() > 2000 {
+        return ToolOutput::error("message must be 1-2000 characters");
+    }
+    let event = NewEvent {
+        kind: NOTIFICATION,
+        data: json!({"run_id": ctx.run_id.as_str(), "message": message}),
+    };
+    match ctx.store.append_events(ctx.lease, &[event]).await {
+        Ok(events) => ToolOutput {
+            result: Ok("the user was notified".to_owned()),
+            events,
+        },
+        Err(err) => ToolOutput::error(format!("could not notify the user: {err}")),
+    }
+}

@@ -1,0 +1,78 @@
+//! Workers: claim runs and execute them, up to the configured concurrency.
+//!
+//! A claim is one atomic store transaction; wake-ups are immediate within the node (the hub) and
+//! across nodes (PostgreSQL `NOTIFY`), with a slow poll as the safety net that also picks up runs
+//! whose node died once their lease expires.
+
+use std::sync::Arc;
+
+use tessera_domain::Timestamp;
+use tessera_store::Notification;
+use tokio::sync::{watch, Semaphore};
+
+use crate::driver::Runtime;
+use crate::hub::Stop;
+
+/// Runs the claim loop until `shutdown` turns true. Runs still executing then are abandoned:
+/// their leases expire and any node resumes them from their last stored step.
+pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    forward_notifications(&rt).await;
+    let permits = Arc::new(Semaphore::new(rt.config.workers.max(1)));
+    let lease_ms = rt.config.lease.as_millis() as i64;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            match rt
+                .store
+                .claim_run(&rt.config.node_id, Timestamp::now(), lease_ms)
+                .await
+            {
+                Ok(Some(claimed)) => {
+                    let rt = rt.clone();
+                    tokio::spawn(async move {
+                        rt.execute(claimed).await;
+                        drop(permit);
+                        rt.hub.wake_workers();
+                    });
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming a run failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = rt.hub.work_available() => {}
+            () = tokio::time::sleep(rt.config.poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    tracing::info!(running = rt.hub.running(), "workers stopping");
+}
+
+/// Relays other nodes' notifications (PostgreSQL) to this node's hub.
+async fn forward_notifications(rt: &Arc<Runtime>) {
+    let mut rx = match rt.store.listen().await {
+        Ok(Some(rx)) => rx,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot LISTEN for other nodes; relying on polling");
+            return;
+        }
+    };
+    let hub = rt.hub.clone();
+    tokio::spawn(async move {
+        while let Some(n) = rx.recv().await {
+            match n {
+                Notification::Runs => hub.wake_workers(),
+                Notification::ThreadEvents(thread) => {
+                    hub.publish(&thread, crate::hub::Live::Durable { seq: 0 })
+                }
+                Notification::CancelRun(run) => hub.stop_run(&run, Stop::Cancel),
+            }
+        }
+    });
+}

@@ -1,0 +1,302 @@
+//! Threads: create, read, message history, runs (start, cancel, read) and the event stream.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use sha2::{Digest, Sha256};
+use tessera_api as api;
+use tessera_api::ErrorBody;
+use tessera_domain::agent::MultitaskPolicy;
+use tessera_domain::thread::{Message, Role};
+use tessera_domain::{MessageId, ProjectId, RunId, ThreadId, Timestamp};
+use tessera_runtime::hub::{Live, Stop};
+use tessera_store::{Idempotency, Order, StoreError, SubmitOutcome, SubmitRun};
+
+use crate::auth::Caller;
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{page_request, ApiJson, ApiQuery, IdPath, IdPath2};
+use crate::AppState;
+
+/// Creates a thread in an active project.
+#[utoipa::path(
+    post, path = "/ai/actor-projects/{project_id}/threads", operation_id = "createAgentThread", tag = "threads",
+    params(("project_id" = String, Path, description = "Project id (`proj_…`)")),
+    request_body = api::CreateThreadRequest,
+    responses(
+        (status = 201, body = api::Thread),
+        (status = 400, body = ErrorBody, description = "`malformed_json`"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`project_not_found`"),
+        (status = 409, body = ErrorBody, description = "`project_archived`"),
+        (status = 422, body = ErrorBody, description = "`validation_failed`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn create_thread(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(project_id): IdPath<ProjectId>,
+    ApiJson(req): ApiJson<api::CreateThreadRequest>,
+) -> ApiResult<(StatusCode, Json<api::Thread>)> {
+    let new = convert::new_thread(project_id, req)?;
+    let thread = state.store.create_thread(&caller.scope, &new).await?;
+    Ok((StatusCode::CREATED, Json(convert::thread(thread))))
+}
+
+/// Gets a thread.
+#[utoipa::path(
+    get, path = "/ai/threads/{thread_id}", operation_id = "getAgentThreadById", tag = "threads",
+    params(("thread_id" = String, Path, description = "Thread id (`thread_…`)")),
+    responses(
+        (status = 200, body = api::Thread),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`thread_not_found`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn get_thread(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(thread_id): IdPath<ThreadId>,
+) -> ApiResult<Json<api::Thread>> {
+    let thread = state.store.get_thread(&caller.scope, &thread_id).await?;
+    Ok(Json(convert::thread(thread)))
+}
+
+/// Lists a thread's messages (user, assistant and tool), oldest or newest first.
+#[utoipa::path(
+    get, path = "/ai/threads/{thread_id}/messages", operation_id = "getAgentThreadMessages", tag = "threads",
+    params(("thread_id" = String, Path, description = "Thread id (`thread_…`)"), api::ListMessagesParams),
+    responses(
+        (status = 200, body = api::MessageList),
+        (status = 400, body = ErrorBody, description = "`invalid_parameter`"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`thread_not_found`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn list_messages(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(thread_id): IdPath<ThreadId>,
+    ApiQuery(q): ApiQuery<api::ListMessagesParams>,
+) -> ApiResult<Json<api::MessageList>> {
+    let page = page_request(q.limit, q.before, q.after, |c| {
+        MessageId::parse(c).map(|_| ())
+    })?;
+    let order = match q.order.unwrap_or_default() {
+        api::MessageOrder::Asc => Order::OldestFirst,
+        api::MessageOrder::Desc => Order::NewestFirst,
+    };
+    let messages = state
+        .store
+        .list_messages(&caller.scope, &thread_id, &page, order)
+        .await?;
+    Ok(Json(
+        convert::list(messages, convert::message, |m| &m.id).into(),
+    ))
+}
+
+/// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(value.to_owned()))
+}
+
+fn request_hash(req: &api::ExecuteThreadRequest) -> String {
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Starts a run answering a new message (202 `{status: "queued", run_id}`), or cancels the
+/// thread's queued and active runs with `{"cancel": true}`. With an `Idempotency-Key`, a retry
+/// returns the first answer and starts nothing.
+#[utoipa::path(
+    post, path = "/ai/threads/{thread_id}/run", operation_id = "executeAgentThreadAsync", tag = "threads",
+    params(
+        ("thread_id" = String, Path, description = "Thread id (`thread_…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the first answer (kept 24 h)."),
+    ),
+    request_body = api::ExecuteThreadRequest,
+    responses(
+        (status = 202, body = api::RunAccepted),
+        (status = 400, body = ErrorBody, description = "`malformed_json` / `invalid_parameter`"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`thread_not_found`"),
+        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `run_not_active` (nothing to cancel), `idempotency_key_reused`"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`"),
+        (status = 422, body = ErrorBody, description = "`validation_failed`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn execute(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(thread_id): IdPath<ThreadId>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<api::ExecuteThreadRequest>,
+) -> ApiResult<(StatusCode, Json<api::RunAccepted>)> {
+    let key = idempotency_key(&headers)?;
+    let operation = format!("executeAgentThreadAsync:{thread_id}");
+    let hash = request_hash(&req);
+    match (req.message, req.cancel) {
+        (Some(message), None | Some(false)) => {
+            let (content, files) = convert::new_message(message)?;
+            let thread = state.store.get_thread(&caller.scope, &thread_id).await?;
+            let policy = match state.store.get_agent(&caller.scope, &thread.agent_id).await {
+                Ok(agent) => agent.spec.multitask,
+                Err(StoreError::NotFound { .. }) => MultitaskPolicy::default(),
+                Err(err) => return Err(err.into()),
+            };
+            let run_id = RunId::generate();
+            let accepted = api::RunAccepted {
+                status: "queued".to_owned(),
+                run_id: Some(run_id.to_string()),
+                run_ids: None,
+            };
+            let submit = SubmitRun {
+                message: Message {
+                    id: MessageId::generate(),
+                    thread_id: thread_id.clone(),
+                    run_id: Some(run_id.clone()),
+                    role: Role::User,
+                    content,
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                    tool_name: None,
+                    is_error: false,
+                    attachments: files,
+                    usage: None,
+                    created_at: Timestamp::now(),
+                },
+                run_id,
+                policy,
+                idempotency: key.map(|key| Idempotency {
+                    operation,
+                    key,
+                    request_hash: hash,
+                    result: serde_json::to_value(&accepted).unwrap_or_default(),
+                }),
+            };
+            match state
+                .store
+                .submit_run(&caller.scope, &thread_id, &submit)
+                .await?
+            {
+                SubmitOutcome::Created {
+                    interrupted,
+                    events,
+                    ..
+                } => {
+                    let rt = &state.runtime;
+                    rt.publish(&events);
+                    for run in &interrupted {
+                        rt.hub.stop_run(run, Stop::Interrupt);
+                    }
+                    rt.hub.wake_workers();
+                    Ok((StatusCode::ACCEPTED, Json(accepted)))
+                }
+                SubmitOutcome::Replayed { result } => replay(result),
+            }
+        }
+        (None, Some(true)) => {
+            if let Some(key) = &key {
+                if let Some(result) = state
+                    .store
+                    .idempotent_result(&caller.scope, &operation, key, &hash)
+                    .await?
+                {
+                    return replay(result);
+                }
+            }
+            let runs = state.store.cancel_runs(&caller.scope, &thread_id).await?;
+            let rt = &state.runtime;
+            let mut active = None;
+            for run in &runs {
+                if !run.status.is_terminal() {
+                    rt.hub.stop_run(&run.id, Stop::Cancel);
+                    active.get_or_insert_with(|| run.id.to_string());
+                }
+            }
+            rt.hub.publish(&thread_id, Live::Durable { seq: 0 });
+            let accepted = api::RunAccepted {
+                status: if active.is_some() {
+                    "cancelling"
+                } else {
+                    "cancelled"
+                }
+                .to_owned(),
+                run_id: active.or_else(|| runs.first().map(|r| r.id.to_string())),
+                run_ids: Some(runs.iter().map(|r| r.id.to_string()).collect()),
+            };
+            if let Some(key) = key {
+                // After the cancellation: a crash in between makes a retry answer
+                // `run_not_active`, which is true by then.
+                let record = Idempotency {
+                    operation,
+                    key,
+                    request_hash: hash,
+                    result: serde_json::to_value(&accepted).unwrap_or_default(),
+                };
+                state
+                    .store
+                    .remember_idempotent(&caller.scope, &record)
+                    .await?;
+            }
+            Ok((StatusCode::ACCEPTED, Json(accepted)))
+        }
+        _ => Err(ApiError::from(tessera_domain::ValidationError::new(
+            "message",
+            "send either `message` or `cancel: true`",
+        ))),
+    }
+}
+
+fn replay(result: serde_json::Value) -> ApiResult<(StatusCode, Json<api::RunAccepted>)> {
+    let accepted: api::RunAccepted = serde_json::from_value(result)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Gets a run: status, stop reason and usage.
+#[utoipa::path(
+    get, path = "/ai/threads/{thread_id}/runs/{run_id}", operation_id = "getAgentThreadRun", tag = "threads",
+    params(
+        ("thread_id" = String, Path, description = "Thread id (`thread_…`)"),
+        ("run_id" = String, Path, description = "Run id (`run_…`)"),
+    ),
+    responses(
+        (status = 200, body = api::Run),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`thread_not_found` / `run_not_found`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn get_run(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath2(thread_id, run_id): IdPath2<ThreadId, RunId>,
+) -> ApiResult<Json<api::Run>> {
+    state.store.get_thread(&caller.scope, &thread_id).await?;
+    let run = state
+        .store
+        .get_run(&caller.scope, &thread_id, &run_id)
+        .await?;
+    Ok(Json(convert::run(run)))
+}

@@ -1,0 +1,165 @@
+//! `GET /ai/threads/{id}/stream`: the thread's events as Server-Sent Events.
+//!
+//! Durable events are read from storage (the SSE `id` is their per-thread sequence number, so a
+//! client reconnecting with `Last-Event-ID` gets exactly what it missed); text deltas come live
+//! from the hub and carry no id. The subscription is taken before storage is read, so nothing
+//! falls in between. Memory per client is bounded: the hub's channel is bounded, and a client too
+//! slow to keep up lags and simply re-reads from storage (missing only deltas, whose text is in
+//! the stored message).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::Stream;
+use serde_json::json;
+use tessera_domain::event::MESSAGE_DELTA;
+use tessera_domain::{Scope, ThreadId};
+use tessera_runtime::hub::Live;
+use tessera_store::{Store, ThreadEvent};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::IdPath;
+use crate::AppState;
+
+/// Events read from storage per query.
+const BATCH: u32 = 200;
+/// Re-check storage this often even without a signal (covers a missed cross-node wake-up).
+const RECHECK: Duration = Duration::from_secs(5);
+/// Comment lines that keep proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+struct Cursor {
+    store: std::sync::Arc<dyn Store>,
+    scope: Scope,
+    thread: ThreadId,
+    live: broadcast::Receiver<Live>,
+    last_seq: i64,
+    backlog: VecDeque<ThreadEvent>,
+}
+
+fn durable(e: &ThreadEvent) -> SseEvent {
+    SseEvent::default()
+        .id(e.seq.to_string())
+        .event(e.kind.clone())
+        .data(e.data.to_string())
+}
+
+fn delta(run_id: &tessera_domain::RunId, message_id: String, text: String) -> SseEvent {
+    SseEvent::default().event(MESSAGE_DELTA).data(
+        json!({"run_id": run_id.as_str(), "message_id": message_id, "text": text}).to_string(),
+    )
+}
+
+impl Cursor {
+    /// The next SSE event; `None` ends the stream (storage failed: the client reconnects with
+    /// its `Last-Event-ID`).
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                self.last_seq = e.seq;
+                return Some(durable(&e));
+            }
+            // Live items already waiting go first: a delta is published before the step that
+            // stores its message commits, so it must not trail that message's event.
+            match self.live.try_recv() {
+                Ok(Live::Delta {
+                    run_id,
+                    message_id,
+                    text,
+                }) => return Some(delta(&run_id, message_id, text)),
+                Ok(Live::Durable { .. }) | Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Closed) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            match self
+                .store
+                .events_after(&self.scope, &self.thread, self.last_seq, BATCH)
+                .await
+            {
+                Ok(events) if !events.is_empty() => {
+                    self.backlog.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, thread_id = %self.thread, "stream: reading events failed");
+                    return None;
+                }
+            }
+            match tokio::time::timeout(RECHECK, self.live.recv()).await {
+                Ok(Ok(Live::Delta {
+                    run_id,
+                    message_id,
+                    text,
+                })) => return Some(delta(&run_id, message_id, text)),
+                // New durable events (or a hint to look): loop back to storage.
+                Ok(Ok(Live::Durable { .. })) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+        }
+    }
+}
+
+/// Streams the thread's events. Reconnect with `Last-Event-ID: <seq>` (or `?after=<seq>`) to
+/// resume after the last event received.
+#[utoipa::path(
+    get, path = "/ai/threads/{thread_id}/stream", operation_id = "streamAgentThread", tag = "threads",
+    params(
+        ("thread_id" = String, Path, description = "Thread id (`thread_…`)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id."),
+        ("after" = Option<i64>, Query, description = "Resume after this event id (for clients that cannot set headers)."),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of `message.created`, `message.delta`, `message.completed`, `tool.started`, `tool.completed`, `run.status`, `notification` events", content_type = "text/event-stream", body = String),
+        (status = 400, body = tessera_api::ErrorBody, description = "`invalid_parameter`"),
+        (status = 401, body = tessera_api::ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = tessera_api::ErrorBody, description = "`thread_not_found`"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn stream_thread(
+    caller: Caller,
+    State(state): State<AppState>,
+    IdPath(thread): IdPath<ThreadId>,
+    headers: HeaderMap,
+    crate::extract::ApiQuery(q): crate::extract::ApiQuery<StreamParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    state.store.get_thread(&caller.scope, &thread).await?;
+    let last_seq = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid_parameter("Last-Event-ID", "Last-Event-ID must be an event id")
+            })?,
+        None => q.after.unwrap_or(0).max(0),
+    };
+    let cursor = Cursor {
+        live: state.runtime.hub.subscribe(&thread),
+        store: state.store.clone(),
+        scope: caller.scope,
+        thread,
+        last_seq,
+        backlog: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut cursor| async move {
+        cursor.next().await.map(|event| (Ok(event), cursor))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct StreamParams {
+    pub after: Option<i64>,
+}

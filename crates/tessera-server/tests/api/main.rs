@@ -1,0 +1,19 @@
+//! HTTP-level integration tests of `tessera-server`: each test starts the real server on port 0
+//! over a fresh database (SQLite always, PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is set) and
+//! drives it through the `tessera-client` SDK, or raw HTTP where the input must be malformed or
+//! headers inspected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+mod helpers;
+
+mod actors;
+mod agents;
+mod auth;
+mod bad_input;
+mod keys;
+mod lists;
+mod ops_endpoints;
+mod projects;
+mod tenancy;
+mod walkthrough;
