@@ -127,7 +127,8 @@ macro_rules! impl_run_sql {
                     completion_tokens: count("completion_tokens")? as u64,
                     iterations: count("iterations")? as u32,
                     tool_calls: count("tool_calls")? as u32,
-                    wall_ms: count("wall_ms")? as u64,
+                    // Clock skew between nodes could make it negative; a duration is never.
+                    wall_ms: count("wall_ms")?.max(0) as u64,
                 },
                 cancel_requested: cancel != 0,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
