@@ -56,7 +56,17 @@ async fn readme_walkthrough_runs_verbatim() {
     assert!(stdout.contains(r#""external_key":"ext-1234""#), "{stdout}");
     assert!(stdout.contains("actor: actor_"), "{stdout}");
     assert!(stdout.contains("agent: agent_"), "{stdout}");
-    assert!(stdout.contains(r#""status":"active""#), "{stdout}");
+    assert!(stdout.contains("project: proj_"), "{stdout}");
+    assert!(stdout.contains("thread: thread_"), "{stdout}");
+    assert!(stdout.contains(r#""status":"queued""#), "{stdout}");
+    // The stream replayed the first run's reply and the tool call's notification.
+    assert!(stdout.contains("event: message.completed"), "{stdout}");
+    assert!(stdout.contains(r#""content":"Hello, Tessera!""#), "{stdout}");
+    assert!(stdout.contains("event: notification"), "{stdout}");
+    assert!(
+        stdout.contains(r#""content":"tool notify_user returned: the user was notified""#),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(r#""code":"validation_failed""#)
             && stdout.contains(r#""field":"instructions""#),
