@@ -19,9 +19,14 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
     forward_notifications(&rt).await;
     let permits = Arc::new(Semaphore::new(rt.config.workers.max(1)));
     let lease_ms = rt.config.lease.as_millis() as i64;
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            prune_idempotency(&rt).await;
         }
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             match rt
@@ -51,6 +56,20 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
         }
     }
     tracing::info!(running = rt.hub.running(), "workers stopping");
+}
+
+/// Idempotency keys answer retries for this long (SPEC: 24 h).
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// How often expired idempotency records are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+async fn prune_idempotency(rt: &Runtime) {
+    let before = Timestamp::now().plus_millis(-IDEMPOTENCY_TTL_MS);
+    match rt.store.prune_idempotency(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned expired idempotency keys"),
+        Err(err) => tracing::warn!(error = %err, "pruning idempotency keys failed"),
+    }
 }
 
 /// Relays other nodes' notifications (PostgreSQL) to this node's hub.
