@@ -11,7 +11,7 @@ use sqlx::{Postgres, Transaction};
 use sqlx::postgres::PgListener;
 use tessera_domain::{RunId, ThreadId};
 
-use crate::migrate::{self, MigrationReport};
+use crate::migrate;
 use crate::{Backend, ConnectOptions, Notification, PoolStats, StoreError, StoreResult};
 
 /// Advisory lock keys (arbitrary constants, unique within Tessera).
@@ -53,42 +53,18 @@ impl PgStore {
         Ok(())
     }
 
-    /// Applies pending migrations in one transaction (PostgreSQL DDL is transactional).
-    pub async fn migrate(&self) -> StoreResult<MigrationReport> {
+    /// The transaction migrations run in (PostgreSQL DDL is transactional), holding an
+    /// advisory lock so that nodes starting together migrate once.
+    pub(crate) async fn begin_migration(&self) -> StoreResult<Transaction<'static, Postgres>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(migrate::CREATE_TABLE).execute(&mut *tx).await?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as("SELECT version, checksum FROM tessera_migrations ORDER BY version")
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut report = MigrationReport {
-            applied: Vec::new(),
-            current_version: applied.iter().map(|(v, _)| *v).max().unwrap_or(0),
-        };
-        for m in migrate::pending(migrate::POSTGRES, &applied)? {
-            sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
-                StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
-            })?;
-            sqlx::query(
-                "INSERT INTO tessera_migrations (version, name, checksum, applied_at)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .bind(m.checksum())
-            .bind(tessera_domain::Timestamp::now().as_millis())
-            .execute(&mut *tx)
-            .await?;
-            report.applied.push((m.version, m.name));
-            report.current_version = m.version;
-        }
-        tx.commit().await?;
-        Ok(report)
+        Ok(tx)
     }
+
+    pub(crate) const MIGRATIONS: &'static [migrate::Migration] = migrate::POSTGRES;
 
     pub(crate) async fn close_pools(&self) {
         self.pool.close().await;

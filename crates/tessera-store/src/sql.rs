@@ -235,6 +235,42 @@ macro_rules! impl_sql_store {
             Ok(())
         }
 
+        impl $store {
+            /// Applies pending migrations in one transaction and reports what it did.
+            pub async fn migrate(&self) -> StoreResult<$crate::MigrationReport> {
+                let mut tx = self.begin_migration().await?;
+                sqlx::query($crate::migrate::CREATE_TABLE).execute(&mut *tx).await?;
+                let applied: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT version, checksum FROM tessera_migrations ORDER BY version",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut report = $crate::MigrationReport {
+                    applied: Vec::new(),
+                    current_version: applied.iter().map(|(v, _)| *v).max().unwrap_or(0),
+                };
+                for m in $crate::migrate::pending(Self::MIGRATIONS, &applied)? {
+                    sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
+                        StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
+                    })?;
+                    sqlx::query(
+                        "INSERT INTO tessera_migrations (version, name, checksum, applied_at)
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(m.checksum())
+                    .bind(Timestamp::now().as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                    report.applied.push((m.version, m.name));
+                    report.current_version = m.version;
+                }
+                tx.commit().await?;
+                Ok(report)
+            }
+        }
+
         fn agent_spec_json(spec: &AgentSpec) -> StoreResult<String> {
             serde_json::to_string(spec).map_err(|e| corrupt("agent spec", e))
         }

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::migrate::{self, MigrationReport};
+use crate::migrate;
 use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
 
 pub struct SqliteStore {
@@ -73,38 +73,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Applies pending migrations in one write transaction.
-    pub async fn migrate(&self) -> StoreResult<MigrationReport> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(migrate::CREATE_TABLE).execute(&mut *tx).await?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as("SELECT version, checksum FROM tessera_migrations ORDER BY version")
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut report = MigrationReport {
-            applied: Vec::new(),
-            current_version: applied.iter().map(|(v, _)| *v).max().unwrap_or(0),
-        };
-        for m in migrate::pending(migrate::SQLITE, &applied)? {
-            sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
-                StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
-            })?;
-            sqlx::query(
-                "INSERT INTO tessera_migrations (version, name, checksum, applied_at)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .bind(m.checksum())
-            .bind(tessera_domain::Timestamp::now().as_millis())
-            .execute(&mut *tx)
-            .await?;
-            report.applied.push((m.version, m.name));
-            report.current_version = m.version;
-        }
-        tx.commit().await?;
-        Ok(report)
+    /// The transaction migrations run in: `BEGIN IMMEDIATE` already excludes other writers.
+    pub(crate) async fn begin_migration(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.begin_write().await
     }
+
+    pub(crate) const MIGRATIONS: &'static [migrate::Migration] = migrate::SQLITE;
 
     pub(crate) async fn close_pools(&self) {
         self.reader.close().await;

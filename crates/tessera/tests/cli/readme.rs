@@ -61,7 +61,10 @@ async fn readme_walkthrough_runs_verbatim() {
     assert!(stdout.contains(r#""status":"queued""#), "{stdout}");
     // The stream replayed the first run's reply and the tool call's notification.
     assert!(stdout.contains("event: message.completed"), "{stdout}");
-    assert!(stdout.contains(r#""content":"Hello, Tessera!""#), "{stdout}");
+    assert!(
+        stdout.contains(r#""content":"Hello, Tessera!""#),
+        "{stdout}"
+    );
     assert!(stdout.contains("event: notification"), "{stdout}");
     assert!(
         stdout.contains(r#""content":"tool notify_user returned: the user was notified""#),
