@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::PlainSecret;
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
@@ -161,8 +162,15 @@ impl Application {
             let _ = workers_stop.send(true);
             let _ = stopping_tx.send(());
         };
+        // Streamed answers are many small writes (SSE deltas); without TCP_NODELAY each can
+        // wait ~40 ms for the client's delayed ACK (Nagle's algorithm).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

@@ -186,6 +186,10 @@ impl ScriptedModelServer {
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
+            // Like a real provider, stream chunks without Nagle delays (~40 ms each otherwise).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(error = %err, "ScriptedModelServer stopped");
             }
