@@ -16,7 +16,7 @@ use tessera_domain::event::{self, NewEvent, TOOL_COMPLETED, TOOL_STARTED};
 use tessera_domain::thread::{
     Message, Role, Run, RunStatus, RunUsage, StopReason, Thread, TokenUsage, ToolCall,
 };
-use tessera_domain::{MessageId, Scope, Timestamp};
+use tessera_domain::{MessageId, RunId, Scope, Timestamp};
 use tessera_store::{
     CancelRequest, Claimed, Entity, Lease, RunEnd, StepMessage, Store, StoreError, ThreadEvent,
 };
@@ -224,6 +224,7 @@ impl Driver<'_> {
                     None
                 };
                 if let Some(event) = interruption {
+                    let event = self.stored_stop_reason(event).await?;
                     queue = lp.handle(event).into();
                     continue;
                 }
@@ -255,10 +256,27 @@ impl Driver<'_> {
                 }
             };
             for event in events {
+                let event = self.stored_stop_reason(event).await?;
                 queue.extend(lp.handle(event));
             }
         }
         Ok(())
+    }
+
+    /// A cancellation with the reason stored on the run. The hub's stop request may not say why:
+    /// a cancellation relayed from another node (PostgreSQL `NOTIFY`, which also echoes this
+    /// node's own requests) is a plain `Cancel`, and may even overwrite this node's
+    /// `Interrupt` for the same run. Other events pass through.
+    async fn stored_stop_reason(&self, event: Event) -> Result<Event, StoreError> {
+        let Event::Cancelled { interrupted } = event else {
+            return Ok(event);
+        };
+        let until = Timestamp::now().plus_millis(self.rt.config.lease.as_millis() as i64);
+        Ok(match self.rt.store.heartbeat(&self.lease, until).await? {
+            CancelRequest::Interrupt => Event::Cancelled { interrupted: true },
+            CancelRequest::Cancel => Event::Cancelled { interrupted: false },
+            CancelRequest::None => Event::Cancelled { interrupted },
+        })
     }
 
     /// The conversation as the model sees it: system text, then the thread's messages.
@@ -280,7 +298,7 @@ impl Driver<'_> {
         }];
         let input = &self.run.input_message_id;
         let mut open_calls: Vec<(String, String)> = Vec::new();
-        for m in &self.history {
+        for m in conversation_order(&self.history) {
             // Messages queued for later runs are not part of this run's conversation.
             if m.role == Role::User && m.run_id.as_ref() != Some(&self.run.id) && m.id > *input {
                 continue;
@@ -568,6 +586,34 @@ impl Driver<'_> {
         );
         Ok(())
     }
+}
+
+/// The thread's messages in conversation order: each run's messages together, runs in the order
+/// they were submitted. Ids order messages by creation, but a message sent while an earlier run
+/// was still working (between its tool call and the result, say) was created in the middle of
+/// that run's messages; the model must see it after them, or the run's tool results would be
+/// separated from their call (which chat APIs refuse).
+fn conversation_order(history: &[Message]) -> Vec<&Message> {
+    // A run's first message is its input, stored when the run was submitted.
+    let mut first_of_run: std::collections::HashMap<&RunId, &MessageId> =
+        std::collections::HashMap::new();
+    for m in history {
+        if let Some(run) = &m.run_id {
+            first_of_run
+                .entry(run)
+                .and_modify(|first| *first = (*first).min(&m.id))
+                .or_insert(&m.id);
+        }
+    }
+    let group = |m: &Message| -> MessageId {
+        m.run_id
+            .as_ref()
+            .and_then(|run| first_of_run.get(run))
+            .map_or_else(|| m.id.clone(), |first| (*first).clone())
+    };
+    let mut ordered: Vec<(MessageId, &Message)> = history.iter().map(|m| (group(m), m)).collect();
+    ordered.sort_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
+    ordered.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Gives calls of an earlier turn that never got a result (their run was cancelled) a result,

@@ -16,7 +16,8 @@ use crate::hub::Stop;
 /// Runs the claim loop until `shutdown` turns true. Runs still executing then are abandoned:
 /// their leases expire and any node resumes them from their last stored step.
 pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
-    forward_notifications(&rt).await;
+    // Lives as long as this loop, even when the loop is aborted.
+    let _forwarder = forward_notifications(&rt).await;
     let permits = Arc::new(Semaphore::new(rt.config.workers.max(1)));
     let lease_ms = rt.config.lease.as_millis() as i64;
     let mut next_prune = tokio::time::Instant::now();
@@ -72,18 +73,29 @@ async fn prune_idempotency(rt: &Runtime) {
     }
 }
 
-/// Relays other nodes' notifications (PostgreSQL) to this node's hub.
-async fn forward_notifications(rt: &Arc<Runtime>) {
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Relays other nodes' notifications (PostgreSQL) to this node's hub, until the returned guard
+/// is dropped. Dropping it drops the receiver, which lets the store's LISTEN task end and give
+/// its connection back: closing the store waits for that connection.
+async fn forward_notifications(rt: &Arc<Runtime>) -> Option<AbortOnDrop> {
     let mut rx = match rt.store.listen().await {
         Ok(Some(rx)) => rx,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(err) => {
             tracing::warn!(error = %err, "cannot LISTEN for other nodes; relying on polling");
-            return;
+            return None;
         }
     };
     let hub = rt.hub.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(n) = rx.recv().await {
             match n {
                 Notification::Runs => hub.wake_workers(),
@@ -94,4 +106,5 @@ async fn forward_notifications(rt: &Arc<Runtime>) {
             }
         }
     });
+    Some(AbortOnDrop(task))
 }

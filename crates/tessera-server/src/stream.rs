@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::Stream;
 use serde_json::json;
-use tessera_domain::event::MESSAGE_DELTA;
+use tessera_domain::event::{MESSAGE_COMPLETED, MESSAGE_DELTA};
 use tessera_domain::{Scope, ThreadId};
 use tessera_runtime::hub::Live;
 use tessera_store::{Store, ThreadEvent};
@@ -43,7 +43,13 @@ struct Cursor {
     thread: ThreadId,
     live: broadcast::Receiver<Live>,
     last_seq: i64,
-    backlog: VecDeque<ThreadEvent>,
+    backlog: VecDeque<Item>,
+}
+
+/// What the cursor sends next.
+enum Item {
+    Durable(ThreadEvent),
+    Delta(SseEvent),
 }
 
 fn durable(e: &ThreadEvent) -> SseEvent {
@@ -64,9 +70,13 @@ impl Cursor {
     /// its `Last-Event-ID`).
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            if let Some(e) = self.backlog.pop_front() {
-                self.last_seq = e.seq;
-                return Some(durable(&e));
+            match self.backlog.pop_front() {
+                Some(Item::Durable(e)) => {
+                    self.last_seq = e.seq;
+                    return Some(durable(&e));
+                }
+                Some(Item::Delta(event)) => return Some(event),
+                None => {}
             }
             // Live items already waiting go first: a delta is published before the step that
             // stores its message commits, so it must not trail that message's event.
@@ -86,7 +96,7 @@ impl Cursor {
                 .await
             {
                 Ok(events) if !events.is_empty() => {
-                    self.backlog.extend(events);
+                    self.queue(events);
                     continue;
                 }
                 Ok(_) => {}
@@ -106,6 +116,45 @@ impl Cursor {
                 Ok(Err(RecvError::Closed)) => return None,
             }
         }
+    }
+}
+
+impl Cursor {
+    /// Queues events read from storage. Deltas are published before the step storing their
+    /// message commits, so any delta of a message completed in `events` is in the channel by
+    /// now (it may have arrived after the channel was last checked, while storage was read):
+    /// each such delta goes right before its message's completion; the rest (a message still
+    /// streaming) after the events.
+    fn queue(&mut self, events: Vec<ThreadEvent>) {
+        let mut deltas: Vec<(String, SseEvent)> = Vec::new();
+        loop {
+            match self.live.try_recv() {
+                Ok(Live::Delta {
+                    run_id,
+                    message_id,
+                    text,
+                }) => {
+                    let event = delta(&run_id, message_id.clone(), text);
+                    deltas.push((message_id, event));
+                }
+                Ok(Live::Durable { .. }) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
+            }
+        }
+        for e in events {
+            if e.kind == MESSAGE_COMPLETED {
+                if let Some(id) = e.data["message"]["id"].as_str() {
+                    let (its, others): (Vec<_>, Vec<_>) =
+                        deltas.into_iter().partition(|(m, _)| m == id);
+                    deltas = others;
+                    self.backlog
+                        .extend(its.into_iter().map(|(_, d)| Item::Delta(d)));
+                }
+            }
+            self.backlog.push_back(Item::Durable(e));
+        }
+        self.backlog
+            .extend(deltas.into_iter().map(|(_, d)| Item::Delta(d)));
     }
 }
 

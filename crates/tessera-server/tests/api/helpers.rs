@@ -605,3 +605,62 @@ pub async fn raw_http(address: SocketAddr, head: &str, body: &[u8]) -> Resp {
         text: body_text,
     }
 }
+
+/// Starts the server on `db` after `customize` adjusted its configuration (model providers,
+/// runtime settings…). Otherwise the same as [`spawn_app`].
+pub async fn spawn_app_with(db: &TestDatabase, customize: impl FnOnce(&mut Config)) -> TestApp {
+    let key = fresh_key();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        bootstrap_secret_key: Some(Secret::new(key.clone())),
+        shutdown_timeout_seconds: 2,
+        ..Config::default()
+    };
+    customize(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("the server builds with the customised configuration");
+    let address = app.local_addr();
+    let base_url = format!("http://{address}");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client: Client::new(base_url.clone(), key.clone()),
+        base_url,
+        key,
+        http,
+        db_url: db.url.clone(),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// Polls `probe` every 25 ms until it returns `Ok`, for at most `within`; when the deadline
+/// passes, panics naming `what` and the last `Err` (a description of what was seen instead).
+pub async fn poll_until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "timed out after {within:?} waiting for {what}; last seen: {last}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+}

@@ -15,5 +15,6 @@ mod keys;
 mod lists;
 mod ops_endpoints;
 mod projects;
+mod runtime;
 mod tenancy;
 mod walkthrough;

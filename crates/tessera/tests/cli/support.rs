@@ -317,3 +317,71 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     std::fs::write(&path, contents).unwrap();
     path
 }
+
+impl Server {
+    /// Like [`Server::start`], with extra environment variables for the server process
+    /// (`TESSERA_RUNTIME__LEASE_SECONDS`, `TESSERA_PROVIDERS__NAME__BASE_URL`, …).
+    pub async fn start_with_env(
+        database_url: &str,
+        bootstrap_key: &str,
+        env: &[(&str, String)],
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut command = StdCommand::new(BIN);
+        clean_env(&mut command);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
+            .arg(database_url)
+            .env("TESSERA_LOG_FORMAT", "json")
+            .env("TESSERA_BOOTSTRAP_SECRET_KEY", bootstrap_key)
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = command.spawn().expect("spawn tessera serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = Server {
+            child: Some(child),
+            url: String::new(),
+            banner: Vec::new(),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line == BANNER_END;
+                    server.banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(err) => panic!(
+                    "no banner from tessera serve ({err}); stdout so far: {:?}\nlog:\n{}",
+                    server.banner,
+                    server.log()
+                ),
+            }
+        }
+        server.url = server
+            .banner
+            .iter()
+            .find_map(|line| line.split_once(" listening on ").map(|(_, url)| url))
+            .unwrap_or_else(|| panic!("no listening address in {:?}", server.banner))
+            .trim()
+            .to_owned();
+        server.wait_healthy().await;
+        server
+    }
+}
