@@ -147,7 +147,12 @@ impl crate::Store for PgStore {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
+                let received = tokio::select! {
+                    // Nobody listens any more (the node is stopping): give the connection back.
+                    () = tx.closed() => return,
+                    received = listener.recv() => received,
+                };
+                match received {
                     Ok(message) => {
                         if let Some(n) = decode_notification(message.payload()) {
                             // A full channel means the node is far behind; the slow poll and the
@@ -160,13 +165,13 @@ impl crate::Store for PgStore {
                         }
                     }
                     Err(err) => {
-                        if tx.is_closed() {
-                            return;
-                        }
                         // PgListener reconnects on the next recv; notifications sent meanwhile
                         // are lost, which the workers' slow poll covers.
                         tracing::warn!(error = %err, "LISTEN connection failed; reconnecting");
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        tokio::select! {
+                            () = tx.closed() => return,
+                            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        }
                     }
                 }
             }

@@ -648,7 +648,8 @@ macro_rules! impl_run_sql {
                 let run_id: String = candidate.try_get("id")?;
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = $1,
-                       lease_expires_at = $2, started_at = COALESCE(started_at, $3)
+                       lease_expires_at = $2,
+                       started_at = COALESCE(started_at, CASE WHEN created_at > $3 THEN created_at ELSE $3 END)
                      WHERE id = $4 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))
                      RETURNING deployment_id, {RUN_COLS}"
                 ))
