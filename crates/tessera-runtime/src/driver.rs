@@ -77,6 +77,8 @@ impl Runtime {
         let run_id = claimed.run.id.clone();
         self.publish(&claimed.events);
         let stop = self.hub.register_run(&run_id);
+        let stop_probe = stop.clone();
+        let lease = claimed.lease.clone();
         let heartbeat = tokio::spawn(heartbeat(self.clone(), claimed.lease.clone()));
         let driver = Driver {
             rt: self,
@@ -90,6 +92,16 @@ impl Runtime {
         };
         match driver.drive().await {
             Ok(()) => {}
+            Err(StoreError::LeaseLost) if *stop_probe.borrow() == Stop::Release => {
+                match self.store.release_lease(&lease).await {
+                    Ok(()) => {
+                        tracing::info!(run_id = %run_id, "node stopping; run released for resumption")
+                    }
+                    Err(err) => {
+                        tracing::warn!(run_id = %run_id, error = %err, "releasing the run failed; it resumes when its lease expires")
+                    }
+                }
+            }
             Err(StoreError::LeaseLost) => {
                 tracing::info!(run_id = %run_id, "lease lost; another worker continues the run");
             }
@@ -153,7 +165,7 @@ fn stop_event(stop: Stop) -> Result<Event, StoreError> {
     match stop {
         Stop::Cancel => Ok(Event::Cancelled { interrupted: false }),
         Stop::Interrupt => Ok(Event::Cancelled { interrupted: true }),
-        Stop::Abandon | Stop::Continue => Err(StoreError::LeaseLost),
+        Stop::Abandon | Stop::Release | Stop::Continue => Err(StoreError::LeaseLost),
     }
 }
 

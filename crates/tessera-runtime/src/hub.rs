@@ -33,8 +33,11 @@ pub enum Stop {
     Continue,
     Cancel,
     Interrupt,
-    /// The lease was lost (or the node is stopping): stop without writing anything.
+    /// The lease was lost: stop without writing anything.
     Abandon,
+    /// The node is stopping: stop without writing, then release the lease so that any node
+    /// resumes the run at once.
+    Release,
 }
 
 #[derive(Default)]
@@ -95,6 +98,13 @@ impl Hub {
     /// Asks a run executing on this node to stop; no-op when it runs elsewhere.
     pub fn stop_run(&self, run: &RunId, stop: Stop) {
         if let Some(tx) = Self::lock(&self.runs).get(run) {
+            let _ = tx.send(stop);
+        }
+    }
+
+    /// Asks every run executing on this node to stop.
+    pub fn stop_all(&self, stop: Stop) {
+        for tx in Self::lock(&self.runs).values() {
             let _ = tx.send(stop);
         }
     }

@@ -56,8 +56,18 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => {}
         }
     }
-    tracing::info!(running = rt.hub.running(), "workers stopping");
+    // Runs in flight stop at their next await point and release their leases, so a restarted
+    // (or any other) node resumes them at once instead of after the lease.
+    rt.hub.stop_all(Stop::Release);
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while rt.hub.running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tracing::info!(still_running = rt.hub.running(), "workers stopped");
 }
+
+/// How long stopping waits for runs in flight to release their leases.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Idempotency keys answer retries for this long (SPEC: 24 h).
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;

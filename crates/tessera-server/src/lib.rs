@@ -153,14 +153,18 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
-        let workers = tokio::spawn(tessera_runtime::worker::run_workers(
+        let workers_stop = Arc::new(workers_stop);
+        let mut workers = tokio::spawn(tessera_runtime::worker::run_workers(
             self.runtime.clone(),
             workers_rx,
         ));
-        let graceful = async move {
-            shutdown.await;
-            let _ = workers_stop.send(true);
-            let _ = stopping_tx.send(());
+        let graceful = {
+            let workers_stop = workers_stop.clone();
+            async move {
+                shutdown.await;
+                let _ = workers_stop.send(true);
+                let _ = stopping_tx.send(());
+            }
         };
         // Streamed answers are many small writes (SSE deltas); without TCP_NODELAY each can
         // wait ~40 ms for the client's delayed ACK (Nagle's algorithm).
@@ -191,7 +195,14 @@ impl Application {
                 "in-flight requests did not finish in time; stopping anyway"
             ),
         }
-        workers.abort();
+        // The workers release the runs in flight (bounded wait) before the database closes.
+        let _ = workers_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), &mut workers)
+            .await
+            .is_err()
+        {
+            workers.abort();
+        }
         self.store.close().await;
         Ok(())
     }

@@ -521,6 +521,10 @@ pub trait RunStore {
         events: &[NewEvent],
     ) -> StoreResult<Vec<ThreadEvent>>;
 
+    /// Worker: gives the run up without ending it (the node is stopping): its lease expires now,
+    /// so any node resumes it at once from its stored steps.
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+
     /// Worker: ends the run, frees the thread for its next run, fenced by the lease.
     async fn finish_run(&self, lease: &Lease, end: &RunEnd)
         -> StoreResult<(Run, Vec<ThreadEvent>)>;

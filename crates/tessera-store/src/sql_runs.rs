@@ -738,6 +738,21 @@ macro_rules! impl_run_sql {
                 Ok(stored)
             }
 
+            async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE runs SET lease_expires_at = 0, lease_owner = NULL
+                     WHERE id = $1 AND attempt = $2 AND status = 'running'",
+                )
+                .bind(lease.run_id.as_str())
+                .bind(lease.attempt)
+                .execute(&mut *tx)
+                .await?;
+                self.notify(&mut tx, &Notification::Runs).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn finish_run(&self, lease: &Lease, end: &RunEnd) -> StoreResult<(Run, Vec<ThreadEvent>)> {
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 
 use crate::support::{bootstrap_key, Server};
 
-backend_tests!(run_resumes_after_sigkill_without_duplicates);
+backend_tests!(
+    run_resumes_after_sigkill_without_duplicates,
+    sigterm_releases_the_run_for_immediate_resumption
+);
 
 /// Polls `probe` every 25 ms until it returns `Ok`, for at most `within`.
 async fn poll_until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
@@ -66,23 +69,14 @@ fn request_roles(body: &Value) -> Vec<&str> {
         .collect()
 }
 
-async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
-    let model = ScriptedModelServer::start().await;
-    let env = [
-        ("TESSERA_RUNTIME__LEASE_SECONDS", "3".to_owned()),
-        ("TESSERA_RUNTIME__POLL_INTERVAL_MS", "200".to_owned()),
-        ("TESSERA_PROVIDERS__SCRIPTED__KIND", "openai".to_owned()),
-        ("TESSERA_PROVIDERS__SCRIPTED__BASE_URL", model.url()),
-    ];
-    let key = bootstrap_key();
-    let mut server = Server::start_with_env(&db.url, &key, &env).await;
-    let client = server.client(&key);
+/// A thread of an agent whose model is the scripted server (provider `scripted`).
+async fn scripted_thread(client: &Client, external_key: &str) -> String {
     let ai = client.ai();
     let actor = ai
         .actors()
         .create_actor(CreateActorRequest {
             subject_type: "user".into(),
-            external_key: "crash-1".into(),
+            external_key: external_key.into(),
             display_name: None,
             metadata: None,
         })
@@ -116,8 +110,7 @@ async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
         .send()
         .await
         .unwrap();
-    let thread = ai
-        .threads()
+    ai.threads()
         .create_thread(
             &project.id,
             CreateThreadRequest {
@@ -128,7 +121,22 @@ async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
         .send()
         .await
         .unwrap()
-        .id;
+        .id
+}
+
+async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
+    let model = ScriptedModelServer::start().await;
+    let env = [
+        ("TESSERA_RUNTIME__LEASE_SECONDS", "3".to_owned()),
+        ("TESSERA_RUNTIME__POLL_INTERVAL_MS", "200".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__KIND", "openai".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__BASE_URL", model.url()),
+    ];
+    let key = bootstrap_key();
+    let mut server = Server::start_with_env(&db.url, &key, &env).await;
+    let client = server.client(&key);
+    let ai = client.ai();
+    let thread = scripted_thread(&client, "crash-1").await;
 
     // Turn 1 calls a tool (answered at once); turn 2 hangs, so the run is mid-turn.
     model.push_all([
@@ -265,4 +273,80 @@ async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
     assert_eq!(statuses, ["queued", "running", "running", "completed"]);
     let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+}
+
+/// A graceful stop (SIGTERM) mid-run releases the run's lease: the restarted server resumes it
+/// at once, long before the lease (30 s here) would have expired.
+async fn sigterm_releases_the_run_for_immediate_resumption(db: &TestDatabase) {
+    let model = ScriptedModelServer::start().await;
+    let env = [
+        ("TESSERA_RUNTIME__LEASE_SECONDS", "30".to_owned()),
+        ("TESSERA_RUNTIME__POLL_INTERVAL_MS", "200".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__KIND", "openai".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__BASE_URL", model.url()),
+    ];
+    let key = bootstrap_key();
+    let mut server = Server::start_with_env(&db.url, &key, &env).await;
+    let client = server.client(&key);
+    let thread = scripted_thread(&client, "graceful-1").await;
+    model.push(Script::Hang);
+    let run_id = client
+        .ai()
+        .threads()
+        .send_message(&thread, "take your time")
+        .send()
+        .await
+        .unwrap()
+        .run_id
+        .unwrap();
+    poll_until("the model request", Duration::from_secs(10), || {
+        let model = &model;
+        async move {
+            match model.request_count() {
+                1 => Ok(()),
+                n => Err(format!("{n} model requests")),
+            }
+        }
+    })
+    .await;
+
+    let status = server.terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "graceful stop: {status:?}\n{}",
+        server.log()
+    );
+    model.push(Script::text(["resumed"]));
+    let restarted_at = Instant::now();
+    let server = Server::start_with_env(&db.url, &key, &env).await;
+    let client = server.client(&key);
+    let threads = client.ai().threads();
+    let run = poll_until("the run to complete", Duration::from_secs(10), || {
+        let (threads, thread, run_id) = (threads, &thread, &run_id);
+        async move {
+            let run = threads
+                .get_run(thread, run_id)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match run.status {
+                RunStatus::Completed => Ok(run),
+                _ => Err(format!("{run:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        restarted_at.elapsed() < Duration::from_secs(10),
+        "resumed without waiting for the 30 s lease"
+    );
+    assert_eq!(run.attempt, 2, "{run:?}");
+    let stored = messages(&client, &thread).await;
+    let roles: Vec<MessageRole> = stored.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [MessageRole::User, MessageRole::Assistant],
+        "{stored:#?}"
+    );
+    assert_eq!(stored[1].content, "resumed");
 }
