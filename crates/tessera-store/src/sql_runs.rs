@@ -292,6 +292,17 @@ macro_rules! impl_run_sql {
             Ok(done.rows_affected() == 1)
         }
 
+        /// `NotFound(Thread)` unless the thread exists in the deployment.
+        async fn ensure_thread(conn: &mut Conn, deployment_id: &str, thread_id: &ThreadId) -> StoreResult<()> {
+            sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
+                .bind(thread_id.as_str())
+                .bind(deployment_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|_| ())
+                .ok_or(StoreError::not_found(Entity::Thread))
+        }
+
         async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
             let rows = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
@@ -496,14 +507,7 @@ macro_rules! impl_run_sql {
                         };
                     }
                 }
-                let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
-                    .bind(thread_id.as_str())
-                    .bind(dep)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if exists.is_none() {
-                    return Err(StoreError::not_found(Entity::Thread));
-                }
+                ensure_thread(&mut tx, dep, thread_id).await?;
                 let open = open_runs(&mut tx, thread_id.as_str()).await?;
                 let mut events = Vec::new();
                 let mut interrupted = Vec::new();
@@ -585,14 +589,7 @@ macro_rules! impl_run_sql {
             async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
                 let dep = scope.deployment_id().as_str();
                 let mut tx = self.begin_write().await?;
-                let exists = sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
-                    .bind(thread_id.as_str())
-                    .bind(dep)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if exists.is_none() {
-                    return Err(StoreError::not_found(Entity::Thread));
-                }
+                ensure_thread(&mut tx, dep, thread_id).await?;
                 let open = open_runs(&mut tx, thread_id.as_str()).await?;
                 if open.is_empty() {
                     return Err(StoreError::Conflict(Conflict::RunNotActive));
