@@ -86,6 +86,7 @@ impl Runtime {
             thread: claimed.thread,
             run: claimed.run,
             lease: claimed.lease,
+            pending_stop: claimed.stop,
             history: Vec::new(),
             stop,
             next_assistant_id: None,
@@ -135,6 +136,8 @@ async fn heartbeat(rt: Arc<Runtime>, lease: Lease) {
 }
 
 struct Driver<'a> {
+    /// The run's stop flag as the claim found it.
+    pending_stop: CancelRequest,
     rt: &'a Arc<Runtime>,
     scope: Scope,
     thread: Thread,
@@ -172,9 +175,8 @@ fn stop_event(stop: Stop) -> Result<Event, StoreError> {
 impl Driver<'_> {
     async fn drive(mut self) -> Result<(), StoreError> {
         let store = self.rt.store.as_ref();
-        // A fresh heartbeat tells whether a stop was requested before this claim.
-        let until = Timestamp::now().plus_millis(self.rt.config.lease.as_millis() as i64);
-        let pending_stop = store.heartbeat(&self.lease, until).await?;
+        // A stop requested before this claim (later ones arrive through the hub and heartbeat).
+        let pending_stop = self.pending_stop;
         let agent = match store.get_agent(&self.scope, &self.thread.agent_id).await {
             Ok(agent) => Some(agent),
             Err(StoreError::NotFound {

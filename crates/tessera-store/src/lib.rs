@@ -378,6 +378,8 @@ pub struct Claimed {
     pub run: Run,
     pub thread: Thread,
     pub lease: Lease,
+    /// A stop requested before this claim (e.g. a cancel while the previous node was dying).
+    pub stop: CancelRequest,
     /// Events the claim appended (`run.status` running).
     pub events: Vec<ThreadEvent>,
 }

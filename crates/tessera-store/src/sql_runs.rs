@@ -292,6 +292,15 @@ macro_rules! impl_run_sql {
             Ok(done.rows_affected() == 1)
         }
 
+        /// The stored `cancel_requested` flag (0 none, 1 cancel, 2 interrupt).
+        fn cancel_request(flag: i64) -> CancelRequest {
+            match flag {
+                0 => CancelRequest::None,
+                2 => CancelRequest::Interrupt,
+                _ => CancelRequest::Cancel,
+            }
+        }
+
         /// `NotFound(Thread)` unless the thread exists in the deployment.
         async fn ensure_thread(conn: &mut Conn, deployment_id: &str, thread_id: &ThreadId) -> StoreResult<()> {
             sqlx::query("SELECT 1 FROM threads WHERE id = $1 AND deployment_id = $2")
@@ -659,6 +668,7 @@ macro_rules! impl_run_sql {
                 let Some(row) = row else { return Ok(None) };
                 let run = run_from_row(&row)?;
                 let dep: String = row.try_get("deployment_id")?;
+                let stop = cancel_request(row.try_get("cancel_requested")?);
                 // The thread's single active slot: taken here, or already ours on recovery.
                 let thread_row = sqlx::query(&format!(
                     "UPDATE threads SET active_run_id = $1, status = 'running', updated_at = $2
@@ -681,6 +691,7 @@ macro_rules! impl_run_sql {
                 Ok(Some(Claimed {
                     scope: Scope::deployment(id(dep, DeploymentId::parse)?),
                     lease: Lease { run_id: run.id.clone(), attempt: run.attempt },
+                    stop,
                     run,
                     thread,
                     events,
@@ -702,11 +713,7 @@ macro_rules! impl_run_sql {
                 .ok_or(StoreError::LeaseLost)?;
                 let flag: i64 = row.try_get("cancel_requested")?;
                 tx.commit().await?;
-                Ok(match flag {
-                    0 => CancelRequest::None,
-                    2 => CancelRequest::Interrupt,
-                    _ => CancelRequest::Cancel,
-                })
+                Ok(cancel_request(flag))
             }
 
             async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {

@@ -46,12 +46,16 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
         // The writer is opened first so that it creates the file before readers open it.
+        // A local file has no connection that silently breaks: skip the ping sqlx otherwise
+        // sends before handing out every pooled connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         Ok(Self { reader, writer })
