@@ -47,15 +47,29 @@ impl Server {
     /// Starts `tessera serve` on `database_url` with `bootstrap_key` as the bootstrap secret key,
     /// waits for the banner and for `/healthz` to answer 200.
     pub async fn start(database_url: &str, bootstrap_key: &str) -> Server {
-        Self::launch(database_url, Some(bootstrap_key)).await
+        Self::launch(database_url, Some(bootstrap_key), &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server process
+    /// (`TESSERA_RUNTIME__LEASE_SECONDS`, `TESSERA_PROVIDERS__NAME__BASE_URL`, …).
+    pub async fn start_with_env(
+        database_url: &str,
+        bootstrap_key: &str,
+        env: &[(&str, String)],
+    ) -> Server {
+        Self::launch(database_url, Some(bootstrap_key), env).await
     }
 
     /// Like [`Server::start`], but lets the server generate (and print) the first key.
     pub async fn start_generating_key(database_url: &str) -> Server {
-        Self::launch(database_url, None).await
+        Self::launch(database_url, None, &[]).await
     }
 
-    async fn launch(database_url: &str, bootstrap_key: Option<&str>) -> Server {
+    async fn launch(
+        database_url: &str,
+        bootstrap_key: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
         let mut command = StdCommand::new(BIN);
@@ -64,6 +78,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
             .arg(database_url)
             .env("TESSERA_LOG_FORMAT", "json")
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,72 +331,4 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
-}
-
-impl Server {
-    /// Like [`Server::start`], with extra environment variables for the server process
-    /// (`TESSERA_RUNTIME__LEASE_SECONDS`, `TESSERA_PROVIDERS__NAME__BASE_URL`, …).
-    pub async fn start_with_env(
-        database_url: &str,
-        bootstrap_key: &str,
-        env: &[(&str, String)],
-    ) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let mut command = StdCommand::new(BIN);
-        clean_env(&mut command);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
-            .arg(database_url)
-            .env("TESSERA_LOG_FORMAT", "json")
-            .env("TESSERA_BOOTSTRAP_SECRET_KEY", bootstrap_key)
-            .envs(env.iter().map(|(name, value)| (name, value)))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = command.spawn().expect("spawn tessera serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child: Some(child),
-            url: String::new(),
-            banner: Vec::new(),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let done = line == BANNER_END;
-                    server.banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Err(err) => panic!(
-                    "no banner from tessera serve ({err}); stdout so far: {:?}\nlog:\n{}",
-                    server.banner,
-                    server.log()
-                ),
-            }
-        }
-        server.url = server
-            .banner
-            .iter()
-            .find_map(|line| line.split_once(" listening on ").map(|(_, url)| url))
-            .unwrap_or_else(|| panic!("no listening address in {:?}", server.banner))
-            .trim()
-            .to_owned();
-        server.wait_healthy().await;
-        server
-    }
 }
