@@ -236,9 +236,15 @@ impl Config {
 
     /// The public origin without a trailing slash.
     pub fn public_url(&self) -> String {
+        self.public_url_at(self.listen)
+    }
+
+    /// The public origin of a server bound to `addr` (which differs from `listen` when it asked
+    /// for port 0).
+    pub fn public_url_at(&self, addr: SocketAddr) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}", self.listen),
+            None => format!("http://{addr}"),
         }
     }
 

@@ -85,10 +85,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let public_url = match &config.public_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{local_addr}"),
-        };
+        let public_url = config.public_url_at(local_addr);
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
         let runtime = Arc::new(Runtime {
             store: store.clone(),
