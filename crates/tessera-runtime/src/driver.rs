@@ -64,11 +64,19 @@ const PREAMBLE: &str = "You are an agent working through Tessera for the person 
                         described below. Use the tools offered when they help; answer plainly.";
 
 impl Runtime {
-    /// Publishes stored events to this node's stream subscribers.
+    /// Publishes events just stored (one transaction's) to this node's stream subscribers.
     pub fn publish(&self, events: &[ThreadEvent]) {
-        if let Some(last) = events.last() {
-            self.hub
-                .publish(&last.thread_id, Live::Durable { seq: last.seq });
+        if let Some(first) = events.first() {
+            let thread = first.thread_id.clone();
+            // A claim or submission may touch several threads; each gets its own.
+            if events.iter().all(|e| e.thread_id == thread) {
+                self.hub.publish(&thread, Live::Stored(events.into()));
+            } else {
+                for e in events {
+                    self.hub
+                        .publish(&e.thread_id, Live::Stored(std::slice::from_ref(e).into()));
+                }
+            }
         }
     }
 
@@ -88,6 +96,7 @@ impl Runtime {
             lease: claimed.lease,
             pending_stop: claimed.stop,
             history: Vec::new(),
+            pending: Vec::new(),
             stop,
             next_assistant_id: None,
         };
@@ -145,6 +154,9 @@ struct Driver<'a> {
     lease: Lease,
     /// The thread's messages as the model will see them (kept current as steps are stored).
     history: Vec<Message>,
+    /// Steps decided but not yet stored. They are stored before anything that acts on them (a
+    /// model call, a tool run), or together with the run's end, which then costs one commit.
+    pending: Vec<StepMessage>,
     stop: watch::Receiver<Stop>,
     /// Id of the assistant message being streamed (deltas carry it; the stored reply keeps it).
     next_assistant_id: Option<MessageId>,
@@ -242,6 +254,9 @@ impl Driver<'_> {
                     queue = lp.handle(event).into();
                     continue;
                 }
+            }
+            if matches!(effect, Effect::CallModel | Effect::RunTools(_)) {
+                self.flush().await?;
             }
             let events = match effect {
                 Effect::CallModel => vec![self.call_model(&agent, deadline).await?],
@@ -451,14 +466,27 @@ impl Driver<'_> {
             usage: Some(usage),
             created_at: Timestamp::now(),
         };
-        let step = StepMessage {
+        self.pending.push(StepMessage {
             event: event::message_event(event::MESSAGE_COMPLETED, &message),
             step_key: format!("turn:{turn}"),
             message: message.clone(),
-        };
-        let events = self.rt.store.record_step(&self.lease, &[step]).await?;
-        self.rt.publish(&events);
+        });
         self.history.push(message);
+        Ok(())
+    }
+
+    /// Stores the pending steps in one fenced transaction.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let events = self
+            .rt
+            .store
+            .record_step(&self.lease, &self.pending)
+            .await?;
+        self.pending.clear();
+        self.rt.publish(&events);
         Ok(())
     }
 
@@ -559,8 +587,7 @@ impl Driver<'_> {
             step_key: format!("tool:{}", call.id),
             message: message.clone(),
         };
-        let events = self.rt.store.record_step(&self.lease, &[step]).await?;
-        self.rt.publish(&events);
+        self.pending.push(step);
         self.history.push(message);
         Ok(())
     }
@@ -588,7 +615,11 @@ impl Driver<'_> {
                 wall_ms: 0,
             },
         };
-        let (run, events) = self.rt.store.finish_run(&self.lease, &end).await?;
+        let (run, events) = self
+            .rt
+            .store
+            .finish_run_after(&self.lease, &self.pending, &end)
+            .await?;
         self.rt.publish(&events);
         self.rt.hub.wake_workers();
         tracing::info!(

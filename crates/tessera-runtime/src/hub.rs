@@ -1,13 +1,15 @@
 //! In-process signalling: live stream items per thread, worker wake-ups and run cancellation.
 //!
-//! Everything durable is in the database; the hub only tells waiting tasks to look (and carries
-//! text deltas, which are live only). Channels are bounded: a slow stream subscriber lags and
-//! re-reads durable events from storage instead of growing memory.
+//! Everything durable is in the database; the hub hands stream subscribers what was just stored
+//! (so that they need not read it back) and carries text deltas, which are live only. Channels
+//! are bounded: a slow stream subscriber lags and re-reads durable events from storage instead of
+//! growing memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tessera_domain::{RunId, ThreadId};
+use tessera_store::ThreadEvent;
 use tokio::sync::{broadcast, watch, Notify};
 
 /// Items per thread a subscriber may fall behind by before it lags.
@@ -22,8 +24,11 @@ pub enum Live {
         message_id: String,
         text: String,
     },
-    /// Durable events up to `seq` exist (0 = "look in storage", e.g. after a remote node wrote).
-    Durable { seq: i64 },
+    /// Events this node just stored, contiguous and in order (one transaction's).
+    Stored(Arc<[ThreadEvent]>),
+    /// New durable events may exist that this node did not store (another node wrote them):
+    /// look in storage.
+    Look,
 }
 
 /// What a running run is asked to do.
@@ -124,10 +129,10 @@ mod tests {
         let hub = Hub::new();
         let thread = ThreadId::generate();
         let mut rx = hub.subscribe(&thread);
-        hub.publish(&thread, Live::Durable { seq: 3 });
-        assert_eq!(rx.recv().await.unwrap(), Live::Durable { seq: 3 });
+        hub.publish(&thread, Live::Look);
+        assert_eq!(rx.recv().await.unwrap(), Live::Look);
         drop(rx);
-        hub.publish(&thread, Live::Durable { seq: 4 });
+        hub.publish(&thread, Live::Look);
         assert!(Hub::lock(&hub.threads).is_empty());
     }
 

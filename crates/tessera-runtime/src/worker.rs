@@ -29,25 +29,40 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             next_prune += PRUNE_EVERY;
             prune_idempotency(&rt).await;
         }
-        while let Ok(permit) = permits.clone().try_acquire_owned() {
-            match rt
+        // Claims as many runs as there are free workers, in one transaction per batch: under
+        // load, several workers free up while a claim waits for the database.
+        loop {
+            let free = permits.available_permits().min(MAX_CLAIM_BATCH);
+            if free == 0 {
+                break;
+            }
+            let batch = match rt
                 .store
-                .claim_run(&rt.config.node_id, Timestamp::now(), lease_ms)
+                .claim_runs(&rt.config.node_id, Timestamp::now(), lease_ms, free)
                 .await
             {
-                Ok(Some(claimed)) => {
-                    let rt = rt.clone();
-                    tokio::spawn(async move {
-                        rt.execute(claimed).await;
-                        drop(permit);
-                        rt.hub.wake_workers();
-                    });
-                }
-                Ok(None) => break,
+                Ok(batch) => batch,
                 Err(err) => {
-                    tracing::warn!(error = %err, "claiming a run failed");
+                    tracing::warn!(error = %err, "claiming runs failed");
                     break;
                 }
+            };
+            let full = batch.len() == free;
+            for claimed in batch {
+                // Only this loop takes permits, so the free ones counted above are still free
+                // and this does not wait (the semaphore is never closed).
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let rt = rt.clone();
+                tokio::spawn(async move {
+                    rt.execute(claimed).await;
+                    drop(permit);
+                    rt.hub.wake_workers();
+                });
+            }
+            if !full {
+                break;
             }
         }
         tokio::select! {
@@ -65,6 +80,9 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
     }
     tracing::info!(still_running = rt.hub.running(), "workers stopped");
 }
+
+/// Most runs claimed in one transaction.
+const MAX_CLAIM_BATCH: usize = 32;
 
 /// How long stopping waits for runs in flight to release their leases.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -109,9 +127,7 @@ async fn forward_notifications(rt: &Arc<Runtime>) -> Option<AbortOnDrop> {
         while let Some(n) = rx.recv().await {
             match n {
                 Notification::Runs => hub.wake_workers(),
-                Notification::ThreadEvents(thread) => {
-                    hub.publish(&thread, crate::hub::Live::Durable { seq: 0 })
-                }
+                Notification::ThreadEvents(thread) => hub.publish(&thread, crate::hub::Live::Look),
                 Notification::CancelRun(run) => hub.stop_run(&run, Stop::Cancel),
             }
         }

@@ -1,11 +1,13 @@
 //! `GET /ai/threads/{id}/stream`: the thread's events as Server-Sent Events.
 //!
-//! Durable events are read from storage (the SSE `id` is their per-thread sequence number, so a
-//! client reconnecting with `Last-Event-ID` gets exactly what it missed); text deltas come live
-//! from the hub and carry no id. The subscription is taken before storage is read, so nothing
-//! falls in between. Memory per client is bounded: the hub's channel is bounded, and a client too
-//! slow to keep up lags and simply re-reads from storage (missing only deltas, whose text is in
-//! the stored message).
+//! Durable events carry their per-thread sequence number as the SSE `id`, so a client
+//! reconnecting with `Last-Event-ID` gets exactly what it missed. They come from storage on
+//! (re)connection, and afterwards from the hub, which hands over what this node just stored;
+//! storage is read again only when that leaves a gap (events stored by another node, or out of
+//! order). Text deltas come live from the hub and carry no id. The subscription is taken before
+//! storage is read, so nothing falls in between. Memory per client is bounded: the hub's channel
+//! is bounded, and a client too slow to keep up lags and simply re-reads from storage (missing
+//! only deltas, whose text is in the stored message).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -42,7 +44,10 @@ struct Cursor {
     scope: Scope,
     thread: ThreadId,
     live: broadcast::Receiver<Live>,
-    last_seq: i64,
+    /// The last durable event queued (sent or in `backlog`).
+    seen_seq: i64,
+    /// Storage may hold events after `seen_seq` that the hub did not hand over.
+    must_read: bool,
     backlog: VecDeque<Item>,
 }
 
@@ -71,51 +76,87 @@ impl Cursor {
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             match self.backlog.pop_front() {
-                Some(Item::Durable(e)) => {
-                    self.last_seq = e.seq;
-                    return Some(durable(&e));
-                }
+                Some(Item::Durable(e)) => return Some(durable(&e)),
                 Some(Item::Delta(event)) => return Some(event),
                 None => {}
             }
             // Live items already waiting go first: a delta is published before the step that
             // stores its message commits, so it must not trail that message's event.
             match self.live.try_recv() {
-                Ok(Live::Delta {
-                    run_id,
-                    message_id,
-                    text,
-                }) => return Some(delta(&run_id, message_id, text)),
-                Ok(Live::Durable { .. }) | Err(TryRecvError::Lagged(_)) => continue,
+                Ok(item) => {
+                    if let Some(event) = self.take(item) {
+                        return Some(event);
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Lagged(_)) => {
+                    self.must_read = true;
+                    continue;
+                }
                 Err(TryRecvError::Closed) => return None,
                 Err(TryRecvError::Empty) => {}
             }
-            match self
-                .store
-                .events_after(&self.scope, &self.thread, self.last_seq, BATCH)
-                .await
-            {
-                Ok(events) if !events.is_empty() => {
-                    self.queue(events);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, thread_id = %self.thread, "stream: reading events failed");
-                    return None;
+            if self.must_read {
+                self.must_read = false;
+                match self
+                    .store
+                    .events_after(&self.scope, &self.thread, self.seen_seq, BATCH)
+                    .await
+                {
+                    Ok(events) if !events.is_empty() => {
+                        // A full batch may have more behind it.
+                        self.must_read = events.len() == BATCH as usize;
+                        self.queue(events);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, thread_id = %self.thread, "stream: reading events failed");
+                        return None;
+                    }
                 }
             }
             match tokio::time::timeout(RECHECK, self.live.recv()).await {
-                Ok(Ok(Live::Delta {
-                    run_id,
-                    message_id,
-                    text,
-                })) => return Some(delta(&run_id, message_id, text)),
-                // New durable events (or a hint to look): loop back to storage.
-                Ok(Ok(Live::Durable { .. })) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                Ok(Ok(item)) => {
+                    if let Some(event) = self.take(item) {
+                        return Some(event);
+                    }
+                }
+                // Lagged, or quiet for a while (covers a missed cross-node wake-up).
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => self.must_read = true,
                 Ok(Err(RecvError::Closed)) => return None,
             }
         }
+    }
+
+    /// Takes a live item: a delta to send now, or stored events to queue (when they follow what
+    /// was queued; otherwise storage is read to fill the gap).
+    fn take(&mut self, item: Live) -> Option<SseEvent> {
+        match item {
+            Live::Delta {
+                run_id,
+                message_id,
+                text,
+            } => return Some(delta(&run_id, message_id, text)),
+            Live::Stored(events) => {
+                let fresh: Vec<&ThreadEvent> =
+                    events.iter().filter(|e| e.seq > self.seen_seq).collect();
+                let contiguous = fresh
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.seq == self.seen_seq + 1 + i as i64);
+                if !self.must_read && contiguous {
+                    for e in fresh {
+                        self.seen_seq = e.seq;
+                        self.backlog.push_back(Item::Durable(e.clone()));
+                    }
+                } else {
+                    self.must_read = true;
+                }
+            }
+            Live::Look => self.must_read = true,
+        }
+        None
     }
 }
 
@@ -127,6 +168,7 @@ impl Cursor {
     /// streaming) after the events.
     fn queue(&mut self, events: Vec<ThreadEvent>) {
         let mut deltas: Vec<(String, SseEvent)> = Vec::new();
+        let mut later = Vec::new();
         loop {
             match self.live.try_recv() {
                 Ok(Live::Delta {
@@ -137,7 +179,9 @@ impl Cursor {
                     let event = delta(&run_id, message_id.clone(), text);
                     deltas.push((message_id, event));
                 }
-                Ok(Live::Durable { .. }) | Err(TryRecvError::Lagged(_)) => {}
+                // Stored after the read, or already in it: sorted out once `events` are queued.
+                Ok(Live::Stored(stored)) => later.push(stored),
+                Ok(Live::Look) | Err(TryRecvError::Lagged(_)) => self.must_read = true,
                 Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
             }
         }
@@ -151,10 +195,14 @@ impl Cursor {
                         .extend(its.into_iter().map(|(_, d)| Item::Delta(d)));
                 }
             }
+            self.seen_seq = self.seen_seq.max(e.seq);
             self.backlog.push_back(Item::Durable(e));
         }
         self.backlog
             .extend(deltas.into_iter().map(|(_, d)| Item::Delta(d)));
+        for stored in later {
+            self.take(Live::Stored(stored));
+        }
     }
 }
 
@@ -199,7 +247,8 @@ pub(crate) async fn stream_thread(
         store: state.store.clone(),
         scope: caller.scope,
         thread,
-        last_seq,
+        seen_seq: last_seq,
+        must_read: true,
         backlog: VecDeque::new(),
     };
     let stream = futures_util::stream::unfold(cursor, |mut cursor| async move {

@@ -496,15 +496,27 @@ pub trait RunStore {
         run_id: &RunId,
     ) -> StoreResult<Run>;
 
-    /// Worker: claims the oldest claimable run — a queued run first in its thread's queue
-    /// whose thread has no active run, or a running run whose lease expired — taking a lease
-    /// until `now + lease_ms` and incrementing its attempt.
+    /// Worker: claims up to `limit` of the oldest claimable runs in one transaction — a queued
+    /// run first in its thread's queue whose thread has no active run, or a running run whose
+    /// lease expired (these first) — taking a lease until `now + lease_ms` and incrementing
+    /// each one's attempt. At most one run per thread.
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Claimed>>;
+
+    /// Worker: [`RunStore::claim_runs`] for a single run.
     async fn claim_run(
         &self,
         owner: &str,
         now: Timestamp,
         lease_ms: i64,
-    ) -> StoreResult<Option<Claimed>>;
+    ) -> StoreResult<Option<Claimed>> {
+        Ok(self.claim_runs(owner, now, lease_ms, 1).await?.pop())
+    }
 
     /// Worker: extends the lease; [`StoreError::LeaseLost`] when it was taken over.
     async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest>;
@@ -528,8 +540,22 @@ pub trait RunStore {
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
 
     /// Worker: ends the run, frees the thread for its next run, fenced by the lease.
-    async fn finish_run(&self, lease: &Lease, end: &RunEnd)
-        -> StoreResult<(Run, Vec<ThreadEvent>)>;
+    async fn finish_run(
+        &self,
+        lease: &Lease,
+        end: &RunEnd,
+    ) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+        self.finish_run_after(lease, &[], end).await
+    }
+
+    /// Worker: stores a last step (as [`RunStore::record_step`]) and ends the run in the same
+    /// transaction, so that a run's final answer costs one commit, not two.
+    async fn finish_run_after(
+        &self,
+        lease: &Lease,
+        step: &[StepMessage],
+        end: &RunEnd,
+    ) -> StoreResult<(Run, Vec<ThreadEvent>)>;
 
     /// Deletes idempotency records older than `before`.
     async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64>;

@@ -150,7 +150,56 @@ macro_rules! impl_run_sql {
             })
         }
 
-        /// Appends events to a thread's log, numbering them after its last event.
+        /// One event row to insert: its deployment, thread, number and run.
+        struct EventRow<'a> {
+            deployment_id: &'a str,
+            thread_id: &'a str,
+            seq: i64,
+            run_id: Option<&'a str>,
+            event: &'a NewEvent,
+        }
+
+        /// Inserts numbered events in one statement (the numbers were reserved on the threads
+        /// by the caller, under the thread row's lock) and returns them as stored.
+        async fn insert_events(
+            conn: &mut Conn,
+            rows: &[EventRow<'_>],
+            now: Timestamp,
+        ) -> StoreResult<Vec<ThreadEvent>> {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut stored = Vec::with_capacity(rows.len());
+            let mut data = Vec::with_capacity(rows.len());
+            for r in rows {
+                data.push(to_json("event data", &r.event.data)?);
+                stored.push(ThreadEvent {
+                    thread_id: id(r.thread_id.to_owned(), ThreadId::parse)?,
+                    seq: r.seq,
+                    run_id: r.run_id.map(|x| id(x.to_owned(), RunId::parse)).transpose()?,
+                    kind: r.event.kind.to_owned(),
+                    data: r.event.data.clone(),
+                    created_at: now,
+                });
+            }
+            let mut qb = QueryBuilder::<$db>::new(
+                "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at) ",
+            );
+            qb.push_values(rows.iter().zip(data), |mut b, (r, data)| {
+                b.push_bind(r.thread_id)
+                    .push_bind(r.seq)
+                    .push_bind(r.deployment_id)
+                    .push_bind(r.run_id)
+                    .push_bind(r.event.kind)
+                    .push_bind(data)
+                    .push_bind(now.as_millis());
+            });
+            qb.build().execute(&mut *conn).await?;
+            Ok(stored)
+        }
+
+        /// Numbers events after the thread's last one (reserving the numbers on the thread row,
+        /// which also locks it) and inserts them: two statements whatever their number.
         async fn append(
             conn: &mut Conn,
             deployment_id: &str,
@@ -171,33 +220,8 @@ macro_rules! impl_run_sql {
             .fetch_one(&mut *conn)
             .await?
             .try_get("last_seq")?;
-            let first = last - events.len() as i64 + 1;
-            let mut stored = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                let seq = first + i as i64;
-                sqlx::query(
-                    "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(thread_id)
-                .bind(seq)
-                .bind(deployment_id)
-                .bind(run_id)
-                .bind(e.kind)
-                .bind(to_json("event data", &e.data)?)
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                stored.push(ThreadEvent {
-                    thread_id: id(thread_id.to_owned(), ThreadId::parse)?,
-                    seq,
-                    run_id: run_id.map(|r| id(r.to_owned(), RunId::parse)).transpose()?,
-                    kind: e.kind.to_owned(),
-                    data: e.data.clone(),
-                    created_at: now,
-                });
-            }
-            Ok(stored)
+            let rows = numbered(deployment_id, thread_id, last - events.len() as i64 + 1, events.iter().map(|e| (run_id, e)));
+            insert_events(conn, &rows, now).await
         }
 
         /// Inserts a message; `false` when a message with the same step key already exists.
@@ -323,13 +347,13 @@ macro_rules! impl_run_sql {
         }
 
         /// Cancels a queued run at once, or asks the worker of an active one to stop (`flag` 1 =
-        /// cancel, 2 = interrupt). Returns the run as it is now and the events appended.
+        /// cancel, 2 = interrupt). Returns the run as it is now and, for a run cancelled here,
+        /// its status event for the caller to append.
         async fn stop_run(
             conn: &mut Conn,
-            deployment_id: &str,
             run: &Run,
             flag: i64,
-        ) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+        ) -> StoreResult<(Run, Option<NewEvent>)> {
             if run.status == RunStatus::Queued {
                 let reason = if flag == 2 { StopReason::Interrupted } else { StopReason::Cancelled };
                 let row = sqlx::query(&format!(
@@ -343,15 +367,8 @@ macro_rules! impl_run_sql {
                 .fetch_one(&mut *conn)
                 .await?;
                 let run = run_from_row(&row)?;
-                let events = append(
-                    conn,
-                    deployment_id,
-                    run.thread_id.as_str(),
-                    Some(run.id.as_str()),
-                    &[event::run_status_event(&run)],
-                )
-                .await?;
-                Ok((run, events))
+                let event = event::run_status_event(&run);
+                Ok((run, Some(event)))
             } else {
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET cancel_requested = $1 WHERE id = $2 RETURNING {RUN_COLS}"
@@ -360,8 +377,48 @@ macro_rules! impl_run_sql {
                 .bind(run.id.as_str())
                 .fetch_one(&mut *conn)
                 .await?;
-                Ok((run_from_row(&row)?, Vec::new()))
+                Ok((run_from_row(&row)?, None))
             }
+        }
+
+        /// Reserves `n` more event numbers on a thread; returns the last one.
+        async fn reserve_seqs(conn: &mut Conn, thread_id: &str, n: usize) -> StoreResult<i64> {
+            Ok(sqlx::query("UPDATE threads SET last_seq = last_seq + $1 WHERE id = $2 RETURNING last_seq")
+                .bind(n as i64)
+                .bind(thread_id)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("last_seq")?)
+        }
+
+        /// Rows for events numbered consecutively from `first`, each under its own run.
+        fn numbered<'a>(
+            deployment_id: &'a str,
+            thread_id: &'a str,
+            first: i64,
+            events: impl IntoIterator<Item = (Option<&'a str>, &'a NewEvent)>,
+        ) -> Vec<EventRow<'a>> {
+            events
+                .into_iter()
+                .enumerate()
+                .map(|(i, (run_id, event))| EventRow { deployment_id, thread_id, seq: first + i as i64, run_id, event })
+                .collect()
+        }
+
+        /// Stores a step's messages; returns the events of those not stored before (a step
+        /// retried after a lost commit acknowledgement stores nothing twice).
+        async fn insert_step<'s>(
+            conn: &mut Conn,
+            deployment_id: &str,
+            step: &'s [StepMessage],
+        ) -> StoreResult<Vec<&'s NewEvent>> {
+            let mut events = Vec::with_capacity(step.len());
+            for s in step {
+                if insert_message(conn, deployment_id, &s.message, Some(&s.step_key)).await? {
+                    events.push(&s.event);
+                }
+            }
+            Ok(events)
         }
 
         #[async_trait::async_trait]
@@ -516,9 +573,23 @@ macro_rules! impl_run_sql {
                         };
                     }
                 }
-                ensure_thread(&mut tx, dep, thread_id).await?;
+                // Reserves the numbers of this submission's two events; the update also checks
+                // that the thread is the caller's and locks it (PostgreSQL) against a concurrent
+                // submission, so the multitask policy below sees every run queued before.
+                let now = Timestamp::now();
+                let mut last: i64 = sqlx::query(
+                    "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
+                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq",
+                )
+                .bind(now.as_millis())
+                .bind(thread_id.as_str())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::Thread))?
+                .try_get("last_seq")?;
                 let open = open_runs(&mut tx, thread_id.as_str()).await?;
-                let mut events = Vec::new();
+                let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
                 match submit.policy {
                     tessera_domain::agent::MultitaskPolicy::Reject if !open.is_empty() => {
@@ -526,24 +597,19 @@ macro_rules! impl_run_sql {
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
                         for run in &open {
-                            let (run, evs) = stop_run(&mut tx, dep, run, 2).await?;
-                            events.extend(evs);
-                            if !run.status.is_terminal() {
-                                interrupted.push(run.id.clone());
-                                self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                            let (run, event) = stop_run(&mut tx, run, 2).await?;
+                            match event {
+                                Some(event) => stops.push((run.id.clone(), event)),
+                                None => {
+                                    interrupted.push(run.id.clone());
+                                    self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                                }
                             }
                         }
                     }
                     _ => {}
                 }
                 insert_message(&mut tx, dep, &submit.message, None).await?;
-                events.extend(
-                    append(&mut tx, dep, thread_id.as_str(), Some(submit.run_id.as_str()), &[
-                        event::message_event(event::MESSAGE_CREATED, &submit.message),
-                    ])
-                    .await?,
-                );
-                let now = Timestamp::now();
                 let row = sqlx::query(&format!(
                     "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
                      VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
@@ -556,10 +622,24 @@ macro_rules! impl_run_sql {
                 .fetch_one(&mut *tx)
                 .await?;
                 let run = run_from_row(&row)?;
-                events.extend(
-                    append(&mut tx, dep, thread_id.as_str(), Some(run.id.as_str()), &[event::run_status_event(&run)])
-                        .await?,
+                let created = event::message_event(event::MESSAGE_CREATED, &submit.message);
+                let queued = event::run_status_event(&run);
+                // Runs the interruption cancelled while still queued come first.
+                if !stops.is_empty() {
+                    last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
+                }
+                let first = last - 1 - stops.len() as i64;
+                let rows = numbered(
+                    dep,
+                    thread_id.as_str(),
+                    first,
+                    stops
+                        .iter()
+                        .map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e))
+                        .chain([(Some(run.id.as_str()), &created), (Some(run.id.as_str()), &queued)]),
                 );
+                let events = insert_events(&mut tx, &rows, now).await?;
+                drop(rows);
                 self.notify(&mut tx, &Notification::Runs).await?;
                 self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 tx.commit().await?;
@@ -604,12 +684,24 @@ macro_rules! impl_run_sql {
                     return Err(StoreError::Conflict(Conflict::RunNotActive));
                 }
                 let mut affected = Vec::new();
+                let mut stops = Vec::new();
                 for run in &open {
-                    let (run, _) = stop_run(&mut tx, dep, run, 1).await?;
-                    if !run.status.is_terminal() {
-                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                    let (run, event) = stop_run(&mut tx, run, 1).await?;
+                    match event {
+                        Some(event) => stops.push((run.id.clone(), event)),
+                        None => self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?,
                     }
                     affected.push(run);
+                }
+                if !stops.is_empty() {
+                    let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
+                    let rows = numbered(
+                        dep,
+                        thread_id.as_str(),
+                        last - stops.len() as i64 + 1,
+                        stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
+                    );
+                    insert_events(&mut tx, &rows, Timestamp::now()).await?;
                 }
                 self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 tx.commit().await?;
@@ -629,73 +721,121 @@ macro_rules! impl_run_sql {
                 run_from_row(&row)
             }
 
-            async fn claim_run(&self, owner: &str, now: Timestamp, lease_ms: i64) -> StoreResult<Option<Claimed>> {
+            async fn claim_runs(
+                &self,
+                owner: &str,
+                now: Timestamp,
+                lease_ms: i64,
+                limit: usize,
+            ) -> StoreResult<Vec<Claimed>> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let limit = limit as i64;
                 let mut tx = self.begin_write().await?;
                 // Runs whose worker died come first: they have waited longest.
-                let mut candidate = sqlx::query(&format!(
-                    "SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < $1
-                     ORDER BY id LIMIT 1{}", Self::CLAIM_LOCK
+                let mut candidates: Vec<(String, String)> = sqlx::query(&format!(
+                    "SELECT id, thread_id FROM runs WHERE status = 'running' AND lease_expires_at < $1
+                     ORDER BY id LIMIT $2{}", Self::CLAIM_LOCK
                 ))
                 .bind(now.as_millis())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if candidate.is_none() {
-                    candidate = sqlx::query(&format!(
-                        "SELECT r.id FROM runs r
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
+                .collect::<StoreResult<_>>()?;
+                if (candidates.len() as i64) < limit {
+                    // The first queued run of each thread that has no active run: at most one
+                    // run per thread.
+                    let queued: Vec<(String, String)> = sqlx::query(&format!(
+                        "SELECT r.id, r.thread_id FROM runs r
                          WHERE r.status = 'queued'
                            AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
                            AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id)
-                         ORDER BY r.id LIMIT 1{}", Self::CLAIM_LOCK
+                         ORDER BY r.id LIMIT $1{}", Self::CLAIM_LOCK
                     ))
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    .bind(limit - candidates.len() as i64)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
+                    .collect::<StoreResult<_>>()?;
+                    candidates.extend(queued);
                 }
-                let Some(candidate) = candidate else { return Ok(None) };
-                let run_id: String = candidate.try_get("id")?;
-                let row = sqlx::query(&format!(
-                    "UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = $1,
-                       lease_expires_at = $2,
-                       started_at = COALESCE(started_at, CASE WHEN created_at > $3 THEN created_at ELSE $3 END)
-                     WHERE id = $4 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))
-                     RETURNING deployment_id, {RUN_COLS}"
-                ))
-                .bind(owner)
-                .bind(now.as_millis() + lease_ms)
-                .bind(now.as_millis())
-                .bind(&run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let run = run_from_row(&row)?;
-                let dep: String = row.try_get("deployment_id")?;
-                let stop = cancel_request(row.try_get("cancel_requested")?);
-                // The thread's single active slot: taken here, or already ours on recovery.
-                let thread_row = sqlx::query(&format!(
-                    "UPDATE threads SET active_run_id = $1, status = 'running', updated_at = $2
-                     WHERE id = $3 AND (active_run_id IS NULL OR active_run_id = $1)
-                     RETURNING {THREAD_COLS}"
-                ))
-                .bind(&run_id)
-                .bind(now.as_millis())
-                .bind(run.thread_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(thread_row) = thread_row else {
-                    // Another run of the thread won the slot concurrently; leave this one queued.
-                    return Ok(None);
-                };
-                let thread = thread_from_row(&thread_row)?;
-                let events = append(&mut tx, &dep, thread.id.as_str(), Some(&run_id), &[event::run_status_event(&run)]).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(thread.id.clone())).await?;
+                let mut claimed = Vec::with_capacity(candidates.len());
+                let mut seqs = Vec::with_capacity(candidates.len());
+                for (run_id, thread_id) in candidates {
+                    // The thread's single active slot first: taken here, or already ours on
+                    // recovery. Another run of the thread may have won it concurrently (it was
+                    // read without a lock): then this run stays queued and nothing is written.
+                    // The event number of the `running` event is reserved in the same update.
+                    let Some(thread_row) = sqlx::query(&format!(
+                        "UPDATE threads SET active_run_id = $1, status = 'running', updated_at = $2,
+                           last_seq = last_seq + 1
+                         WHERE id = $3 AND (active_run_id IS NULL OR active_run_id = $1)
+                         RETURNING last_seq, {THREAD_COLS}"
+                    ))
+                    .bind(&run_id)
+                    .bind(now.as_millis())
+                    .bind(&thread_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        continue;
+                    };
+                    // The run row is ours until commit (SQLite: the write lock; PostgreSQL: the
+                    // row lock taken when it was selected), so its state is as selected.
+                    let row = sqlx::query(&format!(
+                        "UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = $1,
+                           lease_expires_at = $2,
+                           started_at = COALESCE(started_at, CASE WHEN created_at > $3 THEN created_at ELSE $3 END)
+                         WHERE id = $4 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))
+                         RETURNING deployment_id, {RUN_COLS}"
+                    ))
+                    .bind(owner)
+                    .bind(now.as_millis() + lease_ms)
+                    .bind(now.as_millis())
+                    .bind(&run_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("run {run_id} changed while locked for its claim")))?;
+                    let run = run_from_row(&row)?;
+                    let dep: String = row.try_get("deployment_id")?;
+                    let stop = cancel_request(row.try_get("cancel_requested")?);
+                    let thread = thread_from_row(&thread_row)?;
+                    seqs.push((thread_row.try_get::<i64, _>("last_seq")?, event::run_status_event(&run)));
+                    self.notify(&mut tx, &Notification::ThreadEvents(thread.id.clone())).await?;
+                    claimed.push(Claimed {
+                        scope: Scope::deployment(id(dep, DeploymentId::parse)?),
+                        lease: Lease { run_id: run.id.clone(), attempt: run.attempt },
+                        stop,
+                        run,
+                        thread,
+                        events: Vec::new(),
+                    });
+                }
+                // One insert for the `running` events of every run claimed.
+                let rows: Vec<EventRow<'_>> = claimed
+                    .iter()
+                    .zip(&seqs)
+                    .map(|(c, (seq, event))| EventRow {
+                        deployment_id: c.scope.deployment_id().as_str(),
+                        thread_id: c.thread.id.as_str(),
+                        seq: *seq,
+                        run_id: Some(c.run.id.as_str()),
+                        event,
+                    })
+                    .collect();
+                let stored = insert_events(&mut tx, &rows, now).await?;
+                drop(rows);
                 tx.commit().await?;
-                Ok(Some(Claimed {
-                    scope: Scope::deployment(id(dep, DeploymentId::parse)?),
-                    lease: Lease { run_id: run.id.clone(), attempt: run.attempt },
-                    stop,
-                    run,
-                    thread,
-                    events,
-                }))
+                for event in stored {
+                    if let Some(c) = claimed.iter_mut().find(|c| c.thread.id == event.thread_id) {
+                        c.events.push(event);
+                    }
+                }
+                Ok(claimed)
             }
 
             async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest> {
@@ -719,12 +859,7 @@ macro_rules! impl_run_sql {
             async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
                 let mut tx = self.begin_write().await?;
                 let (dep, thread_id) = fence(&mut tx, lease).await?;
-                let mut events = Vec::new();
-                for s in step {
-                    if insert_message(&mut tx, &dep, &s.message, Some(&s.step_key)).await? {
-                        events.push(s.event.clone());
-                    }
-                }
+                let events: Vec<NewEvent> = insert_step(&mut tx, &dep, step).await?.into_iter().cloned().collect();
                 let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
                 if !stored.is_empty() {
                     self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
@@ -757,16 +892,22 @@ macro_rules! impl_run_sql {
                 Ok(())
             }
 
-            async fn finish_run(&self, lease: &Lease, end: &RunEnd) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+            async fn finish_run_after(
+                &self,
+                lease: &Lease,
+                step: &[StepMessage],
+                end: &RunEnd,
+            ) -> StoreResult<(Run, Vec<ThreadEvent>)> {
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
-                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                // Fenced like every worker write: a worker that lost its lease ends nothing.
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET status = $1, stop_reason = $2, error = $3, prompt_tokens = $4,
                        completion_tokens = $5, iterations = $6, tool_calls = $7,
                        wall_ms = $8 - COALESCE(started_at, $8), finished_at = $8,
                        lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = $9 AND attempt = $10 RETURNING {RUN_COLS}"
+                     WHERE id = $9 AND attempt = $10 AND status IN ('running', 'waiting_for_input')
+                     RETURNING deployment_id, {RUN_COLS}"
                 ))
                 .bind(end.status.as_str())
                 .bind(end.stop_reason.as_str())
@@ -778,23 +919,43 @@ macro_rules! impl_run_sql {
                 .bind(now.as_millis())
                 .bind(lease.run_id.as_str())
                 .bind(lease.attempt)
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::LeaseLost)?;
                 let run = run_from_row(&row)?;
-                sqlx::query(
-                    "UPDATE threads SET active_run_id = NULL, status = 'idle', updated_at = $1
-                     WHERE id = $2 AND active_run_id = $3",
+                let dep: String = row.try_get("deployment_id")?;
+                let thread_id = run.thread_id.as_str();
+                let mut events = insert_step(&mut tx, &dep, step).await?;
+                let status = event::run_status_event(&run);
+                events.push(&status);
+                // Frees the thread's active slot (if this run still holds it) and reserves the
+                // event numbers in one update.
+                let last: i64 = sqlx::query(
+                    "UPDATE threads SET
+                       status = CASE WHEN active_run_id = $1 THEN 'idle' ELSE status END,
+                       active_run_id = CASE WHEN active_run_id = $1 THEN NULL ELSE active_run_id END,
+                       last_seq = last_seq + $2, updated_at = $3
+                     WHERE id = $4 RETURNING last_seq",
                 )
-                .bind(now.as_millis())
-                .bind(&thread_id)
                 .bind(lease.run_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                let events = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &[event::run_status_event(&run)]).await?;
+                .bind(events.len() as i64)
+                .bind(now.as_millis())
+                .bind(thread_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("last_seq")?;
+                let rows = numbered(
+                    &dep,
+                    thread_id,
+                    last - events.len() as i64 + 1,
+                    events.iter().map(|e| (Some(lease.run_id.as_str()), *e)),
+                );
+                let stored = insert_events(&mut tx, &rows, now).await?;
+                drop(rows);
                 self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(run.thread_id.clone())).await?;
                 tx.commit().await?;
-                Ok((run, events))
+                Ok((run, stored))
             }
 
             async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64> {

@@ -361,12 +361,14 @@ backend_tests!(
     idempotent_submits_replay_the_first_answer,
     concurrent_idempotent_submits_create_one_run,
     claims_take_the_oldest_run_one_per_thread,
+    batch_claims_take_up_to_the_limit_one_run_per_thread,
     concurrent_claims_take_each_run_once,
     concurrent_claims_take_one_run_per_thread,
     heartbeats_extend_the_lease,
     expired_leases_are_reclaimed_and_fence_the_old_worker,
     record_step_stores_each_step_once,
     finish_run_records_the_end_and_frees_the_thread,
+    finish_run_after_stores_the_last_step_and_the_end_together,
     cancel_runs_stops_queued_and_flags_running_runs,
     messages_page_in_both_orders,
     events_after_returns_later_events_in_order,
@@ -1036,6 +1038,70 @@ async fn claims_take_the_oldest_run_one_per_thread(db: &TestDatabase) {
     store.close().await;
 }
 
+async fn batch_claims_take_up_to_the_limit_one_run_per_thread(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "batch").await;
+    let b = tenant(&store, "batch-b").await;
+    let t1 = thread(&store, &a, "one").await;
+    let t2 = thread(&store, &a, "two").await;
+    let t3 = thread(&store, &b, "three").await;
+    let r1 = queue(&store, &a.scope, &t1.id, "first").await;
+    let r2 = queue(&store, &a.scope, &t1.id, "second").await;
+    let r3 = queue(&store, &a.scope, &t2.id, "third").await;
+    let r4 = queue(&store, &b.scope, &t3.id, "fourth").await;
+
+    let none = store
+        .claim_runs("w", Timestamp::now(), LEASE_MS, 0)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a limit of 0 claims nothing");
+    let two = store
+        .claim_runs("w", Timestamp::now(), LEASE_MS, 2)
+        .await
+        .unwrap();
+    let ids: Vec<&RunId> = two.iter().map(|c| &c.run.id).collect();
+    assert_eq!(ids, vec![&r1.id, &r3.id], "oldest first, one per thread");
+    // The rest, across deployments: t1's second run waits for its first.
+    let rest = store
+        .claim_runs("w", Timestamp::now(), LEASE_MS, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&RunId> = rest.iter().map(|c| &c.run.id).collect();
+    assert_eq!(ids, vec![&r4.id]);
+    assert_eq!(rest[0].scope, b.scope);
+    for c in two.iter().chain(&rest) {
+        assert_eq!(c.run.status, RunStatus::Running);
+        assert_eq!(c.lease.attempt, 1);
+        assert_eq!(c.thread.status, ThreadStatus::Running);
+        assert_eq!(kinds(&c.events), vec![event::RUN_STATUS]);
+        assert_eq!(c.events[0].thread_id, c.thread.id);
+        assert_eq!(c.events[0].run_id.as_ref(), Some(&c.run.id));
+        let scope = &c.scope;
+        assert_eq!(
+            all_events(&store, scope, &c.thread.id).await.last(),
+            c.events.last(),
+            "each claim's event is stored on its own thread"
+        );
+    }
+    assert_eq!(
+        seqs(&two[0].events),
+        vec![5],
+        "after t1's four submission events"
+    );
+    assert_eq!(seqs(&two[1].events), vec![3]);
+    assert_eq!(seqs(&rest[0].events), vec![3]);
+    claim_none(&store).await;
+    assert_eq!(
+        store
+            .get_run(&a.scope, &t1.id, &r2.id)
+            .await
+            .unwrap()
+            .status,
+        RunStatus::Queued
+    );
+    store.close().await;
+}
+
 async fn concurrent_claims_take_each_run_once(db: &TestDatabase) {
     let store = open(db).await;
     let a = tenant(&store, "race").await;
@@ -1420,6 +1486,52 @@ async fn finish_run_records_the_end_and_frees_the_thread(db: &TestDatabase) {
         ThreadStatus::Idle
     );
     claim_none(&store).await;
+    store.close().await;
+}
+
+async fn finish_run_after_stores_the_last_step_and_the_end_together(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "finish-after").await;
+    let t = thread(&store, &a, "t").await;
+    let run = queue(&store, &a.scope, &t.id, "hello").await;
+    let c = claim(&store, "w").await;
+    let reply = assistant_message(&t.id, &run.id, "call_9");
+    let (ended, events) = store
+        .finish_run_after(
+            &c.lease,
+            &[step(reply.clone(), "1:assistant")],
+            &end(RunStatus::Completed, StopReason::Completed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.status, RunStatus::Completed);
+    assert_eq!(
+        kinds(&events),
+        vec![event::MESSAGE_COMPLETED, event::RUN_STATUS],
+        "the step's event comes before the end"
+    );
+    assert_eq!(seqs(&events), vec![4, 5]);
+    assert_eq!(events[1].data["status"], "completed");
+    assert_eq!(all_events(&store, &a.scope, &t.id).await[3..], events[..]);
+    assert_eq!(history(&store, &a.scope, &t.id).await[1], reply);
+    let thread = store.get_thread(&a.scope, &t.id).await.unwrap();
+    assert_eq!(thread.status, ThreadStatus::Idle);
+
+    // Fenced like every worker write: a second end (or a stale worker) writes nothing.
+    assert!(is_lease_lost(
+        store
+            .finish_run_after(
+                &c.lease,
+                &[step(
+                    assistant_message(&t.id, &run.id, "call_x"),
+                    "2:assistant"
+                )],
+                &end(RunStatus::Failed, StopReason::ModelError),
+            )
+            .await
+    ));
+    assert_eq!(history(&store, &a.scope, &t.id).await.len(), 2);
+    assert_eq!(all_events(&store, &a.scope, &t.id).await.len(), 5);
     store.close().await;
 }
 

@@ -234,7 +234,7 @@ pub(crate) async fn execute(
                     active.get_or_insert_with(|| run.id.to_string());
                 }
             }
-            rt.hub.publish(&thread_id, Live::Durable { seq: 0 });
+            rt.hub.publish(&thread_id, Live::Look);
             let accepted = api::RunAccepted {
                 status: if active.is_some() {
                     "cancelling"
