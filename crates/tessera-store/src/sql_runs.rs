@@ -588,15 +588,18 @@ macro_rules! impl_run_sql {
                 .await?
                 .ok_or(StoreError::not_found(Entity::Thread))?
                 .try_get("last_seq")?;
-                let open = open_runs(&mut tx, thread_id.as_str()).await?;
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
+                // `enqueue` (the default) queues behind whatever is open: no need to look.
                 match submit.policy {
-                    tessera_domain::agent::MultitaskPolicy::Reject if !open.is_empty() => {
-                        return Err(StoreError::Conflict(Conflict::RunActive));
+                    tessera_domain::agent::MultitaskPolicy::Enqueue => {}
+                    tessera_domain::agent::MultitaskPolicy::Reject => {
+                        if !open_runs(&mut tx, thread_id.as_str()).await?.is_empty() {
+                            return Err(StoreError::Conflict(Conflict::RunActive));
+                        }
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
-                        for run in &open {
+                        for run in &open_runs(&mut tx, thread_id.as_str()).await? {
                             let (run, event) = stop_run(&mut tx, run, 2).await?;
                             match event {
                                 Some(event) => stops.push((run.id.clone(), event)),
@@ -607,7 +610,6 @@ macro_rules! impl_run_sql {
                             }
                         }
                     }
-                    _ => {}
                 }
                 insert_message(&mut tx, dep, &submit.message, None).await?;
                 let row = sqlx::query(&format!(
@@ -733,10 +735,17 @@ macro_rules! impl_run_sql {
                 }
                 let limit = limit as i64;
                 let mut tx = self.begin_write().await?;
-                // Runs whose worker died come first: they have waited longest.
-                let mut candidates: Vec<(String, String)> = sqlx::query(&format!(
-                    "SELECT id, thread_id FROM runs WHERE status = 'running' AND lease_expires_at < $1
-                     ORDER BY id LIMIT $2{}", Self::CLAIM_LOCK
+                // Runs whose worker died (their lease expired) first: they have waited longest.
+                // Then the first queued run of each thread that has no active run: at most one
+                // run per thread.
+                let candidates: Vec<(String, String)> = sqlx::query(&format!(
+                    "SELECT r.id, r.thread_id FROM runs r
+                     WHERE (r.status = 'running' AND r.lease_expires_at < $1)
+                        OR (r.status = 'queued'
+                            AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
+                            AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id))
+                     ORDER BY CASE WHEN r.status = 'running' THEN 0 ELSE 1 END, r.id
+                     LIMIT $2{}", Self::CLAIM_LOCK
                 ))
                 .bind(now.as_millis())
                 .bind(limit)
@@ -745,24 +754,6 @@ macro_rules! impl_run_sql {
                 .iter()
                 .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
                 .collect::<StoreResult<_>>()?;
-                if (candidates.len() as i64) < limit {
-                    // The first queued run of each thread that has no active run: at most one
-                    // run per thread.
-                    let queued: Vec<(String, String)> = sqlx::query(&format!(
-                        "SELECT r.id, r.thread_id FROM runs r
-                         WHERE r.status = 'queued'
-                           AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
-                           AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id)
-                         ORDER BY r.id LIMIT $1{}", Self::CLAIM_LOCK
-                    ))
-                    .bind(limit - candidates.len() as i64)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
-                    .collect::<StoreResult<_>>()?;
-                    candidates.extend(queued);
-                }
                 let mut claimed = Vec::with_capacity(candidates.len());
                 let mut seqs = Vec::with_capacity(candidates.len());
                 for (run_id, thread_id) in candidates {
