@@ -138,7 +138,7 @@ pub struct Args {
     #[arg(long)]
     postgres_url: Option<String>,
     /// Runs the node executes concurrently (`runtime.workers`).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
     #[arg(long, value_enum, default_value_t = ModelChoice::Scripted)]
     pub model: ModelChoice,

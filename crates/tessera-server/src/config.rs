@@ -94,7 +94,7 @@ pub struct RuntimeSettings {
 impl Default for RuntimeSettings {
     fn default() -> Self {
         Self {
-            workers: 8,
+            workers: 64,
             lease_seconds: 30,
             poll_interval_ms: 2_000,
             tool_timeout_seconds: 60,

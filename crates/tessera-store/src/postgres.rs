@@ -18,6 +18,7 @@ use crate::{Backend, ConnectOptions, Notification, PoolStats, StoreError, StoreR
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;
 const BOOTSTRAP_LOCK: i64 = 0x7465_7373_0002;
 
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
 }
@@ -71,6 +72,14 @@ impl PgStore {
     }
 
     /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
+    /// Runs a write transaction (SQLite runs it on its writer thread; PostgreSQL needs not).
+    pub(crate) async fn offload<T>(
+        &self,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        work.await
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).

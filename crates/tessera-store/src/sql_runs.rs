@@ -550,9 +550,9 @@ macro_rules! impl_run_sql {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::RunStore for $store {
-            async fn submit_run(
+        /// The hot write transactions, run through `offload` by the trait methods below.
+        impl $store {
+            pub(crate) async fn do_submit_run(
                 &self,
                 scope: &Scope,
                 thread_id: &ThreadId,
@@ -648,82 +648,7 @@ macro_rules! impl_run_sql {
                 Ok(SubmitOutcome::Created { run, interrupted, events })
             }
 
-            async fn idempotent_result(
-                &self,
-                scope: &Scope,
-                operation: &str,
-                key: &str,
-                request_hash: &str,
-            ) -> StoreResult<Option<serde_json::Value>> {
-                let mut conn = self.reader().acquire().await?;
-                find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
-            }
-
-            async fn remember_idempotent(&self, scope: &Scope, idem: &Idempotency) -> StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, operation, key) DO NOTHING",
-                )
-                .bind(scope.deployment_id().as_str())
-                .bind(idem.operation.as_str())
-                .bind(idem.key.as_str())
-                .bind(idem.request_hash.as_str())
-                .bind(to_json("idempotency result", &idem.result)?)
-                .bind(Timestamp::now().as_millis())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
-                let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
-                ensure_thread(&mut tx, dep, thread_id).await?;
-                let open = open_runs(&mut tx, thread_id.as_str()).await?;
-                if open.is_empty() {
-                    return Err(StoreError::Conflict(Conflict::RunNotActive));
-                }
-                let mut affected = Vec::new();
-                let mut stops = Vec::new();
-                for run in &open {
-                    let (run, event) = stop_run(&mut tx, run, 1).await?;
-                    match event {
-                        Some(event) => stops.push((run.id.clone(), event)),
-                        None => self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?,
-                    }
-                    affected.push(run);
-                }
-                if !stops.is_empty() {
-                    let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
-                    let rows = numbered(
-                        dep,
-                        thread_id.as_str(),
-                        last - stops.len() as i64 + 1,
-                        stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
-                    );
-                    insert_events(&mut tx, &rows, Timestamp::now()).await?;
-                }
-                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                tx.commit().await?;
-                Ok(affected)
-            }
-
-            async fn get_run(&self, scope: &Scope, thread_id: &ThreadId, run_id: &RunId) -> StoreResult<Run> {
-                let row = sqlx::query(&format!(
-                    "SELECT {RUN_COLS} FROM runs WHERE id = $1 AND thread_id = $2 AND deployment_id = $3"
-                ))
-                .bind(run_id.as_str())
-                .bind(thread_id.as_str())
-                .bind(scope.deployment_id().as_str())
-                .fetch_optional(self.reader())
-                .await?
-                .ok_or(StoreError::not_found(Entity::Run))?;
-                run_from_row(&row)
-            }
-
-            async fn claim_runs(
+            pub(crate) async fn do_claim_runs(
                 &self,
                 owner: &str,
                 now: Timestamp,
@@ -829,25 +754,7 @@ macro_rules! impl_run_sql {
                 Ok(claimed)
             }
 
-            async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest> {
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(
-                    "UPDATE runs SET lease_expires_at = $1
-                     WHERE id = $2 AND attempt = $3 AND status IN ('running', 'waiting_for_input')
-                     RETURNING cancel_requested",
-                )
-                .bind(until.as_millis())
-                .bind(lease.run_id.as_str())
-                .bind(lease.attempt)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::LeaseLost)?;
-                let flag: i64 = row.try_get("cancel_requested")?;
-                tx.commit().await?;
-                Ok(cancel_request(flag))
-            }
-
-            async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
+            pub(crate) async fn do_record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
                 let mut tx = self.begin_write().await?;
                 let (dep, thread_id) = fence(&mut tx, lease).await?;
                 let events: Vec<NewEvent> = insert_step(&mut tx, &dep, step).await?.into_iter().cloned().collect();
@@ -859,31 +766,7 @@ macro_rules! impl_run_sql {
                 Ok(stored)
             }
 
-            async fn append_events(&self, lease: &Lease, events: &[NewEvent]) -> StoreResult<Vec<ThreadEvent>> {
-                let mut tx = self.begin_write().await?;
-                let (dep, thread_id) = fence(&mut tx, lease).await?;
-                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), events).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
-                tx.commit().await?;
-                Ok(stored)
-            }
-
-            async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "UPDATE runs SET lease_expires_at = 0, lease_owner = NULL
-                     WHERE id = $1 AND attempt = $2 AND status = 'running'",
-                )
-                .bind(lease.run_id.as_str())
-                .bind(lease.attempt)
-                .execute(&mut *tx)
-                .await?;
-                self.notify(&mut tx, &Notification::Runs).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn finish_run_after(
+            pub(crate) async fn do_finish_run_after(
                 &self,
                 lease: &Lease,
                 step: &[StepMessage],
@@ -947,6 +830,154 @@ macro_rules! impl_run_sql {
                 self.notify(&mut tx, &Notification::ThreadEvents(run.thread_id.clone())).await?;
                 tx.commit().await?;
                 Ok((run, stored))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::RunStore for $store {
+            async fn submit_run(&self, scope: &Scope, thread_id: &ThreadId, submit: &SubmitRun) -> StoreResult<SubmitOutcome> {
+                // The hot writes: see `offload` (SQLite runs them on its writer thread).
+                let this = self.clone();
+                let (scope, thread_id, submit) = (scope.clone(), thread_id.clone(), submit.clone());
+                self.offload(async move { this.do_submit_run(&scope, &thread_id, &submit).await }).await
+            }
+
+            async fn idempotent_result(
+                &self,
+                scope: &Scope,
+                operation: &str,
+                key: &str,
+                request_hash: &str,
+            ) -> StoreResult<Option<serde_json::Value>> {
+                let mut conn = self.reader().acquire().await?;
+                find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
+            }
+
+            async fn remember_idempotent(&self, scope: &Scope, idem: &Idempotency) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, operation, key) DO NOTHING",
+                )
+                .bind(scope.deployment_id().as_str())
+                .bind(idem.operation.as_str())
+                .bind(idem.key.as_str())
+                .bind(idem.request_hash.as_str())
+                .bind(to_json("idempotency result", &idem.result)?)
+                .bind(Timestamp::now().as_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
+                let dep = scope.deployment_id().as_str();
+                let mut tx = self.begin_write().await?;
+                ensure_thread(&mut tx, dep, thread_id).await?;
+                let open = open_runs(&mut tx, thread_id.as_str()).await?;
+                if open.is_empty() {
+                    return Err(StoreError::Conflict(Conflict::RunNotActive));
+                }
+                let mut affected = Vec::new();
+                let mut stops = Vec::new();
+                for run in &open {
+                    let (run, event) = stop_run(&mut tx, run, 1).await?;
+                    match event {
+                        Some(event) => stops.push((run.id.clone(), event)),
+                        None => self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?,
+                    }
+                    affected.push(run);
+                }
+                if !stops.is_empty() {
+                    let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
+                    let rows = numbered(
+                        dep,
+                        thread_id.as_str(),
+                        last - stops.len() as i64 + 1,
+                        stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
+                    );
+                    insert_events(&mut tx, &rows, Timestamp::now()).await?;
+                }
+                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                tx.commit().await?;
+                Ok(affected)
+            }
+
+            async fn get_run(&self, scope: &Scope, thread_id: &ThreadId, run_id: &RunId) -> StoreResult<Run> {
+                let row = sqlx::query(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE id = $1 AND thread_id = $2 AND deployment_id = $3"
+                ))
+                .bind(run_id.as_str())
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::Run))?;
+                run_from_row(&row)
+            }
+
+            async fn claim_runs(&self, owner: &str, now: Timestamp, lease_ms: i64, limit: usize) -> StoreResult<Vec<Claimed>> {
+                // The hot writes: see `offload` (SQLite runs them on its writer thread).
+                let this = self.clone();
+                let owner = owner.to_owned();
+                self.offload(async move { this.do_claim_runs(&owner, now, lease_ms, limit).await }).await
+            }
+
+            async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(
+                    "UPDATE runs SET lease_expires_at = $1
+                     WHERE id = $2 AND attempt = $3 AND status IN ('running', 'waiting_for_input')
+                     RETURNING cancel_requested",
+                )
+                .bind(until.as_millis())
+                .bind(lease.run_id.as_str())
+                .bind(lease.attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::LeaseLost)?;
+                let flag: i64 = row.try_get("cancel_requested")?;
+                tx.commit().await?;
+                Ok(cancel_request(flag))
+            }
+
+            async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
+                // The hot writes: see `offload` (SQLite runs them on its writer thread).
+                let this = self.clone();
+                let (lease, step) = (lease.clone(), step.to_vec());
+                self.offload(async move { this.do_record_step(&lease, &step).await }).await
+            }
+
+            async fn append_events(&self, lease: &Lease, events: &[NewEvent]) -> StoreResult<Vec<ThreadEvent>> {
+                let mut tx = self.begin_write().await?;
+                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), events).await?;
+                self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE runs SET lease_expires_at = 0, lease_owner = NULL
+                     WHERE id = $1 AND attempt = $2 AND status = 'running'",
+                )
+                .bind(lease.run_id.as_str())
+                .bind(lease.attempt)
+                .execute(&mut *tx)
+                .await?;
+                self.notify(&mut tx, &Notification::Runs).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn finish_run_after(&self, lease: &Lease, step: &[StepMessage], end: &RunEnd) -> StoreResult<(Run, Vec<ThreadEvent>)> {
+                // The hot writes: see `offload` (SQLite runs them on its writer thread).
+                let this = self.clone();
+                let (lease, step, end) = (lease.clone(), step.to_vec(), end.clone());
+                self.offload(async move { this.do_finish_run_after(&lease, &step, &end).await }).await
             }
 
             async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64> {

@@ -14,9 +14,31 @@ use sqlx::{Sqlite, Transaction};
 use crate::migrate;
 use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
 
+#[derive(Clone)]
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+}
+
+/// The thread that drives write transactions (see [`SqliteStore::offload`]).
+fn writer_runtime() -> StoreResult<&'static tokio::runtime::Handle> {
+    static HANDLE: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("tessera-sqlite-writer".to_owned())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer thread: {e}")))
 }
 
 impl SqliteStore {
@@ -63,6 +85,20 @@ impl SqliteStore {
 
     pub(crate) fn reader(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// Runs a hot write transaction on a dedicated thread. Each statement is a round trip to
+    /// sqlx's connection thread while the single writer is held; on a busy runtime every
+    /// round trip would also wait for a worker thread to poll the transaction's task again,
+    /// stretching how long everyone else waits for the writer.
+    pub(crate) async fn offload<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = StoreResult<T>> + Send + 'static,
+    ) -> StoreResult<T> {
+        writer_runtime()?
+            .spawn(work)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the write transaction's task failed: {e}")))?
     }
 
     pub(crate) async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
