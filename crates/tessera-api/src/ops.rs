@@ -22,6 +22,7 @@ macro_rules! operations {
 
 operations! {
     GET_CURRENT_DEPLOYMENT = ("getCurrentDeployment", "GET", "/deployments/current");
+    UPDATE_CURRENT_DEPLOYMENT = ("updateCurrentDeployment", "PATCH", "/deployments/current");
     CREATE_SECRET_KEY = ("createSecretKey", "POST", "/secret-keys");
     LIST_SECRET_KEYS = ("listSecretKeys", "GET", "/secret-keys");
     REVOKE_SECRET_KEY = ("revokeSecretKey", "POST", "/secret-keys/{key_id}/revoke");

@@ -71,7 +71,27 @@ pub struct Deployment {
     pub backend_host: String,
     /// Origin of the deployment's own app, used for sign-in URLs.
     pub frontend_host: String,
+    pub settings: DeploymentSettings,
     pub created_at: String,
+}
+
+/// A deployment's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSettings {
+    /// The model of agents that name none. Absent or `null`: the server's
+    /// `runtime.default_provider` / `runtime.default_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<ModelConfig>,
+}
+
+/// Body of `updateCurrentDeployment`: fields given replace the stored ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDeploymentRequest {
+    /// Replaces all settings (a setting left out is reset to its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<DeploymentSettings>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

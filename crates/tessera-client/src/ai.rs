@@ -204,6 +204,7 @@ mod tests {
         }
         let mut sdk = vec![
             seen(client.deployments().current()),
+            seen(client.deployments().update_current(&Default::default())),
             seen(
                 client
                     .secret_keys()

@@ -1,7 +1,7 @@
 //! Operations on the caller's deployment.
 
 use tessera_api::ops;
-use tessera_api::types::Deployment;
+use tessera_api::types::{Deployment, UpdateDeploymentRequest};
 
 use crate::client::Client;
 use crate::request::Request;
@@ -20,5 +20,10 @@ impl<'a> Deployments<'a> {
     /// `getCurrentDeployment`: the deployment the secret key belongs to.
     pub fn current(&self) -> Request<'a, Deployment> {
         Request::operation(self.client, ops::GET_CURRENT_DEPLOYMENT, &[])
+    }
+
+    /// `updateCurrentDeployment`: replaces the deployment's settings (e.g. its default model).
+    pub fn update_current(&self, body: &UpdateDeploymentRequest) -> Request<'a, Deployment> {
+        Request::operation(self.client, ops::UPDATE_CURRENT_DEPLOYMENT, &[]).json(body)
     }
 }

@@ -1,5 +1,8 @@
 //! Stored records of the foundation objects and the validated inputs that create them.
 
+use serde::{Deserialize, Serialize};
+
+use crate::agent::ModelRef;
 use crate::id::{ActorId, AgentId, DeploymentId, ProjectId, SecretKeyId};
 use crate::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
 use crate::Timestamp;
@@ -13,7 +16,16 @@ pub struct Deployment {
     pub backend_host: String,
     /// Origin of the deployment's own app (sign-in pages).
     pub frontend_host: String,
+    pub settings: DeploymentSettings,
     pub created_at: Timestamp,
+}
+
+/// A deployment's own settings (stored as JSON, so that later settings need no migration).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentSettings {
+    /// The model of agents that name none; absent: the server's `runtime.default_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<ModelRef>,
 }
 
 /// What creating a deployment needs.

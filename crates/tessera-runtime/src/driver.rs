@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tessera_domain::agent::Agent;
+use tessera_domain::agent::{Agent, ModelRef};
 use tessera_domain::agent_loop::{AgentLoop, Effect, Event, LoopLimits, LoopState, Outcome};
 use tessera_domain::event::{self, NewEvent, TOOL_COMPLETED, TOOL_STARTED};
 use tessera_domain::thread::{
@@ -216,6 +216,17 @@ impl Driver<'_> {
                 )
                 .await;
         };
+        // The agent's model, else the deployment's default, else the server's.
+        let model = match &agent.spec.model {
+            Some(model) => Some(model.clone()),
+            None => {
+                store
+                    .get_deployment(&self.scope)
+                    .await?
+                    .settings
+                    .default_model
+            }
+        };
         let limits = LoopLimits {
             max_iterations: agent.spec.limits.max_iterations,
             token_budget: agent.spec.limits.token_budget,
@@ -259,7 +270,7 @@ impl Driver<'_> {
                 self.flush().await?;
             }
             let events = match effect {
-                Effect::CallModel => vec![self.call_model(&agent, deadline).await?],
+                Effect::CallModel => vec![self.call_model(&agent, model.as_ref(), deadline).await?],
                 Effect::RecordAssistant {
                     text,
                     tool_calls,
@@ -379,9 +390,10 @@ impl Driver<'_> {
     async fn call_model(
         &mut self,
         agent: &Agent,
+        model: Option<&ModelRef>,
         deadline: tokio::time::Instant,
     ) -> Result<Event, StoreError> {
-        let (provider_name, model_name, temperature, max_output_tokens) = match &agent.spec.model {
+        let (provider_name, model_name, temperature, max_output_tokens) = match model {
             Some(m) => (
                 m.provider.as_str().to_owned(),
                 m.model.as_str().to_owned(),

@@ -6,7 +6,8 @@ use tessera_domain::agent::{
     Agent, AgentLimits, AgentSpec, ApprovalRule, ModelRef, MultitaskPolicy,
 };
 use tessera_domain::records::{
-    Actor, Deployment, NewActor, NewProject, Project, ProjectStatus, SecretKeyRecord,
+    Actor, Deployment, DeploymentSettings, NewActor, NewProject, Project, ProjectStatus,
+    SecretKeyRecord,
 };
 use tessera_domain::thread::{
     self, ContextGroup, Message, NewThread, Role, Run, RunStatus, Thread, ThreadPurpose,
@@ -41,12 +42,37 @@ pub(crate) fn new_actor(req: api::CreateActorRequest) -> Result<NewActor, Valida
     })
 }
 
-fn model_field(req: api::ModelConfig) -> Result<ModelRef, ValidationError> {
-    // Name/provider errors arise before `ModelRef::new`; re-root them too.
-    let provider = ProviderName::parse("provider", req.provider).map_err(|e| e.under("model"))?;
-    let name = ModelName::parse("model", req.model).map_err(|e| e.under("model"))?;
+/// A deployment's settings from the wire (errors name fields under `settings`).
+pub(crate) fn deployment_settings(
+    req: api::DeploymentSettings,
+) -> Result<DeploymentSettings, ValidationError> {
+    Ok(DeploymentSettings {
+        default_model: req
+            .default_model
+            .map(|m| model_ref(m).map_err(|e| e.under("default_model")))
+            .transpose()
+            .map_err(|e| e.under("settings"))?,
+    })
+}
+
+fn model_config(m: ModelRef) -> api::ModelConfig {
+    api::ModelConfig {
+        provider: m.provider.into_string(),
+        model: m.model.into_string(),
+        temperature: m.temperature,
+        max_output_tokens: m.max_output_tokens,
+    }
+}
+
+/// A model reference; errors name its own fields (`provider`, `temperature`, …).
+fn model_ref(req: api::ModelConfig) -> Result<ModelRef, ValidationError> {
+    let provider = ProviderName::parse("provider", req.provider)?;
+    let name = ModelName::parse("model", req.model)?;
     ModelRef::new(provider, name, req.temperature, req.max_output_tokens)
-        .map_err(|e| e.under("model"))
+}
+
+fn model_field(req: api::ModelConfig) -> Result<ModelRef, ValidationError> {
+    model_ref(req).map_err(|e| e.under("model"))
 }
 
 fn limits(req: api::AgentLimits) -> Result<AgentLimits, ValidationError> {
@@ -253,6 +279,9 @@ pub(crate) fn deployment(d: Deployment) -> api::Deployment {
         name: d.name,
         backend_host: d.backend_host,
         frontend_host: d.frontend_host,
+        settings: api::DeploymentSettings {
+            default_model: d.settings.default_model.map(model_config),
+        },
         created_at: ts(d.created_at),
     }
 }
@@ -285,12 +314,7 @@ pub(crate) fn agent(a: Agent) -> api::Agent {
         id: a.id.into_string(),
         name: s.name.into_string(),
         description: s.description.into_string(),
-        model: s.model.map(|m| api::ModelConfig {
-            provider: m.provider.into_string(),
-            model: m.model.into_string(),
-            temperature: m.temperature,
-            max_output_tokens: m.max_output_tokens,
-        }),
+        model: s.model.map(model_config),
         tool_ids: s.tool_ids.into_iter().map(ToolId::into_string).collect(),
         sub_agent_ids: s
             .sub_agent_ids

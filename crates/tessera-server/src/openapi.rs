@@ -15,6 +15,7 @@ use crate::stream;
     ),
     paths(
         deployments::get_current_deployment,
+        deployments::update_current_deployment,
         deployments::create_secret_key,
         deployments::list_secret_keys,
         deployments::revoke_secret_key,

@@ -16,7 +16,8 @@ use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::agent::{Agent, AgentSpec};
 use tessera_domain::event::NewEvent;
 use tessera_domain::records::{
-    Actor, Deployment, NewActor, NewDeployment, NewProject, Project, ProjectStatus, SecretKeyRecord,
+    Actor, Deployment, DeploymentSettings, NewActor, NewDeployment, NewProject, Project,
+    ProjectStatus, SecretKeyRecord,
 };
 use tessera_domain::secret::SecretHash;
 use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
@@ -213,6 +214,13 @@ pub trait DeploymentStore {
     ) -> StoreResult<Option<(Deployment, SecretKeyRecord)>>;
 
     async fn get_deployment(&self, scope: &Scope) -> StoreResult<Deployment>;
+
+    /// Replaces the deployment's settings.
+    async fn update_deployment_settings(
+        &self,
+        scope: &Scope,
+        settings: &DeploymentSettings,
+    ) -> StoreResult<Deployment>;
 
     /// Operator: finds a deployment by its id or name, across all deployments.
     async fn find_deployment(&self, id_or_name: &str) -> StoreResult<Option<Deployment>>;

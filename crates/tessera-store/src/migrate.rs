@@ -34,6 +34,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "threads_runs",
         sql: include_str!("../migrations/sqlite/0002_threads_runs.sql"),
     },
+    Migration {
+        version: 3,
+        name: "deployment_settings",
+        sql: include_str!("../migrations/sqlite/0003_deployment_settings.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -46,6 +51,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "threads_runs",
         sql: include_str!("../migrations/postgres/0002_threads_runs.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "deployment_settings",
+        sql: include_str!("../migrations/postgres/0003_deployment_settings.sql"),
     },
 ];
 

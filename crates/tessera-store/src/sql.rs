@@ -7,7 +7,8 @@
 //! `async fn begin_write(&self) -> StoreResult<Transaction<'static, DB>>`.
 
 /// Column lists, kept in one place so every query decodes rows the same way.
-pub(crate) const DEPLOYMENT_COLS: &str = "id, name, backend_host, frontend_host, created_at";
+pub(crate) const DEPLOYMENT_COLS: &str =
+    "id, name, backend_host, frontend_host, settings, created_at";
 pub(crate) const KEY_COLS: &str =
     "id, deployment_id, name, prefix, created_at, last_used_at, revoked_at";
 pub(crate) const ACTOR_COLS: &str =
@@ -32,6 +33,7 @@ macro_rules! impl_sql_store {
         use sqlx::{QueryBuilder, Row as _};
         use tessera_domain::agent::{Agent, AgentSpec};
         use tessera_domain::records::{
+            DeploymentSettings,
             Actor, Deployment, NewActor, NewDeployment, NewProject, Project, ProjectStatus,
             SecretKeyRecord,
         };
@@ -67,6 +69,8 @@ macro_rules! impl_sql_store {
                 name: row.try_get("name")?,
                 backend_host: row.try_get("backend_host")?,
                 frontend_host: row.try_get("frontend_host")?,
+                settings: serde_json::from_str(row.try_get("settings")?)
+                    .map_err(|e| corrupt("deployment settings", e))?,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
             })
         }
@@ -315,6 +319,26 @@ macro_rules! impl_sql_store {
                 .await?
                 .ok_or(StoreError::not_found(Entity::Deployment))?;
                 deployment_from_row(&row)
+            }
+
+            async fn update_deployment_settings(
+                &self,
+                scope: &Scope,
+                settings: &DeploymentSettings,
+            ) -> StoreResult<Deployment> {
+                let json = serde_json::to_string(settings).map_err(|e| corrupt("deployment settings", e))?;
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&format!(
+                    "UPDATE deployments SET settings = $1 WHERE id = $2 RETURNING {DEPLOYMENT_COLS}"
+                ))
+                .bind(json)
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::Deployment))?;
+                let deployment = deployment_from_row(&row)?;
+                tx.commit().await?;
+                Ok(deployment)
             }
 
             async fn find_deployment(&self, id_or_name: &str) -> StoreResult<Option<Deployment>> {

@@ -84,6 +84,7 @@ backend_tests!(
     migrations_are_idempotent_and_data_survives_reopen,
     bootstrap_creates_exactly_one_default_deployment,
     deployment_names_are_unique,
+    deployment_settings_are_replaced_per_deployment,
     keys_authenticate_until_revoked,
     last_active_key_cannot_be_revoked,
     actors_are_unique_per_deployment_and_looked_up,
@@ -165,6 +166,47 @@ async fn deployment_names_are_unique(db: &TestDatabase) {
         StoreError::Conflict(Conflict::DeploymentNameTaken)
     ));
     assert!(store.find_deployment("nope").await.unwrap().is_none());
+    store.close().await;
+}
+
+async fn deployment_settings_are_replaced_per_deployment(db: &TestDatabase) {
+    use tessera_domain::agent::ModelRef;
+    use tessera_domain::records::DeploymentSettings;
+    let store = open(db).await;
+    let (a, _) = deployment(&store, "settings-a").await;
+    let (b, _) = deployment(&store, "settings-b").await;
+    let fresh = store.get_deployment(&a).await.unwrap();
+    assert_eq!(fresh.settings, DeploymentSettings::default());
+
+    use tessera_domain::validate::{ModelName, ProviderName};
+    let model = ModelRef::new(
+        ProviderName::parse("provider", "openai").unwrap(),
+        ModelName::parse("model", "gpt-test").unwrap(),
+        Some(0.5),
+        Some(256),
+    )
+    .unwrap();
+    let settings = DeploymentSettings {
+        default_model: Some(model),
+    };
+    let updated = store
+        .update_deployment_settings(&a, &settings)
+        .await
+        .unwrap();
+    assert_eq!(updated.settings, settings);
+    assert_eq!(updated.id, fresh.id);
+    assert_eq!(store.get_deployment(&a).await.unwrap().settings, settings);
+    assert_eq!(
+        store.get_deployment(&b).await.unwrap().settings,
+        DeploymentSettings::default(),
+        "another deployment's settings are untouched"
+    );
+
+    let cleared = store
+        .update_deployment_settings(&a, &DeploymentSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(cleared.settings.default_model, None);
     store.close().await;
 }
 

@@ -21,16 +21,25 @@ fn check_provider(
     state: &AppState,
     spec: &tessera_domain::agent::AgentSpec,
 ) -> Result<(), ApiError> {
-    let Some(model) = &spec.model else {
-        return Ok(());
-    };
+    match &spec.model {
+        Some(model) => check_model_provider(state, model, "model.provider"),
+        None => Ok(()),
+    }
+}
+
+/// A model may only name a provider this server is configured with; `field` names it.
+pub(crate) fn check_model_provider(
+    state: &AppState,
+    model: &tessera_domain::agent::ModelRef,
+    field: &str,
+) -> Result<(), ApiError> {
     let providers = &state.runtime.providers;
     if providers.contains(model.provider.as_str()) {
         return Ok(());
     }
     let known: Vec<&str> = providers.names().collect();
     Err(ApiError::from(tessera_domain::ValidationError::new(
-        "model.provider",
+        field.to_owned(),
         format!(
             "unknown provider `{}`; configured providers: {}",
             model.provider,

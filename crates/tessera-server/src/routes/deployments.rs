@@ -13,7 +13,7 @@ use tessera_store::NewSecretKey;
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::ApiResult;
-use crate::extract::{page_request, ApiJsonOrDefault, ApiQuery, IdPath};
+use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
 use crate::AppState;
 
 /// The deployment the caller's secret key belongs to.
@@ -30,6 +30,43 @@ pub(crate) async fn get_current_deployment(
     State(state): State<AppState>,
 ) -> ApiResult<Json<api::Deployment>> {
     let deployment = state.store.get_deployment(&caller.scope).await?;
+    Ok(Json(convert::deployment(deployment)))
+}
+
+/// Updates the caller's deployment: its settings (the default model of agents that name none).
+#[utoipa::path(
+    patch, path = "/deployments/current", operation_id = "updateCurrentDeployment", tag = "deployments",
+    request_body = api::UpdateDeploymentRequest,
+    responses(
+        (status = 200, body = api::Deployment),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 422, body = ErrorBody, description = "`validation_failed` (e.g. `settings.default_model.provider` is not a configured provider)"),
+    ),
+    security(("secret_key" = []))
+)]
+pub(crate) async fn update_current_deployment(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<api::UpdateDeploymentRequest>,
+) -> ApiResult<Json<api::Deployment>> {
+    let deployment = match req.settings {
+        Some(settings) => {
+            let settings = convert::deployment_settings(settings)?;
+            if let Some(model) = &settings.default_model {
+                super::agents::check_model_provider(
+                    &state,
+                    model,
+                    "settings.default_model.provider",
+                )?;
+            }
+            state
+                .store
+                .update_deployment_settings(&caller.scope, &settings)
+                .await?
+        }
+        None => state.store.get_deployment(&caller.scope).await?,
+    };
     Ok(Json(convert::deployment(deployment)))
 }
 

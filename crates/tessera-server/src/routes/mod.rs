@@ -24,7 +24,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route(
             "/deployments/current",
-            get(deployments::get_current_deployment),
+            get(deployments::get_current_deployment).patch(deployments::update_current_deployment),
         )
         .route(
             "/secret-keys",

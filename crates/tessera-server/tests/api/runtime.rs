@@ -23,6 +23,7 @@ use crate::helpers::{assert_api_error, assert_id, poll_until, raw_http, spawn_ap
 
 backend_tests!(
     full_turn_with_scripted_model,
+    model_falls_back_to_the_deployment_default_then_the_servers,
     tool_round_trip,
     parallel_tool_calls_are_all_answered_before_the_next_turn,
     rate_limit_with_retry_after_then_success,
@@ -529,6 +530,140 @@ async fn full_turn_with_scripted_model(db: &TestDatabase) {
         }
     );
     assert_eq!(rig.thread_status(&thread.id).await, ThreadStatus::Idle);
+    rig.finish().await;
+}
+
+async fn model_falls_back_to_the_deployment_default_then_the_servers(db: &TestDatabase) {
+    use tessera_client::models::{DeploymentSettings, UpdateDeploymentRequest};
+    let rig = Rig::start(db).await;
+    let deployments = rig.app.client.deployments();
+    let initial = deployments.current().send().await.unwrap();
+    assert_eq!(initial.settings, DeploymentSettings::default());
+    let thread = rig
+        .thread(CreateAgentRequest {
+            name: "no-model".into(),
+            ..Default::default()
+        })
+        .await;
+
+    // No agent model, no deployment default: the server's (`echo`), no model request.
+    let first = rig.send(&thread, "first").await;
+    rig.wait_run(&thread, &first, RunStatus::Completed).await;
+    assert_eq!(rig.model.request_count(), 0);
+    assert_eq!(rig.messages(&thread).await[1].content, "first");
+
+    // The deployment's default applies from the next run on.
+    let settings = |default_model| UpdateDeploymentRequest {
+        settings: Some(DeploymentSettings { default_model }),
+    };
+    let chosen = ModelConfig {
+        model: "deployment-default".into(),
+        temperature: Some(0.25),
+        ..model("scripted")
+    };
+    let updated = deployments
+        .update_current(&settings(Some(chosen.clone())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.settings.default_model, Some(chosen.clone()));
+    assert_eq!(updated.id, initial.id);
+    assert_eq!(
+        deployments
+            .current()
+            .send()
+            .await
+            .unwrap()
+            .settings
+            .default_model,
+        Some(chosen)
+    );
+    rig.model.push(Script::text(["from the default"]));
+    let second = rig.send(&thread, "second").await;
+    rig.wait_run(&thread, &second, RunStatus::Completed).await;
+    assert_eq!(rig.model.request_count(), 1);
+    assert_eq!(rig.request(0)["model"], "deployment-default");
+    assert_eq!(rig.request(0)["temperature"], 0.25);
+    assert_eq!(rig.messages(&thread).await[3].content, "from the default");
+
+    // An agent's own model still wins.
+    let own = rig.thread(scripted_agent("own-model")).await;
+    rig.model.push(Script::text(["own"]));
+    let third = rig.send(&own, "third").await;
+    rig.wait_run(&own, &third, RunStatus::Completed).await;
+    assert_eq!(rig.request(1)["model"], MODEL);
+
+    // Bad settings are refused and change nothing.
+    let refused = |r: Result<_, _>, field| {
+        assert_api_error(r, 422, ErrorCode::ValidationFailed, Some(field));
+    };
+    refused(
+        deployments
+            .update_current(&settings(Some(model("nowhere"))))
+            .send()
+            .await,
+        "settings.default_model.provider",
+    );
+    refused(
+        deployments
+            .update_current(&settings(Some(ModelConfig {
+                temperature: Some(3.0),
+                ..model("scripted")
+            })))
+            .send()
+            .await,
+        "settings.default_model.temperature",
+    );
+    refused(
+        deployments
+            .update_current(&settings(Some(ModelConfig {
+                model: String::new(),
+                ..model("scripted")
+            })))
+            .send()
+            .await,
+        "settings.default_model.model",
+    );
+    let unknown_field = rig
+        .app
+        .http
+        .patch(format!("{}/deployments/current", rig.app.base_url))
+        .bearer_auth(&rig.app.key)
+        .json(&json!({"settings": {"default_modle": null}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [400, 422].contains(&unknown_field.status().as_u16()),
+        "{unknown_field:?}"
+    );
+    assert_eq!(
+        deployments
+            .current()
+            .send()
+            .await
+            .unwrap()
+            .settings
+            .default_model
+            .unwrap()
+            .model,
+        "deployment-default"
+    );
+
+    // Cleared: back to the server's default.
+    let cleared = deployments
+        .update_current(&settings(None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.settings, DeploymentSettings::default());
+    let fourth = rig.send(&thread, "fourth").await;
+    rig.wait_run(&thread, &fourth, RunStatus::Completed).await;
+    assert_eq!(
+        rig.model.request_count(),
+        2,
+        "echo answered, not the model server"
+    );
     rig.finish().await;
 }
 

@@ -1,0 +1,3 @@
+-- Deployment settings (default model, later limits), as one JSON document.
+
+ALTER TABLE deployments ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
