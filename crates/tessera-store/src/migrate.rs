@@ -34,6 +34,12 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "threads_runs",
         sql: include_str!("../migrations/sqlite/0002_threads_runs.sql"),
     },
+    // Version 3 is reserved for a change made on another branch.
+    Migration {
+        version: 4,
+        name: "identity",
+        sql: include_str!("../migrations/sqlite/0004_identity.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -46,6 +52,12 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "threads_runs",
         sql: include_str!("../migrations/postgres/0002_threads_runs.sql"),
+    },
+    // Version 3 is reserved for a change made on another branch.
+    Migration {
+        version: 4,
+        name: "identity",
+        sql: include_str!("../migrations/postgres/0004_identity.sql"),
     },
 ];
 
