@@ -11,8 +11,10 @@ use tessera_api::Operation;
 use crate::ai::Ai;
 use crate::deployments::Deployments;
 use crate::error::Error;
+use crate::me::Me;
 use crate::request::Request;
 use crate::secret_keys::SecretKeys;
+use crate::users::{AuditEvents, Organizations, Users};
 
 /// How long to wait for a TCP/TLS connection. There is deliberately no overall request timeout:
 /// streaming responses may legitimately stay open for a long time.
@@ -105,6 +107,38 @@ impl Client {
     /// Runtime objects under `/ai`: actors, agents and actor projects.
     pub fn ai(&self) -> Ai<'_> {
         Ai::new(self)
+    }
+
+    /// The deployment's users (secret key).
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    /// The deployment's organizations and their members (secret key).
+    pub fn organizations(&self) -> Organizations<'_> {
+        Organizations::new(self)
+    }
+
+    /// The deployment's audit log (secret key).
+    pub fn audit_events(&self) -> AuditEvents<'_> {
+        AuditEvents::new(self)
+    }
+
+    /// The signed-in user's endpoints: sign-in and sign-out (browser session), `/me` (session
+    /// cookie or user token) and the token keys. See [`Me`] for how to authenticate.
+    pub fn me(&self) -> Me<'_> {
+        Me::new(self)
+    }
+
+    /// The scheme, host and port of the base URL (`Origin` of first-party browser writes).
+    pub(crate) fn origin(&self) -> String {
+        match self.base_url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority = rest.split('/').next().unwrap_or_default();
+                format!("{scheme}://{authority}")
+            }
+            None => self.base_url.to_string(),
+        }
     }
 
     /// Liveness: `GET /healthz` (public). `status` is `ok` whenever the process serves HTTP.
@@ -222,6 +256,18 @@ mod tests {
         assert_eq!(client.url("/healthz"), "http://localhost:1/healthz");
         assert!(client.is_authenticated());
         assert!(!Client::unauthenticated("http://x").is_authenticated());
+    }
+
+    #[test]
+    fn origin_is_scheme_host_and_port() {
+        assert_eq!(
+            Client::new("http://h:1/prefix/", "k").origin(),
+            "http://h:1"
+        );
+        assert_eq!(
+            Client::new("https://agents.example.com", "k").origin(),
+            "https://agents.example.com"
+        );
     }
 
     #[test]
