@@ -167,6 +167,9 @@ impl Client {
     /// The body is the parsed JSON, `Value::Null` when empty, or a JSON string holding the text
     /// when it is not JSON. `path_and_query` must start with `/` (e.g. `/ai/agents?limit=5`).
     /// Errors are only transport failures and an invalid method or path.
+    ///
+    /// Requests other than `GET`/`HEAD` carry `Origin: <this server's origin>`, as a first-party
+    /// client, so that the browser operations (`signIn`, …) that check it can be called too.
     pub async fn call_raw(
         &self,
         method: &str,
@@ -180,7 +183,11 @@ impl Client {
                 "{path_and_query:?} does not start with '/'"
             )));
         }
+        let safe = method == reqwest::Method::GET || method == reqwest::Method::HEAD;
         let mut request = Request::<Value>::raw(self, method, path_and_query);
+        if !safe {
+            request = request.header("Origin", &self.origin());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -30,6 +30,7 @@ backend_tests!(
     the_sign_in_page_works_without_javascript,
     the_audit_log_records_keys_and_sign_ins,
     browser_requests_map_to_the_deployment_of_their_host,
+    cookies_are_secure_behind_an_https_public_url,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1350,5 +1351,48 @@ async fn browser_requests_map_to_the_deployment_of_their_host(db: &TestDatabase)
     )
     .await;
     assert_eq!(on_her_host.ok(200)["user"]["email"], "eve@example.com");
+    app.stop().await;
+}
+
+async fn cookies_are_secure_behind_an_https_public_url(db: &TestDatabase) {
+    // As behind a TLS-terminating proxy: the public URL is https, the deployment's hosts too.
+    let app = spawn_app_with(db, |config| {
+        config.public_url = Some("https://tessera.example".into());
+    })
+    .await;
+    let ada = user(&app, "ada@example.com", Some(PASSWORD)).await;
+    let body = json!({"email": "ada@example.com", "password": PASSWORD});
+    // The server's own plain-http origin is not one of the deployment's hosts.
+    sign_in(&app, "ada@example.com", PASSWORD, None)
+        .await
+        .assert_error(403, "origin_not_allowed", None);
+    let resp = send(
+        app.anonymous(Method::POST, "/sign-in")
+            .header("origin", "https://tessera.example")
+            .json(&body),
+    )
+    .await;
+    resp.ok(200);
+    let header = set_cookie(&resp).unwrap();
+    let attributes: Vec<&str> = header.split(';').map(str::trim).collect();
+    assert!(attributes.contains(&"Secure"), "{header}");
+    assert!(attributes.contains(&"HttpOnly") && attributes.contains(&"SameSite=Lax"));
+    // Tokens name the public URL as their issuer.
+    let token = app
+        .client
+        .users()
+        .create_user_token(&ada.id, CreateUserTokenRequest::default())
+        .send()
+        .await
+        .unwrap()
+        .token;
+    let claims: Value = serde_json::from_slice(&b64(token.split('.').nth(1).unwrap())).unwrap();
+    assert_eq!(claims["iss"], "https://tessera.example");
+    Client::new(app.base_url.clone(), token)
+        .me()
+        .get_me()
+        .send()
+        .await
+        .unwrap();
     app.stop().await;
 }

@@ -105,6 +105,19 @@ async fn secrets_never_reach_the_logs_and_signing_keys_rotate(db: &TestDatabase)
     .await
     .ok();
     assert_eq!(run.stdout_json()["data"][0]["id"], ada.id.as_str());
+    // Browser operations too: the CLI sends the server's origin as a first-party client.
+    let run = tessera([
+        "api",
+        "call",
+        "signIn",
+        "--body",
+        &json!({"email": "ada@example.com", "password": PASSWORD}).to_string(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    assert_eq!(run.stdout_json()["user"]["id"], ada.id.as_str());
     let run = tessera(["api", "call", "createUser", "--body", r#"{"email": "x"}"#])
         .against(&server, &key)
         .run()
