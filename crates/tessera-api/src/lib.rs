@@ -6,6 +6,7 @@
 //! server with the domain crate's validated types.
 
 pub mod error;
+mod identity_types;
 pub mod ops;
 pub mod types;
 

@@ -45,6 +45,26 @@ operations! {
     EXECUTE_AGENT_THREAD_ASYNC = ("executeAgentThreadAsync", "POST", "/ai/threads/{thread_id}/run");
     GET_AGENT_THREAD_RUN = ("getAgentThreadRun", "GET", "/ai/threads/{thread_id}/runs/{run_id}");
     STREAM_AGENT_THREAD = ("streamAgentThread", "GET", "/ai/threads/{thread_id}/stream");
+    CREATE_USER = ("createUser", "POST", "/users");
+    LIST_USERS = ("listUsers", "GET", "/users");
+    GET_USER = ("getUser", "GET", "/users/{user_id}");
+    UPDATE_USER = ("updateUser", "PATCH", "/users/{user_id}");
+    DELETE_USER = ("deleteUser", "DELETE", "/users/{user_id}");
+    DISABLE_USER = ("disableUser", "POST", "/users/{user_id}/disable");
+    ENABLE_USER = ("enableUser", "POST", "/users/{user_id}/enable");
+    CREATE_USER_TOKEN = ("createUserToken", "POST", "/users/{user_id}/tokens");
+    CREATE_ORGANIZATION = ("createOrganization", "POST", "/organizations");
+    LIST_ORGANIZATIONS = ("listOrganizations", "GET", "/organizations");
+    GET_ORGANIZATION = ("getOrganization", "GET", "/organizations/{organization_id}");
+    ADD_ORGANIZATION_MEMBER = ("addOrganizationMember", "POST", "/organizations/{organization_id}/members");
+    LIST_ORGANIZATION_MEMBERS = ("listOrganizationMembers", "GET", "/organizations/{organization_id}/members");
+    REMOVE_ORGANIZATION_MEMBER = ("removeOrganizationMember", "DELETE", "/organizations/{organization_id}/members/{user_id}");
+    LIST_AUDIT_EVENTS = ("listAuditEvents", "GET", "/audit-events");
+    SIGN_IN = ("signIn", "POST", "/sign-in");
+    SIGN_OUT = ("signOut", "POST", "/sign-out");
+    GET_ME = ("getMe", "GET", "/me");
+    SET_ACTIVE_ORGANIZATION = ("setActiveOrganization", "POST", "/me/active-organization");
+    GET_JWKS = ("getJwks", "GET", "/.well-known/jwks.json");
 }
 
 /// Finds an operation by its operationId.

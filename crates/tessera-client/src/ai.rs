@@ -235,6 +235,37 @@ mod tests {
             seen(ai.threads().get_run("x", "x")),
             ("GET".to_owned(), ai.threads().stream("x").path().to_owned()),
         ];
+        let users = client.users();
+        let orgs = client.organizations();
+        let me = client.me();
+        sdk.extend([
+            seen(users.create_user(Default::default())),
+            seen(users.list_users(Default::default())),
+            seen(users.get_user("x")),
+            seen(users.update_user("x", Default::default())),
+            seen(users.delete_user("x")),
+            seen(users.disable_user("x")),
+            seen(users.enable_user("x")),
+            seen(users.create_user_token("x", Default::default())),
+            seen(orgs.create_organization(Default::default())),
+            seen(orgs.list_organizations(PageParams::default())),
+            seen(orgs.get_organization("x")),
+            seen(orgs.add_member(
+                "x",
+                tessera_api::types::AddOrganizationMemberRequest {
+                    user_id: "u".into(),
+                    role: tessera_api::types::OrganizationRole::Member,
+                },
+            )),
+            seen(orgs.list_members("x", PageParams::default())),
+            seen(orgs.remove_member("x", "x")),
+            seen(client.audit_events().list_audit_events(Default::default())),
+            seen(me.sign_in(Default::default())),
+            seen(me.sign_out()),
+            seen(me.get_me()),
+            seen(me.set_active_organization("x")),
+            seen(me.jwks()),
+        ]);
         let mut table: Vec<(String, String)> = ops::ALL
             .iter()
             .map(|op| {

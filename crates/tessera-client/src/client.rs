@@ -11,8 +11,10 @@ use tessera_api::Operation;
 use crate::ai::Ai;
 use crate::deployments::Deployments;
 use crate::error::Error;
+use crate::me::Me;
 use crate::request::Request;
 use crate::secret_keys::SecretKeys;
+use crate::users::{AuditEvents, Organizations, Users};
 
 /// How long to wait for a TCP/TLS connection. There is deliberately no overall request timeout:
 /// streaming responses may legitimately stay open for a long time.
@@ -107,6 +109,38 @@ impl Client {
         Ai::new(self)
     }
 
+    /// The deployment's users (secret key).
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    /// The deployment's organizations and their members (secret key).
+    pub fn organizations(&self) -> Organizations<'_> {
+        Organizations::new(self)
+    }
+
+    /// The deployment's audit log (secret key).
+    pub fn audit_events(&self) -> AuditEvents<'_> {
+        AuditEvents::new(self)
+    }
+
+    /// The signed-in user's endpoints: sign-in and sign-out (browser session), `/me` (session
+    /// cookie or user token) and the token keys. See [`Me`] for how to authenticate.
+    pub fn me(&self) -> Me<'_> {
+        Me::new(self)
+    }
+
+    /// The scheme, host and port of the base URL (`Origin` of first-party browser writes).
+    pub(crate) fn origin(&self) -> String {
+        match self.base_url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority = rest.split('/').next().unwrap_or_default();
+                format!("{scheme}://{authority}")
+            }
+            None => self.base_url.to_string(),
+        }
+    }
+
     /// Liveness: `GET /healthz` (public). `status` is `ok` whenever the process serves HTTP.
     pub fn health(&self) -> Request<'_, Health> {
         Request::raw(self, reqwest::Method::GET, "/healthz")
@@ -133,6 +167,9 @@ impl Client {
     /// The body is the parsed JSON, `Value::Null` when empty, or a JSON string holding the text
     /// when it is not JSON. `path_and_query` must start with `/` (e.g. `/ai/agents?limit=5`).
     /// Errors are only transport failures and an invalid method or path.
+    ///
+    /// Requests other than `GET`/`HEAD` carry `Origin: <this server's origin>`, as a first-party
+    /// client, so that the browser operations (`signIn`, …) that check it can be called too.
     pub async fn call_raw(
         &self,
         method: &str,
@@ -146,7 +183,11 @@ impl Client {
                 "{path_and_query:?} does not start with '/'"
             )));
         }
+        let safe = method == reqwest::Method::GET || method == reqwest::Method::HEAD;
         let mut request = Request::<Value>::raw(self, method, path_and_query);
+        if !safe {
+            request = request.header("Origin", &self.origin());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -222,6 +263,18 @@ mod tests {
         assert_eq!(client.url("/healthz"), "http://localhost:1/healthz");
         assert!(client.is_authenticated());
         assert!(!Client::unauthenticated("http://x").is_authenticated());
+    }
+
+    #[test]
+    fn origin_is_scheme_host_and_port() {
+        assert_eq!(
+            Client::new("http://h:1/prefix/", "k").origin(),
+            "http://h:1"
+        );
+        assert_eq!(
+            Client::new("https://agents.example.com", "k").origin(),
+            "https://agents.example.com"
+        );
     }
 
     #[test]

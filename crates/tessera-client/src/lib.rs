@@ -31,6 +31,7 @@ mod ai;
 mod client;
 mod deployments;
 mod error;
+mod me;
 mod request;
 mod secret_keys;
 mod stream;
@@ -38,15 +39,18 @@ mod stream;
 #[allow(clippy::unwrap_used)] // Tests fail loudly.
 mod tests;
 mod threads;
+mod users;
 
 pub use ai::{ActorProjects, Actors, Agents, Ai};
 pub use client::Client;
 pub use deployments::Deployments;
 pub use error::Error;
+pub use me::Me;
 pub use request::Request;
 pub use secret_keys::SecretKeys;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;
+pub use users::{AuditEvents, Organizations, Users};
 
 /// The wire crate, for [`tessera_api::ErrorCode`], [`tessera_api::ops`] and friends.
 pub use tessera_api as api;

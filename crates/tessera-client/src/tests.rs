@@ -206,6 +206,7 @@ async fn call_raw_keeps_non_2xx_answers() {
         "",
         r#"{"error":{"code":"last_active_key","message":"no"}}"#,
     );
+    let url_origin = url.trim_end_matches('/').to_owned();
     let (status, body) = Client::new(url, "k")
         .call_raw("post", "/secret-keys/key_1/revoke", Some(json!({})))
         .await
@@ -215,6 +216,7 @@ async fn call_raw_keeps_non_2xx_answers() {
     let seen = seen.recv().unwrap();
     assert_eq!(seen.request_line, "POST /secret-keys/key_1/revoke HTTP/1.1");
     assert_eq!(seen.body, "{}");
+    assert_eq!(seen.header("origin"), Some(url_origin.as_str()));
 
     let (url, _seen) = respond_once("204 No Content", "", "");
     let (status, body) = Client::new(url, "k")

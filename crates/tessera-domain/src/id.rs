@@ -208,6 +208,36 @@ define_id!(
     RequestId,
     "req"
 );
+define_id!(
+    /// An end user of a deployment's app.
+    UserId,
+    "user"
+);
+define_id!(
+    /// An organization of a deployment's end users.
+    OrganizationId,
+    "org"
+);
+define_id!(
+    /// A user's membership of an organization.
+    MembershipId,
+    "mem"
+);
+define_id!(
+    /// A browser session's record (not its cookie, which only exists hashed).
+    SessionId,
+    "sess"
+);
+define_id!(
+    /// A token signing key; also its `kid` in token headers and the JWKS.
+    SigningKeyId,
+    "sig"
+);
+define_id!(
+    /// An entry of the audit log.
+    AuditEventId,
+    "audit"
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,15 +9,18 @@ pub mod agent_loop;
 pub mod clock;
 pub mod event;
 pub mod id;
+pub mod identity;
+pub mod password;
 pub mod records;
 pub mod secret;
 pub mod thread;
+pub mod token;
 pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
-    ActorId, AgentId, DeploymentId, MessageId, ProjectId, RequestId, RunId, SecretKeyId, ThreadId,
-    ToolId,
+    ActorId, AgentId, AuditEventId, DeploymentId, MembershipId, MessageId, OrganizationId,
+    ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId, ToolId, UserId,
 };
 pub use validate::ValidationError;
 

@@ -15,7 +15,7 @@ use crate::AppState;
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub scope: Scope,
-    #[allow(dead_code)]
+    /// The key used: the actor of audit events.
     pub key_id: SecretKeyId,
 }
 

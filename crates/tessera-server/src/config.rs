@@ -104,6 +104,40 @@ impl Default for RuntimeSettings {
     }
 }
 
+/// `[identity]`: browser sessions, sign-in throttling and user tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdentitySettings {
+    /// A browser session unused for this long ends.
+    pub session_idle_timeout_seconds: u64,
+    /// A browser session ends this long after sign-in, however active.
+    pub session_lifetime_seconds: u64,
+    /// Failed sign-ins are counted in windows of this length.
+    pub sign_in_window_seconds: u64,
+    /// Failed sign-ins for one account per window before further attempts get 429.
+    pub sign_in_max_failures_per_account: u32,
+    /// Failed sign-ins from one client address per window before further attempts get 429.
+    pub sign_in_max_failures_per_ip: u32,
+    /// Lifetime of a user token when the request names none.
+    pub user_token_default_seconds: u32,
+    /// Longest lifetime a user token may be given.
+    pub user_token_max_seconds: u32,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            session_idle_timeout_seconds: 8 * 3600,
+            session_lifetime_seconds: 7 * 24 * 3600,
+            sign_in_window_seconds: 15 * 60,
+            sign_in_max_failures_per_account: 5,
+            sign_in_max_failures_per_ip: 50,
+            user_token_default_seconds: 15 * 60,
+            user_token_max_seconds: 3600,
+        }
+    }
+}
+
 /// Everything `tessera serve` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -126,6 +160,15 @@ pub struct Config {
     /// The first secret key of deployment `default`, instead of a generated one (automation).
     /// Read from `TESSERA_BOOTSTRAP_SECRET_KEY`.
     pub bootstrap_secret_key: Option<Secret>,
+    /// The key that encrypts secrets at rest (token signing keys): 32 bytes as 64 hex or 43
+    /// base64url characters. Read from `TESSERA_SECRETS_KEY`. Every node of one database needs
+    /// the same key.
+    pub secrets_key: Option<Secret>,
+    /// Where the secrets key is kept when `secrets_key` is not set; created (mode 0600) on first
+    /// need. Default: `secrets.key` next to the SQLite database file, or
+    /// `./tessera-data/secrets.key` with PostgreSQL.
+    pub secrets_key_file: Option<std::path::PathBuf>,
+    pub identity: IdentitySettings,
     pub runtime: RuntimeSettings,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
@@ -143,6 +186,9 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             shutdown_timeout_seconds: 30,
             bootstrap_secret_key: None,
+            secrets_key: None,
+            secrets_key_file: None,
+            identity: IdentitySettings::default(),
             runtime: RuntimeSettings::default(),
             providers: std::collections::BTreeMap::new(),
         }
@@ -227,6 +273,35 @@ impl Config {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())
                 .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;
         }
+        if let Some(key) = &self.secrets_key {
+            tessera_domain::token::SecretsKey::parse(key.expose())
+                .map_err(|e| anyhow::anyhow!("TESSERA_SECRETS_KEY {e}"))?;
+        }
+        let identity = &self.identity;
+        anyhow::ensure!(
+            identity.session_idle_timeout_seconds >= 60,
+            "identity.session_idle_timeout_seconds must be at least 60"
+        );
+        anyhow::ensure!(
+            identity.session_lifetime_seconds >= identity.session_idle_timeout_seconds,
+            "identity.session_lifetime_seconds must be at least session_idle_timeout_seconds"
+        );
+        anyhow::ensure!(
+            identity.sign_in_window_seconds >= 1,
+            "identity.sign_in_window_seconds must be at least 1"
+        );
+        anyhow::ensure!(
+            identity.sign_in_max_failures_per_account >= 1
+                && identity.sign_in_max_failures_per_ip >= 1,
+            "identity.sign_in_max_failures_per_account and _per_ip must be at least 1"
+        );
+        anyhow::ensure!(
+            (60..=86_400).contains(&identity.user_token_max_seconds)
+                && (60..=identity.user_token_max_seconds)
+                    .contains(&identity.user_token_default_seconds),
+            "identity.user_token_max_seconds must be 60-86400 and user_token_default_seconds \
+             60-user_token_max_seconds"
+        );
         if let Some(key) = &self.bootstrap_secret_key {
             tessera_domain::secret::validate_operator_secret_key(key.expose())
                 .map_err(|e| anyhow::anyhow!("TESSERA_BOOTSTRAP_SECRET_KEY {e}"))?;
@@ -245,6 +320,25 @@ impl Config {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{addr}"),
+        }
+    }
+
+    /// Where the secrets key file is (see `secrets_key_file`).
+    pub fn secrets_key_path(&self) -> std::path::PathBuf {
+        if let Some(path) = &self.secrets_key_file {
+            return path.clone();
+        }
+        let sqlite_file = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"))
+            .map(|rest| rest.split('?').next().unwrap_or_default());
+        match sqlite_file {
+            Some(file) if !file.is_empty() => Path::new(file)
+                .parent()
+                .map(|dir| dir.join("secrets.key"))
+                .unwrap_or_else(|| "secrets.key".into()),
+            _ => Path::new("tessera-data").join("secrets.key"),
         }
     }
 
@@ -308,6 +402,37 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TESSERA_PUBLIC_URL", "example.com");
             assert!(Config::load(None, &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_key_file_defaults_next_to_sqlite() {
+        let config = Config {
+            database_url: "sqlite:///var/lib/tessera/t.db?mode=rwc".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.secrets_key_path(),
+            Path::new("/var/lib/tessera/secrets.key")
+        );
+        let config = Config {
+            database_url: "postgres://u@h/db".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.secrets_key_path(),
+            Path::new("tessera-data/secrets.key")
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESSERA_SECRETS_KEY", "not-a-key");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("SECRETS_KEY"), "{err}");
+            jail.set_env("TESSERA_SECRETS_KEY", "ab".repeat(32));
+            jail.set_env("TESSERA_IDENTITY__SIGN_IN_MAX_FAILURES_PER_ACCOUNT", "3");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.identity.sign_in_max_failures_per_account, 3);
+            assert!(!format!("{config:?}").contains(&"ab".repeat(32)));
             Ok(())
         });
     }

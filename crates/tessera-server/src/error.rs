@@ -20,6 +20,8 @@ pub(crate) struct ApiError {
     pub field: Option<String>,
     /// The underlying cause of a 5xx, for the log.
     pub cause: Option<anyhow::Error>,
+    /// Seconds for `Retry-After` (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 /// Attached to error responses so the logging middleware can record the cause chain.
@@ -35,6 +37,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -57,6 +60,7 @@ impl ApiError {
             message: "the server failed to handle this request".to_owned(),
             field: None,
             cause: Some(cause.into()),
+            retry_after: None,
         }
     }
 
@@ -77,6 +81,9 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::Tool => (ErrorCode::ToolNotFound, "tool"),
         Entity::Thread => (ErrorCode::ThreadNotFound, "thread"),
         Entity::Run => (ErrorCode::RunNotFound, "run"),
+        Entity::User => (ErrorCode::UserNotFound, "user"),
+        Entity::Organization => (ErrorCode::OrganizationNotFound, "organization"),
+        Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
     }
 }
 
@@ -139,6 +146,21 @@ impl From<StoreError> for ApiError {
                     ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was already used with a different request",
                 ),
+                Conflict::EmailTaken => Self::new(
+                    ErrorCode::EmailTaken,
+                    "another user of this deployment has this email",
+                )
+                .with_field("email"),
+                Conflict::OrganizationSlugTaken => Self::new(
+                    ErrorCode::OrganizationSlugTaken,
+                    "another organization of this deployment has this slug",
+                )
+                .with_field("slug"),
+                Conflict::AlreadyMember => Self::new(
+                    ErrorCode::AlreadyMember,
+                    "the user is already a member of this organization",
+                )
+                .with_field("user_id"),
                 Conflict::StaleVersion => Self::new(
                     ErrorCode::ConcurrentUpdate,
                     "the object changed while this request was applied; retry",
@@ -149,6 +171,7 @@ impl From<StoreError> for ApiError {
                 message: "the database is busy or unreachable; retry shortly".to_owned(),
                 field: None,
                 cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
+                retry_after: None,
             },
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
@@ -177,6 +200,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tessera\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
         if let Some(cause) = self.cause {
             response

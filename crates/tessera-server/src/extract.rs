@@ -193,7 +193,9 @@ path_ids!(
     tessera_domain::ProjectId => Project,
     tessera_domain::SecretKeyId => SecretKey,
     tessera_domain::ThreadId => Thread,
-    tessera_domain::RunId => Run
+    tessera_domain::RunId => Run,
+    tessera_domain::UserId => User,
+    tessera_domain::OrganizationId => Organization
 );
 
 /// The single id of a path (`/ai/agents/{agent_id}`). An id that cannot exist — malformed,

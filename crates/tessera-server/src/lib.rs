@@ -25,14 +25,17 @@ mod auth;
 mod bootstrap;
 pub mod config;
 mod convert;
+mod convert_identity;
 mod error;
 mod extract;
+mod identity;
 mod observe;
 mod openapi;
 mod routes;
 mod stream;
 
-pub use config::{Config, LogFormat, Overrides, Secret};
+pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret};
+pub use identity::rotate_signing_key;
 pub use openapi::openapi_document;
 
 /// What handlers share.
@@ -41,6 +44,7 @@ pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<observe::Metrics>,
     pub runtime: Arc<Runtime>,
+    pub identity: identity::SharedIdentity,
 }
 
 /// What the first start on an empty database created.
@@ -87,6 +91,8 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let public_url = config.public_url_at(local_addr);
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
+        let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
+        identity.check_signing_keys(store.as_ref()).await?;
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers,
@@ -108,6 +114,7 @@ impl Application {
             store: store.clone(),
             metrics: Arc::new(observe::Metrics::new()),
             runtime: runtime.clone(),
+            identity,
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {

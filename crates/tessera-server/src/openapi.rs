@@ -3,14 +3,16 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{actors, agents, deployments, projects, threads};
+use crate::routes::{
+    actors, agents, audit, browser, deployments, organizations, projects, threads, users,
+};
 use crate::stream;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs.",
+        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; users, organizations, sign-in and the audit log.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -38,6 +40,26 @@ use crate::stream;
         threads::execute,
         threads::get_run,
         stream::stream_thread,
+        users::create_user,
+        users::list_users,
+        users::get_user,
+        users::update_user,
+        users::delete_user,
+        users::disable_user,
+        users::enable_user,
+        users::create_user_token,
+        organizations::create_organization,
+        organizations::list_organizations,
+        organizations::get_organization,
+        organizations::add_member,
+        organizations::list_members,
+        organizations::remove_member,
+        audit::list_audit_events,
+        browser::sign_in,
+        browser::sign_out,
+        browser::get_me,
+        browser::set_active_organization,
+        browser::jwks,
     ),
     components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
     modifiers(&Security),
@@ -48,6 +70,10 @@ use crate::stream;
         (name = "agents", description = "Agent definitions."),
         (name = "actor projects", description = "An actor bound to an agent."),
         (name = "threads", description = "Conversations and execution lanes; runs and their event stream."),
+        (name = "users", description = "End users of the deployment's app; user tokens."),
+        (name = "organizations", description = "Organizations of users and their memberships."),
+        (name = "audit", description = "The deployment's audit log."),
+        (name = "browser", description = "Signed-in users: sign-in, sign-out, `/me` (browser session cookie or user token), and the token verification keys."),
     )
 )]
 struct ApiDoc;
@@ -64,6 +90,25 @@ impl Modify for Security {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "A deployment secret key: `Authorization: Bearer tsk_…`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "tessera_session",
+                "The browser session cookie set by `POST /sign-in`",
+            ))),
+        );
+        components.add_security_scheme(
+            "user_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user token from `createUserToken`: `Authorization: Bearer eyJ…`",
                     ))
                     .build(),
             ),

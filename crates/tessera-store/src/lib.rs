@@ -15,6 +15,10 @@ use async_trait::async_trait;
 use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::agent::{Agent, AgentSpec};
 use tessera_domain::event::NewEvent;
+use tessera_domain::identity::{
+    AuditEvent, BrowserSession, Email, Membership, NewAuditEvent, NewOrganization, NewSession,
+    NewUser, Organization, Role, SigningKeyRecord, User, UserCredentials, UserPatch,
+};
 use tessera_domain::records::{
     Actor, Deployment, DeploymentSettings, NewActor, NewDeployment, NewProject, Project,
     ProjectStatus, SecretKeyRecord,
@@ -23,10 +27,12 @@ use tessera_domain::secret::SecretHash;
 use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
 use tessera_domain::validate::Label;
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
+use tessera_domain::{OrganizationId, UserId};
 
 mod migrate;
 pub mod postgres;
 mod sql;
+mod sql_identity;
 mod sql_runs;
 pub mod sqlite;
 #[cfg(feature = "testing")]
@@ -47,6 +53,9 @@ pub enum Entity {
     Tool,
     Thread,
     Run,
+    User,
+    Organization,
+    Membership,
 }
 
 /// State conflicts the caller can act on.
@@ -66,6 +75,12 @@ pub enum Conflict {
     RunNotActive,
     /// An `Idempotency-Key` was reused with a different request.
     IdempotencyKeyReused,
+    /// Another user of the deployment has this email.
+    EmailTaken,
+    /// Another organization of the deployment has this slug.
+    OrganizationSlugTaken,
+    /// The user is already a member of the organization.
+    AlreadyMember,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -569,6 +584,194 @@ pub trait RunStore {
     async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Identity: users, organizations, browser sessions, sign-in throttling, the audit log and
+// token signing keys (`sql_identity.rs`).
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserFilter {
+    /// Only the user with this (normalized) email.
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Only events of this kind (`user.signed_in`, …).
+    pub kind: Option<String>,
+}
+
+/// A sign-in throttling bucket (`account:<email>`, `ip:<address>`) and its failure limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleBucket {
+    pub key: String,
+    pub max_failures: u32,
+}
+
+#[async_trait]
+pub trait IdentityStore {
+    /// Fails with [`Conflict::EmailTaken`] when another user of the deployment has the email.
+    async fn create_user(&self, scope: &Scope, new: &NewUser) -> StoreResult<User>;
+
+    async fn get_user(&self, scope: &Scope, id: &UserId) -> StoreResult<User>;
+
+    /// The user with this email and their password hash, for sign-in.
+    async fn user_credentials(
+        &self,
+        scope: &Scope,
+        email: &Email,
+    ) -> StoreResult<Option<UserCredentials>>;
+
+    async fn list_users(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<User>>;
+
+    /// Applies the fields of `patch` that are set ([`Conflict::EmailTaken`] on a taken email).
+    async fn update_user(&self, scope: &Scope, id: &UserId, patch: &UserPatch)
+        -> StoreResult<User>;
+
+    /// Deletes the user, their memberships and their browser sessions. Audit events keep the
+    /// user's id.
+    async fn delete_user(&self, scope: &Scope, id: &UserId) -> StoreResult<()>;
+
+    /// Disables or enables a user. Disabling ends every browser session of the user in the
+    /// same transaction; returns the user and how many sessions ended.
+    async fn set_user_disabled(
+        &self,
+        scope: &Scope,
+        id: &UserId,
+        disabled: bool,
+    ) -> StoreResult<(User, u64)>;
+
+    /// Fails with [`Conflict::OrganizationSlugTaken`] when the slug is taken.
+    async fn create_organization(
+        &self,
+        scope: &Scope,
+        new: &NewOrganization,
+    ) -> StoreResult<Organization>;
+
+    async fn get_organization(
+        &self,
+        scope: &Scope,
+        id: &OrganizationId,
+    ) -> StoreResult<Organization>;
+
+    async fn list_organizations(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Organization>>;
+
+    /// The organization ([`Entity::Organization`]) and the user ([`Entity::User`], field
+    /// `user_id`) must exist in the scope; [`Conflict::AlreadyMember`] when already a member.
+    async fn add_member(
+        &self,
+        scope: &Scope,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+        role: Role,
+    ) -> StoreResult<Membership>;
+
+    /// Removes a membership ([`Entity::Membership`] when there is none). Browser sessions of
+    /// the user that had this organization active lose it.
+    async fn remove_member(
+        &self,
+        scope: &Scope,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+    ) -> StoreResult<()>;
+
+    async fn list_members(
+        &self,
+        scope: &Scope,
+        organization_id: &OrganizationId,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Membership>>;
+
+    /// Every membership of a user with its organization, oldest first.
+    async fn user_memberships(
+        &self,
+        scope: &Scope,
+        user_id: &UserId,
+    ) -> StoreResult<Vec<(Membership, Organization)>>;
+
+    async fn create_session(&self, scope: &Scope, new: &NewSession) -> StoreResult<BrowserSession>;
+
+    /// The live session with this cookie hash: not past its absolute or idle expiry. A use at
+    /// least a minute after the last recorded one moves the idle expiry to `now + idle_ms`
+    /// (never past the absolute expiry).
+    async fn find_session(
+        &self,
+        scope: &Scope,
+        hash: &SecretHash,
+        now: Timestamp,
+        idle_ms: i64,
+    ) -> StoreResult<Option<BrowserSession>>;
+
+    /// Rotation: deletes the session with hash `old` (if any) and creates `new`, in one
+    /// transaction, so the old cookie value stops working at the moment the new one exists.
+    async fn replace_session(
+        &self,
+        scope: &Scope,
+        old: Option<&SecretHash>,
+        new: &NewSession,
+    ) -> StoreResult<BrowserSession>;
+
+    async fn delete_session(&self, scope: &Scope, hash: &SecretHash) -> StoreResult<()>;
+
+    /// Milliseconds until sign-in is allowed again when one of `buckets` has reached its limit
+    /// within the current window; `None` when sign-in may be attempted.
+    async fn sign_in_blocked(
+        &self,
+        scope: &Scope,
+        buckets: &[ThrottleBucket],
+        now: Timestamp,
+        window_ms: i64,
+    ) -> StoreResult<Option<i64>>;
+
+    /// Counts a failed sign-in in each bucket (a bucket whose window has passed starts again).
+    async fn record_sign_in_failure(
+        &self,
+        scope: &Scope,
+        buckets: &[ThrottleBucket],
+        now: Timestamp,
+        window_ms: i64,
+    ) -> StoreResult<()>;
+
+    /// Forgets the failures of a bucket (after a successful sign-in to that account).
+    async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
+
+    async fn record_audit(&self, scope: &Scope, event: &NewAuditEvent) -> StoreResult<AuditEvent>;
+
+    async fn list_audit_events(
+        &self,
+        scope: &Scope,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEvent>>;
+
+    /// Operator: the oldest deployment whose backend or frontend host is one of `origins`
+    /// (`scheme://host[:port]`). This is what maps a browser request to its deployment.
+    async fn deployment_for_origin(&self, origins: &[String]) -> StoreResult<Option<Deployment>>;
+}
+
+/// The installation's token signing keys. Not tenant data: one set signs the tokens of every
+/// deployment (each token names its deployment).
+#[async_trait]
+pub trait SigningKeyStore {
+    /// Every key, newest first.
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+
+    /// Stores `new` unless a current (not retired) key exists; returns the current key. Safe
+    /// when several nodes start at once: exactly one key results.
+    async fn ensure_signing_key(&self, new: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+
+    /// Retires the current keys and stores `new` as the current one.
+    async fn rotate_signing_key(&self, new: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -602,6 +805,8 @@ pub trait Store:
     + ProjectStore
     + ThreadStore
     + RunStore
+    + IdentityStore
+    + SigningKeyStore
     + Send
     + Sync
     + 'static

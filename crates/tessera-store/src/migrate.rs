@@ -39,6 +39,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "deployment_settings",
         sql: include_str!("../migrations/sqlite/0003_deployment_settings.sql"),
     },
+    Migration {
+        version: 4,
+        name: "identity",
+        sql: include_str!("../migrations/sqlite/0004_identity.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -56,6 +61,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "deployment_settings",
         sql: include_str!("../migrations/postgres/0003_deployment_settings.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "identity",
+        sql: include_str!("../migrations/postgres/0004_identity.sql"),
     },
 ];
 

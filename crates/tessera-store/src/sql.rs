@@ -63,7 +63,7 @@ macro_rules! impl_sql_store {
             raw.map(Timestamp::from_millis)
         }
 
-        fn deployment_from_row(row: &DbRow) -> StoreResult<Deployment> {
+        pub(crate) fn deployment_from_row(row: &DbRow) -> StoreResult<Deployment> {
             Ok(Deployment {
                 id: parse_id(row.try_get("id")?, DeploymentId::parse)?,
                 name: row.try_get("name")?,
@@ -126,7 +126,7 @@ macro_rules! impl_sql_store {
         }
 
         /// Appends the cursor condition, order and limit to a query whose WHERE clause is open.
-        fn push_page(qb: &mut QueryBuilder<'_, $db>, page: &PageRequest) {
+        pub(super) fn push_page(qb: &mut QueryBuilder<'_, $db>, page: &PageRequest) {
             match &page.cursor {
                 Cursor::First => {
                     qb.push(" ORDER BY id ASC");
@@ -142,7 +142,7 @@ macro_rules! impl_sql_store {
         }
 
         /// Turns `limit + 1` fetched rows into a page in ascending order.
-        fn finish_page<T>(
+        pub(super) fn finish_page<T>(
             rows: Vec<DbRow>,
             page: &PageRequest,
             decode: fn(&DbRow) -> StoreResult<T>,
@@ -160,7 +160,7 @@ macro_rules! impl_sql_store {
             Ok(Page { items, has_more })
         }
 
-        fn is_unique_violation(err: &sqlx::Error) -> bool {
+        pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
             matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
         }
 

@@ -1,5 +1,5 @@
 //! Offline operator commands that work directly on the database: `migrate`,
-//! `deployments create` and `keys create`.
+//! `deployments create`, `keys create` and `keys rotate-signing`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -154,5 +154,21 @@ pub async fn create_key(
         record.name, record.id, deployment.name, deployment.id
     );
     print_secret(&secret);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rotate_signing(
+    config_file: Option<&Path>,
+    database: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_file, database)?;
+    let store = open_store(&config).await?;
+    let result = tessera_server::rotate_signing_key(&config, store.as_ref()).await;
+    store.close().await;
+    let kid = result?;
+    println!("new signing key: {kid}");
+    println!(
+        "New user tokens are signed with it; tokens signed before stay valid until they expire."
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,7 @@ pub enum Command {
     /// Create deployments (on the database) or show the caller's deployment (through the API).
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
-    /// Create secret keys (on the database).
+    /// Create secret keys and rotate the token signing key (on the database).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// List, describe and call the API's operations by operationId.
@@ -138,6 +138,13 @@ pub enum KeysCommand {
         /// A label for the key, shown in key lists.
         #[arg(long, value_name = "NAME", default_value = "cli")]
         name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Make a new current key for signing user tokens, directly on the database. Older keys
+    /// stay published in /.well-known/jwks.json until the tokens they signed expired. Needs
+    /// the same secrets key as the servers (TESSERA_SECRETS_KEY or the key file).
+    RotateSigning {
         #[command(flatten)]
         database: DatabaseArgs,
     },

@@ -44,6 +44,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             database,
         }) => admin::create_key(config, database, &deployment, &name).await,
+        Command::Keys(KeysCommand::RotateSigning { database }) => {
+            admin::rotate_signing(config, database).await
+        }
         Command::Api(ApiCommand::List) => api::list(),
         Command::Api(ApiCommand::Describe { operation_id }) => api::describe(&operation_id),
         Command::Api(ApiCommand::Call {

@@ -7,14 +7,16 @@ use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::Label;
-use tessera_domain::SecretKeyId;
+use tessera_domain::{SecretKeyId, Timestamp};
 use tessera_store::NewSecretKey;
 
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::ApiResult;
 use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
+use crate::identity::{audit, event, ClientInfo};
 use crate::AppState;
+use tessera_domain::identity::{AuditActor, AuditKind};
 
 /// The deployment the caller's secret key belongs to.
 #[utoipa::path(
@@ -83,6 +85,7 @@ pub(crate) async fn update_current_deployment(
 )]
 pub(crate) async fn create_secret_key(
     caller: Caller,
+    client: ClientInfo,
     State(state): State<AppState>,
     ApiJsonOrDefault(req): ApiJsonOrDefault<api::CreateSecretKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<api::CreatedSecretKey>)> {
@@ -99,6 +102,18 @@ pub(crate) async fn create_secret_key(
             },
         )
         .await?;
+    audit(
+        &state,
+        &caller.scope,
+        event(
+            AuditKind::SecretKeyCreated,
+            AuditActor::SecretKey(caller.key_id.clone()),
+            Some(record.id.as_str().to_owned()),
+            &client,
+            serde_json::json!({"name": record.name, "prefix": record.prefix}),
+        ),
+    )
+    .await;
     let listed = convert::secret_key(record);
     Ok((
         StatusCode::CREATED,
@@ -151,9 +166,27 @@ pub(crate) async fn list_secret_keys(
 )]
 pub(crate) async fn revoke_secret_key(
     caller: Caller,
+    client: ClientInfo,
     State(state): State<AppState>,
     IdPath(id): IdPath<SecretKeyId>,
 ) -> ApiResult<Json<api::SecretKey>> {
+    let started = Timestamp::now();
     let key = state.store.revoke_key(&caller.scope, &id).await?;
+    // Revoking a revoked key changes nothing and is not recorded again: only a revocation
+    // stamped by this call is.
+    if key.revoked_at.is_some_and(|at| at >= started) {
+        audit(
+            &state,
+            &caller.scope,
+            event(
+                AuditKind::SecretKeyRevoked,
+                AuditActor::SecretKey(caller.key_id.clone()),
+                Some(key.id.as_str().to_owned()),
+                &client,
+                serde_json::json!({"name": key.name, "prefix": key.prefix}),
+            ),
+        )
+        .await;
+    }
     Ok(Json(convert::secret_key(key)))
 }

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use futures_util::FutureExt as _;
 use tessera_api::ErrorCode;
@@ -15,10 +15,14 @@ use crate::AppState;
 
 pub(crate) mod actors;
 pub(crate) mod agents;
+pub(crate) mod audit;
+pub(crate) mod browser;
 pub(crate) mod deployments;
+pub(crate) mod organizations;
 pub(crate) mod projects;
 pub(crate) mod system;
 pub(crate) mod threads;
+pub(crate) mod users;
 
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -80,6 +84,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/ai/threads/{thread_id}/stream",
             get(crate::stream::stream_thread),
         )
+        .merge(identity_routes())
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(crate::observe::metrics))
@@ -90,6 +95,50 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(from_fn(catch_panic))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
+}
+
+/// Users, organizations, the audit log (backend) and the browser sign-in endpoints.
+fn identity_routes() -> Router<AppState> {
+    Router::new()
+        .route("/users", post(users::create_user).get(users::list_users))
+        .route(
+            "/users/{user_id}",
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
+        .route("/users/{user_id}/disable", post(users::disable_user))
+        .route("/users/{user_id}/enable", post(users::enable_user))
+        .route("/users/{user_id}/tokens", post(users::create_user_token))
+        .route(
+            "/organizations",
+            post(organizations::create_organization).get(organizations::list_organizations),
+        )
+        .route(
+            "/organizations/{organization_id}",
+            get(organizations::get_organization),
+        )
+        .route(
+            "/organizations/{organization_id}/members",
+            post(organizations::add_member).get(organizations::list_members),
+        )
+        .route(
+            "/organizations/{organization_id}/members/{user_id}",
+            delete(organizations::remove_member),
+        )
+        .route("/audit-events", get(audit::list_audit_events))
+        .route(
+            "/sign-in",
+            get(browser::sign_in_form).post(browser::sign_in),
+        )
+        .route("/sign-out", post(browser::sign_out))
+        .route("/me", get(browser::get_me))
+        .route(
+            "/me/active-organization",
+            post(browser::set_active_organization),
+        )
+        .route("/.well-known/jwks.json", get(browser::jwks))
+        .route("/static/tessera.css", get(browser::stylesheet))
 }
 
 async fn route_not_found() -> ApiError {

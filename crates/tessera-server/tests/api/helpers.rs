@@ -58,6 +58,9 @@ pub async fn spawn_app_on(database_url: &str) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database_url.to_owned(),
         bootstrap_secret_key: Some(Secret::new(key.clone())),
+        // Configured so that no secrets key file is written into the working directory, and
+        // shared so that servers on one database can read each other's signing keys.
+        secrets_key: Some(Secret::new(test_secrets_key())),
         shutdown_timeout_seconds: 2,
         ..Config::default()
     };
@@ -90,6 +93,14 @@ pub async fn spawn_app_on(database_url: &str) -> TestApp {
 /// A new random secret key in the format the server issues (`tsk_` + 52 base32 characters).
 pub fn fresh_key() -> String {
     PlainSecret::generate(SECRET_KEY_PREFIX).expose().to_owned()
+}
+
+/// The secrets key of every test server of this process: servers sharing a database must share
+/// it, as nodes do.
+pub fn test_secrets_key() -> String {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| tessera_domain::token::SecretsKey::generate().to_hex())
+        .clone()
 }
 
 /// A well-formed id of the given kind that no object has.
@@ -614,6 +625,9 @@ pub async fn spawn_app_with(db: &TestDatabase, customize: impl FnOnce(&mut Confi
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
         bootstrap_secret_key: Some(Secret::new(key.clone())),
+        // Configured so that no secrets key file is written into the working directory, and
+        // shared so that servers on one database can read each other's signing keys.
+        secrets_key: Some(Secret::new(test_secrets_key())),
         shutdown_timeout_seconds: 2,
         ..Config::default()
     };

@@ -11,6 +11,8 @@ mod actors;
 mod agents;
 mod auth;
 mod bad_input;
+mod browser;
+mod identity;
 mod keys;
 mod lists;
 mod ops_endpoints;

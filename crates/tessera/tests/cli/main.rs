@@ -8,6 +8,7 @@
 
 mod api;
 mod crash;
+mod identity;
 mod offline;
 mod readme;
 mod server;

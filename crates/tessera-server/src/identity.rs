@@ -1,0 +1,705 @@
+//! Identity at the HTTP edge: the secrets key, user tokens (minting, verification, JWKS),
+//! browser session cookies, the origin check of browser writes, which deployment a browser
+//! request belongs to, the signed-in user extractor, and audit records.
+//!
+//! How a browser request maps to a deployment: its `Host` header, taken as `http://HOST` and
+//! `https://HOST`, is compared with every deployment's `backend_host` and `frontend_host`; the
+//! oldest match wins. When nothing matches, deployment `default` serves the request. User
+//! tokens carry their deployment in the signed `dep` claim instead.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN, REFERER, USER_AGENT};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use tessera_api::ErrorCode;
+use tessera_domain::identity::{
+    AuditActor, BrowserSession, NewAuditEvent, NewSession, SigningKeyRecord, User,
+};
+use tessera_domain::records::Deployment;
+use tessera_domain::secret::{PlainSecret, SecretHash};
+use tessera_domain::token::{
+    public_jwk, token_kid, verify_user_token, SecretsKey, TokenSigner, UserClaims,
+    USER_TOKEN_AUDIENCE,
+};
+use tessera_domain::{DeploymentId, Scope, SigningKeyId, Timestamp, UserId};
+use tessera_store::Store;
+
+use crate::config::{Config, IdentitySettings};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The browser session cookie.
+pub(crate) const SESSION_COOKIE: &str = "tessera_session";
+/// Prefix of session cookie values (`tss_` + 256 random bits).
+const SESSION_PREFIX: &str = "tss";
+/// Longest cookie value or token worth looking at.
+const MAX_CREDENTIAL_LEN: usize = 4096;
+
+/// Where the installation's secrets key comes from.
+#[derive(Debug, Clone)]
+enum SecretsSource {
+    Configured(SecretsKey),
+    File(PathBuf),
+}
+
+/// Identity settings and caches shared by handlers.
+pub(crate) struct Identity {
+    /// The issuer of tokens, and the origin cookies are set for.
+    pub public_url: String,
+    /// Cookies get `Secure` when the public URL is https.
+    pub secure_cookies: bool,
+    pub settings: IdentitySettings,
+    source: SecretsSource,
+    secrets: tokio::sync::OnceCell<SecretsKey>,
+    /// Public keys by kid; keys never change, so entries never go stale.
+    public_keys: Mutex<HashMap<SigningKeyId, [u8; 32]>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    pub fn new(config: &Config, public_url: &str) -> anyhow::Result<Self> {
+        let source = match &config.secrets_key {
+            Some(key) => SecretsSource::Configured(
+                SecretsKey::parse(key.expose())
+                    .map_err(|e| anyhow::anyhow!("TESSERA_SECRETS_KEY {e}"))?,
+            ),
+            None => SecretsSource::File(config.secrets_key_path()),
+        };
+        Ok(Self {
+            public_url: public_url.to_owned(),
+            secure_cookies: public_url.starts_with("https://"),
+            settings: config.identity.clone(),
+            source,
+            secrets: tokio::sync::OnceCell::new(),
+            public_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The secrets key, loaded (or, for a key file that does not exist yet, created) once.
+    pub async fn secrets(&self) -> anyhow::Result<&SecretsKey> {
+        self.secrets
+            .get_or_try_init(|| async {
+                match &self.source {
+                    SecretsSource::Configured(key) => Ok(key.clone()),
+                    SecretsSource::File(path) => load_or_create_key_file(path),
+                }
+            })
+            .await
+    }
+
+    /// Start-up check: when signing keys exist, the current one must open with this node's
+    /// secrets key; a node with another key would fail every token it mints.
+    pub async fn check_signing_keys(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let keys = store.signing_keys().await?;
+        let Some(current) = keys.iter().find(|k| k.retired_at.is_none()) else {
+            return Ok(());
+        };
+        let secrets = self.secrets().await?;
+        TokenSigner::unseal(current.id.clone(), &current.sealed_private_key, secrets)
+            .map(|_| ())
+            .with_context(|| {
+                format!(
+                    "the token signing key {} cannot be decrypted with this node's secrets key; \
+                     every node of a database needs the same TESSERA_SECRETS_KEY",
+                    current.id
+                )
+            })
+    }
+
+    /// The current signing key, creating the first one when there is none.
+    async fn signer(&self, store: &dyn Store) -> anyhow::Result<TokenSigner> {
+        let secrets = self.secrets().await?;
+        let keys = store.signing_keys().await?;
+        let current = match keys.into_iter().find(|k| k.retired_at.is_none()) {
+            Some(key) => key,
+            None => {
+                let fresh = TokenSigner::generate(Timestamp::now());
+                store
+                    .ensure_signing_key(&signing_record(&fresh, secrets))
+                    .await?
+            }
+        };
+        TokenSigner::unseal(current.id.clone(), &current.sealed_private_key, secrets).with_context(
+            || {
+                format!(
+                    "cannot decrypt the token signing key {}: is TESSERA_SECRETS_KEY the one \
+                     the other nodes use?",
+                    current.id
+                )
+            },
+        )
+    }
+
+    /// Mints a user token valid for `seconds`; returns it and its expiry (epoch seconds).
+    pub async fn mint_user_token(
+        &self,
+        store: &dyn Store,
+        deployment_id: &DeploymentId,
+        user_id: &UserId,
+        seconds: u32,
+    ) -> Result<(String, i64), ApiError> {
+        let signer = self.signer(store).await.map_err(ApiError::internal)?;
+        let now = Timestamp::now().as_secs();
+        let exp = now + i64::from(seconds);
+        let token = signer.sign(&UserClaims {
+            iss: self.public_url.clone(),
+            aud: USER_TOKEN_AUDIENCE.to_owned(),
+            sub: user_id.as_str().to_owned(),
+            dep: deployment_id.as_str().to_owned(),
+            iat: now,
+            exp,
+        });
+        Ok((token, exp))
+    }
+
+    async fn public_key(
+        &self,
+        store: &dyn Store,
+        kid: &SigningKeyId,
+    ) -> Result<Option<[u8; 32]>, ApiError> {
+        if let Some(key) = self.cached_key(kid) {
+            return Ok(Some(key));
+        }
+        let keys = store.signing_keys().await?;
+        let mut cache = self
+            .public_keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for key in &keys {
+            cache.insert(key.id.clone(), key.public_key);
+        }
+        Ok(cache.get(kid).copied())
+    }
+
+    fn cached_key(&self, kid: &SigningKeyId) -> Option<[u8; 32]> {
+        self.public_keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(kid)
+            .copied()
+    }
+
+    /// The keys published at `/.well-known/jwks.json`: the current ones and those retired less
+    /// than the longest token lifetime ago (tokens they signed may still be valid).
+    pub async fn published_keys(
+        &self,
+        store: &dyn Store,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let keys = store.signing_keys().await?;
+        let horizon = Timestamp::now()
+            .plus_secs(-i64::from(self.settings.user_token_max_seconds))
+            .plus_secs(-60);
+        Ok(keys
+            .iter()
+            .filter(|k| k.retired_at.is_none_or(|t| t > horizon))
+            .map(|k| public_jwk(&k.id, &k.public_key))
+            .collect())
+    }
+
+    fn session_lifetime_ms(&self) -> i64 {
+        i64::try_from(self.settings.session_lifetime_seconds)
+            .unwrap_or(i64::MAX / 2_000)
+            .saturating_mul(1000)
+    }
+
+    pub fn idle_ms(&self) -> i64 {
+        i64::try_from(self.settings.session_idle_timeout_seconds)
+            .unwrap_or(i64::MAX / 2_000)
+            .saturating_mul(1000)
+    }
+
+    /// A fresh session cookie value and the row for it. `expires_at` keeps an existing
+    /// session's absolute limit (rotation); `None` starts a new lifetime (sign-in).
+    pub fn new_session(
+        &self,
+        user_id: Option<UserId>,
+        active_organization_id: Option<tessera_domain::OrganizationId>,
+        expires_at: Option<Timestamp>,
+    ) -> (PlainSecret, NewSession) {
+        let secret = PlainSecret::generate(SESSION_PREFIX);
+        let now = Timestamp::now();
+        let expires_at = expires_at.unwrap_or_else(|| now.plus_millis(self.session_lifetime_ms()));
+        let new = NewSession {
+            hash: secret.hash(),
+            user_id,
+            active_organization_id,
+            now,
+            idle_expires_at: now.plus_millis(self.idle_ms()).min(expires_at),
+            expires_at,
+        };
+        (secret, new)
+    }
+
+    /// `Set-Cookie` for a session value living until `expires_at`.
+    pub fn session_cookie(&self, secret: &PlainSecret, expires_at: Timestamp) -> String {
+        let max_age = (expires_at.as_millis() - Timestamp::now().as_millis()).max(0) / 1000;
+        format!(
+            "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
+            secret.expose(),
+            if self.secure_cookies { "; Secure" } else { "" }
+        )
+    }
+
+    /// `Set-Cookie` that removes the session cookie.
+    pub fn clear_cookie(&self) -> String {
+        format!(
+            "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+            if self.secure_cookies { "; Secure" } else { "" }
+        )
+    }
+}
+
+fn signing_record(signer: &TokenSigner, secrets: &SecretsKey) -> SigningKeyRecord {
+    SigningKeyRecord {
+        id: signer.kid().clone(),
+        public_key: signer.public_key(),
+        sealed_private_key: signer.seal(secrets),
+        created_at: Timestamp::now(),
+        retired_at: None,
+    }
+}
+
+/// A new current signing key for `tessera keys rotate-signing`; the previous keys stay
+/// published until the tokens they signed expired.
+pub async fn rotate_signing_key(config: &Config, store: &dyn Store) -> anyhow::Result<String> {
+    let identity = Identity::new(config, &config.public_url())?;
+    let secrets = identity.secrets().await?;
+    let signer = TokenSigner::generate(Timestamp::now());
+    let record = store
+        .rotate_signing_key(&signing_record(&signer, secrets))
+        .await
+        .context("cannot store the new signing key")?;
+    Ok(record.id.into_string())
+}
+
+/// Reads the key file, or creates it (mode 0600, its directory too) when it does not exist.
+fn load_or_create_key_file(path: &Path) -> anyhow::Result<SecretsKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            return SecretsKey::parse(&text)
+                .map_err(|e| anyhow::anyhow!("the secrets key file {} {e}", path.display()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read {}", path.display()));
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let key = SecretsKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::warn!(
+                path = %path.display(),
+                "created a secrets key file for encrypting signing keys; back it up, and give \
+                 every node of a shared database the same key (TESSERA_SECRETS_KEY)"
+            );
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            SecretsKey::parse(&text)
+                .map_err(|e| anyhow::anyhow!("the secrets key file {} {e}", path.display()))
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests: client details, origins, deployments, cookies
+
+/// Who is on the other end, for the audit log and per-address throttling: the peer address
+/// of the TCP connection (proxies' `X-Forwarded-For` is not trusted) and the `User-Agent`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    pub fn of(parts: &Parts) -> Self {
+        Self {
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            user_agent: parts
+                .headers
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts))
+    }
+}
+
+/// `scheme://host[:port]` in lower case, without a default port or trailing slash; `None` for
+/// anything that is not an http(s) origin (including the opaque `null`).
+pub(crate) fn normalize_origin(raw: &str) -> Option<String> {
+    let raw = raw.trim().to_ascii_lowercase();
+    let (scheme, rest) = raw.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let authority = match (scheme, authority.rsplit_once(':')) {
+        ("http", Some((host, "80"))) | ("https", Some((host, "443"))) => host.to_owned(),
+        _ => authority.to_owned(),
+    };
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// Refuses a state-changing browser request unless its `Origin` (or, without one, its
+/// `Referer`) is one of the deployment's hosts. A request naming neither is refused too.
+pub(crate) fn check_origin(headers: &HeaderMap, deployment: &Deployment) -> Result<(), ApiError> {
+    let presented = headers
+        .get(ORIGIN)
+        .or_else(|| headers.get(REFERER))
+        .and_then(|v| v.to_str().ok());
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            ErrorCode::OriginNotAllowed,
+            "this request changes state and names no Origin (or Referer); browsers send one",
+        ));
+    };
+    let allowed = [&deployment.backend_host, &deployment.frontend_host];
+    match normalize_origin(presented) {
+        Some(origin)
+            if allowed
+                .iter()
+                .any(|host| normalize_origin(host).as_deref() == Some(origin.as_str())) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::OriginNotAllowed,
+            "this request comes from an origin that is not one of the deployment's hosts",
+        )),
+    }
+}
+
+/// The deployment a browser request is for (see the module documentation).
+pub(crate) async fn deployment_for_request(
+    store: &dyn Store,
+    headers: &HeaderMap,
+) -> Result<Deployment, ApiError> {
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']));
+    if let Some(host) = host {
+        let candidates: Vec<String> = [format!("http://{host}"), format!("https://{host}")]
+            .iter()
+            .filter_map(|o| normalize_origin(o))
+            .collect();
+        if let Some(found) = store.deployment_for_origin(&candidates).await? {
+            return Ok(found);
+        }
+    }
+    store
+        .find_deployment(crate::bootstrap::DEFAULT_DEPLOYMENT)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("no deployment serves this host"))
+}
+
+/// The session cookie's value, when the request carries a plausible one.
+pub(crate) fn session_cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_CREDENTIAL_LEN)
+}
+
+/// The browser's live session for `deployment`, with its cookie's hash.
+pub(crate) async fn current_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: &Scope,
+) -> Result<Option<(BrowserSession, SecretHash)>, ApiError> {
+    let Some(value) = session_cookie_value(headers) else {
+        return Ok(None);
+    };
+    let hash = SecretHash::of(&value);
+    let found = state
+        .store
+        .find_session(scope, &hash, Timestamp::now(), state.identity.idle_ms())
+        .await?;
+    Ok(found.map(|session| (session, hash)))
+}
+
+/// How a signed-in caller authenticated.
+#[derive(Debug, Clone)]
+pub(crate) enum Via {
+    /// A browser session; the hash is its cookie's, for rotation.
+    Session(Box<BrowserSession>, SecretHash),
+    /// A user token expiring at this epoch second.
+    Token { expires_at: i64 },
+}
+
+/// A signed-in user: `Authorization: Bearer <user token>`, or else the browser session
+/// cookie. Taking it as a handler argument is what makes a route user-authenticated.
+#[derive(Debug, Clone)]
+pub(crate) struct UserCaller {
+    pub scope: Scope,
+    pub deployment: Deployment,
+    pub user: User,
+    pub via: Via,
+}
+
+impl FromRequestParts<AppState> for UserCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(value) = parts.headers.get(AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
+                .filter(|t| !t.is_empty() && t.len() <= MAX_CREDENTIAL_LEN)
+                .ok_or_else(|| {
+                    ApiError::unauthorized("expected `Authorization: Bearer <user token>`")
+                })?;
+            return user_from_token(state, token).await;
+        }
+        let deployment = deployment_for_request(state.store.as_ref(), &parts.headers).await?;
+        let scope = Scope::deployment(deployment.id.clone());
+        let Some((session, hash)) = current_session(state, &parts.headers, &scope).await? else {
+            return Err(ApiError::unauthorized(
+                "not signed in: sign in at /sign-in or send a user token",
+            ));
+        };
+        let Some(user_id) = session.user_id.clone() else {
+            return Err(ApiError::unauthorized(
+                "not signed in: sign in at /sign-in or send a user token",
+            ));
+        };
+        let user = match state.store.get_user(&scope, &user_id).await {
+            Ok(user) if !user.disabled => user,
+            Ok(_) | Err(tessera_store::StoreError::NotFound { .. }) => {
+                return Err(ApiError::unauthorized("not signed in"))
+            }
+            Err(err) => return Err(err.into()),
+        };
+        Ok(UserCaller {
+            scope,
+            deployment,
+            user,
+            via: Via::Session(Box::new(session), hash),
+        })
+    }
+}
+
+async fn user_from_token(state: &AppState, token: &str) -> Result<UserCaller, ApiError> {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::debug!(reason = %why, "user token refused");
+        ApiError::unauthorized(
+            "invalid user token (malformed, unknown key, bad signature, expired or revoked)",
+        )
+    };
+    let kid = token_kid(token).map_err(|e| refused(&e))?;
+    let public = state
+        .identity
+        .public_key(state.store.as_ref(), &kid)
+        .await?
+        .ok_or_else(|| refused(&"unknown kid"))?;
+    let verified = verify_user_token(
+        token,
+        &public,
+        &state.identity.public_url,
+        Timestamp::now().as_secs(),
+    )
+    .map_err(|e| refused(&e))?;
+    let scope = Scope::deployment(verified.deployment_id);
+    let deployment = match state.store.get_deployment(&scope).await {
+        Ok(d) => d,
+        Err(tessera_store::StoreError::NotFound { .. }) => return Err(refused(&"no deployment")),
+        Err(err) => return Err(err.into()),
+    };
+    let user = match state.store.get_user(&scope, &verified.user_id).await {
+        Ok(user) if !user.disabled => user,
+        Ok(_) => return Err(refused(&"user disabled")),
+        Err(tessera_store::StoreError::NotFound { .. }) => return Err(refused(&"no such user")),
+        Err(err) => return Err(err.into()),
+    };
+    Ok(UserCaller {
+        scope,
+        deployment,
+        user,
+        via: Via::Token {
+            expires_at: verified.expires_at,
+        },
+    })
+}
+
+/// Records an audit event. A failure is logged and does not fail the request: the action it
+/// describes has already been committed and its answer (a key shown once) must reach the
+/// caller.
+pub(crate) async fn audit(state: &AppState, scope: &Scope, event: NewAuditEvent) {
+    if let Err(err) = state.store.record_audit(scope, &event).await {
+        tracing::error!(error = %err, kind = event.kind.as_str(), "cannot record an audit event");
+    }
+}
+
+/// An audit event about `subject` with the client's details.
+pub(crate) fn event(
+    kind: tessera_domain::identity::AuditKind,
+    actor: AuditActor,
+    subject: Option<String>,
+    client: &ClientInfo,
+    data: serde_json::Value,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        kind,
+        actor,
+        subject_id: subject,
+        ip: client.ip.clone(),
+        user_agent: client.user_agent.clone(),
+        data,
+    }
+}
+
+/// Shares the identity state (built in `Application::build`).
+pub(crate) type SharedIdentity = Arc<Identity>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn deployment() -> Deployment {
+        Deployment {
+            id: DeploymentId::generate(),
+            name: "d".into(),
+            backend_host: "https://agents.example.com".into(),
+            frontend_host: "http://app.example.com:8080/".into(),
+            settings: Default::default(),
+            created_at: Timestamp::now(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origins_normalize() {
+        assert_eq!(
+            normalize_origin("HTTPS://Agents.Example.com:443/path").as_deref(),
+            Some("https://agents.example.com")
+        );
+        assert_eq!(
+            normalize_origin("http://x:8080").as_deref(),
+            Some("http://x:8080")
+        );
+        assert_eq!(normalize_origin("null"), None);
+        assert_eq!(normalize_origin("ftp://x"), None);
+        assert_eq!(normalize_origin("http://user@x"), None);
+    }
+
+    #[test]
+    fn browser_writes_need_a_same_origin_origin_or_referer() {
+        let d = deployment();
+        assert!(check_origin(&headers(&[("origin", "https://agents.example.com")]), &d).is_ok());
+        assert!(check_origin(&headers(&[("origin", "http://app.example.com:8080")]), &d).is_ok());
+        assert!(check_origin(
+            &headers(&[("referer", "https://agents.example.com/sign-in?x=1")]),
+            &d
+        )
+        .is_ok());
+        for bad in [
+            headers(&[("origin", "https://evil.example")]),
+            headers(&[("origin", "null")]),
+            headers(&[("origin", "http://agents.example.com")]),
+            // Origin wins over a matching Referer.
+            headers(&[
+                ("origin", "https://evil.example"),
+                ("referer", "https://agents.example.com/"),
+            ]),
+            headers(&[("referer", "https://agents.example.com.evil.example/")]),
+            HeaderMap::new(),
+        ] {
+            let err = check_origin(&bad, &d).unwrap_err();
+            assert_eq!(err.code, ErrorCode::OriginNotAllowed, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; tessera_session=tss_abc; b=2")]);
+        assert_eq!(session_cookie_value(&h).as_deref(), Some("tss_abc"));
+        assert_eq!(session_cookie_value(&headers(&[("cookie", "x=1")])), None);
+        assert_eq!(
+            session_cookie_value(&headers(&[("cookie", "tessera_session=")])),
+            None
+        );
+    }
+
+    #[test]
+    fn key_files_are_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("secrets.key");
+        let first = load_or_create_key_file(&path).unwrap();
+        let again = load_or_create_key_file(&path).unwrap();
+        assert_eq!(first.to_hex(), again.to_hex());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(load_or_create_key_file(&path).is_err());
+    }
+}

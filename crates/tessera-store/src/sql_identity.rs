@@ -1,0 +1,895 @@
+//! SQL for users, organizations, memberships, browser sessions, sign-in throttling, the audit
+//! log and token signing keys, shared by both backends like `sql.rs`.
+//!
+//! Backend hooks used here: `ROW_LOCK` (`FOR UPDATE` on PostgreSQL) for check-then-write
+//! transactions and `lock_bootstrap` to serialise the creation of the first signing key.
+
+pub(crate) const USER_COLS: &str = "id, email, first_name, last_name, password_hash, metadata, \
+     disabled, created_at, updated_at";
+pub(crate) const ORGANIZATION_COLS: &str = "id, name, slug, created_at";
+pub(crate) const MEMBERSHIP_COLS: &str = "id, organization_id, user_id, role, created_at";
+pub(crate) const SESSION_COLS: &str = "id, deployment_id, user_id, active_organization_id, \
+     created_at, last_seen_at, idle_expires_at, expires_at";
+pub(crate) const AUDIT_COLS: &str =
+    "id, kind, actor_type, actor_id, subject_id, ip, user_agent, data, created_at";
+pub(crate) const SIGNING_KEY_COLS: &str =
+    "id, public_key, sealed_private_key, created_at, retired_at";
+
+/// A session's idle expiry is written at most this often (bounded write load per request).
+pub(crate) const SESSION_TOUCH_MS: i64 = 60_000;
+
+macro_rules! impl_identity_sql {
+    ($store:ident, $db:ty) => {
+    /// Identity SQL, instantiated for this backend.
+    mod identity_sql {
+        #[allow(unused_imports)]
+        use super::*;
+        use super::shared_sql::{finish_page, is_unique_violation, push_page};
+        use sqlx::{QueryBuilder, Row as _};
+        use tessera_domain::identity::{
+            AuditEvent, BrowserSession, Email, Membership, NewAuditEvent, NewOrganization,
+            NewSession, NewUser, Organization, Role, SigningKeyRecord, User, UserCredentials,
+            UserPatch,
+        };
+        use tessera_domain::password::PasswordHash;
+        use tessera_domain::records::Deployment;
+        use tessera_domain::secret::SecretHash;
+        use tessera_domain::{
+            AuditEventId, DeploymentId, MembershipId, OrganizationId, Scope, SessionId,
+            SigningKeyId, Timestamp, UserId,
+        };
+        use $crate::sql::{corrupt, DEPLOYMENT_COLS};
+        use super::shared_sql::deployment_from_row;
+        use $crate::sql_identity::{
+            AUDIT_COLS, MEMBERSHIP_COLS, ORGANIZATION_COLS, SESSION_COLS, SESSION_TOUCH_MS,
+            SIGNING_KEY_COLS, USER_COLS,
+        };
+        use $crate::{
+            AuditFilter, Conflict, Entity, Page, PageRequest, StoreError, StoreResult,
+            ThrottleBucket, UserFilter,
+        };
+
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        fn id<T>(
+            raw: String,
+            parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
+        ) -> StoreResult<T> {
+            parse(&raw).map_err(|e| corrupt("id", e))
+        }
+
+        fn opt_id<T>(
+            raw: Option<String>,
+            parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
+        ) -> StoreResult<Option<T>> {
+            raw.map(|r| id(r, parse)).transpose()
+        }
+
+        fn json_text(what: &str, value: &serde_json::Value) -> StoreResult<String> {
+            serde_json::to_string(value).map_err(|e| corrupt(what, e))
+        }
+
+        fn user_from_row(row: &DbRow) -> StoreResult<User> {
+            let metadata: String = row.try_get("metadata")?;
+            let hash: Option<String> = row.try_get("password_hash")?;
+            let disabled: i64 = row.try_get("disabled")?;
+            Ok(User {
+                id: id(row.try_get("id")?, UserId::parse)?,
+                email: row.try_get("email")?,
+                first_name: row.try_get("first_name")?,
+                last_name: row.try_get("last_name")?,
+                metadata: serde_json::from_str(&metadata)
+                    .map_err(|e| corrupt("user metadata", e))?,
+                has_password: hash.is_some(),
+                disabled: disabled != 0,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+            })
+        }
+
+        fn credentials_from_row(row: &DbRow) -> StoreResult<UserCredentials> {
+            let hash: Option<String> = row.try_get("password_hash")?;
+            let password_hash = hash
+                .map(|h| {
+                    PasswordHash::from_stored(h)
+                        .ok_or_else(|| corrupt("password hash", "not a PHC string"))
+                })
+                .transpose()?;
+            Ok(UserCredentials {
+                user: user_from_row(row)?,
+                password_hash,
+            })
+        }
+
+        fn organization_from_row(row: &DbRow) -> StoreResult<Organization> {
+            Ok(Organization {
+                id: id(row.try_get("id")?, OrganizationId::parse)?,
+                name: row.try_get("name")?,
+                slug: row.try_get("slug")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        fn membership_from_row(row: &DbRow) -> StoreResult<Membership> {
+            let role: String = row.try_get("role")?;
+            Ok(Membership {
+                id: id(row.try_get("id")?, MembershipId::parse)?,
+                organization_id: id(row.try_get("organization_id")?, OrganizationId::parse)?,
+                user_id: id(row.try_get("user_id")?, UserId::parse)?,
+                role: Role::parse(&role).ok_or_else(|| corrupt("membership role", &role))?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        fn session_from_row(row: &DbRow) -> StoreResult<BrowserSession> {
+            Ok(BrowserSession {
+                id: id(row.try_get("id")?, SessionId::parse)?,
+                deployment_id: id(row.try_get("deployment_id")?, DeploymentId::parse)?,
+                user_id: opt_id(row.try_get("user_id")?, UserId::parse)?,
+                active_organization_id: opt_id(
+                    row.try_get("active_organization_id")?,
+                    OrganizationId::parse,
+                )?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
+                idle_expires_at: Timestamp::from_millis(row.try_get("idle_expires_at")?),
+                expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
+            })
+        }
+
+        fn audit_from_row(row: &DbRow) -> StoreResult<AuditEvent> {
+            let data: String = row.try_get("data")?;
+            Ok(AuditEvent {
+                id: id(row.try_get("id")?, AuditEventId::parse)?,
+                kind: row.try_get("kind")?,
+                actor_type: row.try_get("actor_type")?,
+                actor_id: row.try_get("actor_id")?,
+                subject_id: row.try_get("subject_id")?,
+                ip: row.try_get("ip")?,
+                user_agent: row.try_get("user_agent")?,
+                data: serde_json::from_str(&data).map_err(|e| corrupt("audit data", e))?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        fn signing_key_from_row(row: &DbRow) -> StoreResult<SigningKeyRecord> {
+            let public: Vec<u8> = row.try_get("public_key")?;
+            Ok(SigningKeyRecord {
+                id: id(row.try_get("id")?, SigningKeyId::parse)?,
+                public_key: <[u8; 32]>::try_from(public.as_slice())
+                    .map_err(|_| corrupt("signing key", "public key is not 32 bytes"))?,
+                sealed_private_key: row.try_get("sealed_private_key")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                retired_at: row.try_get::<Option<i64>, _>("retired_at")?.map(Timestamp::from_millis),
+            })
+        }
+
+        fn email_conflict(err: sqlx::Error) -> StoreError {
+            if is_unique_violation(&err) {
+                StoreError::Conflict(Conflict::EmailTaken)
+            } else {
+                err.into()
+            }
+        }
+
+        async fn insert_session(
+            conn: &mut Conn,
+            scope: &Scope,
+            new: &NewSession,
+        ) -> StoreResult<BrowserSession> {
+            let row = sqlx::query(&format!(
+                "INSERT INTO browser_sessions
+                   (id, deployment_id, token_hash, user_id, active_organization_id, created_at,
+                    last_seen_at, idle_expires_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) RETURNING {SESSION_COLS}"
+            ))
+            .bind(SessionId::generate_at(new.now).into_string())
+            .bind(scope.deployment_id().as_str())
+            .bind(new.hash.as_bytes().to_vec())
+            .bind(new.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(new.active_organization_id.as_ref().map(|o| o.as_str().to_owned()))
+            .bind(new.now.as_millis())
+            .bind(new.idle_expires_at.as_millis().min(new.expires_at.as_millis()))
+            .bind(new.expires_at.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            session_from_row(&row)
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::IdentityStore for $store {
+            async fn create_user(&self, scope: &Scope, new: &NewUser) -> StoreResult<User> {
+                let now = Timestamp::now();
+                let metadata = serde_json::to_string(new.metadata.as_map())
+                    .map_err(|e| corrupt("user metadata", e))?;
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&format!(
+                    "INSERT INTO users
+                       (id, deployment_id, email, first_name, last_name, password_hash, metadata,
+                        disabled, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8) RETURNING {USER_COLS}"
+                ))
+                .bind(UserId::generate_at(now).into_string())
+                .bind(scope.deployment_id().as_str())
+                .bind(new.email.as_str())
+                .bind(new.first_name.as_ref().map(|n| n.as_str().to_owned()))
+                .bind(new.last_name.as_ref().map(|n| n.as_str().to_owned()))
+                .bind(new.password_hash.as_ref().map(|h| h.as_str().to_owned()))
+                .bind(metadata)
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(email_conflict)?;
+                let user = user_from_row(&row)?;
+                tx.commit().await?;
+                Ok(user)
+            }
+
+            async fn get_user(&self, scope: &Scope, user_id: &UserId) -> StoreResult<User> {
+                let row = sqlx::query(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE id = $1 AND deployment_id = $2"
+                ))
+                .bind(user_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::User))?;
+                user_from_row(&row)
+            }
+
+            async fn user_credentials(
+                &self,
+                scope: &Scope,
+                email: &Email,
+            ) -> StoreResult<Option<UserCredentials>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE deployment_id = $1 AND email = $2"
+                ))
+                .bind(scope.deployment_id().as_str())
+                .bind(email.as_str())
+                .fetch_optional(self.reader())
+                .await?;
+                row.as_ref().map(credentials_from_row).transpose()
+            }
+
+            async fn list_users(
+                &self,
+                scope: &Scope,
+                filter: &UserFilter,
+                page: &PageRequest,
+            ) -> StoreResult<Page<User>> {
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {USER_COLS} FROM users WHERE deployment_id = "
+                ));
+                qb.push_bind(scope.deployment_id().as_str());
+                if let Some(email) = &filter.email {
+                    qb.push(" AND email = ").push_bind(email.clone());
+                }
+                push_page(&mut qb, page);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                finish_page(rows, page, user_from_row)
+            }
+
+            async fn update_user(
+                &self,
+                scope: &Scope,
+                user_id: &UserId,
+                patch: &UserPatch,
+            ) -> StoreResult<User> {
+                let mut tx = self.begin_write().await?;
+                let mut qb = QueryBuilder::<$db>::new("UPDATE users SET updated_at = ");
+                qb.push_bind(Timestamp::now().as_millis());
+                if let Some(email) = &patch.email {
+                    qb.push(", email = ").push_bind(email.as_str().to_owned());
+                }
+                if let Some(first) = &patch.first_name {
+                    qb.push(", first_name = ")
+                        .push_bind(first.as_ref().map(|n| n.as_str().to_owned()));
+                }
+                if let Some(last) = &patch.last_name {
+                    qb.push(", last_name = ")
+                        .push_bind(last.as_ref().map(|n| n.as_str().to_owned()));
+                }
+                if let Some(hash) = &patch.password_hash {
+                    qb.push(", password_hash = ")
+                        .push_bind(hash.as_ref().map(|h| h.as_str().to_owned()));
+                }
+                if let Some(metadata) = &patch.metadata {
+                    let text = serde_json::to_string(metadata.as_map())
+                        .map_err(|e| corrupt("user metadata", e))?;
+                    qb.push(", metadata = ").push_bind(text);
+                }
+                qb.push(" WHERE id = ").push_bind(user_id.as_str().to_owned());
+                qb.push(" AND deployment_id = ")
+                    .push_bind(scope.deployment_id().as_str().to_owned());
+                qb.push(format!(" RETURNING {USER_COLS}"));
+                let row = qb
+                    .build()
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(email_conflict)?
+                    .ok_or(StoreError::not_found(Entity::User))?;
+                let user = user_from_row(&row)?;
+                tx.commit().await?;
+                Ok(user)
+            }
+
+            async fn delete_user(&self, scope: &Scope, user_id: &UserId) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                let dep = scope.deployment_id().as_str();
+                let exists = sqlx::query(&format!(
+                    "SELECT id FROM users WHERE id = $1 AND deployment_id = $2{}",
+                    Self::ROW_LOCK
+                ))
+                .bind(user_id.as_str())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    return Err(StoreError::not_found(Entity::User));
+                }
+                for table in ["browser_sessions", "memberships"] {
+                    sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE user_id = $1 AND deployment_id = $2"
+                    ))
+                    .bind(user_id.as_str())
+                    .bind(dep)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query("DELETE FROM users WHERE id = $1 AND deployment_id = $2")
+                    .bind(user_id.as_str())
+                    .bind(dep)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_user_disabled(
+                &self,
+                scope: &Scope,
+                user_id: &UserId,
+                disabled: bool,
+            ) -> StoreResult<(User, u64)> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&format!(
+                    "UPDATE users SET disabled = $1, updated_at = $2
+                     WHERE id = $3 AND deployment_id = $4 RETURNING {USER_COLS}"
+                ))
+                .bind(i64::from(disabled))
+                .bind(Timestamp::now().as_millis())
+                .bind(user_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::User))?;
+                let user = user_from_row(&row)?;
+                let ended = if disabled {
+                    sqlx::query("DELETE FROM browser_sessions WHERE user_id = $1 AND deployment_id = $2")
+                        .bind(user_id.as_str())
+                        .bind(scope.deployment_id().as_str())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                } else {
+                    0
+                };
+                tx.commit().await?;
+                Ok((user, ended))
+            }
+
+            async fn create_organization(
+                &self,
+                scope: &Scope,
+                new: &NewOrganization,
+            ) -> StoreResult<Organization> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&format!(
+                    "INSERT INTO organizations (id, deployment_id, name, slug, created_at)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING {ORGANIZATION_COLS}"
+                ))
+                .bind(OrganizationId::generate_at(now).into_string())
+                .bind(scope.deployment_id().as_str())
+                .bind(new.name.as_str())
+                .bind(new.slug.as_ref().map(|s| s.as_str().to_owned()))
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(Conflict::OrganizationSlugTaken)
+                    } else {
+                        e.into()
+                    }
+                })?;
+                let organization = organization_from_row(&row)?;
+                tx.commit().await?;
+                Ok(organization)
+            }
+
+            async fn get_organization(
+                &self,
+                scope: &Scope,
+                organization_id: &OrganizationId,
+            ) -> StoreResult<Organization> {
+                let row = sqlx::query(&format!(
+                    "SELECT {ORGANIZATION_COLS} FROM organizations WHERE id = $1 AND deployment_id = $2"
+                ))
+                .bind(organization_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::Organization))?;
+                organization_from_row(&row)
+            }
+
+            async fn list_organizations(
+                &self,
+                scope: &Scope,
+                page: &PageRequest,
+            ) -> StoreResult<Page<Organization>> {
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {ORGANIZATION_COLS} FROM organizations WHERE deployment_id = "
+                ));
+                qb.push_bind(scope.deployment_id().as_str());
+                push_page(&mut qb, page);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                finish_page(rows, page, organization_from_row)
+            }
+
+            async fn add_member(
+                &self,
+                scope: &Scope,
+                organization_id: &OrganizationId,
+                user_id: &UserId,
+                role: Role,
+            ) -> StoreResult<Membership> {
+                let now = Timestamp::now();
+                let dep = scope.deployment_id().as_str();
+                let mut tx = self.begin_write().await?;
+                // Locks both rows so that a concurrent user deletion waits for this insert.
+                let organization = sqlx::query(&format!(
+                    "SELECT id FROM organizations WHERE id = $1 AND deployment_id = $2{}",
+                    Self::ROW_LOCK
+                ))
+                .bind(organization_id.as_str())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if organization.is_none() {
+                    return Err(StoreError::not_found(Entity::Organization));
+                }
+                let user = sqlx::query(&format!(
+                    "SELECT id FROM users WHERE id = $1 AND deployment_id = $2{}",
+                    Self::ROW_LOCK
+                ))
+                .bind(user_id.as_str())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if user.is_none() {
+                    return Err(StoreError::not_found_at(Entity::User, "user_id"));
+                }
+                let row = sqlx::query(&format!(
+                    "INSERT INTO memberships (id, deployment_id, organization_id, user_id, role, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {MEMBERSHIP_COLS}"
+                ))
+                .bind(MembershipId::generate_at(now).into_string())
+                .bind(dep)
+                .bind(organization_id.as_str())
+                .bind(user_id.as_str())
+                .bind(role.as_str())
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(Conflict::AlreadyMember)
+                    } else {
+                        e.into()
+                    }
+                })?;
+                let membership = membership_from_row(&row)?;
+                tx.commit().await?;
+                Ok(membership)
+            }
+
+            async fn remove_member(
+                &self,
+                scope: &Scope,
+                organization_id: &OrganizationId,
+                user_id: &UserId,
+            ) -> StoreResult<()> {
+                let dep = scope.deployment_id().as_str();
+                let mut tx = self.begin_write().await?;
+                let removed = sqlx::query(
+                    "DELETE FROM memberships
+                     WHERE organization_id = $1 AND user_id = $2 AND deployment_id = $3",
+                )
+                .bind(organization_id.as_str())
+                .bind(user_id.as_str())
+                .bind(dep)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if removed == 0 {
+                    return Err(StoreError::not_found(Entity::Membership));
+                }
+                sqlx::query(
+                    "UPDATE browser_sessions SET active_organization_id = NULL
+                     WHERE user_id = $1 AND active_organization_id = $2 AND deployment_id = $3",
+                )
+                .bind(user_id.as_str())
+                .bind(organization_id.as_str())
+                .bind(dep)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_members(
+                &self,
+                scope: &Scope,
+                organization_id: &OrganizationId,
+                page: &PageRequest,
+            ) -> StoreResult<Page<Membership>> {
+                // The organization itself must be visible: a foreign id is a 404, not an empty list.
+                self.get_organization(scope, organization_id).await?;
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {MEMBERSHIP_COLS} FROM memberships WHERE deployment_id = "
+                ));
+                qb.push_bind(scope.deployment_id().as_str());
+                qb.push(" AND organization_id = ")
+                    .push_bind(organization_id.as_str().to_owned());
+                push_page(&mut qb, page);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                finish_page(rows, page, membership_from_row)
+            }
+
+            async fn user_memberships(
+                &self,
+                scope: &Scope,
+                user_id: &UserId,
+            ) -> StoreResult<Vec<(Membership, Organization)>> {
+                let rows = sqlx::query(
+                    "SELECT m.id, m.organization_id, m.user_id, m.role, m.created_at,
+                            o.name AS org_name, o.slug AS org_slug, o.created_at AS org_created_at
+                     FROM memberships m JOIN organizations o ON o.id = m.organization_id
+                     WHERE m.user_id = $1 AND m.deployment_id = $2
+                     ORDER BY m.id",
+                )
+                .bind(user_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let membership = membership_from_row(row)?;
+                        let organization = Organization {
+                            id: membership.organization_id.clone(),
+                            name: row.try_get("org_name")?,
+                            slug: row.try_get("org_slug")?,
+                            created_at: Timestamp::from_millis(row.try_get("org_created_at")?),
+                        };
+                        Ok((membership, organization))
+                    })
+                    .collect()
+            }
+
+            async fn create_session(
+                &self,
+                scope: &Scope,
+                new: &NewSession,
+            ) -> StoreResult<BrowserSession> {
+                let mut tx = self.begin_write().await?;
+                let session = insert_session(&mut tx, scope, new).await?;
+                tx.commit().await?;
+                Ok(session)
+            }
+
+            async fn find_session(
+                &self,
+                scope: &Scope,
+                hash: &SecretHash,
+                now: Timestamp,
+                idle_ms: i64,
+            ) -> StoreResult<Option<BrowserSession>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {SESSION_COLS}, token_hash FROM browser_sessions
+                     WHERE token_hash = $1 AND deployment_id = $2
+                       AND expires_at > $3 AND idle_expires_at > $3"
+                ))
+                .bind(hash.as_bytes().to_vec())
+                .bind(scope.deployment_id().as_str())
+                .bind(now.as_millis())
+                .fetch_optional(self.reader())
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let stored: Vec<u8> = row.try_get("token_hash")?;
+                let stored = SecretHash::from_bytes(&stored)
+                    .ok_or_else(|| corrupt("session hash", "wrong length"))?;
+                if !stored.matches(hash) {
+                    return Ok(None);
+                }
+                let mut session = session_from_row(&row)?;
+                if now.as_millis() - session.last_seen_at.as_millis() >= SESSION_TOUCH_MS {
+                    let idle = now.plus_millis(idle_ms).min(session.expires_at);
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(
+                        "UPDATE browser_sessions SET last_seen_at = $1, idle_expires_at = $2
+                         WHERE id = $3 AND last_seen_at < $1",
+                    )
+                    .bind(now.as_millis())
+                    .bind(idle.as_millis())
+                    .bind(session.id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    session.last_seen_at = now;
+                    session.idle_expires_at = idle;
+                }
+                Ok(Some(session))
+            }
+
+            async fn replace_session(
+                &self,
+                scope: &Scope,
+                old: Option<&SecretHash>,
+                new: &NewSession,
+            ) -> StoreResult<BrowserSession> {
+                let mut tx = self.begin_write().await?;
+                if let Some(old) = old {
+                    sqlx::query(
+                        "DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2",
+                    )
+                    .bind(old.as_bytes().to_vec())
+                    .bind(scope.deployment_id().as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                // Expired sessions of the deployment go too, so the table does not grow with
+                // abandoned browsers.
+                sqlx::query(
+                    "DELETE FROM browser_sessions
+                     WHERE deployment_id = $1 AND (expires_at <= $2 OR idle_expires_at <= $2)",
+                )
+                .bind(scope.deployment_id().as_str())
+                .bind(new.now.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                let session = insert_session(&mut tx, scope, new).await?;
+                tx.commit().await?;
+                Ok(session)
+            }
+
+            async fn delete_session(&self, scope: &Scope, hash: &SecretHash) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2",
+                )
+                .bind(hash.as_bytes().to_vec())
+                .bind(scope.deployment_id().as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn sign_in_blocked(
+                &self,
+                scope: &Scope,
+                buckets: &[ThrottleBucket],
+                now: Timestamp,
+                window_ms: i64,
+            ) -> StoreResult<Option<i64>> {
+                let mut wait: Option<i64> = None;
+                for bucket in buckets {
+                    let row = sqlx::query(
+                        "SELECT window_start, failures FROM sign_in_failures
+                         WHERE deployment_id = $1 AND bucket = $2",
+                    )
+                    .bind(scope.deployment_id().as_str())
+                    .bind(bucket.key.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                    let Some(row) = row else { continue };
+                    let start: i64 = row.try_get("window_start")?;
+                    let failures: i64 = row.try_get("failures")?;
+                    let ends = start.saturating_add(window_ms);
+                    if failures >= i64::from(bucket.max_failures) && ends > now.as_millis() {
+                        let left = ends - now.as_millis();
+                        wait = Some(wait.map_or(left, |w| w.max(left)));
+                    }
+                }
+                Ok(wait)
+            }
+
+            async fn record_sign_in_failure(
+                &self,
+                scope: &Scope,
+                buckets: &[ThrottleBucket],
+                now: Timestamp,
+                window_ms: i64,
+            ) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                for bucket in buckets {
+                    // Every SET expression sees the row as it was, so both CASEs agree on
+                    // whether the window restarts.
+                    sqlx::query(
+                        "INSERT INTO sign_in_failures (deployment_id, bucket, window_start, failures)
+                         VALUES ($1, $2, $3, 1)
+                         ON CONFLICT (deployment_id, bucket) DO UPDATE SET
+                           failures = CASE WHEN sign_in_failures.window_start <= $4
+                                           THEN 1 ELSE sign_in_failures.failures + 1 END,
+                           window_start = CASE WHEN sign_in_failures.window_start <= $4
+                                               THEN $3 ELSE sign_in_failures.window_start END",
+                    )
+                    .bind(scope.deployment_id().as_str())
+                    .bind(bucket.key.as_str())
+                    .bind(now.as_millis())
+                    .bind(now.as_millis() - window_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM sign_in_failures WHERE deployment_id = $1 AND bucket = $2")
+                    .bind(scope.deployment_id().as_str())
+                    .bind(bucket)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_audit(
+                &self,
+                scope: &Scope,
+                event: &NewAuditEvent,
+            ) -> StoreResult<AuditEvent> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&format!(
+                    "INSERT INTO audit_events
+                       (id, deployment_id, kind, actor_type, actor_id, subject_id, ip, user_agent,
+                        data, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {AUDIT_COLS}"
+                ))
+                .bind(AuditEventId::generate_at(now).into_string())
+                .bind(scope.deployment_id().as_str())
+                .bind(event.kind.as_str())
+                .bind(event.actor.kind())
+                .bind(event.actor.id().map(str::to_owned))
+                .bind(event.subject_id.clone())
+                .bind(event.ip.clone())
+                .bind(event.user_agent.clone())
+                .bind(json_text("audit data", &event.data)?)
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await?;
+                let recorded = audit_from_row(&row)?;
+                tx.commit().await?;
+                Ok(recorded)
+            }
+
+            async fn list_audit_events(
+                &self,
+                scope: &Scope,
+                filter: &AuditFilter,
+                page: &PageRequest,
+            ) -> StoreResult<Page<AuditEvent>> {
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {AUDIT_COLS} FROM audit_events WHERE deployment_id = "
+                ));
+                qb.push_bind(scope.deployment_id().as_str());
+                if let Some(kind) = &filter.kind {
+                    qb.push(" AND kind = ").push_bind(kind.clone());
+                }
+                push_page(&mut qb, page);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                finish_page(rows, page, audit_from_row)
+            }
+
+            async fn deployment_for_origin(
+                &self,
+                origins: &[String],
+            ) -> StoreResult<Option<Deployment>> {
+                if origins.is_empty() {
+                    return Ok(None);
+                }
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE backend_host IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for origin in origins {
+                    list.push_bind(origin.clone());
+                }
+                qb.push(") OR frontend_host IN (");
+                let mut list = qb.separated(", ");
+                for origin in origins {
+                    list.push_bind(origin.clone());
+                }
+                qb.push(") ORDER BY id LIMIT 1");
+                let row = qb.build().fetch_optional(self.reader()).await?;
+                row.as_ref().map(deployment_from_row).transpose()
+            }
+        }
+
+        async fn insert_signing_key(
+            conn: &mut Conn,
+            new: &SigningKeyRecord,
+        ) -> StoreResult<SigningKeyRecord> {
+            let row = sqlx::query(&format!(
+                "INSERT INTO signing_keys (id, public_key, sealed_private_key, created_at)
+                 VALUES ($1, $2, $3, $4) RETURNING {SIGNING_KEY_COLS}"
+            ))
+            .bind(new.id.as_str())
+            .bind(new.public_key.to_vec())
+            .bind(new.sealed_private_key.clone())
+            .bind(new.created_at.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            signing_key_from_row(&row)
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::SigningKeyStore for $store {
+            async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {SIGNING_KEY_COLS} FROM signing_keys ORDER BY id DESC"
+                ))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(signing_key_from_row).collect()
+            }
+
+            async fn ensure_signing_key(
+                &self,
+                new: &SigningKeyRecord,
+            ) -> StoreResult<SigningKeyRecord> {
+                let mut tx = self.begin_write().await?;
+                self.lock_bootstrap(&mut tx).await?;
+                let current = sqlx::query(&format!(
+                    "SELECT {SIGNING_KEY_COLS} FROM signing_keys WHERE retired_at IS NULL
+                     ORDER BY id DESC LIMIT 1"
+                ))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let key = match current {
+                    Some(row) => signing_key_from_row(&row)?,
+                    None => insert_signing_key(&mut tx, new).await?,
+                };
+                tx.commit().await?;
+                Ok(key)
+            }
+
+            async fn rotate_signing_key(
+                &self,
+                new: &SigningKeyRecord,
+            ) -> StoreResult<SigningKeyRecord> {
+                let mut tx = self.begin_write().await?;
+                self.lock_bootstrap(&mut tx).await?;
+                sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+                    .bind(new.created_at.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                let key = insert_signing_key(&mut tx, new).await?;
+                tx.commit().await?;
+                Ok(key)
+            }
+        }
+    }
+    };
+}
+
+pub(crate) use impl_identity_sql;
