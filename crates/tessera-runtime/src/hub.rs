@@ -137,6 +137,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscriber_that_never_reads_holds_a_bounded_backlog() {
+        let hub = Hub::new();
+        let thread = ThreadId::generate();
+        let mut rx = hub.subscribe(&thread);
+        let published = 10 * THREAD_CHANNEL_CAPACITY;
+        for _ in 0..published {
+            // Never blocks the publisher (the run), however far behind the reader is.
+            hub.publish(&thread, Live::Look);
+        }
+        // All but the last `capacity` items were overwritten, not kept for the reader.
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                assert_eq!(missed as usize, published - THREAD_CHANNEL_CAPACITY)
+            }
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(rx.try_recv().unwrap(), Live::Look);
+    }
+
+    #[tokio::test]
     async fn stop_requests_reach_registered_runs() {
         let hub = Hub::new();
         let run = RunId::generate();
