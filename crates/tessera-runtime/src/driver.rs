@@ -189,7 +189,12 @@ impl Driver<'_> {
         let store = self.rt.store.as_ref();
         // A stop requested before this claim (later ones arrive through the hub and heartbeat).
         let pending_stop = self.pending_stop;
-        let agent = match store.get_agent(&self.scope, &self.thread.agent_id).await {
+        // Two independent reads: at once.
+        let (agent, history) = tokio::join!(
+            store.get_agent(&self.scope, &self.thread.agent_id),
+            store.thread_history(&self.scope, &self.thread.id)
+        );
+        let agent = match agent {
             Ok(agent) => Some(agent),
             Err(StoreError::NotFound {
                 entity: Entity::Agent,
@@ -197,7 +202,7 @@ impl Driver<'_> {
             }) => None,
             Err(err) => return Err(err),
         };
-        self.history = store.thread_history(&self.scope, &self.thread.id).await?;
+        self.history = history?;
         let state = LoopState::from_history(
             &self
                 .history

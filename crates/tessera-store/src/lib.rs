@@ -462,6 +462,14 @@ pub trait ThreadStore {
         order: Order,
     ) -> StoreResult<Page<Message>>;
 
+    /// The multitask policy of the thread's agent (the default when the agent was deleted):
+    /// what a new message does while a run is open. One read for the send path.
+    async fn thread_multitask_policy(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+    ) -> StoreResult<tessera_domain::agent::MultitaskPolicy>;
+
     /// Every message of the thread, oldest first (the model's context).
     async fn thread_history(
         &self,

@@ -518,6 +518,32 @@ macro_rules! impl_run_sql {
                 Ok(Page { items, has_more })
             }
 
+            async fn thread_multitask_policy(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+            ) -> StoreResult<tessera_domain::agent::MultitaskPolicy> {
+                let row = sqlx::query(
+                    "SELECT a.spec FROM threads t
+                     LEFT JOIN agents a ON a.id = t.agent_id AND a.deleted_at IS NULL
+                     WHERE t.id = $1 AND t.deployment_id = $2",
+                )
+                .bind(thread_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::not_found(Entity::Thread))?;
+                let Some(spec) = row.try_get::<Option<String>, _>("spec")? else {
+                    return Ok(Default::default());
+                };
+                #[derive(serde::Deserialize)]
+                struct Policy {
+                    #[serde(default)]
+                    multitask: tessera_domain::agent::MultitaskPolicy,
+                }
+                Ok(json::<Policy>("agent spec", &spec)?.multitask)
+            }
+
             async fn thread_history(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Message>> {
                 let rows = sqlx::query(&format!(
                     "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND deployment_id = $2 ORDER BY id"

@@ -356,6 +356,7 @@ backend_tests!(
     submit_stores_the_message_and_queues_a_run,
     event_numbers_are_per_thread_and_gapless_under_concurrency,
     reject_policy_refuses_while_a_run_is_open,
+    the_threads_multitask_policy_is_its_agents,
     enqueue_policy_queues_behind_the_open_run,
     interrupt_policy_cancels_queued_runs_and_flags_the_running_one,
     idempotent_submits_replay_the_first_answer,
@@ -582,6 +583,39 @@ async fn event_numbers_are_per_thread_and_gapless_under_concurrency(db: &TestDat
     assert_eq!(seqs(&stored), (1..=18).collect::<Vec<i64>>());
     assert_eq!(history(&store, &a.scope, &t2.id).await.len(), 9);
     assert_eq!(all_events(&store, &a.scope, &t1.id).await.len(), 4);
+    store.close().await;
+}
+
+async fn the_threads_multitask_policy_is_its_agents(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "policy").await;
+    let other = tenant(&store, "policy-other").await;
+    let t = thread(&store, &a, "t").await;
+    assert_eq!(
+        store
+            .thread_multitask_policy(&a.scope, &t.id)
+            .await
+            .unwrap(),
+        MultitaskPolicy::Enqueue
+    );
+    let mut spec = spec("helper");
+    spec.multitask = MultitaskPolicy::Reject;
+    let agent = store.get_agent(&a.scope, &t.agent_id).await.unwrap();
+    store
+        .update_agent(&a.scope, &agent.id, agent.version, &spec)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .thread_multitask_policy(&a.scope, &t.id)
+            .await
+            .unwrap(),
+        MultitaskPolicy::Reject
+    );
+    for (scope, id) in [(&other.scope, &t.id), (&a.scope, &ThreadId::generate())] {
+        let err = store.thread_multitask_policy(scope, id).await.unwrap_err();
+        assert!(is_not_found(&err, Entity::Thread), "{err:?}");
+    }
     store.close().await;
 }
 
