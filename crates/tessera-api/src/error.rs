@@ -91,6 +91,7 @@ error_codes! {
     ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
     Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),
     Unavailable => (503, "unavailable", "A dependency (the database) is not reachable."),
+    Busy => (503, "busy", "Too many password checks are in progress; retry after `Retry-After` seconds."),
 }
 
 #[cfg(test)]

@@ -739,14 +739,20 @@ pub trait IdentityStore {
         window_ms: i64,
     ) -> StoreResult<Option<i64>>;
 
-    /// Counts a failed sign-in in each bucket (a bucket whose window has passed starts again).
-    async fn record_sign_in_failure(
+    /// Counts a sign-in attempt in each bucket (a bucket whose window has passed starts again),
+    /// before the password is checked, so that attempts made at the same time cannot all pass
+    /// a check made before any of them was counted. Returns how long to wait (ms) when a bucket
+    /// is now over its limit: the attempt must then be refused.
+    async fn count_sign_in_attempt(
         &self,
         scope: &Scope,
         buckets: &[ThrottleBucket],
         now: Timestamp,
         window_ms: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Option<i64>>;
+
+    /// Takes back one counted attempt of a bucket (a sign-in that succeeded).
+    async fn uncount_sign_in_attempt(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
 
     /// Forgets the failures of a bucket (after a successful sign-in to that account).
     async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
