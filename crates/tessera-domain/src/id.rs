@@ -209,6 +209,18 @@ define_id!(
     "req"
 );
 define_id!(
+    /// A task board item of an actor project.
+    BoardItemId,
+    "item"
+);
+
+define_id!(
+    /// The stored bytes of one version of a workspace file.
+    BlobId,
+    "blob"
+);
+
+define_id!(
     /// An end user of a deployment's app.
     UserId,
     "user"

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod agent_loop;
+pub mod board;
 pub mod clock;
 pub mod event;
 pub mod id;
@@ -19,8 +20,9 @@ pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
-    ActorId, AgentId, AuditEventId, DeploymentId, MembershipId, MessageId, OrganizationId,
-    ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId, ToolId, UserId,
+    ActorId, AgentId, AuditEventId, BlobId, BoardItemId, DeploymentId, MembershipId, MessageId,
+    OrganizationId, ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId,
+    ToolId, UserId,
 };
 pub use validate::ValidationError;
 
