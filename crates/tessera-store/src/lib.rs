@@ -14,6 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::agent::{Agent, AgentSpec};
+use tessera_domain::board::{
+    BoardItem, BoardItemPatch, FileMeta, ItemStatus, NewBoardItem, WorkspaceId, WorkspacePath,
+};
 use tessera_domain::event::NewEvent;
 use tessera_domain::identity::{
     AuditEvent, BrowserSession, Email, Membership, NewAuditEvent, NewOrganization, NewSession,
@@ -27,11 +30,13 @@ use tessera_domain::secret::SecretHash;
 use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
 use tessera_domain::validate::Label;
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
+use tessera_domain::{BlobId, BoardItemId, MessageId};
 use tessera_domain::{OrganizationId, UserId};
 
 mod migrate;
 pub mod postgres;
 mod sql;
+mod sql_boards;
 mod sql_identity;
 mod sql_runs;
 pub mod sqlite;
@@ -56,6 +61,8 @@ pub enum Entity {
     User,
     Organization,
     Membership,
+    BoardItem,
+    File,
 }
 
 /// State conflicts the caller can act on.
@@ -81,6 +88,10 @@ pub enum Conflict {
     OrganizationSlugTaken,
     /// The user is already a member of the organization.
     AlreadyMember,
+    /// No agent of the delegation's target lane has every requested capability tag.
+    NoCapableAgent,
+    /// The board item is archived or cancelled: it cannot be changed any more.
+    BoardItemClosed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -786,6 +797,226 @@ pub trait SigningKeyStore {
     async fn rotate_signing_key(&self, new: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Task boards: board items, schedule slots and task workspaces (`sql_boards.rs`).
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BoardItemFilter {
+    pub status: Option<ItemStatus>,
+    /// `Some(true)`: only archived items; `Some(false)`: only items not archived; `None`: all.
+    pub archived: Option<bool>,
+}
+
+/// What a claimed slot does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// A run executes the item's description (`run_id`).
+    Fired,
+    /// The previous run was still open and the overlap policy is `skip`.
+    Skipped,
+    /// The run could not be submitted (the thread is gone, …).
+    Failed,
+}
+
+impl SlotOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fired => "fired",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "fired" => Some(Self::Fired),
+            "skipped" => Some(Self::Skipped),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A slot recorded by [`BoardStore::claim_due_slots`]: exactly one such record exists per
+/// `(item, slot)`, whichever node claimed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRecord {
+    pub scope: Scope,
+    pub item_id: BoardItemId,
+    pub slot_at: Timestamp,
+    pub outcome: SlotOutcome,
+    pub thread_id: ThreadId,
+    /// The run to submit (ids chosen when the slot was claimed, so a retry submits the same).
+    pub run_id: Option<RunId>,
+    pub message_id: Option<MessageId>,
+    /// The item's description: the run's input.
+    pub description: String,
+    /// The node that claimed it.
+    pub node: String,
+    pub fired_at: Timestamp,
+}
+
+#[async_trait]
+pub trait BoardStore {
+    /// Creates an item with the next `TASK-n` key of the project (which must exist in the scope
+    /// and be active), assigning it as [`Assignment`] says. Without a schedule, its one slot is
+    /// due now.
+    async fn create_board_item(&self, scope: &Scope, new: &NewBoardItem) -> StoreResult<BoardItem>;
+
+    async fn get_board_item(
+        &self,
+        scope: &Scope,
+        project_id: &ProjectId,
+        id: &BoardItemId,
+    ) -> StoreResult<BoardItem>;
+
+    async fn list_board_items(
+        &self,
+        scope: &Scope,
+        project_id: &ProjectId,
+        filter: &BoardItemFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<BoardItem>>;
+
+    /// Applies a patch ([`Conflict::BoardItemClosed`] for an archived or cancelled item). A new
+    /// schedule replaces the pending slot; resuming keeps it (a slot missed while paused fires
+    /// once).
+    async fn update_board_item(
+        &self,
+        scope: &Scope,
+        project_id: &ProjectId,
+        id: &BoardItemId,
+        patch: &BoardItemPatch,
+    ) -> StoreResult<BoardItem>;
+
+    /// Archives the item and drops its pending slot (idempotent).
+    async fn archive_board_item(
+        &self,
+        scope: &Scope,
+        project_id: &ProjectId,
+        id: &BoardItemId,
+    ) -> StoreResult<BoardItem>;
+
+    /// Cancels the item: stops its schedule for good and cancels its open run (a queued run at
+    /// once; an executing one is flagged for its worker and returned, to stop it locally).
+    async fn cancel_board_item(
+        &self,
+        scope: &Scope,
+        project_id: &ProjectId,
+        id: &BoardItemId,
+    ) -> StoreResult<(BoardItem, Option<RunId>, Vec<ThreadEvent>)>;
+
+    /// The board item a run was started for, if any.
+    async fn board_item_of_run(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+    ) -> StoreResult<Option<(ProjectId, BoardItemId)>>;
+
+    /// Every recorded slot of an item, oldest first.
+    async fn list_slots(
+        &self,
+        scope: &Scope,
+        item_id: &BoardItemId,
+    ) -> StoreResult<Vec<SlotRecord>>;
+
+    /// Scheduler: the earliest pending slot of any deployment.
+    async fn next_due_slot(&self) -> StoreResult<Option<Timestamp>>;
+
+    /// Scheduler: in one transaction, records up to `limit` due slots (pending slot at or
+    /// before `now`) and moves each item to its next slot. The slot's primary key and the
+    /// conditional move make each slot recorded once across all nodes; PostgreSQL skips items
+    /// another node is claiming (`SKIP LOCKED`).
+    async fn claim_due_slots(
+        &self,
+        node: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<SlotRecord>>;
+
+    /// Scheduler: fired slots recorded between `from` and `until` whose run does not exist (the
+    /// node died between recording the slot and submitting the run).
+    async fn unsubmitted_slots(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<SlotRecord>>;
+
+    /// Scheduler: marks a fired slot as failed (its run cannot be submitted).
+    async fn fail_slot(
+        &self,
+        scope: &Scope,
+        item_id: &BoardItemId,
+        slot_at: Timestamp,
+        error: &str,
+    ) -> StoreResult<()>;
+}
+
+/// A file's content is stored in chunks of this many bytes (the last one may be shorter).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A file about to replace (or create) `path` in a workspace; its chunks are already stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFile {
+    pub path: WorkspacePath,
+    pub blob_id: BlobId,
+    pub size: u64,
+    pub chunks: u32,
+    pub mime_type: String,
+    pub sha256: String,
+}
+
+/// Task workspaces in the database: every node sees the same files.
+#[async_trait]
+pub trait WorkspaceStore {
+    /// Stores one chunk of a blob being written (its own short transaction, so a slow upload
+    /// never holds a write lock).
+    async fn put_blob_chunk(
+        &self,
+        scope: &Scope,
+        blob_id: &BlobId,
+        index: u32,
+        data: &[u8],
+    ) -> StoreResult<()>;
+
+    /// Points `path` at a fully written blob, replacing (and deleting) the previous version.
+    async fn commit_file(
+        &self,
+        scope: &Scope,
+        workspace: &WorkspaceId,
+        file: &NewFile,
+    ) -> StoreResult<FileMeta>;
+
+    /// Deletes the chunks of a blob that will not be committed.
+    async fn discard_blob(&self, scope: &Scope, blob_id: &BlobId) -> StoreResult<()>;
+
+    /// [`Entity::File`] when absent.
+    async fn get_file(
+        &self,
+        scope: &Scope,
+        workspace: &WorkspaceId,
+        path: &WorkspacePath,
+    ) -> StoreResult<FileMeta>;
+
+    /// One chunk of a blob ([`Entity::File`] when it is gone, e.g. replaced meanwhile).
+    async fn read_blob_chunk(
+        &self,
+        scope: &Scope,
+        blob_id: &BlobId,
+        index: u32,
+    ) -> StoreResult<Vec<u8>>;
+
+    /// The files at or below `dir`, at most `limit`, by path.
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        workspace: &WorkspaceId,
+        dir: &WorkspacePath,
+        limit: u32,
+    ) -> StoreResult<Vec<FileMeta>>;
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -821,6 +1052,8 @@ pub trait Store:
     + RunStore
     + IdentityStore
     + SigningKeyStore
+    + BoardStore
+    + WorkspaceStore
     + Send
     + Sync
     + 'static

@@ -44,6 +44,12 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/sqlite/0004_identity.sql"),
     },
+    // 5 and 6 are reserved by work on other branches.
+    Migration {
+        version: 7,
+        name: "boards",
+        sql: include_str!("../migrations/sqlite/0007_boards.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -66,6 +72,12 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "identity",
         sql: include_str!("../migrations/postgres/0004_identity.sql"),
+    },
+    // 5 and 6 are reserved by work on other branches.
+    Migration {
+        version: 7,
+        name: "boards",
+        sql: include_str!("../migrations/postgres/0007_boards.sql"),
     },
 ];
 

@@ -1,0 +1,847 @@
+//! The storage conformance suite for task boards: board items, schedule slots (exactly once
+//! across concurrent claimers and restarts) and workspace files.
+//!
+//! Runs on SQLite always and on PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::json;
+use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
+use tessera_domain::board::{
+    Assignment, BoardItemPatch, ItemStatus, NewBoardItem, Overlap, Schedule, ScheduleKind,
+    ScheduleState, WorkspaceId, WorkspacePath,
+};
+use tessera_domain::records::{NewActor, NewDeployment, NewProject, Project};
+use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
+use tessera_domain::thread::{Message, Role, RunStatus};
+use tessera_domain::validate::{
+    CapabilityTag, DeploymentName, Description, ExternalKey, Label, Metadata, SubjectType,
+};
+use tessera_domain::{BlobId, BoardItemId, Scope, Timestamp};
+use tessera_store::testing::TestDatabase;
+use tessera_store::{
+    backend_tests, BoardItemFilter, Conflict, ConnectOptions, Entity, NewFile, NewSecretKey,
+    PageRequest, SlotOutcome, SlotRecord, Store, StoreError, SubmitOutcome, SubmitRun,
+};
+
+async fn open(db: &TestDatabase) -> Arc<dyn Store> {
+    tessera_store::open(&db.url, &ConnectOptions::default())
+        .await
+        .expect("open store")
+}
+
+struct Tenant {
+    scope: Scope,
+    project: Project,
+}
+
+async fn tenant(store: &Arc<dyn Store>, name: &str) -> Tenant {
+    let secret = PlainSecret::generate(SECRET_KEY_PREFIX);
+    let key = NewSecretKey {
+        name: Label::parse("name", "first").unwrap(),
+        hash: secret.hash(),
+        prefix: secret.display_prefix(),
+    };
+    let new = NewDeployment {
+        name: DeploymentName::parse("name", name).unwrap(),
+        backend_host: "http://127.0.0.1:8080".into(),
+        frontend_host: "http://127.0.0.1:8080".into(),
+    };
+    let (dep, _) = store.create_deployment(&new, &key).await.unwrap();
+    let scope = Scope::deployment(dep.id);
+    let actor = store
+        .create_actor(
+            &scope,
+            &NewActor {
+                subject_type: SubjectType::parse("subject_type", "user").unwrap(),
+                external_key: ExternalKey::parse("external_key", "u1").unwrap(),
+                display_name: None,
+                metadata: Metadata::parse("metadata", json!({})).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let agent = store
+        .create_agent(
+            &scope,
+            &AgentSpec {
+                name: Label::parse("name", "helper").unwrap(),
+                description: Description::parse("description", "helps").unwrap(),
+                model: None,
+                tool_ids: vec![],
+                sub_agent_ids: vec![],
+                capability_tags: vec![],
+                endpoint_slug: None,
+                approval_rules: vec![],
+                limits: AgentLimits::default(),
+                multitask: MultitaskPolicy::Enqueue,
+            },
+        )
+        .await
+        .unwrap();
+    let project = store
+        .create_project(
+            &scope,
+            &NewProject {
+                actor_id: actor.id,
+                agent_id: agent.id,
+                name: Label::parse("name", "p").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    Tenant { scope, project }
+}
+
+fn item(t: &Tenant, title: &str, schedule: Option<Schedule>) -> NewBoardItem {
+    NewBoardItem {
+        project_id: t.project.id.clone(),
+        title: Label::parse("title", title).unwrap(),
+        description: format!("do {title}"),
+        assignment: Assignment::NewThread {
+            agent: None,
+            context_of: None,
+        },
+        capability_tags: vec![CapabilityTag::parse("t", "reports").unwrap()],
+        schedule,
+        parent_item_id: None,
+    }
+}
+
+fn once(at: i64) -> Schedule {
+    Schedule::new(
+        "schedule",
+        ScheduleKind::Once,
+        Timestamp::from_millis(at),
+        None,
+        Overlap::Skip,
+    )
+    .unwrap()
+}
+
+fn every(at: i64, secs: u32, overlap: Overlap) -> Schedule {
+    Schedule::new(
+        "schedule",
+        ScheduleKind::Interval,
+        Timestamp::from_millis(at),
+        Some(secs),
+        overlap,
+    )
+    .unwrap()
+}
+
+/// Submits the run of a fired slot, as the scheduler does.
+async fn submit(store: &Arc<dyn Store>, slot: &SlotRecord) {
+    let run_id = slot.run_id.clone().unwrap();
+    let message = Message {
+        id: slot.message_id.clone().unwrap(),
+        thread_id: slot.thread_id.clone(),
+        run_id: Some(run_id.clone()),
+        role: Role::User,
+        content: slot.description.clone(),
+        tool_calls: vec![],
+        tool_call_id: None,
+        tool_name: None,
+        is_error: false,
+        attachments: vec![],
+        usage: None,
+        created_at: Timestamp::now(),
+    };
+    let outcome = store
+        .submit_run(
+            &slot.scope,
+            &slot.thread_id,
+            &SubmitRun {
+                message,
+                run_id,
+                policy: MultitaskPolicy::Enqueue,
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SubmitOutcome::Created { .. }));
+}
+
+backend_tests!(
+    items_get_task_keys_and_execute_once,
+    concurrent_claimers_fire_each_slot_once,
+    interval_survives_restart_and_fires_a_missed_slot_once,
+    overlap_skip_and_parallel,
+    archive_and_pause_stop_the_schedule,
+    cancel_cancels_the_queued_run,
+    filters_and_tenancy,
+    unsubmitted_slots_are_found_until_submitted,
+    files_round_trip_in_chunks,
+);
+
+async fn items_get_task_keys_and_execute_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", None))
+        .await
+        .unwrap();
+    let b = store
+        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.task_key.as_str(), b.task_key.as_str()),
+        ("TASK-1", "TASK-2")
+    );
+    assert_eq!(a.status, ItemStatus::Scheduled);
+    assert_ne!(a.assigned_thread_id, b.assigned_thread_id);
+    // The item's own thread runs the project's agent.
+    let thread = store
+        .get_thread(&t.scope, &a.assigned_thread_id)
+        .await
+        .unwrap();
+    assert_eq!(thread.agent_id, a.assigned_agent_id);
+    // Without a schedule the one slot is due at creation.
+    let claimed = store
+        .claim_due_slots("n1", Timestamp::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].item_id, a.id);
+    assert_eq!(claimed[0].outcome, SlotOutcome::Fired);
+    assert_eq!(claimed[0].description, "do a");
+    assert!(store
+        .claim_due_slots("n1", Timestamp::now(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    submit(&store, &claimed[0]).await;
+    let a = store
+        .get_board_item(&t.scope, &t.project.id, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(a.schedule_state, ScheduleState::Done);
+    assert_eq!(a.status, ItemStatus::Running);
+    let run = a.last_run.unwrap();
+    assert_eq!(Some(run.run_id), claimed[0].run_id);
+    assert_eq!(run.status, Some(RunStatus::Queued));
+    assert_eq!(
+        store
+            .board_item_of_run(&t.scope, claimed[0].run_id.as_ref().unwrap())
+            .await
+            .unwrap(),
+        Some((t.project.id.clone(), a.id.clone()))
+    );
+    // The far-future item is the next due slot.
+    assert_eq!(
+        store.next_due_slot().await.unwrap(),
+        Some(Timestamp::from_millis(i64::MAX / 4))
+    );
+}
+
+async fn concurrent_claimers_fire_each_slot_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let due = Timestamp::now().as_millis() - 1000;
+    let mut ids = HashSet::new();
+    for i in 0..60 {
+        let s = if i % 2 == 0 {
+            once(due)
+        } else {
+            every(due, 60, Overlap::Parallel)
+        };
+        let it = store
+            .create_board_item(&t.scope, &item(&t, &format!("i{i}"), Some(s)))
+            .await
+            .unwrap();
+        ids.insert(it.id);
+    }
+    // Four "nodes", each with its own connection pools, claim in small batches at once.
+    let mut nodes = Vec::new();
+    for n in 0..4 {
+        let store = open(db).await;
+        nodes.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due_slots(&format!("n{n}"), Timestamp::now(), 7)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                mine.extend(batch);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for node in nodes {
+        all.extend(node.await.unwrap());
+    }
+    let keys: HashSet<(BoardItemId, i64)> = all
+        .iter()
+        .map(|s| (s.item_id.clone(), s.slot_at.as_millis()))
+        .collect();
+    assert_eq!(keys.len(), all.len(), "a slot was claimed twice");
+    assert_eq!(all.len(), 60, "every due slot is claimed once");
+    let claimed_items: HashSet<BoardItemId> = all.iter().map(|s| s.item_id.clone()).collect();
+    assert_eq!(claimed_items, ids);
+    for id in &ids {
+        assert_eq!(store.list_slots(&t.scope, id).await.unwrap().len(), 1);
+    }
+}
+
+async fn interval_survives_restart_and_fires_a_missed_slot_once(db: &TestDatabase) {
+    let t0 = 1_000_000_000_000i64; // a fixed past instant: the clock is simulated
+    let minute = 60_000;
+    let (t, id) = {
+        let store = open(db).await;
+        let t = tenant(&store, "acme").await;
+        let it = store
+            .create_board_item(
+                &t.scope,
+                &item(&t, "tick", Some(every(t0, 60, Overlap::Parallel))),
+            )
+            .await
+            .unwrap();
+        let at = |ms: i64| Timestamp::from_millis(ms);
+        assert!(store
+            .claim_due_slots("n1", at(t0 - 1), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let first = store.claim_due_slots("n1", at(t0 + 200), 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].slot_at, at(t0));
+        let second = store
+            .claim_due_slots("n1", at(t0 + minute + 5), 10)
+            .await
+            .unwrap();
+        assert_eq!(second[0].slot_at, at(t0 + minute));
+        store.close().await;
+        (t, it.id)
+    };
+    // "Restart" after ten minutes of downtime: a new store on the same database.
+    let store = open(db).await;
+    let after = Timestamp::from_millis(t0 + 11 * minute + 30_000);
+    let missed = store.claim_due_slots("n2", after, 10).await.unwrap();
+    assert_eq!(missed.len(), 1, "missed slots collapse into one firing");
+    assert_eq!(missed[0].slot_at.as_millis(), t0 + 11 * minute);
+    assert!(store
+        .claim_due_slots("n2", after, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let item = store
+        .get_board_item(&t.scope, &t.project.id, &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        item.next_run_at,
+        Some(Timestamp::from_millis(t0 + 12 * minute))
+    );
+    let slots: Vec<i64> = store
+        .list_slots(&t.scope, &id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.slot_at.as_millis())
+        .collect();
+    assert_eq!(slots, [t0, t0 + minute, t0 + 11 * minute]);
+}
+
+async fn overlap_skip_and_parallel(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let t0 = 1_000_000_000_000i64;
+    let skip = store
+        .create_board_item(
+            &t.scope,
+            &item(&t, "skip", Some(every(t0, 60, Overlap::Skip))),
+        )
+        .await
+        .unwrap();
+    let par = store
+        .create_board_item(
+            &t.scope,
+            &item(&t, "par", Some(every(t0, 60, Overlap::Parallel))),
+        )
+        .await
+        .unwrap();
+    let first = store
+        .claim_due_slots("n", Timestamp::from_millis(t0), 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    for slot in &first {
+        submit(&store, slot).await;
+    }
+    // The first runs are still queued at the next slot.
+    let second = store
+        .claim_due_slots("n", Timestamp::from_millis(t0 + 60_000), 10)
+        .await
+        .unwrap();
+    let outcome = |id: &BoardItemId| second.iter().find(|s| &s.item_id == id).unwrap().outcome;
+    assert_eq!(outcome(&skip.id), SlotOutcome::Skipped);
+    assert_eq!(outcome(&par.id), SlotOutcome::Fired);
+    assert!(second
+        .iter()
+        .find(|s| s.item_id == skip.id)
+        .unwrap()
+        .run_id
+        .is_none());
+    // A skipped slot is still recorded once and the schedule moves on.
+    let skip = store
+        .get_board_item(&t.scope, &t.project.id, &skip.id)
+        .await
+        .unwrap();
+    assert_eq!(skip.next_run_at, Some(Timestamp::from_millis(t0 + 120_000)));
+    assert_eq!(
+        skip.last_run.unwrap().run_id,
+        first
+            .iter()
+            .find(|s| s.item_id == skip.id)
+            .unwrap()
+            .run_id
+            .clone()
+            .unwrap()
+    );
+}
+
+async fn archive_and_pause_stop_the_schedule(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let t0 = 1_000_000_000_000i64;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", Some(every(t0, 60, Overlap::Skip))))
+        .await
+        .unwrap();
+    let p = store
+        .create_board_item(&t.scope, &item(&t, "p", Some(every(t0, 60, Overlap::Skip))))
+        .await
+        .unwrap();
+    let archived = store
+        .archive_board_item(&t.scope, &t.project.id, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(archived.status, ItemStatus::Archived);
+    assert!(archived.archived_at.is_some());
+    // Idempotent.
+    let again = store
+        .archive_board_item(&t.scope, &t.project.id, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(again.archived_at, archived.archived_at);
+    let paused = store
+        .update_board_item(
+            &t.scope,
+            &t.project.id,
+            &p.id,
+            &BoardItemPatch {
+                paused: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused.status, ItemStatus::Paused);
+    let later = Timestamp::from_millis(t0 + 3_600_000);
+    assert!(store
+        .claim_due_slots("n", later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due_slot().await.unwrap(), None);
+    // Resuming fires the slot missed while paused, once.
+    store
+        .update_board_item(
+            &t.scope,
+            &t.project.id,
+            &p.id,
+            &BoardItemPatch {
+                paused: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_due_slots("n", later, 10).await.unwrap().len(),
+        1
+    );
+    assert!(store
+        .claim_due_slots("n", later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // An archived item cannot be changed.
+    let err = store
+        .update_board_item(
+            &t.scope,
+            &t.project.id,
+            &a.id,
+            &BoardItemPatch {
+                paused: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::BoardItemClosed)),
+        "{err:?}"
+    );
+}
+
+async fn cancel_cancels_the_queued_run(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", None))
+        .await
+        .unwrap();
+    let slot = store
+        .claim_due_slots("n", Timestamp::now(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    submit(&store, &slot).await;
+    let (cancelled, stopping, events) = store
+        .cancel_board_item(&t.scope, &t.project.id, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(stopping, None, "a queued run ends at once");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "run.status");
+    assert_eq!(cancelled.status, ItemStatus::Cancelled);
+    let run = store
+        .get_run(&t.scope, &slot.thread_id, slot.run_id.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    // The event was numbered after the thread's earlier ones.
+    let stored = store
+        .events_after(&t.scope, &slot.thread_id, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(stored.last().unwrap().seq, events[0].seq);
+    // A claimed run is flagged for its worker instead.
+    let b = store
+        .create_board_item(&t.scope, &item(&t, "b", None))
+        .await
+        .unwrap();
+    let slot = store
+        .claim_due_slots("n", Timestamp::now(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    submit(&store, &slot).await;
+    let claimed = store
+        .claim_run("w", Timestamp::now(), 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(claimed.run.id.clone()), slot.run_id);
+    let (running, stopping, _) = store
+        .cancel_board_item(&t.scope, &t.project.id, &b.id)
+        .await
+        .unwrap();
+    assert_eq!(stopping, slot.run_id);
+    assert_eq!(running.status, ItemStatus::Cancelled);
+    assert_eq!(
+        store
+            .heartbeat(&claimed.lease, Timestamp::now().plus_secs(60))
+            .await
+            .unwrap(),
+        tessera_store::CancelRequest::Cancel
+    );
+}
+
+async fn filters_and_tenancy(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let other = tenant(&store, "other").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    let b = store
+        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    store
+        .archive_board_item(&t.scope, &t.project.id, &b.id)
+        .await
+        .unwrap();
+    let list = |filter: BoardItemFilter| {
+        let store = store.clone();
+        let scope = t.scope.clone();
+        let project = t.project.id.clone();
+        async move {
+            store
+                .list_board_items(&scope, &project, &filter, &PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(BoardItemFilter {
+            archived: Some(false),
+            ..Default::default()
+        })
+        .await,
+        [a.id.clone()]
+    );
+    assert_eq!(
+        list(BoardItemFilter {
+            archived: Some(true),
+            ..Default::default()
+        })
+        .await,
+        [b.id.clone()]
+    );
+    assert_eq!(list(BoardItemFilter::default()).await.len(), 2);
+    assert_eq!(
+        list(BoardItemFilter {
+            status: Some(ItemStatus::Scheduled),
+            ..Default::default()
+        })
+        .await,
+        [a.id.clone()]
+    );
+    assert!(list(BoardItemFilter {
+        status: Some(ItemStatus::Running),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    // Another deployment sees nothing, even with the right project id.
+    let err = store
+        .get_board_item(&other.scope, &t.project.id, &a.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            entity: Entity::BoardItem,
+            ..
+        }
+    ));
+    let err = store
+        .archive_board_item(&other.scope, &t.project.id, &a.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            entity: Entity::BoardItem,
+            ..
+        }
+    ));
+    let err = store
+        .create_board_item(&other.scope, &item(&t, "x", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            entity: Entity::Project,
+            ..
+        }
+    ));
+    // The other tenant's project numbers its own keys.
+    let o = store
+        .create_board_item(&other.scope, &item(&other, "o", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    assert_eq!(o.task_key, "TASK-1");
+    assert!(store
+        .list_board_items(
+            &other.scope,
+            &t.project.id,
+            &BoardItemFilter::default(),
+            &PageRequest::default()
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    // Assigning a thread of another deployment is a not-found naming the field.
+    let mut foreign = item(&t, "f", None);
+    foreign.assignment = Assignment::Thread(o.assigned_thread_id.clone());
+    let err = store
+        .create_board_item(&t.scope, &foreign)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::Thread,
+                field: Some("assigned_thread_id"),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+async fn unsubmitted_slots_are_found_until_submitted(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    store
+        .create_board_item(&t.scope, &item(&t, "a", None))
+        .await
+        .unwrap();
+    let slot = store
+        .claim_due_slots("n", Timestamp::now(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let from = Timestamp::now().plus_secs(-3600);
+    let until = Timestamp::now().plus_secs(1);
+    let pending = store.unsubmitted_slots(from, until, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].run_id, slot.run_id);
+    assert_eq!(pending[0].message_id, slot.message_id);
+    submit(&store, &slot).await;
+    assert!(store
+        .unsubmitted_slots(from, until, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A slot whose run cannot be submitted is marked failed and no longer retried.
+    store
+        .create_board_item(&t.scope, &item(&t, "b", None))
+        .await
+        .unwrap();
+    let slot = store
+        .claim_due_slots("n", Timestamp::now(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    store
+        .fail_slot(&slot.scope, &slot.item_id, slot.slot_at, "thread gone")
+        .await
+        .unwrap();
+    assert!(store
+        .unsubmitted_slots(from, until, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let slots = store.list_slots(&t.scope, &slot.item_id).await.unwrap();
+    assert_eq!(slots[0].outcome, SlotOutcome::Failed);
+}
+
+async fn files_round_trip_in_chunks(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let other = tenant(&store, "other").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    let ws = WorkspaceId::Item(a.id.clone());
+    let path = WorkspacePath::parse_file("path", "/out/report.txt").unwrap();
+    let write = |content: Vec<Vec<u8>>| {
+        let store = store.clone();
+        let scope = t.scope.clone();
+        let ws = ws.clone();
+        let path = path.clone();
+        async move {
+            let blob = BlobId::generate();
+            for (i, c) in content.iter().enumerate() {
+                store
+                    .put_blob_chunk(&scope, &blob, i as u32, c)
+                    .await
+                    .unwrap();
+            }
+            let size = content.iter().map(|c| c.len() as u64).sum();
+            let file = NewFile {
+                path,
+                blob_id: blob,
+                size,
+                chunks: content.len() as u32,
+                mime_type: "text/plain".into(),
+                sha256: "00".into(),
+            };
+            store.commit_file(&scope, &ws, &file).await.unwrap()
+        }
+    };
+    let first = write(vec![b"hello ".to_vec(), b"world".to_vec()]).await;
+    assert_eq!((first.size, first.chunks), (11, 2));
+    let got = store.get_file(&t.scope, &ws, &path).await.unwrap();
+    assert_eq!(got, first);
+    let mut bytes = Vec::new();
+    for i in 0..got.chunks {
+        bytes.extend(
+            store
+                .read_blob_chunk(&t.scope, &got.blob_id, i)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(bytes, b"hello world");
+    // Replacing deletes the previous version's chunks.
+    let second = write(vec![b"v2".to_vec()]).await;
+    assert_eq!(second.created_at, first.created_at);
+    assert!(store
+        .read_blob_chunk(&t.scope, &first.blob_id, 0)
+        .await
+        .is_err());
+    // Listing below a directory; the other deployment sees none of it.
+    let listed = store
+        .list_files(
+            &t.scope,
+            &ws,
+            &WorkspacePath::parse_dir("p", "/out").unwrap(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(store
+        .list_files(
+            &t.scope,
+            &ws,
+            &WorkspacePath::parse_dir("p", "/o").unwrap(),
+            100
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    let err = store.get_file(&other.scope, &ws, &path).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            entity: Entity::File,
+            ..
+        }
+    ));
+    assert!(store
+        .read_blob_chunk(&other.scope, &second.blob_id, 0)
+        .await
+        .is_err());
+    assert!(store
+        .list_files(&other.scope, &ws, &WorkspacePath::root(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // A discarded upload leaves nothing.
+    let blob = BlobId::generate();
+    store
+        .put_blob_chunk(&t.scope, &blob, 0, b"x")
+        .await
+        .unwrap();
+    store.discard_blob(&t.scope, &blob).await.unwrap();
+    assert!(store.read_blob_chunk(&t.scope, &blob, 0).await.is_err());
+}
