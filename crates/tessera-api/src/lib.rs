@@ -5,6 +5,7 @@
 //! no behaviour, no validation beyond what serde does, and no I/O. Field rules are enforced by the
 //! server with the domain crate's validated types.
 
+mod board_types;
 pub mod error;
 mod identity_types;
 pub mod ops;

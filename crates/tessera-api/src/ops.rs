@@ -45,6 +45,17 @@ operations! {
     EXECUTE_AGENT_THREAD_ASYNC = ("executeAgentThreadAsync", "POST", "/ai/threads/{thread_id}/run");
     GET_AGENT_THREAD_RUN = ("getAgentThreadRun", "GET", "/ai/threads/{thread_id}/runs/{run_id}");
     STREAM_AGENT_THREAD = ("streamAgentThread", "GET", "/ai/threads/{thread_id}/stream");
+    CREATE_PROJECT_TASK_BOARD_ITEM = ("createProjectTaskBoardItem", "POST", "/ai/actor-projects/{project_id}/board/items");
+    LIST_PROJECT_TASK_BOARD_ITEMS = ("listProjectTaskBoardItems", "GET", "/ai/actor-projects/{project_id}/board/items");
+    DELEGATE_PROJECT_TASK = ("delegateProjectTask", "POST", "/ai/actor-projects/{project_id}/board/items/delegate");
+    GET_PROJECT_TASK_BOARD_ITEM = ("getProjectTaskBoardItem", "GET", "/ai/actor-projects/{project_id}/board/items/{item_id}");
+    UPDATE_PROJECT_TASK_BOARD_ITEM = ("updateProjectTaskBoardItem", "PATCH", "/ai/actor-projects/{project_id}/board/items/{item_id}");
+    ARCHIVE_PROJECT_TASK_BOARD_ITEM = ("archiveProjectTaskBoardItem", "POST", "/ai/actor-projects/{project_id}/board/items/{item_id}/archive");
+    CANCEL_PROJECT_TASK_BOARD_ITEM = ("cancelProjectTaskBoardItem", "POST", "/ai/actor-projects/{project_id}/board/items/{item_id}/cancel");
+    LIST_PROJECT_TASK_BOARD_ITEM_FILESYSTEM = ("listProjectTaskBoardItemFilesystem", "GET", "/ai/actor-projects/{project_id}/board/items/{item_id}/filesystem");
+    GET_PROJECT_TASK_BOARD_ITEM_FILESYSTEM_FILE = ("getProjectTaskBoardItemFilesystemFile", "GET", "/ai/actor-projects/{project_id}/board/items/{item_id}/filesystem/file");
+    UPLOAD_PROJECT_TASK_BOARD_ITEM_FILESYSTEM_FILE = ("uploadProjectTaskBoardItemFilesystemFile", "PUT", "/ai/actor-projects/{project_id}/board/items/{item_id}/filesystem/file");
+    DOWNLOAD_PROJECT_TASK_BOARD_ITEM_FILESYSTEM_FILE = ("downloadProjectTaskBoardItemFilesystemFile", "GET", "/ai/actor-projects/{project_id}/board/items/{item_id}/filesystem/download");
     CREATE_USER = ("createUser", "POST", "/users");
     LIST_USERS = ("listUsers", "GET", "/users");
     GET_USER = ("getUser", "GET", "/users/{user_id}");

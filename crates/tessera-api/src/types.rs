@@ -6,10 +6,11 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+pub use crate::board_types::*;
 pub use crate::identity_types::*;
 
 /// Distinguishes "field absent" (`None`) from "field set to null" (`Some(None)`) in PATCH bodies.
-fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     T: Deserialize<'de>,
     D: Deserializer<'de>,

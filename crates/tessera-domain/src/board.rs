@@ -150,6 +150,44 @@ impl Schedule {
     }
 }
 
+/// Parses a schedule as clients send it (`schedule_kind`, `next_run_at` RFC 3339,
+/// `interval_seconds`, `overlap`); errors name `field.<part>`. `next_run_at` is required for
+/// `ONCE`; an `INTERVAL` without one starts at `now`.
+pub fn parse_schedule(
+    field: &str,
+    kind: &str,
+    next_run_at: Option<&str>,
+    interval_seconds: Option<u32>,
+    overlap: Option<&str>,
+    now: Timestamp,
+) -> Result<Schedule, ValidationError> {
+    let kind = ScheduleKind::parse(kind).ok_or_else(|| {
+        ValidationError::new(format!("{field}.schedule_kind"), "must be ONCE or INTERVAL")
+    })?;
+    let next_run_at = match next_run_at {
+        Some(raw) => Timestamp::parse_rfc3339(raw).ok_or_else(|| {
+            ValidationError::new(
+                format!("{field}.next_run_at"),
+                "must be an RFC 3339 timestamp (2026-01-31T09:00:00Z)",
+            )
+        })?,
+        None if kind == ScheduleKind::Once => {
+            return Err(ValidationError::new(
+                format!("{field}.next_run_at"),
+                "is required with schedule_kind ONCE",
+            ))
+        }
+        None => now,
+    };
+    let overlap = match overlap {
+        None => Overlap::default(),
+        Some(raw) => Overlap::parse(raw).ok_or_else(|| {
+            ValidationError::new(format!("{field}.overlap"), "must be skip or parallel")
+        })?,
+    };
+    Schedule::new(field, kind, next_run_at, interval_seconds, overlap)
+}
+
 /// One firing: the slot recorded (and executed), and the slot pending after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Firing {

@@ -25,7 +25,7 @@ enum Step {
     /// The clock moves forward by this many ms and the scheduler looks.
     Advance(i64),
     /// The clock steps back (NTP correction) by this many ms and the scheduler looks.
-    StepBack(i64),
+    Rewind(i64),
     /// The process restarts: only the stored state survives.
     Restart,
 }
@@ -36,7 +36,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
             6 => (0i64..5_000).prop_map(Step::Advance),
             3 => (0i64..400_000).prop_map(Step::Advance),
             1 => (0i64..10_000_000).prop_map(Step::Advance),
-            1 => (0i64..120_000).prop_map(Step::StepBack),
+            1 => (0i64..120_000).prop_map(Step::Rewind),
             1 => Just(Step::Restart),
         ],
         1..200,
@@ -65,7 +65,7 @@ proptest! {
         for s in steps {
             match s {
                 Step::Advance(ms) => clock += ms,
-                Step::StepBack(ms) => clock = (clock - ms).max(0),
+                Step::Rewind(ms) => clock = (clock - ms).max(0),
                 Step::Restart => {
                     // A new process knows only what was stored.
                     stored = Stored { next: stored.next };

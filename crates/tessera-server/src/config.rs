@@ -155,6 +155,8 @@ pub struct Config {
     pub log_level: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest workspace file accepted by an upload, in bytes (checked while streaming).
+    pub max_upload_bytes: u64,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_timeout_seconds: u64,
     /// The first secret key of deployment `default`, instead of a generated one (automation).
@@ -184,6 +186,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             max_body_bytes: 1024 * 1024,
+            max_upload_bytes: 25 * 1024 * 1024,
             shutdown_timeout_seconds: 30,
             bootstrap_secret_key: None,
             secrets_key: None,
@@ -248,6 +251,10 @@ impl Config {
         anyhow::ensure!(
             self.max_body_bytes >= 1024,
             "max_body_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.max_upload_bytes >= 1,
+            "max_upload_bytes must be at least 1"
         );
         anyhow::ensure!(
             self.database.max_connections >= 1,

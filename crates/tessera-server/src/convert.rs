@@ -428,18 +428,22 @@ pub(crate) fn message(m: Message) -> api::Message {
     }
 }
 
+pub(crate) fn run_status(s: RunStatus) -> api::RunStatus {
+    match s {
+        RunStatus::Queued => api::RunStatus::Queued,
+        RunStatus::Running => api::RunStatus::Running,
+        RunStatus::WaitingForInput => api::RunStatus::WaitingForInput,
+        RunStatus::Completed => api::RunStatus::Completed,
+        RunStatus::Failed => api::RunStatus::Failed,
+        RunStatus::Cancelled => api::RunStatus::Cancelled,
+    }
+}
+
 pub(crate) fn run(r: Run) -> api::Run {
     api::Run {
         id: r.id.into_string(),
         thread_id: r.thread_id.into_string(),
-        status: match r.status {
-            RunStatus::Queued => api::RunStatus::Queued,
-            RunStatus::Running => api::RunStatus::Running,
-            RunStatus::WaitingForInput => api::RunStatus::WaitingForInput,
-            RunStatus::Completed => api::RunStatus::Completed,
-            RunStatus::Failed => api::RunStatus::Failed,
-            RunStatus::Cancelled => api::RunStatus::Cancelled,
-        },
+        status: run_status(r.status),
         attempt: r.attempt,
         input_message_id: r.input_message_id.into_string(),
         stop_reason: r.stop_reason.map(|s| s.as_str().to_owned()),

@@ -84,6 +84,8 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::User => (ErrorCode::UserNotFound, "user"),
         Entity::Organization => (ErrorCode::OrganizationNotFound, "organization"),
         Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
+        Entity::BoardItem => (ErrorCode::BoardItemNotFound, "board item"),
+        Entity::File => (ErrorCode::FileNotFound, "file"),
     }
 }
 
@@ -113,6 +115,15 @@ impl From<StoreError> for ApiError {
                 api
             }
             StoreError::Conflict(conflict) => match conflict {
+                Conflict::NoCapableAgent => Self::new(
+                    ErrorCode::NoCapableAgent,
+                    "no agent of the target lane has every requested capability tag",
+                )
+                .with_field("capability_tags"),
+                Conflict::BoardItemClosed => Self::new(
+                    ErrorCode::BoardItemClosed,
+                    "the board item is archived or cancelled",
+                ),
                 Conflict::ActorExists => Self::new(
                     ErrorCode::ActorExists,
                     "an actor with this subject_type and external_key already exists",

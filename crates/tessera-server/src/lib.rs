@@ -14,9 +14,11 @@ use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::PlainSecret;
+use tessera_runtime::board_tools::{BoardTools, ToolChain};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::Hub;
 use tessera_runtime::provider::ProviderRegistry;
+use tessera_runtime::scheduler::SchedulerHandle;
 use tessera_runtime::tools::InternalTools;
 use tessera_store::Store;
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ mod auth;
 mod bootstrap;
 pub mod config;
 mod convert;
+mod convert_boards;
 mod convert_identity;
 mod error;
 mod extract;
@@ -45,6 +48,10 @@ pub(crate) struct AppState {
     pub metrics: Arc<observe::Metrics>,
     pub runtime: Arc<Runtime>,
     pub identity: identity::SharedIdentity,
+    /// Wakes this node's scheduler when an item is created or rescheduled here.
+    pub scheduler: SchedulerHandle,
+    /// Largest accepted workspace upload.
+    pub max_upload_bytes: u64,
 }
 
 /// What the first start on an empty database created.
@@ -61,6 +68,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<dyn Store>,
     runtime: Arc<Runtime>,
+    scheduler: SchedulerHandle,
     public_url: String,
     shutdown_timeout: Duration,
     bootstrapped: Option<Bootstrapped>,
@@ -93,10 +101,14 @@ impl Application {
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
+        let scheduler = SchedulerHandle::default();
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers,
-            tools: Arc::new(InternalTools),
+            tools: Arc::new(ToolChain(vec![
+                Arc::new(InternalTools),
+                Arc::new(BoardTools::new(scheduler.clone())),
+            ])),
             hub: Arc::new(Hub::new()),
             config: RuntimeConfig {
                 workers: config.runtime.workers,
@@ -115,6 +127,8 @@ impl Application {
             metrics: Arc::new(observe::Metrics::new()),
             runtime: runtime.clone(),
             identity,
+            scheduler: scheduler.clone(),
+            max_upload_bytes: config.max_upload_bytes,
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {
@@ -122,6 +136,7 @@ impl Application {
             router,
             store,
             runtime,
+            scheduler,
             public_url,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
             bootstrapped,
@@ -160,6 +175,12 @@ impl Application {
         let workers_stop = Arc::new(workers_stop);
         let mut workers = tokio::spawn(tessera_runtime::worker::run_workers(
             self.runtime.clone(),
+            workers_rx.clone(),
+        ));
+        // The scheduler fires board item slots; it stops with the workers.
+        let mut scheduler = tokio::spawn(tessera_runtime::scheduler::run_scheduler(
+            self.runtime.clone(),
+            self.scheduler.clone(),
             workers_rx,
         ));
         let graceful = {
@@ -206,6 +227,12 @@ impl Application {
             .is_err()
         {
             workers.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut scheduler)
+            .await
+            .is_err()
+        {
+            scheduler.abort();
         }
         self.store.close().await;
         Ok(())

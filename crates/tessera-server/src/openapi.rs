@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    actors, agents, audit, browser, deployments, organizations, projects, threads, users,
+    actors, agents, audit, boards, browser, deployments, organizations, projects, threads, users,
 };
 use crate::stream;
 
@@ -12,7 +12,7 @@ use crate::stream;
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; users, organizations, sign-in and the audit log.",
+        description = "Agent session server: deployments, actors, agents, actor projects, board items, threads and runs; users, organizations, sign-in and the audit log.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -34,6 +34,17 @@ use crate::stream;
         projects::list_actor_projects,
         projects::get_actor_project,
         projects::archive_actor_project,
+        boards::create_item,
+        boards::list_items,
+        boards::delegate,
+        boards::get_item,
+        boards::update_item,
+        boards::archive_item,
+        boards::cancel_item,
+        boards::list_filesystem,
+        boards::get_file,
+        boards::upload_file,
+        boards::download_file,
         threads::create_thread,
         threads::get_thread,
         threads::list_messages,
@@ -69,6 +80,7 @@ use crate::stream;
         (name = "actors", description = "Who agents work for."),
         (name = "agents", description = "Agent definitions."),
         (name = "actor projects", description = "An actor bound to an agent."),
+        (name = "board", description = "Board items (tasks) of a project: schedules, delegation and task workspaces."),
         (name = "threads", description = "Conversations and execution lanes; runs and their event stream."),
         (name = "users", description = "End users of the deployment's app; user tokens."),
         (name = "organizations", description = "Organizations of users and their memberships."),

@@ -597,7 +597,7 @@ async fn filters_and_tenancy(db: &TestDatabase) {
             ..Default::default()
         })
         .await,
-        [a.id.clone()]
+        vec![a.id.clone()]
     );
     assert_eq!(
         list(BoardItemFilter {
@@ -605,7 +605,7 @@ async fn filters_and_tenancy(db: &TestDatabase) {
             ..Default::default()
         })
         .await,
-        [b.id.clone()]
+        vec![b.id.clone()]
     );
     assert_eq!(list(BoardItemFilter::default()).await.len(), 2);
     assert_eq!(
@@ -614,7 +614,7 @@ async fn filters_and_tenancy(db: &TestDatabase) {
             ..Default::default()
         })
         .await,
-        [a.id.clone()]
+        vec![a.id.clone()]
     );
     assert!(list(BoardItemFilter {
         status: Some(ItemStatus::Running),

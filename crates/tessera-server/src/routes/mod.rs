@@ -16,6 +16,7 @@ use crate::AppState;
 pub(crate) mod actors;
 pub(crate) mod agents;
 pub(crate) mod audit;
+pub(crate) mod boards;
 pub(crate) mod browser;
 pub(crate) mod deployments;
 pub(crate) mod organizations;
@@ -70,6 +71,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/ai/actor-projects/{project_id}/threads",
             post(threads::create_thread),
         )
+        .merge(board_routes())
         .route("/ai/threads/{thread_id}", get(threads::get_thread))
         .route(
             "/ai/threads/{thread_id}/messages",
@@ -95,6 +97,32 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(from_fn(catch_panic))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
+}
+
+/// Board items of a project and their workspace filesystems.
+fn board_routes() -> Router<AppState> {
+    const ITEM: &str = "/ai/actor-projects/{project_id}/board/items/{item_id}";
+    Router::new()
+        .route(
+            "/ai/actor-projects/{project_id}/board/items",
+            post(boards::create_item).get(boards::list_items),
+        )
+        .route(
+            "/ai/actor-projects/{project_id}/board/items/delegate",
+            post(boards::delegate),
+        )
+        .route(ITEM, get(boards::get_item).patch(boards::update_item))
+        .route(&format!("{ITEM}/archive"), post(boards::archive_item))
+        .route(&format!("{ITEM}/cancel"), post(boards::cancel_item))
+        .route(&format!("{ITEM}/filesystem"), get(boards::list_filesystem))
+        .route(
+            &format!("{ITEM}/filesystem/file"),
+            get(boards::get_file).put(boards::upload_file),
+        )
+        .route(
+            &format!("{ITEM}/filesystem/download"),
+            get(boards::download_file),
+        )
 }
 
 /// Users, organizations, the audit log (backend) and the browser sign-in endpoints.
