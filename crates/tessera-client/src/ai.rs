@@ -127,7 +127,7 @@ impl<'a> Agents<'a> {
 /// Actor projects: [`Ai::actor_projects`].
 #[derive(Debug, Clone, Copy)]
 pub struct ActorProjects<'a> {
-    client: &'a Client,
+    pub(crate) client: &'a Client,
 }
 
 impl<'a> ActorProjects<'a> {
@@ -228,6 +228,55 @@ mod tests {
             ),
             seen(ai.actor_projects().get_actor_project("x")),
             seen(ai.actor_projects().archive_actor_project("x")),
+            seen(ai.actor_projects().create_board_item(
+                "x",
+                tessera_api::types::CreateBoardItemRequest {
+                    title: "t".into(),
+                    description: "d".into(),
+                    schedule: None,
+                    assigned_thread_id: None,
+                    capability_tags: None,
+                },
+            )),
+            seen(
+                ai.actor_projects()
+                    .list_board_items("x", Default::default()),
+            ),
+            seen(ai.actor_projects().get_board_item("x", "x")),
+            seen(
+                ai.actor_projects()
+                    .update_board_item("x", "x", Default::default()),
+            ),
+            seen(ai.actor_projects().archive_board_item("x", "x")),
+            seen(ai.actor_projects().cancel_board_item("x", "x")),
+            seen(ai.actor_projects().delegate_task(
+                "x",
+                tessera_api::types::DelegateProjectTaskRequest {
+                    target_lane_thread_id: "x".into(),
+                    title: "t".into(),
+                    description: None,
+                    capability_tags: None,
+                },
+            )),
+            seen(
+                ai.actor_projects()
+                    .list_board_item_filesystem("x", "x", None),
+            ),
+            seen(
+                ai.actor_projects()
+                    .get_board_item_filesystem_file("x", "x", "/a"),
+            ),
+            seen(ai.actor_projects().upload_board_item_filesystem_file(
+                "x",
+                "x",
+                "/a",
+                vec![],
+                "text/plain",
+            )),
+            seen(
+                ai.actor_projects()
+                    .download_board_item_filesystem_file("x", "x", "/a"),
+            ),
             seen(ai.threads().create_thread("x", Default::default())),
             seen(ai.threads().get_thread("x")),
             seen(ai.threads().list_messages("x", Default::default())),

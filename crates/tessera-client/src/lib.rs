@@ -28,6 +28,7 @@
 //! table, so the SDK cannot drift from the server.
 
 mod ai;
+mod boards;
 mod client;
 mod deployments;
 mod error;
@@ -46,7 +47,7 @@ pub use client::Client;
 pub use deployments::Deployments;
 pub use error::Error;
 pub use me::Me;
-pub use request::Request;
+pub use request::{FileDownload, Request};
 pub use secret_keys::SecretKeys;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;

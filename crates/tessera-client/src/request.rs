@@ -27,6 +27,8 @@ pub struct Request<'a, T> {
     /// Query parameter objects, appended in order with `RequestBuilder::query`.
     query: Vec<Map<String, Value>>,
     body: Option<Value>,
+    /// A non-JSON body and its media type (file uploads).
+    raw_body: Option<(Vec<u8>, String)>,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// A non-2xx status whose body is still a `T` (`/readyz` answers 503 with a `Health`).
     decode_also_on: Option<u16>,
@@ -81,6 +83,7 @@ impl<'a, T> Request<'a, T> {
             path: path_and_query.to_owned(),
             query: Vec::new(),
             body: None,
+            raw_body: None,
             headers: Vec::new(),
             decode_also_on: None,
             error: None,
@@ -110,6 +113,12 @@ impl<'a, T> Request<'a, T> {
             Ok(value) => self.body = Some(value),
             Err(err) => self.fail(Error::Encode(err)),
         }
+        self
+    }
+
+    /// Sets a raw request body with its media type (file uploads).
+    pub fn bytes(mut self, body: Vec<u8>, content_type: &str) -> Self {
+        self.raw_body = Some((body, content_type.to_owned()));
         self
     }
 
@@ -176,6 +185,11 @@ impl<'a, T> Request<'a, T> {
         if let Some(body) = &self.body {
             builder = builder.json(body);
         }
+        if let Some((bytes, content_type)) = self.raw_body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
         Ok(builder)
     }
 
@@ -218,6 +232,49 @@ impl<T: DeserializeOwned> Request<'_, T> {
             &response.body,
             response.request_id,
         ))
+    }
+}
+
+/// A downloaded workspace file: its bytes and what the response headers said about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDownload {
+    pub data: Vec<u8>,
+    /// `Content-Type` of the response (the type stored with the file).
+    pub mime_type: String,
+    /// The name from `Content-Disposition`.
+    pub file_name: Option<String>,
+}
+
+impl Request<'_, FileDownload> {
+    /// Sends the request and reads the file. Any other status than 2xx becomes
+    /// [`Error::Api`].
+    pub async fn send(self) -> Result<FileDownload, Error> {
+        let response = self.build()?.send().await?;
+        let status = response.status().as_u16();
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let request_id = header(reqwest::header::HeaderName::from_static("x-request-id"));
+        let mime_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let file_name = header(reqwest::header::CONTENT_DISPOSITION).and_then(|d| {
+            d.split(';')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix("filename="))
+                .map(|n| n.trim_matches('"').to_owned())
+        });
+        let body = response.bytes().await?.to_vec();
+        if !(200..300).contains(&status) {
+            return Err(Error::from_response(status, &body, request_id));
+        }
+        Ok(FileDownload {
+            data: body,
+            mime_type,
+            file_name,
+        })
     }
 }
 

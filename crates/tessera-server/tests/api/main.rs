@@ -11,6 +11,7 @@ mod actors;
 mod agents;
 mod auth;
 mod bad_input;
+mod boards;
 mod browser;
 mod identity;
 mod keys;
