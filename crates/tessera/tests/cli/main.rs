@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 mod api;
+mod boards;
 mod crash;
 mod identity;
 mod offline;

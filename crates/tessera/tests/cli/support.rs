@@ -153,6 +153,11 @@ impl Server {
         }
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn client(&self, key: &str) -> Client {
         Client::new(self.url.clone(), key)
     }
