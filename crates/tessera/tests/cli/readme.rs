@@ -9,14 +9,19 @@ use crate::support::{bootstrap_key, Server};
 
 /// The shell code between the walk-through markers of README.md.
 fn walkthrough() -> String {
+    section("walkthrough")
+}
+
+/// The `sh` blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` of README.md.
+fn section(name: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md is readable");
     let start = readme
-        .find("<!-- walkthrough:start -->")
-        .expect("README has the walk-through start marker");
+        .find(&format!("<!-- {name}:start -->"))
+        .expect("README has the section's start marker");
     let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("README has the walk-through end marker");
+        .find(&format!("<!-- {name}:end -->"))
+        .expect("README has the section's end marker");
     let section = &readme[start..end];
     let mut script = String::new();
     let mut in_block = false;
@@ -75,5 +80,42 @@ async fn readme_walkthrough_runs_verbatim() {
             && stdout.contains(r#""field":"instructions""#),
         "{stdout}"
     );
+    db.cleanup().await;
+}
+
+/// The board section: a scheduled item whose run writes a file, then its download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_board_section_runs_verbatim() {
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    let server = Server::start(&db.url, &key).await;
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &section("boards")])
+        .env("TESSERA_URL", &server.url)
+        .env("TESSERA_API_KEY", &key)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "board section failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("item: item_"), "{stdout}");
+    assert!(stdout.contains(r#""status":"completed""#), "{stdout}");
+    assert!(stdout.contains(r#""task_key":"TASK-1""#), "{stdout}");
+    assert!(stdout.contains(r#""path":"/out/report.md""#), "{stdout}");
+    assert!(
+        stdout.contains("content-disposition: attachment; filename=\"report.md\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cache-control: no-store"), "{stdout}");
+    assert!(
+        stdout.contains("content-type: text/markdown; charset=utf-8"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("All systems nominal."), "{stdout}");
     db.cleanup().await;
 }
