@@ -814,7 +814,7 @@ pub enum SlotOutcome {
     Fired,
     /// The previous run was still open and the overlap policy is `skip`.
     Skipped,
-    /// The run could not be submitted (the thread is gone, …).
+    /// The run could not be queued (the item's thread is gone).
     Failed,
 }
 
@@ -846,7 +846,7 @@ pub struct SlotRecord {
     pub slot_at: Timestamp,
     pub outcome: SlotOutcome,
     pub thread_id: ThreadId,
-    /// The run to submit (ids chosen when the slot was claimed, so a retry submits the same).
+    /// The run the slot queued (`None` when skipped).
     pub run_id: Option<RunId>,
     pub message_id: Option<MessageId>,
     /// The item's description: the run's input.
@@ -854,6 +854,9 @@ pub struct SlotRecord {
     /// The node that claimed it.
     pub node: String,
     pub fired_at: Timestamp,
+    /// Events stored with the run (`message.created`, `run.status`), to publish; empty when
+    /// read back with [`BoardStore::list_slots`].
+    pub events: Vec<ThreadEvent>,
 }
 
 #[async_trait]
@@ -924,33 +927,17 @@ pub trait BoardStore {
     async fn next_due_slot(&self) -> StoreResult<Option<Timestamp>>;
 
     /// Scheduler: in one transaction, records up to `limit` due slots (pending slot at or
-    /// before `now`) and moves each item to its next slot. The slot's primary key and the
-    /// conditional move make each slot recorded once across all nodes; PostgreSQL skips items
-    /// another node is claiming (`SKIP LOCKED`).
+    /// before `now`), moves each item to its next slot and queues each fired slot's run (the
+    /// description as a user message, exactly as `submit_run` with `enqueue` does). The
+    /// conditional move and the slot's primary key make each slot fire once across all nodes;
+    /// PostgreSQL skips items another node is claiming (`SKIP LOCKED`). A slot and its run are
+    /// committed together or not at all.
     async fn claim_due_slots(
         &self,
         node: &str,
         now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<SlotRecord>>;
-
-    /// Scheduler: fired slots recorded between `from` and `until` whose run does not exist (the
-    /// node died between recording the slot and submitting the run).
-    async fn unsubmitted_slots(
-        &self,
-        from: Timestamp,
-        until: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<SlotRecord>>;
-
-    /// Scheduler: marks a fired slot as failed (its run cannot be submitted).
-    async fn fail_slot(
-        &self,
-        scope: &Scope,
-        item_id: &BoardItemId,
-        slot_at: Timestamp,
-        error: &str,
-    ) -> StoreResult<()>;
 }
 
 /// A file's content is stored in chunks of this many bytes (the last one may be shorter).

@@ -1,13 +1,12 @@
 //! SQL for task boards (board items, schedule slots) and task workspaces (files in chunks),
 //! shared by both backends like `sql.rs`.
 //!
-//! Exactly once per slot: `claim_due_slots` records a slot as a `board_slots` row (primary key
-//! `(item_id, slot_at)`) and moves the item to its next slot with an update conditional on the
-//! pending slot, in one transaction. Two nodes claiming together either skip each other's rows
-//! (PostgreSQL `SKIP LOCKED`) or serialise (SQLite's single writer); a slot's row can only be
-//! inserted once. The run's ids are chosen when the slot is recorded, and the run is submitted
-//! with an idempotency key naming the slot, so re-submitting a slot whose node died before
-//! submitting it cannot start a second run.
+//! Exactly once per slot: `claim_due_slots` moves each due item to its next slot with an update
+//! conditional on the pending slot, records the slot as a `board_slots` row (primary key
+//! `(item_id, slot_at)`) and queues the slot's run — all in one transaction. Two nodes claiming
+//! together either skip each other's rows (PostgreSQL `SKIP LOCKED`) or serialise (SQLite's
+//! single writer); a slot's row can only be inserted once, and a slot and its run commit
+//! together, so no crash can leave one without the other.
 
 /// The derived status of an item (`b` = board_items, `r` = its last run), kept in SQL so that
 /// list filters and reads agree.
@@ -50,7 +49,7 @@ macro_rules! impl_board_sql {
             WorkspacePath,
         };
         use tessera_domain::event;
-        use tessera_domain::thread::RunStatus;
+        use tessera_domain::thread::{Message, Role, RunStatus};
         use tessera_domain::{
             AgentId, BlobId, BoardItemId, DeploymentId, MessageId, ProjectId, RunId, Scope,
             ThreadId, Timestamp,
@@ -149,6 +148,7 @@ macro_rules! impl_board_sql {
                 description: row.try_get("description")?,
                 node: row.try_get("node")?,
                 fired_at: Timestamp::from_millis(row.try_get("fired_at")?),
+                events: Vec::new(),
             })
         }
 
@@ -587,46 +587,6 @@ macro_rules! impl_board_sql {
                 self.offload(async move { this.do_claim_due_slots(&node, now, limit).await }).await
             }
 
-            async fn unsubmitted_slots(&self, from: Timestamp, until: Timestamp, limit: usize) -> StoreResult<Vec<SlotRecord>> {
-                let rows = sqlx::query(&format!(
-                    "SELECT {SLOT_COLS} FROM board_slots s JOIN board_items b ON b.id = s.item_id
-                     WHERE s.outcome = 'fired' AND s.fired_at >= $1 AND s.fired_at < $2
-                       AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id)
-                     ORDER BY s.fired_at LIMIT $3"
-                ))
-                .bind(from.as_millis())
-                .bind(until.as_millis())
-                .bind(limit as i64)
-                .fetch_all(self.reader())
-                .await?;
-                rows.iter().map(slot_from_row).collect()
-            }
-
-            async fn fail_slot(&self, scope: &Scope, item_id: &BoardItemId, slot_at: Timestamp, error: &str) -> StoreResult<()> {
-                let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(
-                    "UPDATE board_slots SET outcome = 'failed', error = $1
-                     WHERE item_id = $2 AND slot_at = $3 AND deployment_id = $4 RETURNING run_id",
-                )
-                .bind(error)
-                .bind(item_id.as_str())
-                .bind(slot_at.as_millis())
-                .bind(dep)
-                .fetch_optional(&mut *tx)
-                .await?;
-                // The item no longer waits for a run that will never exist (overlap `skip`).
-                if let Some(row) = row {
-                    let run_id: Option<String> = row.try_get("run_id")?;
-                    sqlx::query("UPDATE board_items SET last_run_id = NULL WHERE id = $1 AND last_run_id = $2")
-                        .bind(item_id.as_str())
-                        .bind(run_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
         }
 
         /// A run read back after the update (only what its status event needs).
@@ -644,11 +604,120 @@ macro_rules! impl_board_sql {
                     .transpose()?,
                 error: row.try_get("error")?,
                 usage: Default::default(),
-                cancel_requested: true,
+                cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
                 started_at: row.try_get::<Option<i64>, _>("started_at")?.map(Timestamp::from_millis),
                 finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Timestamp::from_millis),
             })
+        }
+
+        /// One due item read by the claim.
+        struct Due {
+            item_id: String,
+            dep: String,
+            thread_id: String,
+            description: String,
+            kind: ScheduleKind,
+            interval: Option<i64>,
+            skip_if_open: bool,
+            pending: i64,
+            last_run_open: bool,
+        }
+
+        /// Stores the run of a fired slot exactly as `submit_run` queues one with the `enqueue`
+        /// policy: the user message, the queued run, and their two events numbered on the thread.
+        /// `None` when the thread is gone.
+        async fn queue_run(
+            conn: &mut Conn,
+            dep: &str,
+            thread_id: &str,
+            run_id: &RunId,
+            message_id: &MessageId,
+            content: &str,
+            now: Timestamp,
+        ) -> StoreResult<Option<Vec<ThreadEvent>>> {
+            let Some(row) = sqlx::query(
+                "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
+                 WHERE id = $2 AND deployment_id = $3 RETURNING last_seq",
+            )
+            .bind(now.as_millis())
+            .bind(thread_id)
+            .bind(dep)
+            .fetch_optional(&mut *conn)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let last: i64 = row.try_get("last_seq")?;
+            let thread = parse_id(thread_id.to_owned(), ThreadId::parse)?;
+            let message = Message {
+                id: message_id.clone(),
+                thread_id: thread.clone(),
+                run_id: Some(run_id.clone()),
+                role: Role::User,
+                content: content.to_owned(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+                tool_name: None,
+                is_error: false,
+                attachments: Vec::new(),
+                usage: None,
+                created_at: now,
+            };
+            sqlx::query(
+                "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
+                   tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at)
+                 VALUES ($1, $2, $3, $4, 'user', $5, '[]', NULL, NULL, 0, '[]', NULL, NULL, $6)",
+            )
+            .bind(message_id.as_str())
+            .bind(dep)
+            .bind(thread_id)
+            .bind(run_id.as_str())
+            .bind(content)
+            .bind(now.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            let row = sqlx::query(&format!(
+                "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
+                 VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {}",
+                $crate::sql_runs::RUN_COLS
+            ))
+            .bind(run_id.as_str())
+            .bind(dep)
+            .bind(thread_id)
+            .bind(message_id.as_str())
+            .bind(now.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            let run = run_from_row_min(&row)?;
+            let created = event::message_event(event::MESSAGE_CREATED, &message);
+            let queued = event::run_status_event(&run);
+            let mut events = Vec::with_capacity(2);
+            for (seq, ev) in [(last - 1, created), (last, queued)] {
+                let data = serde_json::to_string(&ev.data).map_err(|e| corrupt("event data", e))?;
+                sqlx::query(
+                    "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(thread_id)
+                .bind(seq)
+                .bind(dep)
+                .bind(run_id.as_str())
+                .bind(ev.kind)
+                .bind(data)
+                .bind(now.as_millis())
+                .execute(&mut *conn)
+                .await?;
+                events.push(ThreadEvent {
+                    thread_id: thread.clone(),
+                    seq,
+                    run_id: Some(run_id.clone()),
+                    kind: ev.kind.to_owned(),
+                    data: ev.data,
+                    created_at: now,
+                });
+            }
+            Ok(Some(events))
         }
 
         impl $store {
@@ -666,82 +735,132 @@ macro_rules! impl_board_sql {
                 .bind(limit as i64)
                 .fetch_all(&mut *tx)
                 .await?;
-                let mut claimed = Vec::with_capacity(rows.len());
+                let mut due = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let item_id: String = row.try_get("id")?;
-                    let dep: String = row.try_get("deployment_id")?;
-                    let thread_id: String = row.try_get("assigned_thread_id")?;
-                    let pending: i64 = row.try_get("next_run_at")?;
                     let kind: Option<String> = row.try_get("schedule_kind")?;
-                    let kind = match kind.as_deref() {
-                        Some(k) => ScheduleKind::parse(k).ok_or_else(|| corrupt("schedule kind", k))?,
-                        None => ScheduleKind::Once,
-                    };
-                    let interval: Option<i64> = row.try_get("interval_seconds")?;
                     let overlap: String = row.try_get("overlap")?;
                     let last_run: Option<String> = row.try_get("last_run_id")?;
                     let run_status: Option<String> = row.try_get("run_status")?;
-                    let Some(firing) = fire(kind, interval.map(|s| s * 1000), Timestamp::from_millis(pending), now) else {
+                    due.push(Due {
+                        item_id: row.try_get("id")?,
+                        dep: row.try_get("deployment_id")?,
+                        thread_id: row.try_get("assigned_thread_id")?,
+                        description: row.try_get("description")?,
+                        kind: match kind.as_deref() {
+                            Some(k) => ScheduleKind::parse(k).ok_or_else(|| corrupt("schedule kind", k))?,
+                            None => ScheduleKind::Once,
+                        },
+                        interval: row.try_get("interval_seconds")?,
+                        skip_if_open: overlap == Overlap::Skip.as_str(),
+                        pending: row.try_get("next_run_at")?,
+                        last_run_open: last_run.is_some() && is_open(run_status.as_deref()),
+                    });
+                }
+                // Threads are locked in one order by every claimer, so two nodes claiming items
+                // that share threads cannot deadlock.
+                due.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
+                let mut claimed = Vec::with_capacity(due.len());
+                let mut threads = std::collections::BTreeSet::new();
+                for d in due {
+                    let Some(firing) = fire(d.kind, d.interval.map(|s| s * 1000), Timestamp::from_millis(d.pending), now) else {
                         continue;
                     };
-                    let skip = overlap == Overlap::Skip.as_str() && last_run.is_some() && is_open(run_status.as_deref());
-                    let (outcome, run_id, message_id) = if skip {
-                        (SlotOutcome::Skipped, None, None)
+                    // Moves the item on first, conditional on the pending slot: the claim of this
+                    // slot is decided here.
+                    let next = firing.next.filter(|n| *n > firing.slot);
+                    let skip = d.skip_if_open && d.last_run_open;
+                    let (run_id, message_id) = if skip {
+                        (None, None)
                     } else {
-                        (SlotOutcome::Fired, Some(RunId::generate_at(now)), Some(MessageId::generate_at(now)))
+                        (Some(RunId::generate_at(now)), Some(MessageId::generate_at(now)))
                     };
+                    let moved = sqlx::query(
+                        "UPDATE board_items SET next_run_at = $1,
+                           schedule_state = CASE WHEN $1 IS NULL THEN 'done' ELSE schedule_state END,
+                           updated_at = $2
+                         WHERE id = $3 AND next_run_at = $4 AND schedule_state = 'active'",
+                    )
+                    .bind(next.map(Timestamp::as_millis))
+                    .bind(now.as_millis())
+                    .bind(&d.item_id)
+                    .bind(d.pending)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() == 1;
+                    if !moved {
+                        continue;
+                    }
+                    // The slot's record. A slot recorded before (a schedule set back onto a
+                    // slot that already fired) is not fired again.
+                    let mut outcome = if skip { SlotOutcome::Skipped } else { SlotOutcome::Fired };
                     let inserted = sqlx::query(
                         "INSERT INTO board_slots (item_id, slot_at, deployment_id, outcome, run_id, message_id,
                            thread_id, node, fired_at)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                          ON CONFLICT (item_id, slot_at) DO NOTHING",
                     )
-                    .bind(&item_id)
+                    .bind(&d.item_id)
                     .bind(firing.slot.as_millis())
-                    .bind(&dep)
+                    .bind(&d.dep)
                     .bind(outcome.as_str())
                     .bind(run_id.as_ref().map(|r| r.as_str()))
                     .bind(message_id.as_ref().map(|m| m.as_str()))
-                    .bind(&thread_id)
+                    .bind(&d.thread_id)
                     .bind(node)
                     .bind(now.as_millis())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected() == 1;
-                    let next = firing.next.filter(|n| *n > firing.slot);
-                    let moved = sqlx::query(
-                        "UPDATE board_items SET next_run_at = $1,
-                           schedule_state = CASE WHEN $1 IS NULL THEN 'done' ELSE schedule_state END,
-                           last_run_id = COALESCE($2, last_run_id),
-                           last_slot_at = CASE WHEN $2 IS NULL THEN last_slot_at ELSE $3 END,
-                           updated_at = $4
-                         WHERE id = $5 AND next_run_at = $6 AND schedule_state = 'active'",
-                    )
-                    .bind(next.map(Timestamp::as_millis))
-                    .bind(if inserted { run_id.as_ref().map(|r| r.as_str()) } else { None })
-                    .bind(firing.slot.as_millis())
-                    .bind(now.as_millis())
-                    .bind(&item_id)
-                    .bind(pending)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected() == 1;
-                    if !(inserted && moved) {
-                        // Recorded before (or the item moved under us): nothing to run.
+                    if !inserted {
                         continue;
                     }
+                    let mut events = Vec::new();
+                    if let (Some(run), Some(message)) = (&run_id, &message_id) {
+                        match queue_run(&mut tx, &d.dep, &d.thread_id, run, message, &d.description, now).await? {
+                            Some(stored) => {
+                                events = stored;
+                                sqlx::query("UPDATE board_items SET last_run_id = $1, last_slot_at = $2 WHERE id = $3")
+                                    .bind(run.as_str())
+                                    .bind(firing.slot.as_millis())
+                                    .bind(&d.item_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            None => {
+                                outcome = SlotOutcome::Failed;
+                                sqlx::query(
+                                    "UPDATE board_slots SET outcome = 'failed', error = 'the item''s thread no longer exists'
+                                     WHERE item_id = $1 AND slot_at = $2",
+                                )
+                                .bind(&d.item_id)
+                                .bind(firing.slot.as_millis())
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                        }
+                    }
+                    if outcome == SlotOutcome::Fired {
+                        threads.insert(d.thread_id.clone());
+                    }
                     claimed.push(SlotRecord {
-                        scope: Scope::deployment(parse_id(dep, DeploymentId::parse)?),
-                        item_id: parse_id(item_id, BoardItemId::parse)?,
+                        scope: Scope::deployment(parse_id(d.dep, DeploymentId::parse)?),
+                        item_id: parse_id(d.item_id, BoardItemId::parse)?,
                         slot_at: firing.slot,
                         outcome,
-                        thread_id: parse_id(thread_id, ThreadId::parse)?,
+                        thread_id: parse_id(d.thread_id, ThreadId::parse)?,
                         run_id,
                         message_id,
-                        description: row.try_get("description")?,
+                        description: d.description,
                         node: node.to_owned(),
                         fired_at: now,
+                        events,
                     });
+                }
+                if !threads.is_empty() {
+                    self.notify(&mut tx, &Notification::Runs).await?;
+                    for thread in threads {
+                        self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread, ThreadId::parse)?)).await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(claimed)

@@ -16,7 +16,7 @@ use tessera_domain::board::{
 };
 use tessera_domain::records::{NewActor, NewDeployment, NewProject, Project};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
-use tessera_domain::thread::{Message, Role, RunStatus};
+use tessera_domain::thread::RunStatus;
 use tessera_domain::validate::{
     CapabilityTag, DeploymentName, Description, ExternalKey, Label, Metadata, SubjectType,
 };
@@ -24,7 +24,7 @@ use tessera_domain::{BlobId, BoardItemId, Scope, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
     backend_tests, BoardItemFilter, Conflict, ConnectOptions, Entity, NewFile, NewSecretKey,
-    PageRequest, SlotOutcome, SlotRecord, Store, StoreError, SubmitOutcome, SubmitRun,
+    PageRequest, SlotOutcome, Store, StoreError,
 };
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -133,39 +133,6 @@ fn every(at: i64, secs: u32, overlap: Overlap) -> Schedule {
     .unwrap()
 }
 
-/// Submits the run of a fired slot, as the scheduler does.
-async fn submit(store: &Arc<dyn Store>, slot: &SlotRecord) {
-    let run_id = slot.run_id.clone().unwrap();
-    let message = Message {
-        id: slot.message_id.clone().unwrap(),
-        thread_id: slot.thread_id.clone(),
-        run_id: Some(run_id.clone()),
-        role: Role::User,
-        content: slot.description.clone(),
-        tool_calls: vec![],
-        tool_call_id: None,
-        tool_name: None,
-        is_error: false,
-        attachments: vec![],
-        usage: None,
-        created_at: Timestamp::now(),
-    };
-    let outcome = store
-        .submit_run(
-            &slot.scope,
-            &slot.thread_id,
-            &SubmitRun {
-                message,
-                run_id,
-                policy: MultitaskPolicy::Enqueue,
-                idempotency: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(matches!(outcome, SubmitOutcome::Created { .. }));
-}
-
 backend_tests!(
     items_get_task_keys_and_execute_once,
     concurrent_claimers_fire_each_slot_once,
@@ -174,7 +141,7 @@ backend_tests!(
     archive_and_pause_stop_the_schedule,
     cancel_cancels_the_queued_run,
     filters_and_tenancy,
-    unsubmitted_slots_are_found_until_submitted,
+    a_slot_queues_its_run_in_the_same_transaction,
     files_round_trip_in_chunks,
 );
 
@@ -215,7 +182,6 @@ async fn items_get_task_keys_and_execute_once(db: &TestDatabase) {
         .await
         .unwrap()
         .is_empty());
-    submit(&store, &claimed[0]).await;
     let a = store
         .get_board_item(&t.scope, &t.project.id, &a.id)
         .await
@@ -374,9 +340,6 @@ async fn overlap_skip_and_parallel(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(first.len(), 2);
-    for slot in &first {
-        submit(&store, slot).await;
-    }
     // The first runs are still queued at the next slot.
     let second = store
         .claim_due_slots("n", Timestamp::from_millis(t0 + 60_000), 10)
@@ -507,7 +470,6 @@ async fn cancel_cancels_the_queued_run(db: &TestDatabase) {
         .unwrap()
         .pop()
         .unwrap();
-    submit(&store, &slot).await;
     let (cancelled, stopping, events) = store
         .cancel_board_item(&t.scope, &t.project.id, &a.id)
         .await
@@ -538,7 +500,6 @@ async fn cancel_cancels_the_queued_run(db: &TestDatabase) {
         .unwrap()
         .pop()
         .unwrap();
-    submit(&store, &slot).await;
     let claimed = store
         .claim_run("w", Timestamp::now(), 60_000)
         .await
@@ -693,10 +654,10 @@ async fn filters_and_tenancy(db: &TestDatabase) {
     );
 }
 
-async fn unsubmitted_slots_are_found_until_submitted(db: &TestDatabase) {
+async fn a_slot_queues_its_run_in_the_same_transaction(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
-    store
+    let item = store
         .create_board_item(&t.scope, &item(&t, "a", None))
         .await
         .unwrap();
@@ -706,40 +667,65 @@ async fn unsubmitted_slots_are_found_until_submitted(db: &TestDatabase) {
         .unwrap()
         .pop()
         .unwrap();
-    let from = Timestamp::now().plus_secs(-3600);
-    let until = Timestamp::now().plus_secs(1);
-    let pending = store.unsubmitted_slots(from, until, 10).await.unwrap();
-    assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].run_id, slot.run_id);
-    assert_eq!(pending[0].message_id, slot.message_id);
-    submit(&store, &slot).await;
-    assert!(store
-        .unsubmitted_slots(from, until, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    // A slot whose run cannot be submitted is marked failed and no longer retried.
-    store
-        .create_board_item(&t.scope, &item(&t, "b", None))
+    // The run exists, queued, with the description as its input and its two events.
+    let run = store
+        .get_run(&t.scope, &slot.thread_id, slot.run_id.as_ref().unwrap())
         .await
         .unwrap();
-    let slot = store
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(Some(run.input_message_id.clone()), slot.message_id);
+    let history = store
+        .thread_history(&t.scope, &slot.thread_id)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].content, "do a");
+    let kinds: Vec<&str> = slot.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["message.created", "run.status"]);
+    let stored = store
+        .events_after(&t.scope, &slot.thread_id, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(stored, slot.events);
+    // A worker claims it like any other run.
+    let claimed = store
+        .claim_run("w", Timestamp::now(), 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.run.id, run.id);
+    let got = store
+        .get_board_item(&t.scope, &t.project.id, &item.id)
+        .await
+        .unwrap();
+    assert_eq!(got.status, ItemStatus::Running);
+    assert_eq!(got.last_run.unwrap().status, Some(RunStatus::Running));
+    // Setting the schedule back onto the slot that fired does not fire it again.
+    let at = slot.slot_at.as_millis();
+    store
+        .update_board_item(
+            &t.scope,
+            &t.project.id,
+            &item.id,
+            &BoardItemPatch {
+                schedule: Some(Some(once(at))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store
         .claim_due_slots("n", Timestamp::now(), 10)
         .await
         .unwrap()
-        .pop()
-        .unwrap();
-    store
-        .fail_slot(&slot.scope, &slot.item_id, slot.slot_at, "thread gone")
-        .await
-        .unwrap();
-    assert!(store
-        .unsubmitted_slots(from, until, 10)
-        .await
-        .unwrap()
         .is_empty());
-    let slots = store.list_slots(&t.scope, &slot.item_id).await.unwrap();
-    assert_eq!(slots[0].outcome, SlotOutcome::Failed);
+    assert_eq!(store.list_slots(&t.scope, &item.id).await.unwrap().len(), 1);
+    let got = store
+        .get_board_item(&t.scope, &t.project.id, &item.id)
+        .await
+        .unwrap();
+    assert_eq!(got.next_run_at, None);
+    assert_eq!(got.schedule_state, ScheduleState::Done);
 }
 
 async fn files_round_trip_in_chunks(db: &TestDatabase) {

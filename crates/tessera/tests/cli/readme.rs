@@ -116,6 +116,9 @@ async fn readme_board_section_runs_verbatim() {
         stdout.contains("content-type: text/markdown; charset=utf-8"),
         "{stdout}"
     );
-    assert!(stdout.trim_end().ends_with("All systems nominal."), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("All systems nominal."),
+        "{stdout}"
+    );
     db.cleanup().await;
 }
