@@ -49,7 +49,8 @@ macro_rules! impl_board_sql {
             WorkspacePath,
         };
         use tessera_domain::event;
-        use tessera_domain::thread::{Message, Role, RunStatus};
+        use tessera_domain::thread::{Message, Role, Run, RunStatus};
+        use std::collections::HashMap;
         use tessera_domain::{
             AgentId, BlobId, BoardItemId, DeploymentId, MessageId, ProjectId, RunId, Scope,
             ThreadId, Timestamp,
@@ -624,103 +625,19 @@ macro_rules! impl_board_sql {
             last_run_open: bool,
         }
 
-        /// Stores the run of a fired slot exactly as `submit_run` queues one with the `enqueue`
-        /// policy: the user message, the queued run, and their two events numbered on the thread.
-        /// `None` when the thread is gone.
-        async fn queue_run(
-            conn: &mut Conn,
-            dep: &str,
-            thread_id: &str,
-            run_id: &RunId,
-            message_id: &MessageId,
-            content: &str,
-            now: Timestamp,
-        ) -> StoreResult<Option<Vec<ThreadEvent>>> {
-            let Some(row) = sqlx::query(
-                "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
-                 WHERE id = $2 AND deployment_id = $3 RETURNING last_seq",
-            )
-            .bind(now.as_millis())
-            .bind(thread_id)
-            .bind(dep)
-            .fetch_optional(&mut *conn)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let last: i64 = row.try_get("last_seq")?;
-            let thread = parse_id(thread_id.to_owned(), ThreadId::parse)?;
-            let message = Message {
-                id: message_id.clone(),
-                thread_id: thread.clone(),
-                run_id: Some(run_id.clone()),
-                role: Role::User,
-                content: content.to_owned(),
-                tool_calls: Vec::new(),
-                tool_call_id: None,
-                tool_name: None,
-                is_error: false,
-                attachments: Vec::new(),
-                usage: None,
-                created_at: now,
-            };
-            sqlx::query(
-                "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
-                   tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at)
-                 VALUES ($1, $2, $3, $4, 'user', $5, '[]', NULL, NULL, 0, '[]', NULL, NULL, $6)",
-            )
-            .bind(message_id.as_str())
-            .bind(dep)
-            .bind(thread_id)
-            .bind(run_id.as_str())
-            .bind(content)
-            .bind(now.as_millis())
-            .execute(&mut *conn)
-            .await?;
-            let row = sqlx::query(&format!(
-                "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
-                 VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {}",
-                $crate::sql_runs::RUN_COLS
-            ))
-            .bind(run_id.as_str())
-            .bind(dep)
-            .bind(thread_id)
-            .bind(message_id.as_str())
-            .bind(now.as_millis())
-            .fetch_one(&mut *conn)
-            .await?;
-            let run = run_from_row_min(&row)?;
-            let created = event::message_event(event::MESSAGE_CREATED, &message);
-            let queued = event::run_status_event(&run);
-            let mut events = Vec::with_capacity(2);
-            for (seq, ev) in [(last - 1, created), (last, queued)] {
-                let data = serde_json::to_string(&ev.data).map_err(|e| corrupt("event data", e))?;
-                sqlx::query(
-                    "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(thread_id)
-                .bind(seq)
-                .bind(dep)
-                .bind(run_id.as_str())
-                .bind(ev.kind)
-                .bind(data)
-                .bind(now.as_millis())
-                .execute(&mut *conn)
-                .await?;
-                events.push(ThreadEvent {
-                    thread_id: thread.clone(),
-                    seq,
-                    run_id: Some(run_id.clone()),
-                    kind: ev.kind.to_owned(),
-                    data: ev.data,
-                    created_at: now,
-                });
-            }
-            Ok(Some(events))
+        /// What the claim decided for one due item.
+        struct Plan {
+            due: Due,
+            slot: Timestamp,
+            next: Option<Timestamp>,
+            /// Run and input message ids when the slot fires (not when it is skipped).
+            run: Option<(RunId, MessageId)>,
         }
 
         impl $store {
+            /// The claim, in a constant number of statements per batch: read the due items,
+            /// move them on, record their slots, reserve event numbers on their threads, then
+            /// insert the messages, runs and events of the fired ones.
             async fn do_claim_due_slots(&self, node: &str, now: Timestamp, limit: usize) -> StoreResult<Vec<SlotRecord>> {
                 let mut tx = self.begin_write().await?;
                 let rows = sqlx::query(&format!(
@@ -735,13 +652,13 @@ macro_rules! impl_board_sql {
                 .bind(limit as i64)
                 .fetch_all(&mut *tx)
                 .await?;
-                let mut due = Vec::with_capacity(rows.len());
+                let mut plans = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let kind: Option<String> = row.try_get("schedule_kind")?;
                     let overlap: String = row.try_get("overlap")?;
                     let last_run: Option<String> = row.try_get("last_run_id")?;
                     let run_status: Option<String> = row.try_get("run_status")?;
-                    due.push(Due {
+                    let due = Due {
                         item_id: row.try_get("id")?,
                         dep: row.try_get("deployment_id")?,
                         thread_id: row.try_get("assigned_thread_id")?,
@@ -754,77 +671,181 @@ macro_rules! impl_board_sql {
                         skip_if_open: overlap == Overlap::Skip.as_str(),
                         pending: row.try_get("next_run_at")?,
                         last_run_open: last_run.is_some() && is_open(run_status.as_deref()),
+                    };
+                    let Some(firing) = fire(due.kind, due.interval.map(|s| s * 1000), Timestamp::from_millis(due.pending), now) else {
+                        continue;
+                    };
+                    let skip = due.skip_if_open && due.last_run_open;
+                    plans.push(Plan {
+                        slot: firing.slot,
+                        next: firing.next.filter(|n| *n > firing.slot),
+                        run: (!skip).then(|| (RunId::generate_at(now), MessageId::generate_at(now))),
+                        due,
                     });
+                }
+                if plans.is_empty() {
+                    tx.commit().await?;
+                    return Ok(Vec::new());
                 }
                 // Threads are locked in one order by every claimer, so two nodes claiming items
                 // that share threads cannot deadlock.
-                due.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
-                let mut claimed = Vec::with_capacity(due.len());
-                let mut threads = std::collections::BTreeSet::new();
-                for d in due {
-                    let Some(firing) = fire(d.kind, d.interval.map(|s| s * 1000), Timestamp::from_millis(d.pending), now) else {
-                        continue;
-                    };
-                    // Moves the item on first, conditional on the pending slot: the claim of this
-                    // slot is decided here.
-                    let next = firing.next.filter(|n| *n > firing.slot);
-                    let skip = d.skip_if_open && d.last_run_open;
-                    let (run_id, message_id) = if skip {
-                        (None, None)
-                    } else {
-                        (Some(RunId::generate_at(now)), Some(MessageId::generate_at(now)))
-                    };
-                    let moved = sqlx::query(
-                        "UPDATE board_items SET next_run_at = $1,
-                           schedule_state = CASE WHEN $1 IS NULL THEN 'done' ELSE schedule_state END,
-                           updated_at = $2
-                         WHERE id = $3 AND next_run_at = $4 AND schedule_state = 'active'",
-                    )
-                    .bind(next.map(Timestamp::as_millis))
-                    .bind(now.as_millis())
-                    .bind(&d.item_id)
-                    .bind(d.pending)
-                    .execute(&mut *tx)
+                plans.sort_by(|a, b| a.due.thread_id.cmp(&b.due.thread_id));
+
+                // 1. Move each item on, conditional on the pending slot read above: this decides
+                //    the claim. (`VALUES` columns are `column1…` on both engines.)
+                let mut qb = QueryBuilder::<$db>::new(
+                    "UPDATE board_items SET next_run_at = v.column2,
+                       schedule_state = CASE WHEN v.column2 IS NULL THEN 'done' ELSE board_items.schedule_state END,
+                       last_run_id = COALESCE(v.column4, board_items.last_run_id),
+                       last_slot_at = CASE WHEN v.column4 IS NULL THEN board_items.last_slot_at ELSE v.column5 END,
+                       updated_at = ",
+                );
+                qb.push_bind(now.as_millis());
+                qb.push(" FROM (");
+                qb.push_values(&plans, |mut b, p| {
+                    b.push_bind(p.due.item_id.as_str())
+                        .push_bind(p.next.map(Timestamp::as_millis))
+                        .push_bind(p.due.pending)
+                        .push_bind(p.run.as_ref().map(|(r, _)| r.as_str()))
+                        .push_bind(p.slot.as_millis());
+                });
+                qb.push(") AS v WHERE board_items.id = v.column1 AND board_items.next_run_at = v.column3
+                          AND board_items.schedule_state = 'active' RETURNING board_items.id");
+                let moved: std::collections::HashSet<String> = qb
+                    .build()
+                    .fetch_all(&mut *tx)
                     .await?
-                    .rows_affected() == 1;
-                    if !moved {
-                        continue;
-                    }
-                    // The slot's record. A slot recorded before (a schedule set back onto a
-                    // slot that already fired) is not fired again.
-                    let mut outcome = if skip { SlotOutcome::Skipped } else { SlotOutcome::Fired };
-                    let inserted = sqlx::query(
-                        "INSERT INTO board_slots (item_id, slot_at, deployment_id, outcome, run_id, message_id,
-                           thread_id, node, fired_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                         ON CONFLICT (item_id, slot_at) DO NOTHING",
-                    )
-                    .bind(&d.item_id)
-                    .bind(firing.slot.as_millis())
-                    .bind(&d.dep)
-                    .bind(outcome.as_str())
-                    .bind(run_id.as_ref().map(|r| r.as_str()))
-                    .bind(message_id.as_ref().map(|m| m.as_str()))
-                    .bind(&d.thread_id)
-                    .bind(node)
-                    .bind(now.as_millis())
-                    .execute(&mut *tx)
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("id"))
+                    .collect::<Result<_, _>>()?;
+                plans.retain(|p| moved.contains(&p.due.item_id));
+                if plans.is_empty() {
+                    tx.commit().await?;
+                    return Ok(Vec::new());
+                }
+
+                // 2. Record the slots. A slot recorded before (a schedule set back onto a slot
+                //    that already fired) is not fired again.
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO board_slots (item_id, slot_at, deployment_id, outcome, run_id, message_id,
+                       thread_id, node, fired_at) ",
+                );
+                qb.push_values(&plans, |mut b, p| {
+                    b.push_bind(p.due.item_id.as_str())
+                        .push_bind(p.slot.as_millis())
+                        .push_bind(p.due.dep.as_str())
+                        .push_bind(if p.run.is_some() { SlotOutcome::Fired.as_str() } else { SlotOutcome::Skipped.as_str() })
+                        .push_bind(p.run.as_ref().map(|(r, _)| r.as_str()))
+                        .push_bind(p.run.as_ref().map(|(_, m)| m.as_str()))
+                        .push_bind(p.due.thread_id.as_str())
+                        .push_bind(node)
+                        .push_bind(now.as_millis());
+                });
+                qb.push(" ON CONFLICT (item_id, slot_at) DO NOTHING RETURNING item_id");
+                let recorded: std::collections::HashSet<String> = qb
+                    .build()
+                    .fetch_all(&mut *tx)
                     .await?
-                    .rows_affected() == 1;
-                    if !inserted {
-                        continue;
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("item_id"))
+                    .collect::<Result<_, _>>()?;
+                let mut stale = Vec::new();
+                plans.retain(|p| {
+                    let keep = recorded.contains(&p.due.item_id);
+                    if !keep {
+                        if let Some((run, _)) = &p.run {
+                            stale.push((p.due.item_id.clone(), run.as_str().to_owned()));
+                        }
                     }
-                    let mut events = Vec::new();
-                    if let (Some(run), Some(message)) = (&run_id, &message_id) {
-                        match queue_run(&mut tx, &d.dep, &d.thread_id, run, message, &d.description, now).await? {
-                            Some(stored) => {
-                                events = stored;
-                                sqlx::query("UPDATE board_items SET last_run_id = $1, last_slot_at = $2 WHERE id = $3")
-                                    .bind(run.as_str())
-                                    .bind(firing.slot.as_millis())
-                                    .bind(&d.item_id)
-                                    .execute(&mut *tx)
-                                    .await?;
+                    keep
+                });
+                // The move named a run that will not exist: the item keeps its previous run.
+                for (item, run) in &stale {
+                    sqlx::query("UPDATE board_items SET last_run_id = NULL WHERE id = $1 AND last_run_id = $2")
+                        .bind(item)
+                        .bind(run)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+
+                // 3. Two event numbers per fired slot on its thread (message.created, run.status).
+                let mut per_thread: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+                for p in plans.iter().filter(|p| p.run.is_some()) {
+                    *per_thread.entry(p.due.thread_id.as_str()).or_default() += 2;
+                }
+                let mut next_seq: HashMap<String, i64> = HashMap::new();
+                if !per_thread.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "UPDATE threads SET last_seq = threads.last_seq + v.column2, updated_at = ",
+                    );
+                    qb.push_bind(now.as_millis());
+                    qb.push(" FROM (");
+                    qb.push_values(&per_thread, |mut b, (thread, n)| {
+                        b.push_bind(*thread).push_bind(*n);
+                    });
+                    qb.push(") AS v WHERE threads.id = v.column1 RETURNING threads.id, threads.last_seq");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        let thread: String = row.try_get("id")?;
+                        let last: i64 = row.try_get("last_seq")?;
+                        let n = per_thread.get(thread.as_str()).copied().unwrap_or_default();
+                        next_seq.insert(thread, last - n + 1);
+                    }
+                }
+
+                // 4. The fired slots' messages, runs and events (what `submit_run` stores with
+                //    the `enqueue` policy); a slot whose thread is gone is marked failed.
+                let mut claimed = Vec::with_capacity(plans.len());
+                let mut messages = Vec::new();
+                let mut events: Vec<(String, ThreadEvent)> = Vec::new();
+                for p in plans {
+                    let thread = parse_id(p.due.thread_id.clone(), ThreadId::parse)?;
+                    let mut outcome = if p.run.is_some() { SlotOutcome::Fired } else { SlotOutcome::Skipped };
+                    let mut slot_events = Vec::new();
+                    if let Some((run_id, message_id)) = &p.run {
+                        match next_seq.get_mut(&p.due.thread_id) {
+                            Some(seq) => {
+                                let message = Message {
+                                    id: message_id.clone(),
+                                    thread_id: thread.clone(),
+                                    run_id: Some(run_id.clone()),
+                                    role: Role::User,
+                                    content: p.due.description.clone(),
+                                    tool_calls: Vec::new(),
+                                    tool_call_id: None,
+                                    tool_name: None,
+                                    is_error: false,
+                                    attachments: Vec::new(),
+                                    usage: None,
+                                    created_at: now,
+                                };
+                                let run = Run {
+                                    id: run_id.clone(),
+                                    thread_id: thread.clone(),
+                                    status: RunStatus::Queued,
+                                    attempt: 0,
+                                    input_message_id: message_id.clone(),
+                                    stop_reason: None,
+                                    error: None,
+                                    usage: Default::default(),
+                                    cancel_requested: false,
+                                    created_at: now,
+                                    started_at: None,
+                                    finished_at: None,
+                                };
+                                for ev in [event::message_event(event::MESSAGE_CREATED, &message), event::run_status_event(&run)] {
+                                    let stored = ThreadEvent {
+                                        thread_id: thread.clone(),
+                                        seq: *seq,
+                                        run_id: Some(run_id.clone()),
+                                        kind: ev.kind.to_owned(),
+                                        data: ev.data,
+                                        created_at: now,
+                                    };
+                                    *seq += 1;
+                                    events.push((p.due.dep.clone(), stored.clone()));
+                                    slot_events.push(stored);
+                                }
+                                messages.push((p.due.dep.clone(), message));
                             }
                             None => {
                                 outcome = SlotOutcome::Failed;
@@ -832,34 +853,87 @@ macro_rules! impl_board_sql {
                                     "UPDATE board_slots SET outcome = 'failed', error = 'the item''s thread no longer exists'
                                      WHERE item_id = $1 AND slot_at = $2",
                                 )
-                                .bind(&d.item_id)
-                                .bind(firing.slot.as_millis())
+                                .bind(&p.due.item_id)
+                                .bind(p.slot.as_millis())
                                 .execute(&mut *tx)
                                 .await?;
+                                sqlx::query("UPDATE board_items SET last_run_id = NULL WHERE id = $1 AND last_run_id = $2")
+                                    .bind(&p.due.item_id)
+                                    .bind(run_id.as_str())
+                                    .execute(&mut *tx)
+                                    .await?;
                             }
                         }
                     }
-                    if outcome == SlotOutcome::Fired {
-                        threads.insert(d.thread_id.clone());
-                    }
                     claimed.push(SlotRecord {
-                        scope: Scope::deployment(parse_id(d.dep, DeploymentId::parse)?),
-                        item_id: parse_id(d.item_id, BoardItemId::parse)?,
-                        slot_at: firing.slot,
+                        scope: Scope::deployment(parse_id(p.due.dep, DeploymentId::parse)?),
+                        item_id: parse_id(p.due.item_id, BoardItemId::parse)?,
+                        slot_at: p.slot,
                         outcome,
-                        thread_id: parse_id(d.thread_id, ThreadId::parse)?,
-                        run_id,
-                        message_id,
-                        description: d.description,
+                        thread_id: thread,
+                        run_id: p.run.as_ref().map(|(r, _)| r.clone()),
+                        message_id: p.run.as_ref().map(|(_, m)| m.clone()),
+                        description: p.due.description,
                         node: node.to_owned(),
                         fired_at: now,
-                        events,
+                        events: slot_events,
                     });
                 }
-                if !threads.is_empty() {
+                if !messages.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
+                           tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at) ",
+                    );
+                    qb.push_values(&messages, |mut b, (dep, m)| {
+                        b.push_bind(m.id.as_str())
+                            .push_bind(dep.as_str())
+                            .push_bind(m.thread_id.as_str())
+                            .push_bind(m.run_id.as_ref().map(|r| r.as_str()))
+                            .push_bind("user")
+                            .push_bind(m.content.as_str())
+                            .push_bind("[]")
+                            .push_bind(None::<String>)
+                            .push_bind(None::<String>)
+                            .push_bind(0i64)
+                            .push_bind("[]")
+                            .push_bind(None::<String>)
+                            .push_bind(None::<String>)
+                            .push_bind(now.as_millis());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at) ",
+                    );
+                    qb.push_values(&messages, |mut b, (dep, m)| {
+                        b.push_bind(m.run_id.as_ref().map(|r| r.as_str()))
+                            .push_bind(dep.as_str())
+                            .push_bind(m.thread_id.as_str())
+                            .push_bind("queued")
+                            .push_bind(m.id.as_str())
+                            .push_bind(now.as_millis());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                    let data = events
+                        .iter()
+                        .map(|(_, e)| serde_json::to_string(&e.data).map_err(|err| corrupt("event data", err)))
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at) ",
+                    );
+                    qb.push_values(events.iter().zip(&data), |mut b, ((dep, e), data)| {
+                        b.push_bind(e.thread_id.as_str())
+                            .push_bind(e.seq)
+                            .push_bind(dep.as_str())
+                            .push_bind(e.run_id.as_ref().map(|r| r.as_str()))
+                            .push_bind(e.kind.as_str())
+                            .push_bind(data.as_str())
+                            .push_bind(now.as_millis());
+                    });
+                    qb.build().execute(&mut *tx).await?;
                     self.notify(&mut tx, &Notification::Runs).await?;
+                    let threads: std::collections::BTreeSet<&ThreadId> = messages.iter().map(|(_, m)| &m.thread_id).collect();
                     for thread in threads {
-                        self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread, ThreadId::parse)?)).await?;
+                        self.notify(&mut tx, &Notification::ThreadEvents(thread.clone())).await?;
                     }
                 }
                 tx.commit().await?;
