@@ -195,6 +195,30 @@ impl Client {
         Ok((response.status, raw_body_value(&response.body)))
     }
 
+    /// Like [`Client::call_raw`], with a raw (non-JSON) body of the given media type, e.g. a
+    /// file for `uploadProjectTaskBoardItemFilesystemFile`.
+    pub async fn call_raw_bytes(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(u16, Value), Error> {
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::InvalidRequest(format!("invalid HTTP method {method:?}")))?;
+        if !path_and_query.starts_with('/') {
+            return Err(Error::InvalidPath(format!(
+                "{path_and_query:?} does not start with '/'"
+            )));
+        }
+        let response = Request::<Value>::raw(self, method, path_and_query)
+            .header("Origin", &self.origin())
+            .bytes(body, content_type)
+            .execute()
+            .await?;
+        Ok((response.status, raw_body_value(&response.body)))
+    }
+
     /// The full URL of `path_and_query`, which starts with `/`.
     pub(crate) fn url(&self, path_and_query: &str) -> String {
         format!("{}{}", self.base_url, path_and_query)

@@ -105,22 +105,51 @@ pub fn describe(operation_id: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The request body of `tessera api call`.
+pub enum Body {
+    None,
+    /// `--body`: inline JSON, `@file` or `@-`.
+    Json(String),
+    /// `--data-file` (`-` for standard input) with its `--content-type`.
+    Raw(std::path::PathBuf, String),
+}
+
 pub async fn call(
     remote: &RemoteArgs,
     operation_id: &str,
-    body: Option<&str>,
+    body: Body,
     params: &[String],
 ) -> anyhow::Result<ExitCode> {
     let doc = Document::embedded()?;
     let op = doc.find(operation_id)?;
     let params = parse_params(params)?;
     let path_and_query = fill_path(&doc, &op, &params)?;
-    let body = body.map(read_body).transpose()?;
     let client = client(remote)?;
 
-    let (status, answer) = client
-        .call_raw(&op.method, &path_and_query, body)
-        .await
+    let sent = match body {
+        Body::None => client.call_raw(&op.method, &path_and_query, None).await,
+        Body::Json(raw) => {
+            let json = read_body(&raw)?;
+            client
+                .call_raw(&op.method, &path_and_query, Some(json))
+                .await
+        }
+        Body::Raw(file, content_type) => {
+            let bytes = if file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .context("cannot read the body from standard input")?;
+                bytes
+            } else {
+                std::fs::read(&file)
+                    .with_context(|| format!("cannot read the data file {}", file.display()))?
+            };
+            client
+                .call_raw_bytes(&op.method, &path_and_query, bytes, &content_type)
+                .await
+        }
+    };
+    let (status, answer) = sent
         .with_context(|| format!("{} {}{path_and_query} failed", op.method, client.base_url()))?;
     let text = match &answer {
         Value::Null => String::new(),

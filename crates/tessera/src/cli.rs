@@ -169,6 +169,18 @@ pub enum ApiCommand {
         /// JSON request body: inline, `@file.json`, or `@-` for standard input.
         #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
         body: Option<String>,
+        /// A raw (non-JSON) request body read from a file, or `-` for standard input: file
+        /// uploads (`uploadProjectTaskBoardItemFilesystemFile`).
+        #[arg(long, value_name = "FILE", conflicts_with = "body")]
+        data_file: Option<std::path::PathBuf>,
+        /// The media type of `--data-file`.
+        #[arg(
+            long,
+            value_name = "TYPE",
+            default_value = "application/octet-stream",
+            requires = "data_file"
+        )]
+        content_type: String,
         /// A parameter: fills the `{KEY}` placeholder of the path, or else becomes a query
         /// parameter. Repeatable.
         #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]

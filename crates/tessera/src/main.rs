@@ -52,8 +52,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Api(ApiCommand::Call {
             operation_id,
             body,
+            data_file,
+            content_type,
             params,
             remote,
-        }) => api::call(&remote, &operation_id, body.as_deref(), &params).await,
+        }) => {
+            let body = match (body, data_file) {
+                (_, Some(file)) => api::Body::Raw(file, content_type),
+                (Some(json), None) => api::Body::Json(json),
+                (None, None) => api::Body::None,
+            };
+            api::call(&remote, &operation_id, body, &params).await
+        }
     }
 }

@@ -18,7 +18,7 @@ use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 use tokio::time::Instant;
 
-use crate::support::{bootstrap_key, Server};
+use crate::support::{bootstrap_key, tessera, write_file, Server};
 
 backend_tests!(
     a_slot_missed_while_down_fires_once_after_restart,
@@ -466,4 +466,111 @@ async fn fifty_mib_round_trip_in_constant_memory(db: &TestDatabase) {
         growth < (SIZE / 2) as u64,
         "the server's memory grew by {growth} bytes for a {SIZE}-byte file"
     );
+}
+
+/// The board operations through `tessera api call`, including a raw upload (`--data-file`)
+/// and a download printed as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_operations_through_tessera_api_call() {
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    let server = Server::start(&db.url, &key).await;
+    let client = server.client(&key);
+    let project = project(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = write_file(
+        dir.path(),
+        "item.json",
+        r#"{"title": "Later", "description": "x", "schedule": {"schedule_kind": "ONCE", "next_run_at": "2999-01-01T00:00:00Z"}}"#,
+    );
+    let created = tessera(vec![
+        "api".to_owned(),
+        "call".to_owned(),
+        "createProjectTaskBoardItem".to_owned(),
+        "--param".to_owned(),
+        format!("project_id={project}"),
+        "--body".to_owned(),
+        format!("@{}", body.display()),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    let item = created.stdout_json();
+    assert_eq!(item["task_key"], "TASK-1");
+    let item_id = item["id"].as_str().unwrap().to_owned();
+    let data = write_file(dir.path(), "notes.txt", "line one\nline two\n");
+    let uploaded = tessera(vec![
+        "api".to_owned(),
+        "call".to_owned(),
+        "uploadProjectTaskBoardItemFilesystemFile".to_owned(),
+        "--param".to_owned(),
+        format!("project_id={project}"),
+        "--param".to_owned(),
+        format!("item_id={item_id}"),
+        "--param".to_owned(),
+        "path=/notes/today.txt".to_owned(),
+        "--data-file".to_owned(),
+        data.display().to_string(),
+        "--content-type".to_owned(),
+        "text/plain".to_owned(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    assert_eq!(uploaded.stdout_json()["size"], 18);
+    assert_eq!(uploaded.stdout_json()["mime_type"], "text/plain");
+    let downloaded = tessera(vec![
+        "api".to_owned(),
+        "call".to_owned(),
+        "downloadProjectTaskBoardItemFilesystemFile".to_owned(),
+        "--param".to_owned(),
+        format!("project_id={project}"),
+        "--param".to_owned(),
+        format!("item_id={item_id}"),
+        "--param".to_owned(),
+        "path=/notes/today.txt".to_owned(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    assert_eq!(downloaded.stdout, "line one\nline two\n\n");
+    let listed = tessera(vec![
+        "api".to_owned(),
+        "call".to_owned(),
+        "listProjectTaskBoardItems".to_owned(),
+        "--param".to_owned(),
+        format!("project_id={project}"),
+        "--param".to_owned(),
+        "status=scheduled".to_owned(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    assert_eq!(listed.stdout_json()["data"][0]["id"], item_id.as_str());
+    // A traversal attempt is refused with the documented error, on standard error.
+    let refused = tessera(vec![
+        "api".to_owned(),
+        "call".to_owned(),
+        "getProjectTaskBoardItemFilesystemFile".to_owned(),
+        "--param".to_owned(),
+        format!("project_id={project}"),
+        "--param".to_owned(),
+        format!("item_id={item_id}"),
+        "--param".to_owned(),
+        "path=../../etc/passwd".to_owned(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .failed();
+    assert!(
+        refused.stderr.contains("validation_failed"),
+        "{}",
+        refused.stderr
+    );
+    db.cleanup().await;
 }
