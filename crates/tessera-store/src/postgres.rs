@@ -80,6 +80,21 @@ impl PgStore {
         work.await
     }
 
+    /// Queues several `NOTIFY`s in one round trip (a batch of fired slots wakes many threads).
+    pub(crate) async fn notify_many(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        notifications: &[Notification],
+    ) -> StoreResult<()> {
+        let payloads: Vec<String> = notifications.iter().map(encode_notification).collect();
+        sqlx::query("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
+            .bind(CHANNEL)
+            .bind(payloads)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).

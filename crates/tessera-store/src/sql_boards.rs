@@ -930,11 +930,10 @@ macro_rules! impl_board_sql {
                             .push_bind(now.as_millis());
                     });
                     qb.build().execute(&mut *tx).await?;
-                    self.notify(&mut tx, &Notification::Runs).await?;
                     let threads: std::collections::BTreeSet<&ThreadId> = messages.iter().map(|(_, m)| &m.thread_id).collect();
-                    for thread in threads {
-                        self.notify(&mut tx, &Notification::ThreadEvents(thread.clone())).await?;
-                    }
+                    let mut wake = vec![Notification::Runs];
+                    wake.extend(threads.into_iter().map(|t| Notification::ThreadEvents(t.clone())));
+                    self.notify_many(&mut tx, &wake).await?;
                 }
                 tx.commit().await?;
                 Ok(claimed)

@@ -131,6 +131,15 @@ impl SqliteStore {
     pub(crate) const ROW_LOCK: &'static str = "";
 
     /// Every writer is in this process, which wakes itself; nothing to send.
+    pub(crate) async fn notify_many(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _notifications: &[crate::Notification],
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Every writer is in this process, which wakes itself; nothing to send.
     pub(crate) async fn notify(
         &self,
         _tx: &mut Transaction<'static, Sqlite>,
