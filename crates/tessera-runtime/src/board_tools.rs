@@ -18,9 +18,9 @@ use tessera_domain::validate::{parse_list, CapabilityTag, Label};
 use tessera_domain::{BoardItemId, ProjectId, ThreadId, Timestamp};
 use tessera_store::StoreError;
 
+use crate::board_scheduler::BoardSchedulerHandle;
 use crate::boards::{self, BoardError, Delegation, FileWriter};
 use crate::provider::ToolSpec;
-use crate::scheduler::SchedulerHandle;
 use crate::tools::{ToolContext, ToolExecutor, ToolOutput};
 
 pub const LIST_FILES: &str = "list_files";
@@ -55,14 +55,14 @@ impl ToolExecutor for ToolChain {
     }
 }
 
-/// The board tools. New items wake this node's scheduler.
+/// The board tools. New items wake this node's board scheduler.
 pub struct BoardTools {
-    scheduler: SchedulerHandle,
+    board_scheduler: BoardSchedulerHandle,
 }
 
 impl BoardTools {
-    pub fn new(scheduler: SchedulerHandle) -> Self {
-        Self { scheduler }
+    pub fn new(board_scheduler: BoardSchedulerHandle) -> Self {
+        Self { board_scheduler }
     }
 }
 
@@ -253,7 +253,7 @@ impl BoardTools {
             )
             .await
             .map_err(board_error)?;
-            self.scheduler.wake();
+            self.board_scheduler.wake();
             Ok::<_, String>(json!({
                 "task_key": item.task_key,
                 "board_item_id": item.id.as_str(),
@@ -297,7 +297,7 @@ impl BoardTools {
             )
             .await
             .map_err(board_error)?;
-            self.scheduler.wake();
+            self.board_scheduler.wake();
             Ok::<_, String>(json!({
                 "task_key": item.task_key,
                 "board_item_id": item.id.as_str(),

@@ -5,11 +5,11 @@
 //! no SQL; storage is reached through `tessera-store` traits, the loop's decisions come from the
 //! pure state machine in `tessera-domain`.
 
+pub mod board_scheduler;
 pub mod board_tools;
 pub mod boards;
 pub mod driver;
 pub mod hub;
 pub mod provider;
-pub mod scheduler;
 pub mod tools;
 pub mod worker;

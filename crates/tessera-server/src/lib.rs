@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::PlainSecret;
+use tessera_runtime::board_scheduler::BoardSchedulerHandle;
 use tessera_runtime::board_tools::{BoardTools, ToolChain};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::Hub;
 use tessera_runtime::provider::ProviderRegistry;
-use tessera_runtime::scheduler::SchedulerHandle;
 use tessera_runtime::tools::InternalTools;
 use tessera_store::Store;
 use tokio::net::TcpListener;
@@ -48,8 +48,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<observe::Metrics>,
     pub runtime: Arc<Runtime>,
     pub identity: identity::SharedIdentity,
-    /// Wakes this node's scheduler when an item is created or rescheduled here.
-    pub scheduler: SchedulerHandle,
+    /// Wakes this node's board scheduler when an item is created or rescheduled here.
+    pub board_scheduler: BoardSchedulerHandle,
     /// Largest accepted workspace upload.
     pub max_upload_bytes: u64,
 }
@@ -68,7 +68,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<dyn Store>,
     runtime: Arc<Runtime>,
-    scheduler: SchedulerHandle,
+    board_scheduler: BoardSchedulerHandle,
     public_url: String,
     shutdown_timeout: Duration,
     bootstrapped: Option<Bootstrapped>,
@@ -101,13 +101,13 @@ impl Application {
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
-        let scheduler = SchedulerHandle::default();
+        let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers,
             tools: Arc::new(ToolChain(vec![
                 Arc::new(InternalTools),
-                Arc::new(BoardTools::new(scheduler.clone())),
+                Arc::new(BoardTools::new(board_scheduler.clone())),
             ])),
             hub: Arc::new(Hub::new()),
             config: RuntimeConfig {
@@ -127,7 +127,7 @@ impl Application {
             metrics: Arc::new(observe::Metrics::new()),
             runtime: runtime.clone(),
             identity,
-            scheduler: scheduler.clone(),
+            board_scheduler: board_scheduler.clone(),
             max_upload_bytes: config.max_upload_bytes,
         };
         let router = routes::router(state, config.max_body_bytes);
@@ -136,7 +136,7 @@ impl Application {
             router,
             store,
             runtime,
-            scheduler,
+            board_scheduler,
             public_url,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
             bootstrapped,
@@ -177,12 +177,13 @@ impl Application {
             self.runtime.clone(),
             workers_rx.clone(),
         ));
-        // The scheduler fires board item slots; it stops with the workers.
-        let mut scheduler = tokio::spawn(tessera_runtime::scheduler::run_scheduler(
-            self.runtime.clone(),
-            self.scheduler.clone(),
-            workers_rx,
-        ));
+        // The board scheduler fires board item slots; it stops with the workers.
+        let mut board_scheduler =
+            tokio::spawn(tessera_runtime::board_scheduler::run_board_scheduler(
+                self.runtime.clone(),
+                self.board_scheduler.clone(),
+                workers_rx,
+            ));
         let graceful = {
             let workers_stop = workers_stop.clone();
             async move {
@@ -228,11 +229,11 @@ impl Application {
         {
             workers.abort();
         }
-        if tokio::time::timeout(Duration::from_secs(5), &mut scheduler)
+        if tokio::time::timeout(Duration::from_secs(5), &mut board_scheduler)
             .await
             .is_err()
         {
-            scheduler.abort();
+            board_scheduler.abort();
         }
         self.store.close().await;
         Ok(())

@@ -66,7 +66,7 @@ pub(crate) async fn create_item(
         Err(e) => return Err(e.into()),
     };
     let item = boards::create_item(state.store.as_ref(), &caller.scope, &new).await?;
-    state.scheduler.wake();
+    state.board_scheduler.wake();
     Ok((StatusCode::CREATED, Json(convert::item(item))))
 }
 
@@ -165,7 +165,7 @@ pub(crate) async fn update_item(
         .store
         .update_board_item(&caller.scope, &project_id, &item_id, &patch)
         .await?;
-    state.scheduler.wake();
+    state.board_scheduler.wake();
     Ok(Json(convert::item(item)))
 }
 
@@ -267,7 +267,7 @@ pub(crate) async fn delegate(
         None,
     )
     .await?;
-    state.scheduler.wake();
+    state.board_scheduler.wake();
     Ok((
         StatusCode::CREATED,
         Json(api::DelegateProjectTaskResponse {

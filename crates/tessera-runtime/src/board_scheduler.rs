@@ -1,4 +1,4 @@
-//! The scheduler: fires board item slots when they come due, exactly once across all nodes.
+//! The board scheduler: fires board item slots when they come due, exactly once across all nodes.
 //!
 //! Every node runs one. It sleeps until the earliest pending slot of the database (a timer, not
 //! a poll), is woken at once when this node creates or changes an item, and re-reads the
@@ -24,22 +24,22 @@ pub const RESCAN: Duration = Duration::from_secs(5);
 /// Pause after a failed claim (the database is unreachable, …).
 const RETRY: Duration = Duration::from_millis(500);
 
-/// Wakes this node's scheduler (an item was created or rescheduled here).
+/// Wakes this node's board scheduler (an item was created or rescheduled here).
 #[derive(Clone, Default)]
-pub struct SchedulerHandle {
+pub struct BoardSchedulerHandle {
     wake: Arc<Notify>,
 }
 
-impl SchedulerHandle {
+impl BoardSchedulerHandle {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
 }
 
-/// Runs the scheduler until `shutdown` turns true.
-pub async fn run_scheduler(
+/// Runs the board scheduler until `shutdown` turns true.
+pub async fn run_board_scheduler(
     rt: Arc<Runtime>,
-    handle: SchedulerHandle,
+    handle: BoardSchedulerHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -70,7 +70,7 @@ pub async fn run_scheduler(
             _ = shutdown.changed() => {}
         }
     }
-    tracing::info!("scheduler stopped");
+    tracing::info!("board scheduler stopped");
 }
 
 /// Claims every slot due now, batch after batch, publishing the queued runs' events and waking
