@@ -238,6 +238,21 @@ define_id!(
     AuditEventId,
     "audit"
 );
+define_id!(
+    /// A session ticket's record (not the ticket, which only exists hashed).
+    TicketId,
+    "tkt"
+);
+define_id!(
+    /// An agent session: what a redeemed agent_access ticket opened.
+    AgentSessionId,
+    "asess"
+);
+define_id!(
+    /// A console administrator of the installation.
+    AdminId,
+    "adm"
+);
 
 #[cfg(test)]
 mod tests {

@@ -491,7 +491,8 @@ list_from_parts!(
     AgentList => Agent,
     ActorProjectList => ActorProject,
     SecretKeyList => SecretKey,
-    MessageList => Message
+    MessageList => Message,
+    AgentContextList => AgentContext
 );
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::User => (ErrorCode::UserNotFound, "user"),
         Entity::Organization => (ErrorCode::OrganizationNotFound, "organization"),
         Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
+        Entity::App => (ErrorCode::AppNotFound, "app"),
+        Entity::Context => (ErrorCode::ContextNotFound, "conversation"),
     }
 }
 
@@ -159,6 +161,21 @@ impl From<StoreError> for ApiError {
                 Conflict::AlreadyMember => Self::new(
                     ErrorCode::AlreadyMember,
                     "the user is already a member of this organization",
+                )
+                .with_field("user_id"),
+                Conflict::NamedSessionGroupMismatch => Self::new(
+                    ErrorCode::ValidationFailed,
+                    "context_group: the named session already exists with another context group",
+                )
+                .with_field("context_group"),
+                Conflict::NamedSessionNeedsGroup => Self::new(
+                    ErrorCode::ValidationFailed,
+                    "context_group: is required to create the named session (it does not exist yet)",
+                )
+                .with_field("context_group"),
+                Conflict::UserDisabled => Self::new(
+                    ErrorCode::UserDisabled,
+                    "the user is disabled: enable them first",
                 )
                 .with_field("user_id"),
                 Conflict::StaleVersion => Self::new(

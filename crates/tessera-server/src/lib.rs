@@ -34,7 +34,7 @@ mod openapi;
 mod routes;
 mod stream;
 
-pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret};
+pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret, SessionSettings};
 pub use identity::rotate_signing_key;
 pub use openapi::openapi_document;
 
@@ -55,6 +55,14 @@ pub struct Bootstrapped {
     pub secret_key: Option<PlainSecret>,
 }
 
+/// The console admin a start created (on the first start that found none).
+pub struct BootstrappedAdmin {
+    pub username: String,
+    /// The generated password, to print once. `None` when the operator supplied it through
+    /// `TESSERA_BOOTSTRAP_ADMIN_PASSWORD`.
+    pub password: Option<PlainSecret>,
+}
+
 /// A server bound to its listener and ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -64,6 +72,7 @@ pub struct Application {
     public_url: String,
     shutdown_timeout: Duration,
     bootstrapped: Option<Bootstrapped>,
+    admin: Option<BootstrappedAdmin>,
 }
 
 impl Application {
@@ -91,6 +100,7 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let public_url = config.public_url_at(local_addr);
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
+        let admin = bootstrap::console_admin(store.as_ref(), &config).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
         let runtime = Arc::new(Runtime {
@@ -125,6 +135,7 @@ impl Application {
             public_url,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
             bootstrapped,
+            admin,
         })
     }
 
@@ -147,6 +158,11 @@ impl Application {
     /// Set when this start created deployment `default`.
     pub fn bootstrapped(&self) -> Option<&Bootstrapped> {
         self.bootstrapped.as_ref()
+    }
+
+    /// Set when this start created the console admin.
+    pub fn bootstrapped_admin(&self) -> Option<&BootstrappedAdmin> {
+        self.admin.as_ref()
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections, lets in-flight

@@ -34,6 +34,7 @@ pub mod postgres;
 mod sql;
 mod sql_identity;
 mod sql_runs;
+mod sql_sessions;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -56,6 +57,10 @@ pub enum Entity {
     User,
     Organization,
     Membership,
+    /// An API-auth or webhook app named by a ticket's slug.
+    App,
+    /// A conversation of an agent session (a thread inside the session's partition).
+    Context,
 }
 
 /// State conflicts the caller can act on.
@@ -81,6 +86,12 @@ pub enum Conflict {
     OrganizationSlugTaken,
     /// The user is already a member of the organization.
     AlreadyMember,
+    /// A ticket names an existing named session with another context group.
+    NamedSessionGroupMismatch,
+    /// A ticket names a named session that does not exist yet, without a context group.
+    NamedSessionNeedsGroup,
+    /// The user of an impersonation (or user-bound) ticket is disabled.
+    UserDisabled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -772,6 +783,194 @@ pub trait SigningKeyStore {
     async fn rotate_signing_key(&self, new: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Session tickets, agent sessions and their conversations, and console administrators
+// (`sql_sessions.rs`).
+
+/// A ticket to store: its hash only, what it grants and who minted it.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    pub hash: SecretHash,
+    pub grant: tessera_domain::session::TicketGrant,
+    pub issuer: tessera_domain::session::Issuer,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// What an exchange needs besides the ticket: the browser's current session (if its cookie is
+/// live), and the secrets prepared for what the exchange may create.
+#[derive(Debug, Clone)]
+pub struct ExchangeTicket {
+    /// SHA-256 of the presented ticket.
+    pub hash: SecretHash,
+    pub now: Timestamp,
+    /// The hash of the browser's session cookie, when it sent one.
+    pub browser_session: Option<SecretHash>,
+    /// The browser session to create: for an agent_access ticket when the browser has no live
+    /// session; for an impersonation ticket always (it replaces the current one, with the
+    /// user, the impersonator and a lifetime capped at `impersonation_ms`).
+    pub new_browser_session: NewSession,
+    /// SHA-256 of the agent session's bearer token (`session_token`).
+    pub session_token: SecretHash,
+    /// Lifetime of the agent session.
+    pub session_lifetime_ms: i64,
+    /// Longest an impersonation browser session lives.
+    pub impersonation_ms: i64,
+    /// External key of the actor an anonymous ticket creates (`anonymous`/<key>).
+    pub anonymous_key: String,
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExchangeOutcome {
+    /// An agent_access ticket opened `session`, now the browser session's active one (any older
+    /// one was ended in the same transaction). `browser_created` when `browser` is the new
+    /// session of [`ExchangeTicket::new_browser_session`].
+    Agent {
+        ticket: tessera_domain::session::SessionTicket,
+        session: tessera_domain::session::AgentSession,
+        browser: BrowserSession,
+        browser_created: bool,
+    },
+    /// An impersonation ticket signed the browser in as `user` (the old browser session, if
+    /// any, was deleted).
+    Impersonation {
+        ticket: tessera_domain::session::SessionTicket,
+        user: User,
+        browser: BrowserSession,
+    },
+    /// Unknown, expired or already used: all answered alike. `replayed` is the used ticket
+    /// presented again (its sessions were revoked), for the audit log.
+    Invalid {
+        replayed: Option<tessera_domain::session::SessionTicket>,
+    },
+    /// A signin ticket, and the browser has no signed-in user. The ticket was not consumed.
+    SigninRequired,
+}
+
+#[async_trait]
+pub trait SessionStore {
+    /// Stores a ticket after checking its references in the scope: every agent
+    /// ([`Entity::Agent`], field `agent_ids[i]`), the actor (`actor_id`), the user (`user_id`),
+    /// the app ([`Entity::App`]), and the named session's context group
+    /// ([`Conflict::NamedSessionGroupMismatch`], [`Conflict::NamedSessionNeedsGroup`]).
+    async fn create_ticket(
+        &self,
+        scope: &Scope,
+        new: &NewTicket,
+    ) -> StoreResult<tessera_domain::session::SessionTicket>;
+
+    /// Redeems a ticket of the scope: one conditional UPDATE (`… WHERE hash = ? AND
+    /// redeemed_at IS NULL AND expires_at > now`) decides the single winner; in the same
+    /// transaction the actor and context group are resolved and the agent (or browser) session
+    /// is created. A used ticket presented again revokes what it opened. An app ticket is
+    /// refused with [`Entity::App`] and left unredeemed (the API-auth and webhook pages do not
+    /// exist yet).
+    async fn exchange_ticket(
+        &self,
+        scope: &Scope,
+        exchange: &ExchangeTicket,
+    ) -> StoreResult<ExchangeOutcome>;
+
+    /// The live agent session of a browser session (not ended, not expired), if any.
+    async fn active_agent_session(
+        &self,
+        scope: &Scope,
+        browser_session: &tessera_domain::SessionId,
+        now: Timestamp,
+    ) -> StoreResult<Option<tessera_domain::session::AgentSession>>;
+
+    /// The live agent session whose bearer token has this hash.
+    async fn agent_session_by_token(
+        &self,
+        scope: &Scope,
+        token: &SecretHash,
+        now: Timestamp,
+    ) -> StoreResult<Option<tessera_domain::session::AgentSession>>;
+
+    /// The conversations of the session's partition (its actor, agents and context group),
+    /// in id order.
+    async fn list_contexts(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::session::AgentSession,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Thread>>;
+
+    /// A conversation inside the session's partition ([`Entity::Context`] otherwise).
+    async fn get_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::session::AgentSession,
+        id: &ThreadId,
+    ) -> StoreResult<Thread>;
+
+    /// Creates a conversation with one of the session's agents, in the actor project of the
+    /// session's actor and that agent (found, or created in the same transaction).
+    async fn create_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::session::AgentSession,
+        agent_id: &AgentId,
+        title: &Label,
+    ) -> StoreResult<Thread>;
+
+    async fn rename_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::session::AgentSession,
+        id: &ThreadId,
+        title: &Label,
+    ) -> StoreResult<Thread>;
+
+    /// Hides a conversation from the session's partition (the backend keeps the thread).
+    async fn hide_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::session::AgentSession,
+        id: &ThreadId,
+    ) -> StoreResult<()>;
+}
+
+/// Console administrators: installation-wide, not tenant data.
+#[async_trait]
+pub trait ConsoleStore {
+    /// Operator: creates the first admin unless one exists; `Some` when this call created it.
+    async fn bootstrap_console_admin(
+        &self,
+        username: &str,
+        password_hash: &tessera_domain::password::PasswordHash,
+    ) -> StoreResult<Option<tessera_domain::session::ConsoleAdmin>>;
+
+    /// The admin with this username and their password hash, for sign-in.
+    async fn console_admin_credentials(
+        &self,
+        username: &str,
+    ) -> StoreResult<
+        Option<(
+            tessera_domain::session::ConsoleAdmin,
+            tessera_domain::password::PasswordHash,
+        )>,
+    >;
+
+    async fn create_console_session(
+        &self,
+        admin: &tessera_domain::AdminId,
+        hash: &SecretHash,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// The admin of a live console session.
+    async fn find_console_session(
+        &self,
+        hash: &SecretHash,
+        now: Timestamp,
+    ) -> StoreResult<Option<(tessera_domain::session::ConsoleAdmin, Timestamp)>>;
+
+    async fn delete_console_session(&self, hash: &SecretHash) -> StoreResult<()>;
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -807,6 +1006,8 @@ pub trait Store:
     + RunStore
     + IdentityStore
     + SigningKeyStore
+    + SessionStore
+    + ConsoleStore
     + Send
     + Sync
     + 'static

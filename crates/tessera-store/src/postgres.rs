@@ -128,6 +128,7 @@ fn decode_notification(payload: &str) -> Option<Notification> {
 crate::sql::impl_sql_store!(PgStore, Postgres);
 crate::sql_runs::impl_run_sql!(PgStore, Postgres);
 crate::sql_identity::impl_identity_sql!(PgStore, Postgres);
+crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {
