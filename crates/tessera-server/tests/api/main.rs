@@ -20,4 +20,5 @@ mod projects;
 mod runtime;
 mod sessions;
 mod tenancy;
+mod vanity;
 mod walkthrough;
