@@ -70,6 +70,8 @@ async fn readme_walkthrough_runs_verbatim() {
         stdout.contains(r#""content":"tool notify_user returned: the user was notified""#),
         "{stdout}"
     );
+    // Step 10 minted a chat link.
+    assert!(stdout.contains("/vanity/agents?ticket=tkt_"), "{stdout}");
     assert!(
         stdout.contains(r#""code":"validation_failed""#)
             && stdout.contains(r#""field":"instructions""#),
