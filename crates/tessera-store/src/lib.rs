@@ -29,6 +29,7 @@ use tessera_domain::validate::Label;
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_domain::{OrganizationId, UserId};
 
+mod group;
 mod migrate;
 pub mod postgres;
 mod sql;

@@ -80,6 +80,25 @@ impl PgStore {
         work.await
     }
 
+    /// Stores a ticket in its own transaction: PostgreSQL runs concurrent transactions on
+    /// several connections (and shares WAL flushes between concurrent commits itself).
+    pub(crate) async fn write_ticket(
+        &self,
+        scope: &tessera_domain::Scope,
+        new: &crate::NewTicket,
+    ) -> StoreResult<tessera_domain::session::SessionTicket> {
+        self.do_create_ticket(scope, new).await
+    }
+
+    /// Exchanges a ticket in its own transaction.
+    pub(crate) async fn write_exchange(
+        &self,
+        scope: &tessera_domain::Scope,
+        exchange: &crate::ExchangeTicket,
+    ) -> StoreResult<crate::ExchangeOutcome> {
+        self.do_exchange(scope, exchange).await
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).

@@ -263,32 +263,39 @@ macro_rules! impl_session_sql {
             qb.push(")");
         }
 
+        async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
+            let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
+            let row = sqlx::query(&format!(
+                "INSERT INTO session_tickets
+                   (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                    created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {TICKET_COLS}"
+            ))
+            .bind(TicketId::generate_at(new.now).into_string())
+            .bind(scope.deployment_id().as_str())
+            .bind(new.hash.as_bytes().to_vec())
+            .bind(new.grant.ticket_type().as_str())
+            .bind(grant)
+            .bind(new.issuer.kind())
+            .bind(new.issuer.id())
+            .bind(new.now.as_millis())
+            .bind(new.expires_at.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            ticket_from_row(&row)
+        }
+
         impl $store {
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
             pub(crate) async fn do_create_ticket(
                 &self,
                 scope: &Scope,
                 new: &NewTicket,
             ) -> StoreResult<SessionTicket> {
-                let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
                 let mut tx = self.begin_write().await?;
-                let row = sqlx::query(&format!(
-                    "INSERT INTO session_tickets
-                       (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
-                        created_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {TICKET_COLS}"
-                ))
-                .bind(TicketId::generate_at(new.now).into_string())
-                .bind(scope.deployment_id().as_str())
-                .bind(new.hash.as_bytes().to_vec())
-                .bind(new.grant.ticket_type().as_str())
-                .bind(grant)
-                .bind(new.issuer.kind())
-                .bind(new.issuer.id())
-                .bind(new.now.as_millis())
-                .bind(new.expires_at.as_millis())
-                .fetch_one(&mut *tx)
-                .await?;
-                let ticket = ticket_from_row(&row)?;
+                let ticket = insert_ticket(&mut tx, scope, new).await?;
                 tx.commit().await?;
                 Ok(ticket)
             }
@@ -384,212 +391,269 @@ macro_rules! impl_session_sql {
                 Ok(())
             }
 
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
             pub(crate) async fn do_exchange(
                 &self,
                 scope: &Scope,
                 ex: &ExchangeTicket,
             ) -> StoreResult<ExchangeOutcome> {
-                let dep = scope.deployment_id().as_str();
-                let now = ex.now;
                 let mut tx = self.begin_write().await?;
-                let won = sqlx::query(&format!(
-                    "UPDATE session_tickets SET redeemed_at = $1
-                     WHERE hash = $2 AND deployment_id = $3 AND redeemed_at IS NULL AND expires_at > $1
-                     RETURNING {TICKET_COLS}"
+                let outcome = exchange_in(&mut tx, scope, ex).await?;
+                if outcome != ExchangeOutcome::SigninRequired {
+                    tx.commit().await?;
+                }
+                Ok(outcome)
+            }
+
+            /// Group commit: the exchanges of concurrent callers in one transaction, each in a
+            /// savepoint so that one's failure (or signin roll-back) leaves the others alone.
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_exchanges(
+                &self,
+                batch: &[(Scope, ExchangeTicket)],
+            ) -> StoreResult<Vec<StoreResult<ExchangeOutcome>>> {
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                for (scope, ex) in batch {
+                    sqlx::query("SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
+                    let result = exchange_in(&mut tx, scope, ex).await;
+                    if matches!(result, Err(_) | Ok(ExchangeOutcome::SigninRequired)) {
+                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_exchange")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
+                    results.push(result);
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            /// Group commit: tickets of concurrent callers in one transaction.
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_create_tickets(
+                &self,
+                batch: &[(Scope, NewTicket)],
+            ) -> StoreResult<Vec<StoreResult<SessionTicket>>> {
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                for (scope, new) in batch {
+                    results.push(Ok(insert_ticket(&mut tx, scope, new).await?));
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+        }
+
+        /// The exchange's statements on `tx`, which the caller commits (or rolls back: on
+        /// an error or [`ExchangeOutcome::SigninRequired`]).
+        async fn exchange_in(
+            tx: &mut Conn,
+            scope: &Scope,
+            ex: &ExchangeTicket,
+        ) -> StoreResult<ExchangeOutcome> {
+            let dep = scope.deployment_id().as_str();
+            let now = ex.now;
+            let won = sqlx::query(&format!(
+                "UPDATE session_tickets SET redeemed_at = $1
+                 WHERE hash = $2 AND deployment_id = $3 AND redeemed_at IS NULL AND expires_at > $1
+                 RETURNING {TICKET_COLS}"
+            ))
+            .bind(now.as_millis())
+            .bind(ex.hash.as_bytes().to_vec())
+            .bind(dep)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = won else {
+                // Locks the ticket row before any agent session row, the order the winner
+                // took them in, so concurrent replays cannot deadlock.
+                let previous = sqlx::query(&format!(
+                    "SELECT {TICKET_COLS}, hash FROM session_tickets WHERE hash = $1 AND deployment_id = $2{}",
+                    $store::ROW_LOCK
                 ))
-                .bind(now.as_millis())
                 .bind(ex.hash.as_bytes().to_vec())
                 .bind(dep)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some(row) = won else {
-                    // Locks the ticket row before any agent session row, the order the winner
-                    // took them in, so concurrent replays cannot deadlock.
-                    let previous = sqlx::query(&format!(
-                        "SELECT {TICKET_COLS}, hash FROM session_tickets WHERE hash = $1 AND deployment_id = $2{}",
-                        Self::ROW_LOCK
-                    ))
-                    .bind(ex.hash.as_bytes().to_vec())
-                    .bind(dep)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let used = match previous {
-                        Some(row) => {
-                            let stored: Vec<u8> = row.try_get("hash")?;
-                            let stored = SecretHash::from_bytes(&stored)
-                                .ok_or_else(|| corrupt("ticket hash", "wrong length"))?;
-                            let ticket = ticket_from_row(&row)?;
-                            (stored.matches(&ex.hash) && ticket.redeemed_at.is_some()).then_some(ticket)
-                        }
-                        None => None,
-                    };
-                    if let Some(ticket) = &used {
-                        revoke_replayed(&mut tx, dep, &ticket.id, now).await?;
-                        tx.commit().await?;
-                    }
-                    return Ok(ExchangeOutcome::Invalid { replayed: used });
-                };
-                let ticket = ticket_from_row(&row)?;
-                let current: Option<BrowserSession> = match &ex.browser_session {
-                    Some(hash) => {
-                        let row = sqlx::query(&format!(
-                            "SELECT {} FROM browser_sessions
-                             WHERE token_hash = $1 AND deployment_id = $2
-                               AND expires_at > $3 AND idle_expires_at > $3",
-                            $crate::sql_identity::SESSION_COLS
-                        ))
-                        .bind(hash.as_bytes().to_vec())
-                        .bind(dep)
-                        .bind(now.as_millis())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        row.as_ref().map(session_from_row).transpose()?
+                let used = match previous {
+                    Some(row) => {
+                        let stored: Vec<u8> = row.try_get("hash")?;
+                        let stored = SecretHash::from_bytes(&stored)
+                            .ok_or_else(|| corrupt("ticket hash", "wrong length"))?;
+                        let ticket = ticket_from_row(&row)?;
+                        (stored.matches(&ex.hash) && ticket.redeemed_at.is_some()).then_some(ticket)
                     }
                     None => None,
                 };
-                match ticket.grant.clone() {
-                    TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
-                        let (actor_id, group, name) = match &mode {
-                            SessionMode::Signin => {
-                                let Some(user) = current.as_ref().and_then(|s| s.user_id.clone()) else {
-                                    // Dropping the transaction rolls the redemption back.
-                                    return Ok(ExchangeOutcome::SigninRequired);
-                                };
-                                usable_user(&mut tx, dep, &user).await?;
-                                let actor = find_or_create_actor(&mut tx, dep, "user", user.as_str(), now).await?;
-                                let group = ContextGroup::parse("context_group", format!("user:{user}"))
-                                    .map_err(|e| corrupt("derived context group", e))?;
-                                (actor, group, None)
-                            }
-                            SessionMode::Static => {
-                                let group = context_group.ok_or_else(|| corrupt("static ticket", "no context group"))?;
-                                let actor = bound_actor(&mut tx, dep, &binding, &ex.anonymous_key, now).await?;
-                                (actor, group, None)
-                            }
-                            SessionMode::Named(name) => {
-                                let existing = sqlx::query(&format!(
-                                    "SELECT context_group, actor_id FROM named_agent_sessions
-                                     WHERE deployment_id = $1 AND name = $2{}",
-                                    Self::ROW_LOCK
-                                ))
-                                .bind(dep)
-                                .bind(name.as_str())
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                let (group, stored_actor) = match existing {
-                                    Some(row) => {
-                                        let g: String = row.try_get("context_group")?;
-                                        (g, id(row.try_get("actor_id")?, ActorId::parse)?)
-                                    }
-                                    None => {
-                                        let group = context_group
-                                            .ok_or(StoreError::Conflict(Conflict::NamedSessionNeedsGroup))?;
-                                        let actor = bound_actor(&mut tx, dep, &binding, &ex.anonymous_key, now).await?;
-                                        sqlx::query(
-                                            "INSERT INTO named_agent_sessions
-                                               (deployment_id, name, context_group, actor_id, created_at)
-                                             VALUES ($1, $2, $3, $4, $5)
-                                             ON CONFLICT (deployment_id, name) DO NOTHING",
-                                        )
-                                        .bind(dep)
-                                        .bind(name.as_str())
-                                        .bind(group.as_str())
-                                        .bind(actor.as_str())
-                                        .bind(now.as_millis())
-                                        .execute(&mut *tx)
-                                        .await?;
-                                        let row = sqlx::query(
-                                            "SELECT context_group, actor_id FROM named_agent_sessions
-                                             WHERE deployment_id = $1 AND name = $2",
-                                        )
-                                        .bind(dep)
-                                        .bind(name.as_str())
-                                        .fetch_one(&mut *tx)
-                                        .await?;
-                                        let g: String = row.try_get("context_group")?;
-                                        (g, id(row.try_get("actor_id")?, ActorId::parse)?)
-                                    }
-                                };
-                                // A ticket bound to a user or actor acts for them; an anonymous
-                                // one resumes the named session's own actor.
-                                let actor = match &binding {
-                                    Binding::Anonymous => stored_actor,
-                                    bound => bound_actor(&mut tx, dep, bound, &ex.anonymous_key, now).await?,
-                                };
-                                let group = ContextGroup::parse("context_group", group)
-                                    .map_err(|e| corrupt("named session context group", e))?;
-                                (actor, group, Some(name.as_str().to_owned()))
-                            }
-                        };
-                        let (browser, browser_created) = match current {
-                            Some(session) => (session, false),
-                            None => (insert_session(&mut tx, scope, &ex.new_browser_session).await?, true),
-                        };
-                        // Replacement: the browser session's previous agent session ends in the
-                        // transaction that opens the new one.
-                        sqlx::query(
-                            "UPDATE agent_sessions SET ended_at = $1, end_reason = 'replaced'
-                             WHERE browser_session_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
-                        )
-                        .bind(now.as_millis())
-                        .bind(browser.id.as_str())
-                        .bind(dep)
-                        .execute(&mut *tx)
-                        .await?;
-                        let agents = serde_json::to_string(&agent_ids)
-                            .map_err(|e| corrupt("agent session agents", e))?;
-                        let row = sqlx::query(&format!(
-                            "INSERT INTO agent_sessions
-                               (id, deployment_id, ticket_id, browser_session_id, token_hash, actor_id,
-                                agent_ids, context_group, session_name, created_at, expires_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                             RETURNING {AGENT_SESSION_COLS}"
-                        ))
-                        .bind(AgentSessionId::generate_at(now).into_string())
-                        .bind(dep)
-                        .bind(ticket.id.as_str())
-                        .bind(browser.id.as_str())
-                        .bind(ex.session_token.as_bytes().to_vec())
-                        .bind(actor_id.as_str())
-                        .bind(agents)
-                        .bind(group.as_str())
-                        .bind(name)
-                        .bind(now.as_millis())
-                        .bind(now.plus_millis(ex.session_lifetime_ms).as_millis())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let session = agent_session_from_row(&row)?;
-                        tx.commit().await?;
-                        Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created })
-                    }
-                    TicketGrant::Impersonation { user_id } => {
-                        let user = usable_user(&mut tx, dep, &user_id).await?;
-                        if let Some(hash) = &ex.browser_session {
-                            sqlx::query("DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2")
-                                .bind(hash.as_bytes().to_vec())
-                                .bind(dep)
-                                .execute(&mut *tx)
-                                .await?;
+                if let Some(ticket) = &used {
+                    revoke_replayed(tx, dep, &ticket.id, now).await?;
+                }
+                return Ok(ExchangeOutcome::Invalid { replayed: used });
+            };
+            let ticket = ticket_from_row(&row)?;
+            let current: Option<BrowserSession> = match &ex.browser_session {
+                Some(hash) => {
+                    let row = sqlx::query(&format!(
+                        "SELECT {} FROM browser_sessions
+                         WHERE token_hash = $1 AND deployment_id = $2
+                           AND expires_at > $3 AND idle_expires_at > $3",
+                        $crate::sql_identity::SESSION_COLS
+                    ))
+                    .bind(hash.as_bytes().to_vec())
+                    .bind(dep)
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    row.as_ref().map(session_from_row).transpose()?
+                }
+                None => None,
+            };
+            match ticket.grant.clone() {
+                TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
+                    let (actor_id, group, name) = match &mode {
+                        SessionMode::Signin => {
+                            let Some(user) = current.as_ref().and_then(|s| s.user_id.clone()) else {
+                                // The caller rolls the redemption back.
+                                return Ok(ExchangeOutcome::SigninRequired);
+                            };
+                            usable_user(tx, dep, &user).await?;
+                            let actor = find_or_create_actor(tx, dep, "user", user.as_str(), now).await?;
+                            let group = ContextGroup::parse("context_group", format!("user:{user}"))
+                                .map_err(|e| corrupt("derived context group", e))?;
+                            (actor, group, None)
                         }
-                        let limit = now.plus_millis(ex.impersonation_ms);
-                        let new = NewSession {
-                            user_id: Some(user.id.clone()),
-                            active_organization_id: None,
-                            impersonation: Some((ticket.issuer.clone(), ticket.id.clone())),
-                            expires_at: ex.new_browser_session.expires_at.min(limit),
-                            idle_expires_at: ex.new_browser_session.idle_expires_at.min(limit),
-                            ..ex.new_browser_session.clone()
-                        };
-                        let browser = insert_session(&mut tx, scope, &new).await?;
-                        tx.commit().await?;
-                        Ok(ExchangeOutcome::Impersonation { ticket, user, browser })
+                        SessionMode::Static => {
+                            let group = context_group.ok_or_else(|| corrupt("static ticket", "no context group"))?;
+                            let actor = bound_actor(tx, dep, &binding, &ex.anonymous_key, now).await?;
+                            (actor, group, None)
+                        }
+                        SessionMode::Named(name) => {
+                            let existing = sqlx::query(&format!(
+                                "SELECT context_group, actor_id FROM named_agent_sessions
+                                 WHERE deployment_id = $1 AND name = $2{}",
+                                $store::ROW_LOCK
+                            ))
+                            .bind(dep)
+                            .bind(name.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let (group, stored_actor) = match existing {
+                                Some(row) => {
+                                    let g: String = row.try_get("context_group")?;
+                                    (g, id(row.try_get("actor_id")?, ActorId::parse)?)
+                                }
+                                None => {
+                                    let group = context_group
+                                        .ok_or(StoreError::Conflict(Conflict::NamedSessionNeedsGroup))?;
+                                    let actor = bound_actor(tx, dep, &binding, &ex.anonymous_key, now).await?;
+                                    sqlx::query(
+                                        "INSERT INTO named_agent_sessions
+                                           (deployment_id, name, context_group, actor_id, created_at)
+                                         VALUES ($1, $2, $3, $4, $5)
+                                         ON CONFLICT (deployment_id, name) DO NOTHING",
+                                    )
+                                    .bind(dep)
+                                    .bind(name.as_str())
+                                    .bind(group.as_str())
+                                    .bind(actor.as_str())
+                                    .bind(now.as_millis())
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    let row = sqlx::query(
+                                        "SELECT context_group, actor_id FROM named_agent_sessions
+                                         WHERE deployment_id = $1 AND name = $2",
+                                    )
+                                    .bind(dep)
+                                    .bind(name.as_str())
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                    let g: String = row.try_get("context_group")?;
+                                    (g, id(row.try_get("actor_id")?, ActorId::parse)?)
+                                }
+                            };
+                            // A ticket bound to a user or actor acts for them; an anonymous
+                            // one resumes the named session's own actor.
+                            let actor = match &binding {
+                                Binding::Anonymous => stored_actor,
+                                bound => bound_actor(tx, dep, bound, &ex.anonymous_key, now).await?,
+                            };
+                            let group = ContextGroup::parse("context_group", group)
+                                .map_err(|e| corrupt("named session context group", e))?;
+                            (actor, group, Some(name.as_str().to_owned()))
+                        }
+                    };
+                    let (browser, browser_created) = match current {
+                        Some(session) => (session, false),
+                        None => (insert_session(tx, scope, &ex.new_browser_session).await?, true),
+                    };
+                    // Replacement: the browser session's previous agent session ends in the
+                    // transaction that opens the new one.
+                    sqlx::query(
+                        "UPDATE agent_sessions SET ended_at = $1, end_reason = 'replaced'
+                         WHERE browser_session_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
+                    )
+                    .bind(now.as_millis())
+                    .bind(browser.id.as_str())
+                    .bind(dep)
+                    .execute(&mut *tx)
+                    .await?;
+                    let agents = serde_json::to_string(&agent_ids)
+                        .map_err(|e| corrupt("agent session agents", e))?;
+                    let row = sqlx::query(&format!(
+                        "INSERT INTO agent_sessions
+                           (id, deployment_id, ticket_id, browser_session_id, token_hash, actor_id,
+                            agent_ids, context_group, session_name, created_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         RETURNING {AGENT_SESSION_COLS}"
+                    ))
+                    .bind(AgentSessionId::generate_at(now).into_string())
+                    .bind(dep)
+                    .bind(ticket.id.as_str())
+                    .bind(browser.id.as_str())
+                    .bind(ex.session_token.as_bytes().to_vec())
+                    .bind(actor_id.as_str())
+                    .bind(agents)
+                    .bind(group.as_str())
+                    .bind(name)
+                    .bind(now.as_millis())
+                    .bind(now.plus_millis(ex.session_lifetime_ms).as_millis())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let session = agent_session_from_row(&row)?;
+                    Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created })
+                }
+                TicketGrant::Impersonation { user_id } => {
+                    let user = usable_user(tx, dep, &user_id).await?;
+                    if let Some(hash) = &ex.browser_session {
+                        sqlx::query("DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2")
+                            .bind(hash.as_bytes().to_vec())
+                            .bind(dep)
+                            .execute(&mut *tx)
+                            .await?;
                     }
-                    TicketGrant::App { .. } => {
-                        // The API-auth and webhook pages do not exist yet, and neither can the
-                        // apps such a ticket names (minting checks them): leave the ticket
-                        // unredeemed.
-                        Err(StoreError::not_found(Entity::App))
-                    }
+                    let limit = now.plus_millis(ex.impersonation_ms);
+                    let new = NewSession {
+                        user_id: Some(user.id.clone()),
+                        active_organization_id: None,
+                        impersonation: Some((ticket.issuer.clone(), ticket.id.clone())),
+                        expires_at: ex.new_browser_session.expires_at.min(limit),
+                        idle_expires_at: ex.new_browser_session.idle_expires_at.min(limit),
+                        ..ex.new_browser_session.clone()
+                    };
+                    let browser = insert_session(tx, scope, &new).await?;
+                    Ok(ExchangeOutcome::Impersonation { ticket, user, browser })
+                }
+                TicketGrant::App { .. } => {
+                    // The API-auth and webhook pages do not exist yet, and neither can the
+                    // apps such a ticket names (minting checks them): leave the ticket
+                    // unredeemed.
+                    Err(StoreError::not_found(Entity::App))
                 }
             }
         }
@@ -598,9 +662,7 @@ macro_rules! impl_session_sql {
         impl $crate::SessionStore for $store {
             async fn create_ticket(&self, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
                 self.check_ticket_refs(scope, &new.grant).await?;
-                let this = self.clone();
-                let (scope, new) = (scope.clone(), new.clone());
-                self.offload(async move { this.do_create_ticket(&scope, &new).await }).await
+                self.write_ticket(scope, new).await
             }
 
             async fn exchange_ticket(
@@ -608,9 +670,7 @@ macro_rules! impl_session_sql {
                 scope: &Scope,
                 exchange: &ExchangeTicket,
             ) -> StoreResult<ExchangeOutcome> {
-                let this = self.clone();
-                let (scope, exchange) = (scope.clone(), exchange.clone());
-                self.offload(async move { this.do_exchange(&scope, &exchange).await }).await
+                self.write_exchange(scope, exchange).await
             }
 
             async fn active_agent_session(

@@ -32,6 +32,7 @@ backend_tests!(
     named_sessions_keep_group_and_actor,
     contexts_stay_inside_their_partition,
     the_console_admin_is_created_once,
+    concurrent_mixed_exchanges_each_get_their_own_outcome,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -622,4 +623,65 @@ async fn the_console_admin_is_created_once(db: &TestDatabase) {
         .await
         .unwrap()
         .is_none());
+}
+
+/// Many different exchanges at once (SQLite writes them in shared transactions, one savepoint
+/// each): every winner keeps its session, and a signin roll-back in the same batch undoes only
+/// its own redemption.
+async fn concurrent_mixed_exchanges_each_get_their_own_outcome(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let a = agent(&store, &scope).await;
+    let mut tasks = Vec::new();
+    let mut signin_tickets = Vec::new();
+    for i in 0..60 {
+        let signin = i % 6 == 0;
+        let grant = if signin {
+            access(&a, SessionMode::Signin, None, Binding::Anonymous)
+        } else {
+            access(&a, SessionMode::Static, Some("g"), Binding::Anonymous)
+        };
+        let ticket = mint(&store, &scope, grant, 60).await.unwrap();
+        if signin {
+            signin_tickets.push(ticket.clone());
+        }
+        let (store, scope) = (store.clone(), scope.clone());
+        let ex = exchange(&ticket, None);
+        let token = ex.session_token.clone();
+        tasks.push(tokio::spawn(async move {
+            (
+                signin,
+                token,
+                store.exchange_ticket(&scope, &ex).await.unwrap(),
+            )
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (true, _, outcome) => assert_eq!(outcome, ExchangeOutcome::SigninRequired),
+            (false, token, ExchangeOutcome::Agent { session, .. }) => {
+                // Committed: the session is found by its token.
+                let found = store
+                    .agent_session_by_token(&scope, &token, Timestamp::now())
+                    .await
+                    .unwrap()
+                    .expect("the winner's session was committed");
+                assert_eq!(found.id, session.id);
+                winners += 1;
+            }
+            (false, _, other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners, 50);
+    // The signin tickets were not used up: still SigninRequired (not invalid).
+    for ticket in signin_tickets {
+        assert_eq!(
+            store
+                .exchange_ticket(&scope, &exchange(&ticket, None))
+                .await
+                .unwrap(),
+            ExchangeOutcome::SigninRequired
+        );
+    }
 }
