@@ -203,12 +203,19 @@ async function send(event) {
   input.value = "";
   setBusy(true);
   try {
-    await client.sendMessage(state.current, content, { idempotencyKey: crypto.randomUUID() });
+    await client.sendMessage(state.current, content, { idempotencyKey: requestKey() });
   } catch (error) {
     setBusy(false);
     input.value = content;
     $("status").textContent = `Not sent: ${error.message}`;
   }
+}
+
+// A fresh Idempotency-Key. `crypto.randomUUID` exists only in secure contexts (https,
+// localhost); `getRandomValues` everywhere.
+function requestKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 async function cancel() {
