@@ -131,19 +131,19 @@ impl Client {
     }
 
     /// Session tickets: minting (secret key) and exchanging them.
-    pub fn session_tickets(&self) -> crate::sessions::SessionTickets<'_> {
-        crate::sessions::SessionTickets::new(self)
+    pub fn session_tickets(&self) -> crate::tickets::SessionTickets<'_> {
+        crate::tickets::SessionTickets::new(self)
     }
 
     /// The console API (console token from [`crate::Console::sign_in`]).
-    pub fn console(&self) -> crate::sessions::Console<'_> {
-        crate::sessions::Console::new(self)
+    pub fn console(&self) -> crate::tickets::Console<'_> {
+        crate::tickets::Console::new(self)
     }
 
     /// The agent session's browser API (build the client with the exchange's
     /// `session_token`, or with a cookie-storing HTTP client).
-    pub fn agent(&self) -> crate::sessions::AgentSessions<'_> {
-        crate::sessions::AgentSessions::new(self)
+    pub fn agent(&self) -> crate::tickets::AgentSessions<'_> {
+        crate::tickets::AgentSessions::new(self)
     }
 
     /// The scheme, host and port of the base URL (`Origin` of first-party browser writes).

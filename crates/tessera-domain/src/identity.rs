@@ -292,7 +292,7 @@ pub struct BrowserSession {
     pub active_organization_id: Option<OrganizationId>,
     /// Set when a console admin or a backend signed the browser in as the user
     /// (an impersonation ticket): who did.
-    pub impersonator: Option<crate::session::Issuer>,
+    pub impersonator: Option<crate::ticket::Issuer>,
     pub created_at: Timestamp,
     pub last_seen_at: Timestamp,
     /// The idle limit: the session ends when unused for this long.
@@ -308,7 +308,7 @@ pub struct NewSession {
     pub user_id: Option<UserId>,
     pub active_organization_id: Option<OrganizationId>,
     /// Who impersonates the user in this session (impersonation tickets), and with which ticket.
-    pub impersonation: Option<(crate::session::Issuer, crate::TicketId)>,
+    pub impersonation: Option<(crate::ticket::Issuer, crate::TicketId)>,
     pub now: Timestamp,
     pub idle_expires_at: Timestamp,
     pub expires_at: Timestamp,

@@ -13,8 +13,8 @@ pub mod identity;
 pub mod password;
 pub mod records;
 pub mod secret;
-pub mod session;
 pub mod thread;
+pub mod ticket;
 pub mod token;
 pub mod validate;
 

@@ -35,7 +35,7 @@ pub mod postgres;
 mod sql;
 mod sql_identity;
 mod sql_runs;
-mod sql_sessions;
+mod sql_tickets;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -786,14 +786,14 @@ pub trait SigningKeyStore {
 
 // ---------------------------------------------------------------------------------------------
 // Session tickets, agent sessions and their conversations, and console administrators
-// (`sql_sessions.rs`).
+// (`sql_tickets.rs`).
 
 /// A ticket to store: its hash only, what it grants and who minted it.
 #[derive(Debug, Clone)]
 pub struct NewTicket {
     pub hash: SecretHash,
-    pub grant: tessera_domain::session::TicketGrant,
-    pub issuer: tessera_domain::session::Issuer,
+    pub grant: tessera_domain::ticket::TicketGrant,
+    pub issuer: tessera_domain::ticket::Issuer,
     pub now: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -828,29 +828,29 @@ pub enum ExchangeOutcome {
     /// one was ended in the same transaction). `browser_created` when `browser` is the new
     /// session of [`ExchangeTicket::new_browser_session`].
     Agent {
-        ticket: tessera_domain::session::SessionTicket,
-        session: tessera_domain::session::AgentSession,
+        ticket: tessera_domain::ticket::SessionTicket,
+        session: tessera_domain::ticket::AgentSession,
         browser: BrowserSession,
         browser_created: bool,
     },
     /// An impersonation ticket signed the browser in as `user` (the old browser session, if
     /// any, was deleted).
     Impersonation {
-        ticket: tessera_domain::session::SessionTicket,
+        ticket: tessera_domain::ticket::SessionTicket,
         user: User,
         browser: BrowserSession,
     },
     /// Unknown, expired or already used: all answered alike. `replayed` is the used ticket
     /// presented again (its sessions were revoked), for the audit log.
     Invalid {
-        replayed: Option<tessera_domain::session::SessionTicket>,
+        replayed: Option<tessera_domain::ticket::SessionTicket>,
     },
     /// A signin ticket, and the browser has no signed-in user. The ticket was not consumed.
     SigninRequired,
 }
 
 #[async_trait]
-pub trait SessionStore {
+pub trait TicketStore {
     /// Stores a ticket after checking its references in the scope: every agent
     /// ([`Entity::Agent`], field `agent_ids[i]`), the actor (`actor_id`), the user (`user_id`),
     /// the app ([`Entity::App`]), and the named session's context group
@@ -859,7 +859,7 @@ pub trait SessionStore {
         &self,
         scope: &Scope,
         new: &NewTicket,
-    ) -> StoreResult<tessera_domain::session::SessionTicket>;
+    ) -> StoreResult<tessera_domain::ticket::SessionTicket>;
 
     /// Redeems a ticket of the scope: one conditional UPDATE (`… WHERE hash = ? AND
     /// redeemed_at IS NULL AND expires_at > now`) decides the single winner; in the same
@@ -879,7 +879,7 @@ pub trait SessionStore {
         scope: &Scope,
         browser_session: &tessera_domain::SessionId,
         now: Timestamp,
-    ) -> StoreResult<Option<tessera_domain::session::AgentSession>>;
+    ) -> StoreResult<Option<tessera_domain::ticket::AgentSession>>;
 
     /// The live agent session whose bearer token has this hash.
     async fn agent_session_by_token(
@@ -887,14 +887,14 @@ pub trait SessionStore {
         scope: &Scope,
         token: &SecretHash,
         now: Timestamp,
-    ) -> StoreResult<Option<tessera_domain::session::AgentSession>>;
+    ) -> StoreResult<Option<tessera_domain::ticket::AgentSession>>;
 
     /// The conversations of the session's partition (its actor, agents and context group),
     /// in id order.
     async fn list_contexts(
         &self,
         scope: &Scope,
-        session: &tessera_domain::session::AgentSession,
+        session: &tessera_domain::ticket::AgentSession,
         page: &PageRequest,
     ) -> StoreResult<Page<Thread>>;
 
@@ -902,7 +902,7 @@ pub trait SessionStore {
     async fn get_context(
         &self,
         scope: &Scope,
-        session: &tessera_domain::session::AgentSession,
+        session: &tessera_domain::ticket::AgentSession,
         id: &ThreadId,
     ) -> StoreResult<Thread>;
 
@@ -911,7 +911,7 @@ pub trait SessionStore {
     async fn create_context(
         &self,
         scope: &Scope,
-        session: &tessera_domain::session::AgentSession,
+        session: &tessera_domain::ticket::AgentSession,
         agent_id: &AgentId,
         title: &Label,
     ) -> StoreResult<Thread>;
@@ -919,7 +919,7 @@ pub trait SessionStore {
     async fn rename_context(
         &self,
         scope: &Scope,
-        session: &tessera_domain::session::AgentSession,
+        session: &tessera_domain::ticket::AgentSession,
         id: &ThreadId,
         title: &Label,
     ) -> StoreResult<Thread>;
@@ -928,7 +928,7 @@ pub trait SessionStore {
     async fn hide_context(
         &self,
         scope: &Scope,
-        session: &tessera_domain::session::AgentSession,
+        session: &tessera_domain::ticket::AgentSession,
         id: &ThreadId,
     ) -> StoreResult<()>;
 }
@@ -941,7 +941,7 @@ pub trait ConsoleStore {
         &self,
         username: &str,
         password_hash: &tessera_domain::password::PasswordHash,
-    ) -> StoreResult<Option<tessera_domain::session::ConsoleAdmin>>;
+    ) -> StoreResult<Option<tessera_domain::ticket::ConsoleAdmin>>;
 
     /// The admin with this username and their password hash, for sign-in.
     async fn console_admin_credentials(
@@ -949,7 +949,7 @@ pub trait ConsoleStore {
         username: &str,
     ) -> StoreResult<
         Option<(
-            tessera_domain::session::ConsoleAdmin,
+            tessera_domain::ticket::ConsoleAdmin,
             tessera_domain::password::PasswordHash,
         )>,
     >;
@@ -967,7 +967,7 @@ pub trait ConsoleStore {
         &self,
         hash: &SecretHash,
         now: Timestamp,
-    ) -> StoreResult<Option<(tessera_domain::session::ConsoleAdmin, Timestamp)>>;
+    ) -> StoreResult<Option<(tessera_domain::ticket::ConsoleAdmin, Timestamp)>>;
 
     async fn delete_console_session(&self, hash: &SecretHash) -> StoreResult<()>;
 }
@@ -1007,7 +1007,7 @@ pub trait Store:
     + RunStore
     + IdentityStore
     + SigningKeyStore
-    + SessionStore
+    + TicketStore
     + ConsoleStore
     + Send
     + Sync

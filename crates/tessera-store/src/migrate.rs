@@ -46,8 +46,8 @@ pub(crate) const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "sessions",
-        sql: include_str!("../migrations/sqlite/0005_sessions.sql"),
+        name: "tickets",
+        sql: include_str!("../migrations/sqlite/0005_tickets.sql"),
     },
 ];
 
@@ -74,8 +74,8 @@ pub(crate) const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "sessions",
-        sql: include_str!("../migrations/postgres/0005_sessions.sql"),
+        name: "tickets",
+        sql: include_str!("../migrations/postgres/0005_tickets.sql"),
     },
 ];
 

@@ -86,7 +86,7 @@ impl PgStore {
         &self,
         scope: &tessera_domain::Scope,
         new: &crate::NewTicket,
-    ) -> StoreResult<tessera_domain::session::SessionTicket> {
+    ) -> StoreResult<tessera_domain::ticket::SessionTicket> {
         self.do_create_ticket(scope, new).await
     }
 
@@ -147,7 +147,7 @@ fn decode_notification(payload: &str) -> Option<Notification> {
 crate::sql::impl_sql_store!(PgStore, Postgres);
 crate::sql_runs::impl_run_sql!(PgStore, Postgres);
 crate::sql_identity::impl_identity_sql!(PgStore, Postgres);
-crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
+crate::sql_tickets::impl_ticket_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {

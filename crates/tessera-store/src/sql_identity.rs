@@ -145,8 +145,8 @@ macro_rules! impl_identity_sql {
         fn impersonator_from(
             kind: Option<String>,
             raw: Option<String>,
-        ) -> StoreResult<Option<tessera_domain::session::Issuer>> {
-            use tessera_domain::session::Issuer;
+        ) -> StoreResult<Option<tessera_domain::ticket::Issuer>> {
+            use tessera_domain::ticket::Issuer;
             match (kind.as_deref(), raw) {
                 (None, _) | (_, None) => Ok(None),
                 (Some("secret_key"), Some(raw)) => {

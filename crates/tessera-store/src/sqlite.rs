@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use tessera_domain::session::SessionTicket;
+use tessera_domain::ticket::SessionTicket;
 use tessera_domain::Scope;
 
 use crate::group::{deliver, GroupCommit};
@@ -216,7 +216,7 @@ impl SqliteStore {
 crate::sql::impl_sql_store!(SqliteStore, Sqlite);
 crate::sql_runs::impl_run_sql!(SqliteStore, Sqlite);
 crate::sql_identity::impl_identity_sql!(SqliteStore, Sqlite);
-crate::sql_sessions::impl_session_sql!(SqliteStore, Sqlite);
+crate::sql_tickets::impl_ticket_sql!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]
 impl crate::Store for SqliteStore {

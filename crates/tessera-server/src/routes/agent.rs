@@ -17,7 +17,7 @@ use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::SecretHash;
-use tessera_domain::session::{AgentSession, Issuer, SESSION_TOKEN_PREFIX};
+use tessera_domain::ticket::{AgentSession, Issuer, SESSION_TOKEN_PREFIX};
 use tessera_domain::validate::Label;
 use tessera_domain::{AgentId, MessageId, Scope, ThreadId, Timestamp};
 use tessera_store::{Entity, Order, StoreError};

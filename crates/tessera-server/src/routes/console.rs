@@ -19,7 +19,7 @@ use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::Password;
 use tessera_domain::password::verify_password;
 use tessera_domain::secret::{PlainSecret, SecretHash};
-use tessera_domain::session::{ConsoleAdmin, CONSOLE_TOKEN_PREFIX};
+use tessera_domain::ticket::{ConsoleAdmin, CONSOLE_TOKEN_PREFIX};
 use tessera_domain::{Scope, Timestamp};
 use tessera_store::ThrottleBucket;
 

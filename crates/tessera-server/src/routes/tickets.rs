@@ -16,7 +16,7 @@ use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::{AuditActor, AuditKind};
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::{PlainSecret, SecretHash};
-use tessera_domain::session::{
+use tessera_domain::ticket::{
     Issuer, TicketLimits, TicketRequest, TicketSpec, TicketType, SESSION_TOKEN_PREFIX,
     TICKET_PREFIX,
 };

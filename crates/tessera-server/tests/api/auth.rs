@@ -74,7 +74,7 @@ fn with_body(op: &ops::Operation, request: reqwest::RequestBuilder) -> reqwest::
 
 /// Operations that authenticate a signed-in user (session cookie or user token), an agent
 /// session, a console admin or nobody, not a deployment secret key; `identity.rs` and
-/// `sessions.rs` test them.
+/// `tickets.rs` test them.
 const USER_OPERATIONS: &[&str] = &[
     "signIn",
     "signOut",

@@ -16,7 +16,7 @@ pub(crate) const TICKET_COLS: &str =
 pub(crate) const AGENT_SESSION_COLS: &str = "id, ticket_id, actor_id, agent_ids, context_group, \
      session_name, created_at, expires_at";
 
-macro_rules! impl_session_sql {
+macro_rules! impl_ticket_sql {
     ($store:ident, $db:ty) => {
     /// Session SQL, instantiated for this backend.
     mod session_sql {
@@ -28,7 +28,7 @@ macro_rules! impl_session_sql {
         use tessera_domain::identity::{BrowserSession, NewSession};
         use tessera_domain::password::PasswordHash;
         use tessera_domain::secret::SecretHash;
-        use tessera_domain::session::{
+        use tessera_domain::ticket::{
             AgentSession, AppKind, Binding, ConsoleAdmin, Issuer, SessionMode, SessionTicket,
             TicketGrant,
         };
@@ -41,7 +41,7 @@ macro_rules! impl_session_sql {
         use $crate::sql::corrupt;
         use $crate::sql_identity::USER_COLS;
         use $crate::sql_runs::THREAD_COLS;
-        use $crate::sql_sessions::{AGENT_SESSION_COLS, TICKET_COLS};
+        use $crate::sql_tickets::{AGENT_SESSION_COLS, TICKET_COLS};
         use $crate::{
             Conflict, Entity, ExchangeOutcome, ExchangeTicket, NewTicket, Page, PageRequest,
             StoreError, StoreResult,
@@ -659,7 +659,7 @@ macro_rules! impl_session_sql {
         }
 
         #[async_trait::async_trait]
-        impl $crate::SessionStore for $store {
+        impl $crate::TicketStore for $store {
             async fn create_ticket(&self, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
                 self.check_ticket_refs(scope, &new.grant).await?;
                 self.write_ticket(scope, new).await
@@ -984,4 +984,4 @@ macro_rules! impl_session_sql {
     };
 }
 
-pub(crate) use impl_session_sql;
+pub(crate) use impl_ticket_sql;

@@ -13,10 +13,10 @@ use tessera_domain::identity::{Email, NewSession, NewUser};
 use tessera_domain::password::hash_password;
 use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SecretHash, SECRET_KEY_PREFIX};
-use tessera_domain::session::{
+use tessera_domain::thread::ContextGroup;
+use tessera_domain::ticket::{
     Binding, Issuer, SessionMode, SessionName, TicketGrant, TICKET_PREFIX,
 };
-use tessera_domain::thread::ContextGroup;
 use tessera_domain::validate::{DeploymentName, Description, Label, Metadata};
 use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
 use tessera_store::testing::TestDatabase;
@@ -192,12 +192,12 @@ async fn tickets_check_their_references(db: &TestDatabase) {
         "{err:?}"
     );
     for kind in [
-        tessera_domain::session::AppKind::ApiAuth,
-        tessera_domain::session::AppKind::Webhook,
+        tessera_domain::ticket::AppKind::ApiAuth,
+        tessera_domain::ticket::AppKind::Webhook,
     ] {
         let grant = TicketGrant::App {
             kind,
-            slug: tessera_domain::session::AppSlug::parse("s", "billing").unwrap(),
+            slug: tessera_domain::ticket::AppSlug::parse("s", "billing").unwrap(),
         };
         let err = mint(&store, &scope, grant, 60).await.unwrap_err();
         assert!(
