@@ -240,6 +240,10 @@ pub enum MultitaskPolicy {
 pub struct ApprovalRule {
     #[schema(example = "send_*")]
     pub tool: String,
+    /// Seconds a matching call waits for its confirmation before it expires, 1-86 400
+    /// (default: the server's `sessions.action_expiry_seconds`, 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u32>,
 }
 
 /// Per-run limits. Omitted fields take their defaults.
