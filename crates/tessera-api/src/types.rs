@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 pub use crate::identity_types::*;
+pub use crate::session_types::*;
 
 /// Distinguishes "field absent" (`None`) from "field set to null" (`Some(None)`) in PATCH bodies.
 fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>

@@ -317,10 +317,15 @@ impl PendingAction {
     /// How long before `expires_at` the `pending_action.expiring` event is sent: a fifth of
     /// the action's lifetime, between 1 and 60 seconds.
     pub fn warn_at(&self) -> Timestamp {
-        let life = self.expires_at.as_millis() - self.created_at.as_millis();
-        let lead = (life / 5).clamp(1_000, 60_000).min(life.max(0));
-        Timestamp::from_millis(self.expires_at.as_millis() - lead)
+        expiring_warning_at(self.created_at, self.expires_at)
     }
+}
+
+/// When the `pending_action.expiring` event of an action created at `created_at` is due.
+pub fn expiring_warning_at(created_at: Timestamp, expires_at: Timestamp) -> Timestamp {
+    let life = expires_at.as_millis() - created_at.as_millis();
+    let lead = (life / 5).clamp(1_000, 60_000).min(life.max(0));
+    Timestamp::from_millis(expires_at.as_millis() - lead)
 }
 
 /// A tool call awaiting confirmation, as the driver stores it when the loop pauses.
