@@ -92,7 +92,12 @@ async fn readme_session_cycle_runs_verbatim() {
     let key = bootstrap_key();
     let server = Server::start(&db.url, &key).await;
     let output = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &shell_between("sessions-walkthrough")])
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &shell_between("sessions-walkthrough"),
+        ])
         .env("TESSERA_URL", &server.url)
         .env("TESSERA_API_KEY", &key)
         .stdin(Stdio::null())
@@ -117,7 +122,10 @@ async fn readme_session_cycle_runs_verbatim() {
         r#""billable":true"#,
         r#""billable_sessions":1"#,
     ] {
-        assert!(stdout.contains(expected), "missing {expected} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
     }
     db.cleanup().await;
 }
