@@ -104,6 +104,7 @@ impl Runtime {
             next_assistant_id: None,
             approvals: Approvals::default(),
             variables: None,
+            last_decision: None,
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -169,6 +170,8 @@ struct Driver<'a> {
     approvals: Approvals,
     /// The session's context variables as system text, read when the run was claimed.
     variables: Option<String>,
+    /// When the latest decision on this run's held calls was taken (a resumed run).
+    last_decision: Option<Timestamp>,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -240,7 +243,13 @@ impl Driver<'_> {
             max_iterations: agent.spec.limits.max_iterations,
             token_budget: agent.spec.limits.token_budget,
         };
-        let started = self.run.started_at.unwrap_or_else(Timestamp::now);
+        let (mut lp, first) = self.start_loop(&agent, limits, state).await?;
+        // Time spent waiting for a person does not count: a run resumed after a decision gets
+        // its whole wall-clock limit again.
+        let started = match self.last_decision {
+            Some(decided) => decided,
+            None => self.run.started_at.unwrap_or_else(Timestamp::now),
+        };
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(
                 (started
@@ -249,7 +258,6 @@ impl Driver<'_> {
                     - Timestamp::now().as_millis())
                 .max(0) as u64,
             );
-        let (mut lp, first) = self.start_loop(&agent, limits, state).await?;
         let mut queue: VecDeque<Effect> = first.into();
         match pending_stop {
             CancelRequest::None => {}
@@ -683,16 +691,16 @@ impl Driver<'_> {
         let session = store.session_state(&self.scope, &self.thread.id).await?;
         self.variables = session::variables_prompt(&session.variables);
         // Only a run that stopped with calls outstanding can have decisions to honour.
-        let decisions = if state.pending.is_empty() {
+        let actions = if state.pending.is_empty() {
             Vec::new()
         } else {
-            store
-                .run_actions(&self.scope, &self.run.id)
-                .await?
-                .into_iter()
-                .filter_map(|a| a.status.decision().map(|d| (a.call_id, d)))
-                .collect()
+            store.run_actions(&self.scope, &self.run.id).await?
         };
+        self.last_decision = actions.iter().filter_map(|a| a.decided_at).max();
+        let decisions = actions
+            .into_iter()
+            .filter_map(|a| a.status.decision().map(|d| (a.call_id, d)))
+            .collect();
         Ok(AgentLoop::start_with(
             limits,
             state,

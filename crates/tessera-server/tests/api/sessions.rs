@@ -309,13 +309,16 @@ async fn concurrent_confirm_and_cancel_have_one_winner(db: &TestDatabase) {
 
 async fn an_unanswered_action_expires_and_the_run_resumes(db: &TestDatabase) {
     let (app, _model) = start(db, 10).await;
-    pool_agent(
-        &app,
-        "timer",
-        echo(),
-        Some(json!({"tool": "notify_user", "expires_in_seconds": 2})),
+    // The run's own wall-clock limit (1 s) is shorter than the wait for the decision (2 s):
+    // waiting for a person does not count against it.
+    app.post(
+        "/ai/agents",
+        json!({"name": "timer", "model": echo(), "endpoint_slug": "timer",
+               "approval_rules": [{"tool": "notify_user", "expires_in_seconds": 2}],
+               "limits": {"run_timeout_seconds": 1}}),
     )
-    .await;
+    .await
+    .ok(201);
     let first = ask(
         &app,
         "timer",
