@@ -8,6 +8,7 @@
 pub mod error;
 mod identity_types;
 pub mod ops;
+mod session_types;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

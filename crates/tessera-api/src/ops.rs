@@ -65,6 +65,12 @@ operations! {
     GET_ME = ("getMe", "GET", "/me");
     SET_ACTIVE_ORGANIZATION = ("setActiveOrganization", "POST", "/me/active-organization");
     GET_JWKS = ("getJwks", "GET", "/.well-known/jwks.json");
+    ASK_AGENT_POOL = ("askAgentPool", "POST", "/api/v1/ask/{endpoint_slug}");
+    GET_POOL_RESPONSE = ("getPoolResponse", "GET", "/api/v1/responses/{response_id}");
+    CLOSE_SESSION = ("closeSession", "POST", "/api/v1/sessions/{thread_id}/close");
+    UPDATE_SESSION_VARIABLES = ("updateSessionVariables", "PATCH", "/api/v1/sessions/{thread_id}");
+    RESOLVE_PENDING_ACTION = ("resolvePendingAction", "POST", "/api/v1/sessions/{thread_id}/actions/{action_id}");
+    GET_USAGE = ("getUsage", "GET", "/api/v1/usage");
 }
 
 /// Finds an operation by its operationId.

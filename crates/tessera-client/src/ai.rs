@@ -266,6 +266,15 @@ mod tests {
             seen(me.set_active_organization("x")),
             seen(me.jwks()),
         ]);
+        let sessions = client.sessions();
+        sdk.extend([
+            seen(sessions.ask("x", Default::default())),
+            seen(sessions.get_response("x")),
+            seen(sessions.close("x")),
+            seen(sessions.update_variables("x", Default::default())),
+            seen(sessions.resolve_action("x", "x", true)),
+            seen(sessions.usage(Default::default())),
+        ]);
         let mut table: Vec<(String, String)> = ops::ALL
             .iter()
             .map(|op| {

@@ -13,14 +13,16 @@ pub mod identity;
 pub mod password;
 pub mod records;
 pub mod secret;
+pub mod session;
 pub mod thread;
 pub mod token;
 pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
-    ActorId, AgentId, AuditEventId, DeploymentId, MembershipId, MessageId, OrganizationId,
-    ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId, ToolId, UserId,
+    ActionId, ActorId, AgentId, AuditEventId, CallbackId, DeploymentId, MembershipId, MessageId,
+    OrganizationId, ProjectId, RequestId, ResponseId, RunId, SecretKeyId, SessionId, SigningKeyId,
+    ThreadId, ToolId, UserId,
 };
 pub use validate::ValidationError;
 

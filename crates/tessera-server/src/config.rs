@@ -104,6 +104,25 @@ impl Default for RuntimeSettings {
     }
 }
 
+/// `[sessions]`: session management (`/api/v1`): the pool endpoint and pending actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    /// How long `askAgentPool` waits for the turn to finish or pause before answering 202.
+    pub ask_wait_seconds: u64,
+    /// How long a tool call awaiting confirmation stays open, unless its approval rule says.
+    pub action_expiry_seconds: u32,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            ask_wait_seconds: 30,
+            action_expiry_seconds: 600,
+        }
+    }
+}
+
 /// `[identity]`: browser sessions, sign-in throttling and user tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -170,6 +189,7 @@ pub struct Config {
     pub secrets_key_file: Option<std::path::PathBuf>,
     pub identity: IdentitySettings,
     pub runtime: RuntimeSettings,
+    pub sessions: SessionSettings,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
@@ -190,6 +210,7 @@ impl Default for Config {
             secrets_key_file: None,
             identity: IdentitySettings::default(),
             runtime: RuntimeSettings::default(),
+            sessions: SessionSettings::default(),
             providers: std::collections::BTreeMap::new(),
         }
     }
@@ -264,6 +285,15 @@ impl Config {
         anyhow::ensure!(
             self.runtime.poll_interval_ms >= 10,
             "runtime.poll_interval_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            (0..=300).contains(&self.sessions.ask_wait_seconds),
+            "sessions.ask_wait_seconds must be between 0 and 300"
+        );
+        anyhow::ensure!(
+            (1..=tessera_domain::agent::ApprovalRule::MAX_EXPIRES_IN_SECONDS)
+                .contains(&self.sessions.action_expiry_seconds),
+            "sessions.action_expiry_seconds must be between 1 and 86400"
         );
         anyhow::ensure!(
             self.runtime.tool_timeout_seconds >= 1,

@@ -84,6 +84,9 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::User => (ErrorCode::UserNotFound, "user"),
         Entity::Organization => (ErrorCode::OrganizationNotFound, "organization"),
         Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
+        Entity::Action => (ErrorCode::ActionNotFound, "pending action"),
+        Entity::Response => (ErrorCode::ResponseNotFound, "pool response"),
+        Entity::Endpoint => (ErrorCode::EndpointNotFound, "agent pool"),
     }
 }
 
@@ -161,6 +164,18 @@ impl From<StoreError> for ApiError {
                     "the user is already a member of this organization",
                 )
                 .with_field("user_id"),
+                Conflict::SessionClosed => Self::new(
+                    ErrorCode::SessionClosed,
+                    "the session was closed; start a new one",
+                ),
+                Conflict::ActionDecided => Self::new(
+                    ErrorCode::ActionAlreadyDecided,
+                    "the action was already confirmed or cancelled",
+                ),
+                Conflict::ActionExpired => Self::new(
+                    ErrorCode::ActionExpired,
+                    "the action expired before this decision and was cancelled",
+                ),
                 Conflict::StaleVersion => Self::new(
                     ErrorCode::ConcurrentUpdate,
                     "the object changed while this request was applied; retry",
@@ -173,6 +188,7 @@ impl From<StoreError> for ApiError {
                 cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
                 retry_after: None,
             },
+            StoreError::Invalid(err) => err.into(),
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
             | StoreError::Migration(_)

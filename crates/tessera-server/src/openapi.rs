@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    actors, agents, audit, browser, deployments, organizations, projects, threads, users,
+    actors, agents, audit, browser, deployments, organizations, projects, sessions, threads, users,
 };
 use crate::stream;
 
@@ -12,7 +12,7 @@ use crate::stream;
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; users, organizations, sign-in and the audit log.",
+        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; session management; users, organizations, sign-in and the audit log.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -60,6 +60,12 @@ use crate::stream;
         browser::get_me,
         browser::set_active_organization,
         browser::jwks,
+        sessions::ask_agent_pool,
+        sessions::get_pool_response,
+        sessions::close_session,
+        sessions::update_session_variables,
+        sessions::resolve_pending_action,
+        sessions::get_usage,
     ),
     components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
     modifiers(&Security),
@@ -73,6 +79,7 @@ use crate::stream;
         (name = "users", description = "End users of the deployment's app; user tokens."),
         (name = "organizations", description = "Organizations of users and their memberships."),
         (name = "audit", description = "The deployment's audit log."),
+        (name = "sessions", description = "Session management (`/api/v1`, secret key as `Authorization: Bearer` or `X-API-Key`): the agent pool endpoint, closing sessions, context variables, pending actions and usage."),
         (name = "browser", description = "Signed-in users: sign-in, sign-out, `/me` (browser session cookie or user token), and the token verification keys."),
     )
 )]

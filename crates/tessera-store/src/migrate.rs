@@ -44,6 +44,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/sqlite/0004_identity.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/sqlite/0006_sessions.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -66,6 +71,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "identity",
         sql: include_str!("../migrations/postgres/0004_identity.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/postgres/0006_sessions.sql"),
     },
 ];
 

@@ -98,7 +98,7 @@ pub(crate) async fn list_messages(
 }
 
 /// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -115,7 +115,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(value.to_owned()))
 }
 
-fn request_hash(req: &api::ExecuteThreadRequest) -> String {
+pub(crate) fn request_hash(req: &impl serde::Serialize) -> String {
     let canonical = serde_json::to_vec(req).unwrap_or_default();
     Sha256::digest(&canonical)
         .iter()

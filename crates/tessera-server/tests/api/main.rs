@@ -18,5 +18,6 @@ mod lists;
 mod ops_endpoints;
 mod projects;
 mod runtime;
+mod sessions;
 mod tenancy;
 mod walkthrough;
