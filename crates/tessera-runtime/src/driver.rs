@@ -201,11 +201,13 @@ impl Driver<'_> {
         let store = self.rt.store.as_ref();
         // A stop requested before this claim (later ones arrive through the hub and heartbeat).
         let pending_stop = self.pending_stop;
-        // Two independent reads: at once.
-        let (agent, history) = tokio::join!(
+        // Independent reads: at once.
+        let (agent, history, session) = tokio::join!(
             store.get_agent(&self.scope, &self.thread.agent_id),
-            store.thread_history(&self.scope, &self.thread.id)
+            store.thread_history(&self.scope, &self.thread.id),
+            store.session_state(&self.scope, &self.thread.id)
         );
+        self.variables = session::variables_prompt(&session?.variables);
         let agent = match agent {
             Ok(agent) => Some(agent),
             Err(StoreError::NotFound {
@@ -679,8 +681,8 @@ impl Driver<'_> {
 }
 
 impl Driver<'_> {
-    /// Starts the loop with the agent's approval rules, the decisions already taken on this
-    /// run's held calls (a resumed run), and the session's variables for the model.
+    /// Starts the loop with the agent's approval rules and the decisions already taken on this
+    /// run's held calls (a resumed run).
     async fn start_loop(
         &mut self,
         agent: &Agent,
@@ -693,8 +695,6 @@ impl Driver<'_> {
             self.rt.tools.requiring_confirmation(),
             self.rt.config.action_expiry_seconds,
         );
-        let session = store.session_state(&self.scope, &self.thread.id).await?;
-        self.variables = session::variables_prompt(&session.variables);
         // Only a run that stopped with calls outstanding can have decisions to honour.
         let actions = if state.pending.is_empty() {
             Vec::new()
