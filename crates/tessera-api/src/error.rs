@@ -76,6 +76,9 @@ error_codes! {
     ContextNotFound => (404, "context_not_found", "No conversation with this id exists in the agent session."),
     DeploymentNotFound => (404, "deployment_not_found", "No deployment with this id exists (console API)."),
     MembershipNotFound => (404, "membership_not_found", "The user is not a member of this organization."),
+    ActionNotFound => (404, "action_not_found", "No pending action with this id exists on this session."),
+    ResponseNotFound => (404, "response_not_found", "No pool response with this id exists in the caller's deployment."),
+    EndpointNotFound => (404, "endpoint_not_found", "No agent of the caller's deployment serves this pool endpoint slug."),
     MethodNotAllowed => (405, "method_not_allowed", "The path exists but not with this HTTP method."),
     ActorExists => (409, "actor_exists", "An actor with this (subject_type, external_key) already exists."),
     AgentInUse => (409, "agent_in_use", "The agent is still used by an active project; archive the projects first."),
@@ -89,6 +92,9 @@ error_codes! {
     OrganizationSlugTaken => (409, "organization_slug_taken", "Another organization of the deployment has this slug."),
     AlreadyMember => (409, "already_member", "The user is already a member of this organization."),
     UserDisabled => (409, "user_disabled", "The user is disabled: enable them first."),
+    SessionClosed => (409, "session_closed", "The session was closed: it takes no more messages or variables."),
+    ActionAlreadyDecided => (409, "action_already_decided", "The pending action was already confirmed or cancelled."),
+    ActionExpired => (410, "action_expired", "The pending action expired before the decision; it was cancelled."),
     NoBrowserSession => (409, "no_browser_session", "This operation changes the browser session, and the caller authenticated with a user token, which has none."),
     PayloadTooLarge => (413, "payload_too_large", "The request body exceeds the size limit."),
     UnsupportedMediaType => (415, "unsupported_media_type", "The request body must be `application/json`."),
@@ -96,6 +102,7 @@ error_codes! {
     ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
     Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),
     Unavailable => (503, "unavailable", "A dependency (the database) is not reachable."),
+    Busy => (503, "busy", "Too many password checks are in progress; retry after `Retry-After` seconds."),
 }
 
 #[cfg(test)]

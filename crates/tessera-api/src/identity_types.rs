@@ -54,7 +54,7 @@ pub struct User {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// An email address, at most 254 characters; stored trimmed and lower-cased.
@@ -78,7 +78,7 @@ pub struct CreateUserRequest {
 
 /// Changes to a user: absent fields stay as they are; `null` clears `first_name`,
 /// `last_name` or `password`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ pub struct CreateUserTokenRequest {
 
 /// A signed user token (a JWT signed with EdDSA), for `Authorization: Bearer` on the
 /// user-authenticated endpoints (`/me`). Shown only in this response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UserToken {
     pub token: String,
     /// Always `Bearer`.
@@ -234,7 +234,7 @@ pub struct RemovedOrganizationMember {
 // Sign-in and the signed-in user
 
 /// `POST /sign-in` as JSON (the page posts the same fields form-encoded).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
     #[schema(example = "ada@example.com")]
@@ -364,5 +364,91 @@ mod tests {
         assert_eq!(r.password, Some(None));
         assert_eq!(r.first_name, None);
         assert!(serde_json::from_str::<CreateUserRequest>(r#"{"email":"a","pw":"x"}"#).is_err());
+    }
+}
+
+// Passwords and tokens never reach a log through `Debug`.
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("email", &self.email)
+            .field("first_name", &self.first_name)
+            .field("last_name", &self.last_name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUserRequest")
+            .field("email", &self.email)
+            .field("first_name", &self.first_name)
+            .field("last_name", &self.last_name)
+            .field(
+                "password",
+                &self
+                    .password
+                    .as_ref()
+                    .map(|p| p.as_ref().map(|_| "<redacted>")),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SignInRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInRequest")
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .field("redirect_url", &self.redirect_url)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserToken")
+            .field("token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_passwords_or_tokens() {
+        let shown = format!(
+            "{:?} {:?} {:?} {:?}",
+            CreateUserRequest {
+                email: "a@example.com".into(),
+                password: Some("hunter2-secret".into()),
+                ..Default::default()
+            },
+            UpdateUserRequest {
+                password: Some(Some("hunter2-secret".into())),
+                ..Default::default()
+            },
+            SignInRequest {
+                email: "a@example.com".into(),
+                password: "hunter2-secret".into(),
+                redirect_url: None,
+            },
+            UserToken {
+                token: "eyJ.hunter2-secret.sig".into(),
+                token_type: "Bearer".into(),
+                expires_in: 60,
+                expires_at: "2026-12-01T00:00:00Z".into(),
+            },
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("a@example.com"));
     }
 }

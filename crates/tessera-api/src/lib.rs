@@ -8,6 +8,7 @@
 pub mod error;
 mod identity_types;
 pub mod ops;
+mod session_types;
 mod ticket_types;
 pub mod types;
 

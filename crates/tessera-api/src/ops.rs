@@ -79,6 +79,12 @@ operations! {
     SEND_AGENT_CONTEXT_MESSAGE = ("sendAgentContextMessage", "POST", "/agent/contexts/{context_id}/messages");
     CANCEL_AGENT_CONTEXT = ("cancelAgentContext", "POST", "/agent/contexts/{context_id}/cancel");
     STREAM_AGENT_CONTEXT = ("streamAgentContext", "GET", "/agent/contexts/{context_id}/stream");
+    ASK_AGENT_POOL = ("askAgentPool", "POST", "/api/v1/ask/{endpoint_slug}");
+    GET_POOL_RESPONSE = ("getPoolResponse", "GET", "/api/v1/responses/{response_id}");
+    CLOSE_SESSION = ("closeSession", "POST", "/api/v1/sessions/{thread_id}/close");
+    UPDATE_SESSION_VARIABLES = ("updateSessionVariables", "PATCH", "/api/v1/sessions/{thread_id}");
+    RESOLVE_PENDING_ACTION = ("resolvePendingAction", "POST", "/api/v1/sessions/{thread_id}/actions/{action_id}");
+    GET_USAGE = ("getUsage", "GET", "/api/v1/usage");
 }
 
 /// Finds an operation by its operationId.

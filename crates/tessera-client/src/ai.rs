@@ -285,6 +285,15 @@ mod tests {
             seen(agent.cancel("x")),
             ("GET".to_owned(), agent.stream("x").path().to_owned()),
         ]);
+        let sessions = client.sessions();
+        sdk.extend([
+            seen(sessions.ask("x", Default::default())),
+            seen(sessions.get_response("x")),
+            seen(sessions.close("x")),
+            seen(sessions.update_variables("x", Default::default())),
+            seen(sessions.resolve_action("x", "x", true)),
+            seen(sessions.usage(Default::default())),
+        ]);
         let mut table: Vec<(String, String)> = ops::ALL
             .iter()
             .map(|op| {

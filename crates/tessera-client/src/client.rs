@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::me::Me;
 use crate::request::Request;
 use crate::secret_keys::SecretKeys;
+use crate::sessions::Sessions;
 use crate::users::{AuditEvents, Organizations, Users};
 
 /// How long to wait for a TCP/TLS connection. There is deliberately no overall request timeout:
@@ -107,6 +108,12 @@ impl Client {
     /// Runtime objects under `/ai`: actors, agents and actor projects.
     pub fn ai(&self) -> Ai<'_> {
         Ai::new(self)
+    }
+
+    /// Session management under `/api/v1`: the agent pool endpoint, closing sessions, context
+    /// variables, pending actions and usage (secret key).
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
     }
 
     /// The deployment's users (secret key).

@@ -34,6 +34,7 @@ mod error;
 mod me;
 mod request;
 mod secret_keys;
+mod sessions;
 mod stream;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly.
@@ -49,6 +50,7 @@ pub use error::Error;
 pub use me::Me;
 pub use request::Request;
 pub use secret_keys::SecretKeys;
+pub use sessions::Sessions;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;
 pub use tickets::{AgentSessions, Console, SessionTickets};

@@ -53,6 +53,89 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+    pub fn parse_rfc3339(raw: &str) -> Option<Self> {
+        let b = raw.as_bytes();
+        let num = |from: usize, len: usize| -> Option<i64> {
+            let part = b.get(from..from + len)?;
+            part.iter()
+                .all(u8::is_ascii_digit)
+                .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+        };
+        if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+            return None;
+        }
+        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        if b.len() == 10 {
+            return Some(Self(days * 86_400_000));
+        }
+        if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        if hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let mut i = 19;
+        let mut millis = 0;
+        if b[i] == b'.' {
+            let start = i + 1;
+            i = start;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+            let digits = &raw[start..i.min(start + 3)];
+            millis = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
+        }
+        let offset = match &b[i..] {
+            [b'Z' | b'z'] => 0,
+            [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+                let (h, m) = (num(i + 1, 2)?, num(i + 4, 2)?);
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                let minutes = h * 60 + m;
+                if *sign == b'+' {
+                    minutes
+                } else {
+                    -minutes
+                }
+            }
+            _ => return None,
+        };
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
+        Some(Self(secs * 1000 + millis))
+    }
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -85,5 +168,32 @@ mod tests {
             Timestamp::from_millis(951_782_400_000).to_rfc3339(),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_offsets() {
+        for ms in [0, 1_736_937_900_123, 951_782_400_000, -86_400_000] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        }
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-15T11:45:00+01:00"),
+            Timestamp::parse_rfc3339("2025-01-15T10:45:00Z")
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-15"),
+            Timestamp::parse_rfc3339("2025-01-15T00:00:00Z")
+        );
+        for bad in [
+            "",
+            "2025-13-01",
+            "2025-02-30",
+            "2025-01-15T10:45:00",
+            "yesterday",
+            "2025-01-15T25:00:00Z",
+            "2025-01-15T10:45:00.Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -253,6 +253,22 @@ define_id!(
     AdminId,
     "adm"
 );
+define_id!(
+    /// A pending action: a tool call waiting for a person's confirmation.
+    ActionId,
+    "act"
+);
+define_id!(
+    /// The handle of a confirmed action's execution (`resolvePendingAction`).
+    CallbackId,
+    "cb"
+);
+define_id!(
+    /// A pool endpoint answer (`askAgentPool`). Its body is the body of the run it answers
+    /// with, so the one id leads to the other without a table of its own.
+    ResponseId,
+    "resp"
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod password;
 pub mod records;
 pub mod secret;
+pub mod session;
 pub mod thread;
 pub mod ticket;
 pub mod token;
@@ -20,9 +21,9 @@ pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
-    ActorId, AdminId, AgentId, AgentSessionId, AuditEventId, DeploymentId, MembershipId, MessageId,
-    OrganizationId, ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId,
-    TicketId, ToolId, UserId,
+    ActionId, ActorId, AdminId, AgentId, AgentSessionId, AuditEventId, CallbackId, DeploymentId,
+    MembershipId, MessageId, OrganizationId, ProjectId, RequestId, ResponseId, RunId, SecretKeyId,
+    SessionId, SigningKeyId, ThreadId, TicketId, ToolId, UserId,
 };
 pub use validate::ValidationError;
 

@@ -209,6 +209,8 @@ pub enum TokenError {
 pub struct VerifiedUser {
     pub deployment_id: DeploymentId,
     pub user_id: UserId,
+    /// `iat`, epoch seconds.
+    pub issued_at: i64,
     pub expires_at: i64,
 }
 
@@ -277,6 +279,7 @@ pub fn verify_user_token(
     Ok(VerifiedUser {
         deployment_id: DeploymentId::parse(&claims.dep).map_err(|_| TokenError::Claims)?,
         user_id: UserId::parse(&claims.sub).map_err(|_| TokenError::Claims)?,
+        issued_at: claims.iat,
         expires_at: claims.exp,
     })
 }

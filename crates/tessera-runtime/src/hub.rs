@@ -50,6 +50,8 @@ pub struct Hub {
     threads: Mutex<HashMap<ThreadId, broadcast::Sender<Live>>>,
     runs: Mutex<HashMap<RunId, watch::Sender<Stop>>>,
     work: Notify,
+    /// Pending actions changed: the action scheduler recomputes its next deadline.
+    scheduler: Notify,
 }
 
 impl Hub {
@@ -87,6 +89,16 @@ impl Hub {
     /// Completes when `wake_workers` was called (or had been called since the last wait).
     pub async fn work_available(&self) {
         self.work.notified().await;
+    }
+
+    /// Wakes the action scheduler: a pending action was created.
+    pub fn wake_scheduler(&self) {
+        self.scheduler.notify_one();
+    }
+
+    /// Completes when `wake_scheduler` was called (or had been since the last wait).
+    pub async fn scheduler_woken(&self) {
+        self.scheduler.notified().await;
     }
 
     /// Registers a run executing on this node; the receiver learns of stop requests.
@@ -134,6 +146,26 @@ mod tests {
         drop(rx);
         hub.publish(&thread, Live::Look);
         assert!(Hub::lock(&hub.threads).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_never_reads_holds_a_bounded_backlog() {
+        let hub = Hub::new();
+        let thread = ThreadId::generate();
+        let mut rx = hub.subscribe(&thread);
+        let published = 10 * THREAD_CHANNEL_CAPACITY;
+        for _ in 0..published {
+            // Never blocks the publisher (the run), however far behind the reader is.
+            hub.publish(&thread, Live::Look);
+        }
+        // All but the last `capacity` items were overwritten, not kept for the reader.
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                assert_eq!(missed as usize, published - THREAD_CHANNEL_CAPACITY)
+            }
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(rx.try_recv().unwrap(), Live::Look);
     }
 
     #[tokio::test]

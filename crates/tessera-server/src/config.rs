@@ -138,10 +138,15 @@ impl Default for IdentitySettings {
     }
 }
 
-/// `[sessions]`: session tickets, agent sessions, impersonation and the console.
+/// `[sessions]`: session management (`/api/v1`: the pool endpoint and pending actions) and
+/// session tickets (agent sessions, impersonation and the console).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SessionSettings {
+    /// How long `askAgentPool` waits for the turn to finish or pause before answering 202.
+    pub ask_wait_seconds: u64,
+    /// How long a tool call awaiting confirmation stays open, unless its approval rule says.
+    pub action_expiry_seconds: u32,
     /// `expires_in` of a ticket that names none.
     pub ticket_default_expires_in_seconds: u32,
     /// Largest `expires_in` a ticket may ask for.
@@ -157,6 +162,8 @@ pub struct SessionSettings {
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
+            ask_wait_seconds: 30,
+            action_expiry_seconds: 600,
             ticket_default_expires_in_seconds: 900,
             ticket_max_expires_in_seconds: 86_400,
             agent_session_lifetime_seconds: 12 * 3600,
@@ -298,6 +305,15 @@ impl Config {
         anyhow::ensure!(
             self.runtime.poll_interval_ms >= 10,
             "runtime.poll_interval_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            (0..=300).contains(&self.sessions.ask_wait_seconds),
+            "sessions.ask_wait_seconds must be between 0 and 300"
+        );
+        anyhow::ensure!(
+            (1..=tessera_domain::agent::ApprovalRule::MAX_EXPIRES_IN_SECONDS)
+                .contains(&self.sessions.action_expiry_seconds),
+            "sessions.action_expiry_seconds must be between 1 and 86400"
         );
         anyhow::ensure!(
             self.runtime.tool_timeout_seconds >= 1,

@@ -86,6 +86,9 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
         Entity::App => (ErrorCode::AppNotFound, "app"),
         Entity::Context => (ErrorCode::ContextNotFound, "conversation"),
+        Entity::Action => (ErrorCode::ActionNotFound, "pending action"),
+        Entity::Response => (ErrorCode::ResponseNotFound, "pool response"),
+        Entity::Endpoint => (ErrorCode::EndpointNotFound, "agent pool"),
     }
 }
 
@@ -178,6 +181,18 @@ impl From<StoreError> for ApiError {
                     "the user is disabled: enable them first",
                 )
                 .with_field("user_id"),
+                Conflict::SessionClosed => Self::new(
+                    ErrorCode::SessionClosed,
+                    "the session was closed; start a new one",
+                ),
+                Conflict::ActionDecided => Self::new(
+                    ErrorCode::ActionAlreadyDecided,
+                    "the action was already confirmed or cancelled",
+                ),
+                Conflict::ActionExpired => Self::new(
+                    ErrorCode::ActionExpired,
+                    "the action expired before this decision and was cancelled",
+                ),
                 Conflict::StaleVersion => Self::new(
                     ErrorCode::ConcurrentUpdate,
                     "the object changed while this request was applied; retry",
@@ -190,6 +205,7 @@ impl From<StoreError> for ApiError {
                 cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
                 retry_after: None,
             },
+            StoreError::Invalid(err) => err.into(),
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
             | StoreError::Migration(_)

@@ -195,7 +195,9 @@ path_ids!(
     tessera_domain::ThreadId => Thread,
     tessera_domain::RunId => Run,
     tessera_domain::UserId => User,
-    tessera_domain::OrganizationId => Organization
+    tessera_domain::OrganizationId => Organization,
+    tessera_domain::ActionId => Action,
+    tessera_domain::ResponseId => Response
 );
 
 /// The single id of a path (`/ai/agents/{agent_id}`). An id that cannot exist — malformed,

@@ -60,9 +60,31 @@ pub(crate) struct Identity {
     pub sessions: crate::config::SessionSettings,
     source: SecretsSource,
     secrets: tokio::sync::OnceCell<SecretsKey>,
-    /// Public keys by kid; keys never change, so entries never go stale.
-    public_keys: Mutex<HashMap<SigningKeyId, [u8; 32]>>,
+    /// Verification keys by id with their retirement time, and when they were last read.
+    public_keys: Mutex<KeyCache>,
+    /// Password hashing and checking in progress: argon2id takes ~19 MiB and tens of
+    /// milliseconds of CPU each, so without a bound a burst of sign-ins exhausts memory.
+    password_work: tokio::sync::Semaphore,
 }
+
+/// Longest wait for a password-hashing slot before answering `503 busy`.
+const PASSWORD_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Verification keys as last read from the database.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<SigningKeyId, ([u8; 32], Option<Timestamp>)>,
+    /// When the table was last read: an unknown kid re-reads it at most once a second, so that
+    /// made-up kids cannot turn every request into a query.
+    read_at: Option<std::time::Instant>,
+}
+
+/// How often an unknown kid may trigger a re-read of the signing keys.
+const KEY_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the signing keys read are used before they are read again.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Clock skew tolerated between nodes, seconds.
+const TOKEN_SKEW_SECS: i64 = 60;
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,8 +110,34 @@ impl Identity {
             sessions: config.sessions.clone(),
             source,
             secrets: tokio::sync::OnceCell::new(),
-            public_keys: Mutex::new(HashMap::new()),
+            public_keys: Mutex::new(KeyCache::default()),
+            password_work: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
         })
+    }
+
+    /// Runs argon2id work (`f`) on a blocking thread, at most a few at a time; `503 busy` with
+    /// `Retry-After` when no slot frees up soon.
+    pub async fn password_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit =
+            match tokio::time::timeout(PASSWORD_WORK_WAIT, self.password_work.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) | Err(_) => {
+                    let mut err = ApiError::new(
+                        tessera_api::ErrorCode::Busy,
+                        "too many password checks in progress; retry shortly",
+                    );
+                    err.retry_after = Some(1);
+                    return Err(err);
+                }
+            };
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// The secrets key, loaded (or, for a key file that does not exist yet, created) once.
@@ -169,31 +217,62 @@ impl Identity {
         Ok((token, exp))
     }
 
+    /// The key to verify a token signed by `kid`, if it is still trusted: the current keys,
+    /// and a retired key only as long as a token it signed can be valid (the longest token
+    /// lifetime plus clock skew). A key that leaked stops working that long after rotation.
     async fn public_key(
         &self,
         store: &dyn Store,
         kid: &SigningKeyId,
+        now: Timestamp,
     ) -> Result<Option<[u8; 32]>, ApiError> {
-        if let Some(key) = self.cached_key(kid) {
-            return Ok(Some(key));
-        }
-        let keys = store.signing_keys().await?;
-        let mut cache = self
-            .public_keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for key in &keys {
-            cache.insert(key.id.clone(), key.public_key);
-        }
-        Ok(cache.get(kid).copied())
+        // Entries are re-read after a while, so that a rotation on another node (which retires
+        // the key this node cached as current) is seen here too.
+        let entry = if self.read_within(KEY_CACHE_TTL) {
+            self.cached_key(kid)
+        } else {
+            None
+        };
+        let entry = match entry {
+            Some(entry) => Some(entry),
+            None if self.read_within(KEY_REREAD) => None,
+            None => {
+                let keys = store.signing_keys().await?;
+                let mut cache = self
+                    .public_keys
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                cache.keys = keys
+                    .iter()
+                    .map(|k| (k.id.clone(), (k.public_key, k.retired_at)))
+                    .collect();
+                cache.read_at = Some(std::time::Instant::now());
+                cache.keys.get(kid).copied()
+            }
+        };
+        let trusted_for_ms =
+            (i64::from(self.settings.user_token_max_seconds) + TOKEN_SKEW_SECS) * 1000;
+        Ok(entry.and_then(|(key, retired_at)| match retired_at {
+            Some(retired) if now.as_millis() > retired.as_millis() + trusted_for_ms => None,
+            _ => Some(key),
+        }))
     }
 
-    fn cached_key(&self, kid: &SigningKeyId) -> Option<[u8; 32]> {
+    fn cached_key(&self, kid: &SigningKeyId) -> Option<([u8; 32], Option<Timestamp>)> {
         self.public_keys
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys
             .get(kid)
             .copied()
+    }
+
+    fn read_within(&self, age: std::time::Duration) -> bool {
+        self.public_keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read_at
+            .is_some_and(|at| at.elapsed() < age)
     }
 
     /// The keys published at `/.well-known/jwks.json`: the current ones and those retired less
@@ -281,6 +360,21 @@ fn signing_record(signer: &TokenSigner, secrets: &SecretsKey) -> SigningKeyRecor
 /// published until the tokens they signed expired.
 pub async fn rotate_signing_key(config: &Config, store: &dyn Store) -> anyhow::Result<String> {
     let identity = Identity::new(config, &config.public_url())?;
+    // With keys in use, the new key must be sealed with the secrets key the nodes use: never
+    // create a key file here (a command run from another directory would otherwise seal the
+    // new key with a fresh secrets key no node has), and prove the current key opens with it.
+    let keys = store.signing_keys().await?;
+    if keys.iter().any(|k| k.retired_at.is_none()) {
+        if let SecretsSource::File(path) = &identity.source {
+            anyhow::ensure!(
+                path.exists(),
+                "no secrets key at {}: run this where the server keeps its data, or set \
+                 TESSERA_SECRETS_KEY to the key the servers use",
+                path.display()
+            );
+        }
+        identity.check_signing_keys(store).await?;
+    }
     let secrets = identity.secrets().await?;
     let signer = TokenSigner::generate(Timestamp::now());
     let record = store
@@ -571,18 +665,23 @@ async fn user_from_token(state: &AppState, token: &str) -> Result<UserCaller, Ap
         )
     };
     let kid = token_kid(token).map_err(|e| refused(&e))?;
+    let now = Timestamp::now();
     let public = state
         .identity
-        .public_key(state.store.as_ref(), &kid)
+        .public_key(state.store.as_ref(), &kid, now)
         .await?
-        .ok_or_else(|| refused(&"unknown kid"))?;
-    let verified = verify_user_token(
-        token,
-        &public,
-        &state.identity.public_url,
-        Timestamp::now().as_secs(),
-    )
-    .map_err(|e| refused(&e))?;
+        .ok_or_else(|| refused(&"unknown or expired kid"))?;
+    let verified = verify_user_token(token, &public, &state.identity.public_url, now.as_secs())
+        .map_err(|e| refused(&e))?;
+    // No token this server mints lives longer than the configured maximum: a longer one was
+    // not minted here (or by a key that leaked).
+    let max = i64::from(state.identity.settings.user_token_max_seconds);
+    if verified.expires_at - verified.issued_at > max
+        || verified.issued_at > now.as_secs() + TOKEN_SKEW_SECS
+        || verified.expires_at > now.as_secs() + max + TOKEN_SKEW_SECS
+    {
+        return Err(refused(&"lifetime beyond the maximum"));
+    }
     let scope = Scope::deployment(verified.deployment_id);
     let deployment = match state.store.get_deployment(&scope).await {
         Ok(d) => d,

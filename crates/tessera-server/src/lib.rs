@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<observe::Metrics>,
     pub runtime: Arc<Runtime>,
     pub identity: identity::SharedIdentity,
+    /// How long `askAgentPool` waits for a turn (`sessions.ask_wait_seconds`).
+    pub ask_wait: Duration,
 }
 
 /// What the first start on an empty database created.
@@ -118,6 +120,7 @@ impl Application {
                 },
                 tool_timeout: Duration::from_secs(config.runtime.tool_timeout_seconds),
                 node_id: format!("{}:{}", local_addr, tessera_domain::RequestId::generate()),
+                action_expiry_seconds: config.sessions.action_expiry_seconds,
             },
         });
         let state = AppState {
@@ -125,6 +128,7 @@ impl Application {
             metrics: Arc::new(observe::Metrics::new()),
             runtime: runtime.clone(),
             identity,
+            ask_wait: Duration::from_secs(config.sessions.ask_wait_seconds),
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {
@@ -174,6 +178,12 @@ impl Application {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
         let workers_stop = Arc::new(workers_stop);
+        let scheduler = AbortOnDrop(tokio::spawn(
+            tessera_runtime::scheduler::run_action_scheduler(
+                self.runtime.clone(),
+                workers_rx.clone(),
+            ),
+        ));
         let mut workers = tokio::spawn(tessera_runtime::worker::run_workers(
             self.runtime.clone(),
             workers_rx,
@@ -223,8 +233,18 @@ impl Application {
         {
             workers.abort();
         }
+        drop(scheduler);
         self.store.close().await;
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped (also when serving fails early).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

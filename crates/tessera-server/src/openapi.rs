@@ -4,8 +4,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    actors, agent, agents, audit, browser, console, deployments, organizations, projects, threads,
-    tickets, users,
+    actors, agent, agents, audit, browser, console, deployments, organizations, projects, sessions,
+    threads, tickets, users,
 };
 use crate::stream;
 
@@ -13,7 +13,7 @@ use crate::stream;
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; users, organizations, sign-in and the audit log; session tickets, agent sessions and the console.",
+        description = "Agent session server: deployments, actors, agents, actor projects, threads and runs; session management; users, organizations, sign-in and the audit log; session tickets, agent sessions and the console.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -75,6 +75,12 @@ use crate::stream;
         agent::send_agent_context_message,
         agent::cancel_agent_context,
         agent::stream_agent_context,
+        sessions::ask_agent_pool,
+        sessions::get_pool_response,
+        sessions::close_session,
+        sessions::update_session_variables,
+        sessions::resolve_pending_action,
+        sessions::get_usage,
     ),
     components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
     modifiers(&Security),
@@ -88,6 +94,7 @@ use crate::stream;
         (name = "users", description = "End users of the deployment's app; user tokens."),
         (name = "organizations", description = "Organizations of users and their memberships."),
         (name = "audit", description = "The deployment's audit log."),
+        (name = "sessions", description = "Session management (`/api/v1`, secret key as `Authorization: Bearer` or `X-API-Key`): the agent pool endpoint, closing sessions, context variables, pending actions and usage."),
         (name = "browser", description = "Signed-in users: sign-in, sign-out, `/me` (browser session cookie or user token), and the token verification keys."),
         (name = "session tickets", description = "Single-use, time-bound ticket URLs (agent chat, impersonation) and their exchange by the browser."),
         (name = "agent sessions", description = "The browser API of an agent session: its conversations, messages and event stream (session cookie or `session_token`)."),

@@ -24,10 +24,13 @@ use tessera_domain::records::{
     ProjectStatus, SecretKeyRecord,
 };
 use tessera_domain::secret::SecretHash;
+use tessera_domain::session::{
+    NewAction, PendingAction, SessionClose, SessionState, UsageGroup, UsageRow, VariablePatch,
+};
 use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
 use tessera_domain::validate::Label;
+use tessera_domain::{ActionId, OrganizationId, UserId};
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
-use tessera_domain::{OrganizationId, UserId};
 
 mod group;
 mod migrate;
@@ -35,6 +38,7 @@ pub mod postgres;
 mod sql;
 mod sql_identity;
 mod sql_runs;
+mod sql_sessions;
 mod sql_tickets;
 pub mod sqlite;
 #[cfg(feature = "testing")]
@@ -62,6 +66,12 @@ pub enum Entity {
     App,
     /// A conversation of an agent session (a thread inside the session's partition).
     Context,
+    /// A pending action of a session.
+    Action,
+    /// A pool endpoint response.
+    Response,
+    /// No agent serves this pool endpoint slug.
+    Endpoint,
 }
 
 /// State conflicts the caller can act on.
@@ -93,6 +103,12 @@ pub enum Conflict {
     NamedSessionNeedsGroup,
     /// The user of an impersonation (or user-bound) ticket is disabled.
     UserDisabled,
+    /// The session (thread) was closed: it takes no message or change.
+    SessionClosed,
+    /// The pending action was already confirmed or cancelled.
+    ActionDecided,
+    /// The pending action expired before this decision.
+    ActionExpired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +135,10 @@ pub enum StoreError {
     /// the worker must stop without writing.
     #[error("the lease on the run was lost")]
     LeaseLost,
+    /// A change that breaks a rule only visible with the stored state (e.g. too many context
+    /// variables after a merge). Nothing was changed.
+    #[error("invalid: {0}")]
+    Invalid(tessera_domain::ValidationError),
 }
 
 impl StoreError {
@@ -456,6 +476,8 @@ pub enum Notification {
     ThreadEvents(ThreadId),
     /// A run was asked to stop.
     CancelRun(RunId),
+    /// Pending actions were created: schedulers should recompute their next deadline.
+    Actions,
 }
 
 #[async_trait]
@@ -473,6 +495,14 @@ pub trait ThreadStore {
         page: &PageRequest,
         order: Order,
     ) -> StoreResult<Page<Message>>;
+
+    /// The multitask policy of the thread's agent (the default when the agent was deleted):
+    /// what a new message does while a run is open. One read for the send path.
+    async fn thread_multitask_policy(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+    ) -> StoreResult<tessera_domain::agent::MultitaskPolicy>;
 
     /// Every message of the thread, oldest first (the model's context).
     async fn thread_history(
@@ -743,14 +773,20 @@ pub trait IdentityStore {
         window_ms: i64,
     ) -> StoreResult<Option<i64>>;
 
-    /// Counts a failed sign-in in each bucket (a bucket whose window has passed starts again).
-    async fn record_sign_in_failure(
+    /// Counts a sign-in attempt in each bucket (a bucket whose window has passed starts again),
+    /// before the password is checked, so that attempts made at the same time cannot all pass
+    /// a check made before any of them was counted. Returns how long to wait (ms) when a bucket
+    /// is now over its limit: the attempt must then be refused.
+    async fn count_sign_in_attempt(
         &self,
         scope: &Scope,
         buckets: &[ThrottleBucket],
         now: Timestamp,
         window_ms: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Option<i64>>;
+
+    /// Takes back one counted attempt of a bucket (a sign-in that succeeded).
+    async fn uncount_sign_in_attempt(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
 
     /// Forgets the failures of a bucket (after a successful sign-in to that account).
     async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
@@ -972,6 +1008,130 @@ pub trait ConsoleStore {
     async fn delete_console_session(&self, hash: &SecretHash) -> StoreResult<()>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Session management: closing sessions, context variables, pending actions, pool routing and
+// usage (`sql_sessions.rs`).
+
+/// What a pool response shows about its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseView {
+    pub run: Run,
+    pub thread: Thread,
+    /// The run's last assistant message with text, if any.
+    pub answer: Option<Message>,
+    /// The run's actions still waiting for a decision.
+    pub pending: Vec<PendingAction>,
+    /// Final outcomes of the thread's actions reported by this response (claimed for it the
+    /// first time it is shown complete, so each outcome is reported by one response).
+    pub action_results: Vec<PendingAction>,
+    pub session: SessionState,
+}
+
+#[async_trait]
+pub trait SessionStore {
+    /// The session state of a thread ([`Entity::Thread`] when absent).
+    async fn session_state(&self, scope: &Scope, thread_id: &ThreadId)
+        -> StoreResult<SessionState>;
+
+    /// Merges `patch` into the thread's variables in one transaction: a result over the limits
+    /// is [`StoreError::Invalid`] and changes nothing; a closed session is
+    /// [`Conflict::SessionClosed`]. Returns `(entries that changed, variables after)`.
+    async fn update_variables(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        patch: &VariablePatch,
+    ) -> StoreResult<(usize, usize)>;
+
+    /// Closes a session (a second close returns the first record): cancels its queued runs,
+    /// asks its active run to stop and cancels its open pending actions. Returns the record,
+    /// the active runs to stop, and the events stored.
+    async fn close_session(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        now: Timestamp,
+    ) -> StoreResult<(SessionClose, Vec<RunId>, Vec<ThreadEvent>)>;
+
+    /// Worker: pauses the run in `waiting_for_input` with these actions (a call that already
+    /// has one keeps it), releasing the lease. Fenced by the lease.
+    async fn pause_run(
+        &self,
+        lease: &Lease,
+        actions: &[NewAction],
+    ) -> StoreResult<(Vec<PendingAction>, Vec<ThreadEvent>)>;
+
+    /// Every action of a run, oldest first.
+    async fn run_actions(&self, scope: &Scope, run_id: &RunId) -> StoreResult<Vec<PendingAction>>;
+
+    /// Worker: marks a confirmed action as executing, durably, before its tool starts. Returns
+    /// the action's status before: `Confirmed` means the caller may execute it now; anything
+    /// else means it must not (it started before, or has a result already).
+    async fn start_action(&self, lease: &Lease, call_id: &str) -> StoreResult<PendingAction>;
+
+    /// Worker: records what an executing action's tool returned.
+    async fn finish_action(
+        &self,
+        lease: &Lease,
+        call_id: &str,
+        result: &Result<String, String>,
+    ) -> StoreResult<()>;
+
+    /// Confirms or cancels a pending action with one conditional update, so of concurrent
+    /// decisions exactly one wins ([`Conflict::ActionDecided`] for the others,
+    /// [`Conflict::ActionExpired`] past `expires_at`). When it was the run's last open action
+    /// the run resumes. Returns the action and the events stored.
+    async fn resolve_action(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        action_id: &ActionId,
+        confirmed: bool,
+        now: Timestamp,
+    ) -> StoreResult<(PendingAction, Vec<ThreadEvent>)>;
+
+    /// Scheduler: expires every pending action due at `now` (each by a conditional update, so
+    /// across nodes exactly one expires it) and resumes their runs; returns the events stored.
+    async fn expire_due_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Scheduler: stores a `pending_action.expiring` event for each pending action whose
+    /// warning is due (once per action, across nodes).
+    async fn warn_expiring_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Scheduler: the earliest warning or expiry still due, across deployments.
+    async fn next_action_deadline(&self) -> StoreResult<Option<Timestamp>>;
+
+    /// Worker (`request_variables`): records variable names the agent asks for. Fenced.
+    async fn request_variables(
+        &self,
+        lease: &Lease,
+        names: &[String],
+        reason: Option<&str>,
+    ) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// The agents serving pool `slug` and how many open runs each has, oldest agent first.
+    async fn pool_agents(&self, scope: &Scope, slug: &str) -> StoreResult<Vec<(AgentId, i64)>>;
+
+    /// What a pool response shows: its run ([`Entity::Response`] when absent) and around it.
+    /// `claim_results`: a finished response claims the thread's unreported action outcomes.
+    async fn response_view(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        claim_results: bool,
+    ) -> StoreResult<ResponseView>;
+
+    /// Usage of the sessions and runs created in `[from, to)`, grouped.
+    async fn usage(
+        &self,
+        scope: &Scope,
+        from: Timestamp,
+        to: Timestamp,
+        group: UsageGroup,
+        now: Timestamp,
+    ) -> StoreResult<Vec<UsageRow>>;
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -1009,6 +1169,7 @@ pub trait Store:
     + SigningKeyStore
     + TicketStore
     + ConsoleStore
+    + SessionStore
     + Send
     + Sync
     + 'static

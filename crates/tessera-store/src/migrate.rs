@@ -49,6 +49,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "tickets",
         sql: include_str!("../migrations/sqlite/0005_tickets.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/sqlite/0006_sessions.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -76,6 +81,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "tickets",
         sql: include_str!("../migrations/postgres/0005_tickets.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/postgres/0006_sessions.sql"),
     },
 ];
 

@@ -128,12 +128,16 @@ fn encode_notification(n: &Notification) -> String {
         Notification::Runs => "runs".to_owned(),
         Notification::ThreadEvents(thread) => format!("events:{thread}"),
         Notification::CancelRun(run) => format!("cancel:{run}"),
+        Notification::Actions => "actions".to_owned(),
     }
 }
 
 fn decode_notification(payload: &str) -> Option<Notification> {
     if payload == "runs" {
         return Some(Notification::Runs);
+    }
+    if payload == "actions" {
+        return Some(Notification::Actions);
     }
     if let Some(thread) = payload.strip_prefix("events:") {
         return ThreadId::parse(thread).ok().map(Notification::ThreadEvents);
@@ -148,6 +152,7 @@ crate::sql::impl_sql_store!(PgStore, Postgres);
 crate::sql_runs::impl_run_sql!(PgStore, Postgres);
 crate::sql_identity::impl_identity_sql!(PgStore, Postgres);
 crate::sql_tickets::impl_ticket_sql!(PgStore, Postgres);
+crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {

@@ -669,6 +669,25 @@ macro_rules! impl_identity_sql {
                 new: &NewSession,
             ) -> StoreResult<BrowserSession> {
                 let mut tx = self.begin_write().await?;
+                // The user must still exist and be enabled, checked under a lock: a sign-in
+                // racing a disable (or delete) must not leave a session behind it.
+                if let Some(user_id) = &new.user_id {
+                    let row = sqlx::query(&format!(
+                        "SELECT disabled FROM users WHERE id = $1 AND deployment_id = $2{}",
+                        Self::ROW_LOCK
+                    ))
+                    .bind(user_id.as_str())
+                    .bind(scope.deployment_id().as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let enabled = match row {
+                        Some(row) => row.try_get::<i64, _>("disabled")? == 0,
+                        None => false,
+                    };
+                    if !enabled {
+                        return Err(StoreError::not_found(Entity::User));
+                    }
+                }
                 if let Some(old) = old {
                     sqlx::query(
                         "DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2",
@@ -735,33 +754,56 @@ macro_rules! impl_identity_sql {
                 Ok(wait)
             }
 
-            async fn record_sign_in_failure(
+            async fn count_sign_in_attempt(
                 &self,
                 scope: &Scope,
                 buckets: &[ThrottleBucket],
                 now: Timestamp,
                 window_ms: i64,
-            ) -> StoreResult<()> {
+            ) -> StoreResult<Option<i64>> {
+                let mut wait: Option<i64> = None;
                 let mut tx = self.begin_write().await?;
                 for bucket in buckets {
                     // Every SET expression sees the row as it was, so both CASEs agree on
                     // whether the window restarts.
-                    sqlx::query(
+                    let row = sqlx::query(
                         "INSERT INTO sign_in_failures (deployment_id, bucket, window_start, failures)
                          VALUES ($1, $2, $3, 1)
                          ON CONFLICT (deployment_id, bucket) DO UPDATE SET
                            failures = CASE WHEN sign_in_failures.window_start <= $4
                                            THEN 1 ELSE sign_in_failures.failures + 1 END,
                            window_start = CASE WHEN sign_in_failures.window_start <= $4
-                                               THEN $3 ELSE sign_in_failures.window_start END",
+                                               THEN $3 ELSE sign_in_failures.window_start END
+                         RETURNING window_start, failures",
                     )
                     .bind(scope.deployment_id().as_str())
                     .bind(bucket.key.as_str())
                     .bind(now.as_millis())
                     .bind(now.as_millis() - window_ms)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
+                    let start: i64 = row.try_get("window_start")?;
+                    let failures: i64 = row.try_get("failures")?;
+                    let ends = start.saturating_add(window_ms);
+                    if failures > i64::from(bucket.max_failures) && ends > now.as_millis() {
+                        let left = ends - now.as_millis();
+                        wait = Some(wait.map_or(left, |w| w.max(left)));
+                    }
                 }
+                tx.commit().await?;
+                Ok(wait)
+            }
+
+            async fn uncount_sign_in_attempt(&self, scope: &Scope, bucket: &str) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE sign_in_failures SET failures = failures - 1
+                     WHERE deployment_id = $1 AND bucket = $2 AND failures > 0",
+                )
+                .bind(scope.deployment_id().as_str())
+                .bind(bucket)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -18,8 +18,8 @@ pub(crate) const AGENT_SESSION_COLS: &str = "id, ticket_id, actor_id, agent_ids,
 
 macro_rules! impl_ticket_sql {
     ($store:ident, $db:ty) => {
-    /// Session SQL, instantiated for this backend.
-    mod session_sql {
+    /// Session-ticket SQL, instantiated for this backend.
+    mod ticket_sql {
         #[allow(unused_imports)]
         use super::*;
         use super::identity_sql::{insert_session, session_from_row, user_from_row};

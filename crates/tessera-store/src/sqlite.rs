@@ -217,6 +217,7 @@ crate::sql::impl_sql_store!(SqliteStore, Sqlite);
 crate::sql_runs::impl_run_sql!(SqliteStore, Sqlite);
 crate::sql_identity::impl_identity_sql!(SqliteStore, Sqlite);
 crate::sql_tickets::impl_ticket_sql!(SqliteStore, Sqlite);
+crate::sql_sessions::impl_session_sql!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]
 impl crate::Store for SqliteStore {

@@ -568,11 +568,23 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         None
     );
     for i in 0..3 {
-        store
-            .record_sign_in_failure(&a, &both, t0.plus_secs(i), window)
-            .await
-            .unwrap();
+        assert_eq!(
+            store
+                .count_sign_in_attempt(&a, &both, t0.plus_secs(i), window)
+                .await
+                .unwrap(),
+            None,
+            "attempt {i} is within the limit of 3"
+        );
     }
+    // The attempt after the limit is counted and refused at once, with the time left.
+    assert_eq!(
+        store
+            .count_sign_in_attempt(&a, &both, t0.plus_secs(5), window)
+            .await
+            .unwrap(),
+        Some(55_000)
+    );
     // Blocked until the window that started at t0 ends.
     let wait = store
         .sign_in_blocked(&a, &both, t0.plus_secs(10), window)
@@ -601,7 +613,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         None
     );
     store
-        .record_sign_in_failure(&a, &both, t0.plus_secs(61), window)
+        .count_sign_in_attempt(&a, &both, t0.plus_secs(61), window)
         .await
         .unwrap();
     assert_eq!(
@@ -612,10 +624,32 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         None,
         "one failure in the new window"
     );
-    // A success clears the account's bucket.
+    // A success takes its attempt back from the address's bucket…
+    let ip_only = std::slice::from_ref(&ip);
+    for _ in 0..4 {
+        store
+            .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+            .await
+            .unwrap();
+    }
+    store.uncount_sign_in_attempt(&a, &ip.key).await.unwrap();
+    assert_eq!(
+        store
+            .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+            .await
+            .unwrap(),
+        None,
+        "5 counted after one was taken back: at the limit, not over it"
+    );
+    assert!(store
+        .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+        .await
+        .unwrap()
+        .is_some());
+    // …and clears the account's bucket.
     for _ in 0..3 {
         store
-            .record_sign_in_failure(&a, std::slice::from_ref(&account), t0.plus_secs(62), window)
+            .count_sign_in_attempt(&a, std::slice::from_ref(&account), t0.plus_secs(62), window)
             .await
             .unwrap();
     }

@@ -6,197 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use serde_json::json;
-use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
-use tessera_domain::event::{self, NewEvent};
-use tessera_domain::records::{NewActor, NewDeployment, NewProject, Project};
-use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
-use tessera_domain::thread::{
-    ContextGroup, Message, NewThread, Role, Run, RunStatus, RunUsage, StopReason, Thread,
-    ThreadPurpose, ThreadStatus, TokenUsage, ToolCall,
-};
-use tessera_domain::validate::{
-    CapabilityTag, DeploymentName, Description, ExternalKey, Label, Metadata, SubjectType,
-};
-use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
-use tessera_store::testing::TestDatabase;
-use tessera_store::{
-    backend_tests, CancelRequest, Claimed, Conflict, ConnectOptions, Cursor, Entity, Idempotency,
-    Lease, NewSecretKey, Order, PageRequest, RunEnd, StepMessage, Store, StoreError, SubmitOutcome,
-    SubmitRun, ThreadEvent,
-};
-
-/// A lease long enough never to expire during a test unless `now` is moved past it.
-const LEASE_MS: i64 = 60_000;
-
-// ---------------------------------------------------------------------------------------------
-// Set-up helpers
-// ---------------------------------------------------------------------------------------------
-
-async fn open(db: &TestDatabase) -> Arc<dyn Store> {
-    tessera_store::open(&db.url, &ConnectOptions::default())
-        .await
-        .expect("open store")
-}
-
-async fn deployment(store: &Arc<dyn Store>, name: &str) -> Scope {
-    let secret = PlainSecret::generate(SECRET_KEY_PREFIX);
-    let key = NewSecretKey {
-        name: Label::parse("name", "first").unwrap(),
-        hash: secret.hash(),
-        prefix: secret.display_prefix(),
-    };
-    let new = NewDeployment {
-        name: DeploymentName::parse("name", name).unwrap(),
-        backend_host: "http://127.0.0.1:8080".into(),
-        frontend_host: "http://127.0.0.1:8080".into(),
-    };
-    let (dep, _) = store.create_deployment(&new, &key).await.unwrap();
-    Scope::deployment(dep.id)
-}
-
-fn spec(name: &str) -> AgentSpec {
-    AgentSpec {
-        name: Label::parse("name", name).unwrap(),
-        description: Description::parse("description", "helps").unwrap(),
-        model: None,
-        tool_ids: vec![],
-        sub_agent_ids: vec![],
-        capability_tags: vec![],
-        endpoint_slug: None,
-        approval_rules: vec![],
-        limits: AgentLimits::default(),
-        multitask: MultitaskPolicy::Enqueue,
-    }
-}
-
-/// A deployment with an actor, an agent and an active project binding them.
-struct Tenant {
-    scope: Scope,
-    project: Project,
-}
-
-async fn tenant(store: &Arc<dyn Store>, name: &str) -> Tenant {
-    let scope = deployment(store, name).await;
-    let actor = store
-        .create_actor(
-            &scope,
-            &NewActor {
-                subject_type: SubjectType::parse("subject_type", "user").unwrap(),
-                external_key: ExternalKey::parse("external_key", "u1").unwrap(),
-                display_name: None,
-                metadata: Metadata::parse("metadata", json!({})).unwrap(),
-            },
-        )
-        .await
-        .unwrap();
-    let agent = store.create_agent(&scope, &spec("helper")).await.unwrap();
-    let project = store
-        .create_project(
-            &scope,
-            &NewProject {
-                actor_id: actor.id,
-                agent_id: agent.id,
-                name: Label::parse("name", "p").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
-    Tenant { scope, project }
-}
-
-fn new_thread(project_id: &ProjectId, title: &str) -> NewThread {
-    NewThread {
-        project_id: project_id.clone(),
-        title: Label::parse("title", title).unwrap(),
-        system_instructions: None,
-        purpose: ThreadPurpose::Conversation,
-        capability_tags: vec![],
-        context_group: None,
-    }
-}
-
-async fn thread(store: &Arc<dyn Store>, t: &Tenant, title: &str) -> Thread {
-    store
-        .create_thread(&t.scope, &new_thread(&t.project.id, title))
-        .await
-        .unwrap()
-}
-
-fn user_message(thread_id: &ThreadId, run_id: &RunId, text: &str) -> Message {
-    Message {
-        id: MessageId::generate(),
-        thread_id: thread_id.clone(),
-        run_id: Some(run_id.clone()),
-        role: Role::User,
-        content: text.to_owned(),
-        tool_calls: vec![],
-        tool_call_id: None,
-        tool_name: None,
-        is_error: false,
-        attachments: vec![],
-        usage: None,
-        created_at: Timestamp::now(),
-    }
-}
-
-fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> SubmitRun {
-    let run_id = RunId::generate();
-    SubmitRun {
-        message: user_message(thread_id, &run_id, text),
-        run_id,
-        policy,
-        idempotency: None,
-    }
-}
-
-/// The parts of a `Created` outcome; panics on `Replayed`.
-fn created(outcome: SubmitOutcome) -> (Run, Vec<RunId>, Vec<ThreadEvent>) {
-    match outcome {
-        SubmitOutcome::Created {
-            run,
-            interrupted,
-            events,
-        } => (run, interrupted, events),
-        SubmitOutcome::Replayed { result } => {
-            panic!("expected a new run, got a replay of {result}")
-        }
-    }
-}
-
-/// Submits a message with `policy`, expecting a new run.
-async fn submit_with(
-    store: &Arc<dyn Store>,
-    scope: &Scope,
-    thread_id: &ThreadId,
-    text: &str,
-    policy: MultitaskPolicy,
-) -> (Run, Vec<RunId>, Vec<ThreadEvent>) {
-    created(
-        store
-            .submit_run(scope, thread_id, &submission(thread_id, text, policy))
-            .await
-            .unwrap(),
-    )
-}
-
-/// Submits a message with the `enqueue` policy and returns its run.
-async fn queue(store: &Arc<dyn Store>, scope: &Scope, thread_id: &ThreadId, text: &str) -> Run {
-    submit_with(store, scope, thread_id, text, MultitaskPolicy::Enqueue)
-        .await
-        .0
-}
-
-/// Claims a run now with a long lease, expecting one.
-async fn claim(store: &Arc<dyn Store>, owner: &str) -> Claimed {
-    store
-        .claim_run(owner, Timestamp::now(), LEASE_MS)
-        .await
-        .unwrap()
-        .expect("a claimable run")
-}
+mod common;
+use common::*;
 
 async fn claim_none(store: &Arc<dyn Store>) {
     let got = store
@@ -356,6 +168,7 @@ backend_tests!(
     submit_stores_the_message_and_queues_a_run,
     event_numbers_are_per_thread_and_gapless_under_concurrency,
     reject_policy_refuses_while_a_run_is_open,
+    the_threads_multitask_policy_is_its_agents,
     enqueue_policy_queues_behind_the_open_run,
     interrupt_policy_cancels_queued_runs_and_flags_the_running_one,
     idempotent_submits_replay_the_first_answer,
@@ -582,6 +395,39 @@ async fn event_numbers_are_per_thread_and_gapless_under_concurrency(db: &TestDat
     assert_eq!(seqs(&stored), (1..=18).collect::<Vec<i64>>());
     assert_eq!(history(&store, &a.scope, &t2.id).await.len(), 9);
     assert_eq!(all_events(&store, &a.scope, &t1.id).await.len(), 4);
+    store.close().await;
+}
+
+async fn the_threads_multitask_policy_is_its_agents(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "policy").await;
+    let other = tenant(&store, "policy-other").await;
+    let t = thread(&store, &a, "t").await;
+    assert_eq!(
+        store
+            .thread_multitask_policy(&a.scope, &t.id)
+            .await
+            .unwrap(),
+        MultitaskPolicy::Enqueue
+    );
+    let mut spec = spec("helper");
+    spec.multitask = MultitaskPolicy::Reject;
+    let agent = store.get_agent(&a.scope, &t.agent_id).await.unwrap();
+    store
+        .update_agent(&a.scope, &agent.id, agent.version, &spec)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .thread_multitask_policy(&a.scope, &t.id)
+            .await
+            .unwrap(),
+        MultitaskPolicy::Reject
+    );
+    for (scope, id) in [(&other.scope, &t.id), (&a.scope, &ThreadId::generate())] {
+        let err = store.thread_multitask_policy(scope, id).await.unwrap_err();
+        assert!(is_not_found(&err, Entity::Thread), "{err:?}");
+    }
     store.close().await;
 }
 

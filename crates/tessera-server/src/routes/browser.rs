@@ -144,7 +144,15 @@ pub(crate) async fn sign_in_form(
         let scope = Scope::deployment(deployment.id);
         if let Ok(Some((session, _))) = current_session(&state, &headers, &scope).await {
             if let Some(user_id) = session.user_id {
-                if let Ok(user) = state.store.get_user(&scope, &user_id).await {
+                // A disabled user has no session in effect (sessions end when a user is
+                // disabled; this also covers a sign-in racing the disable).
+                if let Ok(user) = state
+                    .store
+                    .get_user(&scope, &user_id)
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|u| if u.disabled { Err(()) } else { Ok(u) })
+                {
                     let banner = match &session.impersonator {
                         Some(who) => format!(
                             "<p id=\"impersonation\" class=\"banner\" role=\"status\">Impersonation: \
@@ -387,11 +395,20 @@ async fn attempt(
         });
     }
     let now = Timestamp::now();
+    // Counted before the password is checked: attempts made at the same time cannot all pass a
+    // check made before any of them was counted. A refused attempt (never checked) and a
+    // success take their attempt back.
     if let Some(wait_ms) = state
         .store
-        .sign_in_blocked(&scope, &buckets, now, window_ms)
+        .count_sign_in_attempt(&scope, &buckets, now, window_ms)
         .await?
     {
+        for bucket in &buckets {
+            state
+                .store
+                .uncount_sign_in_attempt(&scope, &bucket.key)
+                .await?;
+        }
         let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
         let mut err = ApiError::new(
             ErrorCode::TooManyAttempts,
@@ -405,16 +422,13 @@ async fn attempt(
     // Verified off the async threads, and always: an unknown email, a user without password
     // and a disabled user cost the same time as a wrong password.
     let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
-    let matches = tokio::task::spawn_blocking(move || verify_password(stored.as_ref(), &password))
-        .await
-        .map_err(ApiError::internal)?;
+    let matches = state
+        .identity
+        .password_work(move || verify_password(stored.as_ref(), &password))
+        .await?;
     let user = match credentials {
         Some(c) if matches && !c.user.disabled => c.user,
         other => {
-            state
-                .store
-                .record_sign_in_failure(&scope, &buckets, now, window_ms)
-                .await?;
             audit(
                 state,
                 &scope,
@@ -434,6 +448,12 @@ async fn attempt(
         .store
         .clear_sign_in_failures(&scope, &format!("account:{email}"))
         .await?;
+    if let Some(ip) = &client.ip {
+        state
+            .store
+            .uncount_sign_in_attempt(&scope, &format!("ip:{ip}"))
+            .await?;
+    }
 
     // Session fixation: whatever session the browser had is replaced by a new one with a new
     // cookie value, in one transaction.
@@ -441,10 +461,16 @@ async fn attempt(
     let (secret, new) = state
         .identity
         .new_session(Some(user.id.clone()), None, None);
-    let session = state
+    let session = match state
         .store
         .replace_session(&scope, old.as_ref().map(|(_, hash)| hash), &new)
-        .await?;
+        .await
+    {
+        Ok(session) => session,
+        // Disabled or deleted between the password check and now.
+        Err(tessera_store::StoreError::NotFound { .. }) => return Err(invalid_credentials()),
+        Err(err) => return Err(err.into()),
+    };
     audit(
         state,
         &scope,
@@ -637,10 +663,17 @@ pub(crate) async fn set_active_organization(
         Some(organization_id.clone()),
         Some(session.expires_at),
     );
-    let rotated = state
+    let rotated = match state
         .store
         .replace_session(&caller.scope, Some(hash), &new)
-        .await?;
+        .await
+    {
+        Ok(session) => session,
+        Err(tessera_store::StoreError::NotFound { .. }) => {
+            return Err(ApiError::unauthorized("not signed in"))
+        }
+        Err(err) => return Err(err.into()),
+    };
     audit(
         &state,
         &caller.scope,

@@ -106,6 +106,7 @@ fn with_no_store(mut response: Response, cookie: &str) -> Response {
         (status = 403, body = ErrorBody, description = "`origin_not_allowed`"),
         (status = 422, body = ErrorBody, description = "`validation_failed`"),
         (status = 429, body = ErrorBody, description = "`too_many_attempts`, with `Retry-After`"),
+        (status = 503, body = ErrorBody, description = "`busy` (too many password checks in progress), with `Retry-After`"),
     ),
     security(())
 )]
@@ -146,11 +147,20 @@ pub(crate) async fn console_sign_in(
         });
     }
     let now = Timestamp::now();
+    // Counted before the password is checked (as for users' sign-in): attempts made at the
+    // same time cannot all pass a check made before any of them was counted. A refused
+    // attempt (never checked) and a success take their attempt back.
     if let Some(wait_ms) = state
         .store
-        .sign_in_blocked(&scope, &buckets, now, window_ms)
+        .count_sign_in_attempt(&scope, &buckets, now, window_ms)
         .await?
     {
+        for bucket in &buckets {
+            state
+                .store
+                .uncount_sign_in_attempt(&scope, &bucket.key)
+                .await?;
+        }
         let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
         let mut err = ApiError::new(
             ErrorCode::TooManyAttempts,
@@ -162,16 +172,14 @@ pub(crate) async fn console_sign_in(
     let credentials = state.store.console_admin_credentials(&username).await?;
     let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
     // Always verified (against a dummy hash for an unknown name): the same time either way.
-    let matches = tokio::task::spawn_blocking(move || verify_password(stored.as_ref(), &password))
-        .await
-        .map_err(ApiError::internal)?;
+    // Bounded like every password check (`503 busy` when no slot frees up).
+    let matches = state
+        .identity
+        .password_work(move || verify_password(stored.as_ref(), &password))
+        .await?;
     let admin = match credentials {
         Some((admin, _)) if matches => admin,
         _ => {
-            state
-                .store
-                .record_sign_in_failure(&scope, &buckets, now, window_ms)
-                .await?;
             return Err(ApiError::new(
                 ErrorCode::InvalidCredentials,
                 "wrong username or password",
@@ -182,6 +190,12 @@ pub(crate) async fn console_sign_in(
         .store
         .clear_sign_in_failures(&scope, &format!("console:{username}"))
         .await?;
+    if let Some(ip) = &client.ip {
+        state
+            .store
+            .uncount_sign_in_attempt(&scope, &format!("console-ip:{ip}"))
+            .await?;
+    }
     let token = PlainSecret::generate(CONSOLE_TOKEN_PREFIX);
     let seconds = state.identity.sessions.console_session_seconds;
     let expires_at = now.plus_secs(i64::try_from(seconds).unwrap_or(3600));

@@ -22,6 +22,7 @@ pub(crate) mod console;
 pub(crate) mod deployments;
 pub(crate) mod organizations;
 pub(crate) mod projects;
+pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod threads;
 pub(crate) mod tickets;
@@ -88,8 +89,9 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/ai/threads/{thread_id}/stream",
             get(crate::stream::stream_thread),
         )
-        .merge(identity_routes())
         .merge(session_routes())
+        .merge(identity_routes())
+        .merge(ticket_routes())
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(crate::observe::metrics))
@@ -101,6 +103,32 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(from_fn(catch_panic))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
+}
+
+/// Session management under `/api/v1` (which also accepts `X-API-Key`).
+fn session_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/ask/{endpoint_slug}",
+            post(sessions::ask_agent_pool),
+        )
+        .route(
+            "/api/v1/responses/{response_id}",
+            get(sessions::get_pool_response),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}",
+            axum::routing::patch(sessions::update_session_variables),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}/close",
+            post(sessions::close_session),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}/actions/{action_id}",
+            post(sessions::resolve_pending_action),
+        )
+        .route("/api/v1/usage", get(sessions::get_usage))
 }
 
 /// Users, organizations, the audit log (backend) and the browser sign-in endpoints.
@@ -148,7 +176,7 @@ fn identity_routes() -> Router<AppState> {
 }
 
 /// Session tickets, the agent-session browser API, the vanity pages and the console sign-in.
-fn session_routes() -> Router<AppState> {
+fn ticket_routes() -> Router<AppState> {
     Router::new()
         .route(
             "/session/tickets",

@@ -6,11 +6,10 @@ use axum::Json;
 use sha2::{Digest, Sha256};
 use tessera_api as api;
 use tessera_api::ErrorBody;
-use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::thread::{Message, Role};
 use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::hub::{Live, Stop};
-use tessera_store::{Idempotency, Order, StoreError, SubmitOutcome, SubmitRun};
+use tessera_store::{Idempotency, Order, SubmitOutcome, SubmitRun};
 
 use crate::auth::Caller;
 use crate::convert;
@@ -184,12 +183,10 @@ pub(crate) async fn send_message(
     idempotency: Option<IdempotencyParts>,
 ) -> ApiResult<api::RunAccepted> {
     let (content, files) = convert::new_message(message)?;
-    let thread = state.store.get_thread(scope, thread_id).await?;
-    let policy = match state.store.get_agent(scope, &thread.agent_id).await {
-        Ok(agent) => agent.spec.multitask,
-        Err(StoreError::NotFound { .. }) => MultitaskPolicy::default(),
-        Err(err) => return Err(err.into()),
-    };
+    let policy = state
+        .store
+        .thread_multitask_policy(scope, thread_id)
+        .await?;
     let run_id = RunId::generate();
     let accepted = api::RunAccepted {
         status: "queued".to_owned(),

@@ -288,6 +288,7 @@ pub fn echo_agent(name: &str) -> CreateAgentRequest {
 }
 
 /// A response read to the end.
+#[derive(Debug)]
 pub struct Resp {
     pub status: u16,
     pub headers: HeaderMap,

@@ -27,6 +27,8 @@ backend_tests!(
     cross_origin_browser_writes_are_refused,
     failed_sign_ins_are_rate_limited_across_nodes,
     user_tokens_verify_with_the_jwks_and_survive_rotation,
+    concurrent_failed_sign_ins_cannot_exceed_the_limit,
+    overlong_tokens_and_long_retired_keys_are_refused,
     the_sign_in_page_works_without_javascript,
     the_audit_log_records_keys_and_sign_ins,
     browser_requests_map_to_the_deployment_of_their_host,
@@ -1046,6 +1048,116 @@ async fn user_tokens_verify_with_the_jwks_and_survive_rotation(db: &TestDatabase
         ErrorCode::Unauthorized,
         None,
     );
+    app.stop().await;
+}
+
+async fn concurrent_failed_sign_ins_cannot_exceed_the_limit(db: &TestDatabase) {
+    // 3 failures per account: of 12 guesses sent at once, at most 3 are checked.
+    let app = spawn_app_with(db, strict_limits).await;
+    user(&app, "ada@example.com", Some(PASSWORD)).await;
+    let guesses = (0..12).map(|i| {
+        let app = &app;
+        async move { sign_in(app, "ada@example.com", &format!("guess-{i}"), None).await }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|r| r.status == 401).count();
+    let refused = answers.iter().filter(|r| r.status == 429).count();
+    assert_eq!(checked + refused, 12, "{answers:?}");
+    assert!(
+        checked <= 3,
+        "{checked} guesses were checked against a limit of 3"
+    );
+    assert!(checked >= 1);
+    // The account stays blocked, even for the right password.
+    sign_in(&app, "ada@example.com", PASSWORD, None)
+        .await
+        .assert_error(429, "too_many_attempts", None);
+    app.stop().await;
+}
+
+/// Signs claims for `user` of deployment `dep` with `signer`, a key the test put in the
+/// database.
+fn forge(
+    app: &TestApp,
+    signer: &tessera_domain::token::TokenSigner,
+    (user, dep): (&User, &str),
+    iat: i64,
+    exp: i64,
+) -> String {
+    signer.sign(&tessera_domain::token::UserClaims {
+        iss: app.base_url.clone(),
+        aud: "tessera:user".into(),
+        sub: user.id.clone(),
+        dep: dep.to_owned(),
+        iat,
+        exp,
+    })
+}
+
+async fn me_with(app: &TestApp, token: String) -> Resp {
+    send(app.anonymous(Method::GET, "/me").bearer_auth(token)).await
+}
+
+async fn overlong_tokens_and_long_retired_keys_are_refused(db: &TestDatabase) {
+    use tessera_domain::identity::SigningKeyRecord;
+    use tessera_domain::token::{SecretsKey, TokenSigner};
+    use tessera_domain::Timestamp;
+    let app = spawn_app(db).await;
+    let ada = user(&app, "ada@example.com", Some(PASSWORD)).await;
+    let dep = app.client.deployments().current().send().await.unwrap().id;
+    let ada = (&ada, dep.as_str());
+    let secrets = SecretsKey::parse(&crate::helpers::test_secrets_key()).unwrap();
+    let store = tessera_store::open(&app.db_url, &Default::default())
+        .await
+        .unwrap();
+    // A key the test holds the private half of, made current the way rotation does it.
+    let held = TokenSigner::generate(Timestamp::now());
+    let record = |signer: &TokenSigner| SigningKeyRecord {
+        id: signer.kid().clone(),
+        public_key: signer.public_key(),
+        sealed_private_key: signer.seal(&secrets),
+        created_at: Timestamp::now(),
+        retired_at: None,
+    };
+    store.rotate_signing_key(&record(&held)).await.unwrap();
+    let now = Timestamp::now().as_secs();
+    // Within the configured maximum (3600 s): accepted.
+    let fine = me_with(&app, forge(&app, &held, ada, now, now + 600)).await;
+    assert_eq!(fine.status, 200, "{fine:?}");
+    // Longer than any token this server mints, or issued in the future: refused.
+    for (iat, exp) in [
+        (now, now + 3601),
+        (now, now + 10 * 365 * 24 * 3600),
+        (now - 30, now + 3600 * 2),
+        (now + 3600, now + 3700),
+    ] {
+        me_with(&app, forge(&app, &held, ada, iat, exp))
+            .await
+            .assert_error(401, "unauthorized", None);
+    }
+
+    // Rotated away longer ago than the longest token lifetime (plus skew): no longer trusted,
+    // even for an unexpired token (as if the key had leaked). Rotation retires the old key at
+    // the new key's creation time; a restarted server reads the keys afresh.
+    let next = TokenSigner::generate(Timestamp::now());
+    let two_hours_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 2 * 3600 * 1000);
+    store
+        .rotate_signing_key(&SigningKeyRecord {
+            created_at: two_hours_ago,
+            ..record(&next)
+        })
+        .await
+        .unwrap();
+    let db_url = app.db_url.clone();
+    app.stop().await;
+    let app = crate::helpers::spawn_app_on(&db_url).await;
+    let now = Timestamp::now().as_secs();
+    me_with(&app, forge(&app, &held, ada, now, now + 600))
+        .await
+        .assert_error(401, "unauthorized", None);
+    let current = me_with(&app, forge(&app, &next, ada, now, now + 600)).await;
+    assert_eq!(current.status, 200, "{current:?}");
+    store.close().await;
     app.stop().await;
 }
 

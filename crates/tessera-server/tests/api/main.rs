@@ -18,6 +18,7 @@ mod lists;
 mod ops_endpoints;
 mod projects;
 mod runtime;
+mod sessions;
 mod tenancy;
 mod tickets;
 mod vanity;

@@ -39,6 +39,7 @@ backend_tests!(
     idempotent_retry,
     sse_order_and_resume_with_last_event_id,
     deltas_never_follow_their_completed_message,
+    a_stalled_stream_reader_neither_stalls_the_run_nor_loses_events,
     max_iterations_limit,
     token_budget_limit,
     run_timeout_limit,
@@ -1511,6 +1512,79 @@ async fn deltas_never_follow_their_completed_message(db: &TestDatabase) {
 
 // ---------------------------------------------------------------------------------------------
 // Limits
+
+async fn a_stalled_stream_reader_neither_stalls_the_run_nor_loses_events(db: &TestDatabase) {
+    // A reply of 10 MB in 2,500 deltas: far more than the hub's per-thread channel (256 items)
+    // and the socket buffers (~5 MB here) between the server and a client that stops reading.
+    const CHUNKS: usize = 2_500;
+    const CHUNK: usize = 4_000;
+    let rig = Rig::start(db).await;
+    let thread = rig.thread(scripted_agent("firehose")).await;
+    let chunks: Vec<String> = (0..CHUNKS)
+        .map(|i| {
+            let c = char::from(b'a' + (i % 26) as u8);
+            c.to_string().repeat(CHUNK)
+        })
+        .collect();
+    let full: String = chunks.concat();
+    rig.model.push(Script::text(chunks));
+
+    // Connected, then not read at all while the run streams its reply.
+    let mut stalled = rig.threads().stream(&thread).connect().await.unwrap();
+    let run_id = rig.send(&thread, "Say a lot").await;
+    let run = rig.wait_run(&thread, &run_id, RunStatus::Completed).await;
+    assert_eq!(run.stop_reason.as_deref(), Some("completed"));
+
+    // The reader wakes up: every durable event arrives, in order and without a gap, and the
+    // stored reply is whole even where live deltas were dropped for it.
+    let events = read_until(&mut stalled, run_status_is(&run_id, "completed")).await;
+    let durable: Vec<&StreamEvent> = events.iter().filter(|e| e.id.is_some()).collect();
+    let ids: Vec<i64> = durable.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "{}",
+        kinds(&events)
+    );
+    assert_eq!(
+        durable.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+        [
+            "message.created",
+            "run.status",
+            "run.status",
+            "message.completed",
+            "run.status"
+        ]
+    );
+    let completed = durable[3];
+    assert_eq!(
+        completed.data["message"]["content"].as_str().map(str::len),
+        Some(full.len())
+    );
+    assert!(completed.data["message"]["content"] == full.as_str());
+    // Deltas that did arrive belong to the reply and come before it completes.
+    let deltas: Vec<&StreamEvent> = events.iter().filter(|e| e.id.is_none()).collect();
+    let completed_at = events
+        .iter()
+        .position(|e| e.event == "message.completed")
+        .unwrap();
+    assert!(
+        deltas.len() < CHUNKS,
+        "the reader fell behind by more than the buffers hold, so some deltas were dropped \
+         instead of queued without bound"
+    );
+    for (i, e) in events.iter().enumerate().filter(|(_, e)| e.id.is_none()) {
+        assert_eq!(e.event, "message.delta");
+        assert_eq!(e.data["message_id"], completed.data["message"]["id"]);
+        assert!(i < completed_at, "a delta after its message completed");
+    }
+    println!(
+        "stalled reader: {} of {CHUNKS} deltas delivered, {} durable events",
+        deltas.len(),
+        durable.len()
+    );
+    rig.finish().await;
+}
 
 async fn max_iterations_limit(db: &TestDatabase) {
     let rig = Rig::start(db).await;

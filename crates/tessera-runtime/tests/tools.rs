@@ -1,0 +1,384 @@
+//! Tool dispatch through the real driver and workers: the per-tool timeout and concurrent
+//! execution of one turn's independent calls. The model is a real local HTTP server speaking
+//! the OpenAI-compatible protocol (`ScriptedModelServer`); storage is SQLite, and PostgreSQL when
+//! `TESSERA_TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tessera_domain::agent::{AgentLimits, AgentSpec, ModelRef, MultitaskPolicy};
+use tessera_domain::records::{NewActor, NewDeployment, NewProject};
+use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
+use tessera_domain::thread::{Message, NewThread, Role, Run, RunStatus, ThreadPurpose, ToolCall};
+use tessera_domain::validate::{
+    DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName, SubjectType,
+};
+use tessera_domain::{MessageId, RunId, Scope, ThreadId, Timestamp};
+use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
+use tessera_runtime::hub::Hub;
+use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
+use tessera_runtime::provider::{ProviderRegistry, ToolSpec};
+use tessera_runtime::tools::{ToolContext, ToolExecutor, ToolOutput};
+use tessera_store::testing::TestDatabase;
+use tessera_store::{
+    backend_tests, ConnectOptions, NewSecretKey, PageRequest, Store, SubmitOutcome, SubmitRun,
+};
+use tokio::sync::{watch, Barrier};
+
+backend_tests!(
+    a_tool_over_its_timeout_fails_its_call_not_the_run,
+    independent_tool_calls_of_a_turn_run_concurrently,
+);
+
+/// Longest wait for a run to end.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Test tools: `slow` sleeps far beyond any timeout (and notes whether it ever finished),
+/// `fast` answers at once, `meet` waits until two calls of it are running at the same time.
+struct TestTools {
+    slow_finished: AtomicBool,
+    meeting: Barrier,
+}
+
+impl TestTools {
+    fn new() -> Self {
+        Self {
+            slow_finished: AtomicBool::new(false),
+            meeting: Barrier::new(2),
+        }
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for TestTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        ["slow", "fast", "meet"]
+            .into_iter()
+            .map(|name| ToolSpec {
+                name: name.to_owned(),
+                description: format!("test tool {name}"),
+                parameters: json!({"type": "object", "properties": {}}),
+            })
+            .collect()
+    }
+
+    async fn execute(&self, _ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        let result = match call.name.as_str() {
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                self.slow_finished.store(true, Ordering::SeqCst);
+                Ok("slow done".to_owned())
+            }
+            "fast" => Ok("fast done".to_owned()),
+            "meet" => {
+                self.meeting.wait().await;
+                Ok("met".to_owned())
+            }
+            other => Err(format!("no tool {other}")),
+        };
+        ToolOutput {
+            result,
+            events: Vec::new(),
+        }
+    }
+}
+
+struct Rig {
+    store: Arc<dyn Store>,
+    scope: Scope,
+    thread: ThreadId,
+    model: ScriptedModelServer,
+    tools: Arc<TestTools>,
+    shutdown: watch::Sender<bool>,
+    workers: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    /// A thread whose agent uses the scripted model, and this node's workers running with
+    /// `tool_timeout`.
+    async fn start(db: &TestDatabase, tool_timeout: Duration) -> Rig {
+        let store = tessera_store::open(&db.url, &ConnectOptions::default())
+            .await
+            .expect("open store");
+        let secret = PlainSecret::generate(SECRET_KEY_PREFIX);
+        let (deployment, _) = store
+            .create_deployment(
+                &NewDeployment {
+                    name: DeploymentName::parse("name", "tools").unwrap(),
+                    backend_host: "http://127.0.0.1:8080".into(),
+                    frontend_host: "http://127.0.0.1:8080".into(),
+                },
+                &NewSecretKey {
+                    name: Label::parse("name", "k").unwrap(),
+                    hash: secret.hash(),
+                    prefix: secret.display_prefix(),
+                },
+            )
+            .await
+            .unwrap();
+        let scope = Scope::deployment(deployment.id);
+        let actor = store
+            .create_actor(
+                &scope,
+                &NewActor {
+                    subject_type: SubjectType::parse("subject_type", "user").unwrap(),
+                    external_key: ExternalKey::parse("external_key", "u").unwrap(),
+                    display_name: None,
+                    metadata: Metadata::parse("metadata", json!({})).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        let spec = AgentSpec {
+            name: Label::parse("name", "tooling").unwrap(),
+            description: Description::parse("description", "uses tools").unwrap(),
+            model: Some(
+                ModelRef::new(
+                    ProviderName::parse("provider", "scripted").unwrap(),
+                    ModelName::parse("model", "m").unwrap(),
+                    None,
+                    None,
+                )
+                .unwrap(),
+            ),
+            tool_ids: vec![],
+            sub_agent_ids: vec![],
+            capability_tags: vec![],
+            endpoint_slug: None,
+            approval_rules: vec![],
+            limits: AgentLimits::default(),
+            multitask: MultitaskPolicy::Enqueue,
+        };
+        let agent = store.create_agent(&scope, &spec).await.unwrap();
+        let project = store
+            .create_project(
+                &scope,
+                &NewProject {
+                    actor_id: actor.id,
+                    agent_id: agent.id,
+                    name: Label::parse("name", "p").unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        let thread = store
+            .create_thread(
+                &scope,
+                &NewThread {
+                    project_id: project.id,
+                    title: Label::parse("title", "t").unwrap(),
+                    system_instructions: None,
+                    purpose: ThreadPurpose::Conversation,
+                    capability_tags: vec![],
+                    context_group: None,
+                },
+            )
+            .await
+            .unwrap();
+
+        let model = ScriptedModelServer::start().await;
+        let mut providers = BTreeMap::new();
+        providers.insert("scripted".to_owned(), model.provider_config());
+        let tools = Arc::new(TestTools::new());
+        let runtime = Arc::new(Runtime {
+            store: store.clone(),
+            providers: ProviderRegistry::from_config(&providers).unwrap(),
+            tools: tools.clone(),
+            hub: Arc::new(Hub::new()),
+            config: RuntimeConfig {
+                workers: 4,
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_millis(200),
+                default_model: ModelChoice {
+                    provider: "echo".into(),
+                    model: "echo".into(),
+                },
+                tool_timeout,
+                node_id: "test-node".into(),
+                action_expiry_seconds: 600,
+            },
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let workers = tokio::spawn(tessera_runtime::worker::run_workers(runtime, rx));
+        Rig {
+            store,
+            scope,
+            thread: thread.id,
+            model,
+            tools,
+            shutdown,
+            workers,
+        }
+    }
+
+    async fn send(&self, text: &str) -> RunId {
+        let run_id = RunId::generate();
+        let submit = SubmitRun {
+            message: Message {
+                id: MessageId::generate(),
+                thread_id: self.thread.clone(),
+                run_id: Some(run_id.clone()),
+                role: Role::User,
+                content: text.to_owned(),
+                tool_calls: vec![],
+                tool_call_id: None,
+                tool_name: None,
+                is_error: false,
+                attachments: vec![],
+                usage: None,
+                created_at: Timestamp::now(),
+            },
+            run_id: run_id.clone(),
+            policy: MultitaskPolicy::Enqueue,
+            idempotency: None,
+        };
+        match self
+            .store
+            .submit_run(&self.scope, &self.thread, &submit)
+            .await
+            .unwrap()
+        {
+            SubmitOutcome::Created { .. } => run_id,
+            SubmitOutcome::Replayed { .. } => panic!("no idempotency key was sent"),
+        }
+    }
+
+    /// Waits for the run to end (the workers poll every 200 ms, no wake-up is sent).
+    async fn ended(&self, run: &RunId) -> Run {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self
+                .store
+                .get_run(&self.scope, &self.thread, run)
+                .await
+                .unwrap();
+            if got.status.is_terminal() {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run did not end within {WAIT:?}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn messages(&self) -> Vec<Message> {
+        self.store
+            .list_messages(
+                &self.scope,
+                &self.thread,
+                &PageRequest::first(100),
+                tessera_store::Order::OldestFirst,
+            )
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// The tool results the model received in its `i`-th request, by tool call id.
+    fn tool_results(&self, i: usize) -> Vec<(String, String)> {
+        let body: Value = self.model.requests()[i].body.clone();
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "tool")
+            .map(|m| {
+                (
+                    m["tool_call_id"].as_str().unwrap().to_owned(),
+                    m["content"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.shutdown.send(true).unwrap();
+        self.workers.await.unwrap();
+        self.store.close().await;
+    }
+}
+
+fn tool_messages(messages: &[Message]) -> Vec<&Message> {
+    messages.iter().filter(|m| m.role == Role::Tool).collect()
+}
+
+async fn a_tool_over_its_timeout_fails_its_call_not_the_run(db: &TestDatabase) {
+    let rig = Rig::start(db, Duration::from_millis(300)).await;
+    rig.model.push_all([
+        Script::tool_calls([("slow", json!({})), ("fast", json!({}))]),
+        Script::text(["Recovered."]),
+    ]);
+    let run = rig.send("use both tools").await;
+    let ended = rig.ended(&run).await;
+    assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+    assert_eq!(ended.usage.tool_calls, 2);
+
+    let messages = rig.messages().await;
+    let tools = tool_messages(&messages);
+    assert_eq!(tools.len(), 2, "{messages:#?}");
+    let slow = tools
+        .iter()
+        .find(|m| m.tool_name.as_deref() == Some("slow"))
+        .unwrap();
+    assert!(slow.is_error, "{slow:?}");
+    assert!(
+        slow.content.contains("did not finish within"),
+        "the timeout names itself: {:?}",
+        slow.content
+    );
+    let fast = tools
+        .iter()
+        .find(|m| m.tool_name.as_deref() == Some("fast"))
+        .unwrap();
+    assert!(!fast.is_error);
+    assert_eq!(fast.content, "fast done");
+    assert!(
+        !rig.tools.slow_finished.load(Ordering::SeqCst),
+        "the timed-out call was abandoned, not awaited"
+    );
+
+    // The model saw both outcomes, the error included, and answered.
+    assert_eq!(rig.model.request_count(), 2);
+    let results = rig.tool_results(1);
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results
+        .iter()
+        .any(|(_, content)| content.contains("did not finish within")));
+    assert!(results.iter().any(|(_, content)| content == "fast done"));
+    assert_eq!(messages.last().unwrap().content, "Recovered.");
+    rig.stop().await;
+}
+
+async fn independent_tool_calls_of_a_turn_run_concurrently(db: &TestDatabase) {
+    // Each `meet` call waits until the other one runs: executed one after the other, the
+    // first would wait for the whole timeout and fail.
+    let rig = Rig::start(db, Duration::from_secs(5)).await;
+    rig.model.push_all([
+        Script::tool_calls([("meet", json!({"who": "a"})), ("meet", json!({"who": "b"}))]),
+        Script::text(["Both met."]),
+    ]);
+    let run = rig.send("meet twice").await;
+    let ended = rig.ended(&run).await;
+    assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+    let messages = rig.messages().await;
+    let tools = tool_messages(&messages);
+    assert_eq!(tools.len(), 2, "{messages:#?}");
+    for m in &tools {
+        assert!(!m.is_error, "{m:?}");
+        assert_eq!(m.content, "met");
+    }
+    let results = rig.tool_results(1);
+    assert_eq!(
+        results.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        vec!["met", "met"]
+    );
+    rig.stop().await;
+}
