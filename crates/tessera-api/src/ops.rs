@@ -78,6 +78,7 @@ operations! {
     LIST_AGENT_CONTEXT_MESSAGES = ("listAgentContextMessages", "GET", "/agent/contexts/{context_id}/messages");
     SEND_AGENT_CONTEXT_MESSAGE = ("sendAgentContextMessage", "POST", "/agent/contexts/{context_id}/messages");
     CANCEL_AGENT_CONTEXT = ("cancelAgentContext", "POST", "/agent/contexts/{context_id}/cancel");
+    RESOLVE_AGENT_CONTEXT_ACTION = ("resolveAgentContextAction", "POST", "/agent/contexts/{context_id}/actions/{action_id}");
     STREAM_AGENT_CONTEXT = ("streamAgentContext", "GET", "/agent/contexts/{context_id}/stream");
     ASK_AGENT_POOL = ("askAgentPool", "POST", "/api/v1/ask/{endpoint_slug}");
     GET_POOL_RESPONSE = ("getPoolResponse", "GET", "/api/v1/responses/{response_id}");

@@ -283,6 +283,7 @@ mod tests {
             seen(agent.list_messages("x", Default::default())),
             seen(agent.send_message("x", "hi")),
             seen(agent.cancel("x")),
+            seen(agent.resolve_action("x", "x", true)),
             ("GET".to_owned(), agent.stream("x").path().to_owned()),
         ]);
         let sessions = client.sessions();

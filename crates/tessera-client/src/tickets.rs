@@ -9,11 +9,11 @@
 
 use tessera_api::ops;
 use tessera_api::types::{
-    AgentContext, AgentContextList, AgentSession, ConsoleSession, ConsoleSignInRequest,
-    ConsoleSignedOut, CreateAgentContextRequest, CreateSessionTicketRequest, DeletedAgentContext,
-    ExchangeSessionTicketRequest, ExchangedSessionTicket, ListAgentContextsParams,
-    ListMessagesParams, MessageList, RunAccepted, SendAgentMessageRequest, SessionTicket,
-    UpdateAgentContextRequest,
+    ActionResolved, AgentContext, AgentContextList, AgentSession, ConsoleSession,
+    ConsoleSignInRequest, ConsoleSignedOut, CreateAgentContextRequest, CreateSessionTicketRequest,
+    DeletedAgentContext, ExchangeSessionTicketRequest, ExchangedSessionTicket,
+    ListAgentContextsParams, ListMessagesParams, MessageList, ResolveActionRequest, RunAccepted,
+    SendAgentMessageRequest, SessionTicket, UpdateAgentContextRequest,
 };
 
 use crate::client::Client;
@@ -186,6 +186,27 @@ impl<'a> AgentSessions<'a> {
             ops::CANCEL_AGENT_CONTEXT,
             &[("context_id", context_id.as_ref())],
         ))
+    }
+
+    /// `resolveAgentContextAction`: `confirmed` executes the pending action (`status:
+    /// processing`), otherwise it is cancelled.
+    pub fn resolve_action(
+        &self,
+        context_id: impl AsRef<str>,
+        action_id: impl AsRef<str>,
+        confirmed: bool,
+    ) -> Request<'a, ActionResolved> {
+        self.write(
+            Request::operation(
+                self.client,
+                ops::RESOLVE_AGENT_CONTEXT_ACTION,
+                &[
+                    ("context_id", context_id.as_ref()),
+                    ("action_id", action_id.as_ref()),
+                ],
+            )
+            .json(ResolveActionRequest { confirmed }),
+        )
     }
 
     /// `streamAgentContext`: the conversation's events (resumable like a thread's stream).

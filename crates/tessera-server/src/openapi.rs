@@ -74,6 +74,7 @@ use crate::stream;
         agent::list_agent_context_messages,
         agent::send_agent_context_message,
         agent::cancel_agent_context,
+        agent::resolve_agent_context_action,
         agent::stream_agent_context,
         sessions::ask_agent_pool,
         sessions::get_pool_response,

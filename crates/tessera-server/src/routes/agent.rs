@@ -1,6 +1,6 @@
 //! The browser API of agent sessions (`/agent/…`): the session, its conversations
 //! ("contexts": threads of the session's actor × agents × context group), their messages, sending,
-//! cancelling and the event stream.
+//! cancelling, deciding on pending actions and the event stream.
 //!
 //! Authenticated by the browser session cookie (its active agent session; writes must pass the
 //! Origin check) or by the exchange's `session_token` as `Authorization: Bearer` (no ambient
@@ -19,13 +19,14 @@ use tessera_domain::records::Deployment;
 use tessera_domain::secret::SecretHash;
 use tessera_domain::ticket::{AgentSession, Issuer, SESSION_TOKEN_PREFIX};
 use tessera_domain::validate::Label;
-use tessera_domain::{AgentId, MessageId, Scope, ThreadId, Timestamp};
+use tessera_domain::{ActionId, AgentId, MessageId, Scope, ThreadId, Timestamp};
 use tessera_store::{Entity, Order, StoreError};
 
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{page_request, ApiJson, ApiQuery};
 use crate::identity::{bearer, check_origin, current_session, deployment_for_request};
+use crate::routes::sessions::{action_resolved, resolve_action, resolved_status};
 use crate::routes::threads::{cancel_runs, idempotency_key, request_hash, send_message};
 use crate::AppState;
 
@@ -134,6 +135,25 @@ impl<S: Send + Sync> FromRequestParts<S> for ContextPath {
         ThreadId::parse(&raw)
             .map(ContextPath)
             .map_err(|_| ApiError::not_found(Entity::Context))
+    }
+}
+
+/// A conversation id and an action id from the path. A malformed conversation id is
+/// `context_not_found`; the action id is parsed by the handler after the conversation was found
+/// in the session's partition, so that another session's conversation is answered the same way
+/// whatever action id comes with it.
+pub(crate) struct ContextActionPath(pub ThreadId, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ContextActionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((context, action)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found(Entity::Context))?;
+        let context =
+            ThreadId::parse(&context).map_err(|_| ApiError::not_found(Entity::Context))?;
+        Ok(ContextActionPath(context, action))
     }
 }
 
@@ -411,7 +431,7 @@ pub(crate) async fn list_agent_context_messages(
         (status = 401, body = ErrorBody, description = "`unauthorized`: no agent session"),
         (status = 403, body = ErrorBody, description = "`origin_not_allowed`"),
         (status = 404, body = ErrorBody, description = "`context_not_found`"),
-        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `idempotency_key_reused`"),
+        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `session_closed` (the backend closed this conversation's session), `idempotency_key_reused`"),
         (status = 422, body = ErrorBody, description = "`validation_failed`"),
     ),
     security(("session_cookie" = []), ("session_token" = []))
@@ -463,6 +483,46 @@ pub(crate) async fn cancel_agent_context(
     caller.context(&state, &id).await?;
     let accepted = cancel_runs(&state, &caller.scope, &id, None).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Confirms or cancels a pending action of the conversation (the browser side of
+/// `resolvePendingAction`): a confirmed action executes once and the run resumes (202
+/// `processing` with its `callback_id`); a cancelled one is refused to the agent (200
+/// `cancelled`). Of concurrent decisions one wins; the others get `409 action_already_decided`.
+#[utoipa::path(
+    post, path = "/agent/contexts/{context_id}/actions/{action_id}", operation_id = "resolveAgentContextAction", tag = "agent sessions",
+    params(
+        ("context_id" = String, Path, description = "Conversation id (`thread_…`)"),
+        ("action_id" = String, Path, description = "Action id (`act_…`), from the stream's `pending_action.created`"),
+    ),
+    request_body = api::ResolveActionRequest,
+    responses(
+        (status = 200, body = api::ActionResolved, description = "Cancelled."),
+        (status = 202, body = api::ActionResolved, description = "Confirmed: the action executes."),
+        (status = 400, body = ErrorBody, description = "`malformed_json`"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no agent session"),
+        (status = 403, body = ErrorBody, description = "`origin_not_allowed`"),
+        (status = 404, body = ErrorBody, description = "`context_not_found` / `action_not_found`"),
+        (status = 409, body = ErrorBody, description = "`action_already_decided`"),
+        (status = 410, body = ErrorBody, description = "`action_expired`"),
+        (status = 422, body = ErrorBody, description = "`validation_failed`"),
+    ),
+    security(("session_cookie" = []), ("session_token" = []))
+)]
+pub(crate) async fn resolve_agent_context_action(
+    caller: AgentCaller,
+    State(state): State<AppState>,
+    ContextActionPath(id, action): ContextActionPath,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<api::ResolveActionRequest>,
+) -> ApiResult<(StatusCode, Json<api::ActionResolved>)> {
+    caller.check_write(&headers)?;
+    caller.context(&state, &id).await?;
+    let action_id = ActionId::parse(&action).map_err(|_| ApiError::not_found(Entity::Action))?;
+    // The store finds the action only on this conversation's thread.
+    let action = resolve_action(&state, &caller.scope, &id, &action_id, req.confirmed).await?;
+    let answer = action_resolved(&id, action, req.confirmed);
+    Ok((resolved_status(&answer), Json(answer)))
 }
 
 /// The conversation's events as Server-Sent Events (the same events and resumption as

@@ -210,6 +210,10 @@ fn ticket_routes() -> Router<AppState> {
             post(agent::cancel_agent_context),
         )
         .route(
+            "/agent/contexts/{context_id}/actions/{action_id}",
+            post(agent::resolve_agent_context_action),
+        )
+        .route(
             "/agent/contexts/{context_id}/stream",
             get(agent::stream_agent_context),
         )

@@ -521,23 +521,7 @@ pub(crate) async fn resolve_pending_action(
     }
     let action =
         resolve_action(&state, &caller.scope, &thread_id, &action_id, req.confirmed).await?;
-    let answer = api::ActionResolved {
-        thread_id: thread_id.to_string(),
-        action_id: action.id.to_string(),
-        status: if req.confirmed {
-            "processing"
-        } else {
-            "cancelled"
-        }
-        .to_owned(),
-        message: if req.confirmed {
-            "Action confirmed, executing..."
-        } else {
-            "Action cancelled"
-        }
-        .to_owned(),
-        callback_id: action.callback_id.map(|c| c.to_string()),
-    };
+    let answer = action_resolved(&thread_id, action, req.confirmed);
     let value =
         serde_json::to_value(&answer).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
     if let Some(key) = key {
@@ -555,8 +539,8 @@ pub(crate) async fn resolve_pending_action(
     resolved(value)
 }
 
-/// Decides on an action (shared by the backend API and, later, the browser API), then
-/// publishes the decision and wakes the workers to resume the run.
+/// Decides on an action (shared by the backend API and the browser API), then publishes the
+/// decision and wakes the workers to resume the run.
 pub(crate) async fn resolve_action(
     state: &AppState,
     scope: &Scope,
@@ -573,15 +557,39 @@ pub(crate) async fn resolve_action(
     Ok(action)
 }
 
-fn resolved(value: serde_json::Value) -> ApiResult<(StatusCode, Json<api::ActionResolved>)> {
-    let answer: api::ActionResolved = serde_json::from_value(value)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))?;
-    let status = if answer.status == "processing" {
+/// The answer to a decision: `processing` with its `callback_id` (confirmed) or `cancelled`.
+pub(crate) fn action_resolved(
+    thread_id: &ThreadId,
+    action: PendingAction,
+    confirmed: bool,
+) -> api::ActionResolved {
+    api::ActionResolved {
+        thread_id: thread_id.to_string(),
+        action_id: action.id.to_string(),
+        status: if confirmed { "processing" } else { "cancelled" }.to_owned(),
+        message: if confirmed {
+            "Action confirmed, executing..."
+        } else {
+            "Action cancelled"
+        }
+        .to_owned(),
+        callback_id: action.callback_id.map(|c| c.to_string()),
+    }
+}
+
+/// 202 for a confirmation (the action executes asynchronously), 200 for a cancellation.
+pub(crate) fn resolved_status(answer: &api::ActionResolved) -> StatusCode {
+    if answer.status == "processing" {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
-    };
-    Ok((status, Json(answer)))
+    }
+}
+
+fn resolved(value: serde_json::Value) -> ApiResult<(StatusCode, Json<api::ActionResolved>)> {
+    let answer: api::ActionResolved = serde_json::from_value(value)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))?;
+    Ok((resolved_status(&answer), Json(answer)))
 }
 
 /// Longest usage range.

@@ -138,7 +138,7 @@ pub(crate) fn request_hash(req: &impl serde::Serialize) -> String {
         (status = 400, body = ErrorBody, description = "`malformed_json` / `invalid_parameter`"),
         (status = 401, body = ErrorBody, description = "`unauthorized`"),
         (status = 404, body = ErrorBody, description = "`thread_not_found`"),
-        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `run_not_active` (nothing to cancel), `idempotency_key_reused`"),
+        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `run_not_active` (nothing to cancel), `session_closed`, `idempotency_key_reused`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`"),
         (status = 422, body = ErrorBody, description = "`validation_failed`"),
     ),

@@ -93,6 +93,7 @@ const USER_OPERATIONS: &[&str] = &[
     "listAgentContextMessages",
     "sendAgentContextMessage",
     "cancelAgentContext",
+    "resolveAgentContextAction",
     "streamAgentContext",
 ];
 

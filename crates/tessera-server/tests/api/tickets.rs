@@ -9,7 +9,7 @@ use tessera_client::models::{CreateSessionTicketRequest, CreateUserRequest};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
-use crate::helpers::{echo_agent, send, spawn_app, spawn_app_with, Resp, TestApp};
+use crate::helpers::{echo_agent, send, spawn_app, spawn_app_with, unknown_id, Resp, TestApp};
 
 backend_tests!(
     minting_checks_every_rule_and_reference,
@@ -22,6 +22,7 @@ backend_tests!(
     a_new_exchange_replaces_the_older_agent_session,
     a_session_sees_only_its_partition,
     chatting_through_the_browser_api,
+    pending_actions_are_decided_from_the_browser,
     impersonation_signs_in_for_at_most_30_minutes,
     console_admins_mint_for_any_deployment,
     pages_cors_and_origin_checks,
@@ -640,6 +641,11 @@ async fn a_session_sees_only_its_partition(db: &TestDatabase) {
         ),
         (Method::POST, format!("/agent/contexts/{id}/cancel"), None),
         (Method::GET, format!("/agent/contexts/{id}/stream"), None),
+        (
+            Method::POST,
+            format!("/agent/contexts/{id}/actions/{}", unknown_id("act")),
+            Some(json!({"confirmed": true})),
+        ),
     ];
     for (method, path, body) in &routes {
         browser(&app, &bob, method.clone(), path, body.clone())
@@ -833,6 +839,161 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
     )
     .await;
     resp.assert_error(422, "validation_failed", Some("title"));
+    app.stop().await;
+}
+
+/// The browser side of session management: a pending action of a conversation is confirmed
+/// from the browser API (SPEC §4), only by the session that sees the conversation, and a
+/// conversation whose session the backend closed refuses new messages with `session_closed`.
+async fn pending_actions_are_decided_from_the_browser(db: &TestDatabase) {
+    let app = spawn_app(db).await;
+    let agent = app
+        .post(
+            "/ai/agents",
+            json!({"name": "Notifier", "model": {"provider": "echo", "model": "echo"},
+                   "approval_rules": [{"tool": "notify_user"}]}),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session_client = |group: &'static str| {
+        let app = &app;
+        let agent = agent.clone();
+        async move {
+            let t = ticket(
+                app,
+                json!({"ticket_type": "agent_access", "agent_ids": [agent], "context_group": group}),
+            )
+            .await;
+            let exchanged = app
+                .client
+                .session_tickets()
+                .exchange(&t)
+                .send()
+                .await
+                .unwrap();
+            tessera_client::Client::new(app.base_url.clone(), exchanged.session_token.unwrap())
+        }
+    };
+    let alice = session_client("tenant:a").await;
+    let bob = session_client("tenant:b").await;
+    let chat = alice
+        .agent()
+        .create_context(Default::default())
+        .send()
+        .await
+        .unwrap();
+    let mut stream = alice.agent().stream(&chat.id).connect().await.unwrap();
+    alice
+        .agent()
+        .send_message(
+            &chat.id,
+            r#"/tool notify_user {"message": "parcel shipped"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    // The pause arrives on the conversation's stream with the action to decide on.
+    let mut action = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the stream delivers")
+    {
+        let event = event.unwrap();
+        if event.event == "pending_action.created" {
+            action = Some(event.data["action"].clone());
+            break;
+        }
+    }
+    let action = action.expect("a pending action was streamed");
+    assert_eq!(action["tool"], "notify_user");
+    assert_eq!(action["preview"], json!({"message": "parcel shipped"}));
+    let action_id = action["action_id"].as_str().unwrap().to_owned();
+
+    // Another session: Alice's conversation is not found, whatever the action id…
+    let err = bob
+        .agent()
+        .resolve_action(&chat.id, &action_id, true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tessera_client::ErrorCode::ContextNotFound));
+    // …and Alice's action is not found on Bob's own conversation.
+    let own = bob
+        .agent()
+        .create_context(Default::default())
+        .send()
+        .await
+        .unwrap();
+    let err = bob
+        .agent()
+        .resolve_action(&own.id, &action_id, true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tessera_client::ErrorCode::ActionNotFound));
+    // A malformed or unknown action id on Alice's conversation: 404 as well.
+    for bad in ["act_nope".to_owned(), unknown_id("act")] {
+        let err = alice
+            .agent()
+            .resolve_action(&chat.id, &bad, true)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tessera_client::ErrorCode::ActionNotFound));
+    }
+
+    // Alice confirms: 202, the tool runs once and the turn completes.
+    let decided = alice
+        .agent()
+        .resolve_action(&chat.id, &action_id, true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status, "processing");
+    assert_eq!(decided.action_id, action_id);
+    assert!(decided.callback_id.unwrap().starts_with("cb_"));
+    let err = alice
+        .agent()
+        .resolve_action(&chat.id, &action_id, false)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(tessera_client::ErrorCode::ActionAlreadyDecided)
+    );
+    let mut reply = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the stream delivers")
+    {
+        let event = event.unwrap();
+        if event.event == "message.completed" {
+            reply = event.data["message"]["content"].as_str().map(str::to_owned);
+        }
+        if event.event == "run.status" && event.data["status"] == "completed" {
+            break;
+        }
+    }
+    assert_eq!(
+        reply.as_deref(),
+        Some("tool notify_user returned: the user was notified")
+    );
+
+    // The backend closes the session: the browser's next message is refused as closed.
+    app.post(&format!("/api/v1/sessions/{}/close", chat.id), json!({}))
+        .await
+        .ok(200);
+    let err = alice
+        .agent()
+        .send_message(&chat.id, "one more thing")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tessera_client::ErrorCode::SessionClosed));
     app.stop().await;
 }
 
