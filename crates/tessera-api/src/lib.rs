@@ -9,6 +9,8 @@ mod board_types;
 pub mod error;
 mod identity_types;
 pub mod ops;
+mod session_types;
+mod ticket_types;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

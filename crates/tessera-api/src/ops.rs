@@ -76,6 +76,27 @@ operations! {
     GET_ME = ("getMe", "GET", "/me");
     SET_ACTIVE_ORGANIZATION = ("setActiveOrganization", "POST", "/me/active-organization");
     GET_JWKS = ("getJwks", "GET", "/.well-known/jwks.json");
+    CREATE_BACKEND_SESSION_TICKET = ("createBackendSessionTicket", "POST", "/session/tickets");
+    CREATE_SESSION_TICKET = ("createSessionTicket", "POST", "/console/api/deployments/{deployment_id}/session/tickets");
+    EXCHANGE_SESSION_TICKET = ("exchangeSessionTicket", "POST", "/session/tickets/exchange");
+    CONSOLE_SIGN_IN = ("consoleSignIn", "POST", "/console/api/sign-in");
+    CONSOLE_SIGN_OUT = ("consoleSignOut", "POST", "/console/api/sign-out");
+    GET_AGENT_SESSION = ("getAgentSession", "GET", "/agent/session");
+    LIST_AGENT_CONTEXTS = ("listAgentContexts", "GET", "/agent/contexts");
+    CREATE_AGENT_CONTEXT = ("createAgentContext", "POST", "/agent/contexts");
+    UPDATE_AGENT_CONTEXT = ("updateAgentContext", "PATCH", "/agent/contexts/{context_id}");
+    DELETE_AGENT_CONTEXT = ("deleteAgentContext", "DELETE", "/agent/contexts/{context_id}");
+    LIST_AGENT_CONTEXT_MESSAGES = ("listAgentContextMessages", "GET", "/agent/contexts/{context_id}/messages");
+    SEND_AGENT_CONTEXT_MESSAGE = ("sendAgentContextMessage", "POST", "/agent/contexts/{context_id}/messages");
+    CANCEL_AGENT_CONTEXT = ("cancelAgentContext", "POST", "/agent/contexts/{context_id}/cancel");
+    RESOLVE_AGENT_CONTEXT_ACTION = ("resolveAgentContextAction", "POST", "/agent/contexts/{context_id}/actions/{action_id}");
+    STREAM_AGENT_CONTEXT = ("streamAgentContext", "GET", "/agent/contexts/{context_id}/stream");
+    ASK_AGENT_POOL = ("askAgentPool", "POST", "/api/v1/ask/{endpoint_slug}");
+    GET_POOL_RESPONSE = ("getPoolResponse", "GET", "/api/v1/responses/{response_id}");
+    CLOSE_SESSION = ("closeSession", "POST", "/api/v1/sessions/{thread_id}/close");
+    UPDATE_SESSION_VARIABLES = ("updateSessionVariables", "PATCH", "/api/v1/sessions/{thread_id}");
+    RESOLVE_PENDING_ACTION = ("resolvePendingAction", "POST", "/api/v1/sessions/{thread_id}/actions/{action_id}");
+    GET_USAGE = ("getUsage", "GET", "/api/v1/usage");
 }
 
 /// Finds an operation by its operationId.

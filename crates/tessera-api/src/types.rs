@@ -8,6 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 
 pub use crate::board_types::*;
 pub use crate::identity_types::*;
+pub use crate::session_types::*;
+pub use crate::ticket_types::*;
 
 /// Distinguishes "field absent" (`None`) from "field set to null" (`Some(None)`) in PATCH bodies.
 pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -241,6 +243,10 @@ pub enum MultitaskPolicy {
 pub struct ApprovalRule {
     #[schema(example = "send_*")]
     pub tool: String,
+    /// Seconds a matching call waits for its confirmation before it expires, 1-86 400
+    /// (default: the server's `sessions.action_expiry_seconds`, 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u32>,
 }
 
 /// Per-run limits. Omitted fields take their defaults.

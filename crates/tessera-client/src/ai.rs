@@ -315,6 +315,35 @@ mod tests {
             seen(me.set_active_organization("x")),
             seen(me.jwks()),
         ]);
+        let tickets = client.session_tickets();
+        let console = client.console();
+        let agent = client.agent();
+        sdk.extend([
+            seen(tickets.create_backend_session_ticket(Default::default())),
+            seen(tickets.exchange("x")),
+            seen(console.sign_in(Default::default())),
+            seen(console.sign_out()),
+            seen(console.create_session_ticket("x", Default::default())),
+            seen(agent.get_session()),
+            seen(agent.list_contexts(Default::default())),
+            seen(agent.create_context(Default::default())),
+            seen(agent.update_context("x", "t")),
+            seen(agent.delete_context("x")),
+            seen(agent.list_messages("x", Default::default())),
+            seen(agent.send_message("x", "hi")),
+            seen(agent.cancel("x")),
+            seen(agent.resolve_action("x", "x", true)),
+            ("GET".to_owned(), agent.stream("x").path().to_owned()),
+        ]);
+        let sessions = client.sessions();
+        sdk.extend([
+            seen(sessions.ask("x", Default::default())),
+            seen(sessions.get_response("x")),
+            seen(sessions.close("x")),
+            seen(sessions.update_variables("x", Default::default())),
+            seen(sessions.resolve_action("x", "x", true)),
+            seen(sessions.usage(Default::default())),
+        ]);
         let mut table: Vec<(String, String)> = ops::ALL
             .iter()
             .map(|op| {

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::me::Me;
 use crate::request::Request;
 use crate::secret_keys::SecretKeys;
+use crate::sessions::Sessions;
 use crate::users::{AuditEvents, Organizations, Users};
 
 /// How long to wait for a TCP/TLS connection. There is deliberately no overall request timeout:
@@ -109,6 +110,12 @@ impl Client {
         Ai::new(self)
     }
 
+    /// Session management under `/api/v1`: the agent pool endpoint, closing sessions, context
+    /// variables, pending actions and usage (secret key).
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
+    }
+
     /// The deployment's users (secret key).
     pub fn users(&self) -> Users<'_> {
         Users::new(self)
@@ -128,6 +135,22 @@ impl Client {
     /// cookie or user token) and the token keys. See [`Me`] for how to authenticate.
     pub fn me(&self) -> Me<'_> {
         Me::new(self)
+    }
+
+    /// Session tickets: minting (secret key) and exchanging them.
+    pub fn session_tickets(&self) -> crate::tickets::SessionTickets<'_> {
+        crate::tickets::SessionTickets::new(self)
+    }
+
+    /// The console API (console token from [`crate::Console::sign_in`]).
+    pub fn console(&self) -> crate::tickets::Console<'_> {
+        crate::tickets::Console::new(self)
+    }
+
+    /// The agent session's browser API (build the client with the exchange's
+    /// `session_token`, or with a cookie-storing HTTP client).
+    pub fn agent(&self) -> crate::tickets::AgentSessions<'_> {
+        crate::tickets::AgentSessions::new(self)
     }
 
     /// The scheme, host and port of the base URL (`Origin` of first-party browser writes).

@@ -35,11 +35,13 @@ mod error;
 mod me;
 mod request;
 mod secret_keys;
+mod sessions;
 mod stream;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly.
 mod tests;
 mod threads;
+mod tickets;
 mod users;
 
 pub use ai::{ActorProjects, Actors, Agents, Ai};
@@ -49,8 +51,10 @@ pub use error::Error;
 pub use me::Me;
 pub use request::{FileDownload, Request};
 pub use secret_keys::SecretKeys;
+pub use sessions::Sessions;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;
+pub use tickets::{AgentSessions, Console, SessionTickets};
 pub use users::{AuditEvents, Organizations, Users};
 
 /// The wire crate, for [`tessera_api::ErrorCode`], [`tessera_api::ops`] and friends.

@@ -37,6 +37,15 @@ impl<'a> StreamRequest<'a> {
         }
     }
 
+    /// A stream at another operation's path (the agent-session stream).
+    pub(crate) fn at_path(client: &'a Client, path: String) -> Self {
+        StreamRequest {
+            client,
+            path,
+            last_event_id: None,
+        }
+    }
+
     /// Resume after this event id (sent as `Last-Event-ID`).
     pub fn last_event_id(mut self, id: i64) -> Self {
         self.last_event_id = Some(id);

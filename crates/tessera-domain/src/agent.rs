@@ -73,6 +73,25 @@ pub enum MultitaskPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalRule {
     pub tool: ToolPattern,
+    /// How long the confirmation stays open; absent: the server's default
+    /// (`sessions.action_expiry_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u32>,
+}
+
+impl ApprovalRule {
+    /// Longest an action may wait for its confirmation (a day).
+    pub const MAX_EXPIRES_IN_SECONDS: u32 = 86_400;
+
+    pub fn check_expiry(field: &str, seconds: Option<u32>) -> Result<Option<u32>, ValidationError> {
+        match seconds {
+            Some(s) if s == 0 || s > Self::MAX_EXPIRES_IN_SECONDS => Err(ValidationError::new(
+                field,
+                format!("must be between 1 and {}", Self::MAX_EXPIRES_IN_SECONDS),
+            )),
+            other => Ok(other),
+        }
+    }
 }
 
 /// Per-run limits; each ends the run with a recorded reason when reached.

@@ -7,6 +7,7 @@
 //! its last durable step: a model turn whose reply was stored is not asked again, a tool whose
 //! result was stored is not run again.
 
+use crate::session::{Approvals, Decision};
 use crate::thread::{Message, Role, StopReason, TokenUsage, ToolCall};
 
 /// The limits a run works under (from the agent definition).
@@ -107,6 +108,10 @@ pub enum Effect {
         call: ToolCall,
         result: Result<String, String>,
     },
+    /// These calls need a person's confirmation: store them as pending actions and pause the
+    /// run (`waiting_for_input`). The loop does nothing more; a decision resumes the run, which
+    /// starts a new loop with the decisions known.
+    Pause(Vec<ToolCall>),
     /// End the run.
     Finish {
         outcome: Outcome,
@@ -127,6 +132,8 @@ enum Phase {
     },
     /// Waiting for tool results / their storage.
     AwaitingTools,
+    /// Paused for confirmations (the driver stops; a new loop resumes).
+    Paused,
     Finished,
 }
 
@@ -138,25 +145,95 @@ pub struct AgentLoop {
     phase: Phase,
     /// Results reported but not yet stored, by call id.
     recording: Vec<String>,
+    /// Which tools need a confirmation.
+    approvals: Approvals,
+    /// Decisions already taken on calls that needed one, by call id.
+    decisions: Vec<(String, Decision)>,
+    /// Calls of the current turn waiting for a decision.
+    awaiting: Vec<String>,
 }
 
 impl AgentLoop {
     /// A loop resuming from `state` (use `LoopState::default()` for a new run). Returns the loop
     /// and the first effects.
     pub fn start(limits: LoopLimits, state: LoopState) -> (Self, Vec<Effect>) {
+        Self::start_with(limits, state, Approvals::default(), Vec::new())
+    }
+
+    /// Like [`AgentLoop::start`], with calls of the tools `approvals` names held for a person's
+    /// confirmation, and the `decisions` already taken on such calls (by call id).
+    pub fn start_with(
+        limits: LoopLimits,
+        state: LoopState,
+        approvals: Approvals,
+        decisions: Vec<(String, Decision)>,
+    ) -> (Self, Vec<Effect>) {
         let mut this = Self {
             limits,
             state,
             phase: Phase::AwaitingModel,
             recording: Vec::new(),
+            approvals,
+            decisions,
+            awaiting: Vec::new(),
         };
         let effects = if this.state.pending.is_empty() {
             this.next_turn()
         } else {
-            this.phase = Phase::AwaitingTools;
-            vec![Effect::RunTools(this.state.pending.clone())]
+            this.dispatch(this.state.pending.clone())
         };
         (this, effects)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.phase == Phase::Paused
+    }
+
+    /// Runs the calls that may run; answers refused ones with their refusal; pauses when only
+    /// calls awaiting a decision are left.
+    fn dispatch(&mut self, calls: Vec<ToolCall>) -> Vec<Effect> {
+        self.phase = Phase::AwaitingTools;
+        let mut run = Vec::new();
+        let mut refused = Vec::new();
+        self.awaiting.clear();
+        for call in calls {
+            if !self.approvals.needs(&call.name) {
+                run.push(call);
+                continue;
+            }
+            match self.decisions.iter().find(|(id, _)| *id == call.id) {
+                Some((_, Decision::Confirmed)) => run.push(call),
+                Some((_, Decision::Refused(reason))) => {
+                    self.recording.push(call.id.clone());
+                    refused.push(Effect::RecordToolResult {
+                        result: Err(reason.clone()),
+                        call,
+                    });
+                }
+                None => self.awaiting.push(call.id.clone()),
+            }
+        }
+        if run.is_empty() && refused.is_empty() {
+            return self.pause();
+        }
+        let mut effects = Vec::with_capacity(refused.len() + 1);
+        if !run.is_empty() {
+            effects.push(Effect::RunTools(run));
+        }
+        effects.extend(refused);
+        effects
+    }
+
+    fn pause(&mut self) -> Vec<Effect> {
+        self.phase = Phase::Paused;
+        let calls = self
+            .state
+            .pending
+            .iter()
+            .filter(|c| self.awaiting.contains(&c.id))
+            .cloned()
+            .collect();
+        vec![Effect::Pause(calls)]
     }
 
     pub fn state(&self) -> &LoopState {
@@ -200,7 +277,7 @@ impl AgentLoop {
     /// Feeds one event; returns what to do next. Events that do not fit the current phase
     /// (a late tool result after cancellation, say) are ignored.
     pub fn handle(&mut self, event: Event) -> Vec<Effect> {
-        if self.phase == Phase::Finished {
+        if matches!(self.phase, Phase::Finished | Phase::Paused) {
             return Vec::new();
         }
         match event {
@@ -263,6 +340,9 @@ impl AgentLoop {
                 else {
                     return Vec::new();
                 };
+                if self.awaiting.contains(&call_id) {
+                    return Vec::new();
+                }
                 self.recording.push(call_id);
                 vec![Effect::RecordToolResult { call, result }]
             }
@@ -274,6 +354,13 @@ impl AgentLoop {
                 self.state.pending.retain(|c| c.id != call_id);
                 if self.state.pending.is_empty() {
                     self.next_turn()
+                } else if self
+                    .state
+                    .pending
+                    .iter()
+                    .all(|c| self.awaiting.contains(&c.id))
+                {
+                    self.pause()
                 } else {
                     Vec::new()
                 }
@@ -298,8 +385,7 @@ impl AgentLoop {
         if tool_calls.is_empty() {
             return self.finish(Outcome::Completed, StopReason::Completed, None);
         }
-        self.phase = Phase::AwaitingTools;
-        vec![Effect::RunTools(tool_calls)]
+        self.dispatch(tool_calls)
     }
 }
 
@@ -365,7 +451,7 @@ mod tests {
                 Effect::RecordToolResult { call, .. } => {
                     lp.handle(Event::ToolResultRecorded { call_id: call.id })
                 }
-                Effect::Finish { .. } => Vec::new(),
+                Effect::Finish { .. } | Effect::Pause(_) => Vec::new(),
             };
             queue.extend(next);
         }
@@ -555,5 +641,111 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn gated(rule: &str) -> Approvals {
+        Approvals::new(
+            vec![crate::agent::ApprovalRule {
+                tool: crate::validate::ToolPattern::parse("t", rule).unwrap(),
+                expires_in_seconds: None,
+            }],
+            Vec::new(),
+            600,
+        )
+    }
+
+    fn named(id: &str, name: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: serde_json::json!({"to": "x"}),
+        }
+    }
+
+    #[test]
+    fn a_gated_call_pauses_after_the_free_ones_are_stored() {
+        let (mut lp, _) =
+            AgentLoop::start_with(LIMITS, LoopState::default(), gated("send_*"), Vec::new());
+        lp.handle(reply(
+            "",
+            vec![named("a", "notify_user"), named("b", "send_email")],
+            1,
+        ));
+        let effects = lp.handle(Event::AssistantRecorded);
+        assert_eq!(
+            effects,
+            vec![Effect::RunTools(vec![named("a", "notify_user")])]
+        );
+        let effects = lp.handle(Event::ToolFinished {
+            call_id: "a".into(),
+            result: Ok("ok".into()),
+        });
+        assert!(matches!(effects[0], Effect::RecordToolResult { .. }));
+        let effects = lp.handle(Event::ToolResultRecorded {
+            call_id: "a".into(),
+        });
+        assert_eq!(effects, vec![Effect::Pause(vec![named("b", "send_email")])]);
+        assert!(lp.is_paused());
+        assert!(lp
+            .handle(Event::Cancelled { interrupted: false })
+            .is_empty());
+    }
+
+    #[test]
+    fn only_gated_calls_pause_at_once() {
+        let (mut lp, _) =
+            AgentLoop::start_with(LIMITS, LoopState::default(), gated("send_*"), Vec::new());
+        lp.handle(reply("", vec![named("b", "send_email")], 1));
+        assert_eq!(
+            lp.handle(Event::AssistantRecorded),
+            vec![Effect::Pause(vec![named("b", "send_email")])]
+        );
+    }
+
+    #[test]
+    fn decisions_resume_a_paused_run() {
+        let state = LoopState {
+            iterations: 1,
+            pending: vec![named("b", "send_email"), named("c", "send_sms")],
+            ..LoopState::default()
+        };
+        let decisions = vec![
+            ("b".to_owned(), Decision::Confirmed),
+            ("c".to_owned(), Decision::Refused("expired".into())),
+        ];
+        let (mut lp, effects) = AgentLoop::start_with(LIMITS, state, gated("send_*"), decisions);
+        assert_eq!(
+            effects,
+            vec![
+                Effect::RunTools(vec![named("b", "send_email")]),
+                Effect::RecordToolResult {
+                    call: named("c", "send_sms"),
+                    result: Err("expired".into())
+                },
+            ]
+        );
+        lp.handle(Event::ToolResultRecorded {
+            call_id: "c".into(),
+        });
+        lp.handle(Event::ToolFinished {
+            call_id: "b".into(),
+            result: Ok("sent".into()),
+        });
+        let effects = lp.handle(Event::ToolResultRecorded {
+            call_id: "b".into(),
+        });
+        assert_eq!(effects, vec![Effect::CallModel]);
+    }
+
+    #[test]
+    fn an_undecided_call_still_pauses_on_resume() {
+        let state = LoopState {
+            iterations: 1,
+            pending: vec![named("b", "send_email")],
+            ..LoopState::default()
+        };
+        let (lp, effects) = AgentLoop::start_with(LIMITS, state, gated("send_*"), Vec::new());
+        assert_eq!(effects, vec![Effect::Pause(vec![named("b", "send_email")])]);
+        assert!(lp.is_paused());
     }
 }

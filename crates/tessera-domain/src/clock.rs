@@ -54,67 +54,88 @@ impl Timestamp {
 }
 
 impl Timestamp {
-    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; the fraction is cut to milliseconds.
-    /// `None` for anything else (including impossible dates).
+    /// Parses an RFC 3339 date-time, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; the fraction is
+    /// cut to milliseconds. `None` for anything else (including impossible dates).
     pub fn parse_rfc3339(raw: &str) -> Option<Self> {
-        let b = raw.as_bytes();
-        let num = |from: usize, len: usize| -> Option<i64> {
-            let part = b.get(from..from + len)?;
-            part.iter().all(u8::is_ascii_digit).then(|| {
-                part.iter()
-                    .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
-            })
-        };
-        let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
-        if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-            return None;
-        }
-        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-        if !(1..=12).contains(&month) || day < 1 || hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        let days = days_from_civil(year, month as u32, day as u32);
-        if civil_from_days(days) != (year, month as u32, day as u32) {
-            return None;
-        }
-        let mut at = 19;
-        let mut millis = 0i64;
-        if b.get(at) == Some(&b'.') {
-            at += 1;
-            let start = at;
-            while b.get(at).is_some_and(u8::is_ascii_digit) {
-                if at - start < 3 {
-                    millis = millis * 10 + i64::from(b[at] - b'0');
-                }
-                at += 1;
+        parse(raw, false)
+    }
+
+    /// Like [`Timestamp::parse_rfc3339`], and also a bare date `YYYY-MM-DD` (midnight UTC), for
+    /// ranges a person types (`tessera` usage `from`/`to`).
+    pub fn parse_rfc3339_or_date(raw: &str) -> Option<Self> {
+        parse(raw, true)
+    }
+}
+
+/// The one RFC 3339 parser behind [`Timestamp::parse_rfc3339`] and
+/// [`Timestamp::parse_rfc3339_or_date`].
+fn parse(raw: &str, allow_date: bool) -> Option<Timestamp> {
+    let b = raw.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter().all(u8::is_ascii_digit).then(|| {
+            part.iter()
+                .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
+        })
+    };
+    let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-")) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if !(1..=12).contains(&month) || day < 1 {
+        return None;
+    }
+    let days = days_from_civil(year, month as u32, day as u32);
+    if civil_from_days(days) != (year, month as u32, day as u32) {
+        return None;
+    }
+    if allow_date && b.len() == 10 {
+        return Some(Timestamp(days.checked_mul(86_400_000)?));
+    }
+    if !(sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0i64;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 3 {
+                millis = millis * 10 + i64::from(b[at] - b'0');
             }
-            if at == start {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        for _ in (at - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_secs = match b.get(at)? {
+        b'Z' | b'z' if at + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == b.len() && b[at + 3] == b':' => {
+            let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+            if h > 23 || m > 59 {
                 return None;
             }
-            for _ in (at - start)..3 {
-                millis *= 10;
+            let secs = h * 3600 + m * 60;
+            if *sign == b'+' {
+                secs
+            } else {
+                -secs
             }
         }
-        let offset_secs = match b.get(at)? {
-            b'Z' | b'z' if at + 1 == b.len() => 0,
-            sign @ (b'+' | b'-') if at + 6 == b.len() && b[at + 3] == b':' => {
-                let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
-                if h > 23 || m > 59 {
-                    return None;
-                }
-                let secs = h * 3600 + m * 60;
-                if *sign == b'+' {
-                    secs
-                } else {
-                    -secs
-                }
-            }
-            _ => return None,
-        };
-        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-        Some(Self(secs.checked_mul(1000)?.checked_add(millis)?))
-    }
+        _ => return None,
+    };
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(Timestamp(secs.checked_mul(1000)?.checked_add(millis)?))
 }
 
 /// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
@@ -164,13 +185,24 @@ mod tests {
 
     #[test]
     fn parses_rfc3339() {
-        for ms in [0, 1_736_937_900_123, 951_782_400_000, 4_102_444_799_999] {
+        for ms in [
+            0,
+            1_736_937_900_123,
+            951_782_400_000,
+            4_102_444_799_999,
+            -86_400_000,
+        ] {
             let t = Timestamp::from_millis(ms);
             assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+            assert_eq!(Timestamp::parse_rfc3339_or_date(&t.to_rfc3339()), Some(t));
         }
         assert_eq!(
             Timestamp::parse_rfc3339("2025-01-15T12:45:00+02:00"),
             Some(Timestamp::from_millis(1_736_937_900_000))
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-15T11:45:00+01:00"),
+            Timestamp::parse_rfc3339("2025-01-15T10:45:00Z")
         );
         assert_eq!(
             Timestamp::parse_rfc3339("2025-01-15T10:45:00.1234567Z"),
@@ -178,14 +210,32 @@ mod tests {
         );
         for bad in [
             "",
+            "2025-01-15",
+            "2025-13-01T00:00:00Z",
             "2025-02-30T00:00:00Z",
             "2025-01-15T10:45:00",
             "2025-01-15T24:00:00Z",
+            "2025-01-15T25:00:00Z",
             "2025-01-15T10:45:00.Z",
             "2025-01-15T10:45:00Zjunk",
             "tomorrow",
         ] {
             assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_a_bare_date_only_when_asked() {
+        assert_eq!(
+            Timestamp::parse_rfc3339_or_date("2025-01-15"),
+            Timestamp::parse_rfc3339("2025-01-15T00:00:00Z")
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339_or_date("2024-02-29"),
+            Timestamp::parse_rfc3339("2024-02-29T00:00:00Z")
+        );
+        for bad in ["", "2025-13-01", "2025-02-30", "2025-01-15T", "yesterday"] {
+            assert_eq!(Timestamp::parse_rfc3339_or_date(bad), None, "{bad}");
         }
     }
 }

@@ -250,6 +250,37 @@ define_id!(
     AuditEventId,
     "audit"
 );
+define_id!(
+    /// A session ticket's record (not the ticket, which only exists hashed).
+    TicketId,
+    "tkt"
+);
+define_id!(
+    /// An agent session: what a redeemed agent_access ticket opened.
+    AgentSessionId,
+    "asess"
+);
+define_id!(
+    /// A console administrator of the installation.
+    AdminId,
+    "adm"
+);
+define_id!(
+    /// A pending action: a tool call waiting for a person's confirmation.
+    ActionId,
+    "act"
+);
+define_id!(
+    /// The handle of a confirmed action's execution (`resolvePendingAction`).
+    CallbackId,
+    "cb"
+);
+define_id!(
+    /// A pool endpoint answer (`askAgentPool`). Its body is the body of the run it answers
+    /// with, so the one id leads to the other without a table of its own.
+    ResponseId,
+    "resp"
+);
 
 #[cfg(test)]
 mod tests {

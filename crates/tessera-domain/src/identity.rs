@@ -290,6 +290,9 @@ pub struct BrowserSession {
     pub deployment_id: DeploymentId,
     pub user_id: Option<UserId>,
     pub active_organization_id: Option<OrganizationId>,
+    /// Set when a console admin or a backend signed the browser in as the user
+    /// (an impersonation ticket): who did.
+    pub impersonator: Option<crate::ticket::Issuer>,
     pub created_at: Timestamp,
     pub last_seen_at: Timestamp,
     /// The idle limit: the session ends when unused for this long.
@@ -304,6 +307,8 @@ pub struct NewSession {
     pub hash: SecretHash,
     pub user_id: Option<UserId>,
     pub active_organization_id: Option<OrganizationId>,
+    /// Who impersonates the user in this session (impersonation tickets), and with which ticket.
+    pub impersonation: Option<(crate::ticket::Issuer, crate::TicketId)>,
     pub now: Timestamp,
     pub idle_expires_at: Timestamp,
     pub expires_at: Timestamp,
@@ -320,6 +325,8 @@ pub enum AuditActor {
     Anonymous,
     /// An operator command run on the database.
     Operator,
+    /// A console administrator of the installation.
+    ConsoleAdmin(crate::AdminId),
 }
 
 impl AuditActor {
@@ -329,6 +336,7 @@ impl AuditActor {
             Self::User(_) => "user",
             Self::Anonymous => "anonymous",
             Self::Operator => "operator",
+            Self::ConsoleAdmin(_) => "console_admin",
         }
     }
 
@@ -336,6 +344,7 @@ impl AuditActor {
         match self {
             Self::SecretKey(id) => Some(id.as_str()),
             Self::User(id) => Some(id.as_str()),
+            Self::ConsoleAdmin(id) => Some(id.as_str()),
             Self::Anonymous | Self::Operator => None,
         }
     }
@@ -355,6 +364,10 @@ pub enum AuditKind {
     UserDeleted,
     UserTokenCreated,
     ActiveOrganizationChanged,
+    TicketCreated,
+    TicketExchanged,
+    TicketReplayed,
+    ImpersonationStarted,
 }
 
 impl AuditKind {
@@ -370,6 +383,10 @@ impl AuditKind {
         Self::UserDeleted,
         Self::UserTokenCreated,
         Self::ActiveOrganizationChanged,
+        Self::TicketCreated,
+        Self::TicketExchanged,
+        Self::TicketReplayed,
+        Self::ImpersonationStarted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -385,6 +402,10 @@ impl AuditKind {
             Self::UserDeleted => "user.deleted",
             Self::UserTokenCreated => "user.token_created",
             Self::ActiveOrganizationChanged => "user.active_organization_changed",
+            Self::TicketCreated => "session_ticket.created",
+            Self::TicketExchanged => "session_ticket.exchanged",
+            Self::TicketReplayed => "session_ticket.replayed",
+            Self::ImpersonationStarted => "user.impersonation_started",
         }
     }
 

@@ -14,15 +14,17 @@ pub mod identity;
 pub mod password;
 pub mod records;
 pub mod secret;
+pub mod session;
 pub mod thread;
+pub mod ticket;
 pub mod token;
 pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
-    ActorId, AgentId, AuditEventId, BlobId, BoardItemId, DeploymentId, MembershipId, MessageId,
-    OrganizationId, ProjectId, RequestId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId,
-    ToolId, UserId,
+    ActionId, ActorId, AdminId, AgentId, AgentSessionId, AuditEventId, BlobId, BoardItemId,
+    CallbackId, DeploymentId, MembershipId, MessageId, OrganizationId, ProjectId, RequestId,
+    ResponseId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId, TicketId, ToolId, UserId,
 };
 pub use validate::ValidationError;
 

@@ -13,6 +13,7 @@ use serde_json::json;
 use tessera_domain::agent::{Agent, ModelRef};
 use tessera_domain::agent_loop::{AgentLoop, Effect, Event, LoopLimits, LoopState, Outcome};
 use tessera_domain::event::{self, NewEvent, TOOL_COMPLETED, TOOL_STARTED};
+use tessera_domain::session::{self, ActionStatus, Approvals, NewAction};
 use tessera_domain::thread::{
     Message, Role, Run, RunStatus, RunUsage, StopReason, Thread, TokenUsage, ToolCall,
 };
@@ -48,6 +49,8 @@ pub struct RuntimeConfig {
     pub tool_timeout: Duration,
     /// This node's name in leases.
     pub node_id: String,
+    /// How long a tool call awaiting confirmation waits, unless its approval rule says.
+    pub action_expiry_seconds: u32,
 }
 
 /// Everything runs need, shared by the workers of one node.
@@ -99,6 +102,9 @@ impl Runtime {
             pending: Vec::new(),
             stop,
             next_assistant_id: None,
+            approvals: Approvals::default(),
+            variables: None,
+            last_decision: None,
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -160,6 +166,12 @@ struct Driver<'a> {
     stop: watch::Receiver<Stop>,
     /// Id of the assistant message being streamed (deltas carry it; the stored reply keeps it).
     next_assistant_id: Option<MessageId>,
+    /// Which tool calls need a person's confirmation (from the agent's approval rules).
+    approvals: Approvals,
+    /// The session's context variables as system text, read when the run was claimed.
+    variables: Option<String>,
+    /// When the latest decision on this run's held calls was taken (a resumed run).
+    last_decision: Option<Timestamp>,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -189,11 +201,13 @@ impl Driver<'_> {
         let store = self.rt.store.as_ref();
         // A stop requested before this claim (later ones arrive through the hub and heartbeat).
         let pending_stop = self.pending_stop;
-        // Two independent reads: at once.
-        let (agent, history) = tokio::join!(
+        // Independent reads: at once.
+        let (agent, history, session) = tokio::join!(
             store.get_agent(&self.scope, &self.thread.agent_id),
-            store.thread_history(&self.scope, &self.thread.id)
+            store.thread_history(&self.scope, &self.thread.id),
+            store.session_state(&self.scope, &self.thread.id)
         );
+        self.variables = session::variables_prompt(&session?.variables);
         let agent = match agent {
             Ok(agent) => Some(agent),
             Err(StoreError::NotFound {
@@ -236,7 +250,13 @@ impl Driver<'_> {
             max_iterations: agent.spec.limits.max_iterations,
             token_budget: agent.spec.limits.token_budget,
         };
-        let started = self.run.started_at.unwrap_or_else(Timestamp::now);
+        let (mut lp, first) = self.start_loop(&agent, limits, state).await?;
+        // Time spent waiting for a person does not count: a run resumed after a decision gets
+        // its whole wall-clock limit again.
+        let started = match self.last_decision {
+            Some(decided) => decided,
+            None => self.run.started_at.unwrap_or_else(Timestamp::now),
+        };
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(
                 (started
@@ -245,7 +265,6 @@ impl Driver<'_> {
                     - Timestamp::now().as_millis())
                 .max(0) as u64,
             );
-        let (mut lp, first) = AgentLoop::start(limits, state);
         let mut queue: VecDeque<Effect> = first.into();
         match pending_stop {
             CancelRequest::None => {}
@@ -299,6 +318,10 @@ impl Driver<'_> {
                     let state = lp.state().clone();
                     return self.finish(&state, outcome, reason, detail).await;
                 }
+                Effect::Pause(calls) => {
+                    self.flush().await?;
+                    return self.pause(calls).await;
+                }
             };
             for event in events {
                 let event = self.stored_stop_reason(event).await?;
@@ -334,6 +357,10 @@ impl Driver<'_> {
         if let Some(instructions) = &self.thread.system_instructions {
             system.push_str("\n\n");
             system.push_str(instructions);
+        }
+        if let Some(variables) = &self.variables {
+            system.push_str("\n\n");
+            system.push_str(variables);
         }
         let mut messages = vec![ChatMessage {
             role: ChatRole::System,
@@ -539,8 +566,11 @@ impl Driver<'_> {
         let all = futures_util::future::join_all(calls.iter().map(|call| {
             let ctx = &ctx;
             let tools = tools.clone();
+            let gated = self.approvals.needs(&call.name);
             async move {
-                match tokio::time::timeout(timeout, tools.execute(ctx, call)).await {
+                match tokio::time::timeout(timeout, execute_call(tools.as_ref(), ctx, call, gated))
+                    .await
+                {
                     Ok(output) => output,
                     Err(_) => crate::tools::ToolOutput::error(format!(
                         "the tool `{}` did not finish within {} seconds",
@@ -647,6 +677,123 @@ impl Driver<'_> {
             "run finished"
         );
         Ok(())
+    }
+}
+
+impl Driver<'_> {
+    /// Starts the loop with the agent's approval rules and the decisions already taken on this
+    /// run's held calls (a resumed run).
+    async fn start_loop(
+        &mut self,
+        agent: &Agent,
+        limits: LoopLimits,
+        state: LoopState,
+    ) -> Result<(AgentLoop, Vec<Effect>), StoreError> {
+        let store = self.rt.store.as_ref();
+        self.approvals = Approvals::new(
+            agent.spec.approval_rules.clone(),
+            self.rt.tools.requiring_confirmation(),
+            self.rt.config.action_expiry_seconds,
+        );
+        // Only a run that stopped with calls outstanding can have decisions to honour.
+        let actions = if state.pending.is_empty() {
+            Vec::new()
+        } else {
+            store.run_actions(&self.scope, &self.run.id).await?
+        };
+        self.last_decision = actions.iter().filter_map(|a| a.decided_at).max();
+        let decisions = actions
+            .into_iter()
+            .filter_map(|a| a.status.decision().map(|d| (a.call_id, d)))
+            .collect();
+        Ok(AgentLoop::start_with(
+            limits,
+            state,
+            self.approvals.clone(),
+            decisions,
+        ))
+    }
+
+    /// Stores the held calls as pending actions and leaves the run `waiting_for_input`; a
+    /// decision (or the expiry scheduler) hands it back to the workers.
+    async fn pause(&self, calls: Vec<ToolCall>) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        let actions: Vec<NewAction> = calls
+            .into_iter()
+            .map(|c| NewAction {
+                id: tessera_domain::ActionId::generate_at(now),
+                expires_at: now.plus_secs(i64::from(self.approvals.expiry_seconds(&c.name))),
+                tool: c.name,
+                preview: c.arguments,
+                call_id: c.id,
+            })
+            .collect();
+        let (pending, events) = self.rt.store.pause_run(&self.lease, &actions).await?;
+        self.rt.publish(&events);
+        self.rt.hub.wake_scheduler();
+        self.rt.hub.wake_workers();
+        tracing::info!(run_id = %self.run.id, actions = pending.len(), "run waiting for confirmation");
+        Ok(())
+    }
+}
+
+/// Executes one call. A call that needed confirmation runs at most once, whatever crashes: it
+/// is durably marked `executing` before its tool starts, and its result is kept on the action,
+/// so a resumed run reuses the result (or, if the node died mid-call, reports that the outcome
+/// is unknown) instead of running the tool again.
+async fn execute_call(
+    tools: &dyn ToolExecutor,
+    ctx: &ToolContext<'_>,
+    call: &ToolCall,
+    gated: bool,
+) -> crate::tools::ToolOutput {
+    use crate::tools::ToolOutput;
+    if !gated {
+        return tools.execute(ctx, call).await;
+    }
+    let action = match ctx.store.start_action(ctx.lease, &call.id).await {
+        Ok(action) => action,
+        Err(err) => {
+            return ToolOutput::error(format!("could not start the confirmed action: {err}"))
+        }
+    };
+    let stored = |result: Result<String, String>| ToolOutput {
+        result,
+        events: Vec::new(),
+    };
+    match action.status {
+        ActionStatus::Confirmed => {
+            let output = tools.execute(ctx, call).await;
+            if let Err(err) = ctx
+                .store
+                .finish_action(ctx.lease, &call.id, &output.result)
+                .await
+            {
+                tracing::warn!(call_id = %call.id, error = %err, "recording the action's result failed");
+            }
+            output
+        }
+        ActionStatus::Completed => stored(Ok(action.result.unwrap_or_default())),
+        ActionStatus::Failed => stored(Err(action.result.unwrap_or_default())),
+        ActionStatus::Executing => {
+            let text = "the node executing this confirmed action stopped before it reported; \
+                        the action was not repeated and its outcome is unknown"
+                .to_owned();
+            if let Err(err) = ctx
+                .store
+                .finish_action(ctx.lease, &call.id, &Err(text.clone()))
+                .await
+            {
+                tracing::warn!(call_id = %call.id, error = %err, "recording the action's outcome failed");
+            }
+            stored(Err(text))
+        }
+        ActionStatus::Pending | ActionStatus::Cancelled | ActionStatus::Expired => {
+            stored(Err(format!(
+                "the action is {} and was not executed",
+                action.status.as_str()
+            )))
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Hub {
     threads: Mutex<HashMap<ThreadId, broadcast::Sender<Live>>>,
     runs: Mutex<HashMap<RunId, watch::Sender<Stop>>>,
     work: Notify,
+    /// Pending actions changed: the action scheduler recomputes its next deadline.
+    scheduler: Notify,
 }
 
 impl Hub {
@@ -87,6 +89,16 @@ impl Hub {
     /// Completes when `wake_workers` was called (or had been called since the last wait).
     pub async fn work_available(&self) {
         self.work.notified().await;
+    }
+
+    /// Wakes the action scheduler: a pending action was created.
+    pub fn wake_scheduler(&self) {
+        self.scheduler.notify_one();
+    }
+
+    /// Completes when `wake_scheduler` was called (or had been since the last wait).
+    pub async fn scheduler_woken(&self) {
+        self.scheduler.notified().await;
     }
 
     /// Registers a run executing on this node; the receiver learns of stop requests.

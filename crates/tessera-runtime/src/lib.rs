@@ -1,5 +1,5 @@
 //! Tessera's agent runtime: model providers, tool dispatch, the driver that performs the agent
-//! loop's effects, and the workers that claim runs.
+//! loop's effects, the workers that claim runs, and the scheduler that expires pending actions.
 //!
 //! Architecture invariant: no HTTP server code (only HTTP *clients* to model and tool APIs) and
 //! no SQL; storage is reached through `tessera-store` traits, the loop's decisions come from the
@@ -11,5 +11,6 @@ pub mod boards;
 pub mod driver;
 pub mod hub;
 pub mod provider;
+pub mod scheduler;
 pub mod tools;
 pub mod worker;

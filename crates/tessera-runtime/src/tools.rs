@@ -1,7 +1,7 @@
 //! Tool dispatch: which tools an agent's model sees and how a call is executed.
 //!
 //! The full catalogue (API, code, MCP, …) comes later; the interface is what the loop uses.
-//! Internal tools every agent has today: `notify_user`.
+//! Internal tools every agent has today: `notify_user` and `request_variables`.
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -43,6 +43,12 @@ pub trait ToolExecutor: Send + Sync {
 
     /// Executes one call. Errors are returned as `Err` text for the model, not raised.
     async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput;
+
+    /// Tools that always need a person's confirmation (`requires_confirmation`), whatever the
+    /// agent's approval rules say.
+    fn requiring_confirmation(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The built-in tools.
@@ -50,27 +56,47 @@ pub trait ToolExecutor: Send + Sync {
 pub struct InternalTools;
 
 pub const NOTIFY_USER: &str = "notify_user";
+pub const REQUEST_VARIABLES: &str = "request_variables";
 
 #[async_trait]
 impl ToolExecutor for InternalTools {
     fn specs(&self) -> Vec<ToolSpec> {
-        vec![ToolSpec {
-            name: NOTIFY_USER.to_owned(),
-            description: "Show a short notification to the person the agent works for, without \
+        vec![
+            ToolSpec {
+                name: NOTIFY_USER.to_owned(),
+                description:
+                    "Show a short notification to the person the agent works for, without \
                           ending the turn."
-                .to_owned(),
-            parameters: json!({
-                "type": "object",
-                "properties": {"message": {"type": "string", "description": "The text to show (at most 2000 characters)."}},
-                "required": ["message"],
-                "additionalProperties": false
-            }),
-        }]
+                        .to_owned(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {"message": {"type": "string", "description": "The text to show (at most 2000 characters)."}},
+                    "required": ["message"],
+                    "additionalProperties": false
+                }),
+            },
+            ToolSpec {
+                name: REQUEST_VARIABLES.to_owned(),
+                description: "Ask the application for context variables this session lacks \
+                              (names like USER_PLAN); they reach you on the next turn."
+                    .to_owned(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "names": {"type": "array", "items": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"}, "minItems": 1, "maxItems": 20},
+                        "reason": {"type": "string", "description": "Why they are needed (at most 500 characters)."}
+                    },
+                    "required": ["names"],
+                    "additionalProperties": false
+                }),
+            },
+        ]
     }
 
     async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
         match call.name.as_str() {
             NOTIFY_USER => notify_user(ctx, &call.arguments).await,
+            REQUEST_VARIABLES => request_variables(ctx, &call.arguments).await,
             other => ToolOutput::error(format!("unknown tool `{other}`")),
         }
     }
@@ -93,5 +119,39 @@ async fn notify_user(ctx: &ToolContext<'_>, args: &serde_json::Value) -> ToolOut
             events,
         },
         Err(err) => ToolOutput::error(format!("could not notify the user: {err}")),
+    }
+}
+
+async fn request_variables(ctx: &ToolContext<'_>, args: &serde_json::Value) -> ToolOutput {
+    const USAGE: &str = "request_variables needs {\"names\": [\"NAME\", …], \"reason\"?: string}";
+    let Some(raw) = args.get("names").and_then(|n| n.as_array()) else {
+        return ToolOutput::error(USAGE);
+    };
+    if raw.is_empty() || raw.len() > tessera_domain::session::MAX_VARIABLES {
+        return ToolOutput::error("names must list 1-20 variable names");
+    }
+    let mut names = Vec::with_capacity(raw.len());
+    for (i, name) in raw.iter().enumerate() {
+        let Some(name) = name.as_str() else {
+            return ToolOutput::error(USAGE);
+        };
+        match tessera_domain::session::VariableName::parse(&format!("names[{i}]"), name) {
+            Ok(name) => names.push(name.as_str().to_owned()),
+            Err(err) => return ToolOutput::error(err.to_string()),
+        }
+    }
+    let reason = args.get("reason").and_then(|r| r.as_str());
+    if reason.is_some_and(|r| r.chars().count() > 500) {
+        return ToolOutput::error("reason must be at most 500 characters");
+    }
+    match ctx.store.request_variables(ctx.lease, &names, reason).await {
+        Ok(events) => ToolOutput {
+            result: Ok(format!(
+                "the application was asked for {}; they reach you on the next turn once set",
+                names.join(", ")
+            )),
+            events,
+        },
+        Err(err) => ToolOutput::error(format!("could not request the variables: {err}")),
     }
 }

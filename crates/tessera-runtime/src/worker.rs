@@ -129,6 +129,7 @@ async fn forward_notifications(rt: &Arc<Runtime>) -> Option<AbortOnDrop> {
                 Notification::Runs => hub.wake_workers(),
                 Notification::ThreadEvents(thread) => hub.publish(&thread, crate::hub::Live::Look),
                 Notification::CancelRun(run) => hub.stop_run(&run, Stop::Cancel),
+                Notification::Actions => hub.wake_scheduler(),
             }
         }
     });

@@ -201,6 +201,7 @@ impl Rig {
                 },
                 tool_timeout,
                 node_id: "test-node".into(),
+                action_expiry_seconds: 600,
             },
         });
         let (shutdown, rx) = watch::channel(false);

@@ -6,9 +6,13 @@ use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::{DeploymentName, Label};
 use tessera_store::{NewSecretKey, Store};
 
-use crate::{Bootstrapped, Config};
+use crate::{Bootstrapped, BootstrappedAdmin, Config};
 
 pub(crate) const DEFAULT_DEPLOYMENT: &str = "default";
+/// The console admin created on the first start.
+pub(crate) const DEFAULT_ADMIN: &str = "admin";
+/// Prefix of generated console admin passwords (`tap_` + 256 random bits).
+const ADMIN_PASSWORD_PREFIX: &str = "tap";
 
 /// Creates deployment `default` when no deployment exists yet. Safe when several nodes start at
 /// once: the store creates it in one serialised transaction, and only that caller gets `Some`.
@@ -40,6 +44,46 @@ pub(crate) async fn run(
         Bootstrapped {
             deployment,
             secret_key: (!operator_supplied).then_some(secret),
+        }
+    }))
+}
+
+/// Creates console admin `admin` when the installation has none: with
+/// `TESSERA_BOOTSTRAP_ADMIN_PASSWORD`, or a generated password returned to be printed once.
+/// Runs on every start (also on databases created before the console existed); concurrent
+/// nodes create one admin.
+pub(crate) async fn console_admin(
+    store: &dyn Store,
+    config: &Config,
+) -> anyhow::Result<Option<BootstrappedAdmin>> {
+    if store
+        .console_admin_credentials(DEFAULT_ADMIN)
+        .await
+        .context("cannot read the console admins")?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let (password, supplied) = match &config.bootstrap_admin_password {
+        Some(p) => (PlainSecret::from_operator(p.expose().to_owned()), true),
+        None => (PlainSecret::generate(ADMIN_PASSWORD_PREFIX), false),
+    };
+    let presented =
+        tessera_domain::identity::Password::presented("password", password.expose().to_owned())?;
+    let hash =
+        tokio::task::spawn_blocking(move || tessera_domain::password::hash_password(&presented))
+            .await
+            .context("hashing the admin password")?
+            .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
+    let created = store
+        .bootstrap_console_admin(DEFAULT_ADMIN, &hash)
+        .await
+        .context("cannot create the console admin")?;
+    Ok(created.map(|admin| {
+        tracing::info!(admin_id = %admin.id, "created console admin `admin`");
+        BootstrappedAdmin {
+            username: admin.username,
+            password: (!supplied).then_some(password),
         }
     }))
 }

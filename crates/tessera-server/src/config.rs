@@ -138,6 +138,41 @@ impl Default for IdentitySettings {
     }
 }
 
+/// `[sessions]`: session management (`/api/v1`: the pool endpoint and pending actions) and
+/// session tickets (agent sessions, impersonation and the console).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    /// How long `askAgentPool` waits for the turn to finish or pause before answering 202.
+    pub ask_wait_seconds: u64,
+    /// How long a tool call awaiting confirmation stays open, unless its approval rule says.
+    pub action_expiry_seconds: u32,
+    /// `expires_in` of a ticket that names none.
+    pub ticket_default_expires_in_seconds: u32,
+    /// Largest `expires_in` a ticket may ask for.
+    pub ticket_max_expires_in_seconds: u32,
+    /// How long an agent session lasts after its ticket is exchanged (not the ticket's time).
+    pub agent_session_lifetime_seconds: u64,
+    /// How long an impersonation ticket signs the browser in (at most 1800).
+    pub impersonation_seconds: u64,
+    /// How long a console admin stays signed in.
+    pub console_session_seconds: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            ask_wait_seconds: 30,
+            action_expiry_seconds: 600,
+            ticket_default_expires_in_seconds: 900,
+            ticket_max_expires_in_seconds: 86_400,
+            agent_session_lifetime_seconds: 12 * 3600,
+            impersonation_seconds: 30 * 60,
+            console_session_seconds: 8 * 3600,
+        }
+    }
+}
+
 /// Everything `tessera serve` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -162,6 +197,9 @@ pub struct Config {
     /// The first secret key of deployment `default`, instead of a generated one (automation).
     /// Read from `TESSERA_BOOTSTRAP_SECRET_KEY`.
     pub bootstrap_secret_key: Option<Secret>,
+    /// The password of console admin `admin`, created on the first start that finds no admin,
+    /// instead of a generated (and printed) one. Read from `TESSERA_BOOTSTRAP_ADMIN_PASSWORD`.
+    pub bootstrap_admin_password: Option<Secret>,
     /// The key that encrypts secrets at rest (token signing keys): 32 bytes as 64 hex or 43
     /// base64url characters. Read from `TESSERA_SECRETS_KEY`. Every node of one database needs
     /// the same key.
@@ -171,6 +209,7 @@ pub struct Config {
     /// `./tessera-data/secrets.key` with PostgreSQL.
     pub secrets_key_file: Option<std::path::PathBuf>,
     pub identity: IdentitySettings,
+    pub sessions: SessionSettings,
     pub runtime: RuntimeSettings,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
@@ -189,9 +228,11 @@ impl Default for Config {
             max_upload_bytes: 25 * 1024 * 1024,
             shutdown_timeout_seconds: 30,
             bootstrap_secret_key: None,
+            bootstrap_admin_password: None,
             secrets_key: None,
             secrets_key_file: None,
             identity: IdentitySettings::default(),
+            sessions: SessionSettings::default(),
             runtime: RuntimeSettings::default(),
             providers: std::collections::BTreeMap::new(),
         }
@@ -273,6 +314,15 @@ impl Config {
             "runtime.poll_interval_ms must be at least 10"
         );
         anyhow::ensure!(
+            (0..=300).contains(&self.sessions.ask_wait_seconds),
+            "sessions.ask_wait_seconds must be between 0 and 300"
+        );
+        anyhow::ensure!(
+            (1..=tessera_domain::agent::ApprovalRule::MAX_EXPIRES_IN_SECONDS)
+                .contains(&self.sessions.action_expiry_seconds),
+            "sessions.action_expiry_seconds must be between 1 and 86400"
+        );
+        anyhow::ensure!(
             self.runtime.tool_timeout_seconds >= 1,
             "runtime.tool_timeout_seconds must be at least 1"
         );
@@ -309,6 +359,32 @@ impl Config {
             "identity.user_token_max_seconds must be 60-86400 and user_token_default_seconds \
              60-user_token_max_seconds"
         );
+        let sessions = &self.sessions;
+        anyhow::ensure!(
+            (1..=7 * 86_400).contains(&sessions.ticket_max_expires_in_seconds)
+                && (1..=sessions.ticket_max_expires_in_seconds)
+                    .contains(&sessions.ticket_default_expires_in_seconds),
+            "sessions.ticket_max_expires_in_seconds must be 1-604800 and \
+             ticket_default_expires_in_seconds 1-ticket_max_expires_in_seconds"
+        );
+        anyhow::ensure!(
+            (60..=30 * 86_400).contains(&sessions.agent_session_lifetime_seconds),
+            "sessions.agent_session_lifetime_seconds must be 60-2592000"
+        );
+        anyhow::ensure!(
+            (60..=1800).contains(&sessions.impersonation_seconds),
+            "sessions.impersonation_seconds must be 60-1800 (impersonation lasts at most 30 minutes)"
+        );
+        anyhow::ensure!(
+            (60..=7 * 86_400).contains(&sessions.console_session_seconds),
+            "sessions.console_session_seconds must be 60-604800"
+        );
+        if let Some(password) = &self.bootstrap_admin_password {
+            anyhow::ensure!(
+                (12..=1024).contains(&password.expose().len()),
+                "TESSERA_BOOTSTRAP_ADMIN_PASSWORD must be 12-1024 bytes"
+            );
+        }
         if let Some(key) = &self.bootstrap_secret_key {
             tessera_domain::secret::validate_operator_secret_key(key.expose())
                 .map_err(|e| anyhow::anyhow!("TESSERA_BOOTSTRAP_SECRET_KEY {e}"))?;
@@ -445,9 +521,32 @@ mod tests {
     }
 
     #[test]
+    fn session_limits_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESSERA_SESSIONS__IMPERSONATION_SECONDS", "3600");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("impersonation"), "{err}");
+            jail.set_env("TESSERA_SESSIONS__IMPERSONATION_SECONDS", "600");
+            jail.set_env("TESSERA_SESSIONS__TICKET_MAX_EXPIRES_IN_SECONDS", "60");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("ticket_default"), "{err}");
+            jail.set_env("TESSERA_SESSIONS__TICKET_DEFAULT_EXPIRES_IN_SECONDS", "30");
+            jail.set_env("TESSERA_BOOTSTRAP_ADMIN_PASSWORD", "short");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("ADMIN_PASSWORD"), "{err}");
+            jail.set_env("TESSERA_BOOTSTRAP_ADMIN_PASSWORD", "a long enough password");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.sessions.ticket_max_expires_in_seconds, 60);
+            assert_eq!(config.sessions.impersonation_seconds, 600);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let config = Config {
             bootstrap_secret_key: Some(Secret::new("tsk_supersecret")),
+            bootstrap_admin_password: Some(Secret::new("adminsupersecret")),
             ..Config::default()
         };
         assert!(!format!("{config:?}").contains("supersecret"));

@@ -115,6 +115,10 @@ fn approval_rules(raw: Vec<api::ApprovalRule>) -> Result<Vec<ApprovalRule>, Vali
         .map(|(i, rule)| {
             Ok(ApprovalRule {
                 tool: ToolPattern::parse(&format!("approval_rules[{i}].tool"), rule.tool)?,
+                expires_in_seconds: ApprovalRule::check_expiry(
+                    &format!("approval_rules[{i}].expires_in_seconds"),
+                    rule.expires_in_seconds,
+                )?,
             })
         })
         .collect()
@@ -332,6 +336,7 @@ pub(crate) fn agent(a: Agent) -> api::Agent {
             .into_iter()
             .map(|r| api::ApprovalRule {
                 tool: r.tool.into_string(),
+                expires_in_seconds: r.expires_in_seconds,
             })
             .collect(),
         limits: api::AgentLimits {
@@ -495,7 +500,8 @@ list_from_parts!(
     AgentList => Agent,
     ActorProjectList => ActorProject,
     SecretKeyList => SecretKey,
-    MessageList => Message
+    MessageList => Message,
+    AgentContextList => AgentContext
 );
 
 #[cfg(test)]

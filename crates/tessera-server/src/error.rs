@@ -86,6 +86,11 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::Membership => (ErrorCode::MembershipNotFound, "membership"),
         Entity::BoardItem => (ErrorCode::BoardItemNotFound, "board item"),
         Entity::File => (ErrorCode::FileNotFound, "file"),
+        Entity::App => (ErrorCode::AppNotFound, "app"),
+        Entity::Context => (ErrorCode::ContextNotFound, "conversation"),
+        Entity::Action => (ErrorCode::ActionNotFound, "pending action"),
+        Entity::Response => (ErrorCode::ResponseNotFound, "pool response"),
+        Entity::Endpoint => (ErrorCode::EndpointNotFound, "agent pool"),
     }
 }
 
@@ -172,6 +177,33 @@ impl From<StoreError> for ApiError {
                     "the user is already a member of this organization",
                 )
                 .with_field("user_id"),
+                Conflict::NamedSessionGroupMismatch => Self::new(
+                    ErrorCode::ValidationFailed,
+                    "context_group: the named session already exists with another context group",
+                )
+                .with_field("context_group"),
+                Conflict::NamedSessionNeedsGroup => Self::new(
+                    ErrorCode::ValidationFailed,
+                    "context_group: is required to create the named session (it does not exist yet)",
+                )
+                .with_field("context_group"),
+                Conflict::UserDisabled => Self::new(
+                    ErrorCode::UserDisabled,
+                    "the user is disabled: enable them first",
+                )
+                .with_field("user_id"),
+                Conflict::SessionClosed => Self::new(
+                    ErrorCode::SessionClosed,
+                    "the session was closed; start a new one",
+                ),
+                Conflict::ActionDecided => Self::new(
+                    ErrorCode::ActionAlreadyDecided,
+                    "the action was already confirmed or cancelled",
+                ),
+                Conflict::ActionExpired => Self::new(
+                    ErrorCode::ActionExpired,
+                    "the action expired before this decision and was cancelled",
+                ),
                 Conflict::StaleVersion => Self::new(
                     ErrorCode::ConcurrentUpdate,
                     "the object changed while this request was applied; retry",
@@ -184,6 +216,7 @@ impl From<StoreError> for ApiError {
                 cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
                 retry_after: None,
             },
+            StoreError::Invalid(err) => err.into(),
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
             | StoreError::Migration(_)

@@ -196,6 +196,8 @@ path_ids!(
     tessera_domain::RunId => Run,
     tessera_domain::UserId => User,
     tessera_domain::OrganizationId => Organization,
+    tessera_domain::ActionId => Action,
+    tessera_domain::ResponseId => Response,
     tessera_domain::BoardItemId => BoardItem
 );
 

@@ -56,6 +56,8 @@ pub(crate) struct Identity {
     /// Cookies get `Secure` when the public URL is https.
     pub secure_cookies: bool,
     pub settings: IdentitySettings,
+    /// Tickets, agent sessions, impersonation and console sessions.
+    pub sessions: crate::config::SessionSettings,
     source: SecretsSource,
     secrets: tokio::sync::OnceCell<SecretsKey>,
     /// Verification keys by id with their retirement time, and when they were last read.
@@ -105,6 +107,7 @@ impl Identity {
             public_url: public_url.to_owned(),
             secure_cookies: public_url.starts_with("https://"),
             settings: config.identity.clone(),
+            sessions: config.sessions.clone(),
             source,
             secrets: tokio::sync::OnceCell::new(),
             public_keys: Mutex::new(KeyCache::default()),
@@ -316,6 +319,7 @@ impl Identity {
             hash: secret.hash(),
             user_id,
             active_organization_id,
+            impersonation: None,
             now,
             idle_expires_at: now.plus_millis(self.idle_ms()).min(expires_at),
             expires_at,
@@ -509,6 +513,23 @@ pub(crate) fn check_origin(headers: &HeaderMap, deployment: &Deployment) -> Resu
     }
 }
 
+/// The bearer credential of `Authorization: Bearer <credential>`; `Ok(None)` without the
+/// header, an error for a malformed one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_CREDENTIAL_LEN)
+        .map(Some)
+        .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))
+}
+
 /// The deployment a browser request is for (see the module documentation).
 pub(crate) async fn deployment_for_request(
     store: &dyn Store,
@@ -536,13 +557,18 @@ pub(crate) async fn deployment_for_request(
 
 /// The session cookie's value, when the request carries a plausible one.
 pub(crate) fn session_cookie_value(headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, SESSION_COOKIE)
+}
+
+/// The value of cookie `name`, when the request carries a plausible one.
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(found, _)| *found == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|v| !v.is_empty() && v.len() <= MAX_CREDENTIAL_LEN)
 }

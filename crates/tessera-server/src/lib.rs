@@ -37,7 +37,7 @@ mod openapi;
 mod routes;
 mod stream;
 
-pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret};
+pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret, SessionSettings};
 pub use identity::rotate_signing_key;
 pub use openapi::openapi_document;
 
@@ -52,6 +52,8 @@ pub(crate) struct AppState {
     pub board_scheduler: BoardSchedulerHandle,
     /// Largest accepted workspace upload.
     pub max_upload_bytes: u64,
+    /// How long `askAgentPool` waits for a turn (`sessions.ask_wait_seconds`).
+    pub ask_wait: Duration,
 }
 
 /// What the first start on an empty database created.
@@ -60,6 +62,14 @@ pub struct Bootstrapped {
     /// The generated secret key, to print once. `None` when the operator supplied it through
     /// `TESSERA_BOOTSTRAP_SECRET_KEY` (they already know it).
     pub secret_key: Option<PlainSecret>,
+}
+
+/// The console admin a start created (on the first start that found none).
+pub struct BootstrappedAdmin {
+    pub username: String,
+    /// The generated password, to print once. `None` when the operator supplied it through
+    /// `TESSERA_BOOTSTRAP_ADMIN_PASSWORD`.
+    pub password: Option<PlainSecret>,
 }
 
 /// A server bound to its listener and ready to run.
@@ -72,6 +82,7 @@ pub struct Application {
     public_url: String,
     shutdown_timeout: Duration,
     bootstrapped: Option<Bootstrapped>,
+    admin: Option<BootstrappedAdmin>,
 }
 
 impl Application {
@@ -99,6 +110,7 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let public_url = config.public_url_at(local_addr);
         let bootstrapped = bootstrap::run(store.as_ref(), &config, &public_url).await?;
+        let admin = bootstrap::console_admin(store.as_ref(), &config).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
         let board_scheduler = BoardSchedulerHandle::default();
@@ -120,6 +132,7 @@ impl Application {
                 },
                 tool_timeout: Duration::from_secs(config.runtime.tool_timeout_seconds),
                 node_id: format!("{}:{}", local_addr, tessera_domain::RequestId::generate()),
+                action_expiry_seconds: config.sessions.action_expiry_seconds,
             },
         });
         let state = AppState {
@@ -129,6 +142,7 @@ impl Application {
             identity,
             board_scheduler: board_scheduler.clone(),
             max_upload_bytes: config.max_upload_bytes,
+            ask_wait: Duration::from_secs(config.sessions.ask_wait_seconds),
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {
@@ -140,6 +154,7 @@ impl Application {
             public_url,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
             bootstrapped,
+            admin,
         })
     }
 
@@ -164,6 +179,11 @@ impl Application {
         self.bootstrapped.as_ref()
     }
 
+    /// Set when this start created the console admin.
+    pub fn bootstrapped_admin(&self) -> Option<&BootstrappedAdmin> {
+        self.admin.as_ref()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting connections, lets in-flight
     /// requests finish (up to the configured timeout) and closes the database.
     pub async fn run_until_stopped(
@@ -173,11 +193,18 @@ impl Application {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
         let workers_stop = Arc::new(workers_stop);
+        let scheduler = AbortOnDrop(tokio::spawn(
+            tessera_runtime::scheduler::run_action_scheduler(
+                self.runtime.clone(),
+                workers_rx.clone(),
+            ),
+        ));
         let mut workers = tokio::spawn(tessera_runtime::worker::run_workers(
             self.runtime.clone(),
             workers_rx.clone(),
         ));
-        // The board scheduler fires board item slots; it stops with the workers.
+        // The board scheduler fires board item slots; it stops with the workers (the action
+        // scheduler above expires pending actions).
         let mut board_scheduler =
             tokio::spawn(tessera_runtime::board_scheduler::run_board_scheduler(
                 self.runtime.clone(),
@@ -235,8 +262,18 @@ impl Application {
         {
             board_scheduler.abort();
         }
+        drop(scheduler);
         self.store.close().await;
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped (also when serving fails early).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -4,7 +4,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    actors, agents, audit, boards, browser, deployments, organizations, projects, threads, users,
+    actors, agent, agents, audit, boards, browser, console, deployments, organizations, projects,
+    sessions, threads, tickets, users,
 };
 use crate::stream;
 
@@ -12,7 +13,7 @@ use crate::stream;
 #[openapi(
     info(
         title = "Tessera",
-        description = "Agent session server: deployments, actors, agents, actor projects, board items, threads and runs; users, organizations, sign-in and the audit log.",
+        description = "Agent session server: deployments, actors, agents, actor projects, board items, threads and runs; session management; users, organizations, sign-in and the audit log; session tickets, agent sessions and the console.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -71,6 +72,27 @@ use crate::stream;
         browser::get_me,
         browser::set_active_organization,
         browser::jwks,
+        tickets::create_backend_session_ticket,
+        tickets::create_session_ticket,
+        tickets::exchange_session_ticket,
+        console::console_sign_in,
+        console::console_sign_out,
+        agent::get_agent_session,
+        agent::list_agent_contexts,
+        agent::create_agent_context,
+        agent::update_agent_context,
+        agent::delete_agent_context,
+        agent::list_agent_context_messages,
+        agent::send_agent_context_message,
+        agent::cancel_agent_context,
+        agent::resolve_agent_context_action,
+        agent::stream_agent_context,
+        sessions::ask_agent_pool,
+        sessions::get_pool_response,
+        sessions::close_session,
+        sessions::update_session_variables,
+        sessions::resolve_pending_action,
+        sessions::get_usage,
     ),
     components(schemas(tessera_api::ErrorBody, tessera_api::ErrorDetail)),
     modifiers(&Security),
@@ -85,7 +107,11 @@ use crate::stream;
         (name = "users", description = "End users of the deployment's app; user tokens."),
         (name = "organizations", description = "Organizations of users and their memberships."),
         (name = "audit", description = "The deployment's audit log."),
+        (name = "sessions", description = "Session management (`/api/v1`, secret key as `Authorization: Bearer` or `X-API-Key`): the agent pool endpoint, closing sessions, context variables, pending actions and usage."),
         (name = "browser", description = "Signed-in users: sign-in, sign-out, `/me` (browser session cookie or user token), and the token verification keys."),
+        (name = "session tickets", description = "Single-use, time-bound ticket URLs (agent chat, impersonation) and their exchange by the browser."),
+        (name = "agent sessions", description = "The browser API of an agent session: its conversations, messages and event stream (session cookie or `session_token`)."),
+        (name = "console", description = "Console administrators of the installation: sign-in and tickets for any deployment."),
     )
 )]
 struct ApiDoc;
@@ -121,6 +147,35 @@ impl Modify for Security {
                     .bearer_format("JWT")
                     .description(Some(
                         "A user token from `createUserToken`: `Authorization: Bearer eyJ…`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The `session_token` of `exchangeSessionTicket`: `Authorization: Bearer tas_…`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "console_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "tessera_console",
+                "The console session cookie set by `POST /console/api/sign-in`",
+            ))),
+        );
+        components.add_security_scheme(
+            "console_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The `token` of `consoleSignIn`: `Authorization: Bearer tca_…`",
                     ))
                     .build(),
             ),

@@ -231,6 +231,18 @@ pub(crate) async fn stream_thread(
     crate::extract::ApiQuery(q): crate::extract::ApiQuery<StreamParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     state.store.get_thread(&caller.scope, &thread).await?;
+    open(&state, caller.scope, thread, &headers, q.after)
+}
+
+/// The SSE response for a thread the caller may see (checked by the caller), resuming after
+/// `Last-Event-ID` (or `after`). Shared by the backend and browser APIs.
+pub(crate) fn open(
+    state: &AppState,
+    scope: Scope,
+    thread: ThreadId,
+    headers: &HeaderMap,
+    after: Option<i64>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let last_seq = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -240,12 +252,12 @@ pub(crate) async fn stream_thread(
             .ok_or_else(|| {
                 ApiError::invalid_parameter("Last-Event-ID", "Last-Event-ID must be an event id")
             })?,
-        None => q.after.unwrap_or(0).max(0),
+        None => after.unwrap_or(0).max(0),
     };
     let cursor = Cursor {
         live: state.runtime.hub.subscribe(&thread),
         store: state.store.clone(),
-        scope: caller.scope,
+        scope,
         thread,
         seen_seq: last_seq,
         must_read: true,

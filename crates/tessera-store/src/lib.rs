@@ -27,18 +27,24 @@ use tessera_domain::records::{
     ProjectStatus, SecretKeyRecord,
 };
 use tessera_domain::secret::SecretHash;
+use tessera_domain::session::{
+    NewAction, PendingAction, SessionClose, SessionState, UsageGroup, UsageRow, VariablePatch,
+};
 use tessera_domain::thread::{Message, NewThread, Run, RunStatus, RunUsage, StopReason, Thread};
 use tessera_domain::validate::Label;
+use tessera_domain::{ActionId, OrganizationId, UserId};
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_domain::{BlobId, BoardItemId, MessageId};
-use tessera_domain::{OrganizationId, UserId};
 
+mod group;
 mod migrate;
 pub mod postgres;
 mod sql;
 mod sql_boards;
 mod sql_identity;
 mod sql_runs;
+mod sql_sessions;
+mod sql_tickets;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -63,6 +69,16 @@ pub enum Entity {
     Membership,
     BoardItem,
     File,
+    /// An API-auth or webhook app named by a ticket's slug.
+    App,
+    /// A conversation of an agent session (a thread inside the session's partition).
+    Context,
+    /// A pending action of a session.
+    Action,
+    /// A pool endpoint response.
+    Response,
+    /// No agent serves this pool endpoint slug.
+    Endpoint,
 }
 
 /// State conflicts the caller can act on.
@@ -92,6 +108,18 @@ pub enum Conflict {
     NoCapableAgent,
     /// The board item is archived or cancelled: it cannot be changed any more.
     BoardItemClosed,
+    /// A ticket names an existing named session with another context group.
+    NamedSessionGroupMismatch,
+    /// A ticket names a named session that does not exist yet, without a context group.
+    NamedSessionNeedsGroup,
+    /// The user of an impersonation (or user-bound) ticket is disabled.
+    UserDisabled,
+    /// The session (thread) was closed: it takes no message or change.
+    SessionClosed,
+    /// The pending action was already confirmed or cancelled.
+    ActionDecided,
+    /// The pending action expired before this decision.
+    ActionExpired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +146,10 @@ pub enum StoreError {
     /// the worker must stop without writing.
     #[error("the lease on the run was lost")]
     LeaseLost,
+    /// A change that breaks a rule only visible with the stored state (e.g. too many context
+    /// variables after a merge). Nothing was changed.
+    #[error("invalid: {0}")]
+    Invalid(tessera_domain::ValidationError),
 }
 
 impl StoreError {
@@ -455,6 +487,8 @@ pub enum Notification {
     ThreadEvents(ThreadId),
     /// A run was asked to stop.
     CancelRun(RunId),
+    /// Pending actions were created: schedulers should recompute their next deadline.
+    Actions,
 }
 
 #[async_trait]
@@ -798,6 +832,318 @@ pub trait SigningKeyStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Session tickets, agent sessions and their conversations, and console administrators
+// (`sql_tickets.rs`).
+
+/// A ticket to store: its hash only, what it grants and who minted it.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    pub hash: SecretHash,
+    pub grant: tessera_domain::ticket::TicketGrant,
+    pub issuer: tessera_domain::ticket::Issuer,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// What an exchange needs besides the ticket: the browser's current session (if its cookie is
+/// live), and the secrets prepared for what the exchange may create.
+#[derive(Debug, Clone)]
+pub struct ExchangeTicket {
+    /// SHA-256 of the presented ticket.
+    pub hash: SecretHash,
+    pub now: Timestamp,
+    /// The hash of the browser's session cookie, when it sent one.
+    pub browser_session: Option<SecretHash>,
+    /// The browser session to create: for an agent_access ticket when the browser has no live
+    /// session; for an impersonation ticket always (it replaces the current one, with the
+    /// user, the impersonator and a lifetime capped at `impersonation_ms`).
+    pub new_browser_session: NewSession,
+    /// SHA-256 of the agent session's bearer token (`session_token`).
+    pub session_token: SecretHash,
+    /// Lifetime of the agent session.
+    pub session_lifetime_ms: i64,
+    /// Longest an impersonation browser session lives.
+    pub impersonation_ms: i64,
+    /// External key of the actor an anonymous ticket creates (`anonymous`/<key>).
+    pub anonymous_key: String,
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExchangeOutcome {
+    /// An agent_access ticket opened `session`, now the browser session's active one (any older
+    /// one was ended in the same transaction). `browser_created` when `browser` is the new
+    /// session of [`ExchangeTicket::new_browser_session`].
+    Agent {
+        ticket: tessera_domain::ticket::SessionTicket,
+        session: tessera_domain::ticket::AgentSession,
+        browser: BrowserSession,
+        browser_created: bool,
+    },
+    /// An impersonation ticket signed the browser in as `user` (the old browser session, if
+    /// any, was deleted).
+    Impersonation {
+        ticket: tessera_domain::ticket::SessionTicket,
+        user: User,
+        browser: BrowserSession,
+    },
+    /// Unknown, expired or already used: all answered alike. `replayed` is the used ticket
+    /// presented again (its sessions were revoked), for the audit log.
+    Invalid {
+        replayed: Option<tessera_domain::ticket::SessionTicket>,
+    },
+    /// A signin ticket, and the browser has no signed-in user. The ticket was not consumed.
+    SigninRequired,
+}
+
+#[async_trait]
+pub trait TicketStore {
+    /// Stores a ticket after checking its references in the scope: every agent
+    /// ([`Entity::Agent`], field `agent_ids[i]`), the actor (`actor_id`), the user (`user_id`),
+    /// the app ([`Entity::App`]), and the named session's context group
+    /// ([`Conflict::NamedSessionGroupMismatch`], [`Conflict::NamedSessionNeedsGroup`]).
+    async fn create_ticket(
+        &self,
+        scope: &Scope,
+        new: &NewTicket,
+    ) -> StoreResult<tessera_domain::ticket::SessionTicket>;
+
+    /// Redeems a ticket of the scope: one conditional UPDATE (`… WHERE hash = ? AND
+    /// redeemed_at IS NULL AND expires_at > now`) decides the single winner; in the same
+    /// transaction the actor and context group are resolved and the agent (or browser) session
+    /// is created. A used ticket presented again revokes what it opened. An app ticket is
+    /// refused with [`Entity::App`] and left unredeemed (the API-auth and webhook pages do not
+    /// exist yet).
+    async fn exchange_ticket(
+        &self,
+        scope: &Scope,
+        exchange: &ExchangeTicket,
+    ) -> StoreResult<ExchangeOutcome>;
+
+    /// The live agent session of a browser session (not ended, not expired), if any.
+    async fn active_agent_session(
+        &self,
+        scope: &Scope,
+        browser_session: &tessera_domain::SessionId,
+        now: Timestamp,
+    ) -> StoreResult<Option<tessera_domain::ticket::AgentSession>>;
+
+    /// The live agent session whose bearer token has this hash.
+    async fn agent_session_by_token(
+        &self,
+        scope: &Scope,
+        token: &SecretHash,
+        now: Timestamp,
+    ) -> StoreResult<Option<tessera_domain::ticket::AgentSession>>;
+
+    /// The conversations of the session's partition (its actor, agents and context group),
+    /// in id order.
+    async fn list_contexts(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::ticket::AgentSession,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Thread>>;
+
+    /// A conversation inside the session's partition ([`Entity::Context`] otherwise).
+    async fn get_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::ticket::AgentSession,
+        id: &ThreadId,
+    ) -> StoreResult<Thread>;
+
+    /// Creates a conversation with one of the session's agents, in the actor project of the
+    /// session's actor and that agent (found, or created in the same transaction).
+    async fn create_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::ticket::AgentSession,
+        agent_id: &AgentId,
+        title: &Label,
+    ) -> StoreResult<Thread>;
+
+    async fn rename_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::ticket::AgentSession,
+        id: &ThreadId,
+        title: &Label,
+    ) -> StoreResult<Thread>;
+
+    /// Hides a conversation from the session's partition (the backend keeps the thread).
+    async fn hide_context(
+        &self,
+        scope: &Scope,
+        session: &tessera_domain::ticket::AgentSession,
+        id: &ThreadId,
+    ) -> StoreResult<()>;
+}
+
+/// Console administrators: installation-wide, not tenant data.
+#[async_trait]
+pub trait ConsoleStore {
+    /// Operator: creates the first admin unless one exists; `Some` when this call created it.
+    async fn bootstrap_console_admin(
+        &self,
+        username: &str,
+        password_hash: &tessera_domain::password::PasswordHash,
+    ) -> StoreResult<Option<tessera_domain::ticket::ConsoleAdmin>>;
+
+    /// The admin with this username and their password hash, for sign-in.
+    async fn console_admin_credentials(
+        &self,
+        username: &str,
+    ) -> StoreResult<
+        Option<(
+            tessera_domain::ticket::ConsoleAdmin,
+            tessera_domain::password::PasswordHash,
+        )>,
+    >;
+
+    async fn create_console_session(
+        &self,
+        admin: &tessera_domain::AdminId,
+        hash: &SecretHash,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// The admin of a live console session.
+    async fn find_console_session(
+        &self,
+        hash: &SecretHash,
+        now: Timestamp,
+    ) -> StoreResult<Option<(tessera_domain::ticket::ConsoleAdmin, Timestamp)>>;
+
+    async fn delete_console_session(&self, hash: &SecretHash) -> StoreResult<()>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session management: closing sessions, context variables, pending actions, pool routing and
+// usage (`sql_sessions.rs`).
+
+/// What a pool response shows about its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseView {
+    pub run: Run,
+    pub thread: Thread,
+    /// The run's last assistant message with text, if any.
+    pub answer: Option<Message>,
+    /// The run's actions still waiting for a decision.
+    pub pending: Vec<PendingAction>,
+    /// Final outcomes of the thread's actions reported by this response (claimed for it the
+    /// first time it is shown complete, so each outcome is reported by one response).
+    pub action_results: Vec<PendingAction>,
+    pub session: SessionState,
+}
+
+#[async_trait]
+pub trait SessionStore {
+    /// The session state of a thread ([`Entity::Thread`] when absent).
+    async fn session_state(&self, scope: &Scope, thread_id: &ThreadId)
+        -> StoreResult<SessionState>;
+
+    /// Merges `patch` into the thread's variables in one transaction: a result over the limits
+    /// is [`StoreError::Invalid`] and changes nothing; a closed session is
+    /// [`Conflict::SessionClosed`]. Returns `(entries that changed, variables after)`.
+    async fn update_variables(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        patch: &VariablePatch,
+    ) -> StoreResult<(usize, usize)>;
+
+    /// Closes a session (a second close returns the first record): cancels its queued runs,
+    /// asks its active run to stop and cancels its open pending actions. Returns the record,
+    /// the active runs to stop, and the events stored.
+    async fn close_session(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        now: Timestamp,
+    ) -> StoreResult<(SessionClose, Vec<RunId>, Vec<ThreadEvent>)>;
+
+    /// Worker: pauses the run in `waiting_for_input` with these actions (a call that already
+    /// has one keeps it), releasing the lease. Fenced by the lease.
+    async fn pause_run(
+        &self,
+        lease: &Lease,
+        actions: &[NewAction],
+    ) -> StoreResult<(Vec<PendingAction>, Vec<ThreadEvent>)>;
+
+    /// Every action of a run, oldest first.
+    async fn run_actions(&self, scope: &Scope, run_id: &RunId) -> StoreResult<Vec<PendingAction>>;
+
+    /// Worker: marks a confirmed action as executing, durably, before its tool starts. Returns
+    /// the action's status before: `Confirmed` means the caller may execute it now; anything
+    /// else means it must not (it started before, or has a result already).
+    async fn start_action(&self, lease: &Lease, call_id: &str) -> StoreResult<PendingAction>;
+
+    /// Worker: records what an executing action's tool returned.
+    async fn finish_action(
+        &self,
+        lease: &Lease,
+        call_id: &str,
+        result: &Result<String, String>,
+    ) -> StoreResult<()>;
+
+    /// Confirms or cancels a pending action with one conditional update, so of concurrent
+    /// decisions exactly one wins ([`Conflict::ActionDecided`] for the others,
+    /// [`Conflict::ActionExpired`] past `expires_at`). When it was the run's last open action
+    /// the run resumes. Returns the action and the events stored.
+    async fn resolve_action(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        action_id: &ActionId,
+        confirmed: bool,
+        now: Timestamp,
+    ) -> StoreResult<(PendingAction, Vec<ThreadEvent>)>;
+
+    /// Scheduler: expires every pending action due at `now` (each by a conditional update, so
+    /// across nodes exactly one expires it) and resumes their runs; returns the events stored.
+    async fn expire_due_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Scheduler: stores a `pending_action.expiring` event for each pending action whose
+    /// warning is due (once per action, across nodes).
+    async fn warn_expiring_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// Scheduler: the earliest warning or expiry still due, across deployments.
+    async fn next_action_deadline(&self) -> StoreResult<Option<Timestamp>>;
+
+    /// Worker (`request_variables`): records variable names the agent asks for. Fenced.
+    async fn request_variables(
+        &self,
+        lease: &Lease,
+        names: &[String],
+        reason: Option<&str>,
+    ) -> StoreResult<Vec<ThreadEvent>>;
+
+    /// The agents serving pool `slug` and how many open runs each has, oldest agent first.
+    async fn pool_agents(&self, scope: &Scope, slug: &str) -> StoreResult<Vec<(AgentId, i64)>>;
+
+    /// What a pool response shows: its run ([`Entity::Response`] when absent) and around it.
+    /// `claim_results`: a finished response claims the thread's unreported action outcomes.
+    async fn response_view(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        claim_results: bool,
+    ) -> StoreResult<ResponseView>;
+
+    /// Usage of the sessions and runs created in `[from, to)`, grouped.
+    async fn usage(
+        &self,
+        scope: &Scope,
+        from: Timestamp,
+        to: Timestamp,
+        group: UsageGroup,
+        now: Timestamp,
+    ) -> StoreResult<Vec<UsageRow>>;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Task boards: board items, schedule slots and task workspaces (`sql_boards.rs`).
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -1039,6 +1385,9 @@ pub trait Store:
     + RunStore
     + IdentityStore
     + SigningKeyStore
+    + TicketStore
+    + ConsoleStore
+    + SessionStore
     + BoardStore
     + WorkspaceStore
     + Send

@@ -44,7 +44,16 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/sqlite/0004_identity.sql"),
     },
-    // 5 and 6 are reserved by work on other branches.
+    Migration {
+        version: 5,
+        name: "tickets",
+        sql: include_str!("../migrations/sqlite/0005_tickets.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/sqlite/0006_sessions.sql"),
+    },
     Migration {
         version: 7,
         name: "boards",
@@ -73,7 +82,16 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/postgres/0004_identity.sql"),
     },
-    // 5 and 6 are reserved by work on other branches.
+    Migration {
+        version: 5,
+        name: "tickets",
+        sql: include_str!("../migrations/postgres/0005_tickets.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "sessions",
+        sql: include_str!("../migrations/postgres/0006_sessions.sql"),
+    },
     Migration {
         version: 7,
         name: "boards",

@@ -95,6 +95,25 @@ impl PgStore {
         Ok(())
     }
 
+    /// Stores a ticket in its own transaction: PostgreSQL runs concurrent transactions on
+    /// several connections (and shares WAL flushes between concurrent commits itself).
+    pub(crate) async fn write_ticket(
+        &self,
+        scope: &tessera_domain::Scope,
+        new: &crate::NewTicket,
+    ) -> StoreResult<tessera_domain::ticket::SessionTicket> {
+        self.do_create_ticket(scope, new).await
+    }
+
+    /// Exchanges a ticket in its own transaction.
+    pub(crate) async fn write_exchange(
+        &self,
+        scope: &tessera_domain::Scope,
+        exchange: &crate::ExchangeTicket,
+    ) -> StoreResult<crate::ExchangeOutcome> {
+        self.do_exchange(scope, exchange).await
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).
@@ -124,12 +143,16 @@ fn encode_notification(n: &Notification) -> String {
         Notification::Runs => "runs".to_owned(),
         Notification::ThreadEvents(thread) => format!("events:{thread}"),
         Notification::CancelRun(run) => format!("cancel:{run}"),
+        Notification::Actions => "actions".to_owned(),
     }
 }
 
 fn decode_notification(payload: &str) -> Option<Notification> {
     if payload == "runs" {
         return Some(Notification::Runs);
+    }
+    if payload == "actions" {
+        return Some(Notification::Actions);
     }
     if let Some(thread) = payload.strip_prefix("events:") {
         return ThreadId::parse(thread).ok().map(Notification::ThreadEvents);
@@ -143,6 +166,8 @@ fn decode_notification(payload: &str) -> Option<Notification> {
 crate::sql::impl_sql_store!(PgStore, Postgres);
 crate::sql_runs::impl_run_sql!(PgStore, Postgres);
 crate::sql_identity::impl_identity_sql!(PgStore, Postgres);
+crate::sql_tickets::impl_ticket_sql!(PgStore, Postgres);
+crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
 crate::sql_boards::impl_board_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]

@@ -9,7 +9,7 @@ pub(crate) const USER_COLS: &str = "id, email, first_name, last_name, password_h
 pub(crate) const ORGANIZATION_COLS: &str = "id, name, slug, created_at";
 pub(crate) const MEMBERSHIP_COLS: &str = "id, organization_id, user_id, role, created_at";
 pub(crate) const SESSION_COLS: &str = "id, deployment_id, user_id, active_organization_id, \
-     created_at, last_seen_at, idle_expires_at, expires_at";
+     impersonator_type, impersonator_id, created_at, last_seen_at, idle_expires_at, expires_at";
 pub(crate) const AUDIT_COLS: &str =
     "id, kind, actor_type, actor_id, subject_id, ip, user_agent, data, created_at";
 pub(crate) const SIGNING_KEY_COLS: &str =
@@ -70,7 +70,7 @@ macro_rules! impl_identity_sql {
             serde_json::to_string(value).map_err(|e| corrupt(what, e))
         }
 
-        fn user_from_row(row: &DbRow) -> StoreResult<User> {
+        pub(super) fn user_from_row(row: &DbRow) -> StoreResult<User> {
             let metadata: String = row.try_get("metadata")?;
             let hash: Option<String> = row.try_get("password_hash")?;
             let disabled: i64 = row.try_get("disabled")?;
@@ -122,7 +122,7 @@ macro_rules! impl_identity_sql {
             })
         }
 
-        fn session_from_row(row: &DbRow) -> StoreResult<BrowserSession> {
+        pub(super) fn session_from_row(row: &DbRow) -> StoreResult<BrowserSession> {
             Ok(BrowserSession {
                 id: id(row.try_get("id")?, SessionId::parse)?,
                 deployment_id: id(row.try_get("deployment_id")?, DeploymentId::parse)?,
@@ -131,11 +131,32 @@ macro_rules! impl_identity_sql {
                     row.try_get("active_organization_id")?,
                     OrganizationId::parse,
                 )?,
+                impersonator: impersonator_from(
+                    row.try_get("impersonator_type")?,
+                    row.try_get("impersonator_id")?,
+                )?,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
                 last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
                 idle_expires_at: Timestamp::from_millis(row.try_get("idle_expires_at")?),
                 expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
             })
+        }
+
+        fn impersonator_from(
+            kind: Option<String>,
+            raw: Option<String>,
+        ) -> StoreResult<Option<tessera_domain::ticket::Issuer>> {
+            use tessera_domain::ticket::Issuer;
+            match (kind.as_deref(), raw) {
+                (None, _) | (_, None) => Ok(None),
+                (Some("secret_key"), Some(raw)) => {
+                    Ok(Some(Issuer::SecretKey(id(raw, tessera_domain::SecretKeyId::parse)?)))
+                }
+                (Some("console_admin"), Some(raw)) => {
+                    Ok(Some(Issuer::ConsoleAdmin(id(raw, tessera_domain::AdminId::parse)?)))
+                }
+                (Some(other), Some(_)) => Err(corrupt("impersonator type", other)),
+            }
         }
 
         fn audit_from_row(row: &DbRow) -> StoreResult<AuditEvent> {
@@ -173,7 +194,7 @@ macro_rules! impl_identity_sql {
             }
         }
 
-        async fn insert_session(
+        pub(super) async fn insert_session(
             conn: &mut Conn,
             scope: &Scope,
             new: &NewSession,
@@ -181,8 +202,9 @@ macro_rules! impl_identity_sql {
             let row = sqlx::query(&format!(
                 "INSERT INTO browser_sessions
                    (id, deployment_id, token_hash, user_id, active_organization_id, created_at,
-                    last_seen_at, idle_expires_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) RETURNING {SESSION_COLS}"
+                    last_seen_at, idle_expires_at, expires_at, impersonator_type, impersonator_id,
+                    ticket_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11) RETURNING {SESSION_COLS}"
             ))
             .bind(SessionId::generate_at(new.now).into_string())
             .bind(scope.deployment_id().as_str())
@@ -192,6 +214,9 @@ macro_rules! impl_identity_sql {
             .bind(new.now.as_millis())
             .bind(new.idle_expires_at.as_millis().min(new.expires_at.as_millis()))
             .bind(new.expires_at.as_millis())
+            .bind(new.impersonation.as_ref().map(|(who, _)| who.kind()))
+            .bind(new.impersonation.as_ref().map(|(who, _)| who.id().to_owned()))
+            .bind(new.impersonation.as_ref().map(|(_, ticket)| ticket.as_str().to_owned()))
             .fetch_one(&mut *conn)
             .await?;
             session_from_row(&row)

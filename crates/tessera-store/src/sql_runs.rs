@@ -82,7 +82,7 @@ macro_rules! impl_run_sql {
             })
         }
 
-        fn message_from_row(row: &DbRow) -> StoreResult<Message> {
+        pub(super) fn message_from_row(row: &DbRow) -> StoreResult<Message> {
             let role: String = row.try_get("role")?;
             let tool_calls: String = row.try_get("tool_calls")?;
             let attachments: String = row.try_get("attachments")?;
@@ -105,7 +105,7 @@ macro_rules! impl_run_sql {
             })
         }
 
-        fn run_from_row(row: &DbRow) -> StoreResult<Run> {
+        pub(super) fn run_from_row(row: &DbRow) -> StoreResult<Run> {
             let status: String = row.try_get("status")?;
             let stop: Option<String> = row.try_get("stop_reason")?;
             let cancel: i64 = row.try_get("cancel_requested")?;
@@ -137,7 +137,7 @@ macro_rules! impl_run_sql {
             })
         }
 
-        fn event_from_row(row: &DbRow) -> StoreResult<ThreadEvent> {
+        pub(super) fn event_from_row(row: &DbRow) -> StoreResult<ThreadEvent> {
             let run_id: Option<String> = row.try_get("run_id")?;
             let data: String = row.try_get("data")?;
             Ok(ThreadEvent {
@@ -200,7 +200,7 @@ macro_rules! impl_run_sql {
 
         /// Numbers events after the thread's last one (reserving the numbers on the thread row,
         /// which also locks it) and inserts them: two statements whatever their number.
-        async fn append(
+        pub(super) async fn append(
             conn: &mut Conn,
             deployment_id: &str,
             thread_id: &str,
@@ -377,6 +377,8 @@ macro_rules! impl_run_sql {
                 .bind(run.id.as_str())
                 .fetch_one(&mut *conn)
                 .await?;
+                // A run paused for a confirmation has no worker to see the flag: hand it to one.
+                super::session_sql::release_paused_run(conn, &run.id).await?;
                 Ok((run_from_row(&row)?, None))
             }
         }
@@ -603,17 +605,21 @@ macro_rules! impl_run_sql {
                 // that the thread is the caller's and locks it (PostgreSQL) against a concurrent
                 // submission, so the multitask policy below sees every run queued before.
                 let now = Timestamp::now();
-                let mut last: i64 = sqlx::query(
+                let thread_row = sqlx::query(
                     "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
-                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq",
+                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq, closed_at",
                 )
                 .bind(now.as_millis())
                 .bind(thread_id.as_str())
                 .bind(dep)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::not_found(Entity::Thread))?
-                .try_get("last_seq")?;
+                .ok_or(StoreError::not_found(Entity::Thread))?;
+                // A closed session takes no message (the update above is rolled back).
+                if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
+                    return Err(StoreError::Conflict(Conflict::SessionClosed));
+                }
+                let mut last: i64 = thread_row.try_get("last_seq")?;
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
                 // `enqueue` (the default) queues behind whatever is open: no need to look.

@@ -11,13 +11,29 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use tessera_domain::ticket::SessionTicket;
+use tessera_domain::Scope;
+
+use crate::group::{deliver, GroupCommit};
 use crate::migrate;
-use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
+use crate::{
+    Backend, ConnectOptions, ExchangeOutcome, ExchangeTicket, NewTicket, PoolStats, StoreError,
+    StoreResult,
+};
 
 #[derive(Clone)]
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// Group commit of the hot ticket writes (see `group.rs`).
+    groups: std::sync::Arc<Groups>,
+}
+
+/// The write kinds that share transactions between concurrent callers.
+#[derive(Default)]
+struct Groups {
+    tickets: GroupCommit<(Scope, NewTicket), SessionTicket>,
+    exchanges: GroupCommit<(Scope, ExchangeTicket), ExchangeOutcome>,
 }
 
 /// The thread that drives write transactions (see [`SqliteStore::offload`]).
@@ -80,7 +96,11 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(connect)
             .await?;
-        Ok(Self { reader, writer })
+        Ok(Self {
+            reader,
+            writer,
+            groups: std::sync::Arc::default(),
+        })
     }
 
     pub(crate) fn reader(&self) -> &SqlitePool {
@@ -130,6 +150,59 @@ impl SqliteStore {
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
 
+    /// Stores a ticket, sharing the transaction with concurrent mints (group commit: the
+    /// single writer makes one commit per batch instead of one per ticket).
+    pub(crate) async fn write_ticket(
+        &self,
+        scope: &Scope,
+        new: &NewTicket,
+    ) -> StoreResult<SessionTicket> {
+        let this = self.clone();
+        self.groups
+            .tickets
+            .submit((scope.clone(), new.clone()), move |batch| {
+                let this = this.clone();
+                async move {
+                    let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let store = this.clone();
+                    // On the writer thread, to completion even if this caller goes away.
+                    let _ = this
+                        .offload(async move {
+                            deliver(senders, store.do_create_tickets(&requests).await);
+                            Ok(())
+                        })
+                        .await;
+                }
+            })
+            .await
+    }
+
+    /// Exchanges a ticket, sharing the transaction with concurrent exchanges (each in its own
+    /// savepoint).
+    pub(crate) async fn write_exchange(
+        &self,
+        scope: &Scope,
+        exchange: &ExchangeTicket,
+    ) -> StoreResult<ExchangeOutcome> {
+        let this = self.clone();
+        self.groups
+            .exchanges
+            .submit((scope.clone(), exchange.clone()), move |batch| {
+                let this = this.clone();
+                async move {
+                    let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let store = this.clone();
+                    let _ = this
+                        .offload(async move {
+                            deliver(senders, store.do_exchanges(&requests).await);
+                            Ok(())
+                        })
+                        .await;
+                }
+            })
+            .await
+    }
+
     /// Every writer is in this process, which wakes itself; nothing to send.
     pub(crate) async fn notify_many(
         &self,
@@ -152,6 +225,8 @@ impl SqliteStore {
 crate::sql::impl_sql_store!(SqliteStore, Sqlite);
 crate::sql_runs::impl_run_sql!(SqliteStore, Sqlite);
 crate::sql_identity::impl_identity_sql!(SqliteStore, Sqlite);
+crate::sql_tickets::impl_ticket_sql!(SqliteStore, Sqlite);
+crate::sql_sessions::impl_session_sql!(SqliteStore, Sqlite);
 crate::sql_boards::impl_board_sql!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]

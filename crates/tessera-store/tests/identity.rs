@@ -77,6 +77,7 @@ fn session(user: Option<&UserId>, now: Timestamp) -> (PlainSecret, NewSession) {
         hash: secret.hash(),
         user_id: user.cloned(),
         active_organization_id: None,
+        impersonation: None,
         now,
         idle_expires_at: now.plus_secs(600),
         expires_at: now.plus_secs(3600),

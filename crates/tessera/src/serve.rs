@@ -95,6 +95,31 @@ fn print_banner(app: &Application, database_url: &str) -> std::io::Result<()> {
             )?,
         }
     }
+    if let Some(admin) = app.bootstrapped_admin() {
+        match &admin.password {
+            Some(password) => {
+                writeln!(
+                    out,
+                    "  console admin: {} / {}",
+                    admin.username,
+                    password.expose()
+                )?;
+                writeln!(
+                    out,
+                    "               This password will not be shown again: store it now."
+                )?;
+            }
+            None => writeln!(
+                out,
+                "  console admin: {} (password from TESSERA_BOOTSTRAP_ADMIN_PASSWORD)",
+                admin.username
+            )?,
+        }
+    }
+    writeln!(
+        out,
+        "  chat page:   {public_url}/vanity/agents?ticket=… (mint with POST /session/tickets)"
+    )?;
     writeln!(out, "  OpenAPI:     {public_url}/openapi.json")?;
     writeln!(out, "  health:      {public_url}/healthz")?;
     writeln!(out, "  metrics:     {public_url}/metrics")?;

@@ -129,6 +129,12 @@ pub(crate) async fn sign_in_form(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    // An impersonation ticket is redeemed by the page's script (POST), never by this GET.
+    if form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .any(|(k, _)| k == "ticket")
+    {
+        return crate::routes::vanity::sign_in_ticket_page();
+    }
     let redirect = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "redirect_url")
         .map(|(_, v)| v.into_owned())
@@ -147,7 +153,19 @@ pub(crate) async fn sign_in_form(
                     .map_err(|_| ())
                     .and_then(|u| if u.disabled { Err(()) } else { Ok(u) })
                 {
-                    let html = SIGNED_IN_PAGE.replace("{{email}}", &escape(&user.email));
+                    let banner = match &session.impersonator {
+                        Some(who) => format!(
+                            "<p id=\"impersonation\" class=\"banner\" role=\"status\">Impersonation: \
+                             signed in as this user on behalf of {} {}, until {}.</p>",
+                            escape(who.kind()),
+                            escape(who.id()),
+                            escape(&session.expires_at.to_rfc3339())
+                        ),
+                        None => String::new(),
+                    };
+                    let html = SIGNED_IN_PAGE
+                        .replace("{{email}}", &escape(&user.email))
+                        .replace("{{banner}}", &banner);
                     return page(StatusCode::OK, html);
                 }
             }

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use futures_util::FutureExt as _;
 use tessera_api::ErrorCode;
@@ -14,16 +14,21 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub(crate) mod actors;
+pub(crate) mod agent;
 pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod boards;
 pub(crate) mod browser;
+pub(crate) mod console;
 pub(crate) mod deployments;
 pub(crate) mod organizations;
 pub(crate) mod projects;
+pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod threads;
+pub(crate) mod tickets;
 pub(crate) mod users;
+pub(crate) mod vanity;
 
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -86,7 +91,9 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/ai/threads/{thread_id}/stream",
             get(crate::stream::stream_thread),
         )
+        .merge(session_routes())
         .merge(identity_routes())
+        .merge(ticket_routes())
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(crate::observe::metrics))
@@ -94,6 +101,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), vanity::cors))
         .layer(from_fn(catch_panic))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
@@ -123,6 +131,32 @@ fn board_routes() -> Router<AppState> {
             &format!("{ITEM}/filesystem/download"),
             get(boards::download_file),
         )
+}
+
+/// Session management under `/api/v1` (which also accepts `X-API-Key`).
+fn session_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/ask/{endpoint_slug}",
+            post(sessions::ask_agent_pool),
+        )
+        .route(
+            "/api/v1/responses/{response_id}",
+            get(sessions::get_pool_response),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}",
+            axum::routing::patch(sessions::update_session_variables),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}/close",
+            post(sessions::close_session),
+        )
+        .route(
+            "/api/v1/sessions/{thread_id}/actions/{action_id}",
+            post(sessions::resolve_pending_action),
+        )
+        .route("/api/v1/usage", get(sessions::get_usage))
 }
 
 /// Users, organizations, the audit log (backend) and the browser sign-in endpoints.
@@ -167,6 +201,54 @@ fn identity_routes() -> Router<AppState> {
         )
         .route("/.well-known/jwks.json", get(browser::jwks))
         .route("/static/tessera.css", get(browser::stylesheet))
+}
+
+/// Session tickets, the agent-session browser API, the vanity pages and the console sign-in.
+fn ticket_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/session/tickets",
+            post(tickets::create_backend_session_ticket),
+        )
+        .route(
+            "/session/tickets/exchange",
+            post(tickets::exchange_session_ticket),
+        )
+        .route(
+            "/console/api/deployments/{deployment_id}/session/tickets",
+            post(tickets::create_session_ticket),
+        )
+        .route("/console/api/sign-in", post(console::console_sign_in))
+        .route("/console/api/sign-out", post(console::console_sign_out))
+        .route("/agent/session", get(agent::get_agent_session))
+        .route(
+            "/agent/contexts",
+            get(agent::list_agent_contexts).post(agent::create_agent_context),
+        )
+        .route(
+            "/agent/contexts/{context_id}",
+            patch(agent::update_agent_context).delete(agent::delete_agent_context),
+        )
+        .route(
+            "/agent/contexts/{context_id}/messages",
+            get(agent::list_agent_context_messages).post(agent::send_agent_context_message),
+        )
+        .route(
+            "/agent/contexts/{context_id}/cancel",
+            post(agent::cancel_agent_context),
+        )
+        .route(
+            "/agent/contexts/{context_id}/actions/{action_id}",
+            post(agent::resolve_agent_context_action),
+        )
+        .route(
+            "/agent/contexts/{context_id}/stream",
+            get(agent::stream_agent_context),
+        )
+        .route("/vanity/agents", get(vanity::vanity_agents))
+        .route("/static/tessera.js", get(vanity::client_js))
+        .route("/static/vanity-agents.js", get(vanity::vanity_agents_js))
+        .route("/static/sign-in-ticket.js", get(vanity::sign_in_ticket_js))
 }
 
 async fn route_not_found() -> ApiError {

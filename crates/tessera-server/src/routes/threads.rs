@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::thread::{Message, Role};
-use tessera_domain::{MessageId, ProjectId, RunId, ThreadId, Timestamp};
+use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::hub::{Live, Stop};
 use tessera_store::{Idempotency, Order, SubmitOutcome, SubmitRun};
 
@@ -98,7 +98,7 @@ pub(crate) async fn list_messages(
 }
 
 /// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -115,7 +115,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(value.to_owned()))
 }
 
-fn request_hash(req: &api::ExecuteThreadRequest) -> String {
+pub(crate) fn request_hash(req: &impl serde::Serialize) -> String {
     let canonical = serde_json::to_vec(req).unwrap_or_default();
     Sha256::digest(&canonical)
         .iter()
@@ -138,7 +138,7 @@ fn request_hash(req: &api::ExecuteThreadRequest) -> String {
         (status = 400, body = ErrorBody, description = "`malformed_json` / `invalid_parameter`"),
         (status = 401, body = ErrorBody, description = "`unauthorized`"),
         (status = 404, body = ErrorBody, description = "`thread_not_found`"),
-        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `run_not_active` (nothing to cancel), `idempotency_key_reused`"),
+        (status = 409, body = ErrorBody, description = "`run_active` (multitask `reject`), `run_not_active` (nothing to cancel), `session_closed`, `idempotency_key_reused`"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`"),
         (status = 422, body = ErrorBody, description = "`validation_failed`"),
     ),
@@ -154,121 +154,141 @@ pub(crate) async fn execute(
     let key = idempotency_key(&headers)?;
     let operation = format!("executeAgentThreadAsync:{thread_id}");
     let hash = request_hash(&req);
-    match (req.message, req.cancel) {
+    let idempotency = key.map(|key| (operation, key, hash));
+    let accepted = match (req.message, req.cancel) {
         (Some(message), None | Some(false)) => {
-            let (content, files) = convert::new_message(message)?;
-            let policy = state
-                .store
-                .thread_multitask_policy(&caller.scope, &thread_id)
-                .await?;
-            let run_id = RunId::generate();
-            let accepted = api::RunAccepted {
-                status: "queued".to_owned(),
-                run_id: Some(run_id.to_string()),
-                run_ids: None,
-            };
-            let submit = SubmitRun {
-                message: Message {
-                    id: MessageId::generate(),
-                    thread_id: thread_id.clone(),
-                    run_id: Some(run_id.clone()),
-                    role: Role::User,
-                    content,
-                    tool_calls: Vec::new(),
-                    tool_call_id: None,
-                    tool_name: None,
-                    is_error: false,
-                    attachments: files,
-                    usage: None,
-                    created_at: Timestamp::now(),
-                },
-                run_id,
-                policy,
-                idempotency: key.map(|key| Idempotency {
-                    operation,
-                    key,
-                    request_hash: hash,
-                    result: serde_json::to_value(&accepted).unwrap_or_default(),
-                }),
-            };
-            match state
-                .store
-                .submit_run(&caller.scope, &thread_id, &submit)
-                .await?
-            {
-                SubmitOutcome::Created {
-                    interrupted,
-                    events,
-                    ..
-                } => {
-                    let rt = &state.runtime;
-                    rt.publish(&events);
-                    for run in &interrupted {
-                        rt.hub.stop_run(run, Stop::Interrupt);
-                    }
-                    rt.hub.wake_workers();
-                    Ok((StatusCode::ACCEPTED, Json(accepted)))
-                }
-                SubmitOutcome::Replayed { result } => replay(result),
-            }
+            send_message(&state, &caller.scope, &thread_id, message, idempotency).await?
         }
-        (None, Some(true)) => {
-            if let Some(key) = &key {
-                if let Some(result) = state
-                    .store
-                    .idempotent_result(&caller.scope, &operation, key, &hash)
-                    .await?
-                {
-                    return replay(result);
-                }
-            }
-            let runs = state.store.cancel_runs(&caller.scope, &thread_id).await?;
+        (None, Some(true)) => cancel_runs(&state, &caller.scope, &thread_id, idempotency).await?,
+        _ => {
+            return Err(ApiError::from(tessera_domain::ValidationError::new(
+                "message",
+                "send either `message` or `cancel: true`",
+            )))
+        }
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// `(operation, Idempotency-Key, request hash)` of an idempotent request.
+pub(crate) type IdempotencyParts = (String, String, String);
+
+/// Stores a user message and queues its run, applying the agent's multitask policy and the
+/// idempotency key; wakes the workers. Shared by the backend API and the browser API.
+pub(crate) async fn send_message(
+    state: &AppState,
+    scope: &Scope,
+    thread_id: &ThreadId,
+    message: api::NewMessage,
+    idempotency: Option<IdempotencyParts>,
+) -> ApiResult<api::RunAccepted> {
+    let (content, files) = convert::new_message(message)?;
+    let policy = state
+        .store
+        .thread_multitask_policy(scope, thread_id)
+        .await?;
+    let run_id = RunId::generate();
+    let accepted = api::RunAccepted {
+        status: "queued".to_owned(),
+        run_id: Some(run_id.to_string()),
+        run_ids: None,
+    };
+    let submit = SubmitRun {
+        message: Message {
+            id: MessageId::generate(),
+            thread_id: thread_id.clone(),
+            run_id: Some(run_id.clone()),
+            role: Role::User,
+            content,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            tool_name: None,
+            is_error: false,
+            attachments: files,
+            usage: None,
+            created_at: Timestamp::now(),
+        },
+        run_id,
+        policy,
+        idempotency: idempotency.map(|(operation, key, request_hash)| Idempotency {
+            operation,
+            key,
+            request_hash,
+            result: serde_json::to_value(&accepted).unwrap_or_default(),
+        }),
+    };
+    match state.store.submit_run(scope, thread_id, &submit).await? {
+        SubmitOutcome::Created {
+            interrupted,
+            events,
+            ..
+        } => {
             let rt = &state.runtime;
-            let mut active = None;
-            for run in &runs {
-                if !run.status.is_terminal() {
-                    rt.hub.stop_run(&run.id, Stop::Cancel);
-                    active.get_or_insert_with(|| run.id.to_string());
-                }
+            rt.publish(&events);
+            for run in &interrupted {
+                rt.hub.stop_run(run, Stop::Interrupt);
             }
-            rt.hub.publish(&thread_id, Live::Look);
-            let accepted = api::RunAccepted {
-                status: if active.is_some() {
-                    "cancelling"
-                } else {
-                    "cancelled"
-                }
-                .to_owned(),
-                run_id: active.or_else(|| runs.first().map(|r| r.id.to_string())),
-                run_ids: Some(runs.iter().map(|r| r.id.to_string()).collect()),
-            };
-            if let Some(key) = key {
-                // After the cancellation: a crash in between makes a retry answer
-                // `run_not_active`, which is true by then.
-                let record = Idempotency {
-                    operation,
-                    key,
-                    request_hash: hash,
-                    result: serde_json::to_value(&accepted).unwrap_or_default(),
-                };
-                state
-                    .store
-                    .remember_idempotent(&caller.scope, &record)
-                    .await?;
-            }
-            Ok((StatusCode::ACCEPTED, Json(accepted)))
+            rt.hub.wake_workers();
+            Ok(accepted)
         }
-        _ => Err(ApiError::from(tessera_domain::ValidationError::new(
-            "message",
-            "send either `message` or `cancel: true`",
-        ))),
+        SubmitOutcome::Replayed { result } => replay(result),
     }
 }
 
-fn replay(result: serde_json::Value) -> ApiResult<(StatusCode, Json<api::RunAccepted>)> {
-    let accepted: api::RunAccepted = serde_json::from_value(result)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+/// Cancels the thread's queued and active runs (`run_not_active` when there are none).
+/// Shared by the backend API and the browser API.
+pub(crate) async fn cancel_runs(
+    state: &AppState,
+    scope: &Scope,
+    thread_id: &ThreadId,
+    idempotency: Option<IdempotencyParts>,
+) -> ApiResult<api::RunAccepted> {
+    if let Some((operation, key, hash)) = &idempotency {
+        if let Some(result) = state
+            .store
+            .idempotent_result(scope, operation, key, hash)
+            .await?
+        {
+            return replay(result);
+        }
+    }
+    let runs = state.store.cancel_runs(scope, thread_id).await?;
+    let rt = &state.runtime;
+    let mut active = None;
+    for run in &runs {
+        if !run.status.is_terminal() {
+            rt.hub.stop_run(&run.id, Stop::Cancel);
+            active.get_or_insert_with(|| run.id.to_string());
+        }
+    }
+    rt.hub.publish(thread_id, Live::Look);
+    let accepted = api::RunAccepted {
+        status: if active.is_some() {
+            "cancelling"
+        } else {
+            "cancelled"
+        }
+        .to_owned(),
+        run_id: active.or_else(|| runs.first().map(|r| r.id.to_string())),
+        run_ids: Some(runs.iter().map(|r| r.id.to_string()).collect()),
+    };
+    if let Some((operation, key, request_hash)) = idempotency {
+        // After the cancellation: a crash in between makes a retry answer
+        // `run_not_active`, which is true by then.
+        let record = Idempotency {
+            operation,
+            key,
+            request_hash,
+            result: serde_json::to_value(&accepted).unwrap_or_default(),
+        };
+        state.store.remember_idempotent(scope, &record).await?;
+    }
+    Ok(accepted)
+}
+
+fn replay(result: serde_json::Value) -> ApiResult<api::RunAccepted> {
+    serde_json::from_value(result)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))
 }
 
 /// Gets a run: status, stop reason and usage.

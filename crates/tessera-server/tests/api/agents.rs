@@ -103,9 +103,11 @@ fn full_request(sub_agent: &str) -> CreateAgentRequest {
         approval_rules: Some(vec![
             ApprovalRule {
                 tool: "send_*".into(),
+                expires_in_seconds: None,
             },
             ApprovalRule {
                 tool: "delete_account".into(),
+                expires_in_seconds: Some(120),
             },
         ]),
         limits: Some(AgentLimits {

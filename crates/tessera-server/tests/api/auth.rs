@@ -72,14 +72,29 @@ fn with_body(op: &ops::Operation, request: reqwest::RequestBuilder) -> reqwest::
     }
 }
 
-/// Operations that authenticate a signed-in user (session cookie or user token) or nobody,
-/// not a deployment secret key; `identity.rs` tests them.
+/// Operations that authenticate a signed-in user (session cookie or user token), an agent
+/// session, a console admin or nobody, not a deployment secret key; `identity.rs` and
+/// `tickets.rs` test them.
 const USER_OPERATIONS: &[&str] = &[
     "signIn",
     "signOut",
     "getMe",
     "setActiveOrganization",
     "getJwks",
+    "exchangeSessionTicket",
+    "consoleSignIn",
+    "consoleSignOut",
+    "createSessionTicket",
+    "getAgentSession",
+    "listAgentContexts",
+    "createAgentContext",
+    "updateAgentContext",
+    "deleteAgentContext",
+    "listAgentContextMessages",
+    "sendAgentContextMessage",
+    "cancelAgentContext",
+    "resolveAgentContextAction",
+    "streamAgentContext",
 ];
 
 async fn every_operation_requires_a_key(db: &TestDatabase) {

@@ -24,7 +24,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// `None` (after printing why) when the browser is absent and not required.
-fn browser_available() -> Option<()> {
+pub(crate) fn browser_available() -> Option<()> {
     let required = std::env::var("TESSERA_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let missing: Vec<&str> = [CHROMEDRIVER, CHROMIUM]
         .into_iter()
@@ -42,7 +42,7 @@ fn browser_available() -> Option<()> {
 }
 
 /// A chromedriver process and one browser session on it; both end on drop.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     driver: String,
     session: String,
@@ -50,7 +50,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -110,7 +110,12 @@ impl Browser {
     }
 
     /// One WebDriver command; returns its `value`, failing on a WebDriver error.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let url = format!("{}{path}", self.driver);
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
@@ -123,7 +128,7 @@ impl Browser {
         body["value"].clone()
     }
 
-    async fn session_call(
+    pub(crate) async fn session_call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -133,12 +138,12 @@ impl Browser {
             .await
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.session_call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
     }
 
-    async fn current_url(&self) -> String {
+    pub(crate) async fn current_url(&self) -> String {
         self.session_call(reqwest::Method::GET, "/url", None)
             .await
             .as_str()
@@ -146,7 +151,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let found = self
             .session_call(
                 reqwest::Method::POST,
@@ -160,7 +165,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css).await;
         self.session_call(
             reqwest::Method::POST,
@@ -176,7 +181,7 @@ impl Browser {
         .await;
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let element = self.find(css).await;
         self.session_call(
             reqwest::Method::POST,
@@ -186,22 +191,42 @@ impl Browser {
         .await;
     }
 
-    async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        self.session_call(
-            reqwest::Method::GET,
-            &format!("/element/{element}/text"),
-            None,
-        )
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    /// The element's text. Read by script in one step, and retried while the page is being
+    /// replaced (a form post navigating), so that no element reference can go stale between
+    /// finding the element and reading it.
+    pub(crate) async fn text(&self, css: &str) -> String {
+        let script = format!(
+            "const e = document.querySelector({}); return e ? e.innerText : null;",
+            serde_json::to_string(css).unwrap()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = format!("{}/session/{}/execute/sync", self.driver, self.session);
+            let resp = self
+                .http
+                .post(&url)
+                .json(&json!({"script": script, "args": []}))
+                .send()
+                .await
+                .expect("chromedriver answers");
+            let ok = resp.status().is_success();
+            let body: Value = resp.json().await.expect("chromedriver answers JSON");
+            if ok {
+                if let Some(text) = body["value"].as_str() {
+                    return text.to_owned();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no element {css} to read: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Opens `path` (a JSON endpoint) in the browser, with its cookies, and returns the JSON
     /// the browser shows. (The pages' CSP allows no `fetch`, so the browser navigates.)
-    async fn open_json(&self, url: &str) -> Value {
+    pub(crate) async fn open_json(&self, url: &str) -> Value {
         self.goto(url).await;
         let text = self
             .session_call(
@@ -214,7 +239,7 @@ impl Browser {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
-    async fn wait_for_url(&self, suffix: &str) -> String {
+    pub(crate) async fn wait_for_url(&self, suffix: &str) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let url = self.current_url().await;
@@ -224,6 +249,51 @@ impl Browser {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the browser never reached …{suffix}; it is at {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Browser {
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub(crate) async fn execute(&self, script: &str) -> Value {
+        self.session_call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Sets the browser window's size (a phone-sized viewport, say).
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
+        self.session_call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Waits until `script` returns a truthy value (checked every 100 ms, for 20 s); returns
+    /// that value.
+    pub(crate) async fn wait_for(&self, what: &str, script: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.execute(script).await;
+            let truthy = match &value {
+                Value::Null | Value::Bool(false) => false,
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page never showed {what}; the body is: {}",
+                self.execute("return document.body.innerText;").await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

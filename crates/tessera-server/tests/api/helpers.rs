@@ -111,6 +111,7 @@ pub fn unknown_id(prefix: &str) -> String {
         "proj" => tessera_domain::ProjectId::generate().into_string(),
         "key" => tessera_domain::SecretKeyId::generate().into_string(),
         "tool" => tessera_domain::ToolId::generate().into_string(),
+        "act" => tessera_domain::ActionId::generate().into_string(),
         other => panic!("no id kind {other}"),
     }
 }

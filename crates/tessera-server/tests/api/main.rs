@@ -19,5 +19,8 @@ mod lists;
 mod ops_endpoints;
 mod projects;
 mod runtime;
+mod sessions;
 mod tenancy;
+mod tickets;
+mod vanity;
 mod walkthrough;

@@ -144,6 +144,69 @@ async fn secrets_never_reach_the_logs_and_signing_keys_rotate(db: &TestDatabase)
         .await
         .unwrap();
 
+    // Session tickets through `tessera api call`: minted with the key, exchanged as a browser.
+    let agent = client
+        .ai()
+        .agents()
+        .create_agent(tessera_client::models::CreateAgentRequest {
+            name: "Echo".into(),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    let minted = tessera([
+        "api",
+        "call",
+        "createBackendSessionTicket",
+        "--body",
+        &json!({"ticket_type": "agent_access", "agent_ids": [agent.id], "context_group": "cli"})
+            .to_string(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    let ticket = minted.stdout_json()["ticket"].as_str().unwrap().to_owned();
+    assert!(minted.stdout_json()["url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/vanity/agents?ticket={ticket}")));
+    let exchanged = tessera([
+        "api",
+        "call",
+        "exchangeSessionTicket",
+        "--body",
+        &json!({ "ticket": ticket }).to_string(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    let session_token = exchanged.stdout_json()["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = tessera(["api", "call", "getAgentSession"])
+        .env("TESSERA_URL", &server.url)
+        .env("TESSERA_API_KEY", &session_token)
+        .run()
+        .await
+        .ok();
+    assert_eq!(run.stdout_json()["context_group"], "cli");
+    let replay = tessera([
+        "api",
+        "call",
+        "exchangeSessionTicket",
+        "--body",
+        &json!({ "ticket": ticket }).to_string(),
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .failed();
+    assert!(replay.stderr.contains("invalid_ticket"), "{replay:#?}");
+
     // Rotation, offline on the same database, with the servers' secrets key.
     let mut rotate = tessera(["keys", "rotate-signing", "--database-url", &db.url]);
     if postgres {
@@ -200,7 +263,9 @@ async fn secrets_never_reach_the_logs_and_signing_keys_rotate(db: &TestDatabase)
     let log = server.log();
     // The log is real: it has the request lines of what was done above.
     assert!(
-        log.contains("/sign-in") && log.contains("/users/{user_id}/tokens"),
+        log.contains("/sign-in")
+            && log.contains("/users/{user_id}/tokens")
+            && log.contains("/session/tickets/exchange"),
         "{log}"
     );
     let cookie_hash = hex(&Sha256::digest(cookie.as_bytes()));
@@ -215,6 +280,12 @@ async fn secrets_never_reach_the_logs_and_signing_keys_rotate(db: &TestDatabase)
         ("created key", created.key.clone()),
         ("argon2 hash", "$argon2id$".to_owned()),
         ("secrets key", secrets_key.clone()),
+        ("session ticket", ticket.clone()),
+        (
+            "session ticket hash",
+            hex(&Sha256::digest(ticket.as_bytes())),
+        ),
+        ("session token", session_token.clone()),
     ] {
         assert!(
             !log.contains(&secret),

@@ -13,4 +13,5 @@ mod identity;
 mod offline;
 mod readme;
 mod server;
+mod sessions;
 mod support;

@@ -9,19 +9,20 @@ use crate::support::{bootstrap_key, Server};
 
 /// The shell code between the walk-through markers of README.md.
 fn walkthrough() -> String {
-    section("walkthrough")
+    shell_between("walkthrough")
 }
 
-/// The `sh` blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` of README.md.
-fn section(name: &str) -> String {
+/// The shell code of the README's ```sh blocks between `<!-- NAME:start -->` and
+/// `<!-- NAME:end -->`.
+fn shell_between(name: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md is readable");
     let start = readme
         .find(&format!("<!-- {name}:start -->"))
-        .expect("README has the section's start marker");
+        .unwrap_or_else(|| panic!("README has the {name} start marker"));
     let end = readme
         .find(&format!("<!-- {name}:end -->"))
-        .expect("README has the section's end marker");
+        .unwrap_or_else(|| panic!("README has the {name} end marker"));
     let section = &readme[start..end];
     let mut script = String::new();
     let mut in_block = false;
@@ -75,6 +76,8 @@ async fn readme_walkthrough_runs_verbatim() {
         stdout.contains(r#""content":"tool notify_user returned: the user was notified""#),
         "{stdout}"
     );
+    // Step 10 minted a chat link.
+    assert!(stdout.contains("/vanity/agents?ticket=tkt_"), "{stdout}");
     assert!(
         stdout.contains(r#""code":"validation_failed""#)
             && stdout.contains(r#""field":"instructions""#),
@@ -90,7 +93,7 @@ async fn readme_board_section_runs_verbatim() {
     let key = bootstrap_key();
     let server = Server::start(&db.url, &key).await;
     let output = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &section("boards")])
+        .args(["-euo", "pipefail", "-c", &shell_between("boards")])
         .env("TESSERA_URL", &server.url)
         .env("TESSERA_API_KEY", &key)
         .stdin(Stdio::null())
@@ -120,5 +123,51 @@ async fn readme_board_section_runs_verbatim() {
         stdout.trim_end().ends_with("All systems nominal."),
         "{stdout}"
     );
+    db.cleanup().await;
+}
+
+/// The session-management cycle (ask → pending_action → confirm → result) of the README, run
+/// verbatim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_session_cycle_runs_verbatim() {
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    let server = Server::start(&db.url, &key).await;
+    let output = tokio::process::Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &shell_between("sessions-walkthrough"),
+        ])
+        .env("TESSERA_URL", &server.url)
+        .env("TESSERA_API_KEY", &key)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "session cycle failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in [
+        r#""status":"waiting_for_input""#,
+        r#""preview":{"message":"Your order #123 has shipped"}"#,
+        r#""status":"processing""#,
+        r#""callback_id":"cb_"#,
+        r#""content":"tool notify_user returned: the user was notified""#,
+        r#""action_results":[{"action_id":"act_"#,
+        r#""result":"the user was notified""#,
+        r#""content":"Thanks!""#,
+        r#""billable":true"#,
+        r#""billable_sessions":1"#,
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
     db.cleanup().await;
 }

@@ -1,0 +1,452 @@
+//! `bench-tickets`: how many session tickets one Tessera node mints per second, and how many
+//! mint + exchange pairs, with their latency, at a given number of concurrent clients.
+//!
+//! A benchmark program, not a test: it prints figures and whether the targets were met, and
+//! fails only when something broke (requests that errored, a server that would not start).
+//!
+//! For each backend it starts a real `tessera_server::Application` in this process on
+//! `127.0.0.1:0` over a fresh database (SQLite: a file in a temporary directory; PostgreSQL: a
+//! fresh schema, dropped at the end), creates one `echo` agent through the SDK, and runs:
+//!
+//! 1. **warm-up**: `--warmup-seconds` of mints by all clients, not measured;
+//! 2. **mint**: `--clients` tasks, each minting tickets back to back through the SDK
+//!    (`createBackendSessionTicket`, secret key) for `--seconds`;
+//! 3. **mint + exchange**: the same, each iteration minting a ticket and exchanging it
+//!    (`exchangeSessionTicket`) as a fresh browser (no cookie), which creates a browser session,
+//!    an anonymous actor and the agent session: the full cost of one "open a chat link".
+//!
+//! Throughput = operations completed ÷ the phase's wall time; latency = per operation (per pair
+//! for phase 3), from just before the SDK sends to the parsed answer; percentiles nearest-rank.
+//! Client and server share this process and the machine's cores, as on a one-node deployment
+//! with a co-located load generator; the load average is printed before and after.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use sqlx::Connection as _;
+use tessera_client::models::{CreateAgentRequest, CreateSessionTicketRequest, ModelConfig};
+use tessera_client::Client;
+use tessera_server::config::{DatabaseConfig, SqliteSynchronous};
+use tessera_server::{Application, Config, Secret};
+use tokio::sync::oneshot;
+
+const POSTGRES_ENV: &str = "TESSERA_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Targets of issue 5 (SQLite, 64 clients, this 2-core machine).
+const TARGET_MINTS: f64 = 5_000.0;
+const TARGET_PAIRS: f64 = 2_000.0;
+const TARGET_P99_MS: f64 = 20.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Session tickets: mints/s and mint+exchange pairs/s with latency")]
+struct Args {
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BackendArg,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Length of each measured phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// PostgreSQL server (default: $TESSERA_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test).
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// SQLite durability (`full`, the server default, or `normal`).
+    #[arg(long, value_enum, default_value = "full")]
+    sqlite_synchronous: Synchronous,
+    /// Connections per database pool (the server default is 10).
+    #[arg(long, default_value_t = 10)]
+    db_connections: u32,
+}
+
+/// Latencies of one phase and its wall time.
+struct Phase {
+    latencies_us: Vec<u64>,
+    errors: usize,
+    first_error: Option<String>,
+    wall: Duration,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn ticket_request(agent: &str) -> CreateSessionTicketRequest {
+    CreateSessionTicketRequest {
+        ticket_type: "agent_access".into(),
+        agent_ids: Some(vec![agent.to_owned()]),
+        context_group: Some("bench:tickets".into()),
+        expires_in: Some(300),
+        ..Default::default()
+    }
+}
+
+/// Runs `clients` loops of `op` for `duration`.
+async fn run_phase<F, Fut>(clients: usize, duration: Duration, op: F) -> Phase
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut first_error = None;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match op().await {
+                    Ok(()) => latencies.push(began.elapsed().as_micros() as u64),
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut phase = Phase {
+        latencies_us: Vec::new(),
+        errors: 0,
+        first_error: None,
+        wall: Duration::ZERO,
+    };
+    for task in tasks {
+        match task.await {
+            Ok((latencies, errors, first)) => {
+                phase.latencies_us.extend(latencies);
+                phase.errors += errors;
+                if phase.first_error.is_none() {
+                    phase.first_error = first;
+                }
+            }
+            Err(err) => {
+                phase.errors += 1;
+                phase.first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+    phase.wall = start.elapsed();
+    phase
+}
+
+enum Database {
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        admin: String,
+        schema: String,
+    },
+}
+
+impl Database {
+    async fn create(postgres: Option<&str>) -> anyhow::Result<Self> {
+        let Some(admin) = postgres else {
+            let dir = tempfile::Builder::new()
+                .prefix("bench-tickets-")
+                .tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+            return Ok(Database::Sqlite { url, _dir: dir });
+        };
+        let schema = format!("bench_tickets_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .with_context(|| format!("cannot connect to {}", tessera_server::redact_url(admin)))?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        Ok(Database::Postgres {
+            url: format!("{admin}{sep}options=-c%20search_path%3D{schema}"),
+            admin: admin.to_owned(),
+            schema,
+        })
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Database::Sqlite { url, .. } | Database::Postgres { url, .. } => url,
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        if let Database::Postgres { admin, schema, .. } = &self {
+            let mut conn = sqlx::PgConnection::connect(admin).await?;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+        }
+        Ok(())
+    }
+}
+
+struct Report {
+    backend: &'static str,
+    mint: Phase,
+    pairs: Phase,
+}
+
+async fn bench_backend(
+    args: &Args,
+    backend: &'static str,
+    postgres: Option<&str>,
+) -> anyhow::Result<Report> {
+    let db = Database::create(postgres).await?;
+    let config = Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: db.url().to_owned(),
+        database: DatabaseConfig {
+            max_connections: args.db_connections,
+            sqlite_synchronous: match args.sqlite_synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            },
+            ..DatabaseConfig::default()
+        },
+        // No key file next to the database; no generated admin password to hash and print.
+        secrets_key: Some(Secret::new(
+            tessera_domain::token::SecretsKey::generate().to_hex(),
+        )),
+        bootstrap_admin_password: Some(Secret::new("bench-tickets admin password")),
+        log_level: "warn".to_owned(),
+        shutdown_timeout_seconds: 5,
+        ..Config::default()
+    };
+    let app = Application::build(config)
+        .await
+        .context("the server does not start")?;
+    let key = app
+        .bootstrapped()
+        .and_then(|b| b.secret_key.as_ref())
+        .map(|k| k.expose().to_owned())
+        .context("a fresh database gives a bootstrap key")?;
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(base.clone(), key);
+    let agent = client
+        .ai()
+        .agents()
+        .create_agent(CreateAgentRequest {
+            name: "Bench".into(),
+            model: Some(ModelConfig {
+                provider: "echo".into(),
+                model: "echo".into(),
+                temperature: None,
+                max_output_tokens: None,
+            }),
+            ..Default::default()
+        })
+        .send()
+        .await?
+        .id;
+
+    let mint = {
+        let (client, agent) = (client.clone(), agent.clone());
+        move || {
+            let (client, agent) = (client.clone(), agent.clone());
+            async move {
+                client
+                    .session_tickets()
+                    .create_backend_session_ticket(ticket_request(&agent))
+                    .send()
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+    run_phase(
+        args.clients,
+        Duration::from_secs(args.warmup_seconds),
+        mint.clone(),
+    )
+    .await;
+    println!("  {backend}: mint phase (load average {})", load_average());
+    let mint_phase = run_phase(args.clients, Duration::from_secs(args.seconds), mint).await;
+
+    let browser = Client::unauthenticated(base);
+    let pair = {
+        let (client, agent) = (client.clone(), agent.clone());
+        move || {
+            let (client, browser, agent) = (client.clone(), browser.clone(), agent.clone());
+            async move {
+                let ticket = client
+                    .session_tickets()
+                    .create_backend_session_ticket(ticket_request(&agent))
+                    .send()
+                    .await?;
+                let exchanged = browser
+                    .session_tickets()
+                    .exchange(ticket.ticket)
+                    .send()
+                    .await?;
+                anyhow::ensure!(exchanged.session_token.is_some(), "no session token");
+                Ok(())
+            }
+        }
+    };
+    println!(
+        "  {backend}: mint+exchange phase (load average {})",
+        load_average()
+    );
+    let pair_phase = run_phase(args.clients, Duration::from_secs(args.seconds), pair).await;
+    println!("  {backend}: done (load average {})", load_average());
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .context("the server did not stop")?
+        .context("the server task panicked")??;
+    db.remove().await?;
+    Ok(Report {
+        backend,
+        mint: mint_phase,
+        pairs: pair_phase,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("bench-tickets failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let postgres = args
+        .postgres_url
+        .clone()
+        .or_else(|| std::env::var(POSTGRES_ENV).ok())
+        .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_owned());
+    println!(
+        "bench-tickets: {} clients, {} s per phase, SQLite synchronous={:?}, {} cores, load average {}",
+        args.clients,
+        args.seconds,
+        args.sqlite_synchronous,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load_average()
+    );
+    let mut reports = Vec::new();
+    if matches!(args.backend, BackendArg::Sqlite | BackendArg::Both) {
+        reports.push(bench_backend(&args, "sqlite", None).await?);
+    }
+    if matches!(args.backend, BackendArg::Postgres | BackendArg::Both) {
+        reports.push(bench_backend(&args, "postgres", Some(&postgres)).await?);
+    }
+    println!();
+    println!("| backend | phase | ops/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut errors = 0;
+    for r in &reports {
+        for (name, phase) in [("mint", &r.mint), ("mint+exchange", &r.pairs)] {
+            println!(
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                r.backend,
+                phase.per_second(),
+                phase.percentile_ms(50.0),
+                phase.percentile_ms(99.0),
+                phase.percentile_ms(100.0),
+                phase.errors
+            );
+            errors += phase.errors;
+            if let Some(first) = &phase.first_error {
+                println!("  first error ({} {name}): {first}", r.backend);
+            }
+        }
+    }
+    if let Some(sqlite) = reports.iter().find(|r| r.backend == "sqlite") {
+        let verdict = |ok: bool| if ok { "met" } else { "NOT MET" };
+        let mints = sqlite.mint.per_second();
+        let pairs = sqlite.pairs.per_second();
+        let p99 = sqlite
+            .mint
+            .percentile_ms(99.0)
+            .max(sqlite.pairs.percentile_ms(99.0));
+        println!();
+        println!("targets (SQLite, {} clients):", args.clients);
+        println!(
+            "  mints/s >= {TARGET_MINTS:.0}: {mints:.0} — {}",
+            verdict(mints >= TARGET_MINTS)
+        );
+        println!(
+            "  pairs/s >= {TARGET_PAIRS:.0}: {pairs:.0} — {}",
+            verdict(pairs >= TARGET_PAIRS)
+        );
+        println!(
+            "  p99 <= {TARGET_P99_MS:.0} ms: {p99:.2} ms — {}",
+            verdict(p99 <= TARGET_P99_MS)
+        );
+    }
+    println!("load average at the end: {}", load_average());
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

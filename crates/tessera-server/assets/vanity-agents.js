@@ -1,0 +1,261 @@
+// The `/vanity/agents` chat page. It redeems the ticket of its URL by POST (removing it from
+// the address bar first, so neither a reload nor a shared screenshot replays it), then shows
+// the session's agents, its conversations, and the selected conversation with streamed replies,
+// tool calls and notifications. Without a ticket it resumes the browser's current session.
+import { TesseraClient } from "/static/tessera.js";
+
+const $ = (id) => document.getElementById(id);
+const client = new TesseraClient();
+const state = { session: null, contexts: [], current: null, stream: null, rendered: new Map(), busy: false };
+
+const params = new URLSearchParams(window.location.search);
+const ticket = params.get("ticket");
+if (ticket !== null) history.replaceState(null, "", window.location.pathname);
+
+function show(id) {
+  for (const section of ["loading", "problem", "chat"]) $(section).hidden = section !== id;
+}
+
+function problem(reason, action) {
+  $("problem-reason").textContent = reason;
+  $("problem-action").textContent = "";
+  if (action) $("problem-action").append(action);
+  show("problem");
+}
+
+function link(href, text) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.textContent = text;
+  return a;
+}
+
+function ticketProblem(error) {
+  switch (error.code) {
+    case "invalid_ticket":
+      return problem("This link has expired or has already been used. Links work once and only for a short time: ask whoever sent it for a new one.");
+    case "signin_required": {
+      const back = `/vanity/agents?ticket=${encodeURIComponent(ticket)}`;
+      return problem("This chat is for signed-in users. Sign in, then you will come back here.",
+        link(`/sign-in?redirect_url=${encodeURIComponent(back)}`, "Sign in"));
+    }
+    case "user_disabled":
+      return problem("The account this link is for is disabled.");
+    default:
+      return problem(`The link could not be opened: ${error.message}`);
+  }
+}
+
+function agentName(id) {
+  const agent = (state.session.agents || []).find((a) => a.id === id);
+  return agent ? agent.name : "Agent";
+}
+
+function renderHeader() {
+  const session = state.session;
+  const active = session.active_agent;
+  $("agent-name").textContent = active ? active.name : "No agent available";
+  $("agent-description").textContent = active && active.description ? active.description : "";
+  const picker = $("agent-picker");
+  picker.textContent = "";
+  for (const agent of session.agents) {
+    const option = document.createElement("option");
+    option.value = agent.id;
+    option.textContent = agent.name;
+    picker.append(option);
+  }
+  $("agent-picker-label").hidden = session.agents.length < 2;
+  const banner = $("impersonation");
+  if (session.impersonated_by) {
+    banner.textContent = `Impersonation: you are acting as this user on behalf of ${session.impersonated_by.type} ${session.impersonated_by.id}.`;
+    banner.hidden = false;
+  }
+}
+
+function renderContexts() {
+  const list = $("context-list");
+  list.textContent = "";
+  for (const context of [...state.contexts].reverse()) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "context";
+    button.dataset.id = context.id;
+    button.textContent = context.title;
+    if (state.current === context.id) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => select(context.id));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+function bubble(key, role) {
+  let item = state.rendered.get(key);
+  if (!item) {
+    item = document.createElement("li");
+    item.className = `message ${role}`;
+    item.dataset.key = key;
+    $("messages").append(item);
+    state.rendered.set(key, item);
+  }
+  return item;
+}
+
+function renderMessage(message) {
+  if (message.role === "tool") {
+    const item = bubble(message.id, "tool");
+    item.textContent = `🔧 ${message.tool_name || "tool"} → ${message.content}`;
+    return;
+  }
+  if (message.role === "assistant" && !message.content && message.tool_calls.length > 0) {
+    const item = bubble(message.id, "tool");
+    item.textContent = message.tool_calls.map((c) => `🔧 ${c.name}(${JSON.stringify(c.arguments)})`).join("\n");
+    return;
+  }
+  const item = bubble(message.id, message.role);
+  item.textContent = message.content;
+  item.classList.remove("streaming");
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("cancel").hidden = !busy;
+  $("status").textContent = busy ? `${agentName(currentAgent())} is answering…` : "";
+}
+
+function currentAgent() {
+  const context = state.contexts.find((c) => c.id === state.current);
+  return context ? context.agent_id : null;
+}
+
+function onEvent(event) {
+  const data = event.data || {};
+  switch (event.event) {
+    case "message.created":
+    case "message.completed":
+      if (data.message) renderMessage(data.message);
+      break;
+    case "message.delta": {
+      const item = bubble(data.message_id, "assistant");
+      item.classList.add("streaming");
+      item.textContent += data.text;
+      break;
+    }
+    case "tool.started":
+      bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} …`;
+      break;
+    case "tool.completed":
+      bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} ${data.is_error ? "failed" : "done"}`;
+      break;
+    case "notification": {
+      const item = bubble(`note:${event.id}`, "notification");
+      item.textContent = `🔔 ${data.message}`;
+      break;
+    }
+    case "run.status":
+      setBusy(data.status === "queued" || data.status === "running");
+      if (data.status === "failed" && data.error) $("status").textContent = `The agent failed: ${data.error}`;
+      break;
+    default:
+      break;
+  }
+  $("messages").lastElementChild?.scrollIntoView({ block: "end" });
+}
+
+async function select(id) {
+  if (state.stream) state.stream.close();
+  state.current = id;
+  state.rendered = new Map();
+  $("messages").textContent = "";
+  $("empty").hidden = true;
+  $("composer").hidden = false;
+  setBusy(false);
+  renderContexts();
+  const context = state.contexts.find((c) => c.id === id);
+  if (context) $("agent-name").textContent = agentName(context.agent_id);
+  try {
+    const page = await client.listMessages(id, { order: "desc", limit: 100 });
+    for (const message of page.data.reverse()) renderMessage(message);
+  } catch (error) {
+    $("status").textContent = `Could not load the conversation: ${error.message}`;
+  }
+  state.stream = client.stream(id, {
+    onEvent,
+    onState: (s) => { if (s === "reconnecting") $("status").textContent = "Reconnecting…"; },
+  });
+  $("message").focus();
+}
+
+async function newChat() {
+  const body = {};
+  const picker = $("agent-picker");
+  if (!$("agent-picker-label").hidden && picker.value) body.agent_id = picker.value;
+  const context = await client.createContext(body);
+  state.contexts.push(context);
+  await select(context.id);
+}
+
+async function send(event) {
+  event.preventDefault();
+  const input = $("message");
+  const content = input.value.trim();
+  if (!content || !state.current) return;
+  input.value = "";
+  setBusy(true);
+  try {
+    await client.sendMessage(state.current, content, { idempotencyKey: requestKey() });
+  } catch (error) {
+    setBusy(false);
+    input.value = content;
+    $("status").textContent = `Not sent: ${error.message}`;
+  }
+}
+
+// A fresh Idempotency-Key. `crypto.randomUUID` exists only in secure contexts (https,
+// localhost); `getRandomValues` everywhere.
+function requestKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function cancel() {
+  if (!state.current) return;
+  try {
+    await client.cancel(state.current);
+  } catch (error) {
+    if (error.code !== "run_not_active") $("status").textContent = error.message;
+  }
+}
+
+async function main() {
+  if (ticket !== null) {
+    try {
+      await client.exchangeTicket(ticket);
+    } catch (error) {
+      ticketProblem(error);
+      return;
+    }
+  }
+  state.session = await client.getSession();
+  if (!state.session.has_session) {
+    problem("There is no open agent session in this browser. Open the link you were given.");
+    return;
+  }
+  renderHeader();
+  const page = await client.listContexts({ limit: 100 });
+  state.contexts = page.data;
+  show("chat");
+  $("new-chat").addEventListener("click", () => newChat().catch((e) => { $("status").textContent = e.message; }));
+  $("composer").addEventListener("submit", send);
+  $("cancel").addEventListener("click", cancel);
+  $("message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  renderContexts();
+  if (state.contexts.length > 0) await select(state.contexts[state.contexts.length - 1].id);
+}
+
+main().catch((error) => problem(`Something went wrong: ${error.message}`));

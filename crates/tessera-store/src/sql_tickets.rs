@@ -1,0 +1,987 @@
+//! SQL for session tickets, agent sessions, named sessions, the conversations (threads) of an
+//! agent session's partition, and console administrators; shared by both backends like
+//! `sql.rs`.
+//!
+//! The exchange is one write transaction whose first statement is the conditional UPDATE that
+//! redeems the ticket (`… WHERE hash = $1 AND redeemed_at IS NULL AND expires_at > $now`): of any
+//! number of concurrent exchanges exactly one updates the row (SQLite serialises writers;
+//! PostgreSQL re-checks the condition after the row lock is released, finding it redeemed). The
+//! hot writes (minting, exchanging) go through `offload` (SQLite runs them on its writer
+//! thread).
+
+/// Columns of a ticket row.
+pub(crate) const TICKET_COLS: &str =
+    "id, grant_json, issuer_type, issuer_id, created_at, expires_at, redeemed_at";
+/// Columns of an agent session row.
+pub(crate) const AGENT_SESSION_COLS: &str = "id, ticket_id, actor_id, agent_ids, context_group, \
+     session_name, created_at, expires_at";
+
+macro_rules! impl_ticket_sql {
+    ($store:ident, $db:ty) => {
+    /// Session-ticket SQL, instantiated for this backend.
+    mod ticket_sql {
+        #[allow(unused_imports)]
+        use super::*;
+        use super::identity_sql::{insert_session, session_from_row, user_from_row};
+        use super::shared_sql::{finish_page, push_page};
+        use sqlx::Row as _;
+        use tessera_domain::identity::{BrowserSession, NewSession};
+        use tessera_domain::password::PasswordHash;
+        use tessera_domain::secret::SecretHash;
+        use tessera_domain::ticket::{
+            AgentSession, AppKind, Binding, ConsoleAdmin, Issuer, SessionMode, SessionTicket,
+            TicketGrant,
+        };
+        use tessera_domain::thread::{ContextGroup, Thread, ThreadPurpose, ThreadStatus};
+        use tessera_domain::validate::Label;
+        use tessera_domain::{
+            ActorId, AdminId, AgentId, AgentSessionId, ProjectId, Scope, SecretKeyId, SessionId,
+            ThreadId, TicketId, Timestamp, UserId,
+        };
+        use $crate::sql::corrupt;
+        use $crate::sql_identity::USER_COLS;
+        use $crate::sql_runs::THREAD_COLS;
+        use $crate::sql_tickets::{AGENT_SESSION_COLS, TICKET_COLS};
+        use $crate::{
+            Conflict, Entity, ExchangeOutcome, ExchangeTicket, NewTicket, Page, PageRequest,
+            StoreError, StoreResult,
+        };
+
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        fn id<T>(
+            raw: String,
+            parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
+        ) -> StoreResult<T> {
+            parse(&raw).map_err(|e| corrupt("id", e))
+        }
+
+        fn ticket_from_row(row: &DbRow) -> StoreResult<SessionTicket> {
+            let grant: String = row.try_get("grant_json")?;
+            let issuer_type: String = row.try_get("issuer_type")?;
+            let issuer_id: String = row.try_get("issuer_id")?;
+            let issuer = match issuer_type.as_str() {
+                "secret_key" => Issuer::SecretKey(id(issuer_id, SecretKeyId::parse)?),
+                "console_admin" => Issuer::ConsoleAdmin(id(issuer_id, AdminId::parse)?),
+                other => return Err(corrupt("ticket issuer", other)),
+            };
+            Ok(SessionTicket {
+                id: id(row.try_get("id")?, TicketId::parse)?,
+                grant: serde_json::from_str(&grant).map_err(|e| corrupt("ticket grant", e))?,
+                issuer,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
+                redeemed_at: row
+                    .try_get::<Option<i64>, _>("redeemed_at")?
+                    .map(Timestamp::from_millis),
+            })
+        }
+
+        fn agent_session_from_row(row: &DbRow) -> StoreResult<AgentSession> {
+            let agents: String = row.try_get("agent_ids")?;
+            let group: String = row.try_get("context_group")?;
+            Ok(AgentSession {
+                id: id(row.try_get("id")?, AgentSessionId::parse)?,
+                ticket_id: id(row.try_get("ticket_id")?, TicketId::parse)?,
+                actor_id: id(row.try_get("actor_id")?, ActorId::parse)?,
+                agent_ids: serde_json::from_str(&agents)
+                    .map_err(|e| corrupt("agent session agents", e))?,
+                context_group: ContextGroup::parse("context_group", group)
+                    .map_err(|e| corrupt("agent session context group", e))?,
+                session_name: row.try_get("session_name")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
+            })
+        }
+
+        /// Decodes a thread row (the same columns `sql_runs.rs` reads).
+        fn thread_from_row(row: &DbRow) -> StoreResult<Thread> {
+            let purpose: String = row.try_get("purpose")?;
+            let status: String = row.try_get("status")?;
+            let tags: String = row.try_get("capability_tags")?;
+            Ok(Thread {
+                id: id(row.try_get("id")?, ThreadId::parse)?,
+                project_id: id(row.try_get("project_id")?, ProjectId::parse)?,
+                actor_id: id(row.try_get("actor_id")?, ActorId::parse)?,
+                agent_id: id(row.try_get("agent_id")?, AgentId::parse)?,
+                title: row.try_get("title")?,
+                system_instructions: row.try_get("system_instructions")?,
+                purpose: ThreadPurpose::parse(&purpose)
+                    .ok_or_else(|| corrupt("thread purpose", &purpose))?,
+                capability_tags: serde_json::from_str(&tags)
+                    .map_err(|e| corrupt("thread capability_tags", e))?,
+                context_group: row.try_get("context_group")?,
+                status: ThreadStatus::parse(&status)
+                    .ok_or_else(|| corrupt("thread status", &status))?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+            })
+        }
+
+        fn admin_from_row(row: &DbRow) -> StoreResult<ConsoleAdmin> {
+            Ok(ConsoleAdmin {
+                id: id(row.try_get("id")?, AdminId::parse)?,
+                username: row.try_get("username")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        /// The actor `(subject_type, external_key)`, created when missing. Safe under
+        /// concurrency: the insert yields to an existing row, which is then read.
+        async fn find_or_create_actor(
+            conn: &mut Conn,
+            deployment: &str,
+            subject_type: &str,
+            external_key: &str,
+            now: Timestamp,
+        ) -> StoreResult<ActorId> {
+            sqlx::query(
+                "INSERT INTO actors
+                   (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)
+                 VALUES ($1, $2, $3, $4, NULL, '{}', $5)
+                 ON CONFLICT (deployment_id, subject_type, external_key) DO NOTHING",
+            )
+            .bind(ActorId::generate_at(now).into_string())
+            .bind(deployment)
+            .bind(subject_type)
+            .bind(external_key)
+            .bind(now.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            let row = sqlx::query(
+                "SELECT id FROM actors
+                 WHERE deployment_id = $1 AND subject_type = $2 AND external_key = $3",
+            )
+            .bind(deployment)
+            .bind(subject_type)
+            .bind(external_key)
+            .fetch_one(&mut *conn)
+            .await?;
+            id(row.try_get("id")?, ActorId::parse)
+        }
+
+        /// A user that may be acted for: present ([`Entity::User`]) and enabled.
+        async fn usable_user(
+            conn: &mut Conn,
+            deployment: &str,
+            user: &UserId,
+        ) -> StoreResult<tessera_domain::identity::User> {
+            let row = sqlx::query(&format!(
+                "SELECT {USER_COLS} FROM users WHERE id = $1 AND deployment_id = $2"
+            ))
+            .bind(user.as_str())
+            .bind(deployment)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::not_found_at(Entity::User, "user_id"))?;
+            let user = user_from_row(&row)?;
+            if user.disabled {
+                return Err(StoreError::Conflict(Conflict::UserDisabled));
+            }
+            Ok(user)
+        }
+
+        /// The actor a ticket's binding names (anonymous tickets create one).
+        async fn bound_actor(
+            conn: &mut Conn,
+            deployment: &str,
+            binding: &Binding,
+            anonymous_key: &str,
+            now: Timestamp,
+        ) -> StoreResult<ActorId> {
+            match binding {
+                Binding::Anonymous => {
+                    find_or_create_actor(conn, deployment, "anonymous", anonymous_key, now).await
+                }
+                Binding::Actor(actor) => {
+                    let found = sqlx::query("SELECT 1 FROM actors WHERE id = $1 AND deployment_id = $2")
+                        .bind(actor.as_str())
+                        .bind(deployment)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    match found {
+                        Some(_) => Ok(actor.clone()),
+                        None => Err(StoreError::not_found_at(Entity::Actor, "actor_id")),
+                    }
+                }
+                Binding::User(user) => {
+                    usable_user(conn, deployment, user).await?;
+                    find_or_create_actor(conn, deployment, "user", user.as_str(), now).await
+                }
+            }
+        }
+
+        /// Ends what a replayed ticket opened: its agent sessions and its (impersonation)
+        /// browser session.
+        async fn revoke_replayed(
+            conn: &mut Conn,
+            deployment: &str,
+            ticket: &TicketId,
+            now: Timestamp,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE agent_sessions SET ended_at = $1, end_reason = 'ticket_replayed'
+                 WHERE ticket_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
+            )
+            .bind(now.as_millis())
+            .bind(ticket.as_str())
+            .bind(deployment)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM browser_sessions WHERE ticket_id = $1 AND deployment_id = $2")
+                .bind(ticket.as_str())
+                .bind(deployment)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("UPDATE session_tickets SET replayed_at = $1 WHERE id = $2")
+                .bind(now.as_millis())
+                .bind(ticket.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// Appends the partition condition of an agent session to a query whose WHERE clause is
+        /// open (over `threads`).
+        fn push_partition<'q>(
+            qb: &mut sqlx::QueryBuilder<'q, $db>,
+            scope: &Scope,
+            session: &AgentSession,
+        ) {
+            qb.push(" deployment_id = ")
+                .push_bind(scope.deployment_id().as_str().to_owned());
+            qb.push(" AND actor_id = ")
+                .push_bind(session.actor_id.as_str().to_owned());
+            qb.push(" AND context_group = ")
+                .push_bind(session.context_group.as_str().to_owned());
+            qb.push(" AND purpose = 'conversation' AND hidden_at IS NULL AND agent_id IN (");
+            let mut list = qb.separated(", ");
+            for agent in &session.agent_ids {
+                list.push_bind(agent.as_str().to_owned());
+            }
+            qb.push(")");
+        }
+
+        async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
+            let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
+            let row = sqlx::query(&format!(
+                "INSERT INTO session_tickets
+                   (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                    created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {TICKET_COLS}"
+            ))
+            .bind(TicketId::generate_at(new.now).into_string())
+            .bind(scope.deployment_id().as_str())
+            .bind(new.hash.as_bytes().to_vec())
+            .bind(new.grant.ticket_type().as_str())
+            .bind(grant)
+            .bind(new.issuer.kind())
+            .bind(new.issuer.id())
+            .bind(new.now.as_millis())
+            .bind(new.expires_at.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            ticket_from_row(&row)
+        }
+
+        impl $store {
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_create_ticket(
+                &self,
+                scope: &Scope,
+                new: &NewTicket,
+            ) -> StoreResult<SessionTicket> {
+                let mut tx = self.begin_write().await?;
+                let ticket = insert_ticket(&mut tx, scope, new).await?;
+                tx.commit().await?;
+                Ok(ticket)
+            }
+
+            /// Checks what a new ticket references (reads only, before the write).
+            async fn check_ticket_refs(&self, scope: &Scope, grant: &TicketGrant) -> StoreResult<()> {
+                let dep = scope.deployment_id().as_str();
+                match grant {
+                    TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
+                        for (i, agent) in agent_ids.iter().enumerate() {
+                            let found = sqlx::query(
+                                "SELECT 1 FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL",
+                            )
+                            .bind(agent.as_str())
+                            .bind(dep)
+                            .fetch_optional(self.reader())
+                            .await?;
+                            if found.is_none() {
+                                return Err(StoreError::not_found_in_list(Entity::Agent, "agent_ids", i));
+                            }
+                        }
+                        match binding {
+                            Binding::Anonymous => {}
+                            Binding::Actor(actor) => {
+                                let found = sqlx::query("SELECT 1 FROM actors WHERE id = $1 AND deployment_id = $2")
+                                    .bind(actor.as_str())
+                                    .bind(dep)
+                                    .fetch_optional(self.reader())
+                                    .await?;
+                                if found.is_none() {
+                                    return Err(StoreError::not_found_at(Entity::Actor, "actor_id"));
+                                }
+                            }
+                            Binding::User(user) => self.check_user(dep, user).await?,
+                        }
+                        if let SessionMode::Named(name) = mode {
+                            let existing = sqlx::query(
+                                "SELECT context_group FROM named_agent_sessions WHERE deployment_id = $1 AND name = $2",
+                            )
+                            .bind(dep)
+                            .bind(name.as_str())
+                            .fetch_optional(self.reader())
+                            .await?;
+                            match (existing, context_group) {
+                                (Some(row), Some(group)) => {
+                                    let stored: String = row.try_get("context_group")?;
+                                    if stored != group.as_str() {
+                                        return Err(StoreError::Conflict(Conflict::NamedSessionGroupMismatch));
+                                    }
+                                }
+                                (None, None) => {
+                                    return Err(StoreError::Conflict(Conflict::NamedSessionNeedsGroup))
+                                }
+                                _ => {}
+                            }
+                        }
+                        Ok(())
+                    }
+                    TicketGrant::Impersonation { user_id } => self.check_user(dep, user_id).await,
+                    TicketGrant::App { kind, slug } => {
+                        let found = sqlx::query(
+                            "SELECT 1 FROM apps WHERE deployment_id = $1 AND kind = $2 AND slug = $3",
+                        )
+                        .bind(dep)
+                        .bind(kind.as_str())
+                        .bind(slug.as_str())
+                        .fetch_optional(self.reader())
+                        .await?;
+                        match (found, kind) {
+                            (Some(_), _) => Ok(()),
+                            (None, AppKind::ApiAuth) => {
+                                Err(StoreError::not_found_at(Entity::App, "api_auth_app_slug"))
+                            }
+                            (None, AppKind::Webhook) => {
+                                Err(StoreError::not_found_at(Entity::App, "webhook_app_slug"))
+                            }
+                        }
+                    }
+                }
+            }
+
+            async fn check_user(&self, dep: &str, user: &UserId) -> StoreResult<()> {
+                let row = sqlx::query("SELECT disabled FROM users WHERE id = $1 AND deployment_id = $2")
+                    .bind(user.as_str())
+                    .bind(dep)
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or(StoreError::not_found_at(Entity::User, "user_id"))?;
+                let disabled: i64 = row.try_get("disabled")?;
+                if disabled != 0 {
+                    return Err(StoreError::Conflict(Conflict::UserDisabled));
+                }
+                Ok(())
+            }
+
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_exchange(
+                &self,
+                scope: &Scope,
+                ex: &ExchangeTicket,
+            ) -> StoreResult<ExchangeOutcome> {
+                let mut tx = self.begin_write().await?;
+                let outcome = exchange_in(&mut tx, scope, ex).await?;
+                if outcome != ExchangeOutcome::SigninRequired {
+                    tx.commit().await?;
+                }
+                Ok(outcome)
+            }
+
+            /// Group commit: the exchanges of concurrent callers in one transaction, each in a
+            /// savepoint so that one's failure (or signin roll-back) leaves the others alone.
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_exchanges(
+                &self,
+                batch: &[(Scope, ExchangeTicket)],
+            ) -> StoreResult<Vec<StoreResult<ExchangeOutcome>>> {
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                for (scope, ex) in batch {
+                    sqlx::query("SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
+                    let result = exchange_in(&mut tx, scope, ex).await;
+                    if matches!(result, Err(_) | Ok(ExchangeOutcome::SigninRequired)) {
+                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_exchange")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
+                    results.push(result);
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            /// Group commit: tickets of concurrent callers in one transaction.
+            // Each backend uses either the single or the batched form (`write_ticket`,
+            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            #[allow(dead_code)]
+            pub(crate) async fn do_create_tickets(
+                &self,
+                batch: &[(Scope, NewTicket)],
+            ) -> StoreResult<Vec<StoreResult<SessionTicket>>> {
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                for (scope, new) in batch {
+                    results.push(Ok(insert_ticket(&mut tx, scope, new).await?));
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+        }
+
+        /// The exchange's statements on `tx`, which the caller commits (or rolls back: on
+        /// an error or [`ExchangeOutcome::SigninRequired`]).
+        async fn exchange_in(
+            tx: &mut Conn,
+            scope: &Scope,
+            ex: &ExchangeTicket,
+        ) -> StoreResult<ExchangeOutcome> {
+            let dep = scope.deployment_id().as_str();
+            let now = ex.now;
+            let won = sqlx::query(&format!(
+                "UPDATE session_tickets SET redeemed_at = $1
+                 WHERE hash = $2 AND deployment_id = $3 AND redeemed_at IS NULL AND expires_at > $1
+                 RETURNING {TICKET_COLS}"
+            ))
+            .bind(now.as_millis())
+            .bind(ex.hash.as_bytes().to_vec())
+            .bind(dep)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = won else {
+                // Locks the ticket row before any agent session row, the order the winner
+                // took them in, so concurrent replays cannot deadlock.
+                let previous = sqlx::query(&format!(
+                    "SELECT {TICKET_COLS}, hash FROM session_tickets WHERE hash = $1 AND deployment_id = $2{}",
+                    $store::ROW_LOCK
+                ))
+                .bind(ex.hash.as_bytes().to_vec())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let used = match previous {
+                    Some(row) => {
+                        let stored: Vec<u8> = row.try_get("hash")?;
+                        let stored = SecretHash::from_bytes(&stored)
+                            .ok_or_else(|| corrupt("ticket hash", "wrong length"))?;
+                        let ticket = ticket_from_row(&row)?;
+                        (stored.matches(&ex.hash) && ticket.redeemed_at.is_some()).then_some(ticket)
+                    }
+                    None => None,
+                };
+                if let Some(ticket) = &used {
+                    revoke_replayed(tx, dep, &ticket.id, now).await?;
+                }
+                return Ok(ExchangeOutcome::Invalid { replayed: used });
+            };
+            let ticket = ticket_from_row(&row)?;
+            let current: Option<BrowserSession> = match &ex.browser_session {
+                Some(hash) => {
+                    let row = sqlx::query(&format!(
+                        "SELECT {} FROM browser_sessions
+                         WHERE token_hash = $1 AND deployment_id = $2
+                           AND expires_at > $3 AND idle_expires_at > $3",
+                        $crate::sql_identity::SESSION_COLS
+                    ))
+                    .bind(hash.as_bytes().to_vec())
+                    .bind(dep)
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    row.as_ref().map(session_from_row).transpose()?
+                }
+                None => None,
+            };
+            match ticket.grant.clone() {
+                TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
+                    let (actor_id, group, name) = match &mode {
+                        SessionMode::Signin => {
+                            let Some(user) = current.as_ref().and_then(|s| s.user_id.clone()) else {
+                                // The caller rolls the redemption back.
+                                return Ok(ExchangeOutcome::SigninRequired);
+                            };
+                            usable_user(tx, dep, &user).await?;
+                            let actor = find_or_create_actor(tx, dep, "user", user.as_str(), now).await?;
+                            let group = ContextGroup::parse("context_group", format!("user:{user}"))
+                                .map_err(|e| corrupt("derived context group", e))?;
+                            (actor, group, None)
+                        }
+                        SessionMode::Static => {
+                            let group = context_group.ok_or_else(|| corrupt("static ticket", "no context group"))?;
+                            let actor = bound_actor(tx, dep, &binding, &ex.anonymous_key, now).await?;
+                            (actor, group, None)
+                        }
+                        SessionMode::Named(name) => {
+                            let existing = sqlx::query(&format!(
+                                "SELECT context_group, actor_id FROM named_agent_sessions
+                                 WHERE deployment_id = $1 AND name = $2{}",
+                                $store::ROW_LOCK
+                            ))
+                            .bind(dep)
+                            .bind(name.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let (group, stored_actor) = match existing {
+                                Some(row) => {
+                                    let g: String = row.try_get("context_group")?;
+                                    (g, id(row.try_get("actor_id")?, ActorId::parse)?)
+                                }
+                                None => {
+                                    let group = context_group
+                                        .ok_or(StoreError::Conflict(Conflict::NamedSessionNeedsGroup))?;
+                                    let actor = bound_actor(tx, dep, &binding, &ex.anonymous_key, now).await?;
+                                    sqlx::query(
+                                        "INSERT INTO named_agent_sessions
+                                           (deployment_id, name, context_group, actor_id, created_at)
+                                         VALUES ($1, $2, $3, $4, $5)
+                                         ON CONFLICT (deployment_id, name) DO NOTHING",
+                                    )
+                                    .bind(dep)
+                                    .bind(name.as_str())
+                                    .bind(group.as_str())
+                                    .bind(actor.as_str())
+                                    .bind(now.as_millis())
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    let row = sqlx::query(
+                                        "SELECT context_group, actor_id FROM named_agent_sessions
+                                         WHERE deployment_id = $1 AND name = $2",
+                                    )
+                                    .bind(dep)
+                                    .bind(name.as_str())
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                    let g: String = row.try_get("context_group")?;
+                                    (g, id(row.try_get("actor_id")?, ActorId::parse)?)
+                                }
+                            };
+                            // A ticket bound to a user or actor acts for them; an anonymous
+                            // one resumes the named session's own actor.
+                            let actor = match &binding {
+                                Binding::Anonymous => stored_actor,
+                                bound => bound_actor(tx, dep, bound, &ex.anonymous_key, now).await?,
+                            };
+                            let group = ContextGroup::parse("context_group", group)
+                                .map_err(|e| corrupt("named session context group", e))?;
+                            (actor, group, Some(name.as_str().to_owned()))
+                        }
+                    };
+                    let (browser, browser_created) = match current {
+                        Some(session) => (session, false),
+                        None => (insert_session(tx, scope, &ex.new_browser_session).await?, true),
+                    };
+                    // Replacement: the browser session's previous agent session ends in the
+                    // transaction that opens the new one.
+                    sqlx::query(
+                        "UPDATE agent_sessions SET ended_at = $1, end_reason = 'replaced'
+                         WHERE browser_session_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
+                    )
+                    .bind(now.as_millis())
+                    .bind(browser.id.as_str())
+                    .bind(dep)
+                    .execute(&mut *tx)
+                    .await?;
+                    let agents = serde_json::to_string(&agent_ids)
+                        .map_err(|e| corrupt("agent session agents", e))?;
+                    let row = sqlx::query(&format!(
+                        "INSERT INTO agent_sessions
+                           (id, deployment_id, ticket_id, browser_session_id, token_hash, actor_id,
+                            agent_ids, context_group, session_name, created_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         RETURNING {AGENT_SESSION_COLS}"
+                    ))
+                    .bind(AgentSessionId::generate_at(now).into_string())
+                    .bind(dep)
+                    .bind(ticket.id.as_str())
+                    .bind(browser.id.as_str())
+                    .bind(ex.session_token.as_bytes().to_vec())
+                    .bind(actor_id.as_str())
+                    .bind(agents)
+                    .bind(group.as_str())
+                    .bind(name)
+                    .bind(now.as_millis())
+                    .bind(now.plus_millis(ex.session_lifetime_ms).as_millis())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let session = agent_session_from_row(&row)?;
+                    Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created })
+                }
+                TicketGrant::Impersonation { user_id } => {
+                    let user = usable_user(tx, dep, &user_id).await?;
+                    if let Some(hash) = &ex.browser_session {
+                        sqlx::query("DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2")
+                            .bind(hash.as_bytes().to_vec())
+                            .bind(dep)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let limit = now.plus_millis(ex.impersonation_ms);
+                    let new = NewSession {
+                        user_id: Some(user.id.clone()),
+                        active_organization_id: None,
+                        impersonation: Some((ticket.issuer.clone(), ticket.id.clone())),
+                        expires_at: ex.new_browser_session.expires_at.min(limit),
+                        idle_expires_at: ex.new_browser_session.idle_expires_at.min(limit),
+                        ..ex.new_browser_session.clone()
+                    };
+                    let browser = insert_session(tx, scope, &new).await?;
+                    Ok(ExchangeOutcome::Impersonation { ticket, user, browser })
+                }
+                TicketGrant::App { .. } => {
+                    // The API-auth and webhook pages do not exist yet, and neither can the
+                    // apps such a ticket names (minting checks them): leave the ticket
+                    // unredeemed.
+                    Err(StoreError::not_found(Entity::App))
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::TicketStore for $store {
+            async fn create_ticket(&self, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
+                self.check_ticket_refs(scope, &new.grant).await?;
+                self.write_ticket(scope, new).await
+            }
+
+            async fn exchange_ticket(
+                &self,
+                scope: &Scope,
+                exchange: &ExchangeTicket,
+            ) -> StoreResult<ExchangeOutcome> {
+                self.write_exchange(scope, exchange).await
+            }
+
+            async fn active_agent_session(
+                &self,
+                scope: &Scope,
+                browser_session: &SessionId,
+                now: Timestamp,
+            ) -> StoreResult<Option<AgentSession>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {AGENT_SESSION_COLS} FROM agent_sessions
+                     WHERE browser_session_id = $1 AND deployment_id = $2 AND ended_at IS NULL
+                       AND expires_at > $3
+                     ORDER BY id DESC LIMIT 1"
+                ))
+                .bind(browser_session.as_str())
+                .bind(scope.deployment_id().as_str())
+                .bind(now.as_millis())
+                .fetch_optional(self.reader())
+                .await?;
+                row.as_ref().map(agent_session_from_row).transpose()
+            }
+
+            async fn agent_session_by_token(
+                &self,
+                scope: &Scope,
+                token: &SecretHash,
+                now: Timestamp,
+            ) -> StoreResult<Option<AgentSession>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {AGENT_SESSION_COLS}, token_hash FROM agent_sessions
+                     WHERE token_hash = $1 AND deployment_id = $2 AND ended_at IS NULL
+                       AND expires_at > $3"
+                ))
+                .bind(token.as_bytes().to_vec())
+                .bind(scope.deployment_id().as_str())
+                .bind(now.as_millis())
+                .fetch_optional(self.reader())
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let stored: Vec<u8> = row.try_get("token_hash")?;
+                let stored = SecretHash::from_bytes(&stored)
+                    .ok_or_else(|| corrupt("session token hash", "wrong length"))?;
+                if !stored.matches(token) {
+                    return Ok(None);
+                }
+                agent_session_from_row(&row).map(Some)
+            }
+
+            async fn list_contexts(
+                &self,
+                scope: &Scope,
+                session: &AgentSession,
+                page: &PageRequest,
+            ) -> StoreResult<Page<Thread>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {THREAD_COLS} FROM threads WHERE"));
+                push_partition(&mut qb, scope, session);
+                push_page(&mut qb, page);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                finish_page(rows, page, thread_from_row)
+            }
+
+            async fn get_context(
+                &self,
+                scope: &Scope,
+                session: &AgentSession,
+                thread: &ThreadId,
+            ) -> StoreResult<Thread> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {THREAD_COLS} FROM threads WHERE"));
+                push_partition(&mut qb, scope, session);
+                qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
+                let row = qb
+                    .build()
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or(StoreError::not_found(Entity::Context))?;
+                thread_from_row(&row)
+            }
+
+            async fn create_context(
+                &self,
+                scope: &Scope,
+                session: &AgentSession,
+                agent: &AgentId,
+                title: &Label,
+            ) -> StoreResult<Thread> {
+                if !session.agent_ids.contains(agent) {
+                    return Err(StoreError::not_found_at(Entity::Agent, "agent_id"));
+                }
+                let dep = scope.deployment_id().as_str();
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                let live = sqlx::query(&format!(
+                    "SELECT id FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL{}",
+                    Self::ROW_LOCK
+                ))
+                .bind(agent.as_str())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if live.is_none() {
+                    return Err(StoreError::not_found_at(Entity::Agent, "agent_id"));
+                }
+                let project = sqlx::query(
+                    "SELECT id FROM actor_projects
+                     WHERE deployment_id = $1 AND actor_id = $2 AND agent_id = $3 AND status = 'active'
+                     ORDER BY id LIMIT 1",
+                )
+                .bind(dep)
+                .bind(session.actor_id.as_str())
+                .bind(agent.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let project_id = match project {
+                    Some(row) => row.try_get::<String, _>("id")?,
+                    None => {
+                        let created = ProjectId::generate_at(now).into_string();
+                        sqlx::query(
+                            "INSERT INTO actor_projects
+                               (id, deployment_id, actor_id, agent_id, name, status, created_at)
+                             VALUES ($1, $2, $3, $4, 'Agent sessions', 'active', $5)",
+                        )
+                        .bind(&created)
+                        .bind(dep)
+                        .bind(session.actor_id.as_str())
+                        .bind(agent.as_str())
+                        .bind(now.as_millis())
+                        .execute(&mut *tx)
+                        .await?;
+                        created
+                    }
+                };
+                let row = sqlx::query(&format!(
+                    "INSERT INTO threads (id, deployment_id, project_id, actor_id, agent_id, title,
+                       system_instructions, purpose, capability_tags, context_group, status,
+                       created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, NULL, 'conversation', '[]', $7, 'idle', $8, $8)
+                     RETURNING {THREAD_COLS}"
+                ))
+                .bind(ThreadId::generate_at(now).into_string())
+                .bind(dep)
+                .bind(project_id)
+                .bind(session.actor_id.as_str())
+                .bind(agent.as_str())
+                .bind(title.as_str())
+                .bind(session.context_group.as_str())
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await?;
+                let thread = thread_from_row(&row)?;
+                tx.commit().await?;
+                Ok(thread)
+            }
+
+            async fn rename_context(
+                &self,
+                scope: &Scope,
+                session: &AgentSession,
+                thread: &ThreadId,
+                title: &Label,
+            ) -> StoreResult<Thread> {
+                let mut tx = self.begin_write().await?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE threads SET title = ");
+                qb.push_bind(title.as_str().to_owned());
+                qb.push(", updated_at = ").push_bind(Timestamp::now().as_millis());
+                qb.push(" WHERE");
+                push_partition(&mut qb, scope, session);
+                qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
+                qb.push(format!(" RETURNING {THREAD_COLS}"));
+                let row = qb
+                    .build()
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::not_found(Entity::Context))?;
+                let updated = thread_from_row(&row)?;
+                tx.commit().await?;
+                Ok(updated)
+            }
+
+            async fn hide_context(
+                &self,
+                scope: &Scope,
+                session: &AgentSession,
+                thread: &ThreadId,
+            ) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE threads SET hidden_at = ");
+                qb.push_bind(Timestamp::now().as_millis());
+                qb.push(" WHERE");
+                push_partition(&mut qb, scope, session);
+                qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
+                let hidden = qb.build().execute(&mut *tx).await?.rows_affected();
+                if hidden == 0 {
+                    return Err(StoreError::not_found(Entity::Context));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ConsoleStore for $store {
+            async fn bootstrap_console_admin(
+                &self,
+                username: &str,
+                password_hash: &PasswordHash,
+            ) -> StoreResult<Option<ConsoleAdmin>> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_write().await?;
+                self.lock_bootstrap(&mut tx).await?;
+                let existing = sqlx::query("SELECT 1 FROM console_admins LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if existing.is_some() {
+                    return Ok(None);
+                }
+                let row = sqlx::query(
+                    "INSERT INTO console_admins (id, username, password_hash, created_at)
+                     VALUES ($1, $2, $3, $4) RETURNING id, username, created_at",
+                )
+                .bind(AdminId::generate_at(now).into_string())
+                .bind(username)
+                .bind(password_hash.as_str())
+                .bind(now.as_millis())
+                .fetch_one(&mut *tx)
+                .await?;
+                let admin = admin_from_row(&row)?;
+                tx.commit().await?;
+                Ok(Some(admin))
+            }
+
+            async fn console_admin_credentials(
+                &self,
+                username: &str,
+            ) -> StoreResult<Option<(ConsoleAdmin, PasswordHash)>> {
+                let row = sqlx::query(
+                    "SELECT id, username, password_hash, created_at FROM console_admins WHERE username = $1",
+                )
+                .bind(username)
+                .fetch_optional(self.reader())
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let hash: String = row.try_get("password_hash")?;
+                let hash = PasswordHash::from_stored(hash)
+                    .ok_or_else(|| corrupt("admin password hash", "not a PHC string"))?;
+                Ok(Some((admin_from_row(&row)?, hash)))
+            }
+
+            async fn create_console_session(
+                &self,
+                admin: &AdminId,
+                hash: &SecretHash,
+                now: Timestamp,
+                expires_at: Timestamp,
+            ) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                // Expired console sessions go too, so the table does not grow.
+                sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+                    .bind(now.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO console_sessions (token_hash, admin_id, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(hash.as_bytes().to_vec())
+                .bind(admin.as_str())
+                .bind(now.as_millis())
+                .bind(expires_at.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn find_console_session(
+                &self,
+                hash: &SecretHash,
+                now: Timestamp,
+            ) -> StoreResult<Option<(ConsoleAdmin, Timestamp)>> {
+                let row = sqlx::query(
+                    "SELECT a.id, a.username, a.created_at, s.token_hash, s.expires_at
+                     FROM console_sessions s JOIN console_admins a ON a.id = s.admin_id
+                     WHERE s.token_hash = $1 AND s.expires_at > $2",
+                )
+                .bind(hash.as_bytes().to_vec())
+                .bind(now.as_millis())
+                .fetch_optional(self.reader())
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let stored: Vec<u8> = row.try_get("token_hash")?;
+                let stored = SecretHash::from_bytes(&stored)
+                    .ok_or_else(|| corrupt("console session hash", "wrong length"))?;
+                if !stored.matches(hash) {
+                    return Ok(None);
+                }
+                let expires = Timestamp::from_millis(row.try_get("expires_at")?);
+                Ok(Some((admin_from_row(&row)?, expires)))
+            }
+
+            async fn delete_console_session(&self, hash: &SecretHash) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
+                    .bind(hash.as_bytes().to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+    };
+}
+
+pub(crate) use impl_ticket_sql;

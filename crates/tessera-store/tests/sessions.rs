@@ -1,0 +1,296 @@
+//! Conformance of session management storage on both backends: pausing a run on pending
+//! actions, decisions (one winner among concurrent ones), expiry by two nodes at once, the
+//! exactly-once marks of a confirmed action, context variables and closing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+mod common;
+use common::*;
+
+use tessera_domain::session::{ActionStatus, NewAction, VariablePatch};
+use tessera_domain::ActionId;
+
+backend_tests!(
+    pause_decide_expire_and_execute_once,
+    concurrent_decisions_have_one_winner,
+    variables_are_atomic_and_close_is_idempotent,
+);
+
+fn action(call: &str, expires_at: Timestamp) -> NewAction {
+    NewAction {
+        id: ActionId::generate(),
+        call_id: call.into(),
+        tool: "notify_user".into(),
+        preview: json!({"message": call}),
+        expires_at,
+    }
+}
+
+/// A thread whose run is claimed and then paused on `actions`.
+async fn paused(store: &Arc<dyn Store>, t: &Tenant, actions: &[NewAction]) -> (Thread, Claimed) {
+    let th = thread(store, t, "t").await;
+    queue(store, &t.scope, &th.id, "hi").await;
+    let claimed = claim(store, "node-a").await;
+    let (pending, events) = store.pause_run(&claimed.lease, actions).await.unwrap();
+    assert_eq!(pending.len(), actions.len());
+    assert!(events.iter().any(|e| e.kind == "pending_action.created"));
+    (th, claimed)
+}
+
+async fn pause_decide_expire_and_execute_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let other_node = open(db).await;
+    let t = tenant(&store, "one").await;
+    let now = Timestamp::now();
+    let (th, claimed) = paused(
+        &store,
+        &t,
+        &[
+            action("soon", now.plus_secs(1)),
+            action("later", now.plus_secs(3600)),
+        ],
+    )
+    .await;
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::WaitingForInput);
+    assert_eq!(
+        store.get_thread(&t.scope, &th.id).await.unwrap().status,
+        ThreadStatus::WaitingForInput
+    );
+    // A paused run is nobody's to claim, even past its old lease.
+    assert!(store
+        .claim_run("node-b", now.plus_millis(2 * LEASE_MS), LEASE_MS)
+        .await
+        .unwrap()
+        .is_none());
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    let (soon, later) = (actions[0].clone(), actions[1].clone());
+    // The scheduler's next deadline is the first warning.
+    assert_eq!(
+        store.next_action_deadline().await.unwrap(),
+        Some(soon.warn_at())
+    );
+
+    // Another deployment sees no such action.
+    let stranger = tenant(&store, "two").await;
+    let err = store
+        .resolve_action(&stranger.scope, &th.id, &later.id, true, Timestamp::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::Action,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let (confirmed, _) = store
+        .resolve_action(&t.scope, &th.id, &later.id, true, Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status, ActionStatus::Confirmed);
+    assert!(confirmed.callback_id.is_some());
+    // One action is still open: the run stays paused.
+    assert!(store
+        .claim_run("node-b", Timestamp::now(), LEASE_MS)
+        .await
+        .unwrap()
+        .is_none());
+    let again = store
+        .resolve_action(&t.scope, &th.id, &later.id, false, Timestamp::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err_conflict(&again), Some(Conflict::ActionDecided)),
+        "{again:?}"
+    );
+
+    // Two nodes' schedulers wake for the same deadline: exactly one expires the action.
+    let due = now.plus_secs(2);
+    let warned = store.warn_expiring_actions(due).await.unwrap();
+    assert_eq!(
+        warned
+            .iter()
+            .filter(|e| e.kind == "pending_action.expiring")
+            .count(),
+        1
+    );
+    assert!(other_node
+        .warn_expiring_actions(due)
+        .await
+        .unwrap()
+        .is_empty());
+    let (a, b) = tokio::join!(
+        store.expire_due_actions(due),
+        other_node.expire_due_actions(due)
+    );
+    let expired = a.unwrap().len() + b.unwrap().len();
+    assert_eq!(expired, 1, "one node expires it");
+    assert_eq!(store.next_action_deadline().await.unwrap(), None);
+    let late = store
+        .resolve_action(&t.scope, &th.id, &soon.id, true, Timestamp::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err_conflict(&late), Some(Conflict::ActionExpired)),
+        "{late:?}"
+    );
+
+    // Every action decided: the run is claimable again, by a new attempt.
+    let resumed = claim(&other_node, "node-b").await;
+    assert_eq!(resumed.run.id, claimed.run.id);
+    assert!(resumed.lease.attempt > claimed.lease.attempt);
+    // The old attempt is fenced out.
+    assert!(matches!(
+        store.start_action(&claimed.lease, "later").await,
+        Err(StoreError::LeaseLost)
+    ));
+    // The confirmed call starts once: a second start (a resumed attempt) is told it started.
+    assert_eq!(
+        store
+            .start_action(&resumed.lease, "later")
+            .await
+            .unwrap()
+            .status,
+        ActionStatus::Confirmed
+    );
+    assert_eq!(
+        store
+            .start_action(&resumed.lease, "later")
+            .await
+            .unwrap()
+            .status,
+        ActionStatus::Executing
+    );
+    store
+        .finish_action(&resumed.lease, "later", &Ok("sent".into()))
+        .await
+        .unwrap();
+    let done = store.start_action(&resumed.lease, "later").await.unwrap();
+    assert_eq!(
+        (done.status, done.result.as_deref()),
+        (ActionStatus::Completed, Some("sent"))
+    );
+    let statuses: Vec<ActionStatus> = store
+        .run_actions(&t.scope, &claimed.run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(statuses, [ActionStatus::Expired, ActionStatus::Completed]);
+}
+
+fn err_conflict(err: &StoreError) -> Option<Conflict> {
+    match err {
+        StoreError::Conflict(c) => Some(*c),
+        _ => None,
+    }
+}
+
+async fn concurrent_decisions_have_one_winner(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "race").await;
+    let (th, claimed) = paused(&store, &t, &[action("c", Timestamp::now().plus_secs(600))]).await;
+    let id = store.run_actions(&t.scope, &claimed.run.id).await.unwrap()[0]
+        .id
+        .clone();
+    let attempts = (0..8).map(|i| {
+        let (store, scope, th, id) = (store.clone(), t.scope.clone(), th.id.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .resolve_action(&scope, &th, &id, i % 2 == 0, Timestamp::now())
+                .await
+        })
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let wins = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(wins, 1, "{results:?}");
+    for r in &results {
+        if let Ok(Err(e)) = r {
+            assert!(
+                matches!(err_conflict(e), Some(Conflict::ActionDecided)),
+                "{e:?}"
+            );
+        }
+    }
+}
+
+async fn variables_are_atomic_and_close_is_idempotent(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "vars").await;
+    let th = thread(&store, &t, "t").await;
+    let patch = |v: serde_json::Value| {
+        VariablePatch::parse("context_variables", v.as_object().unwrap()).unwrap()
+    };
+    let first: serde_json::Map<_, _> = (0..20).map(|i| (format!("V{i}"), json!(i))).collect();
+    assert_eq!(
+        store
+            .update_variables(&t.scope, &th.id, &patch(json!(first)))
+            .await
+            .unwrap(),
+        (20, 20)
+    );
+    let over = store
+        .update_variables(&t.scope, &th.id, &patch(json!({"V0": "changed", "NEW": 1})))
+        .await
+        .unwrap_err();
+    assert!(matches!(over, StoreError::Invalid(_)), "{over:?}");
+    let state = store.session_state(&t.scope, &th.id).await.unwrap();
+    assert_eq!(
+        state.variables.get("V0"),
+        Some(&json!(0)),
+        "a refused patch changes nothing"
+    );
+    let stranger = tenant(&store, "else").await;
+    assert!(matches!(
+        store
+            .update_variables(&stranger.scope, &th.id, &patch(json!({"A": 1})))
+            .await,
+        Err(StoreError::NotFound {
+            entity: Entity::Thread,
+            ..
+        })
+    ));
+    queue(&store, &t.scope, &th.id, "hi").await;
+    let now = Timestamp::now();
+    let (record, _, events) = store.close_session(&t.scope, &th.id, now).await.unwrap();
+    assert!(!record.billable);
+    assert!(events.iter().any(|e| e.kind == "session.closed"));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "run.status" && e.data["status"] == "cancelled"));
+    let (again, stop, events) = store
+        .close_session(&t.scope, &th.id, now.plus_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again, record);
+    assert!(stop.is_empty() && events.is_empty());
+    let refused = store
+        .submit_run(
+            &t.scope,
+            &th.id,
+            &submission(&th.id, "more", MultitaskPolicy::Enqueue),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err_conflict(&refused), Some(Conflict::SessionClosed)),
+        "{refused:?}"
+    );
+    let refused = store
+        .update_variables(&t.scope, &th.id, &patch(json!({"A": 1})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err_conflict(&refused), Some(Conflict::SessionClosed)),
+        "{refused:?}"
+    );
+}

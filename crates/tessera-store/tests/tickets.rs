@@ -1,0 +1,687 @@
+//! Conformance of session-ticket storage: minting checks, the single-winner exchange, replay
+//! revocation, signin roll-back, replacement, the conversation partition and console admins.
+//! Both backends must behave identically.
+//!
+//! Runs on SQLite always and on PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::sync::Arc;
+
+use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
+use tessera_domain::identity::{Email, NewSession, NewUser};
+use tessera_domain::password::hash_password;
+use tessera_domain::records::NewDeployment;
+use tessera_domain::secret::{PlainSecret, SecretHash, SECRET_KEY_PREFIX};
+use tessera_domain::thread::ContextGroup;
+use tessera_domain::ticket::{
+    Binding, Issuer, SessionMode, SessionName, TicketGrant, TICKET_PREFIX,
+};
+use tessera_domain::validate::{DeploymentName, Description, Label, Metadata};
+use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
+use tessera_store::testing::TestDatabase;
+use tessera_store::{
+    backend_tests, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket, NewSecretKey,
+    NewTicket, PageRequest, Store, StoreError,
+};
+
+backend_tests!(
+    tickets_check_their_references,
+    one_exchange_wins_and_a_replay_revokes,
+    signin_without_a_user_keeps_the_ticket,
+    named_sessions_keep_group_and_actor,
+    contexts_stay_inside_their_partition,
+    the_console_admin_is_created_once,
+    concurrent_mixed_exchanges_each_get_their_own_outcome,
+);
+
+async fn open(db: &TestDatabase) -> Arc<dyn Store> {
+    tessera_store::open(&db.url, &ConnectOptions::default())
+        .await
+        .expect("open store")
+}
+
+async fn deployment(store: &Arc<dyn Store>, name: &str) -> Scope {
+    let secret = PlainSecret::generate(SECRET_KEY_PREFIX);
+    let key = NewSecretKey {
+        name: Label::parse("name", "first").unwrap(),
+        hash: secret.hash(),
+        prefix: secret.display_prefix(),
+    };
+    let (dep, _) = store
+        .create_deployment(
+            &NewDeployment {
+                name: DeploymentName::parse("name", name).unwrap(),
+                backend_host: format!("http://{name}"),
+                frontend_host: format!("http://{name}-app"),
+            },
+            &key,
+        )
+        .await
+        .unwrap();
+    Scope::deployment(dep.id)
+}
+
+async fn agent(store: &Arc<dyn Store>, scope: &Scope) -> AgentId {
+    let spec = AgentSpec {
+        name: Label::parse("name", "a").unwrap(),
+        description: Description::parse("description", "").unwrap(),
+        model: None,
+        tool_ids: vec![],
+        sub_agent_ids: vec![],
+        capability_tags: vec![],
+        endpoint_slug: None,
+        approval_rules: vec![],
+        limits: AgentLimits::default(),
+        multitask: MultitaskPolicy::Enqueue,
+    };
+    store.create_agent(scope, &spec).await.unwrap().id
+}
+
+fn access(
+    agent: &AgentId,
+    mode: SessionMode,
+    group: Option<&str>,
+    binding: Binding,
+) -> TicketGrant {
+    TicketGrant::AgentAccess {
+        agent_ids: vec![agent.clone()],
+        binding,
+        mode,
+        context_group: group.map(|g| ContextGroup::parse("context_group", g).unwrap()),
+    }
+}
+
+async fn mint(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    grant: TicketGrant,
+    seconds: i64,
+) -> Result<PlainSecret, StoreError> {
+    let secret = PlainSecret::generate(TICKET_PREFIX);
+    let now = Timestamp::now();
+    store
+        .create_ticket(
+            scope,
+            &NewTicket {
+                hash: secret.hash(),
+                grant,
+                issuer: Issuer::SecretKey(SecretKeyId::generate()),
+                now,
+                expires_at: now.plus_secs(seconds),
+            },
+        )
+        .await?;
+    Ok(secret)
+}
+
+fn browser(user: Option<tessera_domain::UserId>) -> (PlainSecret, NewSession) {
+    let secret = PlainSecret::generate("tss");
+    let now = Timestamp::now();
+    let new = NewSession {
+        hash: secret.hash(),
+        user_id: user,
+        active_organization_id: None,
+        impersonation: None,
+        now,
+        idle_expires_at: now.plus_secs(600),
+        expires_at: now.plus_secs(3600),
+    };
+    (secret, new)
+}
+
+fn exchange(ticket: &PlainSecret, cookie: Option<&PlainSecret>) -> ExchangeTicket {
+    ExchangeTicket {
+        hash: ticket.hash(),
+        now: Timestamp::now(),
+        browser_session: cookie.map(|c| c.hash()),
+        new_browser_session: browser(None).1,
+        session_token: PlainSecret::generate("tas").hash(),
+        session_lifetime_ms: 3_600_000,
+        impersonation_ms: 1_800_000,
+        anonymous_key: format!("anon-{}", AgentId::generate()),
+    }
+}
+
+async fn tickets_check_their_references(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let other = deployment(&store, "two").await;
+    let mine = agent(&store, &scope).await;
+    let theirs = agent(&store, &other).await;
+    let err = mint(
+        &store,
+        &scope,
+        access(&theirs, SessionMode::Static, Some("g"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::Agent,
+                field: Some("agent_ids"),
+                index: Some(0)
+            }
+        ),
+        "{err:?}"
+    );
+    let err = mint(
+        &store,
+        &scope,
+        access(
+            &mine,
+            SessionMode::Static,
+            Some("g"),
+            Binding::User(tessera_domain::UserId::generate()),
+        ),
+        60,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::User,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    for kind in [
+        tessera_domain::ticket::AppKind::ApiAuth,
+        tessera_domain::ticket::AppKind::Webhook,
+    ] {
+        let grant = TicketGrant::App {
+            kind,
+            slug: tessera_domain::ticket::AppSlug::parse("s", "billing").unwrap(),
+        };
+        let err = mint(&store, &scope, grant, 60).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    entity: Entity::App,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    let named = SessionMode::Named(SessionName::parse("n", "case-1").unwrap());
+    let err = mint(
+        &store,
+        &scope,
+        access(&mine, named, None, Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::NamedSessionNeedsGroup)),
+        "{err:?}"
+    );
+    mint(
+        &store,
+        &scope,
+        access(&mine, SessionMode::Static, Some("g"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+}
+
+async fn one_exchange_wins_and_a_replay_revokes(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let other = deployment(&store, "two").await;
+    let a = agent(&store, &scope).await;
+    let ticket = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Static, Some("g"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    // Another deployment does not know the ticket.
+    let foreign = store
+        .exchange_ticket(&other, &exchange(&ticket, None))
+        .await
+        .unwrap();
+    assert_eq!(foreign, ExchangeOutcome::Invalid { replayed: None });
+
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let scope = scope.clone();
+        let ex = exchange(&ticket, None);
+        tasks.push(tokio::spawn(async move {
+            store.exchange_ticket(&scope, &ex).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ExchangeOutcome::Agent { .. } => winners += 1,
+            ExchangeOutcome::Invalid { replayed } => assert!(replayed.is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // A fresh ticket: its session lives until the ticket is replayed.
+    let ticket = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Static, Some("g"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ex = exchange(&ticket, None);
+    let token = ex.session_token.clone();
+    let ExchangeOutcome::Agent {
+        session,
+        browser,
+        browser_created,
+        ..
+    } = store.exchange_ticket(&scope, &ex).await.unwrap()
+    else {
+        panic!("the first exchange wins")
+    };
+    assert!(browser_created);
+    let now = Timestamp::now();
+    assert_eq!(
+        store
+            .agent_session_by_token(&scope, &token, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        session.id
+    );
+    assert!(store
+        .agent_session_by_token(&other, &token, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store
+            .active_agent_session(&scope, &browser.id, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        session.id
+    );
+    let replay = store
+        .exchange_ticket(&scope, &exchange(&ticket, None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        replay,
+        ExchangeOutcome::Invalid { replayed: Some(_) }
+    ));
+    assert!(store
+        .agent_session_by_token(&scope, &token, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .active_agent_session(&scope, &browser.id, now)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Expired: refused like unknown, and nothing is revoked.
+    let short = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Static, Some("g"), Binding::Anonymous),
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .exchange_ticket(&scope, &exchange(&short, None))
+            .await
+            .unwrap(),
+        ExchangeOutcome::Invalid { replayed: None }
+    );
+    let unknown = PlainSecret::generate(TICKET_PREFIX);
+    assert_eq!(
+        store
+            .exchange_ticket(&scope, &exchange(&unknown, None))
+            .await
+            .unwrap(),
+        ExchangeOutcome::Invalid { replayed: None }
+    );
+}
+
+async fn signin_without_a_user_keeps_the_ticket(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let a = agent(&store, &scope).await;
+    let ticket = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Signin, None, Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .exchange_ticket(&scope, &exchange(&ticket, None))
+            .await
+            .unwrap(),
+        ExchangeOutcome::SigninRequired
+    );
+    let user = store
+        .create_user(
+            &scope,
+            &NewUser {
+                email: Email::parse("email", "ada@example.com").unwrap(),
+                first_name: None,
+                last_name: None,
+                password_hash: None,
+                metadata: Metadata::empty(),
+            },
+        )
+        .await
+        .unwrap();
+    let (cookie, new) = browser(Some(user.id.clone()));
+    let signed_in = store.create_session(&scope, &new).await.unwrap();
+    // Two exchanges on one browser: the second replaces the first's agent session.
+    let ExchangeOutcome::Agent {
+        session,
+        browser_created,
+        ..
+    } = store
+        .exchange_ticket(&scope, &exchange(&ticket, Some(&cookie)))
+        .await
+        .unwrap()
+    else {
+        panic!("signed in now")
+    };
+    assert!(!browser_created);
+    assert_eq!(session.context_group.as_str(), format!("user:{}", user.id));
+    let second = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Static, Some("other"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ExchangeOutcome::Agent { session: newer, .. } = store
+        .exchange_ticket(&scope, &exchange(&second, Some(&cookie)))
+        .await
+        .unwrap()
+    else {
+        panic!("second ticket")
+    };
+    let active = store
+        .active_agent_session(&scope, &signed_in.id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.id, newer.id);
+    assert_ne!(active.id, session.id);
+}
+
+async fn named_sessions_keep_group_and_actor(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let a = agent(&store, &scope).await;
+    let named = || SessionMode::Named(SessionName::parse("n", "case-7").unwrap());
+    let first = mint(
+        &store,
+        &scope,
+        access(&a, named(), Some("grp"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ExchangeOutcome::Agent { session: s1, .. } = store
+        .exchange_ticket(&scope, &exchange(&first, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let err = mint(
+        &store,
+        &scope,
+        access(&a, named(), Some("else"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict(Conflict::NamedSessionGroupMismatch)
+        ),
+        "{err:?}"
+    );
+    let again = mint(
+        &store,
+        &scope,
+        access(&a, named(), None, Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ExchangeOutcome::Agent { session: s2, .. } = store
+        .exchange_ticket(&scope, &exchange(&again, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s2.context_group, s1.context_group);
+    assert_eq!(s2.actor_id, s1.actor_id);
+    assert_eq!(s2.session_name.as_deref(), Some("case-7"));
+}
+
+async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let a = agent(&store, &scope).await;
+    let mut sessions = Vec::new();
+    for group in ["g1", "g2"] {
+        let t = mint(
+            &store,
+            &scope,
+            access(&a, SessionMode::Static, Some(group), Binding::Anonymous),
+            60,
+        )
+        .await
+        .unwrap();
+        let ExchangeOutcome::Agent { session, .. } = store
+            .exchange_ticket(&scope, &exchange(&t, None))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        sessions.push(session);
+    }
+    let title = Label::parse("title", "chat").unwrap();
+    let mine = store
+        .create_context(&scope, &sessions[0], &a, &title)
+        .await
+        .unwrap();
+    assert_eq!(mine.context_group.as_deref(), Some("g1"));
+    let stranger = agent(&store, &scope).await;
+    let err = store
+        .create_context(&scope, &sessions[0], &stranger, &title)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotFound {
+            entity: Entity::Agent,
+            ..
+        }
+    ));
+    let page = store
+        .list_contexts(&scope, &sessions[0], &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    let page = store
+        .list_contexts(&scope, &sessions[1], &PageRequest::default())
+        .await
+        .unwrap();
+    assert!(page.items.is_empty());
+    for result in [
+        store
+            .get_context(&scope, &sessions[1], &mine.id)
+            .await
+            .map(|_| ()),
+        store
+            .rename_context(&scope, &sessions[1], &mine.id, &title)
+            .await
+            .map(|_| ()),
+        store.hide_context(&scope, &sessions[1], &mine.id).await,
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::NotFound {
+                    entity: Entity::Context,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+    store
+        .hide_context(&scope, &sessions[0], &mine.id)
+        .await
+        .unwrap();
+    assert!(store
+        .get_context(&scope, &sessions[0], &mine.id)
+        .await
+        .is_err());
+    // The backend still has the thread.
+    store.get_thread(&scope, &mine.id).await.unwrap();
+}
+
+async fn the_console_admin_is_created_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let password =
+        tessera_domain::identity::Password::presented("p", "a long password".into()).unwrap();
+    let hash = hash_password(&password).unwrap();
+    let admin = store
+        .bootstrap_console_admin("admin", &hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .bootstrap_console_admin("admin", &hash)
+        .await
+        .unwrap()
+        .is_none());
+    let (found, _) = store
+        .console_admin_credentials("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, admin.id);
+    let token = SecretHash::of("tca_x");
+    let now = Timestamp::now();
+    store
+        .create_console_session(&admin.id, &token, now, now.plus_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_console_session(&token, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .id,
+        admin.id
+    );
+    assert!(store
+        .find_console_session(&token, now.plus_secs(61))
+        .await
+        .unwrap()
+        .is_none());
+    store.delete_console_session(&token).await.unwrap();
+    assert!(store
+        .find_console_session(&token, now)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Many different exchanges at once (SQLite writes them in shared transactions, one savepoint
+/// each): every winner keeps its session, and a signin roll-back in the same batch undoes only
+/// its own redemption.
+async fn concurrent_mixed_exchanges_each_get_their_own_outcome(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let a = agent(&store, &scope).await;
+    let mut tasks = Vec::new();
+    let mut signin_tickets = Vec::new();
+    for i in 0..60 {
+        let signin = i % 6 == 0;
+        let grant = if signin {
+            access(&a, SessionMode::Signin, None, Binding::Anonymous)
+        } else {
+            access(&a, SessionMode::Static, Some("g"), Binding::Anonymous)
+        };
+        let ticket = mint(&store, &scope, grant, 60).await.unwrap();
+        if signin {
+            signin_tickets.push(ticket.clone());
+        }
+        let (store, scope) = (store.clone(), scope.clone());
+        let ex = exchange(&ticket, None);
+        let token = ex.session_token.clone();
+        tasks.push(tokio::spawn(async move {
+            (
+                signin,
+                token,
+                store.exchange_ticket(&scope, &ex).await.unwrap(),
+            )
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (true, _, outcome) => assert_eq!(outcome, ExchangeOutcome::SigninRequired),
+            (false, token, ExchangeOutcome::Agent { session, .. }) => {
+                // Committed: the session is found by its token.
+                let found = store
+                    .agent_session_by_token(&scope, &token, Timestamp::now())
+                    .await
+                    .unwrap()
+                    .expect("the winner's session was committed");
+                assert_eq!(found.id, session.id);
+                winners += 1;
+            }
+            (false, _, other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners, 50);
+    // The signin tickets were not used up: still SigninRequired (not invalid).
+    for ticket in signin_tickets {
+        assert_eq!(
+            store
+                .exchange_ticket(&scope, &exchange(&ticket, None))
+                .await
+                .unwrap(),
+            ExchangeOutcome::SigninRequired
+        );
+    }
+}
