@@ -536,6 +536,11 @@ macro_rules! impl_board_sql {
                                 .execute(&mut *tx)
                                 .await?;
                             let run = parse_id(run_id, RunId::parse)?;
+                            // A run paused for a confirmation has no worker to see the flag: its
+                            // open actions are cancelled and a worker takes it to its end.
+                            if super::session_sql::release_paused_run(&mut tx, &run).await? {
+                                self.notify(&mut tx, &Notification::Runs).await?;
+                            }
                             self.notify(&mut tx, &Notification::CancelRun(run.clone())).await?;
                             stopping = Some(run);
                         }
@@ -783,7 +788,12 @@ macro_rules! impl_board_sql {
                     qb.push_values(&per_thread, |mut b, (thread, n)| {
                         b.push_bind(*thread).push_bind(*n);
                     });
-                    qb.push(") AS v WHERE threads.id = v.column1 RETURNING threads.id, threads.last_seq");
+                    // A closed session (thread) takes no message, as in `submit_run`: its slots
+                    // fail like those of a thread that is gone.
+                    qb.push(
+                        ") AS v WHERE threads.id = v.column1 AND threads.closed_at IS NULL
+                         RETURNING threads.id, threads.last_seq",
+                    );
                     for row in qb.build().fetch_all(&mut *tx).await? {
                         let thread: String = row.try_get("id")?;
                         let last: i64 = row.try_get("last_seq")?;
@@ -793,7 +803,7 @@ macro_rules! impl_board_sql {
                 }
 
                 // 4. The fired slots' messages, runs and events (what `submit_run` stores with
-                //    the `enqueue` policy); a slot whose thread is gone is marked failed.
+                //    the `enqueue` policy); a slot whose thread is gone or closed is marked failed.
                 let mut claimed = Vec::with_capacity(plans.len());
                 let mut messages = Vec::new();
                 let mut events: Vec<(String, ThreadEvent)> = Vec::new();
@@ -850,7 +860,7 @@ macro_rules! impl_board_sql {
                             None => {
                                 outcome = SlotOutcome::Failed;
                                 sqlx::query(
-                                    "UPDATE board_slots SET outcome = 'failed', error = 'the item''s thread no longer exists'
+                                    "UPDATE board_slots SET outcome = 'failed', error = 'the item''s thread no longer exists or its session was closed'
                                      WHERE item_id = $1 AND slot_at = $2",
                                 )
                                 .bind(&p.due.item_id)

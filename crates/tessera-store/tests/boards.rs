@@ -143,6 +143,7 @@ backend_tests!(
     filters_and_tenancy,
     a_slot_queues_its_run_in_the_same_transaction,
     files_round_trip_in_chunks,
+    a_closed_sessions_slot_fails_without_a_run,
 );
 
 async fn items_get_task_keys_and_execute_once(db: &TestDatabase) {
@@ -830,4 +831,35 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
         .unwrap();
     store.discard_blob(&t.scope, &blob).await.unwrap();
     assert!(store.read_blob_chunk(&t.scope, &blob, 0).await.is_err());
+}
+
+/// A closed session (issue 6) takes no message: a slot due on its thread fails instead of
+/// queueing a run, as `submit_run` refuses one.
+async fn a_closed_sessions_slot_fails_without_a_run(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", None))
+        .await
+        .unwrap();
+    store
+        .close_session(&t.scope, &a.assigned_thread_id, Timestamp::now())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_slots("n1", Timestamp::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].outcome, SlotOutcome::Failed);
+    assert!(claimed[0].events.is_empty());
+    let slots = store.list_slots(&t.scope, &a.id).await.unwrap();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(slots[0].outcome, SlotOutcome::Failed);
+    let a = store
+        .get_board_item(&t.scope, &t.project.id, &a.id)
+        .await
+        .unwrap();
+    assert!(a.last_run.is_none());
+    assert_eq!(a.schedule_state, ScheduleState::Done);
 }
