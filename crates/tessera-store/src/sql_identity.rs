@@ -24,6 +24,7 @@ macro_rules! impl_identity_sql {
     mod identity_sql {
         #[allow(unused_imports)]
         use super::*;
+        use super::run_sql::id;
         use super::shared_sql::{finish_page, is_unique_violation, push_page};
         use sqlx::{QueryBuilder, Row as _};
         use tessera_domain::identity::{
@@ -51,13 +52,6 @@ macro_rules! impl_identity_sql {
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
-
-        fn id<T>(
-            raw: String,
-            parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
-        ) -> StoreResult<T> {
-            parse(&raw).map_err(|e| corrupt("id", e))
-        }
 
         fn opt_id<T>(
             raw: Option<String>,

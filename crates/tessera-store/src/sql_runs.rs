@@ -50,19 +50,19 @@ macro_rules! impl_run_sql {
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
 
-        fn id<T>(raw: String, parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>) -> StoreResult<T> {
+        pub(super) fn id<T>(raw: String, parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>) -> StoreResult<T> {
             parse(&raw).map_err(|e| corrupt("id", e))
         }
 
-        fn json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> StoreResult<T> {
+        pub(super) fn json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> StoreResult<T> {
             serde_json::from_str(raw).map_err(|e| corrupt(what, e))
         }
 
-        fn to_json<T: serde::Serialize>(what: &str, value: &T) -> StoreResult<String> {
+        pub(super) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> StoreResult<String> {
             serde_json::to_string(value).map_err(|e| corrupt(what, e))
         }
 
-        fn thread_from_row(row: &DbRow) -> StoreResult<Thread> {
+        pub(super) fn thread_from_row(row: &DbRow) -> StoreResult<Thread> {
             let purpose: String = row.try_get("purpose")?;
             let status: String = row.try_get("status")?;
             let tags: String = row.try_get("capability_tags")?;

@@ -33,21 +33,13 @@ macro_rules! impl_session_sql {
             Conflict, Entity, Lease, Notification, ResponseView, StoreError, StoreResult,
             ThreadEvent,
         };
-        use super::run_sql::{append, message_from_row, run_from_row};
+        use super::run_sql::{append, json, message_from_row, run_from_row, to_json};
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
 
         fn parse_id<T>(raw: String, parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>) -> StoreResult<T> {
             parse(&raw).map_err(|e| corrupt("id", e))
-        }
-
-        fn json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> StoreResult<T> {
-            serde_json::from_str(raw).map_err(|e| corrupt(what, e))
-        }
-
-        fn to_json<T: serde::Serialize>(what: &str, value: &T) -> StoreResult<String> {
-            serde_json::to_string(value).map_err(|e| corrupt(what, e))
         }
 
         fn action_from_row(row: &DbRow) -> StoreResult<PendingAction> {

@@ -32,7 +32,7 @@ macro_rules! impl_ticket_sql {
             AgentSession, AppKind, Binding, ConsoleAdmin, Issuer, SessionMode, SessionTicket,
             TicketGrant,
         };
-        use tessera_domain::thread::{ContextGroup, Thread, ThreadPurpose, ThreadStatus};
+        use tessera_domain::thread::{ContextGroup, Thread};
         use tessera_domain::validate::Label;
         use tessera_domain::{
             ActorId, AdminId, AgentId, AgentSessionId, ProjectId, Scope, SecretKeyId, SessionId,
@@ -41,6 +41,7 @@ macro_rules! impl_ticket_sql {
         use $crate::sql::corrupt;
         use $crate::sql_identity::USER_COLS;
         use $crate::sql_runs::THREAD_COLS;
+        use super::run_sql::{id, thread_from_row};
         use $crate::sql_tickets::{AGENT_SESSION_COLS, TICKET_COLS};
         use $crate::{
             Conflict, Entity, ExchangeOutcome, ExchangeTicket, NewTicket, Page, PageRequest,
@@ -49,13 +50,6 @@ macro_rules! impl_ticket_sql {
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
-
-        fn id<T>(
-            raw: String,
-            parse: fn(&str) -> Result<T, tessera_domain::id::IdParseError>,
-        ) -> StoreResult<T> {
-            parse(&raw).map_err(|e| corrupt("id", e))
-        }
 
         fn ticket_from_row(row: &DbRow) -> StoreResult<SessionTicket> {
             let grant: String = row.try_get("grant_json")?;
@@ -92,30 +86,6 @@ macro_rules! impl_ticket_sql {
                 session_name: row.try_get("session_name")?,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
                 expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
-            })
-        }
-
-        /// Decodes a thread row (the same columns `sql_runs.rs` reads).
-        fn thread_from_row(row: &DbRow) -> StoreResult<Thread> {
-            let purpose: String = row.try_get("purpose")?;
-            let status: String = row.try_get("status")?;
-            let tags: String = row.try_get("capability_tags")?;
-            Ok(Thread {
-                id: id(row.try_get("id")?, ThreadId::parse)?,
-                project_id: id(row.try_get("project_id")?, ProjectId::parse)?,
-                actor_id: id(row.try_get("actor_id")?, ActorId::parse)?,
-                agent_id: id(row.try_get("agent_id")?, AgentId::parse)?,
-                title: row.try_get("title")?,
-                system_instructions: row.try_get("system_instructions")?,
-                purpose: ThreadPurpose::parse(&purpose)
-                    .ok_or_else(|| corrupt("thread purpose", &purpose))?,
-                capability_tags: serde_json::from_str(&tags)
-                    .map_err(|e| corrupt("thread capability_tags", e))?,
-                context_group: row.try_get("context_group")?,
-                status: ThreadStatus::parse(&status)
-                    .ok_or_else(|| corrupt("thread status", &status))?,
-                created_at: Timestamp::from_millis(row.try_get("created_at")?),
-                updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
             })
         }
 
