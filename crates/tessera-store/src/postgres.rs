@@ -114,6 +114,22 @@ impl PgStore {
         self.do_exchange(scope, exchange).await
     }
 
+    /// Writes one of the runtime's hot writes in its own transaction (PostgreSQL runs
+    /// concurrent ones on several connections and shares WAL flushes between them itself).
+    pub(crate) async fn write_hot(
+        &self,
+        job: crate::sql_runs::HotWrite,
+    ) -> StoreResult<crate::sql_runs::HotDone> {
+        self.do_hot_writes(std::slice::from_ref(&job))
+            .await?
+            .pop()
+            .unwrap_or_else(|| {
+                Err(crate::StoreError::Corrupt(
+                    "a write transaction ended without a result".to_owned(),
+                ))
+            })
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).

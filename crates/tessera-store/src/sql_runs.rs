@@ -24,6 +24,94 @@ pub(crate) const EVENT_COLS: &str = "thread_id, seq, run_id, kind, data, created
 /// Run statuses that hold (or wait for) the thread.
 pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
 
+/// One of the hot writes: a message submitted, a run's step, a run's end, a ticket minted or
+/// exchanged. SQLite
+/// writes concurrent ones in one transaction (group commit, see `group.rs` and
+/// `SqliteStore::write_hot`); PostgreSQL gives each its own.
+pub(crate) enum HotWrite {
+    Submit {
+        scope: tessera_domain::Scope,
+        thread_id: tessera_domain::ThreadId,
+        submit: crate::SubmitRun,
+    },
+    Step {
+        lease: crate::Lease,
+        step: Vec<crate::StepMessage>,
+    },
+    Finish {
+        lease: crate::Lease,
+        step: Vec<crate::StepMessage>,
+        end: crate::RunEnd,
+    },
+    /// A minted session ticket.
+    Ticket {
+        scope: tessera_domain::Scope,
+        new: crate::NewTicket,
+    },
+    /// A ticket exchange.
+    Exchange {
+        scope: tessera_domain::Scope,
+        exchange: crate::ExchangeTicket,
+    },
+}
+
+/// What a [`HotWrite`] stored.
+pub(crate) enum HotDone {
+    Submitted(crate::SubmitOutcome),
+    Stepped(Vec<crate::ThreadEvent>),
+    Finished(tessera_domain::thread::Run, Vec<crate::ThreadEvent>),
+    Ticket(tessera_domain::ticket::SessionTicket),
+    Exchanged(crate::ExchangeOutcome),
+}
+
+fn mismatched() -> crate::StoreError {
+    crate::StoreError::Corrupt("a hot write was answered with another kind's result".to_owned())
+}
+
+impl HotDone {
+    /// Whether the write is kept: an exchange that needs a sign-in first writes nothing.
+    pub(crate) fn keeps(&self) -> bool {
+        !matches!(self, HotDone::Exchanged(crate::ExchangeOutcome::SigninRequired))
+    }
+
+    pub(crate) fn ticket(self) -> crate::StoreResult<tessera_domain::ticket::SessionTicket> {
+        match self {
+            HotDone::Ticket(ticket) => Ok(ticket),
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub(crate) fn exchanged(self) -> crate::StoreResult<crate::ExchangeOutcome> {
+        match self {
+            HotDone::Exchanged(outcome) => Ok(outcome),
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub(crate) fn submitted(self) -> crate::StoreResult<crate::SubmitOutcome> {
+        match self {
+            HotDone::Submitted(outcome) => Ok(outcome),
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub(crate) fn stepped(self) -> crate::StoreResult<Vec<crate::ThreadEvent>> {
+        match self {
+            HotDone::Stepped(events) => Ok(events),
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub(crate) fn finished(
+        self,
+    ) -> crate::StoreResult<(tessera_domain::thread::Run, Vec<crate::ThreadEvent>)> {
+        match self {
+            HotDone::Finished(run, events) => Ok((run, events)),
+            _ => Err(mismatched()),
+        }
+    }
+}
+
 macro_rules! impl_run_sql {
     ($store:ident, $db:ty) => {
     /// Thread and run SQL, instantiated for this backend.
@@ -580,22 +668,100 @@ macro_rules! impl_run_sql {
 
         /// The hot write transactions, run through `offload` by the trait methods below.
         impl $store {
-            pub(crate) async fn do_submit_run(
+            /// Writes `batch` in one transaction. A single write commits only if it succeeded;
+            /// several each run in a savepoint, so that one's failure (a conflict, a lost lease)
+            /// leaves the others alone. `Err` means the transaction as a whole failed: nothing
+            /// of the batch was written.
+            pub(crate) async fn do_hot_writes(
                 &self,
+                batch: &[$crate::sql_runs::HotWrite],
+            ) -> StoreResult<Vec<StoreResult<$crate::sql_runs::HotDone>>> {
+                let mut tx = self.begin_write().await?;
+                let mut results = Vec::with_capacity(batch.len());
+                if let [job] = batch {
+                    let result = match self.hot_in(&mut tx, job).await {
+                        Ok(done) if done.keeps() => tx.commit().await.map(|()| done).map_err(StoreError::from),
+                        other => other,
+                    };
+                    results.push(result);
+                    return Ok(results);
+                }
+                for job in batch {
+                    sqlx::query("SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    let result = self.hot_in(&mut tx, job).await;
+                    if !result.as_ref().is_ok_and(|done| done.keeps()) {
+                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    results.push(result);
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            /// Like [`Self::do_hot_writes`]; when the shared transaction fails as a whole, each
+            /// write is retried in a transaction of its own, so one bad write cannot fail the
+            /// others.
+            #[allow(dead_code)] // SQLite's group commit; PostgreSQL writes one at a time.
+            pub(crate) async fn do_hot_writes_isolated(
+                &self,
+                batch: &[$crate::sql_runs::HotWrite],
+            ) -> Vec<StoreResult<$crate::sql_runs::HotDone>> {
+                match self.do_hot_writes(batch).await {
+                    Ok(results) => results,
+                    Err(err) if batch.len() == 1 => vec![Err(err)],
+                    Err(_) => {
+                        let mut results = Vec::with_capacity(batch.len());
+                        for job in batch {
+                            let single = self.do_hot_writes(std::slice::from_ref(job)).await;
+                            results.push(single.and_then(|mut r| r.pop().ok_or(StoreError::Corrupt(
+                                "a write transaction ended without a result".to_owned(),
+                            ))).and_then(|r| r));
+                        }
+                        results
+                    }
+                }
+            }
+
+            async fn hot_in(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                job: &$crate::sql_runs::HotWrite,
+            ) -> StoreResult<$crate::sql_runs::HotDone> {
+                use $crate::sql_runs::{HotDone, HotWrite};
+                Ok(match job {
+                    HotWrite::Submit { scope, thread_id, submit } => {
+                        HotDone::Submitted(self.submit_in(tx, scope, thread_id, submit).await?)
+                    }
+                    HotWrite::Step { lease, step } => HotDone::Stepped(self.step_in(tx, lease, step).await?),
+                    HotWrite::Finish { lease, step, end } => {
+                        let (run, events) = self.finish_in(tx, lease, step, end).await?;
+                        HotDone::Finished(run, events)
+                    }
+                    HotWrite::Ticket { scope, new } => HotDone::Ticket(self.ticket_in(tx, scope, new).await?),
+                    HotWrite::Exchange { scope, exchange } => {
+                        HotDone::Exchanged(self.exchange_on(tx, scope, exchange).await?)
+                    }
+                })
+            }
+
+            /// Stores a submission on `tx` (committed by the caller; rolled back on an error).
+            pub(crate) async fn submit_in(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
                 scope: &Scope,
                 thread_id: &ThreadId,
                 submit: &SubmitRun,
             ) -> StoreResult<SubmitOutcome> {
                 let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
                 if let Some(idem) = &submit.idempotency {
-                    if let Some(result) = find_idempotent(&mut tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
+                    if let Some(result) = find_idempotent(tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
                         return Ok(SubmitOutcome::Replayed { result });
                     }
                     // Take the key before writing anything, so that a concurrent retry waits for
                     // this transaction and then replays its answer instead of failing.
-                    if !save_idempotent(&mut tx, dep, idem).await? {
-                        return match find_idempotent(&mut tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
+                    if !save_idempotent(tx, dep, idem).await? {
+                        return match find_idempotent(tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
                             Some(result) => Ok(SubmitOutcome::Replayed { result }),
                             None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
                         };
@@ -612,7 +778,7 @@ macro_rules! impl_run_sql {
                 .bind(now.as_millis())
                 .bind(thread_id.as_str())
                 .bind(dep)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .ok_or(StoreError::not_found(Entity::Thread))?;
                 // A closed session takes no message (the update above is rolled back).
@@ -626,24 +792,24 @@ macro_rules! impl_run_sql {
                 match submit.policy {
                     tessera_domain::agent::MultitaskPolicy::Enqueue => {}
                     tessera_domain::agent::MultitaskPolicy::Reject => {
-                        if !open_runs(&mut tx, thread_id.as_str()).await?.is_empty() {
+                        if !open_runs(tx, thread_id.as_str()).await?.is_empty() {
                             return Err(StoreError::Conflict(Conflict::RunActive));
                         }
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
-                        for run in &open_runs(&mut tx, thread_id.as_str()).await? {
-                            let (run, event) = stop_run(&mut tx, run, 2).await?;
+                        for run in &open_runs(tx, thread_id.as_str()).await? {
+                            let (run, event) = stop_run(tx, run, 2).await?;
                             match event {
                                 Some(event) => stops.push((run.id.clone(), event)),
                                 None => {
                                     interrupted.push(run.id.clone());
-                                    self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                                    self.notify(tx, &Notification::CancelRun(run.id.clone())).await?;
                                 }
                             }
                         }
                     }
                 }
-                insert_message(&mut tx, dep, &submit.message, None).await?;
+                insert_message(tx, dep, &submit.message, None).await?;
                 let row = sqlx::query(&format!(
                     "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
                      VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
@@ -653,14 +819,14 @@ macro_rules! impl_run_sql {
                 .bind(thread_id.as_str())
                 .bind(submit.message.id.as_str())
                 .bind(now.as_millis())
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await?;
                 let run = run_from_row(&row)?;
                 let created = event::message_event(event::MESSAGE_CREATED, &submit.message);
                 let queued = event::run_status_event(&run);
                 // Runs the interruption cancelled while still queued come first.
                 if !stops.is_empty() {
-                    last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
+                    last = reserve_seqs(tx, thread_id.as_str(), stops.len()).await?;
                 }
                 let first = last - 1 - stops.len() as i64;
                 let rows = numbered(
@@ -672,11 +838,10 @@ macro_rules! impl_run_sql {
                         .map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e))
                         .chain([(Some(run.id.as_str()), &created), (Some(run.id.as_str()), &queued)]),
                 );
-                let events = insert_events(&mut tx, &rows, now).await?;
+                let events = insert_events(tx, &rows, now).await?;
                 drop(rows);
-                self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                tx.commit().await?;
+                self.notify(tx, &Notification::Runs).await?;
+                self.notify(tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 Ok(SubmitOutcome::Created { run, interrupted, events })
             }
 
@@ -694,23 +859,41 @@ macro_rules! impl_run_sql {
                 let mut tx = self.begin_write().await?;
                 // Runs whose worker died (their lease expired) first: they have waited longest.
                 // Then the first queued run of each thread that has no active run: at most one
-                // run per thread.
-                let candidates: Vec<(String, String)> = sqlx::query(&format!(
+                // run per thread. Two queries, each walking `runs_status` in id order and
+                // stopping at the limit: one query with both kinds (an OR sorted by kind) had to
+                // evaluate every queued run before sorting, which with thousands queued (a burst
+                // of scheduled items) made each claim scan the table while holding the writer.
+                let expired = sqlx::query(&format!(
                     "SELECT r.id, r.thread_id FROM runs r
-                     WHERE (r.status = 'running' AND r.lease_expires_at < $1)
-                        OR (r.status = 'queued'
-                            AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
-                            AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id))
-                     ORDER BY CASE WHEN r.status = 'running' THEN 0 ELSE 1 END, r.id
-                     LIMIT $2{}", Self::CLAIM_LOCK
+                     WHERE r.status = 'running' AND r.lease_expires_at < $1
+                     ORDER BY r.id LIMIT $2{}",
+                    Self::CLAIM_LOCK
                 ))
                 .bind(now.as_millis())
                 .bind(limit)
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
-                .collect::<StoreResult<_>>()?;
+                .await?;
+                let want = limit - expired.len() as i64;
+                let queued = if want > 0 {
+                    sqlx::query(&format!(
+                        "SELECT r.id, r.thread_id FROM runs r
+                         WHERE r.status = 'queued'
+                           AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = r.thread_id AND t.active_run_id IS NOT NULL)
+                           AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id)
+                         ORDER BY r.id LIMIT $1{}",
+                        Self::CLAIM_LOCK
+                    ))
+                    .bind(want)
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                let candidates = expired
+                    .iter()
+                    .chain(&queued)
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("thread_id")?)))
+                    .collect::<StoreResult<Vec<(String, String)>>>()?;
                 let mut claimed = Vec::with_capacity(candidates.len());
                 let mut seqs = Vec::with_capacity(candidates.len());
                 for (run_id, thread_id) in candidates {
@@ -786,26 +969,31 @@ macro_rules! impl_run_sql {
                 Ok(claimed)
             }
 
-            pub(crate) async fn do_record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
-                let mut tx = self.begin_write().await?;
-                let (dep, thread_id) = fence(&mut tx, lease).await?;
-                let events: Vec<NewEvent> = insert_step(&mut tx, &dep, step).await?.into_iter().cloned().collect();
-                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
+            /// Stores a step on `tx` (committed by the caller).
+            pub(crate) async fn step_in(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lease: &Lease,
+                step: &[StepMessage],
+            ) -> StoreResult<Vec<ThreadEvent>> {
+                let (dep, thread_id) = fence(tx, lease).await?;
+                let events: Vec<NewEvent> = insert_step(tx, &dep, step).await?.into_iter().cloned().collect();
+                let stored = append(tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
                 if !stored.is_empty() {
-                    self.notify(&mut tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
+                    self.notify(tx, &Notification::ThreadEvents(id(thread_id, ThreadId::parse)?)).await?;
                 }
-                tx.commit().await?;
                 Ok(stored)
             }
 
-            pub(crate) async fn do_finish_run_after(
+            /// Stores a run's last step and its end on `tx` (committed by the caller).
+            pub(crate) async fn finish_in(
                 &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
                 lease: &Lease,
                 step: &[StepMessage],
                 end: &RunEnd,
             ) -> StoreResult<(Run, Vec<ThreadEvent>)> {
                 let now = Timestamp::now();
-                let mut tx = self.begin_write().await?;
                 // Fenced like every worker write: a worker that lost its lease ends nothing.
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET status = $1, stop_reason = $2, error = $3, prompt_tokens = $4,
@@ -825,13 +1013,13 @@ macro_rules! impl_run_sql {
                 .bind(now.as_millis())
                 .bind(lease.run_id.as_str())
                 .bind(lease.attempt)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .ok_or(StoreError::LeaseLost)?;
                 let run = run_from_row(&row)?;
                 let dep: String = row.try_get("deployment_id")?;
                 let thread_id = run.thread_id.as_str();
-                let mut events = insert_step(&mut tx, &dep, step).await?;
+                let mut events = insert_step(tx, &dep, step).await?;
                 let status = event::run_status_event(&run);
                 events.push(&status);
                 // Frees the thread's active slot (if this run still holds it) and reserves the
@@ -847,7 +1035,7 @@ macro_rules! impl_run_sql {
                 .bind(events.len() as i64)
                 .bind(now.as_millis())
                 .bind(thread_id)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await?
                 .try_get("last_seq")?;
                 let rows = numbered(
@@ -856,11 +1044,10 @@ macro_rules! impl_run_sql {
                     last - events.len() as i64 + 1,
                     events.iter().map(|e| (Some(lease.run_id.as_str()), *e)),
                 );
-                let stored = insert_events(&mut tx, &rows, now).await?;
+                let stored = insert_events(tx, &rows, now).await?;
                 drop(rows);
-                self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(run.thread_id.clone())).await?;
-                tx.commit().await?;
+                self.notify(tx, &Notification::Runs).await?;
+                self.notify(tx, &Notification::ThreadEvents(run.thread_id.clone())).await?;
                 Ok((run, stored))
             }
         }
@@ -868,10 +1055,13 @@ macro_rules! impl_run_sql {
         #[async_trait::async_trait]
         impl $crate::RunStore for $store {
             async fn submit_run(&self, scope: &Scope, thread_id: &ThreadId, submit: &SubmitRun) -> StoreResult<SubmitOutcome> {
-                // The hot writes: see `offload` (SQLite runs them on its writer thread).
-                let this = self.clone();
-                let (scope, thread_id, submit) = (scope.clone(), thread_id.clone(), submit.clone());
-                self.offload(async move { this.do_submit_run(&scope, &thread_id, &submit).await }).await
+                // The hot writes: see `write_hot` (SQLite shares transactions between them).
+                let job = $crate::sql_runs::HotWrite::Submit {
+                    scope: scope.clone(),
+                    thread_id: thread_id.clone(),
+                    submit: submit.clone(),
+                };
+                self.write_hot(job).await?.submitted()
             }
 
             async fn idempotent_result(
@@ -975,10 +1165,9 @@ macro_rules! impl_run_sql {
             }
 
             async fn record_step(&self, lease: &Lease, step: &[StepMessage]) -> StoreResult<Vec<ThreadEvent>> {
-                // The hot writes: see `offload` (SQLite runs them on its writer thread).
-                let this = self.clone();
-                let (lease, step) = (lease.clone(), step.to_vec());
-                self.offload(async move { this.do_record_step(&lease, &step).await }).await
+                // The hot writes: see `write_hot` (SQLite shares transactions between them).
+                let job = $crate::sql_runs::HotWrite::Step { lease: lease.clone(), step: step.to_vec() };
+                self.write_hot(job).await?.stepped()
             }
 
             async fn append_events(&self, lease: &Lease, events: &[NewEvent]) -> StoreResult<Vec<ThreadEvent>> {
@@ -1006,10 +1195,13 @@ macro_rules! impl_run_sql {
             }
 
             async fn finish_run_after(&self, lease: &Lease, step: &[StepMessage], end: &RunEnd) -> StoreResult<(Run, Vec<ThreadEvent>)> {
-                // The hot writes: see `offload` (SQLite runs them on its writer thread).
-                let this = self.clone();
-                let (lease, step, end) = (lease.clone(), step.to_vec(), end.clone());
-                self.offload(async move { this.do_finish_run_after(&lease, &step, &end).await }).await
+                // The hot writes: see `write_hot` (SQLite shares transactions between them).
+                let job = $crate::sql_runs::HotWrite::Finish {
+                    lease: lease.clone(),
+                    step: step.to_vec(),
+                    end: end.clone(),
+                };
+                self.write_hot(job).await?.finished()
             }
 
             async fn prune_idempotency(&self, before: Timestamp) -> StoreResult<u64> {

@@ -377,47 +377,28 @@ macro_rules! impl_ticket_sql {
                 Ok(outcome)
             }
 
-            /// Group commit: the exchanges of concurrent callers in one transaction, each in a
-            /// savepoint so that one's failure (or signin roll-back) leaves the others alone.
-            // Each backend uses either the single or the batched form (`write_ticket`,
-            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            /// A ticket's insert on `tx`, which the caller commits (SQLite's group commit, see
+            /// `SqliteStore::write_hot`).
             #[allow(dead_code)]
-            pub(crate) async fn do_exchanges(
+            pub(crate) async fn ticket_in(
                 &self,
-                batch: &[(Scope, ExchangeTicket)],
-            ) -> StoreResult<Vec<StoreResult<ExchangeOutcome>>> {
-                let mut tx = self.begin_write().await?;
-                let mut results = Vec::with_capacity(batch.len());
-                for (scope, ex) in batch {
-                    sqlx::query("SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
-                    let result = exchange_in(&mut tx, scope, ex).await;
-                    if matches!(result, Err(_) | Ok(ExchangeOutcome::SigninRequired)) {
-                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_exchange")
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query("RELEASE SAVEPOINT tessera_exchange").execute(&mut *tx).await?;
-                    results.push(result);
-                }
-                tx.commit().await?;
-                Ok(results)
+                tx: &mut sqlx::Transaction<'static, $db>,
+                scope: &Scope,
+                new: &NewTicket,
+            ) -> StoreResult<SessionTicket> {
+                insert_ticket(tx, scope, new).await
             }
 
-            /// Group commit: tickets of concurrent callers in one transaction.
-            // Each backend uses either the single or the batched form (`write_ticket`,
-            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
+            /// An exchange's statements on `tx`, which the caller commits, or rolls back on an
+            /// error or [`ExchangeOutcome::SigninRequired`] (SQLite's group commit).
             #[allow(dead_code)]
-            pub(crate) async fn do_create_tickets(
+            pub(crate) async fn exchange_on(
                 &self,
-                batch: &[(Scope, NewTicket)],
-            ) -> StoreResult<Vec<StoreResult<SessionTicket>>> {
-                let mut tx = self.begin_write().await?;
-                let mut results = Vec::with_capacity(batch.len());
-                for (scope, new) in batch {
-                    results.push(Ok(insert_ticket(&mut tx, scope, new).await?));
-                }
-                tx.commit().await?;
-                Ok(results)
+                tx: &mut sqlx::Transaction<'static, $db>,
+                scope: &Scope,
+                ex: &ExchangeTicket,
+            ) -> StoreResult<ExchangeOutcome> {
+                exchange_in(tx, scope, ex).await
             }
         }
 

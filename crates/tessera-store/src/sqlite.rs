@@ -16,6 +16,7 @@ use tessera_domain::Scope;
 
 use crate::group::{deliver, GroupCommit};
 use crate::migrate;
+use crate::sql_runs::{HotDone, HotWrite};
 use crate::{
     Backend, ConnectOptions, ExchangeOutcome, ExchangeTicket, NewTicket, PoolStats, StoreError,
     StoreResult,
@@ -25,15 +26,14 @@ use crate::{
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    /// Group commit of the hot ticket writes (see `group.rs`).
+    /// Group commit of the hot writes (see `group.rs`).
     groups: std::sync::Arc<Groups>,
 }
 
-/// The write kinds that share transactions between concurrent callers.
+/// The writes that share transactions between concurrent callers.
 #[derive(Default)]
 struct Groups {
-    tickets: GroupCommit<(Scope, NewTicket), SessionTicket>,
-    exchanges: GroupCommit<(Scope, ExchangeTicket), ExchangeOutcome>,
+    hot: GroupCommit<HotWrite, HotDone>,
 }
 
 /// The thread that drives write transactions (see [`SqliteStore::offload`]).
@@ -150,51 +150,50 @@ impl SqliteStore {
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
 
-    /// Stores a ticket, sharing the transaction with concurrent mints (group commit: the
+    /// Stores a ticket, sharing the transaction with concurrent hot writes (group commit: the
     /// single writer makes one commit per batch instead of one per ticket).
     pub(crate) async fn write_ticket(
         &self,
         scope: &Scope,
         new: &NewTicket,
     ) -> StoreResult<SessionTicket> {
-        let this = self.clone();
-        self.groups
-            .tickets
-            .submit((scope.clone(), new.clone()), move |batch| {
-                let this = this.clone();
-                async move {
-                    let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let store = this.clone();
-                    // On the writer thread, to completion even if this caller goes away.
-                    let _ = this
-                        .offload(async move {
-                            deliver(senders, store.do_create_tickets(&requests).await);
-                            Ok(())
-                        })
-                        .await;
-                }
-            })
-            .await
+        let job = HotWrite::Ticket {
+            scope: scope.clone(),
+            new: new.clone(),
+        };
+        self.write_hot(job).await?.ticket()
     }
 
-    /// Exchanges a ticket, sharing the transaction with concurrent exchanges (each in its own
+    /// Exchanges a ticket, sharing the transaction with concurrent hot writes (each in its own
     /// savepoint).
     pub(crate) async fn write_exchange(
         &self,
         scope: &Scope,
         exchange: &ExchangeTicket,
     ) -> StoreResult<ExchangeOutcome> {
+        let job = HotWrite::Exchange {
+            scope: scope.clone(),
+            exchange: exchange.clone(),
+        };
+        self.write_hot(job).await?.exchanged()
+    }
+
+    /// Writes one of the hot writes, sharing the transaction with concurrent ones (group
+    /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and
+    /// exchanges, cost one commit.
+    pub(crate) async fn write_hot(&self, job: HotWrite) -> StoreResult<HotDone> {
         let this = self.clone();
         self.groups
-            .exchanges
-            .submit((scope.clone(), exchange.clone()), move |batch| {
+            .hot
+            .submit(job, move |batch| {
                 let this = this.clone();
                 async move {
-                    let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                     let store = this.clone();
+                    // On the writer thread, to completion even if this caller goes away.
                     let _ = this
                         .offload(async move {
-                            deliver(senders, store.do_exchanges(&requests).await);
+                            deliver(senders, Ok(store.do_hot_writes_isolated(&jobs).await));
                             Ok(())
                         })
                         .await;

@@ -167,6 +167,7 @@ backend_tests!(
     threads_need_an_active_project_in_scope,
     submit_stores_the_message_and_queues_a_run,
     event_numbers_are_per_thread_and_gapless_under_concurrency,
+    concurrent_writes_that_fail_leave_the_others_alone,
     reject_policy_refuses_while_a_run_is_open,
     the_threads_multitask_policy_is_its_agents,
     enqueue_policy_queues_behind_the_open_run,
@@ -427,6 +428,67 @@ async fn the_threads_multitask_policy_is_its_agents(db: &TestDatabase) {
     for (scope, id) in [(&other.scope, &t.id), (&a.scope, &ThreadId::generate())] {
         let err = store.thread_multitask_policy(scope, id).await.unwrap_err();
         assert!(is_not_found(&err, Entity::Thread), "{err:?}");
+    }
+    store.close().await;
+}
+
+/// SQLite writes concurrent submissions, steps and ends in one transaction (group commit); a
+/// refused one must roll back alone, and everyone else's must be stored in full.
+async fn concurrent_writes_that_fail_leave_the_others_alone(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "group").await;
+    let busy = thread(&store, &a, "busy").await;
+    submit_with(&store, &a.scope, &busy.id, "first", MultitaskPolicy::Reject).await;
+    let mut fresh = Vec::new();
+    for i in 0..8 {
+        fresh.push(thread(&store, &a, &format!("fresh-{i}")).await);
+    }
+    let stale = Lease {
+        run_id: RunId::generate(),
+        attempt: 1,
+    };
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(24));
+    let mut refused = Vec::new();
+    let mut accepted = Vec::new();
+    let mut fenced = Vec::new();
+    for (i, t) in fresh.iter().enumerate() {
+        for (thread_id, list) in [(&busy.id, &mut refused), (&t.id, &mut accepted)] {
+            let (store, barrier, scope) = (store.clone(), barrier.clone(), a.scope.clone());
+            let thread_id = thread_id.clone();
+            list.push(tokio::spawn(async move {
+                let s = submission(&thread_id, &format!("m{i}"), MultitaskPolicy::Reject);
+                barrier.wait().await;
+                store.submit_run(&scope, &thread_id, &s).await
+            }));
+        }
+        let (store, barrier, lease) = (store.clone(), barrier.clone(), stale.clone());
+        fenced.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .finish_run(&lease, &end(RunStatus::Completed, StopReason::Completed))
+                .await
+        }));
+    }
+    for task in refused {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(is_conflict(&err, Conflict::RunActive), "got {err:?}");
+    }
+    for task in fenced {
+        assert!(is_lease_lost(task.await.unwrap()));
+    }
+    for task in accepted {
+        let (run, _, events) = created(task.await.unwrap().unwrap());
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(seqs(&events), vec![1, 2]);
+    }
+    assert_eq!(history(&store, &a.scope, &busy.id).await.len(), 1);
+    // The refused submissions reserved no event numbers: the next event is number 3.
+    store.cancel_runs(&a.scope, &busy.id).await.unwrap();
+    assert_eq!(seqs(&all_events(&store, &a.scope, &busy.id).await), vec![1, 2, 3]);
+    for t in &fresh {
+        assert_eq!(history(&store, &a.scope, &t.id).await.len(), 1);
+        assert_eq!(seqs(&all_events(&store, &a.scope, &t.id).await), vec![1, 2]);
     }
     store.close().await;
 }
