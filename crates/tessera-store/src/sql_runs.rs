@@ -71,7 +71,10 @@ fn mismatched() -> crate::StoreError {
 impl HotDone {
     /// Whether the write is kept: an exchange that needs a sign-in first writes nothing.
     pub(crate) fn keeps(&self) -> bool {
-        !matches!(self, HotDone::Exchanged(crate::ExchangeOutcome::SigninRequired))
+        !matches!(
+            self,
+            HotDone::Exchanged(crate::ExchangeOutcome::SigninRequired)
+        )
     }
 
     pub(crate) fn ticket(self) -> crate::StoreResult<tessera_domain::ticket::SessionTicket> {

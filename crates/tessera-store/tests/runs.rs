@@ -485,7 +485,10 @@ async fn concurrent_writes_that_fail_leave_the_others_alone(db: &TestDatabase) {
     assert_eq!(history(&store, &a.scope, &busy.id).await.len(), 1);
     // The refused submissions reserved no event numbers: the next event is number 3.
     store.cancel_runs(&a.scope, &busy.id).await.unwrap();
-    assert_eq!(seqs(&all_events(&store, &a.scope, &busy.id).await), vec![1, 2, 3]);
+    assert_eq!(
+        seqs(&all_events(&store, &a.scope, &busy.id).await),
+        vec![1, 2, 3]
+    );
     for t in &fresh {
         assert_eq!(history(&store, &a.scope, &t.id).await.len(), 1);
         assert_eq!(seqs(&all_events(&store, &a.scope, &t.id).await), vec![1, 2]);
