@@ -11,6 +11,7 @@ pub mod boards;
 pub mod driver;
 pub mod hub;
 pub mod provider;
+pub mod sandbox;
 pub mod scheduler;
 pub mod tools;
 pub mod worker;
