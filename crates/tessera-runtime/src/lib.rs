@@ -8,6 +8,7 @@
 pub mod board_scheduler;
 pub mod board_tools;
 pub mod boards;
+pub mod code_tools;
 pub mod driver;
 pub mod hub;
 pub mod provider;

@@ -799,6 +799,23 @@ fn classify(exit_code: Option<i32>, stderr: &str) -> Option<Limit> {
     None
 }
 
+/// For test suites: the sandbox with the default configuration when bubblewrap works here;
+/// `None` (skip) when it does not, unless `TESSERA_REQUIRE_SANDBOX=1` makes that a panic.
+#[cfg(feature = "testing")]
+pub async fn sandbox_for_tests() -> Option<Sandbox> {
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    match sandbox.check().await {
+        Ok(()) => Some(sandbox),
+        Err(err) if std::env::var("TESSERA_REQUIRE_SANDBOX").as_deref() == Ok("1") => {
+            panic!("TESSERA_REQUIRE_SANDBOX=1 but the sandbox is unavailable: {err}")
+        }
+        Err(err) => {
+            eprintln!("skipped: {err}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,20 +12,8 @@ use tessera_runtime::sandbox::{
     CodeRun, Language, Limit, RunOutcome, Sandbox, SandboxConfig, SandboxError, SandboxLimits,
 };
 
-/// The sandbox with the default configuration, or `None` (skip) when bubblewrap is missing
-/// and not required.
 async fn sandbox() -> Option<Sandbox> {
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    match sandbox.check().await {
-        Ok(()) => Some(sandbox),
-        Err(err) if std::env::var("TESSERA_REQUIRE_SANDBOX").as_deref() == Ok("1") => {
-            panic!("TESSERA_REQUIRE_SANDBOX=1 but the sandbox is unavailable: {err}")
-        }
-        Err(err) => {
-            eprintln!("skipped: {err}");
-            None
-        }
-    }
+    tessera_runtime::sandbox::sandbox_for_tests().await
 }
 
 fn run(language: Language, code: &str, stdin: Value) -> CodeRun {

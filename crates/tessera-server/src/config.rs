@@ -211,6 +211,8 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub sessions: SessionSettings,
     pub runtime: RuntimeSettings,
+    /// `[sandbox]`: how code tools run (bubblewrap, interpreters, limits); see docs/sandbox.md.
+    pub sandbox: tessera_runtime::sandbox::SandboxConfig,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
@@ -234,6 +236,7 @@ impl Default for Config {
             identity: IdentitySettings::default(),
             sessions: SessionSettings::default(),
             runtime: RuntimeSettings::default(),
+            sandbox: tessera_runtime::sandbox::SandboxConfig::default(),
             providers: std::collections::BTreeMap::new(),
         }
     }
@@ -255,7 +258,15 @@ pub struct Overrides {
 }
 
 /// Environment variables that belong to tools around the server, not to its configuration.
-const NOT_CONFIG: &[&str] = &["URL", "API_KEY", "TEST_POSTGRES_URL", "REQUIRE_BROWSER"];
+const NOT_CONFIG: &[&str] = &[
+    "URL",
+    "API_KEY",
+    "TEST_POSTGRES_URL",
+    "REQUIRE_BROWSER",
+    "REQUIRE_SANDBOX",
+    "REQUIRE_MCP",
+    "TEST_MCP_EVERYTHING",
+];
 
 impl Config {
     /// Loads the layers. `file` is the configuration file to read; when it is `None`,
@@ -326,6 +337,7 @@ impl Config {
             self.runtime.tool_timeout_seconds >= 1,
             "runtime.tool_timeout_seconds must be at least 1"
         );
+        self.sandbox.validate().map_err(|e| anyhow::anyhow!(e))?;
         for name in self.providers.keys() {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())
                 .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;
