@@ -11,6 +11,7 @@ pub mod boards;
 pub mod code_tools;
 pub mod driver;
 pub mod hub;
+pub mod mcp;
 pub mod provider;
 pub mod sandbox;
 pub mod scheduler;
