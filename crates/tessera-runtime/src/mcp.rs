@@ -1073,7 +1073,10 @@ mod tests {
         assert_eq!(exposed_name("ev", "get-sum"), "mcp_ev_get-sum");
         let dotted = exposed_name("ev", "files.read");
         // The example of docs/mcp.md.
-        assert_eq!(exposed_name("docs", "files.read"), "mcp_docs_files_read_601e4eb6");
+        assert_eq!(
+            exposed_name("docs", "files.read"),
+            "mcp_docs_files_read_601e4eb6"
+        );
         assert_ne!(dotted, exposed_name("ev", "files_read"));
         assert_ne!(dotted, exposed_name("ev", "files/read"));
         let long = "x".repeat(100);
