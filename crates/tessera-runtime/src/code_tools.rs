@@ -173,6 +173,30 @@ impl CodeTools {
         args: &serde_json::Value,
     ) -> Result<serde_json::Value, String> {
         let request = parse(args)?;
+        self.run_in_workspace(
+            ctx,
+            request.language,
+            request.code,
+            request.stdin,
+            self.settings.network,
+        )
+        .await
+    }
+
+    /// Runs `code` in the sandbox with the running task's workspace mounted at `/workspace`
+    /// and written back afterwards; the result is the JSON `execute_code` returns (exit code,
+    /// limit, stdout, stderr, files written / skipped / not mounted / deleted). `Err` is text
+    /// for the model: the sandbox is unavailable (fail closed) or the workspace unreachable.
+    /// CodeRunner tools call this with their fixed code, the model's JSON input as `stdin`
+    /// and their own network setting.
+    pub async fn run_in_workspace(
+        &self,
+        ctx: &ToolContext<'_>,
+        language: Language,
+        code: String,
+        stdin: Vec<u8>,
+        network: bool,
+    ) -> Result<serde_json::Value, String> {
         let workspace = run_workspace(ctx).await?;
         let dir = self
             .sandbox
@@ -187,11 +211,11 @@ impl CodeTools {
         let outcome = self
             .sandbox
             .run(CodeRun {
-                language: request.language,
-                code: request.code,
-                stdin: request.stdin,
+                language,
+                code,
+                stdin,
                 workspace: Some(root.clone()),
-                network: self.settings.network,
+                network,
                 limits: self.sandbox.config().limits,
             })
             .await
