@@ -66,6 +66,15 @@ impl BoardTools {
     }
 }
 
+/// The workspace of the running task (also `execute_code`'s).
+pub(crate) async fn run_workspace(ctx: &ToolContext<'_>) -> Result<WorkspaceId, String> {
+    match ctx.store.board_item_of_run(ctx.scope, ctx.run_id).await {
+        Ok(Some((_, item))) => Ok(WorkspaceId::Item(item)),
+        Ok(None) => Ok(WorkspaceId::Thread(ctx.thread_id.clone())),
+        Err(e) => Err(format!("cannot find the workspace: {e}")),
+    }
+}
+
 fn ok(value: serde_json::Value) -> ToolOutput {
     ToolOutput {
         result: Ok(value.to_string()),
@@ -118,11 +127,7 @@ fn board_error(err: BoardError) -> String {
 
 impl BoardTools {
     async fn workspace(&self, ctx: &ToolContext<'_>) -> Result<WorkspaceId, String> {
-        match ctx.store.board_item_of_run(ctx.scope, ctx.run_id).await {
-            Ok(Some((_, item))) => Ok(WorkspaceId::Item(item)),
-            Ok(None) => Ok(WorkspaceId::Thread(ctx.thread_id.clone())),
-            Err(e) => Err(format!("cannot find the workspace: {e}")),
-        }
+        run_workspace(ctx).await
     }
 
     async fn project_and_item(

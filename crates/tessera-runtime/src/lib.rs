@@ -8,9 +8,12 @@
 pub mod board_scheduler;
 pub mod board_tools;
 pub mod boards;
+pub mod code_tools;
 pub mod driver;
 pub mod hub;
+pub mod mcp;
 pub mod provider;
+pub mod sandbox;
 pub mod scheduler;
 pub mod tools;
 pub mod worker;

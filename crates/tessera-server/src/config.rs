@@ -211,6 +211,10 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub sessions: SessionSettings,
     pub runtime: RuntimeSettings,
+    /// `[sandbox]`: how code tools run (bubblewrap, interpreters, limits); see docs/sandbox.md.
+    pub sandbox: tessera_runtime::sandbox::SandboxConfig,
+    /// `[mcp]`: what MCP tools may reach (`allow_stdio`, `allow_private`); see docs/mcp.md.
+    pub mcp: tessera_runtime::mcp::McpPolicy,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
@@ -234,6 +238,8 @@ impl Default for Config {
             identity: IdentitySettings::default(),
             sessions: SessionSettings::default(),
             runtime: RuntimeSettings::default(),
+            sandbox: tessera_runtime::sandbox::SandboxConfig::default(),
+            mcp: tessera_runtime::mcp::McpPolicy::default(),
             providers: std::collections::BTreeMap::new(),
         }
     }
@@ -255,7 +261,15 @@ pub struct Overrides {
 }
 
 /// Environment variables that belong to tools around the server, not to its configuration.
-const NOT_CONFIG: &[&str] = &["URL", "API_KEY", "TEST_POSTGRES_URL", "REQUIRE_BROWSER"];
+const NOT_CONFIG: &[&str] = &[
+    "URL",
+    "API_KEY",
+    "TEST_POSTGRES_URL",
+    "REQUIRE_BROWSER",
+    "REQUIRE_SANDBOX",
+    "REQUIRE_MCP",
+    "TEST_MCP_EVERYTHING",
+];
 
 impl Config {
     /// Loads the layers. `file` is the configuration file to read; when it is `None`,
@@ -326,6 +340,7 @@ impl Config {
             self.runtime.tool_timeout_seconds >= 1,
             "runtime.tool_timeout_seconds must be at least 1"
         );
+        self.sandbox.validate().map_err(|e| anyhow::anyhow!(e))?;
         for name in self.providers.keys() {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())
                 .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;
@@ -538,6 +553,34 @@ mod tests {
             let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.sessions.ticket_max_expires_in_seconds, 60);
             assert_eq!(config.sessions.impersonation_seconds, 600);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sandbox_and_mcp_sections_load_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tessera.toml",
+                r#"
+                [sandbox]
+                allow_unsandboxed = true
+                execute_code_network = true
+                limits = { cpu_seconds = 5, wall_clock_seconds = 20 }
+                [mcp]
+                allow_stdio = true
+                "#,
+            )?;
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(config.sandbox.allow_unsandboxed && config.sandbox.execute_code_network);
+            assert_eq!(config.sandbox.limits.cpu_seconds, 5);
+            assert_eq!(config.sandbox.limits.wall_clock_seconds, 20);
+            // Unset limits keep their defaults.
+            assert_eq!(config.sandbox.limits.max_processes, 64);
+            assert!(config.mcp.allow_stdio && !config.mcp.allow_private);
+            jail.set_env("TESSERA_SANDBOX__LIMITS__MAX_PROCESSES", "1");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_processes"), "{err}");
             Ok(())
         });
     }

@@ -16,6 +16,7 @@ use tessera_domain::records::Deployment;
 use tessera_domain::secret::PlainSecret;
 use tessera_runtime::board_scheduler::BoardSchedulerHandle;
 use tessera_runtime::board_tools::{BoardTools, ToolChain};
+use tessera_runtime::code_tools::{CodeToolSettings, CodeTools};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::Hub;
 use tessera_runtime::provider::ProviderRegistry;
@@ -120,6 +121,16 @@ impl Application {
             tools: Arc::new(ToolChain(vec![
                 Arc::new(InternalTools),
                 Arc::new(BoardTools::new(board_scheduler.clone())),
+                Arc::new(CodeTools::new(
+                    Arc::new(tessera_runtime::sandbox::Sandbox::new(
+                        config.sandbox.clone(),
+                    )),
+                    CodeToolSettings {
+                        network: config.sandbox.execute_code_network,
+                        max_file_bytes: config.max_upload_bytes,
+                        ..CodeToolSettings::default()
+                    },
+                )),
             ])),
             hub: Arc::new(Hub::new()),
             config: RuntimeConfig {

@@ -13,6 +13,7 @@ mod auth;
 mod bad_input;
 mod boards;
 mod browser;
+mod code;
 mod identity;
 mod keys;
 mod lists;
