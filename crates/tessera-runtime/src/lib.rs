@@ -9,6 +9,7 @@ pub mod board_scheduler;
 pub mod board_tools;
 pub mod boards;
 pub mod driver;
+pub mod fault;
 pub mod hub;
 pub mod provider;
 pub mod scheduler;

@@ -255,7 +255,13 @@ pub struct Overrides {
 }
 
 /// Environment variables that belong to tools around the server, not to its configuration.
-const NOT_CONFIG: &[&str] = &["URL", "API_KEY", "TEST_POSTGRES_URL", "REQUIRE_BROWSER"];
+const NOT_CONFIG: &[&str] = &[
+    "URL",
+    "API_KEY",
+    "TEST_POSTGRES_URL",
+    "REQUIRE_BROWSER",
+    "TEST_FAULT",
+];
 
 impl Config {
     /// Loads the layers. `file` is the configuration file to read; when it is `None`,

@@ -415,6 +415,9 @@ pub struct SubmitRun {
     pub run_id: RunId,
     pub policy: MultitaskPolicy,
     pub idempotency: Option<Idempotency>,
+    /// Context variables to merge into the session with the message (`askAgentPool`), in the
+    /// same transaction: a refused message merges nothing, a refused merge sends nothing.
+    pub variables: tessera_domain::session::VariablePatch,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1087,6 +1090,12 @@ pub trait SessionStore {
         call_id: &str,
         result: &Result<String, String>,
     ) -> StoreResult<()>;
+
+    /// Worker, when a run that had actions ends: gives each of its actions left unfinished a
+    /// final status — `pending` and `confirmed` (never started) become `cancelled`, `executing`
+    /// (the tool was stopped midway, its outcome unknown) becomes `failed` — with `reason` as
+    /// the result. Fenced; idempotent. Returns the `pending_action.resolved` events stored.
+    async fn settle_actions(&self, lease: &Lease, reason: &str) -> StoreResult<Vec<ThreadEvent>>;
 
     /// Confirms or cancels a pending action with one conditional update, so of concurrent
     /// decisions exactly one wins ([`Conflict::ActionDecided`] for the others,

@@ -538,9 +538,17 @@ macro_rules! impl_board_sql {
                             let run = parse_id(run_id, RunId::parse)?;
                             // A run paused for a confirmation has no worker to see the flag: its
                             // open actions are cancelled and a worker takes it to its end.
-                            if super::session_sql::release_paused_run(&mut tx, &run).await? {
+                            let (was_paused, resolved) = super::session_sql::release_paused_run(&mut tx, &run).await?;
+                            if was_paused {
                                 self.notify(&mut tx, &Notification::Runs).await?;
                             }
+                            // The cancelled actions' `pending_action.resolved`, as a thread's
+                            // cancellation stores them.
+                            let stored = super::run_sql::append(&mut tx, dep, &thread_id, Some(run.as_str()), &resolved).await?;
+                            if !stored.is_empty() {
+                                self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id.clone(), ThreadId::parse)?)).await?;
+                            }
+                            events.extend(stored);
                             self.notify(&mut tx, &Notification::CancelRun(run.clone())).await?;
                             stopping = Some(run);
                         }

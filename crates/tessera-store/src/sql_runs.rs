@@ -347,13 +347,14 @@ macro_rules! impl_run_sql {
         }
 
         /// Cancels a queued run at once, or asks the worker of an active one to stop (`flag` 1 =
-        /// cancel, 2 = interrupt). Returns the run as it is now and, for a run cancelled here,
-        /// its status event for the caller to append.
+        /// cancel, 2 = interrupt). Returns the run as it is now and the events for the caller
+        /// to append: a queued run's status, or the `pending_action.resolved` of each action a
+        /// paused run had open. `stopped_here` tells whether the run ended here (queued).
         async fn stop_run(
             conn: &mut Conn,
             run: &Run,
             flag: i64,
-        ) -> StoreResult<(Run, Option<NewEvent>)> {
+        ) -> StoreResult<(Run, bool, Vec<NewEvent>)> {
             if run.status == RunStatus::Queued {
                 let reason = if flag == 2 { StopReason::Interrupted } else { StopReason::Cancelled };
                 let row = sqlx::query(&format!(
@@ -368,7 +369,7 @@ macro_rules! impl_run_sql {
                 .await?;
                 let run = run_from_row(&row)?;
                 let event = event::run_status_event(&run);
-                Ok((run, Some(event)))
+                Ok((run, true, vec![event]))
             } else {
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET cancel_requested = $1 WHERE id = $2 RETURNING {RUN_COLS}"
@@ -378,8 +379,8 @@ macro_rules! impl_run_sql {
                 .fetch_one(&mut *conn)
                 .await?;
                 // A run paused for a confirmation has no worker to see the flag: hand it to one.
-                super::session_sql::release_paused_run(conn, &run.id).await?;
-                Ok((run_from_row(&row)?, None))
+                let (_, resolved) = super::session_sql::release_paused_run(conn, &run.id).await?;
+                Ok((run_from_row(&row)?, false, resolved))
             }
         }
 
@@ -619,6 +620,11 @@ macro_rules! impl_run_sql {
                 if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
                     return Err(StoreError::Conflict(Conflict::SessionClosed));
                 }
+                // Variables sent with the message are merged by this transaction, so a refused
+                // message (or a refused merge) changes neither.
+                if !submit.variables.is_empty() {
+                    super::session_sql::merge_variables(&mut tx, dep, thread_id, &submit.variables, "").await?;
+                }
                 let mut last: i64 = thread_row.try_get("last_seq")?;
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
@@ -632,14 +638,12 @@ macro_rules! impl_run_sql {
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
                         for run in &open_runs(&mut tx, thread_id.as_str()).await? {
-                            let (run, event) = stop_run(&mut tx, run, 2).await?;
-                            match event {
-                                Some(event) => stops.push((run.id.clone(), event)),
-                                None => {
-                                    interrupted.push(run.id.clone());
-                                    self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
-                                }
+                            let (run, stopped_here, events) = stop_run(&mut tx, run, 2).await?;
+                            if !stopped_here {
+                                interrupted.push(run.id.clone());
+                                self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
                             }
+                            stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
                         }
                     }
                 }
@@ -914,11 +918,11 @@ macro_rules! impl_run_sql {
                 let mut affected = Vec::new();
                 let mut stops = Vec::new();
                 for run in &open {
-                    let (run, event) = stop_run(&mut tx, run, 1).await?;
-                    match event {
-                        Some(event) => stops.push((run.id.clone(), event)),
-                        None => self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?,
+                    let (run, stopped_here, events) = stop_run(&mut tx, run, 1).await?;
+                    if !stopped_here {
+                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
                     }
+                    stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
                     affected.push(run);
                 }
                 if !stops.is_empty() {
