@@ -250,6 +250,7 @@ impl BoardTools {
                     capability_tags: tags,
                 },
                 parent,
+                None,
             )
             .await
             .map_err(board_error)?;
@@ -294,6 +295,7 @@ impl BoardTools {
                     schedule: Some(schedule),
                     parent_item_id: parent,
                 },
+                None,
             )
             .await
             .map_err(board_error)?;

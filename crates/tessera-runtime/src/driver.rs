@@ -51,6 +51,10 @@ pub struct RuntimeConfig {
     pub node_id: String,
     /// How long a tool call awaiting confirmation waits, unless its approval rule says.
     pub action_expiry_seconds: u32,
+    /// Board slot records older than this are pruned (each item keeps its latest).
+    pub slot_retention: Duration,
+    /// Chunks of an upload that never committed are deleted this long after its last chunk.
+    pub upload_grace: Duration,
 }
 
 /// Everything runs need, shared by the workers of one node.

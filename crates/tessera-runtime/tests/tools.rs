@@ -217,6 +217,8 @@ impl Rig {
                 tool_timeout,
                 node_id: "test-node".into(),
                 action_expiry_seconds: 600,
+                slot_retention: Duration::from_secs(7 * 86_400),
+                upload_grace: Duration::from_secs(3600),
             },
         });
         let (shutdown, rx) = watch::channel(false);

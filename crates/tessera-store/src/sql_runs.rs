@@ -272,7 +272,7 @@ macro_rules! impl_run_sql {
             Ok((row.try_get("deployment_id")?, row.try_get("thread_id")?))
         }
 
-        async fn find_idempotent(
+        pub(super) async fn find_idempotent(
             conn: &mut Conn,
             deployment_id: &str,
             operation: &str,
@@ -299,7 +299,7 @@ macro_rules! impl_run_sql {
 
         /// Records the key; `false` when it is already recorded. On PostgreSQL an insert racing
         /// an uncommitted one for the same key waits for it, then inserts nothing if it committed.
-        async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<bool> {
+        pub(super) async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<bool> {
             let done = sqlx::query(
                 "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
