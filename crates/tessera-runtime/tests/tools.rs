@@ -23,7 +23,7 @@ use tessera_domain::validate::{
 };
 use tessera_domain::{MessageId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
-use tessera_runtime::hub::Hub;
+use tessera_runtime::hub::{Hub, Stop};
 use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
 use tessera_runtime::provider::{ProviderRegistry, ToolSpec};
 use tessera_runtime::tools::{ToolContext, ToolExecutor, ToolOutput};
@@ -99,6 +99,7 @@ struct Rig {
     thread: ThreadId,
     model: ScriptedModelServer,
     tools: Arc<TestTools>,
+    hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
     workers: tokio::task::JoinHandle<()>,
 }
@@ -201,11 +202,12 @@ impl Rig {
         let mut providers = BTreeMap::new();
         providers.insert("scripted".to_owned(), model.provider_config());
         let tools = Arc::new(TestTools::new());
+        let hub = Arc::new(Hub::new());
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers: ProviderRegistry::from_config(&providers).unwrap(),
             tools: tools.clone(),
-            hub: Arc::new(Hub::new()),
+            hub: hub.clone(),
             config: RuntimeConfig {
                 workers: 4,
                 lease: Duration::from_secs(30),
@@ -229,6 +231,7 @@ impl Rig {
             thread: thread.id,
             model,
             tools,
+            hub,
             shutdown,
             workers,
         }
@@ -478,10 +481,12 @@ async fn a_run_cancelled_while_a_confirmed_tool_runs_settles_its_action(db: &Tes
     rig.confirm(&action).await;
     // The tool is running (durably marked so); the run is cancelled meanwhile.
     rig.action_in(&run, ActionStatus::Executing).await;
+    // As the cancel route does: the stored request, then this node's worker told at once.
     rig.store
         .cancel_runs(&rig.scope, &rig.thread)
         .await
         .unwrap();
+    rig.hub.stop_run(&run, Stop::Cancel);
     let ended = rig.ended(&run).await;
     assert_eq!(ended.status, RunStatus::Cancelled, "{ended:?}");
     let settled = rig.action_in(&run, ActionStatus::Failed).await;
