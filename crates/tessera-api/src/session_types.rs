@@ -67,13 +67,41 @@ pub struct AskResponse {
     /// Context variables the agent asked for that are not set yet.
     pub requested_variables: Vec<String>,
     pub files: Vec<String>,
-    pub suggested_actions: Vec<String>,
+    /// What the caller can do next about this session, as ready requests: confirm or cancel
+    /// each open pending action, set the variables the agent asked for. Empty when nothing
+    /// waits on the caller (and once the session is closed).
+    pub suggested_actions: Vec<SuggestedAction>,
     /// Outcomes of this session's actions decided since an earlier answer (each is reported
     /// by one `askAgentPool` answer).
     pub action_results: Vec<ActionResult>,
     /// Why a failed turn failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A next step the caller can take on a session, as the request that does it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SuggestedAction {
+    /// `confirm_action`, `cancel_action` (`resolvePendingAction`) or `set_variables`
+    /// (`updateSessionVariables` with the names in `variables`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short text to show on a button.
+    pub label: String,
+    /// The HTTP method of the request.
+    pub method: String,
+    /// The request's path, under the server's origin.
+    pub path: String,
+    /// The request body, when it is fixed (`{"confirmed": true}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<Value>,
+    /// The pending action it decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    /// The variables to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<Vec<String>>,
 }
 
 /// A closed session's record.

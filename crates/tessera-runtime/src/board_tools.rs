@@ -255,6 +255,7 @@ impl BoardTools {
                     capability_tags: tags,
                 },
                 parent,
+                None,
             )
             .await
             .map_err(board_error)?;
@@ -299,6 +300,7 @@ impl BoardTools {
                     schedule: Some(schedule),
                     parent_item_id: parent,
                 },
+                None,
             )
             .await
             .map_err(board_error)?;

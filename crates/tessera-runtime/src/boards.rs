@@ -8,7 +8,7 @@ use tessera_domain::board::{
 use tessera_domain::thread::ThreadPurpose;
 use tessera_domain::validate::{CapabilityTag, Label};
 use tessera_domain::{AgentId, BlobId, BoardItemId, ProjectId, Scope, ThreadId, ValidationError};
-use tessera_store::{Conflict, Entity, NewFile, Store, StoreError, CHUNK_BYTES};
+use tessera_store::{Conflict, Entity, Idempotency, NewFile, Store, StoreError, CHUNK_BYTES};
 
 /// Why a board use case failed: a storage answer (not found, conflict) or bad input.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,7 @@ pub async fn delegate(
     project_id: &ProjectId,
     delegation: Delegation,
     parent_item_id: Option<BoardItemId>,
+    idempotency: Option<&Idempotency>,
 ) -> Result<BoardItem, BoardError> {
     let field = "target_lane_thread_id";
     let lane = match store
@@ -74,7 +75,7 @@ pub async fn delegate(
         schedule: None,
         parent_item_id,
     };
-    Ok(store.create_board_item(scope, &new).await?)
+    create_item(store, scope, &new, idempotency).await
 }
 
 /// The lane agent or the first of its sub-agents whose tags include all of `wanted`.
@@ -107,13 +108,18 @@ async fn choose_agent(
         .ok_or(StoreError::Conflict(Conflict::NoCapableAgent).into())
 }
 
-/// Creates a board item for an agent's `schedule_task` call or an API request.
+/// Creates a board item for an agent's `schedule_task` call or an API request; under an
+/// `Idempotency-Key`, a retry returns the item the first request created.
 pub async fn create_item(
     store: &dyn Store,
     scope: &Scope,
     new: &NewBoardItem,
+    idempotency: Option<&Idempotency>,
 ) -> Result<BoardItem, BoardError> {
-    Ok(store.create_board_item(scope, new).await?)
+    Ok(match idempotency {
+        Some(idem) => store.create_board_item_once(scope, new, idem).await?,
+        None => store.create_board_item(scope, new).await?,
+    })
 }
 
 /// Writes a file of a workspace chunk by chunk: memory stays at one chunk whatever the size.

@@ -51,6 +51,10 @@ pub struct RuntimeConfig {
     pub node_id: String,
     /// How long a tool call awaiting confirmation waits, unless its approval rule says.
     pub action_expiry_seconds: u32,
+    /// Board slot records older than this are pruned (each item keeps its latest).
+    pub slot_retention: Duration,
+    /// Chunks of an upload that never committed are deleted this long after its last chunk.
+    pub upload_grace: Duration,
 }
 
 /// Everything runs need, shared by the workers of one node.
@@ -105,6 +109,7 @@ impl Runtime {
             approvals: Approvals::default(),
             variables: None,
             last_decision: None,
+            had_actions: false,
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -172,6 +177,8 @@ struct Driver<'a> {
     variables: Option<String>,
     /// When the latest decision on this run's held calls was taken (a resumed run).
     last_decision: Option<Timestamp>,
+    /// The run has pending actions (it paused before): its end settles those left unfinished.
+    had_actions: bool,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -567,18 +574,7 @@ impl Driver<'_> {
             let ctx = &ctx;
             let tools = tools.clone();
             let gated = self.approvals.needs(&call.name);
-            async move {
-                match tokio::time::timeout(timeout, execute_call(tools.as_ref(), ctx, call, gated))
-                    .await
-                {
-                    Ok(output) => output,
-                    Err(_) => crate::tools::ToolOutput::error(format!(
-                        "the tool `{}` did not finish within {} seconds",
-                        call.name,
-                        timeout.as_secs()
-                    )),
-                }
-            }
+            async move { execute_call(tools.as_ref(), ctx, call, gated, timeout).await }
         }));
         let mut stop = self.stop.clone();
         let outputs = tokio::select! {
@@ -662,6 +658,17 @@ impl Driver<'_> {
                 wall_ms: 0,
             },
         };
+        if self.had_actions {
+            // An action confirmed but not started (the run was cancelled first), or stopped
+            // midway (cancellation, timeout), must not stay open: it gets a final status. A
+            // crash before the end below resumes the run, which settles them again.
+            let reason = match end.status {
+                RunStatus::Cancelled => "the run was cancelled before the action finished",
+                _ => "the run ended before the action finished",
+            };
+            let events = self.rt.store.settle_actions(&self.lease, reason).await?;
+            self.rt.publish(&events);
+        }
         let (run, events) = self
             .rt
             .store
@@ -702,6 +709,7 @@ impl Driver<'_> {
             store.run_actions(&self.scope, &self.run.id).await?
         };
         self.last_decision = actions.iter().filter_map(|a| a.decided_at).max();
+        self.had_actions = !actions.is_empty();
         let decisions = actions
             .into_iter()
             .filter_map(|a| a.status.decision().map(|d| (a.call_id, d)))
@@ -737,20 +745,39 @@ impl Driver<'_> {
     }
 }
 
+/// Runs a tool, or an error for the model when it takes longer than `timeout`.
+async fn execute_tool(
+    tools: &dyn ToolExecutor,
+    ctx: &ToolContext<'_>,
+    call: &ToolCall,
+    timeout: Duration,
+) -> crate::tools::ToolOutput {
+    match tokio::time::timeout(timeout, tools.execute(ctx, call)).await {
+        Ok(output) => output,
+        Err(_) => crate::tools::ToolOutput::error(format!(
+            "the tool `{}` did not finish within {} seconds",
+            call.name,
+            timeout.as_secs()
+        )),
+    }
+}
+
 /// Executes one call. A call that needed confirmation runs at most once, whatever crashes: it
-/// is durably marked `executing` before its tool starts, and its result is kept on the action,
-/// so a resumed run reuses the result (or, if the node died mid-call, reports that the outcome
-/// is unknown) instead of running the tool again.
+/// is durably marked `executing` before its tool starts, and its result (a failure and a
+/// timeout included) is kept on the action, so a resumed run reuses the result (or, if the node
+/// died mid-call, reports that the outcome is unknown) instead of running the tool again.
 async fn execute_call(
     tools: &dyn ToolExecutor,
     ctx: &ToolContext<'_>,
     call: &ToolCall,
     gated: bool,
+    timeout: Duration,
 ) -> crate::tools::ToolOutput {
     use crate::tools::ToolOutput;
     if !gated {
-        return tools.execute(ctx, call).await;
+        return execute_tool(tools, ctx, call, timeout).await;
     }
+    crate::fault::point("action_before_start").await;
     let action = match ctx.store.start_action(ctx.lease, &call.id).await {
         Ok(action) => action,
         Err(err) => {
@@ -763,7 +790,8 @@ async fn execute_call(
     };
     match action.status {
         ActionStatus::Confirmed => {
-            let output = tools.execute(ctx, call).await;
+            let output = execute_tool(tools, ctx, call, timeout).await;
+            crate::fault::point("action_after_tool").await;
             if let Err(err) = ctx
                 .store
                 .finish_action(ctx.lease, &call.id, &output.result)
@@ -771,6 +799,7 @@ async fn execute_call(
             {
                 tracing::warn!(call_id = %call.id, error = %err, "recording the action's result failed");
             }
+            crate::fault::point("action_after_result").await;
             output
         }
         ActionStatus::Completed => stored(Ok(action.result.unwrap_or_default())),

@@ -10,6 +10,7 @@ pub mod board_tools;
 pub mod boards;
 pub mod code_tools;
 pub mod driver;
+pub mod fault;
 pub mod hub;
 pub mod mcp;
 pub mod provider;

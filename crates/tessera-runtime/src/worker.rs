@@ -27,7 +27,7 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
         }
         if tokio::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
-            prune_idempotency(&rt).await;
+            maintain(&rt, Timestamp::now()).await;
         }
         // Claims as many runs as there are free workers, in one transaction per batch: under
         // load, several workers free up while a claim waits for the database.
@@ -89,15 +89,38 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Idempotency keys answer retries for this long (SPEC: 24 h).
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-/// How often expired idempotency records are deleted.
+/// How often the maintenance below runs (and once when the workers start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-async fn prune_idempotency(rt: &Runtime) {
-    let before = Timestamp::now().plus_millis(-IDEMPOTENCY_TTL_MS);
-    match rt.store.prune_idempotency(before).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned expired idempotency keys"),
-        Err(err) => tracing::warn!(error = %err, "pruning idempotency keys failed"),
+/// Periodic maintenance, on every node (each step is one idempotent statement, so nodes doing
+/// it at once do no harm): deletes expired idempotency keys, board slot records older than
+/// `slot_retention` (see `BoardStore::prune_slots`: exactly-once firing survives it), and the
+/// chunks of uploads that never committed, once `upload_grace` has passed since their last
+/// chunk.
+pub async fn maintain(rt: &Runtime, now: Timestamp) {
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let idempotency = rt
+        .store
+        .prune_idempotency(now.plus_millis(-IDEMPOTENCY_TTL_MS))
+        .await;
+    let slots = rt
+        .store
+        .prune_slots(now.plus_millis(-ms(rt.config.slot_retention)))
+        .await;
+    let chunks = rt
+        .store
+        .prune_orphan_chunks(now.plus_millis(-ms(rt.config.upload_grace)))
+        .await;
+    for (what, result) in [
+        ("expired idempotency keys", idempotency),
+        ("old board slot records", slots),
+        ("chunks of uncommitted uploads", chunks),
+    ] {
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned {what}"),
+            Err(err) => tracing::warn!(error = %err, "pruning {what} failed"),
+        }
     }
 }
 

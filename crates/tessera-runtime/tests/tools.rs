@@ -12,16 +12,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tessera_domain::agent::{AgentLimits, AgentSpec, ModelRef, MultitaskPolicy};
+use tessera_domain::agent::{AgentLimits, AgentSpec, ApprovalRule, ModelRef, MultitaskPolicy};
 use tessera_domain::records::{NewActor, NewDeployment, NewProject};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
+use tessera_domain::session::{ActionStatus, PendingAction};
 use tessera_domain::thread::{Message, NewThread, Role, Run, RunStatus, ThreadPurpose, ToolCall};
 use tessera_domain::validate::{
-    DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName, SubjectType,
+    DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName,
+    SubjectType, ToolPattern,
 };
 use tessera_domain::{MessageId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
-use tessera_runtime::hub::Hub;
+use tessera_runtime::hub::{Hub, Stop};
 use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
 use tessera_runtime::provider::{ProviderRegistry, ToolSpec};
 use tessera_runtime::tools::{ToolContext, ToolExecutor, ToolOutput};
@@ -34,6 +36,8 @@ use tokio::sync::{watch, Barrier};
 backend_tests!(
     a_tool_over_its_timeout_fails_its_call_not_the_run,
     independent_tool_calls_of_a_turn_run_concurrently,
+    a_confirmed_tool_that_times_out_or_fails_ends_its_action_failed,
+    a_run_cancelled_while_a_confirmed_tool_runs_settles_its_action,
 );
 
 /// Longest wait for a run to end.
@@ -95,6 +99,7 @@ struct Rig {
     thread: ThreadId,
     model: ScriptedModelServer,
     tools: Arc<TestTools>,
+    hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
     workers: tokio::task::JoinHandle<()>,
 }
@@ -103,6 +108,11 @@ impl Rig {
     /// A thread whose agent uses the scripted model, and this node's workers running with
     /// `tool_timeout`.
     async fn start(db: &TestDatabase, tool_timeout: Duration) -> Rig {
+        Self::start_gating(db, tool_timeout, &[]).await
+    }
+
+    /// Like [`Rig::start`], with the agent's approval rules gating the tools `gated`.
+    async fn start_gating(db: &TestDatabase, tool_timeout: Duration, gated: &[&str]) -> Rig {
         let store = tessera_store::open(&db.url, &ConnectOptions::default())
             .await
             .expect("open store");
@@ -151,7 +161,13 @@ impl Rig {
             sub_agent_ids: vec![],
             capability_tags: vec![],
             endpoint_slug: None,
-            approval_rules: vec![],
+            approval_rules: gated
+                .iter()
+                .map(|tool| ApprovalRule {
+                    tool: ToolPattern::parse("tool", *tool).unwrap(),
+                    expires_in_seconds: None,
+                })
+                .collect(),
             limits: AgentLimits::default(),
             multitask: MultitaskPolicy::Enqueue,
         };
@@ -186,11 +202,12 @@ impl Rig {
         let mut providers = BTreeMap::new();
         providers.insert("scripted".to_owned(), model.provider_config());
         let tools = Arc::new(TestTools::new());
+        let hub = Arc::new(Hub::new());
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers: ProviderRegistry::from_config(&providers).unwrap(),
             tools: tools.clone(),
-            hub: Arc::new(Hub::new()),
+            hub: hub.clone(),
             config: RuntimeConfig {
                 workers: 4,
                 lease: Duration::from_secs(30),
@@ -202,6 +219,8 @@ impl Rig {
                 tool_timeout,
                 node_id: "test-node".into(),
                 action_expiry_seconds: 600,
+                slot_retention: Duration::from_secs(7 * 86_400),
+                upload_grace: Duration::from_secs(3600),
             },
         });
         let (shutdown, rx) = watch::channel(false);
@@ -212,6 +231,7 @@ impl Rig {
             thread: thread.id,
             model,
             tools,
+            hub,
             shutdown,
             workers,
         }
@@ -237,6 +257,7 @@ impl Rig {
             run_id: run_id.clone(),
             policy: MultitaskPolicy::Enqueue,
             idempotency: None,
+            variables: Default::default(),
         };
         match self
             .store
@@ -297,6 +318,42 @@ impl Rig {
                 )
             })
             .collect()
+    }
+
+    /// Waits until the run is paused with one pending action, and returns it.
+    async fn paused_action(&self, run: &RunId) -> PendingAction {
+        self.action_in(run, ActionStatus::Pending).await
+    }
+
+    /// Waits until the run's (single) action has `status`.
+    async fn action_in(&self, run: &RunId, status: ActionStatus) -> PendingAction {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let actions = self.store.run_actions(&self.scope, run).await.unwrap();
+            if let [action] = actions.as_slice() {
+                if action.status == status {
+                    return action.clone();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no action {status:?} within {WAIT:?}: {actions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn confirm(&self, action: &PendingAction) {
+        self.store
+            .resolve_action(
+                &self.scope,
+                &self.thread,
+                &action.id,
+                true,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
     }
 
     async fn stop(self) {
@@ -380,5 +437,78 @@ async fn independent_tool_calls_of_a_turn_run_concurrently(db: &TestDatabase) {
         results.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
         vec!["met", "met"]
     );
+    rig.stop().await;
+}
+
+async fn a_confirmed_tool_that_times_out_or_fails_ends_its_action_failed(db: &TestDatabase) {
+    let rig = Rig::start_gating(db, Duration::from_millis(300), &["slow", "broken"]).await;
+    for (tool, error) in [
+        ("slow", "did not finish within"),
+        ("broken", "no tool broken"),
+    ] {
+        rig.model
+            .push_all([Script::tool_call(tool, json!({})), Script::text(["Noted."])]);
+        let run = rig.send(&format!("use {tool}")).await;
+        let action = rig.paused_action(&run).await;
+        assert_eq!(action.tool, tool);
+        rig.confirm(&action).await;
+        let ended = rig.ended(&run).await;
+        assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+        // The action is final, not left `executing`, and keeps the error.
+        let actions = rig.store.run_actions(&rig.scope, &run).await.unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].status, ActionStatus::Failed, "{actions:?}");
+        let result = actions[0].result.clone().unwrap_or_default();
+        assert!(result.contains(error), "{tool}: {result:?}");
+        let messages = rig.messages().await;
+        let results: Vec<&Message> = tool_messages(&messages)
+            .into_iter()
+            .filter(|m| m.run_id.as_ref() == Some(&run))
+            .collect();
+        assert_eq!(results.len(), 1, "{messages:#?}");
+        assert!(results[0].is_error);
+        assert_eq!(results[0].content, result);
+    }
+    assert!(!rig.tools.slow_finished.load(Ordering::SeqCst));
+    rig.stop().await;
+}
+
+async fn a_run_cancelled_while_a_confirmed_tool_runs_settles_its_action(db: &TestDatabase) {
+    let rig = Rig::start_gating(db, Duration::from_secs(60), &["slow"]).await;
+    rig.model.push(Script::tool_call("slow", json!({})));
+    let run = rig.send("use slow").await;
+    let action = rig.paused_action(&run).await;
+    rig.confirm(&action).await;
+    // The tool is running (durably marked so); the run is cancelled meanwhile.
+    rig.action_in(&run, ActionStatus::Executing).await;
+    // As the cancel route does: the stored request, then this node's worker told at once.
+    rig.store
+        .cancel_runs(&rig.scope, &rig.thread)
+        .await
+        .unwrap();
+    rig.hub.stop_run(&run, Stop::Cancel);
+    let ended = rig.ended(&run).await;
+    assert_eq!(ended.status, RunStatus::Cancelled, "{ended:?}");
+    let settled = rig.action_in(&run, ActionStatus::Failed).await;
+    assert!(
+        settled
+            .result
+            .as_deref()
+            .is_some_and(|r| r.contains("outcome is unknown")),
+        "{settled:?}"
+    );
+    // The stream tells it too: the action's final status in `pending_action.resolved`.
+    let events = rig
+        .store
+        .events_after(&rig.scope, &rig.thread, 0, 1000)
+        .await
+        .unwrap();
+    let resolved: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "pending_action.resolved")
+        .map(|e| e.data["action"]["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(resolved, ["confirmed", "failed"]);
+    assert!(!rig.tools.slow_finished.load(Ordering::SeqCst));
     rig.stop().await;
 }

@@ -103,6 +103,18 @@ export class TesseraClient {
   cancel(id) { return this.request("POST", `/agent/contexts/${enc(id)}/cancel`); }
 
   /**
+   * Confirms (`true`: the tool executes once; resolves to `{status: "processing", callback_id}`)
+   * or cancels (`false`: `{status: "cancelled"}`) a pending action of the conversation, as
+   * announced by the stream's `pending_action.created`. A second decision rejects with code
+   * `action_already_decided` (409); a late one with `action_expired` (410).
+   */
+  resolveAction(id, actionId, confirmed) {
+    return this.request("POST", `/agent/contexts/${enc(id)}/actions/${enc(actionId)}`, {
+      confirmed: Boolean(confirmed),
+    });
+  }
+
+  /**
    * Follows a conversation's events. Reconnects by itself (1 s, then up to 10 s apart) and
    * resumes after the last event received (`Last-Event-ID`), so nothing is missed or repeated.
    * @param {string} id the conversation

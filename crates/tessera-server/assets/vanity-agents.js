@@ -1,12 +1,18 @@
 // The `/vanity/agents` chat page. It redeems the ticket of its URL by POST (removing it from
 // the address bar first, so neither a reload nor a shared screenshot replays it), then shows
 // the session's agents, its conversations, and the selected conversation with streamed replies,
-// tool calls and notifications. Without a ticket it resumes the browser's current session.
+// tool calls, notifications, and pending actions (the exact arguments that will run, Confirm and
+// Cancel, a live countdown to `expires_at`; decisions taken elsewhere arrive on the stream).
+// Without a ticket it resumes the browser's current session.
 import { TesseraClient } from "/static/tessera.js";
 
 const $ = (id) => document.getElementById(id);
 const client = new TesseraClient();
-const state = { session: null, contexts: [], current: null, stream: null, rendered: new Map(), busy: false };
+const state = {
+  session: null, contexts: [], current: null, stream: null, rendered: new Map(), busy: false,
+  // The conversation's pending actions by id: {action, card, status}.
+  actions: new Map(),
+};
 
 const params = new URLSearchParams(window.location.search);
 const ticket = params.get("ticket");
@@ -144,9 +150,22 @@ function onEvent(event) {
     case "tool.started":
       bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} …`;
       break;
-    case "tool.completed":
-      bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} ${data.is_error ? "failed" : "done"}`;
+    case "tool.completed": {
+      const result = data.message && data.message.content;
+      bubble(`tool:${data.call_id}`, "tool").textContent = result
+        ? `🔧 ${data.name} → ${result}`
+        : `🔧 ${data.name} ${data.is_error ? "failed" : "done"}`;
       break;
+    }
+    case "pending_action.created":
+    case "pending_action.resolved":
+      if (data.action) renderAction(data.action);
+      break;
+    case "pending_action.expiring": {
+      const entry = state.actions.get(data.action_id);
+      if (entry) entry.card.classList.add("expiring");
+      break;
+    }
     case "notification": {
       const item = bubble(`note:${event.id}`, "notification");
       item.textContent = `🔔 ${data.message}`;
@@ -162,10 +181,113 @@ function onEvent(event) {
   $("messages").lastElementChild?.scrollIntoView({ block: "end" });
 }
 
+// --- Pending actions ---------------------------------------------------------------------
+
+const ACTION_STATUS = {
+  pending: "Waiting for your decision.",
+  confirmed: "Confirmed: running…",
+  executing: "Confirmed: running…",
+  completed: "Confirmed and done.",
+  failed: "Confirmed, but it failed.",
+  cancelled: "Cancelled: it was not run.",
+  expired: "Expired: nobody decided in time, so it was not run.",
+};
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Shows (or updates) the card of a pending action. */
+function renderAction(action) {
+  let entry = state.actions.get(action.action_id);
+  if (!entry) {
+    const card = bubble(`action:${action.action_id}`, "action");
+    card.textContent = "";
+    card.dataset.actionId = action.action_id;
+    card.setAttribute("aria-label", `Action ${action.tool} needs your confirmation`);
+    const title = element("p", "action-title", "The agent wants to run ");
+    title.append(element("strong", "action-tool", action.tool));
+    const preview = element("pre", "action-preview", JSON.stringify(action.preview, null, 2));
+    const countdown = element("p", "action-countdown");
+    countdown.setAttribute("role", "timer");
+    const buttons = element("div", "action-buttons");
+    const confirm = element("button", "action-confirm", "Confirm");
+    const cancel = element("button", "action-cancel secondary", "Cancel");
+    confirm.type = "button";
+    cancel.type = "button";
+    confirm.addEventListener("click", () => decide(action.action_id, true));
+    cancel.addEventListener("click", () => decide(action.action_id, false));
+    buttons.append(confirm, cancel);
+    const status = element("p", "action-status");
+    status.setAttribute("role", "status");
+    card.append(title, preview, countdown, buttons, status);
+    entry = { action, card, status: "pending", note: "" };
+    state.actions.set(action.action_id, entry);
+  }
+  entry.action = action;
+  setActionStatus(entry, action.status);
+  tick();
+}
+
+function setActionStatus(entry, status, note = "") {
+  // A final status from the server wins over the page's own guess (a local expiry, say).
+  entry.status = status;
+  entry.note = note;
+  const card = entry.card;
+  card.dataset.status = status;
+  const open = status === "pending";
+  for (const button of card.querySelectorAll("button")) button.disabled = !open;
+  card.querySelector(".action-buttons").hidden = !open;
+  let text = ACTION_STATUS[status] || status;
+  if (status === "failed" && entry.action.result) text = `${text} ${entry.action.result}`;
+  card.querySelector(".action-status").textContent = note ? `${text} ${note}` : text;
+  if (!open) card.querySelector(".action-countdown").textContent = "";
+}
+
+/** Updates the countdowns; an action past `expires_at` can no longer be decided. */
+function tick() {
+  const now = Date.now();
+  for (const entry of state.actions.values()) {
+    if (entry.status !== "pending") continue;
+    const left = Math.ceil((Date.parse(entry.action.expires_at) - now) / 1000);
+    if (left <= 0) {
+      setActionStatus(entry, "expired");
+      continue;
+    }
+    const minutes = Math.floor(left / 60);
+    const seconds = String(left % 60).padStart(2, "0");
+    entry.card.querySelector(".action-countdown").textContent = `Expires in ${minutes}:${seconds}`;
+  }
+}
+
+async function decide(actionId, confirmed) {
+  const entry = state.actions.get(actionId);
+  if (!entry || entry.status !== "pending" || !state.current) return;
+  for (const button of entry.card.querySelectorAll("button")) button.disabled = true;
+  try {
+    const answer = await client.resolveAction(state.current, actionId, confirmed);
+    // The stream's `pending_action.resolved` says the same; whichever comes first shows it.
+    if (entry.status === "pending") setActionStatus(entry, answer.status === "cancelled" ? "cancelled" : "confirmed");
+  } catch (error) {
+    if (error.code === "action_expired") setActionStatus(entry, "expired");
+    else if (error.code === "action_already_decided") setActionStatus(entry, entry.status, "It was already decided elsewhere.");
+    else {
+      for (const button of entry.card.querySelectorAll("button")) button.disabled = false;
+      entry.card.querySelector(".action-status").textContent = `Not sent: ${error.message}`;
+    }
+  }
+}
+
+setInterval(tick, 250);
+
 async function select(id) {
   if (state.stream) state.stream.close();
   state.current = id;
   state.rendered = new Map();
+  state.actions = new Map();
   $("messages").textContent = "";
   $("empty").hidden = true;
   $("composer").hidden = false;

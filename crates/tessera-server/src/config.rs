@@ -89,6 +89,13 @@ pub struct RuntimeSettings {
     pub default_provider: String,
     /// Model used by agents that name no model.
     pub default_model: String,
+    /// Board slot records (which slot fired when, with which run) are kept this many days;
+    /// older ones are pruned hourly, except each item's latest (a pruned slot never fires
+    /// again).
+    pub board_slot_retention_days: u32,
+    /// Chunks of a workspace upload that never committed (its node died mid-upload) are
+    /// deleted this long after the last one was written.
+    pub orphan_upload_grace_seconds: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -100,6 +107,8 @@ impl Default for RuntimeSettings {
             tool_timeout_seconds: 60,
             default_provider: "echo".to_owned(),
             default_model: "echo".to_owned(),
+            board_slot_retention_days: 7,
+            orphan_upload_grace_seconds: 3600,
         }
     }
 }
@@ -269,6 +278,7 @@ const NOT_CONFIG: &[&str] = &[
     "REQUIRE_SANDBOX",
     "REQUIRE_MCP",
     "TEST_MCP_EVERYTHING",
+    "TEST_FAULT",
 ];
 
 impl Config {
@@ -341,6 +351,14 @@ impl Config {
             "runtime.tool_timeout_seconds must be at least 1"
         );
         self.sandbox.validate().map_err(|e| anyhow::anyhow!(e))?;
+        anyhow::ensure!(
+            (1..=3650).contains(&self.runtime.board_slot_retention_days),
+            "runtime.board_slot_retention_days must be between 1 and 3650"
+        );
+        anyhow::ensure!(
+            self.runtime.orphan_upload_grace_seconds >= 600,
+            "runtime.orphan_upload_grace_seconds must be at least 600"
+        );
         for name in self.providers.keys() {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())
                 .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;

@@ -144,6 +144,10 @@ impl Application {
                 tool_timeout: Duration::from_secs(config.runtime.tool_timeout_seconds),
                 node_id: format!("{}:{}", local_addr, tessera_domain::RequestId::generate()),
                 action_expiry_seconds: config.sessions.action_expiry_seconds,
+                slot_retention: Duration::from_secs(
+                    u64::from(config.runtime.board_slot_retention_days) * 86_400,
+                ),
+                upload_grace: Duration::from_secs(config.runtime.orphan_upload_grace_seconds),
             },
         });
         let state = AppState {

@@ -415,6 +415,9 @@ pub struct SubmitRun {
     pub run_id: RunId,
     pub policy: MultitaskPolicy,
     pub idempotency: Option<Idempotency>,
+    /// Context variables to merge into the session with the message (`askAgentPool`), in the
+    /// same transaction: a refused message merges nothing, a refused merge sends nothing.
+    pub variables: tessera_domain::session::VariablePatch,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1088,6 +1091,12 @@ pub trait SessionStore {
         result: &Result<String, String>,
     ) -> StoreResult<()>;
 
+    /// Worker, when a run that had actions ends: gives each of its actions left unfinished a
+    /// final status — `pending` and `confirmed` (never started) become `cancelled`, `executing`
+    /// (the tool was stopped midway, its outcome unknown) becomes `failed` — with `reason` as
+    /// the result. Fenced; idempotent. Returns the `pending_action.resolved` events stored.
+    async fn settle_actions(&self, lease: &Lease, reason: &str) -> StoreResult<Vec<ThreadEvent>>;
+
     /// Confirms or cancels a pending action with one conditional update, so of concurrent
     /// decisions exactly one wins ([`Conflict::ActionDecided`] for the others,
     /// [`Conflict::ActionExpired`] past `expires_at`). When it was the run's last open action
@@ -1212,6 +1221,18 @@ pub trait BoardStore {
     /// due now.
     async fn create_board_item(&self, scope: &Scope, new: &NewBoardItem) -> StoreResult<BoardItem>;
 
+    /// [`BoardStore::create_board_item`] under an `Idempotency-Key`: the key is taken in the
+    /// creation's transaction (its `result` is replaced by `{"board_item_id"}`), so of any
+    /// number of retries, concurrent or not, one creates the item and every other returns that
+    /// item (as it is now). The same key with another request is
+    /// [`Conflict::IdempotencyKeyReused`]; a failed creation keeps no key.
+    async fn create_board_item_once(
+        &self,
+        scope: &Scope,
+        new: &NewBoardItem,
+        idempotency: &Idempotency,
+    ) -> StoreResult<BoardItem>;
+
     async fn get_board_item(
         &self,
         scope: &Scope,
@@ -1272,6 +1293,12 @@ pub trait BoardStore {
     /// Scheduler: the earliest pending slot of any deployment.
     async fn next_due_slot(&self) -> StoreResult<Option<Timestamp>>;
 
+    /// Maintenance (all deployments): deletes slot records that fired before `before`, except
+    /// each item's latest one and those whose run is still open. Each item keeps the latest
+    /// slot pruned (`slots_pruned_through`); a slot at or before it counts as fired, so a
+    /// pruned slot never fires again. Returns the number of records deleted.
+    async fn prune_slots(&self, before: Timestamp) -> StoreResult<u64>;
+
     /// Scheduler: in one transaction, records up to `limit` due slots (pending slot at or
     /// before `now`), moves each item to its next slot and queues each fired slot's run (the
     /// description as a user message, exactly as `submit_run` with `enqueue` does). The
@@ -1323,6 +1350,13 @@ pub trait WorkspaceStore {
 
     /// Deletes the chunks of a blob that will not be committed.
     async fn discard_blob(&self, scope: &Scope, blob_id: &BlobId) -> StoreResult<()>;
+
+    /// Maintenance (all deployments): deletes the chunks of every blob no file points at whose
+    /// latest chunk was written before `before` — an upload whose node died, or whose client
+    /// went away, before it committed. An upload in progress writes a chunk at least every
+    /// few seconds and commits right after its last one, so a cutoff well in the past never
+    /// touches it. Returns the number of chunks deleted.
+    async fn prune_orphan_chunks(&self, before: Timestamp) -> StoreResult<u64>;
 
     /// [`Entity::File`] when absent.
     async fn get_file(

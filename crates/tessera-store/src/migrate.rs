@@ -59,6 +59,12 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "boards",
         sql: include_str!("../migrations/sqlite/0007_boards.sql"),
     },
+    // 8 is issue 8's (tools); versions need not be contiguous.
+    Migration {
+        version: 9,
+        name: "session_gaps",
+        sql: include_str!("../migrations/sqlite/0009_session_gaps.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -96,6 +102,12 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "boards",
         sql: include_str!("../migrations/postgres/0007_boards.sql"),
+    },
+    // 8 is issue 8's (tools); versions need not be contiguous.
+    Migration {
+        version: 9,
+        name: "session_gaps",
+        sql: include_str!("../migrations/postgres/0009_session_gaps.sql"),
     },
 ];
 

@@ -58,9 +58,10 @@ macro_rules! impl_board_sql {
         use $crate::sql::corrupt;
         use $crate::sql_boards::{FILE_COLS, ITEM_SELECT, SLOT_COLS, STATUS_CASE};
         use $crate::{
-            BoardItemFilter, Conflict, Cursor, Entity, NewFile, Notification, Page, PageRequest,
-            SlotOutcome, SlotRecord, StoreError, StoreResult, ThreadEvent,
+            BoardItemFilter, Conflict, Cursor, Entity, Idempotency, NewFile, Notification, Page,
+            PageRequest, SlotOutcome, SlotRecord, StoreError, StoreResult, ThreadEvent,
         };
+        use super::run_sql::{find_idempotent, save_idempotent};
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -207,12 +208,34 @@ macro_rules! impl_board_sql {
             matches!(status, None | Some("queued" | "running" | "waiting_for_input"))
         }
 
-        #[async_trait::async_trait]
-        impl $crate::BoardStore for $store {
-            async fn create_board_item(&self, scope: &Scope, new: &NewBoardItem) -> StoreResult<BoardItem> {
+        impl $store {
+            /// Creates a board item, under an idempotency key when one is given.
+            async fn insert_item(&self, scope: &Scope, new: &NewBoardItem, idem: Option<&Idempotency>) -> StoreResult<BoardItem> {
                 let dep = scope.deployment_id().as_str();
                 let now = Timestamp::now();
+                let item_id = BoardItemId::generate_at(now);
                 let mut tx = self.begin_write().await?;
+                if let Some(idem) = idem {
+                    // Taken first, so that a concurrent retry waits for this transaction and
+                    // then returns its item.
+                    let op = idem.operation.as_str();
+                    let mut record = idem.clone();
+                    record.result = serde_json::json!({"board_item_id": item_id.as_str()});
+                    let replayed = match find_idempotent(&mut tx, dep, op, &idem.key, &idem.request_hash).await? {
+                        Some(result) => Some(result),
+                        None if !save_idempotent(&mut tx, dep, &record).await? => {
+                            find_idempotent(&mut tx, dep, op, &idem.key, &idem.request_hash).await?
+                        }
+                        None => None,
+                    };
+                    if let Some(result) = replayed {
+                        let id = result["board_item_id"].as_str().unwrap_or_default().to_owned();
+                        let id = parse_id(id, BoardItemId::parse)?;
+                        let item = load_item(&mut tx, dep, &new.project_id, &id).await?;
+                        tx.commit().await?;
+                        return Ok(item);
+                    }
+                }
                 // Locks the project: a concurrent archive waits, and so does a concurrent
                 // creation, which then takes the next key.
                 let project = sqlx::query(&format!(
@@ -235,7 +258,7 @@ macro_rules! impl_board_sql {
                 let (thread_id, agent_id) = match &new.assignment {
                     Assignment::Thread(thread_id) => {
                         let row = sqlx::query(
-                            "SELECT agent_id FROM threads WHERE id = $1 AND project_id = $2 AND deployment_id = $3",
+                            "SELECT agent_id, closed_at FROM threads WHERE id = $1 AND project_id = $2 AND deployment_id = $3",
                         )
                         .bind(thread_id.as_str())
                         .bind(new.project_id.as_str())
@@ -243,6 +266,10 @@ macro_rules! impl_board_sql {
                         .fetch_optional(&mut *tx)
                         .await?
                         .ok_or(StoreError::not_found_at(Entity::Thread, "assigned_thread_id"))?;
+                        // A closed session takes no message, so no item executes there.
+                        if row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
+                            return Err(StoreError::Conflict(Conflict::SessionClosed));
+                        }
                         (thread_id.as_str().to_owned(), row.try_get::<String, _>("agent_id")?)
                     }
                     Assignment::NewThread { agent, context_of } => {
@@ -250,7 +277,7 @@ macro_rules! impl_board_sql {
                             None => (None, None),
                             Some(lane) => {
                                 let row = sqlx::query(
-                                    "SELECT system_instructions, context_group FROM threads
+                                    "SELECT system_instructions, context_group, closed_at FROM threads
                                      WHERE id = $1 AND project_id = $2 AND deployment_id = $3",
                                 )
                                 .bind(lane.as_str())
@@ -259,6 +286,10 @@ macro_rules! impl_board_sql {
                                 .fetch_optional(&mut *tx)
                                 .await?
                                 .ok_or(StoreError::not_found_at(Entity::Thread, "target_lane_thread_id"))?;
+                                // A closed lane takes no more work, not even on a new thread.
+                                if row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
+                                    return Err(StoreError::Conflict(Conflict::SessionClosed));
+                                }
                                 (row.try_get("system_instructions")?, row.try_get("context_group")?)
                             }
                         };
@@ -290,7 +321,6 @@ macro_rules! impl_board_sql {
                     .fetch_one(&mut *tx)
                     .await?
                     .try_get("n")?;
-                let item_id = BoardItemId::generate_at(now);
                 let s = new.schedule.as_ref();
                 sqlx::query(
                     "INSERT INTO board_items (id, deployment_id, project_id, seq, title, description,
@@ -320,6 +350,22 @@ macro_rules! impl_board_sql {
                 let item = load_item(&mut tx, dep, &new.project_id, &item_id).await?;
                 tx.commit().await?;
                 Ok(item)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::BoardStore for $store {
+            async fn create_board_item(&self, scope: &Scope, new: &NewBoardItem) -> StoreResult<BoardItem> {
+                self.insert_item(scope, new, None).await
+            }
+
+            async fn create_board_item_once(
+                &self,
+                scope: &Scope,
+                new: &NewBoardItem,
+                idempotency: &Idempotency,
+            ) -> StoreResult<BoardItem> {
+                self.insert_item(scope, new, Some(idempotency)).await
             }
 
             async fn get_board_item(&self, scope: &Scope, project_id: &ProjectId, id: &BoardItemId) -> StoreResult<BoardItem> {
@@ -538,9 +584,17 @@ macro_rules! impl_board_sql {
                             let run = parse_id(run_id, RunId::parse)?;
                             // A run paused for a confirmation has no worker to see the flag: its
                             // open actions are cancelled and a worker takes it to its end.
-                            if super::session_sql::release_paused_run(&mut tx, &run).await? {
+                            let (was_paused, resolved) = super::session_sql::release_paused_run(&mut tx, &run).await?;
+                            if was_paused {
                                 self.notify(&mut tx, &Notification::Runs).await?;
                             }
+                            // The cancelled actions' `pending_action.resolved`, as a thread's
+                            // cancellation stores them.
+                            let stored = super::run_sql::append(&mut tx, dep, &thread_id, Some(run.as_str()), &resolved).await?;
+                            if !stored.is_empty() {
+                                self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id.clone(), ThreadId::parse)?)).await?;
+                            }
+                            events.extend(stored);
                             self.notify(&mut tx, &Notification::CancelRun(run.clone())).await?;
                             stopping = Some(run);
                         }
@@ -563,6 +617,35 @@ macro_rules! impl_board_sql {
                 .await?;
                 row.map(|r| Ok((parse_id(r.try_get("project_id")?, ProjectId::parse)?, parse_id(r.try_get("id")?, BoardItemId::parse)?)))
                     .transpose()
+            }
+
+            async fn prune_slots(&self, before: Timestamp) -> StoreResult<u64> {
+                // The records to delete: old, not the item's latest, and not of an open run.
+                let prunable = format!(
+                    "s.fired_at < $1
+                     AND s.slot_at < (SELECT MAX(l.slot_at) FROM board_slots l WHERE l.item_id = s.item_id)
+                     AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status IN {})",
+                    $crate::sql_runs::OPEN_STATUSES
+                );
+                let mut tx = self.begin_write().await?;
+                // First the items remember the latest slot whose record goes, then it goes.
+                sqlx::query(&format!(
+                    "UPDATE board_items SET slots_pruned_through = (
+                       SELECT MAX(s.slot_at) FROM board_slots s WHERE s.item_id = board_items.id AND {prunable})
+                     WHERE EXISTS (SELECT 1 FROM board_slots s WHERE s.item_id = board_items.id AND {prunable})"
+                ))
+                .bind(before.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                let done = sqlx::query(&format!(
+                    "DELETE FROM board_slots WHERE (item_id, slot_at) IN (
+                       SELECT s.item_id, s.slot_at FROM board_slots s WHERE {prunable})"
+                ))
+                .bind(before.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
             }
 
             async fn list_slots(&self, scope: &Scope, item_id: &BoardItemId) -> StoreResult<Vec<SlotRecord>> {
@@ -637,6 +720,8 @@ macro_rules! impl_board_sql {
             next: Option<Timestamp>,
             /// Run and input message ids when the slot fires (not when it is skipped).
             run: Option<(RunId, MessageId)>,
+            /// The slot is at or before the item's pruned records: it fired already.
+            fired_before: bool,
         }
 
         impl $store {
@@ -647,7 +732,8 @@ macro_rules! impl_board_sql {
                 let mut tx = self.begin_write().await?;
                 let rows = sqlx::query(&format!(
                     "SELECT b.id, b.deployment_id, b.assigned_thread_id, b.description, b.schedule_kind,
-                       b.interval_seconds, b.overlap, b.next_run_at, b.last_run_id, r.status AS run_status
+                       b.interval_seconds, b.overlap, b.next_run_at, b.last_run_id, r.status AS run_status,
+                       b.slots_pruned_through
                      FROM board_items b LEFT JOIN runs r ON r.id = b.last_run_id
                      WHERE b.schedule_state = 'active' AND b.archived_at IS NULL AND b.next_run_at <= $1
                      ORDER BY b.next_run_at LIMIT $2{}",
@@ -681,10 +767,15 @@ macro_rules! impl_board_sql {
                         continue;
                     };
                     let skip = due.skip_if_open && due.last_run_open;
+                    // A slot whose record was pruned fired long ago: the item moves on, and
+                    // the slot is neither recorded nor fired again.
+                    let pruned: Option<i64> = row.try_get("slots_pruned_through")?;
+                    let fired_before = pruned.is_some_and(|p| firing.slot.as_millis() <= p);
                     plans.push(Plan {
                         slot: firing.slot,
                         next: firing.next.filter(|n| *n > firing.slot),
-                        run: (!skip).then(|| (RunId::generate_at(now), MessageId::generate_at(now))),
+                        run: (!skip && !fired_before).then(|| (RunId::generate_at(now), MessageId::generate_at(now))),
+                        fired_before,
                         due,
                     });
                 }
@@ -723,7 +814,7 @@ macro_rules! impl_board_sql {
                     .iter()
                     .map(|r| r.try_get::<String, _>("id"))
                     .collect::<Result<_, _>>()?;
-                plans.retain(|p| moved.contains(&p.due.item_id));
+                plans.retain(|p| moved.contains(&p.due.item_id) && !p.fired_before);
                 if plans.is_empty() {
                     tx.commit().await?;
                     return Ok(Vec::new());
@@ -952,6 +1043,21 @@ macro_rules! impl_board_sql {
 
         #[async_trait::async_trait]
         impl $crate::WorkspaceStore for $store {
+            async fn prune_orphan_chunks(&self, before: Timestamp) -> StoreResult<u64> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(
+                    "DELETE FROM blob_chunks WHERE blob_id IN (
+                       SELECT c.blob_id FROM blob_chunks c
+                       WHERE NOT EXISTS (SELECT 1 FROM workspace_files f WHERE f.blob_id = c.blob_id)
+                       GROUP BY c.blob_id HAVING MAX(c.created_at) < $1)",
+                )
+                .bind(before.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            }
+
             async fn put_blob_chunk(&self, scope: &Scope, blob_id: &BlobId, index: u32, data: &[u8]) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(

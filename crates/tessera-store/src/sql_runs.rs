@@ -363,7 +363,7 @@ macro_rules! impl_run_sql {
             Ok((row.try_get("deployment_id")?, row.try_get("thread_id")?))
         }
 
-        async fn find_idempotent(
+        pub(super) async fn find_idempotent(
             conn: &mut Conn,
             deployment_id: &str,
             operation: &str,
@@ -390,7 +390,7 @@ macro_rules! impl_run_sql {
 
         /// Records the key; `false` when it is already recorded. On PostgreSQL an insert racing
         /// an uncommitted one for the same key waits for it, then inserts nothing if it committed.
-        async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<bool> {
+        pub(super) async fn save_idempotent(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<bool> {
             let done = sqlx::query(
                 "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -438,13 +438,14 @@ macro_rules! impl_run_sql {
         }
 
         /// Cancels a queued run at once, or asks the worker of an active one to stop (`flag` 1 =
-        /// cancel, 2 = interrupt). Returns the run as it is now and, for a run cancelled here,
-        /// its status event for the caller to append.
+        /// cancel, 2 = interrupt). Returns the run as it is now and the events for the caller
+        /// to append: a queued run's status, or the `pending_action.resolved` of each action a
+        /// paused run had open. `stopped_here` tells whether the run ended here (queued).
         async fn stop_run(
             conn: &mut Conn,
             run: &Run,
             flag: i64,
-        ) -> StoreResult<(Run, Option<NewEvent>)> {
+        ) -> StoreResult<(Run, bool, Vec<NewEvent>)> {
             if run.status == RunStatus::Queued {
                 let reason = if flag == 2 { StopReason::Interrupted } else { StopReason::Cancelled };
                 let row = sqlx::query(&format!(
@@ -459,7 +460,7 @@ macro_rules! impl_run_sql {
                 .await?;
                 let run = run_from_row(&row)?;
                 let event = event::run_status_event(&run);
-                Ok((run, Some(event)))
+                Ok((run, true, vec![event]))
             } else {
                 let row = sqlx::query(&format!(
                     "UPDATE runs SET cancel_requested = $1 WHERE id = $2 RETURNING {RUN_COLS}"
@@ -469,8 +470,8 @@ macro_rules! impl_run_sql {
                 .fetch_one(&mut *conn)
                 .await?;
                 // A run paused for a confirmation has no worker to see the flag: hand it to one.
-                super::session_sql::release_paused_run(conn, &run.id).await?;
-                Ok((run_from_row(&row)?, None))
+                let (_, resolved) = super::session_sql::release_paused_run(conn, &run.id).await?;
+                Ok((run_from_row(&row)?, false, resolved))
             }
         }
 
@@ -788,6 +789,11 @@ macro_rules! impl_run_sql {
                 if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
                     return Err(StoreError::Conflict(Conflict::SessionClosed));
                 }
+                // Variables sent with the message are merged by this transaction, so a refused
+                // message (or a refused merge) changes neither.
+                if !submit.variables.is_empty() {
+                    super::session_sql::merge_variables(tx, dep, thread_id, &submit.variables, "").await?;
+                }
                 let mut last: i64 = thread_row.try_get("last_seq")?;
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
@@ -801,14 +807,12 @@ macro_rules! impl_run_sql {
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
                         for run in &open_runs(tx, thread_id.as_str()).await? {
-                            let (run, event) = stop_run(tx, run, 2).await?;
-                            match event {
-                                Some(event) => stops.push((run.id.clone(), event)),
-                                None => {
-                                    interrupted.push(run.id.clone());
-                                    self.notify(tx, &Notification::CancelRun(run.id.clone())).await?;
-                                }
+                            let (run, stopped_here, events) = stop_run(tx, run, 2).await?;
+                            if !stopped_here {
+                                interrupted.push(run.id.clone());
+                                self.notify(tx, &Notification::CancelRun(run.id.clone())).await?;
                             }
+                            stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
                         }
                     }
                 }
@@ -1107,11 +1111,11 @@ macro_rules! impl_run_sql {
                 let mut affected = Vec::new();
                 let mut stops = Vec::new();
                 for run in &open {
-                    let (run, event) = stop_run(&mut tx, run, 1).await?;
-                    match event {
-                        Some(event) => stops.push((run.id.clone(), event)),
-                        None => self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?,
+                    let (run, stopped_here, events) = stop_run(&mut tx, run, 1).await?;
+                    if !stopped_here {
+                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
                     }
+                    stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
                     affected.push(run);
                 }
                 if !stops.is_empty() {

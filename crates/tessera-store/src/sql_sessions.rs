@@ -101,17 +101,25 @@ macro_rules! impl_session_sql {
         }
 
         /// A paused run asked to stop: its open actions are cancelled and a worker takes it to
-        /// its end (which records its usage). Used by cancellation and interruption.
-        pub(super) async fn release_paused_run(conn: &mut Conn, run_id: &RunId) -> StoreResult<bool> {
-            sqlx::query(
+        /// its end (which records its usage). Used by cancellation and interruption. Returns
+        /// whether the run was paused, and a `pending_action.resolved` event for each action
+        /// cancelled here, for the caller to append (it numbers the transaction's events).
+        pub(super) async fn release_paused_run(conn: &mut Conn, run_id: &RunId) -> StoreResult<(bool, Vec<NewEvent>)> {
+            let cancelled = sqlx::query(&format!(
                 "UPDATE pending_actions SET status = 'cancelled', decided_at = $1
-                 WHERE run_id = $2 AND status = 'pending'",
-            )
+                 WHERE run_id = $2 AND status = 'pending' RETURNING {ACTION_COLS}"
+            ))
             .bind(Timestamp::now().as_millis())
             .bind(run_id.as_str())
-            .execute(&mut *conn)
+            .fetch_all(&mut *conn)
             .await?;
-            wake_paused(conn, run_id.as_str()).await
+            let mut events = Vec::with_capacity(cancelled.len());
+            for row in &cancelled {
+                events.push(resolved_event(&action_from_row(row)?));
+            }
+            // RETURNING order is unspecified: the events follow the actions' order.
+            events.sort_by(|a, b| a.data["action"]["action_id"].as_str().cmp(&b.data["action"]["action_id"].as_str()));
+            Ok((wake_paused(conn, run_id.as_str()).await?, events))
         }
 
         /// Resumes a paused run once none of its actions waits for a decision.
@@ -161,6 +169,27 @@ macro_rules! impl_session_sql {
             ))
         }
 
+        /// Merges `patch` into a session's variables inside the caller's transaction (`lock`:
+        /// the row lock clause, empty when the caller holds the row already). A closed session
+        /// is [`Conflict::SessionClosed`], a result over the limits [`StoreError::Invalid`]:
+        /// the caller then rolls back, and nothing changes. Returns `(changed, total)`.
+        pub(super) async fn merge_variables(conn: &mut Conn, dep: &str, thread_id: &ThreadId, patch: &VariablePatch, lock: &str) -> StoreResult<(usize, usize)> {
+            let (state, _) = state_of(conn, dep, thread_id, lock).await?;
+            if state.closed.is_some() {
+                return Err(StoreError::Conflict(Conflict::SessionClosed));
+            }
+            let (merged, changed) = patch.apply("context_variables", &state.variables).map_err(StoreError::Invalid)?;
+            let requested: Vec<&String> = state.requested_variables.iter().filter(|n| !merged.contains_key(n.as_str())).collect();
+            sqlx::query("UPDATE threads SET context_variables = $1, requested_variables = $2, updated_at = $3 WHERE id = $4")
+                .bind(to_json("context_variables", &merged)?)
+                .bind(to_json("requested_variables", &requested)?)
+                .bind(Timestamp::now().as_millis())
+                .bind(thread_id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok((changed, merged.len()))
+        }
+
         /// Final outcomes of a thread's actions as a response shows them.
         async fn results_for(conn: &mut Conn, thread_id: &str, run_id: &str) -> StoreResult<Vec<PendingAction>> {
             let rows = sqlx::query(&format!(
@@ -185,21 +214,9 @@ macro_rules! impl_session_sql {
 
             async fn update_variables(&self, scope: &Scope, thread_id: &ThreadId, patch: &VariablePatch) -> StoreResult<(usize, usize)> {
                 let mut tx = self.begin_write().await?;
-                let (state, _) = state_of(&mut tx, scope.deployment_id().as_str(), thread_id, Self::ROW_LOCK).await?;
-                if state.closed.is_some() {
-                    return Err(StoreError::Conflict(Conflict::SessionClosed));
-                }
-                let (merged, changed) = patch.apply("context_variables", &state.variables).map_err(StoreError::Invalid)?;
-                let requested: Vec<&String> = state.requested_variables.iter().filter(|n| !merged.contains_key(n.as_str())).collect();
-                sqlx::query("UPDATE threads SET context_variables = $1, requested_variables = $2, updated_at = $3 WHERE id = $4")
-                    .bind(to_json("context_variables", &merged)?)
-                    .bind(to_json("requested_variables", &requested)?)
-                    .bind(Timestamp::now().as_millis())
-                    .bind(thread_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                let done = merge_variables(&mut tx, scope.deployment_id().as_str(), thread_id, patch, Self::ROW_LOCK).await?;
                 tx.commit().await?;
-                Ok((changed, merged.len()))
+                Ok(done)
             }
 
             async fn close_session(&self, scope: &Scope, thread_id: &ThreadId, now: Timestamp) -> StoreResult<(SessionClose, Vec<RunId>, Vec<ThreadEvent>)> {
@@ -345,7 +362,7 @@ macro_rules! impl_session_sql {
                 events.push(event::run_status_event(&run));
                 // A cancellation that arrived while the run was pausing: a worker ends it.
                 if run.cancel_requested {
-                    release_paused_run(&mut tx, &run.id).await?;
+                    events.extend(release_paused_run(&mut tx, &run.id).await?.1);
                 }
                 let stored = append(&mut tx, &dep, run.thread_id.as_str(), Some(run.id.as_str()), &events).await?;
                 let rows = sqlx::query(&format!(
@@ -421,6 +438,36 @@ macro_rules! impl_session_sql {
                 .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn settle_actions(&self, lease: &Lease, reason: &str) -> StoreResult<Vec<ThreadEvent>> {
+                let mut tx = self.begin_write().await?;
+                let (dep, thread_id) = fence(&mut tx, lease).await?;
+                let now = Timestamp::now().as_millis();
+                let rows = sqlx::query(&format!(
+                    "UPDATE pending_actions SET
+                       result = CASE WHEN status = 'executing'
+                         THEN $1 || ': the tool was stopped midway and its outcome is unknown'
+                         ELSE $1 || ': it was not executed' END,
+                       status = CASE WHEN status = 'executing' THEN 'failed' ELSE 'cancelled' END,
+                       decided_at = COALESCE(decided_at, $2)
+                     WHERE run_id = $3 AND status IN ('pending', 'confirmed', 'executing')
+                     RETURNING {ACTION_COLS}"
+                ))
+                .bind(reason)
+                .bind(now)
+                .bind(lease.run_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut actions = rows.iter().map(action_from_row).collect::<StoreResult<Vec<_>>>()?;
+                actions.sort_by(|a, b| a.id.cmp(&b.id));
+                let events: Vec<NewEvent> = actions.iter().map(resolved_event).collect();
+                let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
+                if !stored.is_empty() {
+                    self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id, ThreadId::parse)?)).await?;
+                }
+                tx.commit().await?;
+                Ok(stored)
             }
 
             async fn resolve_action(

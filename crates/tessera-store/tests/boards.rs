@@ -23,8 +23,8 @@ use tessera_domain::validate::{
 use tessera_domain::{BlobId, BoardItemId, Scope, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
-    backend_tests, BoardItemFilter, Conflict, ConnectOptions, Entity, NewFile, NewSecretKey,
-    PageRequest, SlotOutcome, Store, StoreError,
+    backend_tests, BoardItemFilter, Conflict, ConnectOptions, Entity, Idempotency, NewFile,
+    NewSecretKey, PageRequest, SlotOutcome, Store, StoreError,
 };
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -144,6 +144,9 @@ backend_tests!(
     a_slot_queues_its_run_in_the_same_transaction,
     files_round_trip_in_chunks,
     a_closed_sessions_slot_fails_without_a_run,
+    pruning_slots_never_lets_an_old_slot_fire_again,
+    orphan_chunks_are_pruned_and_committed_files_kept,
+    idempotent_creation_and_closed_sessions,
 );
 
 async fn items_get_task_keys_and_execute_once(db: &TestDatabase) {
@@ -862,4 +865,240 @@ async fn a_closed_sessions_slot_fails_without_a_run(db: &TestDatabase) {
         .unwrap();
     assert!(a.last_run.is_none());
     assert_eq!(a.schedule_state, ScheduleState::Done);
+}
+
+async fn pruning_slots_never_lets_an_old_slot_fire_again(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let t0 = 1_000_000_000_000i64; // simulated clock
+    let minute = 60_000;
+    let at = Timestamp::from_millis;
+    let it = store
+        .create_board_item(
+            &t.scope,
+            &item(&t, "tick", Some(every(t0, 60, Overlap::Parallel))),
+        )
+        .await
+        .unwrap();
+    let kept = store
+        .create_board_item(&t.scope, &item(&t, "single", Some(once(t0))))
+        .await
+        .unwrap();
+    for k in 0..3 {
+        let fired = store
+            .claim_due_slots("n1", at(t0 + k * minute + 5), 10)
+            .await
+            .unwrap();
+        assert_eq!(fired.len(), if k == 0 { 2 } else { 1 });
+    }
+    // The runs are done (cancelled here): an open run keeps its slot record.
+    store
+        .cancel_runs(&t.scope, &it.assigned_thread_id)
+        .await
+        .unwrap();
+    store
+        .cancel_runs(&t.scope, &kept.assigned_thread_id)
+        .await
+        .unwrap();
+    let slots = |id: BoardItemId| {
+        let store = store.clone();
+        let scope = t.scope.clone();
+        async move {
+            store
+                .list_slots(&scope, &id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| s.slot_at.as_millis())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        slots(it.id.clone()).await,
+        [t0, t0 + minute, t0 + 2 * minute]
+    );
+
+    // Records that fired before the cutoff go, except each item's latest.
+    let pruned = store.prune_slots(at(t0 + 2 * minute + 6)).await.unwrap();
+    assert_eq!(pruned, 2);
+    assert_eq!(slots(it.id.clone()).await, [t0 + 2 * minute]);
+    assert_eq!(slots(kept.id.clone()).await, [t0]);
+    assert_eq!(store.prune_slots(at(t0 + 2 * minute + 6)).await.unwrap(), 0);
+
+    // A schedule set back onto a pruned slot does not fire it again.
+    let back = |ms: i64| BoardItemPatch {
+        schedule: Some(Some(once(ms))),
+        ..Default::default()
+    };
+    store
+        .update_board_item(&t.scope, &t.project.id, &it.id, &back(t0))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_due_slots("n2", at(t0 + 3 * minute), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(slots(it.id.clone()).await, [t0 + 2 * minute]);
+    // Nor onto the kept latest one (its record is there); a slot that never fired still does.
+    store
+        .update_board_item(&t.scope, &t.project.id, &it.id, &back(t0 + 2 * minute))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_due_slots("n2", at(t0 + 3 * minute), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .update_board_item(&t.scope, &t.project.id, &it.id, &back(t0 + 90_000))
+        .await
+        .unwrap();
+    let fresh = store
+        .claim_due_slots("n2", at(t0 + 3 * minute), 10)
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].slot_at, at(t0 + 90_000));
+    assert_eq!(fresh[0].outcome, SlotOutcome::Fired);
+}
+
+async fn orphan_chunks_are_pruned_and_committed_files_kept(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    let ws = WorkspaceId::Item(a.id.clone());
+    let path = WorkspacePath::parse_file("path", "/kept.txt").unwrap();
+    let committed = BlobId::generate();
+    for (i, c) in [b"kept ".as_slice(), b"file"].iter().enumerate() {
+        store
+            .put_blob_chunk(&t.scope, &committed, i as u32, c)
+            .await
+            .unwrap();
+    }
+    store
+        .commit_file(
+            &t.scope,
+            &ws,
+            &NewFile {
+                path: path.clone(),
+                blob_id: committed.clone(),
+                size: 9,
+                chunks: 2,
+                mime_type: "text/plain".into(),
+                sha256: "00".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // An upload cut off midway: two chunks, never committed (its node died).
+    let orphan = BlobId::generate();
+    for i in 0..2 {
+        store
+            .put_blob_chunk(&t.scope, &orphan, i, b"partial")
+            .await
+            .unwrap();
+    }
+    // Within the grace period (an upload could still be under way) nothing goes.
+    let hour_ago = Timestamp::now().plus_secs(-3600);
+    assert_eq!(store.prune_orphan_chunks(hour_ago).await.unwrap(), 0);
+    assert!(store.read_blob_chunk(&t.scope, &orphan, 0).await.is_ok());
+    let later = Timestamp::now().plus_secs(1);
+    assert_eq!(store.prune_orphan_chunks(later).await.unwrap(), 2);
+    for i in 0..2 {
+        assert!(store.read_blob_chunk(&t.scope, &orphan, i).await.is_err());
+    }
+    // The committed file is untouched.
+    let meta = store.get_file(&t.scope, &ws, &path).await.unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..meta.chunks {
+        bytes.extend(
+            store
+                .read_blob_chunk(&t.scope, &meta.blob_id, i)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(bytes, b"kept file");
+    assert_eq!(store.prune_orphan_chunks(later).await.unwrap(), 0);
+}
+
+async fn idempotent_creation_and_closed_sessions(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let idem = |key: &str, hash: &str| Idempotency {
+        operation: format!("createProjectTaskBoardItem:{}", t.project.id),
+        key: key.into(),
+        request_hash: hash.into(),
+        result: serde_json::Value::Null,
+    };
+    let new = item(&t, "once", Some(once(i64::MAX / 4)));
+    // Concurrent retries: one item.
+    let (k1, k1_again) = (idem("k1", "h1"), idem("k1", "h1"));
+    let (a, b) = tokio::join!(
+        store.create_board_item_once(&t.scope, &new, &k1),
+        store.create_board_item_once(&t.scope, &new, &k1_again)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.task_key, b.task_key);
+    let again = store
+        .create_board_item_once(&t.scope, &new, &idem("k1", "h1"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, a.id);
+    let all = store
+        .list_board_items(
+            &t.scope,
+            &t.project.id,
+            &BoardItemFilter::default(),
+            &PageRequest::first(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 1);
+    let reused = store
+        .create_board_item_once(&t.scope, &new, &idem("k1", "other"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(reused, StoreError::Conflict(Conflict::IdempotencyKeyReused)),
+        "{reused:?}"
+    );
+    // A failed creation keeps no key: the retry can succeed.
+    let mut on_closed = item(&t, "closed", None);
+    on_closed.assignment = Assignment::Thread(a.assigned_thread_id.clone());
+    store
+        .close_session(&t.scope, &a.assigned_thread_id, Timestamp::now())
+        .await
+        .unwrap();
+    let refused = store
+        .create_board_item_once(&t.scope, &on_closed, &idem("k2", "h2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict(Conflict::SessionClosed)),
+        "{refused:?}"
+    );
+    let mut delegated = item(&t, "lane", None);
+    delegated.assignment = Assignment::NewThread {
+        agent: None,
+        context_of: Some(a.assigned_thread_id.clone()),
+    };
+    let refused = store
+        .create_board_item(&t.scope, &delegated)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict(Conflict::SessionClosed)),
+        "{refused:?}"
+    );
+    let ok = store
+        .create_board_item_once(&t.scope, &item(&t, "fine", None), &idem("k2", "h2"))
+        .await
+        .unwrap();
+    assert_ne!(ok.id, a.id);
 }

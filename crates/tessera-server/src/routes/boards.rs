@@ -15,12 +15,13 @@ use tessera_domain::board::{
 use tessera_domain::{BoardItemId, ProjectId, Scope, ValidationError};
 use tessera_runtime::boards::{self, BoardError, FileWriter, WriteError};
 use tessera_runtime::hub::{Live, Stop};
-use tessera_store::{BoardItemFilter, Entity, StoreError};
+use tessera_store::{BoardItemFilter, Entity, Idempotency, StoreError};
 
 use crate::auth::Caller;
 use crate::convert_boards as convert;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{page_request, ApiJson, ApiQuery, IdPath, IdPath2};
+use crate::routes::threads::{idempotency_key, request_hash};
 use crate::AppState;
 
 /// Most entries of a directory listing.
@@ -39,14 +40,17 @@ impl From<BoardError> for ApiError {
 /// description runs on `assigned_thread_id`, or on an execution thread made for the item.
 #[utoipa::path(
     post, path = "/ai/actor-projects/{project_id}/board/items", operation_id = "createProjectTaskBoardItem", tag = "board",
-    params(("project_id" = String, Path, description = "Project id (`proj_…`)")),
+    params(
+        ("project_id" = String, Path, description = "Project id (`proj_…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the item the first request created, and create nothing (kept 24 h)."),
+    ),
     request_body = api::CreateBoardItemRequest,
     responses(
         (status = 201, body = api::BoardItem),
-        (status = 400, body = ErrorBody, description = "`malformed_json`"),
+        (status = 400, body = ErrorBody, description = "`malformed_json` / `invalid_parameter` (`Idempotency-Key`)"),
         (status = 401, body = ErrorBody, description = "`unauthorized`"),
         (status = 404, body = ErrorBody, description = "`project_not_found` / `thread_not_found` (`field`: `assigned_thread_id`)"),
-        (status = 409, body = ErrorBody, description = "`project_archived`"),
+        (status = 409, body = ErrorBody, description = "`project_archived`, `session_closed` (the assigned thread's session is closed), `idempotency_key_reused`"),
         (status = 422, body = ErrorBody, description = "`validation_failed` (`field` names it, e.g. `schedule.interval_seconds`)"),
     ),
     security(("secret_key" = []))
@@ -55,8 +59,14 @@ pub(crate) async fn create_item(
     caller: Caller,
     State(state): State<AppState>,
     IdPath(project_id): IdPath<ProjectId>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<api::CreateBoardItemRequest>,
 ) -> ApiResult<(StatusCode, Json<api::BoardItem>)> {
+    let idempotency = idempotency(
+        &headers,
+        format!("createProjectTaskBoardItem:{project_id}"),
+        &req,
+    )?;
     let new = match convert::new_item(project_id, req) {
         Ok(new) => new,
         // A malformed thread id cannot name a thread: same answer as an unknown one.
@@ -65,7 +75,13 @@ pub(crate) async fn create_item(
         }
         Err(e) => return Err(e.into()),
     };
-    let item = boards::create_item(state.store.as_ref(), &caller.scope, &new).await?;
+    let item = boards::create_item(
+        state.store.as_ref(),
+        &caller.scope,
+        &new,
+        idempotency.as_ref(),
+    )
+    .await?;
     state.board_scheduler.wake();
     Ok((StatusCode::CREATED, Json(convert::item(item))))
 }
@@ -233,14 +249,17 @@ pub(crate) async fn cancel_item(
 /// requested capability tags is assigned, and the new item executes at once.
 #[utoipa::path(
     post, path = "/ai/actor-projects/{project_id}/board/items/delegate", operation_id = "delegateProjectTask", tag = "board",
-    params(("project_id" = String, Path, description = "Project id (`proj_…`)")),
+    params(
+        ("project_id" = String, Path, description = "Project id (`proj_…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the first answer and delegate nothing new (kept 24 h)."),
+    ),
     request_body = api::DelegateProjectTaskRequest,
     responses(
         (status = 201, body = api::DelegateProjectTaskResponse),
-        (status = 400, body = ErrorBody, description = "`malformed_json`"),
+        (status = 400, body = ErrorBody, description = "`malformed_json` / `invalid_parameter` (`Idempotency-Key`)"),
         (status = 401, body = ErrorBody, description = "`unauthorized`"),
         (status = 404, body = ErrorBody, description = "`project_not_found` / `thread_not_found` (`field`: `target_lane_thread_id`: absent, or of another project)"),
-        (status = 409, body = ErrorBody, description = "`no_capable_agent` / `project_archived`"),
+        (status = 409, body = ErrorBody, description = "`no_capable_agent` / `project_archived` / `session_closed` (the lane's session is closed) / `idempotency_key_reused`"),
         (status = 422, body = ErrorBody, description = "`validation_failed` (e.g. the target is not an execution thread)"),
     ),
     security(("secret_key" = []))
@@ -249,8 +268,36 @@ pub(crate) async fn delegate(
     caller: Caller,
     State(state): State<AppState>,
     IdPath(project_id): IdPath<ProjectId>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<api::DelegateProjectTaskRequest>,
 ) -> ApiResult<(StatusCode, Json<api::DelegateProjectTaskResponse>)> {
+    let idempotency = idempotency(&headers, format!("delegateProjectTask:{project_id}"), &req)?;
+    // A retry answers from the first delegation's item, without choosing an agent again (the
+    // lane's agents may have changed since).
+    if let Some(idem) = &idempotency {
+        if let Some(result) = state
+            .store
+            .idempotent_result(
+                &caller.scope,
+                &idem.operation,
+                &idem.key,
+                &idem.request_hash,
+            )
+            .await?
+        {
+            let id = result["board_item_id"]
+                .as_str()
+                .and_then(|id| BoardItemId::parse(id).ok())
+                .ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("stored idempotent answer: {result}"))
+                })?;
+            let item = state
+                .store
+                .get_board_item(&caller.scope, &project_id, &id)
+                .await?;
+            return Ok((StatusCode::CREATED, Json(delegated(item))));
+        }
+    }
     let delegation = match convert::delegation(req) {
         Ok(d) => d,
         Err(e) if e.field == "target_lane_thread_id" => {
@@ -265,17 +312,33 @@ pub(crate) async fn delegate(
         &project_id,
         delegation,
         None,
+        idempotency.as_ref(),
     )
     .await?;
     state.board_scheduler.wake();
-    Ok((
-        StatusCode::CREATED,
-        Json(api::DelegateProjectTaskResponse {
-            task_key: item.task_key,
-            board_item_id: item.id.into_string(),
-            assigned_agent_id: item.assigned_agent_id.into_string(),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(delegated(item))))
+}
+
+fn delegated(item: tessera_domain::board::BoardItem) -> api::DelegateProjectTaskResponse {
+    api::DelegateProjectTaskResponse {
+        task_key: item.task_key,
+        board_item_id: item.id.into_string(),
+        assigned_agent_id: item.assigned_agent_id.into_string(),
+    }
+}
+
+/// The request's `Idempotency-Key`, as the record a creation takes (scoped to `operation`).
+fn idempotency(
+    headers: &HeaderMap,
+    operation: String,
+    req: &impl serde::Serialize,
+) -> ApiResult<Option<Idempotency>> {
+    Ok(idempotency_key(headers)?.map(|key| Idempotency {
+        operation,
+        key,
+        request_hash: request_hash(req),
+        result: serde_json::Value::Null,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

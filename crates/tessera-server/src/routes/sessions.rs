@@ -56,6 +56,44 @@ fn is_settled(status: RunStatus) -> bool {
     status.is_terminal() || status == RunStatus::WaitingForInput
 }
 
+/// The session's next steps for the caller: decide each open pending action, set the
+/// variables the agent asked for. A closed session has none.
+fn suggested_actions(view: &ResponseView) -> Vec<api::SuggestedAction> {
+    if view.session.closed.is_some() {
+        return Vec::new();
+    }
+    let thread = view.thread.id.as_str();
+    let mut steps = Vec::new();
+    for a in &view.pending {
+        for (kind, label, confirmed) in [
+            ("confirm_action", "Confirm", true),
+            ("cancel_action", "Cancel", false),
+        ] {
+            steps.push(api::SuggestedAction {
+                kind: kind.to_owned(),
+                label: format!("{label} {}", a.tool),
+                method: "POST".to_owned(),
+                path: format!("/api/v1/sessions/{thread}/actions/{}", a.id),
+                body: Some(serde_json::json!({ "confirmed": confirmed })),
+                action_id: Some(a.id.to_string()),
+                variables: None,
+            });
+        }
+    }
+    if !view.session.requested_variables.is_empty() {
+        steps.push(api::SuggestedAction {
+            kind: "set_variables".to_owned(),
+            label: format!("Provide {}", view.session.requested_variables.join(", ")),
+            method: "PATCH".to_owned(),
+            path: format!("/api/v1/sessions/{thread}"),
+            body: None,
+            action_id: None,
+            variables: Some(view.session.requested_variables.clone()),
+        });
+    }
+    steps
+}
+
 fn ask_response(view: ResponseView) -> api::AskResponse {
     let status = match view.run.status {
         RunStatus::Queued | RunStatus::Running => "processing",
@@ -65,6 +103,7 @@ fn ask_response(view: ResponseView) -> api::AskResponse {
         RunStatus::Cancelled => "cancelled",
     };
     let settled = is_settled(view.run.status);
+    let suggested_actions = suggested_actions(&view);
     let timestamp = view
         .answer
         .as_ref()
@@ -83,13 +122,13 @@ fn ask_response(view: ResponseView) -> api::AskResponse {
             .map(|m| m.content.clone()),
         timestamp: timestamp.to_rfc3339(),
         pending_action: view.pending.first().map(action_view),
-        requested_variables: view.session.requested_variables,
+        requested_variables: view.session.requested_variables.clone(),
         files: view
             .answer
             .map(|m| m.attachments)
             .filter(|_| settled)
             .unwrap_or_default(),
-        suggested_actions: Vec::new(),
+        suggested_actions,
         action_results: view
             .action_results
             .iter()
@@ -304,15 +343,12 @@ pub(crate) async fn ask_agent_pool(
         }
         None => {
             let agent = pick_agent(&pool).ok_or_else(|| ApiError::not_found(Entity::Endpoint))?;
+            // A new session has no variables yet: variables over the limits are refused before
+            // the session is made, so a refused ask leaves nothing behind.
+            patch.apply("context_variables", &Default::default())?;
             new_session(&state, scope, &slug, &agent).await?
         }
     };
-    if !patch.is_empty() {
-        state
-            .store
-            .update_variables(scope, &thread_id, &patch)
-            .await?;
-    }
     let thread = state.store.get_thread(scope, &thread_id).await?;
     let policy = match state.store.get_agent(scope, &thread.agent_id).await {
         Ok(agent) => agent.spec.multitask,
@@ -344,6 +380,8 @@ pub(crate) async fn ask_agent_pool(
             request_hash: hash,
             result: record,
         }),
+        // Merged in the submission's transaction: a refused ask changes nothing.
+        variables: patch,
     };
     match state.store.submit_run(scope, &thread_id, &submit).await? {
         SubmitOutcome::Created {

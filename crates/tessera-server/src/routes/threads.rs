@@ -216,6 +216,7 @@ pub(crate) async fn send_message(
             request_hash,
             result: serde_json::to_value(&accepted).unwrap_or_default(),
         }),
+        variables: Default::default(),
     };
     match state.store.submit_run(scope, thread_id, &submit).await? {
         SubmitOutcome::Created {

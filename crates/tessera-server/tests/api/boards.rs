@@ -28,6 +28,7 @@ backend_tests!(
     path_traversal_attempts_are_refused,
     uploads_are_limited_while_streaming,
     another_deployments_items_and_files_are_404,
+    creation_and_delegation_are_idempotent_and_refuse_closed_sessions,
 );
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -799,5 +800,123 @@ async fn another_deployments_items_and_files_are_404(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(file.data, b"secret");
+    b.app.stop().await;
+}
+
+async fn creation_and_delegation_are_idempotent_and_refuse_closed_sessions(db: &TestDatabase) {
+    let b = board(db, 1024).await;
+    let projects = b.client().ai().actor_projects();
+    let later = ScheduleSpec {
+        schedule_kind: ScheduleKind::Once,
+        next_run_at: Some("2099-01-01T00:00:00Z".into()),
+        interval_seconds: None,
+        overlap: None,
+    };
+    let req = CreateBoardItemRequest {
+        schedule: Some(later),
+        ..item_request("report", "Write the report.")
+    };
+    let create = |key: &str, req: CreateBoardItemRequest| {
+        projects
+            .create_board_item(&b.project, req)
+            .idempotency_key(key)
+            .send()
+    };
+    let first = create("item-1", req.clone()).await.unwrap();
+    let retry = create("item-1", req.clone()).await.unwrap();
+    assert_eq!(retry.id, first.id);
+    assert_eq!(retry.task_key, first.task_key);
+    let listed = projects
+        .list_board_items(&b.project, ListBoardItemsParams::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.data.len(), 1, "nothing new was created");
+    let reused = create("item-1", item_request("other", "Something else.")).await;
+    assert_api_error(reused, 409, ErrorCode::IdempotencyKeyReused, None);
+    // The same key on another project is another key.
+    let actor = b.app.actor("u2").await;
+    let elsewhere = b.app.project(&actor.id, &b.agent, "q").await;
+    let there = projects
+        .create_board_item(&elsewhere.id, req.clone())
+        .idempotency_key("item-1")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(there.id, first.id);
+
+    // Delegation: a retry answers the same, and delegates nothing new.
+    let lane = b
+        .client()
+        .ai()
+        .threads()
+        .create_thread(
+            &b.project,
+            CreateThreadRequest {
+                title: "lane".into(),
+                purpose: Some(ThreadPurpose::Execution),
+                ..Default::default()
+            },
+        )
+        .send()
+        .await
+        .unwrap();
+    let delegation = DelegateProjectTaskRequest {
+        target_lane_thread_id: lane.id.clone(),
+        title: "Validate".into(),
+        description: Some("Validate the rows.".into()),
+        capability_tags: None,
+    };
+    let delegate = |key: &str, req: DelegateProjectTaskRequest| {
+        projects
+            .delegate_task(&b.project, req)
+            .idempotency_key(key)
+            .send()
+    };
+    let d1 = delegate("d-1", delegation.clone()).await.unwrap();
+    let d2 = delegate("d-1", delegation.clone()).await.unwrap();
+    assert_eq!(d1, d2);
+    let listed = projects
+        .list_board_items(&b.project, ListBoardItemsParams::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.data.len(), 2);
+    let bad_key = send(
+        b.app
+            .request(
+                Method::POST,
+                &format!("/ai/actor-projects/{}/board/items", b.project),
+            )
+            .header("Idempotency-Key", "")
+            .json(&req),
+    )
+    .await;
+    bad_key.assert_error(400, "invalid_parameter", Some("Idempotency-Key"));
+
+    // A closed session takes no item, assigned or delegated.
+    b.client().sessions().close(&lane.id).send().await.unwrap();
+    let assigned = projects
+        .create_board_item(
+            &b.project,
+            CreateBoardItemRequest {
+                assigned_thread_id: Some(lane.id.clone()),
+                ..item_request("late", "Too late.")
+            },
+        )
+        .send()
+        .await;
+    assert_api_error(assigned, 409, ErrorCode::SessionClosed, None);
+    let delegated = delegate("d-2", delegation.clone()).await;
+    assert_api_error(delegated, 409, ErrorCode::SessionClosed, None);
+    // The refused delegation kept no key: its retry is refused the same way, not replayed.
+    let again = delegate("d-2", delegation.clone()).await;
+    assert_api_error(again, 409, ErrorCode::SessionClosed, None);
+    let listed = projects
+        .list_board_items(&b.project, ListBoardItemsParams::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.data.len(), 2);
     b.app.stop().await;
 }

@@ -26,6 +26,9 @@ backend_tests!(
     usage_is_consistent_with_close,
     another_deployments_sessions_are_404,
     a_slow_turn_answers_202_and_is_polled,
+    cancel_interrupt_and_close_resolve_open_actions,
+    a_refused_ask_changes_nothing,
+    suggested_actions_offer_the_next_steps,
 );
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -820,5 +823,204 @@ async fn a_slow_turn_answers_202_and_is_polled(db: &TestDatabase) {
     app.get("/api/v1/responses/resp_nope")
         .await
         .assert_error(404, "response_not_found", None);
+    app.stop().await;
+}
+
+/// The `pending_action.resolved` events of the thread, as (action id, status).
+async fn resolved_events(app: &TestApp, thread: &str) -> Vec<(String, String)> {
+    event_kinds(app, thread)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "pending_action.resolved")
+        .map(|(_, d)| {
+            (
+                d["action"]["action_id"].as_str().unwrap_or("?").to_owned(),
+                d["action"]["status"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asks `slug` to call the gated `notify_user`; returns (answer, thread, action).
+async fn paused_ask(app: &TestApp, slug: &str, thread: Option<&str>) -> (Value, String, String) {
+    let mut body = json!({"content": "/tool notify_user {\"message\": \"m\"}"});
+    if let Some(thread) = thread {
+        body["thread_id"] = json!(thread);
+    }
+    let answer = ask(app, slug, body).await.ok(200).clone();
+    assert_eq!(answer["status"], "waiting_for_input", "{answer}");
+    let thread = answer["thread_id"].as_str().unwrap().to_owned();
+    let action = answer["pending_action"]["action_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (answer, thread, action)
+}
+
+async fn cancel_interrupt_and_close_resolve_open_actions(db: &TestDatabase) {
+    let (app, _model) = start(db, 10).await;
+    pool_agent(&app, "stops", echo(), Some(json!({"tool": "notify_user"}))).await;
+    let gate = json!([{"tool": "notify_user"}]);
+    app.post(
+        "/ai/agents",
+        json!({"name": "interrupting", "model": echo(), "endpoint_slug": "interrupts",
+               "approval_rules": gate, "multitask": "interrupt"}),
+    )
+    .await
+    .ok(201);
+
+    // Cancelling the paused run cancels its action, and says so on the stream.
+    let (answer, thread, action) = paused_ask(&app, "stops", None).await;
+    app.post(
+        &format!("/ai/threads/{thread}/run"),
+        json!({"cancel": true}),
+    )
+    .await
+    .ok(202);
+    wait_response(&app, answer["response_id"].as_str().unwrap(), "cancelled").await;
+    assert_eq!(
+        resolved_events(&app, &thread).await,
+        [(action.clone(), "cancelled".to_owned())]
+    );
+    resolve(&app, &thread, &action, true)
+        .await
+        .assert_error(409, "action_already_decided", None);
+
+    // A new message interrupting the paused run: the same.
+    let (answer, thread, action) = paused_ask(&app, "interrupts", None).await;
+    let next = ask(
+        &app,
+        "interrupts",
+        json!({"content": "never mind", "thread_id": thread}),
+    )
+    .await;
+    assert_eq!(next.ok(200)["content"], "never mind");
+    wait_response(&app, answer["response_id"].as_str().unwrap(), "cancelled").await;
+    assert_eq!(
+        resolved_events(&app, &thread).await,
+        [(action, "cancelled".to_owned())]
+    );
+
+    // Closing the session: the same.
+    let (_, thread, action) = paused_ask(&app, "stops", None).await;
+    app.post(&format!("/api/v1/sessions/{thread}/close"), json!({}))
+        .await
+        .ok(200);
+    assert_eq!(
+        resolved_events(&app, &thread).await,
+        [(action, "cancelled".to_owned())]
+    );
+    app.stop().await;
+}
+
+async fn a_refused_ask_changes_nothing(db: &TestDatabase) {
+    let (app, model) = start(db, 1).await;
+    app.post(
+        "/ai/agents",
+        json!({"name": "strict", "model": scripted(), "endpoint_slug": "strict", "multitask": "reject"}),
+    )
+    .await
+    .ok(201);
+    model.push(Script::Hang);
+    let first = ask(
+        &app,
+        "strict",
+        json!({"content": "busy", "context_variables": {"KEPT": "yes"}}),
+    )
+    .await;
+    let thread = first.ok(202)["thread_id"].as_str().unwrap().to_owned();
+    // The send is refused (a run is active): its variables are not merged either.
+    ask(
+        &app,
+        "strict",
+        json!({"content": "again", "thread_id": thread, "context_variables": {"NEW": "x", "KEPT": null}}),
+    )
+    .await
+    .assert_error(409, "run_active", None);
+    let unchanged = app
+        .patch(
+            &format!("/api/v1/sessions/{thread}"),
+            json!({"context_variables": {}}),
+        )
+        .await;
+    assert_eq!(
+        unchanged.ok(200)["total_variables"],
+        1,
+        "{}",
+        unchanged.text
+    );
+    let users = messages(&app, &thread)
+        .await
+        .into_iter()
+        .filter(|m| m["role"] == "user")
+        .count();
+    assert_eq!(users, 1);
+
+    // A new session whose variables are refused is not created at all.
+    pool_agent(&app, "fresh", echo(), None).await;
+    ask(
+        &app,
+        "fresh",
+        json!({"content": "hi", "context_variables": {"BIG": "x".repeat(5000)}}),
+    )
+    .await
+    .assert_error(422, "validation_failed", Some("context_variables"));
+    let pool_actor = app
+        .get("/ai/actors/lookup?subject_type=pool&external_key=fresh")
+        .await;
+    assert_eq!(
+        pool_actor.ok(200)["actor"],
+        Value::Null,
+        "{}",
+        pool_actor.text
+    );
+    app.stop().await;
+}
+
+async fn suggested_actions_offer_the_next_steps(db: &TestDatabase) {
+    let (app, _model) = start(db, 10).await;
+    pool_agent(&app, "next", echo(), Some(json!({"tool": "notify_user"}))).await;
+    let (answer, thread, action) = paused_ask(&app, "next", None).await;
+    let path = format!("/api/v1/sessions/{thread}/actions/{action}");
+    assert_eq!(
+        answer["suggested_actions"],
+        json!([
+            {"type": "confirm_action", "label": "Confirm notify_user", "method": "POST",
+             "path": path, "body": {"confirmed": true}, "action_id": action},
+            {"type": "cancel_action", "label": "Cancel notify_user", "method": "POST",
+             "path": path, "body": {"confirmed": false}, "action_id": action},
+        ])
+    );
+    // The suggestion is a request that works as given.
+    let confirm = &answer["suggested_actions"][0];
+    app.post(confirm["path"].as_str().unwrap(), confirm["body"].clone())
+        .await
+        .ok(202);
+    let done = wait_response(&app, answer["response_id"].as_str().unwrap(), "completed").await;
+    assert_eq!(done["suggested_actions"], json!([]));
+
+    // Variables the agent asked for.
+    let asked = ask(
+        &app,
+        "next",
+        json!({"content": "/tool request_variables {\"names\": [\"REGION\"]}", "thread_id": thread}),
+    )
+    .await;
+    assert_eq!(
+        asked.ok(200)["suggested_actions"],
+        json!([{"type": "set_variables", "label": "Provide REGION", "method": "PATCH",
+                "path": format!("/api/v1/sessions/{thread}"), "variables": ["REGION"]}])
+    );
+    // A closed session suggests nothing.
+    app.post(&format!("/api/v1/sessions/{thread}/close"), json!({}))
+        .await
+        .ok(200);
+    let closed = app
+        .get(&format!(
+            "/api/v1/responses/{}",
+            asked.ok(200)["response_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(closed.ok(200)["suggested_actions"], json!([]));
     app.stop().await;
 }

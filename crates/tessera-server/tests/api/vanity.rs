@@ -1,18 +1,24 @@
 //! The `/vanity/agents` chat page in a real browser (headless Chromium over WebDriver, as in
 //! `browser.rs`): a minted URL opens the chat, the ticket leaves the address bar, a message to
 //! an `echo` agent gets its streamed reply, a reload keeps the conversation, the page fits a
-//! phone, and used or expired links get the friendly screen.
+//! phone, and used or expired links get the friendly screen. Pending actions: a gated tool call
+//! shows its exact arguments, Confirm / Cancel and a live countdown; confirming runs the tool
+//! and shows its result, cancelling refuses it, an unanswered one expires, and a decision taken
+//! through the backend API reaches the page through the stream.
 
 use std::time::Duration;
 
-use tessera_client::models::CreateSessionTicketRequest;
+use tessera_client::models::{ApprovalRule, CreateSessionTicketRequest};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
 use crate::browser::{browser_available, Browser};
 use crate::helpers::{echo_agent, spawn_app, TestApp};
 
-backend_tests!(the_chat_page_works_in_a_real_browser);
+backend_tests!(
+    the_chat_page_works_in_a_real_browser,
+    pending_actions_are_decided_in_the_page
+);
 
 async fn mint(app: &TestApp, agent: &str, expires_in: Option<i64>) -> String {
     app.client
@@ -140,6 +146,230 @@ async fn the_chat_page_works_in_a_real_browser(db: &TestDatabase) {
             .contains("expired or has already been used"),
         "{reason}"
     );
+
+    let _ = browser
+        .session_call(reqwest::Method::DELETE, "", None)
+        .await;
+    drop(browser);
+    app.stop().await;
+}
+
+/// The card of the `n`-th pending action (0-based) as `status|tool|preview|countdown|buttons`.
+fn card(n: usize) -> String {
+    format!(
+        "const c = document.querySelectorAll('.message.action')[{n}]; \
+         if (!c) return null; \
+         const b = [...c.querySelectorAll('button')]; \
+         return [c.dataset.status, c.querySelector('.action-tool').textContent, \
+                 c.querySelector('.action-preview').textContent, \
+                 c.querySelector('.action-countdown').textContent, \
+                 b.map(x => x.textContent + (x.disabled ? ':off' : ':on')).join(',')].join('|');"
+    )
+}
+
+async fn send_in_page(browser: &Browser, text: &str) {
+    browser
+        .execute(&format!(
+            "document.getElementById('message').value = {};",
+            serde_json::to_string(text).unwrap()
+        ))
+        .await;
+    browser.click("#send").await;
+}
+
+async fn pending_actions_are_decided_in_the_page(db: &TestDatabase) {
+    if browser_available().is_none() {
+        return;
+    }
+    let app = spawn_app(db).await;
+    // notify_user waits up to 10 minutes for a decision; request_variables only 2 seconds.
+    let rule = |tool: &str, expires: u32| ApprovalRule {
+        tool: tool.into(),
+        expires_in_seconds: Some(expires),
+    };
+    let mut request = echo_agent("Careful helper");
+    request.approval_rules = Some(vec![rule("notify_user", 600), rule("request_variables", 2)]);
+    let agent = app
+        .client
+        .ai()
+        .agents()
+        .create_agent(request)
+        .send()
+        .await
+        .unwrap();
+    let url = mint(&app, &agent.id, None).await;
+    let browser = Browser::start().await;
+    browser.goto(&url).await;
+    browser
+        .wait_for(
+            "the chat",
+            "return !document.getElementById('chat').hidden;",
+        )
+        .await;
+    browser.click("#new-chat").await;
+    browser
+        .wait_for(
+            "the composer",
+            "return !document.getElementById('composer').hidden;",
+        )
+        .await;
+
+    // 1. A gated call: the card shows the exact arguments and a countdown that runs.
+    send_in_page(&browser, r#"/tool notify_user {"message": "ship it"}"#).await;
+    let shown = browser
+        .wait_for("the first action's card", &format!("const v = (() => {{ {} }})(); return v && v.startsWith('pending|') && v.includes('Expires in') && v;", card(0)))
+        .await;
+    let parts: Vec<&str> = shown.as_str().unwrap().split('|').collect();
+    assert_eq!(parts[1], "notify_user");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(parts[2]).unwrap(),
+        serde_json::json!({"message": "ship it"}),
+        "the preview is the exact arguments"
+    );
+    assert!(
+        parts[3] == "Expires in 10:00" || parts[3].starts_with("Expires in 9:"),
+        "{shown}"
+    );
+    assert_eq!(parts[4], "Confirm:on,Cancel:on");
+    let first = parts[3].to_owned();
+    browser
+        .wait_for(
+            "the countdown to move",
+            &format!(
+                "return document.querySelector('.message.action .action-countdown').textContent !== {};",
+                serde_json::to_string(&first).unwrap()
+            ),
+        )
+        .await;
+    // Nothing ran yet.
+    let notes = browser
+        .execute("return document.querySelectorAll('.message.notification').length;")
+        .await;
+    assert_eq!(notes, 0);
+
+    // Confirm: the tool runs once and its result appears; the card is decided.
+    browser
+        .click(".message.action[data-status=pending] .action-confirm")
+        .await;
+    let result = browser
+        .wait_for(
+            "the tool's result",
+            "const t = [...document.querySelectorAll('.message.tool')].map(e => e.textContent) \
+               .find(x => x.includes('the user was notified')); \
+             const n = [...document.querySelectorAll('.message.notification')].map(e => e.textContent); \
+             return t && n.length === 1 && (t + '|' + n[0]);",
+        )
+        .await;
+    assert_eq!(result, "🔧 notify_user → the user was notified|🔔 ship it");
+    let decided = browser.wait_for("the confirmed card", &card(0)).await;
+    let decided = decided.as_str().unwrap();
+    assert!(decided.starts_with("confirmed|"), "{decided}");
+    assert!(decided.ends_with("Confirm:off,Cancel:off"), "{decided}");
+    browser
+        .wait_for(
+            "the agent's answer",
+            "return [...document.querySelectorAll('.message.assistant')].some(e => e.textContent === 'tool notify_user returned: the user was notified');",
+        )
+        .await;
+
+    // 2. Cancel: the tool does not run and the agent is told.
+    send_in_page(&browser, r#"/tool notify_user {"message": "never"}"#).await;
+    browser
+        .wait_for(
+            "the second card",
+            &format!(
+                "const v = (() => {{ {} }})(); return v && v.startsWith('pending|') && v;",
+                card(1)
+            ),
+        )
+        .await;
+    browser
+        .click(".message.action[data-status=pending] .action-cancel")
+        .await;
+    browser
+        .wait_for(
+            "the refusal",
+            "return [...document.querySelectorAll('.message.assistant')].some(e => e.textContent.includes('cancelled this action'));",
+        )
+        .await;
+    let cancelled = browser.execute(&card(1)).await;
+    assert!(
+        cancelled.as_str().unwrap().starts_with("cancelled|"),
+        "{cancelled}"
+    );
+    let notes = browser
+        .execute("return [...document.querySelectorAll('.message.notification')].map(e => e.textContent).join('|');")
+        .await;
+    assert_eq!(notes, "🔔 ship it");
+
+    // 3. Nobody decides: the card shows it expired, and its buttons are off.
+    send_in_page(&browser, r#"/tool request_variables {"names": ["REGION"]}"#).await;
+    let expired = browser
+        .wait_for(
+            "the third card to expire",
+            &format!(
+                "const v = (() => {{ {} }})(); return v && v.startsWith('expired|') && v;",
+                card(2)
+            ),
+        )
+        .await;
+    let expired = expired.as_str().unwrap();
+    assert!(expired.ends_with("Confirm:off,Cancel:off"), "{expired}");
+    assert!(expired.contains("|request_variables|"), "{expired}");
+    browser
+        .wait_for(
+            "the server's expiry to reach the agent",
+            "return [...document.querySelectorAll('.message.assistant')].some(e => e.textContent.includes('expired'));",
+        )
+        .await;
+
+    // 4. Decided elsewhere (the backend API): the page follows the stream.
+    send_in_page(&browser, r#"/tool notify_user {"message": "from the API"}"#).await;
+    let ids = browser
+        .wait_for(
+            "the fourth card",
+            "const c = document.querySelectorAll('.message.action')[3]; \
+             const t = document.querySelector('#context-list .context[aria-current=true]'); \
+             return c && t && c.dataset.status === 'pending' && [t.dataset.id, c.dataset.actionId];",
+        )
+        .await;
+    let (thread, action) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
+    let answer = app
+        .client
+        .sessions()
+        .resolve_action(thread, action, true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status, "processing");
+    let remote = browser
+        .wait_for(
+            "the decision taken elsewhere",
+            &format!(
+                "const v = (() => {{ {} }})(); return v && !v.startsWith('pending|') && v;",
+                card(3)
+            ),
+        )
+        .await;
+    assert!(
+        remote.as_str().unwrap().starts_with("confirmed|"),
+        "{remote}"
+    );
+    browser
+        .wait_for(
+            "its notification",
+            "return [...document.querySelectorAll('.message.notification')].some(e => e.textContent === '🔔 from the API');",
+        )
+        .await;
+    // A decision from the page now is refused, and the card says so.
+    let late = browser
+        .execute(&format!(
+            "return fetch('/agent/contexts/{thread}/actions/{action}', {{method: 'POST', \
+               credentials: 'include', headers: {{'Content-Type': 'application/json'}}, \
+               body: JSON.stringify({{confirmed: false}})}}).then(r => r.status);"
+        ))
+        .await;
+    assert_eq!(late, 409);
 
     let _ = browser
         .session_call(reqwest::Method::DELETE, "", None)

@@ -146,6 +146,7 @@ pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> 
         run_id,
         policy,
         idempotency: None,
+        variables: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Pending actions across crashes of a real `tessera serve`: a confirmed action executes
-//! exactly once when the node is SIGKILLed after the confirmation, and an action whose
+//! exactly once when the node is SIGKILLed after the confirmation (at every point of its
+//! execution, reached deterministically with `TESSERA_TEST_FAULT`), and an action whose
 //! `expires_at` passes while no node runs expires when one starts again.
 
 use std::time::Duration;
@@ -172,7 +173,7 @@ async fn a_confirmed_action_runs_once_across_sigkill(db: &TestDatabase) {
         .await
         .unwrap();
     store.close().await;
-    let mut server = Server::start_with_env(&db.url, &key, &env()).await;
+    let server = Server::start_with_env(&db.url, &key, &env()).await;
     let client = server.client(&key);
     let done = wait_settled(&client, &response, &server).await;
     assert_eq!(
@@ -181,10 +182,32 @@ async fn a_confirmed_action_runs_once_across_sigkill(db: &TestDatabase) {
     );
     assert_eq!(notifications(&events(&client, &thread).await, "first"), 1);
 
-    // 2. A real confirmation over HTTP, and SIGKILL at once: whatever the node had done, the
-    //    restarted node finishes the run and the tool has run at most once — exactly once
-    //    when the action reports `completed`.
-    let (_, action, response) = ask_paused(&client, "crash", "second", Some(thread.clone())).await;
+    drop(server);
+
+    // 2. A real confirmation over HTTP, then SIGKILL at each point of the execution, made
+    //    deterministic by the test-only `TESSERA_TEST_FAULT` (the node stops there until killed).
+    for (point, outcome) in [
+        // Confirmed, not started: the restarted node executes it, once.
+        ("action_before_start", "completed"),
+        // The tool ran (its notification is stored), its result was not: the restarted node
+        // does not run it again and reports the outcome as unknown.
+        ("action_after_tool", "failed"),
+        // The result is on the action, the tool message was not stored: it is reused.
+        ("action_after_result", "completed"),
+    ] {
+        crash_at_point(db, &key, point, outcome).await;
+    }
+}
+
+/// Confirms an action on a node that stops at `point`, SIGKILLs it there, and checks that the
+/// restarted node completes the run with one tool result, the tool having run exactly once,
+/// and the action ending `outcome`.
+async fn crash_at_point(db: &TestDatabase, key: &str, point: &str, outcome: &str) {
+    let mut faulty = env();
+    faulty.push((tessera_runtime::fault::ENV, point.to_owned()));
+    let mut server = Server::start_with_env(&db.url, key, &faulty).await;
+    let client = server.client(key);
+    let (thread, action, response) = ask_paused(&client, "crash", point, None).await;
     let confirmed = client
         .sessions()
         .resolve_action(&thread, &action, true)
@@ -192,13 +215,44 @@ async fn a_confirmed_action_runs_once_across_sigkill(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(confirmed.status, "processing");
+    poll_until(
+        &format!("the node to stop at {point}"),
+        Duration::from_secs(20),
+        || {
+            let log = server.log();
+            async move {
+                if log.contains("test fault point reached") && log.contains(point) {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            }
+        },
+    )
+    .await;
     server.kill_hard();
-    let server = Server::start_with_env(&db.url, &key, &env()).await;
-    let client = server.client(&key);
+
+    let server = Server::start_with_env(&db.url, key, &env()).await;
+    let client = server.client(key);
     wait_settled(&client, &response, &server).await;
-    let after = events(&client, &thread).await;
-    let count = notifications(&after, "second");
-    assert!(count <= 1, "the confirmed tool ran {count} times");
+    let all = events(&client, &thread).await;
+    assert_eq!(
+        notifications(&all, point),
+        1,
+        "{point}: the tool ran exactly once\n{all:?}"
+    );
+    let tool_results: Vec<_> = client
+        .ai()
+        .threads()
+        .list_messages(&thread, Default::default())
+        .send()
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .filter(|m| m.role == tessera_client::models::MessageRole::Tool)
+        .collect();
+    assert_eq!(tool_results.len(), 1, "{point}: {tool_results:?}");
     let next = client
         .sessions()
         .ask(
@@ -217,11 +271,18 @@ async fn a_confirmed_action_runs_once_across_sigkill(db: &TestDatabase) {
         .iter()
         .find(|r| r.action_id == action)
         .unwrap_or_else(|| panic!("the next answer reports the action: {next:?}"));
-    if result.status == "completed" {
-        assert_eq!(count, 1, "{result:?}");
+    assert_eq!(result.status, outcome, "{point}: {result:?}");
+    let text = result.result.clone().unwrap_or_default();
+    if outcome == "completed" {
+        assert_eq!(text, "the user was notified");
+        assert_eq!(tool_results[0].content, text);
     } else {
-        assert_eq!(result.status, "failed", "{result:?}");
+        assert!(text.contains("outcome is unknown"), "{point}: {text}");
     }
+    assert!(
+        !server.log().contains("test fault point reached"),
+        "the restarted node runs without the fault"
+    );
 }
 
 async fn an_action_expires_after_a_restart(db: &TestDatabase) {
