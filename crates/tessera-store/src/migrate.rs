@@ -59,6 +59,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "boards",
         sql: include_str!("../migrations/sqlite/0007_boards.sql"),
     },
+    Migration {
+        version: 8,
+        name: "tools",
+        sql: include_str!("../migrations/sqlite/0008_tools.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -96,6 +101,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "boards",
         sql: include_str!("../migrations/postgres/0007_boards.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "tools",
+        sql: include_str!("../migrations/postgres/0008_tools.sql"),
     },
 ];
 
