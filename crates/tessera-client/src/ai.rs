@@ -43,6 +43,13 @@ impl<'a> Ai<'a> {
         }
     }
 
+    /// Tools agents attach, and the internal tool catalogue.
+    pub fn tools(&self) -> crate::tools::Tools<'a> {
+        crate::tools::Tools {
+            client: self.client,
+        }
+    }
+
     /// Threads, their messages, runs and event stream.
     pub fn threads(&self) -> crate::threads::Threads<'a> {
         crate::threads::Threads::new(self.client)

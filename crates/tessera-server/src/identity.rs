@@ -171,6 +171,24 @@ impl Identity {
             })
     }
 
+    /// Start-up check: when tool configurations hold sealed secrets, this node's secrets key
+    /// must open them; with another (or a lost) key every call of such a tool would fail.
+    pub async fn check_tool_secrets(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let Some((tool, sealed)) = store.any_sealed_tool_secret().await? else {
+            return Ok(());
+        };
+        let secrets = self.secrets().await?;
+        tessera_domain::tool::ToolSecret::open(secrets, &tool, &sealed)
+            .map(|_| ())
+            .with_context(|| {
+                format!(
+                    "the secret of tool {tool} cannot be decrypted with this node's secrets key; \
+                     configure the key that encrypted it (TESSERA_SECRETS_KEY or the \
+                     secrets_key_file it was created in)"
+                )
+            })
+    }
+
     /// The current signing key, creating the first one when there is none.
     async fn signer(&self, store: &dyn Store) -> anyhow::Result<TokenSigner> {
         let secrets = self.secrets().await?;
@@ -414,8 +432,8 @@ fn load_or_create_key_file(path: &Path) -> anyhow::Result<SecretsKey> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             tracing::warn!(
                 path = %path.display(),
-                "created a secrets key file for encrypting signing keys; back it up, and give \
-                 every node of a shared database the same key (TESSERA_SECRETS_KEY)"
+                "created a secrets key file for encrypting signing keys and tool secrets; back it \
+                 up, and give every node of a shared database the same key (TESSERA_SECRETS_KEY)"
             );
             Ok(key)
         }

@@ -29,6 +29,7 @@ pub mod config;
 mod convert;
 mod convert_boards;
 mod convert_identity;
+mod convert_tools;
 mod error;
 mod extract;
 mod identity;
@@ -113,6 +114,7 @@ impl Application {
         let admin = bootstrap::console_admin(store.as_ref(), &config).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
+        identity.check_tool_secrets(store.as_ref()).await?;
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {
             store: store.clone(),

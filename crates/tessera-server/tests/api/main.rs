@@ -22,5 +22,6 @@ mod runtime;
 mod sessions;
 mod tenancy;
 mod tickets;
+mod tools;
 mod vanity;
 mod walkthrough;
