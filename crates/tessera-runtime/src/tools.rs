@@ -49,6 +49,17 @@ pub trait ToolExecutor: Send + Sync {
     fn requiring_confirmation(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The longest a call of `tool` may take, when the tool sets its own (otherwise the
+    /// server's `runtime.tool_timeout_seconds`).
+    fn timeout(&self, _tool: &str) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// How long a confirmation of `tool` stays open, when the tool sets its own.
+    fn confirmation_expiry(&self, _tool: &str) -> Option<u32> {
+        None
+    }
 }
 
 /// The built-in tools.

@@ -203,6 +203,7 @@ impl Rig {
                 node_id: "test-node".into(),
                 action_expiry_seconds: 600,
             },
+            tool_records: None,
         });
         let (shutdown, rx) = watch::channel(false);
         let workers = tokio::spawn(tessera_runtime::worker::run_workers(runtime, rx));

@@ -22,6 +22,7 @@ mod runtime;
 mod sessions;
 mod tenancy;
 mod tickets;
+mod tool_calls;
 mod tools;
 mod vanity;
 mod walkthrough;
