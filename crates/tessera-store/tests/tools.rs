@@ -302,7 +302,7 @@ async fn tools_of_another_deployment_are_not_found(db: &TestDatabase) {
             .unwrap_err()
     ));
     assert!(store
-        .tools_by_ids(&mine, &[id.clone()])
+        .tools_by_ids(&mine, std::slice::from_ref(&id))
         .await
         .unwrap()
         .is_empty());
