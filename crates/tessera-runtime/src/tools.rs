@@ -1,7 +1,8 @@
 //! Tool dispatch: which tools an agent's model sees and how a call is executed.
 //!
-//! The full catalogue (API, code, MCP, …) comes later; the interface is what the loop uses.
-//! Internal tools every agent has today: `notify_user` and `request_variables`.
+//! The interface is what the loop uses. Internal tools here: `notify_user` and
+//! `request_variables` (the board tools are in `board_tools.rs`); the tools agents attach are in
+//! `tool_records.rs`.
 
 use async_trait::async_trait;
 use serde_json::json;
