@@ -83,6 +83,7 @@ error_codes! {
     EndpointNotFound => (404, "endpoint_not_found", "No agent of the caller's deployment serves this pool endpoint slug."),
     MethodNotAllowed => (405, "method_not_allowed", "The path exists but not with this HTTP method."),
     ActorExists => (409, "actor_exists", "An actor with this (subject_type, external_key) already exists."),
+    ToolInUse => (409, "tool_in_use", "The tool is attached to an agent; remove it from the agents' `tool_ids` first."),
     AgentInUse => (409, "agent_in_use", "The agent is still used by an active project; archive the projects first."),
     ProjectArchived => (409, "project_archived", "The project is archived: nothing new can be created in it."),
     RunActive => (409, "run_active", "The thread has a queued or active run and the agent's multitask policy is `reject`."),

@@ -11,6 +11,7 @@ mod identity_types;
 pub mod ops;
 mod session_types;
 mod ticket_types;
+mod tool_types;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -35,6 +35,12 @@ operations! {
     GET_AI_AGENT_BY_ID = ("getAiAgentById", "GET", "/ai/agents/{agent_id}");
     UPDATE_AI_AGENT = ("updateAiAgent", "PATCH", "/ai/agents/{agent_id}");
     DELETE_AI_AGENT = ("deleteAiAgent", "DELETE", "/ai/agents/{agent_id}");
+    CREATE_AI_TOOL = ("createAiTool", "POST", "/ai/tools");
+    LIST_AI_TOOLS = ("listAiTools", "GET", "/ai/tools");
+    LIST_INTERNAL_TOOLS = ("listInternalTools", "GET", "/ai/tools/internal");
+    GET_AI_TOOL_BY_ID = ("getAiToolById", "GET", "/ai/tools/{tool_id}");
+    UPDATE_AI_TOOL = ("updateAiTool", "PATCH", "/ai/tools/{tool_id}");
+    DELETE_AI_TOOL = ("deleteAiTool", "DELETE", "/ai/tools/{tool_id}");
     CREATE_ACTOR_PROJECT_FLAT = ("createActorProjectFlat", "POST", "/ai/actor-projects");
     LIST_ACTOR_PROJECTS = ("listActorProjects", "GET", "/ai/actor-projects");
     GET_ACTOR_PROJECT = ("getActorProject", "GET", "/ai/actor-projects/{project_id}");

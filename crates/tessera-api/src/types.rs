@@ -10,6 +10,7 @@ pub use crate::board_types::*;
 pub use crate::identity_types::*;
 pub use crate::session_types::*;
 pub use crate::ticket_types::*;
+pub use crate::tool_types::*;
 
 /// Distinguishes "field absent" (`None`) from "field set to null" (`Some(None)`) in PATCH bodies.
 pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>

@@ -43,6 +43,13 @@ impl<'a> Ai<'a> {
         }
     }
 
+    /// Tools agents attach, and the internal tool catalogue.
+    pub fn tools(&self) -> crate::tools::Tools<'a> {
+        crate::tools::Tools {
+            client: self.client,
+        }
+    }
+
     /// Threads, their messages, runs and event stream.
     pub fn threads(&self) -> crate::threads::Threads<'a> {
         crate::threads::Threads::new(self.client)
@@ -221,6 +228,20 @@ mod tests {
             seen(ai.agents().get_agent("x")),
             seen(ai.agents().update_agent("x", UpdateAgentRequest::default())),
             seen(ai.agents().delete_agent("x")),
+            seen(
+                ai.tools().create_tool(
+                    serde_json::from_value(serde_json::json!({
+                        "name": "t",
+                        "configuration": {"type": "PlatformEvent", "event_type": "e"}
+                    }))
+                    .unwrap(),
+                ),
+            ),
+            seen(ai.tools().list_tools(Default::default())),
+            seen(ai.tools().list_internal_tools()),
+            seen(ai.tools().get_tool("x")),
+            seen(ai.tools().update_tool("x", Default::default())),
+            seen(ai.tools().delete_tool("x")),
             seen(ai.actor_projects().create_actor_project("x", project)),
             seen(
                 ai.actor_projects()

@@ -42,6 +42,7 @@ mod stream;
 mod tests;
 mod threads;
 mod tickets;
+mod tools;
 mod users;
 
 pub use ai::{ActorProjects, Actors, Agents, Ai};
@@ -55,6 +56,7 @@ pub use sessions::Sessions;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;
 pub use tickets::{AgentSessions, Console, SessionTickets};
+pub use tools::Tools;
 pub use users::{AuditEvents, Organizations, Users};
 
 /// The wire crate, for [`tessera_api::ErrorCode`], [`tessera_api::ops`] and friends.

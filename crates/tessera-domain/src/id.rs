@@ -282,6 +282,13 @@ define_id!(
     "resp"
 );
 
+define_id!(
+    /// A platform event emitted by a `PlatformEvent` tool (stored, streamed, queued for
+    /// webhooks).
+    PlatformEventId,
+    "pevt"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

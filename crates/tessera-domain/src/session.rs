@@ -189,6 +189,9 @@ pub struct Approvals {
     /// Tools that always need confirmation (`requires_confirmation` of the tool catalogue).
     always: Vec<String>,
     default_expiry_seconds: u32,
+    /// Confirmation lifetimes set on tools themselves (tool records'
+    /// `confirmation_expires_in_seconds`).
+    tool_expiry: Vec<(String, u32)>,
 }
 
 impl Approvals {
@@ -197,7 +200,14 @@ impl Approvals {
             rules,
             always,
             default_expiry_seconds,
+            tool_expiry: Vec::new(),
         }
+    }
+
+    /// Adds the confirmation lifetimes tools set for themselves; an approval rule's still wins.
+    pub fn with_tool_expiry(mut self, tool_expiry: Vec<(String, u32)>) -> Self {
+        self.tool_expiry = tool_expiry;
+        self
     }
 
     pub fn needs(&self, tool: &str) -> bool {
@@ -205,12 +215,18 @@ impl Approvals {
     }
 
     /// Seconds a call of `tool` waits for its confirmation: the first matching rule's, else
-    /// the default.
+    /// the tool's own, else the default.
     pub fn expiry_seconds(&self, tool: &str) -> u32 {
         self.rules
             .iter()
             .find(|r| r.tool.matches(tool))
             .and_then(|r| r.expires_in_seconds)
+            .or_else(|| {
+                self.tool_expiry
+                    .iter()
+                    .find(|(name, _)| name == tool)
+                    .map(|(_, s)| *s)
+            })
             .unwrap_or(self.default_expiry_seconds)
     }
 }
@@ -464,6 +480,17 @@ mod tests {
         assert!(!a.needs("notify_user"));
         assert_eq!(a.expiry_seconds("send_email"), 5);
         assert_eq!(a.expiry_seconds("delete_all"), 600);
+        let a = a.with_tool_expiry(vec![("delete_all".into(), 30), ("send_email".into(), 99)]);
+        assert_eq!(
+            a.expiry_seconds("delete_all"),
+            30,
+            "the tool's own lifetime"
+        );
+        assert_eq!(
+            a.expiry_seconds("send_email"),
+            5,
+            "a rule's wins over the tool's"
+        );
     }
 
     #[test]

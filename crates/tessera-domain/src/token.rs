@@ -151,6 +151,11 @@ impl TokenSigner {
 
     /// A compact JWS of `claims`.
     pub fn sign(&self, claims: &UserClaims) -> String {
+        self.sign_claims(claims)
+    }
+
+    /// A compact JWS of any claims object (user tokens, actor tokens of tools).
+    pub fn sign_claims<T: Serialize>(&self, claims: &T) -> String {
         let header = serde_json::json!({"alg": "EdDSA", "kid": self.kid.as_str(), "typ": "JWT"});
         // Serializing plain data types to JSON cannot fail.
         let header = serde_json::to_vec(&header).unwrap_or_default();
@@ -234,14 +239,12 @@ pub fn token_kid(token: &str) -> Result<SigningKeyId, TokenError> {
     SigningKeyId::parse(&kid).map_err(|_| TokenError::UnknownKey)
 }
 
-/// Verifies a user token signed by `public_key` (the key named by its `kid`): signature,
-/// algorithm, issuer, audience and expiry (`now_secs`, no leeway).
-pub fn verify_user_token(
+/// Checks a compact JWS's header (EdDSA with a kid) and signature against `public_key`, and
+/// returns its claims as JSON. Claims (issuer, audience, expiry) are the caller's to check.
+pub fn verify_signature(
     token: &str,
     public_key: &[u8; 32],
-    issuer: &str,
-    now_secs: i64,
-) -> Result<VerifiedUser, TokenError> {
+) -> Result<serde_json::Value, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -269,7 +272,19 @@ pub fn verify_user_token(
     let claims = URL_SAFE_NO_PAD
         .decode(claims)
         .map_err(|_| TokenError::Malformed)?;
-    let claims: UserClaims = serde_json::from_slice(&claims).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&claims).map_err(|_| TokenError::Malformed)
+}
+
+/// Verifies a user token signed by `public_key` (the key named by its `kid`): signature,
+/// algorithm, issuer, audience and expiry (`now_secs`, no leeway).
+pub fn verify_user_token(
+    token: &str,
+    public_key: &[u8; 32],
+    issuer: &str,
+    now_secs: i64,
+) -> Result<VerifiedUser, TokenError> {
+    let claims: UserClaims = serde_json::from_value(verify_signature(token, public_key)?)
+        .map_err(|_| TokenError::Malformed)?;
     if claims.iss != issuer || claims.aud != USER_TOKEN_AUDIENCE {
         return Err(TokenError::Claims);
     }

@@ -53,6 +53,21 @@ impl ToolExecutor for ToolChain {
         }
         ToolOutput::error(format!("unknown tool `{}`", call.name))
     }
+
+    fn requiring_confirmation(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|e| e.requiring_confirmation())
+            .collect()
+    }
+
+    fn timeout(&self, tool: &str) -> Option<std::time::Duration> {
+        self.0.iter().find_map(|e| e.timeout(tool))
+    }
+
+    fn confirmation_expiry(&self, tool: &str) -> Option<u32> {
+        self.0.iter().find_map(|e| e.confirmation_expiry(tool))
+    }
 }
 
 /// The board tools. New items wake this node's board scheduler.

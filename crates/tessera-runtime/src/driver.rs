@@ -61,9 +61,12 @@ pub struct RuntimeConfig {
 pub struct Runtime {
     pub store: Arc<dyn Store>,
     pub providers: ProviderRegistry,
+    /// The internal tools every agent has.
     pub tools: Arc<dyn ToolExecutor>,
     pub hub: Arc<Hub>,
     pub config: RuntimeConfig,
+    /// Executes the tool records agents attach (`tool_ids`); `None`: they are not offered.
+    pub tool_records: Option<Arc<crate::tool_records::ToolRecordsConfig>>,
 }
 
 /// Text every model sees first.
@@ -110,6 +113,7 @@ impl Runtime {
             variables: None,
             last_decision: None,
             had_actions: false,
+            tools: self.tools.clone(),
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -179,6 +183,8 @@ struct Driver<'a> {
     last_decision: Option<Timestamp>,
     /// The run has pending actions (it paused before): its end settles those left unfinished.
     had_actions: bool,
+    /// The tools this run's model sees: the internal ones and the agent's tool records.
+    tools: Arc<dyn ToolExecutor>,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -242,6 +248,7 @@ impl Driver<'_> {
                 )
                 .await;
         };
+        self.tools = self.agent_tools(&agent).await?;
         // The agent's model, else the deployment's default, else the server's.
         let model = match &agent.spec.model {
             Some(model) => Some(model.clone()),
@@ -454,7 +461,7 @@ impl Driver<'_> {
         let request = ModelRequest {
             model: model_name,
             messages: self.context(agent),
-            tools: self.rt.tools.specs(),
+            tools: self.tools.specs(),
             temperature,
             max_output_tokens,
         };
@@ -567,13 +574,14 @@ impl Driver<'_> {
             run_id: &self.run.id,
             lease: &self.lease,
         };
-        let timeout = self.rt.config.tool_timeout;
-        let tools = self.rt.tools.clone();
+        let default_timeout = self.rt.config.tool_timeout;
+        let tools = self.tools.clone();
         // Independent calls of one turn run concurrently.
         let all = futures_util::future::join_all(calls.iter().map(|call| {
             let ctx = &ctx;
             let tools = tools.clone();
             let gated = self.approvals.needs(&call.name);
+            let timeout = tools.timeout(&call.name).unwrap_or(default_timeout);
             async move { execute_call(tools.as_ref(), ctx, call, gated, timeout).await }
         }));
         let mut stop = self.stop.clone();
@@ -697,11 +705,18 @@ impl Driver<'_> {
         state: LoopState,
     ) -> Result<(AgentLoop, Vec<Effect>), StoreError> {
         let store = self.rt.store.as_ref();
+        let tool_expiry = self
+            .tools
+            .specs()
+            .into_iter()
+            .filter_map(|s| self.tools.confirmation_expiry(&s.name).map(|e| (s.name, e)))
+            .collect();
         self.approvals = Approvals::new(
             agent.spec.approval_rules.clone(),
-            self.rt.tools.requiring_confirmation(),
+            self.tools.requiring_confirmation(),
             self.rt.config.action_expiry_seconds,
-        );
+        )
+        .with_tool_expiry(tool_expiry);
         // Only a run that stopped with calls outstanding can have decisions to honour.
         let actions = if state.pending.is_empty() {
             Vec::new()
@@ -720,6 +735,28 @@ impl Driver<'_> {
             self.approvals.clone(),
             decisions,
         ))
+    }
+
+    /// The internal tools, and the agent's tool records when it attaches any.
+    async fn agent_tools(&self, agent: &Agent) -> Result<Arc<dyn ToolExecutor>, StoreError> {
+        let Some(config) = &self.rt.tool_records else {
+            return Ok(self.rt.tools.clone());
+        };
+        if agent.spec.tool_ids.is_empty() {
+            return Ok(self.rt.tools.clone());
+        }
+        let records = self
+            .rt
+            .store
+            .tools_by_ids(&self.scope, &agent.spec.tool_ids)
+            .await?;
+        Ok(Arc::new(crate::board_tools::ToolChain(vec![
+            self.rt.tools.clone(),
+            Arc::new(crate::tool_records::RecordTools::new(
+                records,
+                config.clone(),
+            )),
+        ])))
     }
 
     /// Stores the held calls as pending actions and leaves the run `waiting_for_input`; a

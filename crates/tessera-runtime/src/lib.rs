@@ -5,6 +5,7 @@
 //! no SQL; storage is reached through `tessera-store` traits, the loop's decisions come from the
 //! pure state machine in `tessera-domain`.
 
+mod api_tool;
 pub mod board_scheduler;
 pub mod board_tools;
 pub mod boards;
@@ -16,5 +17,7 @@ pub mod mcp;
 pub mod provider;
 pub mod sandbox;
 pub mod scheduler;
+pub mod tool_net;
+pub mod tool_records;
 pub mod tools;
 pub mod worker;

@@ -1,7 +1,8 @@
 //! Tool dispatch: which tools an agent's model sees and how a call is executed.
 //!
-//! The full catalogue (API, code, MCP, …) comes later; the interface is what the loop uses.
-//! Internal tools every agent has today: `notify_user` and `request_variables`.
+//! The interface is what the loop uses. Internal tools here: `notify_user` and
+//! `request_variables` (the board tools are in `board_tools.rs`); the tools agents attach are in
+//! `tool_records.rs`.
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -48,6 +49,17 @@ pub trait ToolExecutor: Send + Sync {
     /// agent's approval rules say.
     fn requiring_confirmation(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The longest a call of `tool` may take, when the tool sets its own (otherwise the
+    /// server's `runtime.tool_timeout_seconds`).
+    fn timeout(&self, _tool: &str) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// How long a confirmation of `tool` stays open, when the tool sets its own.
+    fn confirmation_expiry(&self, _tool: &str) -> Option<u32> {
+        None
     }
 }
 

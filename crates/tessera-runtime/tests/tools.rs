@@ -222,6 +222,7 @@ impl Rig {
                 slot_retention: Duration::from_secs(7 * 86_400),
                 upload_grace: Duration::from_secs(3600),
             },
+            tool_records: None,
         });
         let (shutdown, rx) = watch::channel(false);
         let workers = tokio::spawn(tessera_runtime::worker::run_workers(runtime, rx));

@@ -182,6 +182,31 @@ impl Default for SessionSettings {
     }
 }
 
+/// `[tools]`: how tool records execute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToolSettings {
+    /// Targets `Api` tools may reach although they are loopback, private, link-local or
+    /// otherwise internal: host names (`localhost`, `billing.internal`), addresses
+    /// (`127.0.0.1`, `[::1]`) or ranges (`10.0.0.0/8`, `fd00::/8`). Empty by default.
+    pub allow_hosts: Vec<String>,
+    /// Largest response body an `Api` tool reads, unless the tool sets a smaller or larger
+    /// `max_response_bytes` (at most 10 MiB).
+    pub max_response_bytes: u64,
+    /// Redirects an `Api` call follows; each hop is checked like the first.
+    pub max_redirects: usize,
+}
+
+impl Default for ToolSettings {
+    fn default() -> Self {
+        Self {
+            allow_hosts: Vec::new(),
+            max_response_bytes: 1024 * 1024,
+            max_redirects: 5,
+        }
+    }
+}
+
 /// Everything `tessera serve` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -224,6 +249,7 @@ pub struct Config {
     pub sandbox: tessera_runtime::sandbox::SandboxConfig,
     /// `[mcp]`: what MCP tools may reach (`allow_stdio`, `allow_private`); see docs/mcp.md.
     pub mcp: tessera_runtime::mcp::McpPolicy,
+    pub tools: ToolSettings,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
@@ -249,6 +275,7 @@ impl Default for Config {
             runtime: RuntimeSettings::default(),
             sandbox: tessera_runtime::sandbox::SandboxConfig::default(),
             mcp: tessera_runtime::mcp::McpPolicy::default(),
+            tools: ToolSettings::default(),
             providers: std::collections::BTreeMap::new(),
         }
     }
@@ -358,6 +385,17 @@ impl Config {
         anyhow::ensure!(
             self.runtime.orphan_upload_grace_seconds >= 600,
             "runtime.orphan_upload_grace_seconds must be at least 600"
+        );
+        tessera_runtime::tool_net::NetPolicy::new(&self.tools.allow_hosts)
+            .map_err(|e| anyhow::anyhow!("tools.allow_hosts: {e}"))?;
+        anyhow::ensure!(
+            (1..=tessera_domain::tool::ApiConfig::MAX_RESPONSE_BYTES)
+                .contains(&self.tools.max_response_bytes),
+            "tools.max_response_bytes must be between 1 and 10485760"
+        );
+        anyhow::ensure!(
+            self.tools.max_redirects <= 20,
+            "tools.max_redirects must be at most 20"
         );
         for name in self.providers.keys() {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())

@@ -133,6 +133,10 @@ impl From<StoreError> for ApiError {
                     ErrorCode::ActorExists,
                     "an actor with this subject_type and external_key already exists",
                 ),
+                Conflict::ToolInUse => Self::new(
+                    ErrorCode::ToolInUse,
+                    "the tool is attached to an agent; remove it from the agents' tool_ids first",
+                ),
                 Conflict::AgentInUse => Self::new(
                     ErrorCode::AgentInUse,
                     "the agent is used by an active project; archive the project first",

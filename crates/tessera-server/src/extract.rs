@@ -198,7 +198,8 @@ path_ids!(
     tessera_domain::OrganizationId => Organization,
     tessera_domain::ActionId => Action,
     tessera_domain::ResponseId => Response,
-    tessera_domain::BoardItemId => BoardItem
+    tessera_domain::BoardItemId => BoardItem,
+    tessera_domain::ToolId => Tool
 );
 
 /// The single id of a path (`/ai/agents/{agent_id}`). An id that cannot exist — malformed,

@@ -83,6 +83,8 @@ struct KeyCache {
 const KEY_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the signing keys read are used before they are read again.
 const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Lifetime of the actor token of an `actor_token` tool call, seconds.
+const ACTOR_TOKEN_SECONDS: i64 = 300;
 /// Clock skew tolerated between nodes, seconds.
 const TOKEN_SKEW_SECS: i64 = 60;
 
@@ -171,6 +173,24 @@ impl Identity {
             })
     }
 
+    /// Start-up check: when tool configurations hold sealed secrets, this node's secrets key
+    /// must open them; with another (or a lost) key every call of such a tool would fail.
+    pub async fn check_tool_secrets(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let Some((tool, sealed)) = store.any_sealed_tool_secret().await? else {
+            return Ok(());
+        };
+        let secrets = self.secrets().await?;
+        tessera_domain::tool::ToolSecret::open(secrets, &tool, &sealed)
+            .map(|_| ())
+            .with_context(|| {
+                format!(
+                    "the secret of tool {tool} cannot be decrypted with this node's secrets key; \
+                     configure the key that encrypted it (TESSERA_SECRETS_KEY or the \
+                     secrets_key_file it was created in)"
+                )
+            })
+    }
+
     /// The current signing key, creating the first one when there is none.
     async fn signer(&self, store: &dyn Store) -> anyhow::Result<TokenSigner> {
         let secrets = self.secrets().await?;
@@ -215,6 +235,29 @@ impl Identity {
             exp,
         });
         Ok((token, exp))
+    }
+
+    /// Mints the short-lived token of an `actor_token` tool call: signed with the current
+    /// signing key (verifiable at `/.well-known/jwks.json`), naming the actor and the thread.
+    pub async fn mint_actor_token(
+        &self,
+        store: &dyn Store,
+        req: &tessera_runtime::tool_records::ActorTokenRequest,
+    ) -> anyhow::Result<String> {
+        let signer = self.signer(store).await?;
+        let now = Timestamp::now().as_secs();
+        Ok(signer.sign_claims(&serde_json::json!({
+            "iss": self.public_url,
+            "aud": req.audience,
+            "sub": req.actor_id.as_str(),
+            "dep": req.deployment_id.as_str(),
+            "actor": {"subject_type": req.subject_type, "external_key": req.external_key},
+            "thread_id": req.thread_id.as_str(),
+            "run_id": req.run_id.as_str(),
+            "tool_id": req.tool_id.as_str(),
+            "iat": now,
+            "exp": now + ACTOR_TOKEN_SECONDS,
+        })))
     }
 
     /// The key to verify a token signed by `kid`, if it is still trusted: the current keys,
@@ -414,8 +457,8 @@ fn load_or_create_key_file(path: &Path) -> anyhow::Result<SecretsKey> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             tracing::warn!(
                 path = %path.display(),
-                "created a secrets key file for encrypting signing keys; back it up, and give \
-                 every node of a shared database the same key (TESSERA_SECRETS_KEY)"
+                "created a secrets key file for encrypting signing keys and tool secrets; back it \
+                 up, and give every node of a shared database the same key (TESSERA_SECRETS_KEY)"
             );
             Ok(key)
         }
@@ -427,6 +470,36 @@ fn load_or_create_key_file(path: &Path) -> anyhow::Result<SecretsKey> {
                 .map_err(|e| anyhow::anyhow!("the secrets key file {} {e}", path.display()))
         }
         Err(err) => Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// The keys tools need, as the runtime asks for them: the secrets key (tool secrets) and the
+/// signing key (actor tokens).
+pub(crate) struct ToolKeys {
+    pub identity: SharedIdentity,
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl tessera_runtime::tool_records::ToolCredentials for ToolKeys {
+    async fn secrets_key(&self) -> Result<SecretsKey, String> {
+        self.identity.secrets().await.cloned().map_err(|e| {
+            tracing::error!(error = %e, "the secrets key is not available to tools");
+            "the server's secrets key is not available".to_owned()
+        })
+    }
+
+    async fn actor_token(
+        &self,
+        request: &tessera_runtime::tool_records::ActorTokenRequest,
+    ) -> Result<String, String> {
+        self.identity
+            .mint_actor_token(self.store.as_ref(), request)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "minting an actor token failed");
+                "the server could not sign an actor token".to_owned()
+            })
     }
 }
 

@@ -20,6 +20,8 @@ use tessera_runtime::code_tools::{CodeToolSettings, CodeTools};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::Hub;
 use tessera_runtime::provider::ProviderRegistry;
+use tessera_runtime::tool_net::NetPolicy;
+use tessera_runtime::tool_records::ToolRecordsConfig;
 use tessera_runtime::tools::InternalTools;
 use tessera_store::Store;
 use tokio::net::TcpListener;
@@ -30,6 +32,7 @@ pub mod config;
 mod convert;
 mod convert_boards;
 mod convert_identity;
+mod convert_tools;
 mod error;
 mod extract;
 mod identity;
@@ -38,7 +41,9 @@ mod openapi;
 mod routes;
 mod stream;
 
-pub use config::{Config, IdentitySettings, LogFormat, Overrides, Secret, SessionSettings};
+pub use config::{
+    Config, IdentitySettings, LogFormat, Overrides, Secret, SessionSettings, ToolSettings,
+};
 pub use identity::rotate_signing_key;
 pub use openapi::openapi_document;
 
@@ -114,6 +119,17 @@ impl Application {
         let admin = bootstrap::console_admin(store.as_ref(), &config).await?;
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
+        identity.check_tool_secrets(store.as_ref()).await?;
+        let tool_records = Arc::new(ToolRecordsConfig {
+            net: NetPolicy::new(&config.tools.allow_hosts)
+                .map_err(|e| anyhow::anyhow!("tools.allow_hosts: {e}"))?,
+            max_response_bytes: config.tools.max_response_bytes,
+            max_redirects: config.tools.max_redirects,
+            credentials: Arc::new(identity::ToolKeys {
+                identity: identity.clone(),
+                store: store.clone(),
+            }),
+        });
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {
             store: store.clone(),
@@ -149,6 +165,7 @@ impl Application {
                 ),
                 upload_grace: Duration::from_secs(config.runtime.orphan_upload_grace_seconds),
             },
+            tool_records: Some(tool_records),
         });
         let state = AppState {
             store: store.clone(),

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     actors, agent, agents, audit, boards, browser, console, deployments, organizations, projects,
-    sessions, threads, tickets, users,
+    sessions, threads, tickets, tools, users,
 };
 use crate::stream;
 
@@ -31,6 +31,12 @@ use crate::stream;
         agents::get_agent,
         agents::update_agent,
         agents::delete_agent,
+        tools::create_tool,
+        tools::list_tools,
+        tools::list_internal_tools,
+        tools::get_tool,
+        tools::update_tool,
+        tools::delete_tool,
         projects::create_actor_project,
         projects::list_actor_projects,
         projects::get_actor_project,
@@ -101,6 +107,7 @@ use crate::stream;
         (name = "secret keys", description = "Backend credentials of a deployment."),
         (name = "actors", description = "Who agents work for."),
         (name = "agents", description = "Agent definitions."),
+        (name = "tools", description = "Tools agents attach (`Api`, `CodeRunner`, `Mcp`, `PlatformEvent`) and the catalogue of internal tools."),
         (name = "actor projects", description = "An actor bound to an agent."),
         (name = "board", description = "Board items (tasks) of a project: schedules, delegation and task workspaces."),
         (name = "threads", description = "Conversations and execution lanes; runs and their event stream."),

@@ -45,6 +45,7 @@ mod sql_identity;
 mod sql_runs;
 mod sql_sessions;
 mod sql_tickets;
+mod sql_tools;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -120,6 +121,8 @@ pub enum Conflict {
     ActionDecided,
     /// The pending action expired before this decision.
     ActionExpired,
+    /// The tool is attached to an agent: detach it (`tool_ids`) first.
+    ToolInUse,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1424,6 +1427,7 @@ pub trait Store:
     + SessionStore
     + BoardStore
     + WorkspaceStore
+    + ToolStore
     + Send
     + Sync
     + 'static
@@ -1441,6 +1445,89 @@ pub trait Store:
     /// Notifications from other nodes (PostgreSQL `LISTEN`); `None` on SQLite, where every
     /// writer is in this process.
     async fn listen(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Notification>>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools: tool records, their attachment to agents, platform events (`sql_tools.rs`).
+
+/// A platform event queued for the deployment's webhook app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub event_id: tessera_domain::PlatformEventId,
+    pub event_type: String,
+    /// The event as it will be delivered.
+    pub payload: serde_json::Value,
+    /// `pending` until delivered (delivery is a later issue).
+    pub status: String,
+    pub attempts: i64,
+    pub created_at: Timestamp,
+}
+
+#[async_trait]
+pub trait ToolStore {
+    /// Stores a tool. The id is the caller's: the secret was sealed bound to it.
+    async fn create_tool(
+        &self,
+        scope: &Scope,
+        id: &tessera_domain::ToolId,
+        spec: &tessera_domain::tool::ToolSpec,
+        sealed_secret: Option<&[u8]>,
+    ) -> StoreResult<tessera_domain::tool::Tool>;
+
+    async fn get_tool(
+        &self,
+        scope: &Scope,
+        id: &tessera_domain::ToolId,
+    ) -> StoreResult<tessera_domain::tool::Tool>;
+
+    async fn list_tools(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Page<tessera_domain::tool::Tool>>;
+
+    /// Replaces the spec if the stored version is still `expected_version`
+    /// ([`Conflict::StaleVersion`] otherwise). A new name that another tool of an agent using
+    /// this one already has is refused ([`StoreError::Invalid`] on `name`).
+    async fn update_tool(
+        &self,
+        scope: &Scope,
+        id: &tessera_domain::ToolId,
+        expected_version: i64,
+        spec: &tessera_domain::tool::ToolSpec,
+        secret: &tessera_domain::tool::SecretChange,
+    ) -> StoreResult<tessera_domain::tool::Tool>;
+
+    /// Deletes a tool no agent attaches ([`Conflict::ToolInUse`] otherwise).
+    async fn delete_tool(&self, scope: &Scope, id: &tessera_domain::ToolId) -> StoreResult<()>;
+
+    /// The tools with these ids, in this order; ids that do not resolve are left out.
+    async fn tools_by_ids(
+        &self,
+        scope: &Scope,
+        ids: &[tessera_domain::ToolId],
+    ) -> StoreResult<Vec<tessera_domain::tool::Tool>>;
+
+    /// Operator: one stored sealed secret of any deployment, to check at start-up that this
+    /// node's secrets key opens them.
+    async fn any_sealed_tool_secret(
+        &self,
+    ) -> StoreResult<Option<(tessera_domain::ToolId, Vec<u8>)>>;
+
+    /// Worker (fenced by the lease): stores a platform event of the run's thread, appends its
+    /// `platform.event` thread event and queues it for webhook delivery, in one transaction.
+    async fn emit_platform_event(
+        &self,
+        lease: &Lease,
+        new: &tessera_domain::tool::NewPlatformEvent,
+    ) -> StoreResult<(tessera_domain::tool::PlatformEvent, Vec<ThreadEvent>)>;
+
+    /// The deployment's webhook outbox, oldest first.
+    async fn list_webhook_outbox(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Page<OutboxEntry>>;
 }
 
 /// Connection settings beyond the URL.

@@ -59,7 +59,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "boards",
         sql: include_str!("../migrations/sqlite/0007_boards.sql"),
     },
-    // 8 is issue 8's (tools); versions need not be contiguous.
+    Migration {
+        version: 8,
+        name: "tools",
+        sql: include_str!("../migrations/sqlite/0008_tools.sql"),
+    },
     Migration {
         version: 9,
         name: "session_gaps",
@@ -103,7 +107,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "boards",
         sql: include_str!("../migrations/postgres/0007_boards.sql"),
     },
-    // 8 is issue 8's (tools); versions need not be contiguous.
+    Migration {
+        version: 8,
+        name: "tools",
+        sql: include_str!("../migrations/postgres/0008_tools.sql"),
+    },
     Migration {
         version: 9,
         name: "session_gaps",

@@ -185,6 +185,7 @@ crate::sql_identity::impl_identity_sql!(PgStore, Postgres);
 crate::sql_tickets::impl_ticket_sql!(PgStore, Postgres);
 crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
 crate::sql_boards::impl_board_sql!(PgStore, Postgres);
+crate::sql_tools::impl_tool_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {

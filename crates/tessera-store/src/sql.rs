@@ -232,11 +232,7 @@ macro_rules! impl_sql_store {
                     return Err(StoreError::not_found_in_list(Entity::Agent, "sub_agent_ids", i));
                 }
             }
-            // Tool records do not exist yet in this schema version, so no tool id can resolve.
-            if !spec.tool_ids.is_empty() {
-                return Err(StoreError::not_found_in_list(Entity::Tool, "tool_ids", 0));
-            }
-            Ok(())
+            super::tool_sql::check_tool_refs(conn, scope, spec).await
         }
 
         impl $store {
@@ -584,6 +580,7 @@ macro_rules! impl_sql_store {
                 .fetch_one(&mut *tx)
                 .await?;
                 let agent = agent_from_row(&row)?;
+                super::tool_sql::link_agent_tools(&mut tx, scope, &agent.id, &spec.tool_ids).await?;
                 tx.commit().await?;
                 Ok(agent)
             }
@@ -657,6 +654,7 @@ macro_rules! impl_sql_store {
                     });
                 };
                 let agent = agent_from_row(&row)?;
+                super::tool_sql::link_agent_tools(&mut tx, scope, id, &spec.tool_ids).await?;
                 tx.commit().await?;
                 Ok(agent)
             }
@@ -693,6 +691,8 @@ macro_rules! impl_sql_store {
                     .bind(scope.deployment_id().as_str())
                     .execute(&mut *tx)
                     .await?;
+                // A deleted agent no longer holds its tools.
+                super::tool_sql::link_agent_tools(&mut tx, scope, id, &[]).await?;
                 tx.commit().await?;
                 Ok(())
             }

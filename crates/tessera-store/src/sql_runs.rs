@@ -349,7 +349,7 @@ macro_rules! impl_run_sql {
 
         /// Checks the lease inside the transaction (and locks the run row on PostgreSQL).
         /// Returns the run's deployment and thread.
-        async fn fence(conn: &mut Conn, lease: &Lease) -> StoreResult<(String, String)> {
+        pub(super) async fn fence(conn: &mut Conn, lease: &Lease) -> StoreResult<(String, String)> {
             let row = sqlx::query(
                 "UPDATE runs SET attempt = attempt
                  WHERE id = $1 AND attempt = $2 AND status IN ('running', 'waiting_for_input')

@@ -27,6 +27,7 @@ pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod threads;
 pub(crate) mod tickets;
+pub(crate) mod tools;
 pub(crate) mod users;
 pub(crate) mod vanity;
 
@@ -59,6 +60,14 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(agents::get_agent)
                 .patch(agents::update_agent)
                 .delete(agents::delete_agent),
+        )
+        .route("/ai/tools", post(tools::create_tool).get(tools::list_tools))
+        .route("/ai/tools/internal", get(tools::list_internal_tools))
+        .route(
+            "/ai/tools/{tool_id}",
+            get(tools::get_tool)
+                .patch(tools::update_tool)
+                .delete(tools::delete_tool),
         )
         .route(
             "/ai/actor-projects",

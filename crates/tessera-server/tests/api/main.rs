@@ -23,5 +23,7 @@ mod runtime;
 mod sessions;
 mod tenancy;
 mod tickets;
+mod tool_calls;
+mod tools;
 mod vanity;
 mod walkthrough;

@@ -1,0 +1,159 @@
+//! The tools an agent attaches (`tool_ids`): offered to its model with their input schemas,
+//! their arguments validated before anything runs (an invalid call goes back to the model as
+//! the tool's error), and dispatched by variant — `Api` to [`crate::api_tool`],
+//! `PlatformEvent` to the store; `CodeRunner` and `Mcp` are refused with a clear error until
+//! their executors are wired in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tessera_domain::thread::ToolCall;
+use tessera_domain::token::SecretsKey;
+use tessera_domain::tool::{NewPlatformEvent, PlatformEventConfig, Tool, ToolConfig, ToolSecret};
+use tessera_domain::{ActorId, DeploymentId, PlatformEventId, RunId, ThreadId, ToolId};
+
+use crate::provider::ToolSpec;
+use crate::tool_net::NetPolicy;
+use crate::tools::{ToolContext, ToolExecutor, ToolOutput};
+
+/// What an actor token names. The server signs it with its token signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorTokenRequest {
+    pub deployment_id: DeploymentId,
+    pub actor_id: ActorId,
+    pub subject_type: String,
+    pub external_key: String,
+    pub thread_id: ThreadId,
+    pub run_id: RunId,
+    pub tool_id: ToolId,
+    pub audience: String,
+}
+
+/// Keys tools need that only the server holds: the secrets key that opens configuration
+/// secrets, and the signing key of actor tokens.
+#[async_trait]
+pub trait ToolCredentials: Send + Sync {
+    async fn secrets_key(&self) -> Result<SecretsKey, String>;
+
+    /// A short-lived signed token naming the actor and thread (`actor_token` auth).
+    async fn actor_token(&self, request: &ActorTokenRequest) -> Result<String, String>;
+}
+
+/// Settings and keys for executing tool records, shared by a node's runs.
+pub struct ToolRecordsConfig {
+    /// Which otherwise refused targets `Api` tools may reach.
+    pub net: NetPolicy,
+    /// Largest response body an `Api` tool reads unless it sets its own cap.
+    pub max_response_bytes: u64,
+    /// Redirects an `Api` call follows (each hop checked like the first).
+    pub max_redirects: usize,
+    pub credentials: Arc<dyn ToolCredentials>,
+}
+
+/// The tool records of one run's agent.
+pub struct RecordTools {
+    tools: Vec<Tool>,
+    config: Arc<ToolRecordsConfig>,
+}
+
+impl RecordTools {
+    pub fn new(tools: Vec<Tool>, config: Arc<ToolRecordsConfig>) -> Self {
+        Self { tools, config }
+    }
+
+    fn find(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.spec.name.as_str() == name)
+    }
+
+    /// The configuration secret of `tool`, opened.
+    pub(crate) async fn secret(&self, tool: &Tool) -> Result<ToolSecret, String> {
+        let sealed = tool
+            .sealed_secret
+            .as_deref()
+            .ok_or_else(|| format!("the tool `{}` has no stored secret", tool.spec.name))?;
+        let key = self.config.credentials.secrets_key().await?;
+        ToolSecret::open(&key, &tool.id, sealed).map_err(|e| {
+            tracing::error!(tool_id = %tool.id, "a tool secret does not open with the secrets key");
+            format!("the tool's secret cannot be decrypted on this server: {e}")
+        })
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for RecordTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .iter()
+            .map(|t| ToolSpec {
+                name: t.spec.name.as_str().to_owned(),
+                description: t.spec.description.clone(),
+                parameters: t.spec.input_schema.as_value().clone(),
+            })
+            .collect()
+    }
+
+    fn requiring_confirmation(&self) -> Vec<String> {
+        self.tools
+            .iter()
+            .filter(|t| t.spec.requires_confirmation)
+            .map(|t| t.spec.name.as_str().to_owned())
+            .collect()
+    }
+
+    fn timeout(&self, tool: &str) -> Option<Duration> {
+        self.find(tool)
+            .and_then(|t| t.spec.timeout_seconds)
+            .map(|s| Duration::from_secs(u64::from(s)))
+    }
+
+    fn confirmation_expiry(&self, tool: &str) -> Option<u32> {
+        self.find(tool)
+            .and_then(|t| t.spec.confirmation_expires_in_seconds)
+    }
+
+    async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        let Some(tool) = self.find(&call.name) else {
+            return ToolOutput::error(format!("unknown tool `{}`", call.name));
+        };
+        if let Err(problem) = tool.spec.input_schema.validate(&call.arguments) {
+            return ToolOutput::error(format!(
+                "invalid arguments for `{}` (the tool did not run): {problem}",
+                call.name
+            ));
+        }
+        match &tool.spec.configuration {
+            ToolConfig::Api(api) => {
+                crate::api_tool::call(self, &self.config, ctx, tool, api, &call.arguments).await
+            }
+            ToolConfig::PlatformEvent(event) => emit(ctx, tool, event, &call.arguments).await,
+            ToolConfig::CodeRunner(_) => {
+                ToolOutput::error("CodeRunner tools are not enabled on this server yet")
+            }
+            ToolConfig::Mcp(_) => ToolOutput::error("Mcp tools are not enabled on this server yet"),
+        }
+    }
+}
+
+/// A `PlatformEvent` call: stored, streamed on the thread and queued for webhooks, at once.
+async fn emit(
+    ctx: &ToolContext<'_>,
+    tool: &Tool,
+    event: &PlatformEventConfig,
+    args: &serde_json::Value,
+) -> ToolOutput {
+    let new = NewPlatformEvent {
+        id: PlatformEventId::generate(),
+        event_type: event.event_type.clone(),
+        tool_id: tool.id.clone(),
+        payload: args.clone(),
+    };
+    match ctx.store.emit_platform_event(ctx.lease, &new).await {
+        Ok((stored, events)) => ToolOutput {
+            result: Ok(json!({"event_id": stored.id.as_str(), "type": stored.event_type, "status": "emitted"}).to_string()),
+            events,
+        },
+        Err(err) => ToolOutput::error(format!("the event could not be emitted: {err}")),
+    }
+}

@@ -1,0 +1,635 @@
+//! Tool records executed by the real driver (echo model, `/tool NAME {json}`, through the pool
+//! endpoint): `Api` tools against a local HTTP server (URL, query, body, static headers, every
+//! auth, actor tokens verified with the JWKS, invalid arguments, the response cap, per-tool
+//! timeouts, confirmation), SSRF refusals without the allow-list, `PlatformEvent` tools, and
+//! variants whose executor is not wired in yet.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tessera_store::backend_tests;
+use tessera_store::testing::TestDatabase;
+
+use crate::helpers::{poll_until, spawn_app_with, TestApp};
+
+backend_tests!(
+    api_tools_fill_the_url_query_body_headers_and_auth,
+    invalid_arguments_go_back_to_the_model_and_nothing_runs,
+    actor_tokens_verify_against_the_jwks,
+    internal_targets_are_refused_without_the_allow_list,
+    responses_are_capped_and_calls_time_out_per_tool,
+    a_tool_requiring_confirmation_waits_with_its_own_expiry,
+    platform_event_tools_store_stream_and_queue_events,
+    code_runner_and_mcp_tools_fail_clearly_until_enabled,
+);
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the target server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    headers: HeaderMap,
+    body: String,
+}
+
+/// A local HTTP server tools call: `/echo/…` answers what it saw, `/big` 64 KiB, `/slow`
+/// after 30 s, `/to-local` redirects to `http://127.0.0.1:PORT/echo/redirected`, `/fail` 500.
+struct Target {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Target {
+    async fn start() -> Target {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state((seen.clone(), addr));
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Target { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn handle(
+    State((seen, addr)): State<(Arc<Mutex<Vec<Seen>>>, SocketAddr)>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let entry = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    seen.lock().unwrap().push(entry.clone());
+    let path = parts.uri.path();
+    if path == "/big" {
+        return "x".repeat(64 * 1024).into_response();
+    }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return "late".into_response();
+    }
+    if path == "/fail" {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "upstream broke").into_response();
+    }
+    if path == "/to-local" {
+        return (
+            StatusCode::FOUND,
+            [(
+                "location",
+                format!("http://127.0.0.1:{}/echo/redirected", addr.port()),
+            )],
+        )
+            .into_response();
+    }
+    let header = |name: &str| {
+        entry
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    axum::Json(json!({
+        "method": entry.method,
+        "uri": entry.uri,
+        "authorization": header("authorization"),
+        "x_static": header("x-static"),
+        "x_api_key": header("x-api-key"),
+        "body": entry.body,
+    }))
+    .into_response()
+}
+
+async fn start(db: &TestDatabase, allow: &[&str]) -> TestApp {
+    let allow: Vec<String> = allow.iter().map(|s| (*s).to_owned()).collect();
+    spawn_app_with(db, move |config| {
+        config.tools.allow_hosts = allow;
+    })
+    .await
+}
+
+async fn tool(app: &TestApp, body: Value) -> String {
+    let r = app.post("/ai/tools", body).await;
+    r.ok(201)["id"].as_str().unwrap().to_owned()
+}
+
+/// A pool agent on the echo model with these tools.
+async fn agent(app: &TestApp, slug: &str, tool_ids: &[&str]) {
+    app.post(
+        "/ai/agents",
+        json!({"name": slug, "model": {"provider": "echo", "model": "echo"}, "endpoint_slug": slug, "tool_ids": tool_ids}),
+    )
+    .await
+    .ok(201);
+}
+
+/// Asks the pool agent to call `name` with `args`; returns the thread and the tool's message.
+async fn call(app: &TestApp, slug: &str, name: &str, args: Value) -> (String, Value) {
+    let asked = app
+        .post(
+            &format!("/api/v1/ask/{slug}"),
+            json!({"content": format!("/tool {name} {args}")}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    let thread = asked["thread_id"].as_str().unwrap().to_owned();
+    let message = tool_message(app, &thread).await;
+    (thread, message)
+}
+
+async fn tool_message(app: &TestApp, thread: &str) -> Value {
+    poll_until("the tool's result", WAIT, || async move {
+        let messages = app
+            .get(&format!("/ai/threads/{thread}/messages?limit=100"))
+            .await;
+        messages.ok(200)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "tool")
+            .cloned()
+            .ok_or_else(|| messages.text.clone())
+    })
+    .await
+}
+
+fn api_tool(name: &str, url: &str, method: &str, auth: Value) -> Value {
+    json!({
+        "name": name,
+        "description": "calls the test server",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "order_id": {"type": "string"},
+                "verbose": {"type": "boolean"},
+                "note": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}}
+            },
+            "required": ["order_id"],
+            "additionalProperties": false
+        },
+        "configuration": {
+            "type": "Api",
+            "url": url,
+            "method": method,
+            "headers": {"X-Static": "static-value"},
+            "auth": auth
+        }
+    })
+}
+
+fn result_json(message: &Value) -> Value {
+    assert_eq!(message["is_error"], false, "{message}");
+    serde_json::from_str(message["content"].as_str().unwrap()).unwrap()
+}
+
+async fn api_tools_fill_the_url_query_body_headers_and_auth(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &["127.0.0.1"]).await;
+    let get = tool(
+        &app,
+        api_tool(
+            "get_order",
+            &target.url("/echo/orders/{order_id}"),
+            "GET",
+            json!({"type": "bearer", "token": "tok-123"}),
+        ),
+    )
+    .await;
+    let mut post_body = api_tool(
+        "add_note",
+        &target.url("/echo/orders/{order_id}/notes"),
+        "POST",
+        json!({"type": "basic", "username": "svc", "password": "pw-456"}),
+    );
+    post_body["configuration"]["query_params"] = json!(["verbose"]);
+    let post = tool(&app, post_body).await;
+    let keyed = tool(
+        &app,
+        api_tool(
+            "keyed",
+            &target.url("/echo/k/{order_id}"),
+            "DELETE",
+            json!({"type": "header", "name": "X-Api-Key", "value": "key-789"}),
+        ),
+    )
+    .await;
+    agent(&app, "ops", &[&get, &post, &keyed]).await;
+
+    let (_, m) = call(
+        &app,
+        "ops",
+        "get_order",
+        json!({"order_id": "a/b c?#", "verbose": true, "tags": ["x", "y"]}),
+    )
+    .await;
+    let seen = result_json(&m);
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(
+        seen["uri"], "/echo/orders/a%2Fb%20c%3F%23?verbose=true&tags=x&tags=y",
+        "the placeholder is escaped; the other arguments are the query"
+    );
+    assert_eq!(seen["authorization"], "Bearer tok-123");
+    assert_eq!(seen["x_static"], "static-value");
+
+    let (_, m) = call(
+        &app,
+        "ops",
+        "add_note",
+        json!({"order_id": "o1", "verbose": false, "note": "hello"}),
+    )
+    .await;
+    let seen = result_json(&m);
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["uri"], "/echo/orders/o1/notes?verbose=false");
+    assert_eq!(
+        serde_json::from_str::<Value>(seen["body"].as_str().unwrap()).unwrap(),
+        json!({"note": "hello"})
+    );
+    // base64("svc:pw-456")
+    assert_eq!(seen["authorization"], "Basic c3ZjOnB3LTQ1Ng==");
+
+    let (_, m) = call(&app, "ops", "keyed", json!({"order_id": "z"})).await;
+    let seen = result_json(&m);
+    assert_eq!(seen["method"], "DELETE");
+    assert_eq!(seen["x_api_key"], "key-789");
+    assert_eq!(seen["authorization"], Value::Null);
+
+    // An upstream error is the tool's error, with the status.
+    let failing = tool(
+        &app,
+        api_tool(
+            "failing",
+            &target.url("/fail?o={order_id}"),
+            "GET",
+            json!({"type": "none"}),
+        ),
+    )
+    .await;
+    agent(&app, "failing", &[&failing]).await;
+    let (_, m) = call(&app, "failing", "failing", json!({"order_id": "1"})).await;
+    assert_eq!(m["is_error"], true);
+    assert!(
+        m["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 500: upstream broke"),
+        "{m}"
+    );
+    app.stop().await;
+}
+
+async fn invalid_arguments_go_back_to_the_model_and_nothing_runs(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &["127.0.0.1"]).await;
+    let get = tool(
+        &app,
+        api_tool(
+            "get_order",
+            &target.url("/echo/{order_id}"),
+            "GET",
+            json!({"type": "none"}),
+        ),
+    )
+    .await;
+    agent(&app, "strict", &[&get]).await;
+    for args in [
+        json!({"verbose": true}),
+        json!({"order_id": 5}),
+        json!({"order_id": "x", "extra": 1}),
+    ] {
+        let (thread, m) = call(&app, "strict", "get_order", args.clone()).await;
+        assert_eq!(m["is_error"], true, "{args}: {m}");
+        let content = m["content"].as_str().unwrap();
+        assert!(content.contains("invalid arguments"), "{content}");
+        assert!(content.contains("did not run"), "{content}");
+        // The model saw the error and answered with it.
+        let messages = app
+            .get(&format!("/ai/threads/{thread}/messages?limit=100"))
+            .await;
+        let last = messages.ok(200)["data"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert!(
+            last["content"]
+                .as_str()
+                .unwrap()
+                .contains("invalid arguments"),
+            "{last}"
+        );
+    }
+    assert!(target.seen().is_empty(), "{:?}", target.seen());
+    app.stop().await;
+}
+
+async fn actor_tokens_verify_against_the_jwks(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &["127.0.0.1"]).await;
+    let id = tool(
+        &app,
+        api_tool(
+            "whoami",
+            &target.url("/echo/me/{order_id}"),
+            "GET",
+            json!({"type": "actor_token"}),
+        ),
+    )
+    .await;
+    agent(&app, "tokened", &[&id]).await;
+    let (thread, m) = call(&app, "tokened", "whoami", json!({"order_id": "1"})).await;
+    let seen = result_json(&m);
+    let token = seen["authorization"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned();
+
+    let jwks = app.get("/.well-known/jwks.json").await;
+    let kid = tessera_domain::token::token_kid(&token).unwrap();
+    let jwk = jwks.ok(200)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .cloned()
+        .expect("the token's key is published");
+    use base64::Engine as _;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap();
+    let key: [u8; 32] = x.try_into().unwrap();
+    let claims =
+        tessera_domain::token::verify_signature(&token, &key).expect("the signature verifies");
+    let thread_body = app.get(&format!("/ai/threads/{thread}")).await;
+    let thread_body = thread_body.ok(200).clone();
+    let project = app
+        .get(&format!(
+            "/ai/actor-projects/{}",
+            thread_body["project_id"].as_str().unwrap()
+        ))
+        .await;
+    let actor_id = project.ok(200)["actor_id"].as_str().unwrap().to_owned();
+    assert_eq!(claims["sub"], actor_id.as_str());
+    assert_eq!(claims["thread_id"], thread.as_str());
+    assert_eq!(claims["tool_id"], id.as_str());
+    assert_eq!(claims["iss"], app.base_url.as_str());
+    assert_eq!(
+        claims["aud"],
+        format!("http://127.0.0.1:{}", target.addr.port())
+    );
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 300);
+    // A tampered token does not verify.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(tessera_domain::token::verify_signature(&forged, &key).is_err());
+    app.stop().await;
+}
+
+async fn internal_targets_are_refused_without_the_allow_list(db: &TestDatabase) {
+    let target = Target::start().await;
+    let port = target.addr.port();
+    // Only `localhost` is allowed: its redirect to 127.0.0.1 is a new, refused target.
+    let app = start(db, &["localhost"]).await;
+    let targets = [
+        (
+            "loopback",
+            format!("http://127.0.0.1:{port}/echo/{{order_id}}"),
+        ),
+        (
+            "loopback6",
+            format!("http://[::1]:{port}/echo/{{order_id}}"),
+        ),
+        ("private", "http://10.0.0.1/{order_id}".to_owned()),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/{order_id}".to_owned(),
+        ),
+        (
+            "mapped",
+            format!("http://[::ffff:127.0.0.1]:{port}/echo/{{order_id}}"),
+        ),
+        (
+            "redirect",
+            format!("http://localhost:{port}/to-local?o={{order_id}}"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, url) in &targets {
+        ids.push(tool(&app, api_tool(name, url, "GET", json!({"type": "none"}))).await);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    agent(&app, "guarded", &refs).await;
+    for (name, _) in &targets {
+        let (_, m) = call(&app, "guarded", name, json!({"order_id": "1"})).await;
+        assert_eq!(m["is_error"], true, "{name}: {m}");
+        assert!(
+            m["content"].as_str().unwrap().contains("refused"),
+            "{name}: {m}"
+        );
+    }
+    // The only request that reached the target is the allowed first hop of the redirect.
+    let seen: Vec<String> = target.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen, vec!["/to-local?o=1".to_owned()]);
+    app.stop().await;
+}
+
+async fn responses_are_capped_and_calls_time_out_per_tool(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &["127.0.0.1"]).await;
+    let mut big = api_tool(
+        "big",
+        &target.url("/big?o={order_id}"),
+        "GET",
+        json!({"type": "none"}),
+    );
+    big["configuration"]["max_response_bytes"] = json!(1000);
+    let big = tool(&app, big).await;
+    let mut slow = api_tool(
+        "slow",
+        &target.url("/slow?o={order_id}"),
+        "GET",
+        json!({"type": "none"}),
+    );
+    slow["timeout_seconds"] = json!(1);
+    let slow = tool(&app, slow).await;
+    agent(&app, "limits", &[&big, &slow]).await;
+    let (_, m) = call(&app, "limits", "big", json!({"order_id": "1"})).await;
+    assert_eq!(m["is_error"], true);
+    assert!(
+        m["content"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 1000 bytes"),
+        "{m}"
+    );
+    let (_, m) = call(&app, "limits", "slow", json!({"order_id": "1"})).await;
+    assert_eq!(m["is_error"], true);
+    assert!(
+        m["content"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1 seconds"),
+        "the tool's own timeout, not the server's 60 s: {m}"
+    );
+    app.stop().await;
+}
+
+async fn a_tool_requiring_confirmation_waits_with_its_own_expiry(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &["127.0.0.1"]).await;
+    let mut body = api_tool(
+        "charge",
+        &target.url("/echo/charge/{order_id}"),
+        "POST",
+        json!({"type": "none"}),
+    );
+    body["requires_confirmation"] = json!(true);
+    body["confirmation_expires_in_seconds"] = json!(3600);
+    let id = tool(&app, body).await;
+    agent(&app, "careful", &[&id]).await;
+    let asked = app
+        .post(
+            "/api/v1/ask/careful",
+            json!({"content": "/tool charge {\"order_id\": \"o9\"}"}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    assert_eq!(asked["status"], "waiting_for_input", "{asked}");
+    let pending = &asked["pending_action"];
+    assert_eq!(pending["tool"], "charge");
+    let expires =
+        tessera_domain::Timestamp::parse_rfc3339(pending["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires.as_millis() - tessera_domain::Timestamp::now().as_millis();
+    assert!(
+        left > 1800 * 1000,
+        "the tool's one hour, not the default ten minutes: {left} ms"
+    );
+    assert!(
+        target.seen().is_empty(),
+        "nothing ran before the confirmation"
+    );
+    let thread = asked["thread_id"].as_str().unwrap();
+    let action = pending["action_id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/sessions/{thread}/actions/{action}"),
+        json!({"confirmed": true}),
+    )
+    .await
+    .ok(202);
+    let m = tool_message(&app, thread).await;
+    assert_eq!(result_json(&m)["uri"], "/echo/charge/o9");
+    assert_eq!(target.seen().len(), 1, "ran exactly once");
+    app.stop().await;
+}
+
+async fn platform_event_tools_store_stream_and_queue_events(db: &TestDatabase) {
+    let app = start(db, &[]).await;
+    let id = tool(
+        &app,
+        json!({
+            "name": "request_refund",
+            "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+            "configuration": {"type": "PlatformEvent", "event_type": "order.refund_requested"}
+        }),
+    )
+    .await;
+    agent(&app, "events", &[&id]).await;
+    let (thread, m) = call(&app, "events", "request_refund", json!({"order_id": "o-7"})).await;
+    let result = result_json(&m);
+    assert_eq!(result["type"], "order.refund_requested");
+    assert_eq!(result["status"], "emitted");
+    let event_id = result["event_id"].as_str().unwrap().to_owned();
+
+    // Streamed on the thread (replayed from storage).
+    let mut stream = app
+        .client
+        .ai()
+        .threads()
+        .stream(&thread)
+        .connect()
+        .await
+        .unwrap();
+    let mut found = None;
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+    {
+        if event.event == "platform.event" {
+            found = Some(event.data.clone());
+        }
+    }
+    let data = found.expect("a platform.event on the stream");
+    assert_eq!(data["event"]["id"], event_id.as_str());
+    assert_eq!(data["event"]["payload"], json!({"order_id": "o-7"}));
+    assert_eq!(data["event"]["thread_id"], thread.as_str());
+
+    // Queued for the webhook app.
+    let store = tessera_store::open(&app.db_url, &tessera_store::ConnectOptions::default())
+        .await
+        .unwrap();
+    let deployment = app.client.deployments().current().send().await.unwrap();
+    let scope = tessera_domain::Scope::deployment(
+        tessera_domain::DeploymentId::parse(&deployment.id).unwrap(),
+    );
+    let outbox = store
+        .list_webhook_outbox(&scope, &tessera_store::PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(outbox.items.len(), 1);
+    assert_eq!(outbox.items[0].event_id.as_str(), event_id);
+    assert_eq!(outbox.items[0].status, "pending");
+    store.close().await;
+    app.stop().await;
+}
+
+async fn code_runner_and_mcp_tools_fail_clearly_until_enabled(db: &TestDatabase) {
+    let app = start(db, &[]).await;
+    let code = tool(
+        &app,
+        json!({"name": "calc", "configuration": {"type": "CodeRunner", "language": "python", "code": "print(1)", "limits": {"wall_seconds": 5}}}),
+    )
+    .await;
+    let mcp = tool(
+        &app,
+        json!({"name": "gh", "configuration": {"type": "Mcp", "slug": "gh", "transport": "streamable_http", "url": "https://mcp.example.com/mcp", "auth": {"type": "bearer", "token": "t"}}}),
+    )
+    .await;
+    agent(&app, "later", &[&code, &mcp]).await;
+    let (_, m) = call(&app, "later", "calc", json!({})).await;
+    assert_eq!(m["is_error"], true);
+    assert_eq!(
+        m["content"],
+        "CodeRunner tools are not enabled on this server yet"
+    );
+    let (_, m) = call(&app, "later", "gh", json!({})).await;
+    assert_eq!(m["content"], "Mcp tools are not enabled on this server yet");
+    app.stop().await;
+}
