@@ -23,7 +23,7 @@ use tokio::io::AsyncReadExt;
 use crate::board_tools::run_workspace;
 use crate::boards::FileWriter;
 use crate::provider::ToolSpec;
-use crate::sandbox::{CodeRun, Language, Sandbox, SandboxError};
+use crate::sandbox::{CodeRun, Language, Sandbox, SandboxError, SandboxLimits};
 use crate::tools::{ToolContext, ToolExecutor, ToolOutput};
 
 pub const EXECUTE_CODE: &str = "execute_code";
@@ -66,6 +66,24 @@ pub struct CodeTools {
 impl CodeTools {
     pub fn new(sandbox: Arc<Sandbox>, settings: CodeToolSettings) -> Self {
         Self { sandbox, settings }
+    }
+
+    /// The limits of a CodeRunner tool: each limit it sets, capped at the operator's
+    /// (`[sandbox]`); the operator's for those it leaves out. A tool can only tighten them.
+    pub fn limits_for(&self, tool: &tessera_domain::tool::CodeLimits) -> SandboxLimits {
+        let base = self.sandbox.config().limits;
+        let cap = |set: Option<u64>, max: u64| set.map_or(max, |v| v.min(max));
+        SandboxLimits {
+            cpu_seconds: cap(tool.cpu_seconds.map(u64::from), base.cpu_seconds),
+            memory_bytes: cap(
+                tool.memory_mb.map(|mb| u64::from(mb) * 1024 * 1024),
+                base.memory_bytes,
+            ),
+            max_processes: cap(tool.max_processes.map(u64::from), base.max_processes),
+            output_bytes: cap(tool.max_output_bytes, base.output_bytes),
+            wall_clock_seconds: cap(tool.wall_seconds.map(u64::from), base.wall_clock_seconds),
+            ..base
+        }
     }
 }
 
@@ -179,6 +197,7 @@ impl CodeTools {
             request.code,
             request.stdin,
             self.settings.network,
+            self.sandbox.config().limits,
         )
         .await
     }
@@ -196,6 +215,7 @@ impl CodeTools {
         code: String,
         stdin: Vec<u8>,
         network: bool,
+        limits: SandboxLimits,
     ) -> Result<serde_json::Value, String> {
         let workspace = run_workspace(ctx).await?;
         let dir = self
@@ -216,7 +236,7 @@ impl CodeTools {
                 stdin,
                 workspace: Some(root.clone()),
                 network,
-                limits: self.sandbox.config().limits,
+                limits,
             })
             .await
             .map_err(|e| match e {

@@ -1,8 +1,8 @@
 //! The tools an agent attaches (`tool_ids`): offered to its model with their input schemas,
 //! their arguments validated before anything runs (an invalid call goes back to the model as
 //! the tool's error), and dispatched by variant — `Api` to [`crate::api_tool`],
-//! `PlatformEvent` to the store; `CodeRunner` and `Mcp` are refused with a clear error until
-//! their executors are wired in.
+//! `PlatformEvent` to the store, `CodeRunner` to the sandbox ([`crate::code_tools`]); `Mcp` is
+//! refused with a clear error until its client is wired in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,9 @@ pub struct ToolRecordsConfig {
     /// Redirects an `Api` call follows (each hop checked like the first).
     pub max_redirects: usize,
     pub credentials: Arc<dyn ToolCredentials>,
+    /// Runs `CodeRunner` tools (the sandbox and workspace of `execute_code`); `None` refuses
+    /// them with a clear error.
+    pub code: Option<Arc<crate::code_tools::CodeTools>>,
 }
 
 /// The tool records of one run's agent.
@@ -128,11 +131,47 @@ impl ToolExecutor for RecordTools {
                 crate::api_tool::call(self, &self.config, ctx, tool, api, &call.arguments).await
             }
             ToolConfig::PlatformEvent(event) => emit(ctx, tool, event, &call.arguments).await,
-            ToolConfig::CodeRunner(_) => {
-                ToolOutput::error("CodeRunner tools are not enabled on this server yet")
-            }
+            ToolConfig::CodeRunner(runner) => match &self.config.code {
+                Some(code) => run_code(code, ctx, runner, &call.arguments).await,
+                None => ToolOutput::error("CodeRunner tools are not enabled on this server"),
+            },
             ToolConfig::Mcp(_) => ToolOutput::error("Mcp tools are not enabled on this server yet"),
         }
+    }
+}
+
+/// A `CodeRunner` call: the tool's fixed code with the model's JSON arguments on stdin, in the
+/// sandbox with the task workspace mounted, under the tool's limits (capped at the operator's).
+async fn run_code(
+    code: &crate::code_tools::CodeTools,
+    ctx: &ToolContext<'_>,
+    runner: &tessera_domain::tool::CodeRunnerConfig,
+    args: &serde_json::Value,
+) -> ToolOutput {
+    use tessera_domain::tool::CodeLanguage;
+    let language = match runner.language {
+        CodeLanguage::Python => crate::sandbox::Language::Python,
+        CodeLanguage::Javascript => crate::sandbox::Language::Javascript,
+        CodeLanguage::Bash => crate::sandbox::Language::Bash,
+    };
+    let stdin = args.to_string().into_bytes();
+    let limits = code.limits_for(&runner.limits);
+    match code
+        .run_in_workspace(
+            ctx,
+            language,
+            runner.code.clone(),
+            stdin,
+            runner.network,
+            limits,
+        )
+        .await
+    {
+        Ok(value) => ToolOutput {
+            result: Ok(value.to_string()),
+            events: Vec::new(),
+        },
+        Err(message) => ToolOutput::error(message),
     }
 }
 

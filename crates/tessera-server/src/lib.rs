@@ -120,6 +120,17 @@ impl Application {
         let identity = Arc::new(identity::Identity::new(&config, &public_url)?);
         identity.check_signing_keys(store.as_ref()).await?;
         identity.check_tool_secrets(store.as_ref()).await?;
+        // One sandbox for `execute_code` and CodeRunner tools alike.
+        let code_tools = Arc::new(CodeTools::new(
+            Arc::new(tessera_runtime::sandbox::Sandbox::new(
+                config.sandbox.clone(),
+            )),
+            CodeToolSettings {
+                network: config.sandbox.execute_code_network,
+                max_file_bytes: config.max_upload_bytes,
+                ..CodeToolSettings::default()
+            },
+        ));
         let tool_records = Arc::new(ToolRecordsConfig {
             net: NetPolicy::new(&config.tools.allow_hosts)
                 .map_err(|e| anyhow::anyhow!("tools.allow_hosts: {e}"))?,
@@ -129,6 +140,7 @@ impl Application {
                 identity: identity.clone(),
                 store: store.clone(),
             }),
+            code: Some(code_tools.clone()),
         });
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {
@@ -137,16 +149,7 @@ impl Application {
             tools: Arc::new(ToolChain(vec![
                 Arc::new(InternalTools),
                 Arc::new(BoardTools::new(board_scheduler.clone())),
-                Arc::new(CodeTools::new(
-                    Arc::new(tessera_runtime::sandbox::Sandbox::new(
-                        config.sandbox.clone(),
-                    )),
-                    CodeToolSettings {
-                        network: config.sandbox.execute_code_network,
-                        max_file_bytes: config.max_upload_bytes,
-                        ..CodeToolSettings::default()
-                    },
-                )),
+                code_tools.clone(),
             ])),
             hub: Arc::new(Hub::new()),
             config: RuntimeConfig {

@@ -61,7 +61,7 @@ pub(crate) enum HotDone {
     Stepped(Vec<crate::ThreadEvent>),
     Finished(tessera_domain::thread::Run, Vec<crate::ThreadEvent>),
     Ticket(tessera_domain::ticket::SessionTicket),
-    Exchanged(crate::ExchangeOutcome),
+    Exchanged(Box<crate::ExchangeOutcome>),
 }
 
 fn mismatched() -> crate::StoreError {
@@ -71,10 +71,7 @@ fn mismatched() -> crate::StoreError {
 impl HotDone {
     /// Whether the write is kept: an exchange that needs a sign-in first writes nothing.
     pub(crate) fn keeps(&self) -> bool {
-        !matches!(
-            self,
-            HotDone::Exchanged(crate::ExchangeOutcome::SigninRequired)
-        )
+        !matches!(self, HotDone::Exchanged(outcome) if **outcome == crate::ExchangeOutcome::SigninRequired)
     }
 
     pub(crate) fn ticket(self) -> crate::StoreResult<tessera_domain::ticket::SessionTicket> {
@@ -86,7 +83,7 @@ impl HotDone {
 
     pub(crate) fn exchanged(self) -> crate::StoreResult<crate::ExchangeOutcome> {
         match self {
-            HotDone::Exchanged(outcome) => Ok(outcome),
+            HotDone::Exchanged(outcome) => Ok(*outcome),
             _ => Err(mismatched()),
         }
     }
@@ -744,7 +741,7 @@ macro_rules! impl_run_sql {
                     }
                     HotWrite::Ticket { scope, new } => HotDone::Ticket(self.ticket_in(tx, scope, new).await?),
                     HotWrite::Exchange { scope, exchange } => {
-                        HotDone::Exchanged(self.exchange_on(tx, scope, exchange).await?)
+                        HotDone::Exchanged(Box::new(self.exchange_on(tx, scope, exchange).await?))
                     }
                 })
             }

@@ -25,7 +25,8 @@ backend_tests!(
     responses_are_capped_and_calls_time_out_per_tool,
     a_tool_requiring_confirmation_waits_with_its_own_expiry,
     platform_event_tools_store_stream_and_queue_events,
-    code_runner_and_mcp_tools_fail_clearly_until_enabled,
+    code_runner_tools_run_their_code_in_the_sandbox,
+    mcp_tools_fail_clearly_until_enabled,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -610,26 +611,53 @@ async fn platform_event_tools_store_stream_and_queue_events(db: &TestDatabase) {
     app.stop().await;
 }
 
-async fn code_runner_and_mcp_tools_fail_clearly_until_enabled(db: &TestDatabase) {
+/// A CodeRunner tool runs its fixed code with the model's arguments as JSON on stdin, under
+/// its own limits. Skipped without bubblewrap unless `TESSERA_REQUIRE_SANDBOX=1`.
+async fn code_runner_tools_run_their_code_in_the_sandbox(db: &TestDatabase) {
+    if tessera_runtime::sandbox::sandbox_for_tests()
+        .await
+        .is_none()
+    {
+        return;
+    }
     let app = start(db, &[]).await;
-    let code = tool(
+    let sum = tool(
         &app,
-        json!({"name": "calc", "configuration": {"type": "CodeRunner", "language": "python", "code": "print(1)", "limits": {"wall_seconds": 5}}}),
+        json!({"name": "sum", "configuration": {"type": "CodeRunner", "language": "python",
+            "code": "import json, sys\nprint(sum(json.load(sys.stdin)[\"numbers\"]))"}}),
     )
     .await;
+    let slow = tool(
+        &app,
+        json!({"name": "slow", "configuration": {"type": "CodeRunner", "language": "bash",
+            "code": "sleep 30", "limits": {"wall_seconds": 1}}}),
+    )
+    .await;
+    agent(&app, "code", &[&sum, &slow]).await;
+
+    let (_, m) = call(&app, "code", "sum", json!({"numbers": [1, 2, 39]})).await;
+    assert_eq!(m["is_error"], false, "{m}");
+    let out: Value = serde_json::from_str(m["content"].as_str().unwrap()).unwrap();
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert_eq!(out["stdout"], "42\n", "{out}");
+
+    // The tool's own wall-clock limit (1 s, under the operator's) ends it.
+    let (_, m) = call(&app, "code", "slow", json!({})).await;
+    let out: Value = serde_json::from_str(m["content"].as_str().unwrap()).unwrap();
+    assert_eq!(out["limit"], "wall_clock", "{out}");
+    app.stop().await;
+}
+
+async fn mcp_tools_fail_clearly_until_enabled(db: &TestDatabase) {
+    let app = start(db, &[]).await;
     let mcp = tool(
         &app,
         json!({"name": "gh", "configuration": {"type": "Mcp", "slug": "gh", "transport": "streamable_http", "url": "https://mcp.example.com/mcp", "auth": {"type": "bearer", "token": "t"}}}),
     )
     .await;
-    agent(&app, "later", &[&code, &mcp]).await;
-    let (_, m) = call(&app, "later", "calc", json!({})).await;
-    assert_eq!(m["is_error"], true);
-    assert_eq!(
-        m["content"],
-        "CodeRunner tools are not enabled on this server yet"
-    );
+    agent(&app, "later", &[&mcp]).await;
     let (_, m) = call(&app, "later", "gh", json!({})).await;
+    assert_eq!(m["is_error"], true);
     assert_eq!(m["content"], "Mcp tools are not enabled on this server yet");
     app.stop().await;
 }
