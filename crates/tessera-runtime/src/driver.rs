@@ -752,10 +752,7 @@ impl Driver<'_> {
             .await?;
         Ok(Arc::new(crate::board_tools::ToolChain(vec![
             self.rt.tools.clone(),
-            Arc::new(crate::tool_records::RecordTools::new(
-                records,
-                config.clone(),
-            )),
+            Arc::new(crate::tool_records::RecordTools::load(records, config.clone()).await),
         ])))
     }
 

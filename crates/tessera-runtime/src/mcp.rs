@@ -1146,3 +1146,87 @@ mod tests {
         assert!(!format!("{bearer:?}").contains("tok-secret"));
     }
 }
+
+/// For test suites: the reference server `@modelcontextprotocol/server-everything` in
+/// streamable HTTP mode, from `TESSERA_TEST_MCP_EVERYTHING`.
+#[cfg(feature = "testing")]
+#[allow(clippy::expect_used)] // Test support fails loudly by design.
+pub mod testing {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::process::{Child, Command};
+
+    /// The server-everything executable, or `None` (skip) unless `TESSERA_REQUIRE_MCP=1`
+    /// makes its absence a panic.
+    pub fn everything_bin() -> Option<PathBuf> {
+        match std::env::var_os("TESSERA_TEST_MCP_EVERYTHING") {
+            Some(path) if PathBuf::from(&path).exists() => Some(path.into()),
+            _ if std::env::var("TESSERA_REQUIRE_MCP").as_deref() == Ok("1") => panic!(
+                "TESSERA_REQUIRE_MCP=1 but TESSERA_TEST_MCP_EVERYTHING does not name the \
+                 server-everything executable"
+            ),
+            _ => {
+                eprintln!("skipped: TESSERA_TEST_MCP_EVERYTHING is not set");
+                None
+            }
+        }
+    }
+
+    /// server-everything in streamable HTTP mode on a local port.
+    pub struct Everything {
+        bin: PathBuf,
+        pub port: u16,
+        child: Child,
+    }
+
+    impl Everything {
+        pub async fn start(bin: &PathBuf, port: u16) -> Self {
+            let child = Command::new(bin)
+                .arg("streamableHttp")
+                .env("PORT", port.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("server-everything starts");
+            // Readiness: wait until the port accepts connections.
+            for _ in 0..400 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Self {
+                        bin: bin.clone(),
+                        port,
+                        child,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("server-everything did not listen on port {port}");
+        }
+
+        pub async fn on_free_port(bin: &PathBuf) -> Self {
+            let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a free port")
+                .local_addr()
+                .expect("its address")
+                .port();
+            Self::start(bin, port).await
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://127.0.0.1:{}/mcp", self.port)
+        }
+
+        /// Stops the server and starts a new one on the same port: every session is gone.
+        pub async fn restart(mut self) -> Self {
+            let _ = self.child.kill().await;
+            let (bin, port) = (self.bin.clone(), self.port);
+            drop(self);
+            Self::start(&bin, port).await
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! The tools an agent attaches (`tool_ids`): offered to its model with their input schemas,
 //! their arguments validated before anything runs (an invalid call goes back to the model as
 //! the tool's error), and dispatched by variant — `Api` to [`crate::api_tool`],
-//! `PlatformEvent` to the store, `CodeRunner` to the sandbox ([`crate::code_tools`]); `Mcp` is
-//! refused with a clear error until its client is wired in.
+//! `PlatformEvent` to the store, `CodeRunner` to the sandbox ([`crate::code_tools`]). An `Mcp`
+//! record stands for a server: its tools are discovered when a run starts ([`crate::mcp`],
+//! cached per record) and offered as `mcp_{slug}_{tool}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,21 +54,166 @@ pub struct ToolRecordsConfig {
     /// Runs `CodeRunner` tools (the sandbox and workspace of `execute_code`); `None` refuses
     /// them with a clear error.
     pub code: Option<Arc<crate::code_tools::CodeTools>>,
+    /// What `Mcp` tools may reach (`[mcp]`).
+    pub mcp: crate::mcp::McpPolicy,
+    /// One MCP client per `Mcp` record (and version), shared by the node's runs so that
+    /// sessions and the tool list cache outlive a run.
+    pub mcp_clients: McpClients,
+}
+
+/// The node's MCP clients, by tool record.
+#[derive(Default)]
+pub struct McpClients {
+    clients:
+        tokio::sync::Mutex<std::collections::HashMap<ToolId, (i64, Arc<crate::mcp::McpClient>)>>,
+}
+
+/// An MCP server's tool, offered to a run's model.
+struct McpOffer {
+    /// The `Mcp` record it comes from (its confirmation and timeout settings apply).
+    record: usize,
+    tool: crate::mcp::McpTool,
+    client: Arc<crate::mcp::McpClient>,
 }
 
 /// The tool records of one run's agent.
 pub struct RecordTools {
     tools: Vec<Tool>,
     config: Arc<ToolRecordsConfig>,
+    mcp: Vec<McpOffer>,
 }
 
 impl RecordTools {
     pub fn new(tools: Vec<Tool>, config: Arc<ToolRecordsConfig>) -> Self {
-        Self { tools, config }
+        Self {
+            tools,
+            config,
+            mcp: Vec::new(),
+        }
+    }
+
+    /// Like [`RecordTools::new`], with the tools of the `Mcp` records' servers discovered (from
+    /// each client's cache while it is fresh). A server that cannot be reached contributes no
+    /// tools to this run (logged); the run goes on with the others.
+    pub async fn load(tools: Vec<Tool>, config: Arc<ToolRecordsConfig>) -> Self {
+        let mut this = Self::new(tools, config);
+        let mut seen = std::collections::HashSet::new();
+        for (index, tool) in this.tools.iter().enumerate() {
+            let ToolConfig::Mcp(mcp) = &tool.spec.configuration else {
+                continue;
+            };
+            let listed = match this.mcp_client(tool, mcp).await {
+                Ok(client) => client
+                    .tools()
+                    .await
+                    .map(|tools| (client, tools))
+                    .map_err(|e| e.to_string()),
+                Err(err) => Err(err),
+            };
+            match listed {
+                Ok((client, tools)) => {
+                    for offered in tools {
+                        // Two records of one agent with the same slug: the first one's tool wins.
+                        if seen.insert(offered.exposed_name.clone()) {
+                            this.mcp.push(McpOffer {
+                                record: index,
+                                tool: offered,
+                                client: client.clone(),
+                            });
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    tool_id = %tool.id,
+                    error = %err,
+                    "the MCP server of a tool could not be listed; its tools are not offered"
+                ),
+            }
+        }
+        this
+    }
+
+    /// The record's client: the node's, or a new one when the record is new or changed.
+    async fn mcp_client(
+        &self,
+        tool: &Tool,
+        mcp: &tessera_domain::tool::McpConfig,
+    ) -> Result<Arc<crate::mcp::McpClient>, String> {
+        let mut clients = self.config.mcp_clients.clients.lock().await;
+        if let Some((version, client)) = clients.get(&tool.id) {
+            if *version == tool.version {
+                return Ok(client.clone());
+            }
+        }
+        let client = Arc::new(
+            crate::mcp::McpClient::new(self.mcp_server(tool, mcp).await?, self.config.mcp)
+                .map_err(|e| e.to_string())?,
+        );
+        if let Some((_, old)) = clients.insert(tool.id.clone(), (tool.version, client.clone())) {
+            old.close().await;
+        }
+        Ok(client)
+    }
+
+    /// The MCP client's settings from the record (and its opened secret).
+    async fn mcp_server(
+        &self,
+        tool: &Tool,
+        mcp: &tessera_domain::tool::McpConfig,
+    ) -> Result<crate::mcp::McpServerConfig, String> {
+        use tessera_domain::tool::{McpAuth, McpTransport};
+        let transport = match mcp.transport {
+            McpTransport::StreamableHttp => crate::mcp::McpTransport::StreamableHttp {
+                url: mcp.url.clone().ok_or("the Mcp tool has no url")?,
+            },
+            McpTransport::Stdio => {
+                let (command, args) = mcp
+                    .command
+                    .split_first()
+                    .ok_or("the Mcp tool has no command")?;
+                crate::mcp::McpTransport::Stdio {
+                    command: command.into(),
+                    args: args.to_vec(),
+                    env: Default::default(),
+                }
+            }
+        };
+        let auth = match &mcp.auth {
+            McpAuth::None => crate::mcp::McpAuth::None,
+            McpAuth::Bearer => crate::mcp::McpAuth::Bearer {
+                token: self.secret(tool).await?.expose().to_owned(),
+            },
+            McpAuth::OauthClientCredentials {
+                token_url,
+                client_id,
+                scopes,
+            } => crate::mcp::McpAuth::OauthClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: self.secret(tool).await?.expose().to_owned(),
+                scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
+                audience: None,
+            },
+        };
+        let mut server = crate::mcp::McpServerConfig::new(mcp.slug.clone(), transport);
+        server.auth = auth;
+        if let Some(seconds) = tool.spec.timeout_seconds {
+            server.call_timeout = Duration::from_secs(u64::from(seconds));
+        }
+        Ok(server)
     }
 
     fn find(&self, name: &str) -> Option<&Tool> {
-        self.tools.iter().find(|t| t.spec.name.as_str() == name)
+        self.tools
+            .iter()
+            .find(|t| {
+                t.spec.name.as_str() == name && !matches!(t.spec.configuration, ToolConfig::Mcp(_))
+            })
+            .or_else(|| self.offer(name).map(|o| &self.tools[o.record]))
+    }
+
+    fn offer(&self, name: &str) -> Option<&McpOffer> {
+        self.mcp.iter().find(|o| o.tool.exposed_name == name)
     }
 
     /// The configuration secret of `tool`, opened.
@@ -87,22 +233,37 @@ impl RecordTools {
 #[async_trait]
 impl ToolExecutor for RecordTools {
     fn specs(&self) -> Vec<ToolSpec> {
-        self.tools
+        let records = self
+            .tools
             .iter()
+            .filter(|t| !matches!(t.spec.configuration, ToolConfig::Mcp(_)))
             .map(|t| ToolSpec {
                 name: t.spec.name.as_str().to_owned(),
                 description: t.spec.description.clone(),
                 parameters: t.spec.input_schema.as_value().clone(),
-            })
-            .collect()
+            });
+        let servers = self.mcp.iter().map(|o| ToolSpec {
+            name: o.tool.exposed_name.clone(),
+            description: o.tool.description.clone(),
+            parameters: o.tool.input_schema.clone(),
+        });
+        records.chain(servers).collect()
     }
 
     fn requiring_confirmation(&self) -> Vec<String> {
-        self.tools
+        let records = self
+            .tools
             .iter()
-            .filter(|t| t.spec.requires_confirmation)
-            .map(|t| t.spec.name.as_str().to_owned())
-            .collect()
+            .filter(|t| {
+                t.spec.requires_confirmation && !matches!(t.spec.configuration, ToolConfig::Mcp(_))
+            })
+            .map(|t| t.spec.name.as_str().to_owned());
+        let servers = self
+            .mcp
+            .iter()
+            .filter(|o| self.tools[o.record].spec.requires_confirmation)
+            .map(|o| o.tool.exposed_name.clone());
+        records.chain(servers).collect()
     }
 
     fn timeout(&self, tool: &str) -> Option<Duration> {
@@ -117,6 +278,17 @@ impl ToolExecutor for RecordTools {
     }
 
     async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        if let Some(offer) = self.offer(&call.name) {
+            // The MCP server validates its own tools' arguments.
+            return match offer.client.call(&call.name, call.arguments.clone()).await {
+                Ok(Ok(text)) => ToolOutput {
+                    result: Ok(text),
+                    events: Vec::new(),
+                },
+                Ok(Err(text)) => ToolOutput::error(text),
+                Err(err) => ToolOutput::error(format!("the MCP server failed: {err}")),
+            };
+        }
         let Some(tool) = self.find(&call.name) else {
             return ToolOutput::error(format!("unknown tool `{}`", call.name));
         };
@@ -135,7 +307,10 @@ impl ToolExecutor for RecordTools {
                 Some(code) => run_code(code, ctx, runner, &call.arguments).await,
                 None => ToolOutput::error("CodeRunner tools are not enabled on this server"),
             },
-            ToolConfig::Mcp(_) => ToolOutput::error("Mcp tools are not enabled on this server yet"),
+            ToolConfig::Mcp(_) => ToolOutput::error(format!(
+                "`{}` is an MCP server; call its tools (`mcp_…`) instead",
+                call.name
+            )),
         }
     }
 }

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,79 +20,8 @@ use serde_json::json;
 use tessera_runtime::mcp::{
     McpAuth, McpClient, McpError, McpPolicy, McpServerConfig, McpTransport,
 };
-use tokio::process::{Child, Command};
 
-/// The server-everything executable, or `None` (skip).
-fn everything_bin() -> Option<PathBuf> {
-    match std::env::var_os("TESSERA_TEST_MCP_EVERYTHING") {
-        Some(path) if PathBuf::from(&path).exists() => Some(path.into()),
-        _ if std::env::var("TESSERA_REQUIRE_MCP").as_deref() == Ok("1") => panic!(
-            "TESSERA_REQUIRE_MCP=1 but TESSERA_TEST_MCP_EVERYTHING does not name the \
-             server-everything executable"
-        ),
-        _ => {
-            eprintln!("skipped: TESSERA_TEST_MCP_EVERYTHING is not set");
-            None
-        }
-    }
-}
-
-/// server-everything in streamable HTTP mode on `port`.
-struct Everything {
-    bin: PathBuf,
-    port: u16,
-    child: Child,
-}
-
-impl Everything {
-    async fn start(bin: &PathBuf, port: u16) -> Self {
-        let child = Command::new(bin)
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("server-everything starts");
-        // Readiness: wait until the port accepts connections.
-        for _ in 0..400 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    bin: bin.clone(),
-                    port,
-                    child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server-everything did not listen on port {port}");
-    }
-
-    async fn on_free_port(bin: &PathBuf) -> Self {
-        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start(bin, port).await
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
-    }
-
-    /// Stops the server and starts a new one on the same port: every session is gone.
-    async fn restart(mut self) -> Self {
-        self.child.kill().await.unwrap();
-        let (bin, port) = (self.bin.clone(), self.port);
-        drop(self);
-        Self::start(&bin, port).await
-    }
-}
+use tessera_runtime::mcp::testing::{everything_bin, Everything};
 
 fn local() -> McpPolicy {
     McpPolicy {

@@ -141,6 +141,8 @@ impl Application {
                 store: store.clone(),
             }),
             code: Some(code_tools.clone()),
+            mcp: config.mcp,
+            mcp_clients: Default::default(),
         });
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {

@@ -26,7 +26,7 @@ backend_tests!(
     a_tool_requiring_confirmation_waits_with_its_own_expiry,
     platform_event_tools_store_stream_and_queue_events,
     code_runner_tools_run_their_code_in_the_sandbox,
-    mcp_tools_fail_clearly_until_enabled,
+    mcp_records_offer_their_servers_tools,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -648,16 +648,32 @@ async fn code_runner_tools_run_their_code_in_the_sandbox(db: &TestDatabase) {
     app.stop().await;
 }
 
-async fn mcp_tools_fail_clearly_until_enabled(db: &TestDatabase) {
-    let app = start(db, &[]).await;
+/// An `Mcp` record offers its server's tools as `mcp_{slug}_{tool}`; calls reach the real
+/// reference server (`TESSERA_TEST_MCP_EVERYTHING`; skipped without it unless
+/// `TESSERA_REQUIRE_MCP=1`). The test allows private targets (`mcp.allow_private`) to reach it.
+async fn mcp_records_offer_their_servers_tools(db: &TestDatabase) {
+    use tessera_runtime::mcp::testing::{everything_bin, Everything};
+    let Some(bin) = everything_bin() else {
+        return;
+    };
+    let server = Everything::on_free_port(&bin).await;
+    let app = spawn_app_with(db, |config| config.mcp.allow_private = true).await;
     let mcp = tool(
         &app,
-        json!({"name": "gh", "configuration": {"type": "Mcp", "slug": "gh", "transport": "streamable_http", "url": "https://mcp.example.com/mcp", "auth": {"type": "bearer", "token": "t"}}}),
+        json!({"name": "everything", "configuration": {"type": "Mcp", "slug": "ev",
+            "transport": "streamable_http", "url": server.url(), "auth": {"type": "none"}}}),
     )
     .await;
-    agent(&app, "later", &[&mcp]).await;
-    let (_, m) = call(&app, "later", "gh", json!({})).await;
-    assert_eq!(m["is_error"], true);
-    assert_eq!(m["content"], "Mcp tools are not enabled on this server yet");
+    agent(&app, "mcp", &[&mcp]).await;
+
+    let (_, m) = call(&app, "mcp", "mcp_ev_echo", json!({"message": "hello MCP"})).await;
+    assert_eq!(m["is_error"], false, "{m}");
+    assert_eq!(m["content"], "Echo: hello MCP");
+    let (_, m) = call(&app, "mcp", "mcp_ev_get-sum", json!({"a": 2, "b": 40})).await;
+    assert!(m["content"].as_str().unwrap().contains("42"), "{m}");
+    // The record itself is not a tool the model can call.
+    let (_, m) = call(&app, "mcp", "everything", json!({})).await;
+    assert_eq!(m["is_error"], true, "{m}");
+
     app.stop().await;
 }
