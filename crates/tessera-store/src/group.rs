@@ -1,8 +1,8 @@
-//! Group commit: concurrent callers' writes of one kind share a transaction.
+//! Group commit: concurrent callers' hot writes share a transaction.
 //!
 //! SQLite has a single writer, and each write transaction costs its round trips to the
-//! connection thread plus a WAL sync at commit. When many callers mint or exchange tickets at
-//! once, the first caller becomes the *leader*: it takes every request queued so far and writes
+//! connection thread plus a WAL sync at commit. When many callers submit messages, end runs, or
+//! mint or exchange tickets at once (`HotWrite` in `sql_runs.rs`), the first caller becomes the *leader*: it takes every request queued so far and writes
 //! them in one transaction (the store's batch function), then hands each caller its own result.
 //! Callers that arrive meanwhile queue for the next batch. Every caller still gets its answer
 //! only after the transaction holding its write committed, so durability is unchanged.

@@ -95,27 +95,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// Stores a ticket in its own transaction: PostgreSQL runs concurrent transactions on
-    /// several connections (and shares WAL flushes between concurrent commits itself).
-    pub(crate) async fn write_ticket(
-        &self,
-        scope: &tessera_domain::Scope,
-        new: &crate::NewTicket,
-    ) -> StoreResult<tessera_domain::ticket::SessionTicket> {
-        self.do_create_ticket(scope, new).await
-    }
-
-    /// Exchanges a ticket in its own transaction.
-    pub(crate) async fn write_exchange(
-        &self,
-        scope: &tessera_domain::Scope,
-        exchange: &crate::ExchangeTicket,
-    ) -> StoreResult<crate::ExchangeOutcome> {
-        self.do_exchange(scope, exchange).await
-    }
-
-    /// Writes one of the runtime's hot writes in its own transaction (PostgreSQL runs
-    /// concurrent ones on several connections and shares WAL flushes between them itself).
+    /// Writes one of the hot writes (runs, tickets) in its own transaction: PostgreSQL runs
+    /// concurrent ones on several connections and shares WAL flushes between them itself.
     pub(crate) async fn write_hot(
         &self,
         job: crate::sql_runs::HotWrite,

@@ -256,20 +256,6 @@ macro_rules! impl_ticket_sql {
         }
 
         impl $store {
-            // Each backend uses either the single or the batched form (`write_ticket`,
-            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
-            #[allow(dead_code)]
-            pub(crate) async fn do_create_ticket(
-                &self,
-                scope: &Scope,
-                new: &NewTicket,
-            ) -> StoreResult<SessionTicket> {
-                let mut tx = self.begin_write().await?;
-                let ticket = insert_ticket(&mut tx, scope, new).await?;
-                tx.commit().await?;
-                Ok(ticket)
-            }
-
             /// Checks what a new ticket references (reads only, before the write).
             async fn check_ticket_refs(&self, scope: &Scope, grant: &TicketGrant) -> StoreResult<()> {
                 let dep = scope.deployment_id().as_str();
@@ -361,25 +347,8 @@ macro_rules! impl_ticket_sql {
                 Ok(())
             }
 
-            // Each backend uses either the single or the batched form (`write_ticket`,
-            // `write_exchange` in `sqlite.rs` / `postgres.rs`).
-            #[allow(dead_code)]
-            pub(crate) async fn do_exchange(
-                &self,
-                scope: &Scope,
-                ex: &ExchangeTicket,
-            ) -> StoreResult<ExchangeOutcome> {
-                let mut tx = self.begin_write().await?;
-                let outcome = exchange_in(&mut tx, scope, ex).await?;
-                if outcome != ExchangeOutcome::SigninRequired {
-                    tx.commit().await?;
-                }
-                Ok(outcome)
-            }
-
-            /// A ticket's insert on `tx`, which the caller commits (SQLite's group commit, see
-            /// `SqliteStore::write_hot`).
-            #[allow(dead_code)]
+            /// A ticket's insert on `tx`, which the caller commits (a hot write, see
+            /// `write_hot`).
             pub(crate) async fn ticket_in(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -390,8 +359,7 @@ macro_rules! impl_ticket_sql {
             }
 
             /// An exchange's statements on `tx`, which the caller commits, or rolls back on an
-            /// error or [`ExchangeOutcome::SigninRequired`] (SQLite's group commit).
-            #[allow(dead_code)]
+            /// error or [`ExchangeOutcome::SigninRequired`] (a hot write, see `write_hot`).
             pub(crate) async fn exchange_on(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -613,7 +581,9 @@ macro_rules! impl_ticket_sql {
         impl $crate::TicketStore for $store {
             async fn create_ticket(&self, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
                 self.check_ticket_refs(scope, &new.grant).await?;
-                self.write_ticket(scope, new).await
+                // A hot write: SQLite shares its transaction with concurrent ones.
+                let job = $crate::sql_runs::HotWrite::Ticket { scope: scope.clone(), new: new.clone() };
+                self.write_hot(job).await?.ticket()
             }
 
             async fn exchange_ticket(
@@ -621,7 +591,11 @@ macro_rules! impl_ticket_sql {
                 scope: &Scope,
                 exchange: &ExchangeTicket,
             ) -> StoreResult<ExchangeOutcome> {
-                self.write_exchange(scope, exchange).await
+                let job = $crate::sql_runs::HotWrite::Exchange {
+                    scope: scope.clone(),
+                    exchange: exchange.clone(),
+                };
+                self.write_hot(job).await?.exchanged()
             }
 
             async fn active_agent_session(

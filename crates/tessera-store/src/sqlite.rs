@@ -11,16 +11,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use tessera_domain::ticket::SessionTicket;
-use tessera_domain::Scope;
-
 use crate::group::{deliver, GroupCommit};
 use crate::migrate;
 use crate::sql_runs::{HotDone, HotWrite};
-use crate::{
-    Backend, ConnectOptions, ExchangeOutcome, ExchangeTicket, NewTicket, PoolStats, StoreError,
-    StoreResult,
-};
+use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -149,34 +143,6 @@ impl SqliteStore {
     pub(crate) const CLAIM_LOCK: &'static str = "";
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
-
-    /// Stores a ticket, sharing the transaction with concurrent hot writes (group commit: the
-    /// single writer makes one commit per batch instead of one per ticket).
-    pub(crate) async fn write_ticket(
-        &self,
-        scope: &Scope,
-        new: &NewTicket,
-    ) -> StoreResult<SessionTicket> {
-        let job = HotWrite::Ticket {
-            scope: scope.clone(),
-            new: new.clone(),
-        };
-        self.write_hot(job).await?.ticket()
-    }
-
-    /// Exchanges a ticket, sharing the transaction with concurrent hot writes (each in its own
-    /// savepoint).
-    pub(crate) async fn write_exchange(
-        &self,
-        scope: &Scope,
-        exchange: &ExchangeTicket,
-    ) -> StoreResult<ExchangeOutcome> {
-        let job = HotWrite::Exchange {
-            scope: scope.clone(),
-            exchange: exchange.clone(),
-        };
-        self.write_hot(job).await?.exchanged()
-    }
 
     /// Writes one of the hot writes, sharing the transaction with concurrent ones (group
     /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and
