@@ -84,11 +84,24 @@ struct Phase {
     errors: usize,
     first_error: Option<String>,
     wall: Duration,
+    /// CPU time (user + system) this whole process used during the phase.
+    cpu: Option<Duration>,
 }
 
 impl Phase {
     fn per_second(&self) -> f64 {
         self.latencies_us.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Process CPU time per completed operation: less sensitive to other processes on the
+    /// machine than ops/s, since it counts only this process's work.
+    fn cpu_per_op_us(&self) -> f64 {
+        match self.cpu {
+            Some(cpu) if !self.latencies_us.is_empty() => {
+                cpu.as_secs_f64() * 1e6 / self.latencies_us.len() as f64
+            }
+            _ => f64::NAN,
+        }
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
@@ -100,6 +113,16 @@ impl Phase {
         let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
         sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
     }
+}
+
+/// CPU time (user + system) this process used so far, from `/proc/self/stat` (clock ticks of
+/// `USER_HZ` = 100 per second on mainstream Linux).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // utime and stime are fields 14 and 15, the 12th and 13th after the command name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| -> Option<u64> { fields.get(i)?.parse().ok() };
+    Some(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 fn load_average() -> String {
@@ -125,6 +148,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let op = Arc::new(op);
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients);
@@ -152,6 +176,7 @@ where
         errors: 0,
         first_error: None,
         wall: Duration::ZERO,
+        cpu: None,
     };
     for task in tasks {
         match task.await {
@@ -169,6 +194,9 @@ where
         }
     }
     phase.wall = start.elapsed();
+    phase.cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     phase
 }
 
@@ -400,18 +428,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         reports.push(bench_backend(&args, "postgres", Some(&postgres)).await?);
     }
     println!();
-    println!("| backend | phase | ops/s | p50 ms | p99 ms | max ms | errors |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| backend | phase | ops/s | p50 ms | p99 ms | max ms | CPU µs/op | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut errors = 0;
     for r in &reports {
         for (name, phase) in [("mint", &r.mint), ("mint+exchange", &r.pairs)] {
             println!(
-                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
                 r.backend,
                 phase.per_second(),
                 phase.percentile_ms(50.0),
                 phase.percentile_ms(99.0),
                 phase.percentile_ms(100.0),
+                phase.cpu_per_op_us(),
                 phase.errors
             );
             errors += phase.errors;

@@ -5,7 +5,8 @@
 //! How a browser request maps to a deployment: its `Host` header, taken as `http://HOST` and
 //! `https://HOST`, is compared with every deployment's `backend_host` and `frontend_host`; the
 //! oldest match wins. When nothing matches, deployment `default` serves the request. User
-//! tokens carry their deployment in the signed `dep` claim instead.
+//! tokens carry their deployment in the signed `dep` claim instead. The lookup goes through the
+//! node's short-lived deployment cache (`deployment_cache.rs`).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN, REFERER, USER_AGENT};
+use axum::http::header::{AUTHORIZATION, COOKIE, ORIGIN, REFERER, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use tessera_api::ErrorCode;
@@ -603,29 +604,16 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))
 }
 
-/// The deployment a browser request is for (see the module documentation).
+/// The deployment a browser request is for (see the module documentation), through the
+/// node's deployment cache.
 pub(crate) async fn deployment_for_request(
-    store: &dyn Store,
+    state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Deployment, ApiError> {
-    let host = headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']));
-    if let Some(host) = host {
-        let candidates: Vec<String> = [format!("http://{host}"), format!("https://{host}")]
-            .iter()
-            .filter_map(|o| normalize_origin(o))
-            .collect();
-        if let Some(found) = store.deployment_for_origin(&candidates).await? {
-            return Ok(found);
-        }
-    }
-    store
-        .find_deployment(crate::bootstrap::DEFAULT_DEPLOYMENT)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("no deployment serves this host"))
+    state
+        .deployments
+        .for_request(state.store.as_ref(), headers)
+        .await
 }
 
 /// The session cookie's value, when the request carries a plausible one.
@@ -702,7 +690,7 @@ impl FromRequestParts<AppState> for UserCaller {
                 })?;
             return user_from_token(state, token).await;
         }
-        let deployment = deployment_for_request(state.store.as_ref(), &parts.headers).await?;
+        let deployment = deployment_for_request(state, &parts.headers).await?;
         let scope = Scope::deployment(deployment.id.clone());
         let Some((session, hash)) = current_session(state, &parts.headers, &scope).await? else {
             return Err(ApiError::unauthorized(

@@ -33,6 +33,7 @@ mod convert;
 mod convert_boards;
 mod convert_identity;
 mod convert_tools;
+mod deployment_cache;
 mod error;
 mod extract;
 mod identity;
@@ -60,6 +61,8 @@ pub(crate) struct AppState {
     pub max_upload_bytes: u64,
     /// How long `askAgentPool` waits for a turn (`sessions.ask_wait_seconds`).
     pub ask_wait: Duration,
+    /// Deployment records for the hot paths (see `deployment_cache.rs`).
+    pub deployments: Arc<deployment_cache::DeploymentCache>,
 }
 
 /// What the first start on an empty database created.
@@ -180,6 +183,7 @@ impl Application {
             board_scheduler: board_scheduler.clone(),
             max_upload_bytes: config.max_upload_bytes,
             ask_wait: Duration::from_secs(config.sessions.ask_wait_seconds),
+            deployments: Arc::default(),
         };
         let router = routes::router(state, config.max_body_bytes);
         Ok(Self {

@@ -54,7 +54,7 @@ pub(crate) async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
 ) -> ApiResult<Option<AgentCaller>> {
-    let deployment = deployment_for_request(state.store.as_ref(), headers).await?;
+    let deployment = deployment_for_request(state, headers).await?;
     let scope = Scope::deployment(deployment.id.clone());
     let now = Timestamp::now();
     if let Some(token) = bearer(headers)? {
@@ -165,10 +165,21 @@ pub(crate) async fn session_info(
     session: &AgentSession,
     impersonator: Option<&Issuer>,
 ) -> ApiResult<api::AgentSession> {
-    let actor = state.store.get_actor(scope, &session.actor_id).await?;
+    // The actor and the agents are independent reads: they run together.
+    let (actor, found) = futures_util::future::join(
+        state.store.get_actor(scope, &session.actor_id),
+        futures_util::future::join_all(
+            session
+                .agent_ids
+                .iter()
+                .map(|id| state.store.get_agent(scope, id)),
+        ),
+    )
+    .await;
+    let actor = actor?;
     let mut agents = Vec::with_capacity(session.agent_ids.len());
-    for id in &session.agent_ids {
-        match state.store.get_agent(scope, id).await {
+    for agent in found {
+        match agent {
             Ok(agent) => agents.push(api::SessionAgent {
                 id: agent.id.as_str().to_owned(),
                 name: agent.spec.name.as_str().to_owned(),

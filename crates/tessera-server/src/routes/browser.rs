@@ -140,7 +140,7 @@ pub(crate) async fn sign_in_form(
         .map(|(_, v)| v.into_owned())
         .filter(|v| safe_redirect(v).is_some())
         .unwrap_or_default();
-    if let Ok(deployment) = deployment_for_request(state.store.as_ref(), &headers).await {
+    if let Ok(deployment) = deployment_for_request(&state, &headers).await {
         let scope = Scope::deployment(deployment.id);
         if let Ok(Some((session, _))) = current_session(&state, &headers, &scope).await {
             if let Some(user_id) = session.user_id {
@@ -365,7 +365,7 @@ async fn attempt(
     client: &ClientInfo,
     req: api::SignInRequest,
 ) -> ApiResult<SignedIn> {
-    let deployment = deployment_for_request(state.store.as_ref(), headers).await?;
+    let deployment = deployment_for_request(state, headers).await?;
     check_origin(headers, &deployment)?;
     let scope = Scope::deployment(deployment.id.clone());
     if let Some(redirect) = &req.redirect_url {
@@ -537,7 +537,7 @@ pub(crate) async fn sign_out(
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
         return Err(no_browser_session());
     }
-    let deployment = deployment_for_request(state.store.as_ref(), &headers).await?;
+    let deployment = deployment_for_request(&state, &headers).await?;
     check_origin(&headers, &deployment)?;
     let scope = Scope::deployment(deployment.id.clone());
     if let Some((session, hash)) = current_session(&state, &headers, &scope).await? {

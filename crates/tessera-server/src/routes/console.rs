@@ -44,7 +44,7 @@ impl AdminCaller {
     /// Cookie-authenticated writes must come from one of the serving deployment's origins.
     pub async fn check_write(&self, state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         if self.by_cookie {
-            let deployment = deployment_for_request(state.store.as_ref(), headers).await?;
+            let deployment = deployment_for_request(state, headers).await?;
             check_origin(headers, &deployment)?;
         }
         Ok(())
@@ -116,7 +116,7 @@ pub(crate) async fn console_sign_in(
     client: ClientInfo,
     ApiJson(req): ApiJson<api::ConsoleSignInRequest>,
 ) -> ApiResult<Response> {
-    let deployment = deployment_for_request(state.store.as_ref(), &headers).await?;
+    let deployment = deployment_for_request(&state, &headers).await?;
     check_origin(&headers, &deployment)?;
     // Failure counters live with the deployment serving the request (the table is per
     // deployment); the buckets are the console's own.

@@ -62,10 +62,12 @@ pub(crate) async fn update_current_deployment(
                     "settings.default_model.provider",
                 )?;
             }
-            state
+            let updated = state
                 .store
                 .update_deployment_settings(&caller.scope, &settings)
-                .await?
+                .await?;
+            state.deployments.forget(&updated.id);
+            updated
         }
         None => state.store.get_deployment(&caller.scope).await?,
     };

@@ -149,7 +149,10 @@ pub(crate) async fn create_backend_session_ticket(
     client: ClientInfo,
     ApiJson(req): ApiJson<api::CreateSessionTicketRequest>,
 ) -> ApiResult<(StatusCode, Json<api::SessionTicket>)> {
-    let deployment = state.store.get_deployment(&caller.scope).await?;
+    let deployment = state
+        .deployments
+        .get(state.store.as_ref(), &caller.scope)
+        .await?;
     let issuer = Issuer::SecretKey(caller.key_id.clone());
     mint(&state, &caller.scope, &deployment, issuer, &client, req).await
 }
@@ -225,7 +228,7 @@ pub(crate) async fn exchange_session_ticket(
     client: ClientInfo,
     ApiJson(req): ApiJson<api::ExchangeSessionTicketRequest>,
 ) -> ApiResult<Response> {
-    let deployment = deployment_for_request(state.store.as_ref(), &headers).await?;
+    let deployment = deployment_for_request(&state, &headers).await?;
     check_origin(&headers, &deployment)?;
     let ticket = req.ticket.trim();
     if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {

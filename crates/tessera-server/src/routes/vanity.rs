@@ -108,9 +108,7 @@ fn cors_path(path: &str) -> bool {
 async fn allowed_origin(state: &AppState, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(ORIGIN)?.to_str().ok()?;
     let normalized = normalize_origin(origin)?;
-    let deployment = deployment_for_request(state.store.as_ref(), headers)
-        .await
-        .ok()?;
+    let deployment = deployment_for_request(state, headers).await.ok()?;
     [&deployment.frontend_host, &deployment.backend_host]
         .iter()
         .any(|host| normalize_origin(host).as_deref() == Some(normalized.as_str()))
