@@ -233,46 +233,84 @@ macro_rules! impl_ticket_sql {
             qb.push(")");
         }
 
+        /// Inserts a ticket. An agent_access ticket is inserted only if every agent it names
+        /// exists (checked in the same statement, so an agent deleted meanwhile cannot slip
+        /// through, and minting costs no separate read); otherwise the agents are looked at one
+        /// by one to name the missing one.
         async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
             let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
-            let row = sqlx::query(&format!(
+            let dep = scope.deployment_id().as_str();
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO session_tickets
                    (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
                     created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {TICKET_COLS}"
-            ))
-            .bind(TicketId::generate_at(new.now).into_string())
-            .bind(scope.deployment_id().as_str())
-            .bind(new.hash.as_bytes().to_vec())
-            .bind(new.grant.ticket_type().as_str())
-            .bind(grant)
-            .bind(new.issuer.kind())
-            .bind(new.issuer.id())
-            .bind(new.now.as_millis())
-            .bind(new.expires_at.as_millis())
-            .fetch_one(&mut *conn)
-            .await?;
-            ticket_from_row(&row)
+                 SELECT ",
+            );
+            let mut values = qb.separated(", ");
+            values.push_bind(TicketId::generate_at(new.now).into_string());
+            values.push_bind(dep.to_owned());
+            values.push_bind(new.hash.as_bytes().to_vec());
+            values.push_bind(new.grant.ticket_type().as_str().to_owned());
+            values.push_bind(grant);
+            values.push_bind(new.issuer.kind().to_owned());
+            values.push_bind(new.issuer.id().to_owned());
+            values.push_bind(new.now.as_millis());
+            values.push_bind(new.expires_at.as_millis());
+            let agents: Vec<&AgentId> = match &new.grant {
+                TicketGrant::AgentAccess { agent_ids, .. } => {
+                    let mut distinct: Vec<&AgentId> = agent_ids.iter().collect();
+                    distinct.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+                    distinct.dedup();
+                    distinct
+                }
+                _ => Vec::new(),
+            };
+            if !agents.is_empty() {
+                qb.push(" WHERE (SELECT COUNT(*) FROM agents WHERE deployment_id = ")
+                    .push_bind(dep.to_owned())
+                    .push(" AND deleted_at IS NULL AND id IN (");
+                let mut list = qb.separated(", ");
+                for agent in &agents {
+                    list.push_bind(agent.as_str().to_owned());
+                }
+                qb.push(")) = ").push_bind(agents.len() as i64);
+            }
+            qb.push(format!(" RETURNING {TICKET_COLS}"));
+            match qb.build().fetch_optional(&mut *conn).await? {
+                Some(row) => ticket_from_row(&row),
+                None => Err(missing_agent(conn, dep, &new.grant).await),
+            }
+        }
+
+        /// The error naming the first agent of `grant` that does not exist.
+        async fn missing_agent(conn: &mut Conn, dep: &str, grant: &TicketGrant) -> StoreError {
+            if let TicketGrant::AgentAccess { agent_ids, .. } = grant {
+                for (i, agent) in agent_ids.iter().enumerate() {
+                    let found = sqlx::query(
+                        "SELECT 1 FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL",
+                    )
+                    .bind(agent.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *conn)
+                    .await;
+                    match found {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return StoreError::not_found_in_list(Entity::Agent, "agent_ids", i),
+                        Err(err) => return err.into(),
+                    }
+                }
+            }
+            corrupt("session ticket", "the insert of a ticket whose agents exist wrote nothing")
         }
 
         impl $store {
-            /// Checks what a new ticket references (reads only, before the write).
+            /// Checks what a new ticket references other than its agents (reads only, before the
+            /// write).
             async fn check_ticket_refs(&self, scope: &Scope, grant: &TicketGrant) -> StoreResult<()> {
                 let dep = scope.deployment_id().as_str();
                 match grant {
-                    TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
-                        for (i, agent) in agent_ids.iter().enumerate() {
-                            let found = sqlx::query(
-                                "SELECT 1 FROM agents WHERE id = $1 AND deployment_id = $2 AND deleted_at IS NULL",
-                            )
-                            .bind(agent.as_str())
-                            .bind(dep)
-                            .fetch_optional(self.reader())
-                            .await?;
-                            if found.is_none() {
-                                return Err(StoreError::not_found_in_list(Entity::Agent, "agent_ids", i));
-                            }
-                        }
+                    // The agents are checked by the insert itself (`insert_ticket`).
+                    TicketGrant::AgentAccess { agent_ids: _, binding, mode, context_group } => {
                         match binding {
                             Binding::Anonymous => {}
                             Binding::Actor(actor) => {
