@@ -50,6 +50,13 @@ impl<'a> Ai<'a> {
         }
     }
 
+    /// Third-party toolkits: enabled per deployment, connected per actor.
+    pub fn toolkits(&self) -> crate::toolkits::Toolkits<'a> {
+        crate::toolkits::Toolkits {
+            client: self.client,
+        }
+    }
+
     /// Threads, their messages, runs and event stream.
     pub fn threads(&self) -> crate::threads::Threads<'a> {
         crate::threads::Threads::new(self.client)
