@@ -465,11 +465,14 @@ pub struct OfferedTool {
     pub input_schema: InputSchema,
 }
 
+/// A toolkit's tools and when they were listed.
+type ListedTools = (Instant, Arc<Vec<OfferedTool>>);
+
 /// The node's toolkit provider with a cache of tool lists, shared by the API and the runs.
 pub struct Toolkits {
     provider: Arc<dyn ToolkitProvider>,
     cache_for: Duration,
-    cache: tokio::sync::Mutex<HashMap<ToolkitSlug, (Instant, Arc<Vec<OfferedTool>>)>>,
+    cache: tokio::sync::Mutex<HashMap<ToolkitSlug, ListedTools>>,
 }
 
 impl Toolkits {
