@@ -363,6 +363,15 @@ mod tests {
             seen(agent.resolve_action("x", "x", true)),
             ("GET".to_owned(), agent.stream("x").path().to_owned()),
         ]);
+        let toolkits = client.ai().toolkits();
+        sdk.extend([
+            seen(toolkits.enable_toolkit(Default::default())),
+            seen(toolkits.list_toolkits()),
+            seen(toolkits.disable_toolkit("x")),
+            seen(toolkits.list_actor_toolkits("x")),
+            seen(toolkits.connect_actor_toolkit("x", "x", Default::default())),
+            seen(toolkits.disconnect_actor_toolkit("x", "x")),
+        ]);
         let sessions = client.sessions();
         sdk.extend([
             seen(sessions.ask("x", Default::default())),

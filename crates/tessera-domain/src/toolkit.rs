@@ -195,8 +195,10 @@ pub fn exposed_name(toolkit: &ToolkitSlug, tool: &str) -> String {
 /// Checks a URL the provider sends the end user to after authorizing: `http(s)://`, at most
 /// 2048 characters, no whitespace or control characters.
 pub fn check_redirect_url(field: &str, url: &str) -> Result<(), ValidationError> {
-    let ok = (url.starts_with("https://") || url.starts_with("http://"))
-        && url.len() > "http://".len()
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
         && url.len() <= 2048
         && !url.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok {
