@@ -194,6 +194,12 @@ impl HttpToolkitProvider {
             return Ok(None);
         };
         let base = url::Url::parse(base).map_err(|e| format!("toolkits.base_url: {e}"))?;
+        if let Some(var) = &config.api_key_env {
+            if std::env::var_os(var).is_none() {
+                tracing::warn!(variable = %var,
+                    "toolkits.api_key_env names an unset variable; provider requests will fail until it is set");
+            }
+        }
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -687,5 +693,65 @@ impl ToolExecutor for ToolkitTools {
             Ok(Err(message)) => ToolOutput::error(message),
             Err(err) => ToolOutput::error(err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn configuration_is_checked_and_off_without_a_base_url() {
+        assert!(HttpToolkitProvider::from_config(&ToolkitConfig::default())
+            .unwrap()
+            .is_none());
+        for bad in ["ftp://x", "not a url", "mailto:a@b"] {
+            let config = ToolkitConfig {
+                base_url: Some(bad.into()),
+                ..ToolkitConfig::default()
+            };
+            assert!(config.validate().is_err(), "{bad}");
+        }
+        let config = ToolkitConfig {
+            base_url: Some("https://p.example/v1".into()),
+            timeout_seconds: 0,
+            ..ToolkitConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("timeout_seconds"));
+    }
+
+    #[test]
+    fn urls_are_built_from_percent_encoded_segments() {
+        let provider = HttpToolkitProvider::from_config(&ToolkitConfig {
+            base_url: Some("https://user:pw@p.example/v1/".into()),
+            ..ToolkitConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        let url = provider
+            .url(&["tools", "issues/create x", "execute"])
+            .unwrap();
+        assert_eq!(url.path(), "/v1/tools/issues%2Fcreate%20x/execute");
+        let shown = format!("{provider:?}");
+        assert!(!shown.contains("pw"), "no credentials in logs: {shown}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_is_a_clear_error_before_any_request() {
+        let provider = HttpToolkitProvider::from_config(&ToolkitConfig {
+            // Nothing listens here: the key is checked first.
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            api_key_env: Some("TESSERA_TEST_TOOLKIT_KEY_NEVER_SET".into()),
+            ..ToolkitConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        let slug = ToolkitSlug::parse("toolkit", "github").unwrap();
+        let err = provider.toolkit(&slug).await.unwrap_err();
+        assert!(
+            matches!(&err, ToolkitError::Key(m) if m.contains("TESSERA_TEST_TOOLKIT_KEY_NEVER_SET")),
+            "{err}"
+        );
     }
 }

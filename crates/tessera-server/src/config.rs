@@ -647,6 +647,36 @@ mod tests {
     }
 
     #[test]
+    fn the_toolkits_section_loads_and_is_checked() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.toolkits.base_url, None,
+                "toolkits are off by default"
+            );
+            jail.create_file(
+                "tessera.toml",
+                r#"
+                [toolkits]
+                base_url = "https://toolkits.example.com/v1"
+                api_key_env = "TOOLKIT_KEY"
+                "#,
+            )?;
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.toolkits.base_url.as_deref(),
+                Some("https://toolkits.example.com/v1")
+            );
+            assert_eq!(config.toolkits.api_key_env.as_deref(), Some("TOOLKIT_KEY"));
+            assert_eq!(config.toolkits.timeout_seconds, 30);
+            jail.set_env("TESSERA_TOOLKITS__BASE_URL", "ftp://toolkits.example.com");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("toolkits.base_url"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let config = Config {
             bootstrap_secret_key: Some(Secret::new("tsk_supersecret")),
