@@ -12,6 +12,7 @@ pub mod ops;
 mod session_types;
 mod ticket_types;
 mod tool_types;
+mod toolkit_types;
 pub mod types;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

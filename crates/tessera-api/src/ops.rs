@@ -41,6 +41,12 @@ operations! {
     GET_AI_TOOL_BY_ID = ("getAiToolById", "GET", "/ai/tools/{tool_id}");
     UPDATE_AI_TOOL = ("updateAiTool", "PATCH", "/ai/tools/{tool_id}");
     DELETE_AI_TOOL = ("deleteAiTool", "DELETE", "/ai/tools/{tool_id}");
+    ENABLE_TOOLKIT = ("enableToolkit", "POST", "/ai/toolkits");
+    LIST_TOOLKITS = ("listToolkits", "GET", "/ai/toolkits");
+    DISABLE_TOOLKIT = ("disableToolkit", "DELETE", "/ai/toolkits/{toolkit}");
+    LIST_ACTOR_TOOLKITS = ("listActorToolkits", "GET", "/ai/actors/{actor_id}/toolkits");
+    CONNECT_ACTOR_TOOLKIT = ("connectActorToolkit", "POST", "/ai/actors/{actor_id}/toolkits/{toolkit}/connect");
+    DISCONNECT_ACTOR_TOOLKIT = ("disconnectActorToolkit", "DELETE", "/ai/actors/{actor_id}/toolkits/{toolkit}");
     CREATE_ACTOR_PROJECT_FLAT = ("createActorProjectFlat", "POST", "/ai/actor-projects");
     LIST_ACTOR_PROJECTS = ("listActorProjects", "GET", "/ai/actor-projects");
     GET_ACTOR_PROJECT = ("getActorProject", "GET", "/ai/actor-projects/{project_id}");

@@ -11,6 +11,7 @@ pub use crate::identity_types::*;
 pub use crate::session_types::*;
 pub use crate::ticket_types::*;
 pub use crate::tool_types::*;
+pub use crate::toolkit_types::*;
 
 /// Distinguishes "field absent" (`None`) from "field set to null" (`Some(None)`) in PATCH bodies.
 pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>

@@ -50,6 +50,13 @@ impl<'a> Ai<'a> {
         }
     }
 
+    /// Third-party toolkits: enabled per deployment, connected per actor.
+    pub fn toolkits(&self) -> crate::toolkits::Toolkits<'a> {
+        crate::toolkits::Toolkits {
+            client: self.client,
+        }
+    }
+
     /// Threads, their messages, runs and event stream.
     pub fn threads(&self) -> crate::threads::Threads<'a> {
         crate::threads::Threads::new(self.client)
@@ -355,6 +362,15 @@ mod tests {
             seen(agent.cancel("x")),
             seen(agent.resolve_action("x", "x", true)),
             ("GET".to_owned(), agent.stream("x").path().to_owned()),
+        ]);
+        let toolkits = client.ai().toolkits();
+        sdk.extend([
+            seen(toolkits.enable_toolkit(Default::default())),
+            seen(toolkits.list_toolkits()),
+            seen(toolkits.disable_toolkit("x")),
+            seen(toolkits.list_actor_toolkits("x")),
+            seen(toolkits.connect_actor_toolkit("x", "x", Default::default())),
+            seen(toolkits.disconnect_actor_toolkit("x", "x")),
         ]);
         let sessions = client.sessions();
         sdk.extend([

@@ -42,6 +42,7 @@ mod stream;
 mod tests;
 mod threads;
 mod tickets;
+mod toolkits;
 mod tools;
 mod users;
 
@@ -56,6 +57,7 @@ pub use sessions::Sessions;
 pub use stream::{StreamEvent, StreamRequest, ThreadStream};
 pub use threads::Threads;
 pub use tickets::{AgentSessions, Console, SessionTickets};
+pub use toolkits::Toolkits;
 pub use tools::Tools;
 pub use users::{AuditEvents, Organizations, Users};
 

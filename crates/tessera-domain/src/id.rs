@@ -289,6 +289,13 @@ define_id!(
     "pevt"
 );
 
+define_id!(
+    /// An actor's connection to a third-party toolkit (its connected account at the toolkit
+    /// provider).
+    ConnectionId,
+    "conn"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

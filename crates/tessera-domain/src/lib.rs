@@ -19,14 +19,15 @@ pub mod thread;
 pub mod ticket;
 pub mod token;
 pub mod tool;
+pub mod toolkit;
 pub mod validate;
 
 pub use clock::Timestamp;
 pub use id::{
     ActionId, ActorId, AdminId, AgentId, AgentSessionId, AuditEventId, BlobId, BoardItemId,
-    CallbackId, DeploymentId, MembershipId, MessageId, OrganizationId, PlatformEventId, ProjectId,
-    RequestId, ResponseId, RunId, SecretKeyId, SessionId, SigningKeyId, ThreadId, TicketId, ToolId,
-    UserId,
+    CallbackId, ConnectionId, DeploymentId, MembershipId, MessageId, OrganizationId,
+    PlatformEventId, ProjectId, RequestId, ResponseId, RunId, SecretKeyId, SessionId, SigningKeyId,
+    ThreadId, TicketId, ToolId, UserId,
 };
 pub use validate::ValidationError;
 

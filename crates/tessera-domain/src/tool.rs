@@ -36,6 +36,10 @@ pub const INTERNAL_TOOL_NAMES: &[&str] = &[
 /// (`mcp_{slug}_{tool}`).
 pub const MCP_PREFIX: &str = "mcp_";
 
+/// Names starting with this are reserved for the tools of third-party toolkits
+/// (`tk_{toolkit}_{tool}`, see [`crate::toolkit`]).
+pub const TOOLKIT_PREFIX: &str = "tk_";
+
 /// The thread event kind of an emitted platform event (SPEC §5 `platform.event`).
 pub const PLATFORM_EVENT: &str = "platform.event";
 
@@ -44,7 +48,7 @@ fn err(field: &str, message: impl Into<String>) -> ValidationError {
 }
 
 /// A tool name the model can use: `^[a-zA-Z0-9_-]{1,64}$`, not an internal tool's name and not
-/// in the `mcp_` namespace.
+/// in the `mcp_` or `tk_` namespaces.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct ToolName(String);
@@ -70,6 +74,12 @@ impl ToolName {
             return Err(err(
                 field,
                 "names starting with `mcp_` are reserved for MCP server tools",
+            ));
+        }
+        if value.starts_with(TOOLKIT_PREFIX) {
+            return Err(err(
+                field,
+                "names starting with `tk_` are reserved for toolkit tools",
             ));
         }
         Ok(Self(value))
@@ -934,6 +944,7 @@ mod tests {
             &"x".repeat(65),
             "notify_user",
             "mcp_x_y",
+            "tk_github_x",
         ] {
             assert_eq!(
                 ToolName::parse("name", bad).unwrap_err().field,

@@ -737,23 +737,38 @@ impl Driver<'_> {
         ))
     }
 
-    /// The internal tools, and the agent's tool records when it attaches any.
+    /// The internal tools, the agent's tool records when it attaches any, and the tools of
+    /// the toolkits the thread's actor connected.
     async fn agent_tools(&self, agent: &Agent) -> Result<Arc<dyn ToolExecutor>, StoreError> {
         let Some(config) = &self.rt.tool_records else {
             return Ok(self.rt.tools.clone());
         };
-        if agent.spec.tool_ids.is_empty() {
+        let mut chain = vec![self.rt.tools.clone()];
+        if !agent.spec.tool_ids.is_empty() {
+            let records = self
+                .rt
+                .store
+                .tools_by_ids(&self.scope, &agent.spec.tool_ids)
+                .await?;
+            chain.push(Arc::new(
+                crate::tool_records::RecordTools::load(records, config.clone()).await,
+            ));
+        }
+        if let Some(toolkits) = &config.toolkits {
+            chain.push(Arc::new(
+                crate::toolkits::ToolkitTools::load(
+                    toolkits.clone(),
+                    self.rt.store.as_ref(),
+                    &self.scope,
+                    &self.thread.actor_id,
+                )
+                .await?,
+            ));
+        }
+        if chain.len() == 1 {
             return Ok(self.rt.tools.clone());
         }
-        let records = self
-            .rt
-            .store
-            .tools_by_ids(&self.scope, &agent.spec.tool_ids)
-            .await?;
-        Ok(Arc::new(crate::board_tools::ToolChain(vec![
-            self.rt.tools.clone(),
-            Arc::new(crate::tool_records::RecordTools::load(records, config.clone()).await),
-        ])))
+        Ok(Arc::new(crate::board_tools::ToolChain(chain)))
     }
 
     /// Stores the held calls as pending actions and leaves the run `waiting_for_input`; a

@@ -19,5 +19,6 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod tool_net;
 pub mod tool_records;
+pub mod toolkits;
 pub mod tools;
 pub mod worker;

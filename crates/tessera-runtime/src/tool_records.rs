@@ -59,6 +59,8 @@ pub struct ToolRecordsConfig {
     /// One MCP client per `Mcp` record (and version), shared by the node's runs so that
     /// sessions and the tool list cache outlive a run.
     pub mcp_clients: McpClients,
+    /// The operator's toolkit provider (`[toolkits]`); `None`: no toolkit tools are offered.
+    pub toolkits: Option<Arc<crate::toolkits::Toolkits>>,
 }
 
 /// The node's MCP clients, by tool record.

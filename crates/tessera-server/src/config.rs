@@ -250,6 +250,9 @@ pub struct Config {
     /// `[mcp]`: what MCP tools may reach (`allow_stdio`, `allow_private`); see docs/mcp.md.
     pub mcp: tessera_runtime::mcp::McpPolicy,
     pub tools: ToolSettings,
+    /// `[toolkits]`: the third-party toolkit provider (`base_url`, `api_key_env`); see
+    /// docs/toolkits.md. Without `base_url` toolkits are off.
+    pub toolkits: tessera_runtime::toolkits::ToolkitConfig,
     /// `[providers.NAME]`: model providers agents can name (`echo` is built in).
     pub providers: std::collections::BTreeMap<String, tessera_runtime::provider::ProviderConfig>,
 }
@@ -276,6 +279,7 @@ impl Default for Config {
             sandbox: tessera_runtime::sandbox::SandboxConfig::default(),
             mcp: tessera_runtime::mcp::McpPolicy::default(),
             tools: ToolSettings::default(),
+            toolkits: tessera_runtime::toolkits::ToolkitConfig::default(),
             providers: std::collections::BTreeMap::new(),
         }
     }
@@ -397,6 +401,7 @@ impl Config {
             self.tools.max_redirects <= 20,
             "tools.max_redirects must be at most 20"
         );
+        self.toolkits.validate().map_err(|e| anyhow::anyhow!(e))?;
         for name in self.providers.keys() {
             tessera_domain::validate::ProviderName::parse("providers", name.clone())
                 .map_err(|e| anyhow::anyhow!("provider name {name:?}: {}", e.message))?;
@@ -637,6 +642,36 @@ mod tests {
             jail.set_env("TESSERA_SANDBOX__LIMITS__MAX_PROCESSES", "1");
             let err = Config::load(None, &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_processes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_toolkits_section_loads_and_is_checked() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.toolkits.base_url, None,
+                "toolkits are off by default"
+            );
+            jail.create_file(
+                "tessera.toml",
+                r#"
+                [toolkits]
+                base_url = "https://toolkits.example.com/v1"
+                api_key_env = "TOOLKIT_KEY"
+                "#,
+            )?;
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.toolkits.base_url.as_deref(),
+                Some("https://toolkits.example.com/v1")
+            );
+            assert_eq!(config.toolkits.api_key_env.as_deref(), Some("TOOLKIT_KEY"));
+            assert_eq!(config.toolkits.timeout_seconds, 30);
+            jail.set_env("TESSERA_TOOLKITS__BASE_URL", "ftp://toolkits.example.com");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("toolkits.base_url"), "{err}");
             Ok(())
         });
     }

@@ -91,6 +91,7 @@ fn entity_code(entity: Entity) -> (ErrorCode, &'static str) {
         Entity::Action => (ErrorCode::ActionNotFound, "pending action"),
         Entity::Response => (ErrorCode::ResponseNotFound, "pool response"),
         Entity::Endpoint => (ErrorCode::EndpointNotFound, "agent pool"),
+        Entity::Toolkit => (ErrorCode::ToolkitNotFound, "enabled toolkit"),
     }
 }
 

@@ -134,6 +134,16 @@ impl Application {
                 ..CodeToolSettings::default()
             },
         ));
+        let toolkits =
+            tessera_runtime::toolkits::HttpToolkitProvider::from_config(&config.toolkits)
+                .map_err(|e| anyhow::anyhow!("invalid [toolkits] configuration: {e}"))?
+                .map(|provider| {
+                    tracing::info!(provider = ?provider, "toolkits enabled");
+                    Arc::new(tessera_runtime::toolkits::Toolkits::new(
+                        Arc::new(provider),
+                        Duration::from_secs(config.toolkits.tools_cache_seconds),
+                    ))
+                });
         let tool_records = Arc::new(ToolRecordsConfig {
             net: NetPolicy::new(&config.tools.allow_hosts)
                 .map_err(|e| anyhow::anyhow!("tools.allow_hosts: {e}"))?,
@@ -146,6 +156,7 @@ impl Application {
             code: Some(code_tools.clone()),
             mcp: config.mcp,
             mcp_clients: Default::default(),
+            toolkits,
         });
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     actors, agent, agents, audit, boards, browser, console, deployments, organizations, projects,
-    sessions, threads, tickets, tools, users,
+    sessions, threads, tickets, toolkits, tools, users,
 };
 use crate::stream;
 
@@ -37,6 +37,12 @@ use crate::stream;
         tools::get_tool,
         tools::update_tool,
         tools::delete_tool,
+        toolkits::enable_toolkit,
+        toolkits::list_toolkits,
+        toolkits::disable_toolkit,
+        toolkits::list_actor_toolkits,
+        toolkits::connect_actor_toolkit,
+        toolkits::disconnect_actor_toolkit,
         projects::create_actor_project,
         projects::list_actor_projects,
         projects::get_actor_project,
@@ -108,6 +114,7 @@ use crate::stream;
         (name = "actors", description = "Who agents work for."),
         (name = "agents", description = "Agent definitions."),
         (name = "tools", description = "Tools agents attach (`Api`, `CodeRunner`, `Mcp`, `PlatformEvent`) and the catalogue of internal tools."),
+        (name = "toolkits", description = "Third-party toolkits (`Virtual` tools) of the server's toolkit provider: enabled per deployment, connected per actor; a connected toolkit's tools surface to that actor's runs as `tk_{toolkit}_{tool}`."),
         (name = "actor projects", description = "An actor bound to an agent."),
         (name = "board", description = "Board items (tasks) of a project: schedules, delegation and task workspaces."),
         (name = "threads", description = "Conversations and execution lanes; runs and their event stream."),

@@ -45,6 +45,7 @@ mod sql_identity;
 mod sql_runs;
 mod sql_sessions;
 mod sql_tickets;
+mod sql_toolkits;
 mod sql_tools;
 pub mod sqlite;
 #[cfg(feature = "testing")]
@@ -80,6 +81,8 @@ pub enum Entity {
     Response,
     /// No agent serves this pool endpoint slug.
     Endpoint,
+    /// No toolkit with this slug is enabled in the deployment.
+    Toolkit,
 }
 
 /// State conflicts the caller can act on.
@@ -1428,6 +1431,7 @@ pub trait Store:
     + BoardStore
     + WorkspaceStore
     + ToolStore
+    + ToolkitStore
     + Send
     + Sync
     + 'static
@@ -1528,6 +1532,84 @@ pub trait ToolStore {
         scope: &Scope,
         page: &PageRequest,
     ) -> StoreResult<Page<OutboxEntry>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Toolkits: third-party toolkits enabled per deployment and actors' connections to them
+// (`sql_toolkits.rs`).
+
+#[async_trait]
+pub trait ToolkitStore {
+    /// Enables a toolkit for the deployment, or replaces the name and settings of an enabled
+    /// one (idempotent). Returns it and whether this call enabled it.
+    async fn enable_toolkit(
+        &self,
+        scope: &Scope,
+        slug: &tessera_domain::toolkit::ToolkitSlug,
+        name: &str,
+        settings: &tessera_domain::toolkit::ToolkitSettings,
+    ) -> StoreResult<(tessera_domain::toolkit::Toolkit, bool)>;
+
+    /// An enabled toolkit ([`Entity::Toolkit`] otherwise).
+    async fn get_toolkit(
+        &self,
+        scope: &Scope,
+        slug: &tessera_domain::toolkit::ToolkitSlug,
+    ) -> StoreResult<tessera_domain::toolkit::Toolkit>;
+
+    /// The deployment's enabled toolkits, by slug.
+    async fn list_toolkits(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<tessera_domain::toolkit::Toolkit>>;
+
+    /// Disables a toolkit and deletes every actor's connection to it, in one transaction;
+    /// returns the deleted connections (their accounts may be revoked at the provider).
+    async fn disable_toolkit(
+        &self,
+        scope: &Scope,
+        slug: &tessera_domain::toolkit::ToolkitSlug,
+    ) -> StoreResult<Vec<tessera_domain::toolkit::ToolkitConnection>>;
+
+    /// Every enabled toolkit with the actor's connection to it, by slug ([`Entity::Actor`]
+    /// when the actor is not in the scope).
+    async fn actor_toolkits(
+        &self,
+        scope: &Scope,
+        actor: &ActorId,
+    ) -> StoreResult<
+        Vec<(
+            tessera_domain::toolkit::Toolkit,
+            Option<tessera_domain::toolkit::ToolkitConnection>,
+        )>,
+    >;
+
+    /// Stores an actor's new connection to an enabled toolkit ([`Entity::Actor`],
+    /// [`Entity::Toolkit`]), replacing the previous one, which is returned.
+    async fn put_toolkit_connection(
+        &self,
+        scope: &Scope,
+        connection: &tessera_domain::toolkit::ToolkitConnection,
+    ) -> StoreResult<Option<tessera_domain::toolkit::ToolkitConnection>>;
+
+    /// Records a connection's status as the provider reported it; the redirect URL is kept
+    /// only while it is pending. [`Entity::Toolkit`] when the connection is gone (replaced,
+    /// disconnected or its toolkit disabled).
+    async fn set_toolkit_connection_status(
+        &self,
+        scope: &Scope,
+        id: &tessera_domain::ConnectionId,
+        status: tessera_domain::toolkit::ConnectionStatus,
+    ) -> StoreResult<tessera_domain::toolkit::ToolkitConnection>;
+
+    /// Deletes the actor's connection to the toolkit and returns it (`None` when it had none).
+    /// [`Entity::Actor`] / [`Entity::Toolkit`] when either is not in the scope.
+    async fn delete_toolkit_connection(
+        &self,
+        scope: &Scope,
+        actor: &ActorId,
+        slug: &tessera_domain::toolkit::ToolkitSlug,
+    ) -> StoreResult<Option<tessera_domain::toolkit::ToolkitConnection>>;
 }
 
 /// Connection settings beyond the URL.

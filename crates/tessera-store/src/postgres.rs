@@ -167,6 +167,7 @@ crate::sql_tickets::impl_ticket_sql!(PgStore, Postgres);
 crate::sql_sessions::impl_session_sql!(PgStore, Postgres);
 crate::sql_boards::impl_board_sql!(PgStore, Postgres);
 crate::sql_tools::impl_tool_sql!(PgStore, Postgres);
+crate::sql_toolkits::impl_toolkit_sql!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl crate::Store for PgStore {

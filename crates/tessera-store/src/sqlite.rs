@@ -194,6 +194,7 @@ crate::sql_tickets::impl_ticket_sql!(SqliteStore, Sqlite);
 crate::sql_sessions::impl_session_sql!(SqliteStore, Sqlite);
 crate::sql_boards::impl_board_sql!(SqliteStore, Sqlite);
 crate::sql_tools::impl_tool_sql!(SqliteStore, Sqlite);
+crate::sql_toolkits::impl_toolkit_sql!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]
 impl crate::Store for SqliteStore {

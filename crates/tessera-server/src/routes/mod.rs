@@ -27,6 +27,7 @@ pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod threads;
 pub(crate) mod tickets;
+pub(crate) mod toolkits;
 pub(crate) mod tools;
 pub(crate) mod users;
 pub(crate) mod vanity;
@@ -68,6 +69,23 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(tools::get_tool)
                 .patch(tools::update_tool)
                 .delete(tools::delete_tool),
+        )
+        .route(
+            "/ai/toolkits",
+            post(toolkits::enable_toolkit).get(toolkits::list_toolkits),
+        )
+        .route("/ai/toolkits/{toolkit}", delete(toolkits::disable_toolkit))
+        .route(
+            "/ai/actors/{actor_id}/toolkits",
+            get(toolkits::list_actor_toolkits),
+        )
+        .route(
+            "/ai/actors/{actor_id}/toolkits/{toolkit}",
+            delete(toolkits::disconnect_actor_toolkit),
+        )
+        .route(
+            "/ai/actors/{actor_id}/toolkits/{toolkit}/connect",
+            post(toolkits::connect_actor_toolkit),
         )
         .route(
             "/ai/actor-projects",

@@ -840,7 +840,7 @@ async fn unknown_routes_are_404(db: &TestDatabase) {
         (Method::GET, "/ai/nope".to_owned()),
         (Method::GET, "/ai/actors/lookup/extra".to_owned()),
         (Method::GET, format!("/ai/agents/{}/threads", agent.id)),
-        (Method::POST, "/ai/toolkits".to_owned()),
+        (Method::POST, "/ai/integrations".to_owned()),
         (Method::GET, "/api/v1/nope".to_owned()),
         (Method::GET, "/deployments".to_owned()),
     ] {

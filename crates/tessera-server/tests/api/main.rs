@@ -24,6 +24,7 @@ mod sessions;
 mod tenancy;
 mod tickets;
 mod tool_calls;
+mod toolkits;
 mod tools;
 mod vanity;
 mod walkthrough;
