@@ -3,6 +3,13 @@
 //! Writes go through a single-connection pool and start with `BEGIN IMMEDIATE`, so a
 //! read-then-write transaction takes the write lock up front and never fails to upgrade; reads
 //! use a separate pool and run concurrently with the writer (WAL).
+//!
+//! Checkpoints (copying the WAL back into the database file, with its syncs) are not left to the
+//! writer: SQLite's automatic checkpoint would run inside whichever commit crosses 1,000 WAL
+//! pages and hold the single writer meanwhile, a stall every concurrent write waits behind. A
+//! background task runs a `PASSIVE` checkpoint on a reader connection every
+//! [`CHECKPOINT_EVERY`] instead; it never blocks the writer, and the writer starts the WAL over
+//! once a checkpoint has caught up.
 
 use std::str::FromStr;
 
@@ -22,6 +29,35 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Group commit of the hot writes (see `group.rs`).
     groups: std::sync::Arc<Groups>,
+    /// Alive while any clone of the store is; the checkpoint task stops once it is gone.
+    _alive: std::sync::Arc<()>,
+}
+
+/// How often the background task checkpoints the WAL (see the module documentation).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Checkpoints the WAL on a reader connection every [`CHECKPOINT_EVERY`] until the store is
+/// dropped or closed.
+fn spawn_checkpointer(reader: SqlitePool, alive: std::sync::Weak<()>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.strong_count() == 0 || reader.is_closed() {
+                return;
+            }
+            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&reader)
+                .await
+            {
+                if reader.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %err, "SQLite WAL checkpoint failed; retrying");
+            }
+        }
+    });
 }
 
 /// The writes that share transactions between concurrent callers.
@@ -83,17 +119,21 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(connect.clone())
+            // Checkpoints run in the background (see the module documentation).
+            .connect_with(connect.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .test_before_acquire(false)
             .connect_with(connect)
             .await?;
+        let alive = std::sync::Arc::new(());
+        spawn_checkpointer(reader.clone(), std::sync::Arc::downgrade(&alive));
         Ok(Self {
             reader,
             writer,
             groups: std::sync::Arc::default(),
+            _alive: alive,
         })
     }
 
@@ -222,5 +262,58 @@ impl crate::Store for SqliteStore {
         &self,
     ) -> StoreResult<Option<tokio::sync::mpsc::Receiver<crate::Notification>>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer never checkpoints by itself, and the background task moves committed pages
+    /// from the WAL into the database file without anyone asking.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background_not_by_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wal.db");
+        let store = SqliteStore::connect(
+            &format!("sqlite://{}", path.display()),
+            &ConnectOptions::default(),
+        )
+        .await
+        .expect("open");
+        let (auto,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(auto, 0, "the writer must not checkpoint inside commits");
+
+        sqlx::query("CREATE TABLE filler (body BLOB NOT NULL)")
+            .execute(&store.writer)
+            .await
+            .expect("create");
+        // Let a checkpoint take the table's creation, then measure the file.
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        let before = std::fs::metadata(&path).expect("db file").len();
+        for _ in 0..100 {
+            sqlx::query("INSERT INTO filler (body) VALUES (zeroblob(4000))")
+                .execute(&store.writer)
+                .await
+                .expect("insert");
+        }
+        // ~100 pages, far below SQLite's own 1,000-page threshold: only the background task
+        // can have copied them into the database file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = std::fs::metadata(&path).expect("db file").len();
+            if now >= before + 100 * 4000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file did not grow ({before} → {now} bytes): no checkpoint ran"
+            );
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+        store.close_pools().await;
     }
 }
