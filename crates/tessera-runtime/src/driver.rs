@@ -791,10 +791,13 @@ impl Driver<'_> {
     /// decision (or the expiry scheduler) hands it back to the workers.
     async fn pause(&self, calls: Vec<ToolCall>) -> Result<(), StoreError> {
         let now = Timestamp::now();
+        // Ids in the order of the calls (a millisecond apart): several questions of one turn
+        // are answered in the order the model asked them.
         let actions: Vec<NewAction> = calls
             .into_iter()
-            .map(|c| NewAction {
-                id: tessera_domain::ActionId::generate_at(now),
+            .enumerate()
+            .map(|(i, c)| NewAction {
+                id: tessera_domain::ActionId::generate_at(now.plus_millis(i as i64)),
                 expires_at: now.plus_secs(i64::from(self.approvals.expiry_seconds(&c.name))),
                 kind: if c.name == ASK_USER {
                     ActionKind::Question
