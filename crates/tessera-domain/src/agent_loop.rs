@@ -14,7 +14,10 @@ use crate::thread::{Message, Role, StopReason, TokenUsage, ToolCall};
 /// schema): a call that fails gets the problem as its tool error at once, and nobody is asked
 /// to confirm (or answer) a call that could not run.
 #[derive(Clone)]
-pub struct CallCheck(std::sync::Arc<dyn Fn(&ToolCall) -> Result<(), String> + Send + Sync>);
+pub struct CallCheck(std::sync::Arc<CheckFn>);
+
+/// The function a [`CallCheck`] runs: `Err` is the problem the model gets.
+type CheckFn = dyn Fn(&ToolCall) -> Result<(), String> + Send + Sync;
 
 impl CallCheck {
     pub fn new(check: impl Fn(&ToolCall) -> Result<(), String> + Send + Sync + 'static) -> Self {
