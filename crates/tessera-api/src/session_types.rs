@@ -32,6 +32,19 @@ pub struct PendingActionView {
     pub expires_at: String,
 }
 
+/// An `ask_user` question the agent waits on: the person's next message on the session is
+/// the answer (send it with `askAgentPool` and this `thread_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuestionView {
+    /// The model's `ask_user` call.
+    pub call_id: String,
+    pub question: String,
+    /// Suggested answers (buttons); another answer is still delivered as written.
+    pub choices: Vec<String>,
+    /// Unanswered by then, the agent is told nobody answered and goes on.
+    pub expires_at: String,
+}
+
 /// The final outcome of a pending action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActionResult {
@@ -54,21 +67,27 @@ pub struct AskResponse {
     /// Poll `GET /api/v1/responses/{response_id}` while `status` is `processing`.
     pub response_id: String,
     pub agent_id: String,
-    /// `processing`, `completed`, `waiting_for_input` (see `pending_action`), `failed` or
-    /// `cancelled`.
+    /// `processing`, `completed`, `waiting_for_input` (see `pending_action` and `question`),
+    /// `failed` or `cancelled`.
     pub status: String,
-    /// The agent's answer (absent while processing).
+    /// The agent's answer (absent while processing); while the agent waits on an `ask_user`
+    /// question, that question.
     #[serde(default)]
     pub content: Option<String>,
     /// When the answer was written (or, while processing, when the message was accepted).
     pub timestamp: String,
     #[serde(default)]
     pub pending_action: Option<PendingActionView>,
+    /// The `ask_user` question the agent waits on: the next message on this session answers it
+    /// and the same turn goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<QuestionView>,
     /// Context variables the agent asked for that are not set yet.
     pub requested_variables: Vec<String>,
     pub files: Vec<String>,
     /// What the caller can do next about this session, as ready requests: confirm or cancel
-    /// each open pending action, set the variables the agent asked for. Empty when nothing
+    /// each open pending action, answer the open question, set the variables the agent asked
+    /// for. Empty when nothing
     /// waits on the caller (and once the session is closed).
     pub suggested_actions: Vec<SuggestedAction>,
     /// Outcomes of this session's actions decided since an earlier answer (each is reported
@@ -82,8 +101,10 @@ pub struct AskResponse {
 /// A next step the caller can take on a session, as the request that does it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SuggestedAction {
-    /// `confirm_action`, `cancel_action` (`resolvePendingAction`) or `set_variables`
-    /// (`updateSessionVariables` with the names in `variables`).
+    /// `confirm_action`, `cancel_action` (`resolvePendingAction`), `answer_question`
+    /// (`askAgentPool` on this session: with a choice as `body`, or, without a body, the
+    /// person's own words as `content`) or `set_variables` (`updateSessionVariables` with the
+    /// names in `variables`).
     #[serde(rename = "type")]
     pub kind: String,
     /// A short text to show on a button.

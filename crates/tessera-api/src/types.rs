@@ -656,7 +656,9 @@ pub enum RunStatus {
 pub struct RunAccepted {
     /// `queued` for a new run, `cancelled` / `cancelling` for a cancel request.
     pub status: String,
-    /// The new run (or, for `cancel`, the active run that was asked to stop).
+    /// The new run — or, when the message answered the `ask_user` question a run was waiting
+    /// on, that run, which resumes (no new run is started) — or, for `cancel`, the active run
+    /// that was asked to stop.
     #[serde(default)]
     pub run_id: Option<String>,
     /// For `cancel`: every run affected.

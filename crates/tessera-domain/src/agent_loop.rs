@@ -10,6 +10,36 @@
 use crate::session::{Approvals, Decision};
 use crate::thread::{Message, Role, StopReason, TokenUsage, ToolCall};
 
+/// Checks a call's arguments before the call is held for a person (against its tool's input
+/// schema): a call that fails gets the problem as its tool error at once, and nobody is asked
+/// to confirm (or answer) a call that could not run.
+#[derive(Clone)]
+pub struct CallCheck(std::sync::Arc<CheckFn>);
+
+/// The function a [`CallCheck`] runs: `Err` is the problem the model gets.
+type CheckFn = dyn Fn(&ToolCall) -> Result<(), String> + Send + Sync;
+
+impl CallCheck {
+    pub fn new(check: impl Fn(&ToolCall) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(check))
+    }
+
+    /// Accepts every call.
+    pub fn any() -> Self {
+        Self::new(|_| Ok(()))
+    }
+
+    pub fn check(&self, call: &ToolCall) -> Result<(), String> {
+        (self.0)(call)
+    }
+}
+
+impl std::fmt::Debug for CallCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallCheck")
+    }
+}
+
 /// The limits a run works under (from the agent definition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoopLimits {
@@ -151,6 +181,8 @@ pub struct AgentLoop {
     decisions: Vec<(String, Decision)>,
     /// Calls of the current turn waiting for a decision.
     awaiting: Vec<String>,
+    /// Checks calls before they are held for a decision.
+    check: CallCheck,
 }
 
 impl AgentLoop {
@@ -168,7 +200,20 @@ impl AgentLoop {
         approvals: Approvals,
         decisions: Vec<(String, Decision)>,
     ) -> (Self, Vec<Effect>) {
+        Self::start_checked(limits, state, approvals, decisions, CallCheck::any())
+    }
+
+    /// Like [`AgentLoop::start_with`], with `check` run on each held call before it waits for
+    /// a decision: a call it refuses is answered with the refusal instead.
+    pub fn start_checked(
+        limits: LoopLimits,
+        state: LoopState,
+        approvals: Approvals,
+        decisions: Vec<(String, Decision)>,
+        check: CallCheck,
+    ) -> (Self, Vec<Effect>) {
         let mut this = Self {
+            check,
             limits,
             state,
             phase: Phase::AwaitingModel,
@@ -210,7 +255,16 @@ impl AgentLoop {
                         call,
                     });
                 }
-                None => self.awaiting.push(call.id.clone()),
+                None => match self.check.check(&call) {
+                    Ok(()) => self.awaiting.push(call.id.clone()),
+                    Err(problem) => {
+                        self.recording.push(call.id.clone());
+                        refused.push(Effect::RecordToolResult {
+                            result: Err(problem),
+                            call,
+                        });
+                    }
+                },
             }
         }
         if run.is_empty() && refused.is_empty() {
@@ -735,6 +789,72 @@ mod tests {
             call_id: "b".into(),
         });
         assert_eq!(effects, vec![Effect::CallModel]);
+    }
+
+    #[test]
+    fn a_held_call_with_invalid_arguments_is_answered_not_held() {
+        let check = CallCheck::new(|c: &ToolCall| {
+            if c.arguments.get("to").is_some() {
+                Ok(())
+            } else {
+                Err("`to` is required".to_owned())
+            }
+        });
+        let bad = ToolCall {
+            id: "c".into(),
+            name: "send_sms".into(),
+            arguments: serde_json::json!({}),
+        };
+        let (mut lp, _) = AgentLoop::start_checked(
+            LIMITS,
+            LoopState::default(),
+            gated("send_*"),
+            Vec::new(),
+            check.clone(),
+        );
+        lp.handle(reply("", vec![named("b", "send_email"), bad.clone()], 1));
+        assert_eq!(
+            lp.handle(Event::AssistantRecorded),
+            vec![Effect::RecordToolResult {
+                call: bad.clone(),
+                result: Err("`to` is required".into())
+            }]
+        );
+        // The valid one waits once the refusal is stored.
+        assert_eq!(
+            lp.handle(Event::ToolResultRecorded {
+                call_id: "c".into()
+            }),
+            vec![Effect::Pause(vec![named("b", "send_email")])]
+        );
+        // Only invalid calls: the model gets the error and goes on, nothing waits.
+        let (mut lp, _) = AgentLoop::start_checked(
+            LIMITS,
+            LoopState::default(),
+            gated("send_*"),
+            Vec::new(),
+            check.clone(),
+        );
+        lp.handle(reply("", vec![bad.clone()], 1));
+        lp.handle(Event::AssistantRecorded);
+        assert_eq!(
+            lp.handle(Event::ToolResultRecorded {
+                call_id: "c".into()
+            }),
+            vec![Effect::CallModel]
+        );
+        // A resumed run checks again (the refusal was not stored before a crash).
+        let state = LoopState {
+            iterations: 1,
+            pending: vec![bad.clone()],
+            ..LoopState::default()
+        };
+        let (_, effects) =
+            AgentLoop::start_checked(LIMITS, state, gated("send_*"), Vec::new(), check);
+        assert!(matches!(
+            &effects[..],
+            [Effect::RecordToolResult { result: Err(_), .. }]
+        ));
     }
 
     #[test]

@@ -301,6 +301,56 @@ impl ActionStatus {
     }
 }
 
+/// What a call waiting on a person waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// A tool that needs a confirmation (`requires_confirmation` or an approval rule): the
+    /// person confirms or cancels it (a *pending action* of the API).
+    #[default]
+    Confirmation,
+    /// An `ask_user` question: the person's next message on the thread is the answer (`result`).
+    /// It is never shown or decided as a pending action.
+    Question,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmation => "confirmation",
+            Self::Question => "question",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "confirmation" => Self::Confirmation,
+            "question" => Self::Question,
+            _ => return None,
+        })
+    }
+}
+
+/// The name of the internal tool that asks the person a question.
+pub const ASK_USER: &str = "ask_user";
+
+/// The tool result an `ask_user` call gets for `answer`: the answer as written, except that an
+/// answer equal to one of the offered `choices` (ignoring case and surrounding white space) is
+/// given in the choice's own spelling. An answer that matches no choice is still delivered: the
+/// choices are suggestions an app shows as buttons, and the person may answer in their own
+/// words.
+pub fn question_answer(preview: &Value, answer: &str) -> String {
+    let trimmed = answer.trim();
+    preview
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|c| c.trim().to_lowercase() == trimmed.to_lowercase())
+        .map_or_else(|| answer.to_owned(), str::to_owned)
+}
+
 /// A person's answer to a tool call awaiting confirmation, as the agent loop sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -318,7 +368,8 @@ pub struct PendingAction {
     /// The model's tool call id.
     pub call_id: String,
     pub tool: String,
-    /// The exact arguments that will run when confirmed.
+    pub kind: ActionKind,
+    /// The exact arguments that will run when confirmed (a question: `{question, choices?}`).
     pub preview: Value,
     pub status: ActionStatus,
     pub expires_at: Timestamp,
@@ -335,6 +386,21 @@ impl PendingAction {
     pub fn warn_at(&self) -> Timestamp {
         expiring_warning_at(self.created_at, self.expires_at)
     }
+
+    /// What the agent loop makes of it: `None` while undecided. A question answered (its
+    /// `result` holds the answer) runs as confirmed, which hands the stored answer back.
+    pub fn decision(&self) -> Option<Decision> {
+        match (self.kind, self.status) {
+            (ActionKind::Confirmation, status) => status.decision(),
+            (ActionKind::Question, ActionStatus::Expired) => Some(Decision::Refused(
+                "nobody answered the question before it expired".to_owned(),
+            )),
+            (ActionKind::Question, ActionStatus::Cancelled) => Some(Decision::Refused(
+                "the question was withdrawn before anyone answered it".to_owned(),
+            )),
+            (ActionKind::Question, status) => status.decision(),
+        }
+    }
 }
 
 /// When the `pending_action.expiring` event of an action created at `created_at` is due.
@@ -350,6 +416,7 @@ pub struct NewAction {
     pub id: ActionId,
     pub call_id: String,
     pub tool: String,
+    pub kind: ActionKind,
     pub preview: Value,
     pub expires_at: Timestamp,
 }
@@ -501,6 +568,7 @@ mod tests {
             run_id: RunId::generate(),
             call_id: "c".into(),
             tool: "t".into(),
+            kind: ActionKind::Confirmation,
             preview: json!({}),
             status: ActionStatus::Pending,
             expires_at: Timestamp::from_millis(600_000),
@@ -512,6 +580,21 @@ mod tests {
         assert_eq!(a.warn_at().as_millis(), 540_000);
         a.expires_at = Timestamp::from_millis(2_000);
         assert_eq!(a.warn_at().as_millis(), 1_000);
+    }
+
+    #[test]
+    fn an_answer_is_delivered_in_the_spelling_of_a_matching_choice_or_as_written() {
+        let preview = json!({"question": "Ship now?", "choices": ["Yes", "No"]});
+        assert_eq!(question_answer(&preview, " yes "), "Yes");
+        assert_eq!(question_answer(&preview, "NO"), "No");
+        assert_eq!(question_answer(&preview, "maybe later"), "maybe later");
+        assert_eq!(
+            question_answer(&json!({"question": "Why?"}), " because "),
+            " because "
+        );
+        for k in [ActionKind::Confirmation, ActionKind::Question] {
+            assert_eq!(ActionKind::parse(k.as_str()), Some(k));
+        }
     }
 
     #[test]

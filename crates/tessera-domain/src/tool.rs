@@ -900,6 +900,9 @@ pub struct NewPlatformEvent {
     pub event_type: String,
     pub tool_id: ToolId,
     pub payload: Value,
+    /// The model's tool call that emits it: one event per call of a run, so a resumed run that
+    /// repeats the call gets the stored event back.
+    pub call_id: Option<String>,
 }
 
 /// A stored platform event.

@@ -16,7 +16,7 @@ use tessera_domain::board::{
 use tessera_domain::thread::ToolCall;
 use tessera_domain::validate::{parse_list, CapabilityTag, Label};
 use tessera_domain::{BoardItemId, ProjectId, ThreadId, Timestamp};
-use tessera_store::StoreError;
+use tessera_store::{Idempotency, StoreError};
 
 use crate::board_scheduler::BoardSchedulerHandle;
 use crate::boards::{self, BoardError, Delegation, FileWriter};
@@ -245,7 +245,8 @@ impl BoardTools {
         }
     }
 
-    async fn delegate_task(&self, ctx: &ToolContext<'_>, args: &serde_json::Value) -> ToolOutput {
+    async fn delegate_task(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        let args = &call.arguments;
         let run = async {
             let target = ThreadId::parse(str_arg(args, "target_lane_thread_id")?)
                 .map_err(|_| "target_lane_thread_id: not a thread id".to_owned())?;
@@ -270,7 +271,7 @@ impl BoardTools {
                     capability_tags: tags,
                 },
                 parent,
-                None,
+                Some(&once_per_call(ctx, call)),
             )
             .await
             .map_err(board_error)?;
@@ -287,7 +288,8 @@ impl BoardTools {
         }
     }
 
-    async fn schedule_task(&self, ctx: &ToolContext<'_>, args: &serde_json::Value) -> ToolOutput {
+    async fn schedule_task(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
+        let args = &call.arguments;
         let run = async {
             let title =
                 Label::parse("title", str_arg(args, "title")?).map_err(|e| e.to_string())?;
@@ -315,7 +317,7 @@ impl BoardTools {
                     schedule: Some(schedule),
                     parent_item_id: parent,
                 },
-                None,
+                Some(&once_per_call(ctx, call)),
             )
             .await
             .map_err(board_error)?;
@@ -330,6 +332,23 @@ impl BoardTools {
             Ok(v) => ok(v),
             Err(e) => ToolOutput::error(e),
         }
+    }
+}
+
+/// The idempotency key of a tool call that creates a board item: one item per (run, call id),
+/// so a run resumed after its node died, repeating a call whose result was not stored, gets
+/// the item the first attempt created instead of a second one. (Keys are kept 24 h; a run is
+/// resumed within its lease.)
+pub fn once_per_call(ctx: &ToolContext<'_>, call: &ToolCall) -> Idempotency {
+    use sha2::{Digest, Sha256};
+    Idempotency {
+        operation: format!("tool_call:{}:{}", call.name, ctx.run_id),
+        key: call.id.clone(),
+        request_hash: Sha256::digest(call.arguments.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        result: json!({}),
     }
 }
 
@@ -399,8 +418,8 @@ impl ToolExecutor for BoardTools {
             LIST_FILES => self.list_files(ctx, args).await,
             READ_FILE => self.read_file(ctx, args).await,
             WRITE_FILE => self.write_file(ctx, args).await,
-            DELEGATE_TASK => self.delegate_task(ctx, args).await,
-            SCHEDULE_TASK => self.schedule_task(ctx, args).await,
+            DELEGATE_TASK => self.delegate_task(ctx, call).await,
+            SCHEDULE_TASK => self.schedule_task(ctx, call).await,
             other => ToolOutput::error(format!("unknown tool `{other}`")),
         }
     }

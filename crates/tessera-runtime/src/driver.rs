@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use tessera_domain::agent::{Agent, ModelRef};
-use tessera_domain::agent_loop::{AgentLoop, Effect, Event, LoopLimits, LoopState, Outcome};
+use tessera_domain::agent_loop::{
+    AgentLoop, CallCheck, Effect, Event, LoopLimits, LoopState, Outcome,
+};
 use tessera_domain::event::{self, NewEvent, TOOL_COMPLETED, TOOL_STARTED};
-use tessera_domain::session::{self, ActionStatus, Approvals, NewAction};
+use tessera_domain::session::{self, ActionKind, ActionStatus, Approvals, NewAction, ASK_USER};
 use tessera_domain::thread::{
     Message, Role, Run, RunStatus, RunUsage, StopReason, Thread, TokenUsage, ToolCall,
 };
@@ -384,9 +386,15 @@ impl Driver<'_> {
         }];
         let input = &self.run.input_message_id;
         let mut open_calls: Vec<(String, String)> = Vec::new();
-        for m in conversation_order(&self.history) {
+        let ordered = conversation_order(&self.history);
+        let answers = question_answers(&ordered);
+        for m in ordered {
             // Messages queued for later runs are not part of this run's conversation.
             if m.role == Role::User && m.run_id.as_ref() != Some(&self.run.id) && m.id > *input {
+                continue;
+            }
+            // An answer to `ask_user` reaches the model as that call's result.
+            if answers.contains(&m.id) {
                 continue;
             }
             if m.role != Role::Tool {
@@ -553,8 +561,10 @@ impl Driver<'_> {
         calls: Vec<ToolCall>,
         deadline: tokio::time::Instant,
     ) -> Result<Vec<Event>, StoreError> {
+        // A question's `tool.started` was stored when it was asked.
         let started: Vec<NewEvent> = calls
             .iter()
+            .filter(|c| c.name != ASK_USER)
             .map(|c| NewEvent {
                 kind: TOOL_STARTED,
                 data: json!({
@@ -565,8 +575,10 @@ impl Driver<'_> {
                 }),
             })
             .collect();
-        let events = self.rt.store.append_events(&self.lease, &started).await?;
-        self.rt.publish(&events);
+        if !started.is_empty() {
+            let events = self.rt.store.append_events(&self.lease, &started).await?;
+            self.rt.publish(&events);
+        }
         let ctx = ToolContext {
             store: self.rt.store.as_ref(),
             scope: &self.scope,
@@ -606,6 +618,14 @@ impl Driver<'_> {
         call: ToolCall,
         result: Result<String, String>,
     ) -> Result<(), StoreError> {
+        let (step, message) = self.tool_step(call, result);
+        self.pending.push(step);
+        self.history.push(message);
+        Ok(())
+    }
+
+    /// The durable step of a tool call's result.
+    fn tool_step(&self, call: ToolCall, result: Result<String, String>) -> (StepMessage, Message) {
         let (content, is_error) = match result {
             Ok(text) => (text, false),
             Err(text) => (text, true),
@@ -638,9 +658,7 @@ impl Driver<'_> {
             step_key: format!("tool:{}", call.id),
             message: message.clone(),
         };
-        self.pending.push(step);
-        self.history.push(message);
-        Ok(())
+        (step, message)
     }
 
     async fn finish(
@@ -677,10 +695,20 @@ impl Driver<'_> {
             let events = self.rt.store.settle_actions(&self.lease, reason).await?;
             self.rt.publish(&events);
         }
+        // A question left unanswered (the run was cancelled or its session closed while it
+        // waited) gets its outcome as the call's result, like any other ending of the call.
+        let mut steps = self.pending.clone();
+        for call in state.pending.iter().filter(|c| c.name == ASK_USER) {
+            let reason = match end.status {
+                RunStatus::Cancelled => "the run was cancelled before anyone answered the question",
+                _ => "the run ended before anyone answered the question",
+            };
+            steps.push(self.tool_step(call.clone(), Err(reason.to_owned())).0);
+        }
         let (run, events) = self
             .rt
             .store
-            .finish_run_after(&self.lease, &self.pending, &end)
+            .finish_run_after(&self.lease, &steps, &end)
             .await?;
         self.rt.publish(&events);
         self.rt.hub.wake_workers();
@@ -726,14 +754,17 @@ impl Driver<'_> {
         self.last_decision = actions.iter().filter_map(|a| a.decided_at).max();
         self.had_actions = !actions.is_empty();
         let decisions = actions
-            .into_iter()
-            .filter_map(|a| a.status.decision().map(|d| (a.call_id, d)))
+            .iter()
+            .filter_map(|a| a.decision().map(|d| (a.call_id.clone(), d)))
             .collect();
-        Ok(AgentLoop::start_with(
+        // Arguments are checked before anyone is asked to confirm (or answer) a call.
+        let tools = self.tools.clone();
+        Ok(AgentLoop::start_checked(
             limits,
             state,
             self.approvals.clone(),
             decisions,
+            CallCheck::new(move |call| tools.check(call)),
         ))
     }
 
@@ -775,11 +806,19 @@ impl Driver<'_> {
     /// decision (or the expiry scheduler) hands it back to the workers.
     async fn pause(&self, calls: Vec<ToolCall>) -> Result<(), StoreError> {
         let now = Timestamp::now();
+        // Ids in the order of the calls (a millisecond apart): several questions of one turn
+        // are answered in the order the model asked them.
         let actions: Vec<NewAction> = calls
             .into_iter()
-            .map(|c| NewAction {
-                id: tessera_domain::ActionId::generate_at(now),
+            .enumerate()
+            .map(|(i, c)| NewAction {
+                id: tessera_domain::ActionId::generate_at(now.plus_millis(i as i64)),
                 expires_at: now.plus_secs(i64::from(self.approvals.expiry_seconds(&c.name))),
+                kind: if c.name == ASK_USER {
+                    ActionKind::Question
+                } else {
+                    ActionKind::Confirmation
+                },
                 tool: c.name,
                 preview: c.arguments,
                 call_id: c.id,
@@ -901,6 +940,21 @@ fn conversation_order(history: &[Message]) -> Vec<&Message> {
     let mut ordered: Vec<(MessageId, &Message)> = history.iter().map(|m| (group(m), m)).collect();
     ordered.sort_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
     ordered.into_iter().map(|(_, m)| m).collect()
+}
+
+/// The `ask_user` answers among the messages (in conversation order): a person's message that
+/// is not the first of its run joined a run waiting on a question.
+fn question_answers(ordered: &[&Message]) -> std::collections::HashSet<MessageId> {
+    let mut seen_runs = std::collections::HashSet::new();
+    let mut answers = std::collections::HashSet::new();
+    for m in ordered {
+        let Some(run) = &m.run_id else { continue };
+        let first = seen_runs.insert(run.clone());
+        if !first && m.role == Role::User {
+            answers.insert(m.id.clone());
+        }
+    }
+    answers
 }
 
 /// Gives calls of an earlier turn that never got a result (their run was cancelled) a result,

@@ -304,7 +304,7 @@ impl ToolExecutor for RecordTools {
             ToolConfig::Api(api) => {
                 crate::api_tool::call(self, &self.config, ctx, tool, api, &call.arguments).await
             }
-            ToolConfig::PlatformEvent(event) => emit(ctx, tool, event, &call.arguments).await,
+            ToolConfig::PlatformEvent(event) => emit(ctx, tool, event, call).await,
             ToolConfig::CodeRunner(runner) => match &self.config.code {
                 Some(code) => run_code(code, ctx, runner, &call.arguments).await,
                 None => ToolOutput::error("CodeRunner tools are not enabled on this server"),
@@ -353,17 +353,19 @@ async fn run_code(
 }
 
 /// A `PlatformEvent` call: stored, streamed on the thread and queued for webhooks, at once.
+/// Once per call: a resumed run repeating the call gets the event stored the first time.
 async fn emit(
     ctx: &ToolContext<'_>,
     tool: &Tool,
     event: &PlatformEventConfig,
-    args: &serde_json::Value,
+    call: &ToolCall,
 ) -> ToolOutput {
     let new = NewPlatformEvent {
         id: PlatformEventId::generate(),
         event_type: event.event_type.clone(),
         tool_id: tool.id.clone(),
-        payload: args.clone(),
+        payload: call.arguments.clone(),
+        call_id: Some(call.id.clone()),
     };
     match ctx.store.emit_platform_event(ctx.lease, &new).await {
         Ok((stored, events)) => ToolOutput {

@@ -1,8 +1,12 @@
 //! Tool dispatch: which tools an agent's model sees and how a call is executed.
 //!
-//! The interface is what the loop uses. Internal tools here: `notify_user` and
+//! The interface is what the loop uses. Internal tools here: `ask_user`, `notify_user` and
 //! `request_variables` (the board tools are in `board_tools.rs`); the tools agents attach are in
 //! `tool_records.rs`.
+//!
+//! `ask_user` never runs as such: it is always held like a tool needing confirmation, as a
+//! *question* (the driver stores it with the run paused in `waiting_for_input`), and the
+//! person's next message on the thread is its result (see `SubmitRun`).
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -61,12 +65,31 @@ pub trait ToolExecutor: Send + Sync {
     fn confirmation_expiry(&self, _tool: &str) -> Option<u32> {
         None
     }
+
+    /// Checks a call's arguments against its tool's input schema, before the call is held for
+    /// a person (`Err`: the text the model gets; nobody is asked). A tool whose schema this
+    /// server cannot compile checks its arguments itself when it runs.
+    fn check(&self, call: &ToolCall) -> Result<(), String> {
+        let Some(spec) = self.specs().into_iter().find(|s| s.name == call.name) else {
+            return Err(format!("unknown tool `{}`", call.name));
+        };
+        match tessera_domain::tool::InputSchema::parse("parameters", spec.parameters) {
+            Ok(schema) => schema.validate(&call.arguments).map_err(|problem| {
+                format!(
+                    "invalid arguments for `{}` (nobody was asked to confirm it and it did not run): {problem}",
+                    call.name
+                )
+            }),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// The built-in tools.
 #[derive(Default)]
 pub struct InternalTools;
 
+pub const ASK_USER: &str = tessera_domain::session::ASK_USER;
 pub const NOTIFY_USER: &str = "notify_user";
 pub const REQUEST_VARIABLES: &str = "request_variables";
 
@@ -74,6 +97,29 @@ pub const REQUEST_VARIABLES: &str = "request_variables";
 impl ToolExecutor for InternalTools {
     fn specs(&self) -> Vec<ToolSpec> {
         vec![
+            ToolSpec {
+                name: ASK_USER.to_owned(),
+                description: "Ask the person you work for a question and wait for the answer \
+                              (their next message). Offer `choices` when a short list of answers \
+                              fits; they may still answer in their own words."
+                    .to_owned(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "question": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "\\S", "description": "The question (at most 2000 characters)."},
+                        "choices": {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "minItems": 1,
+                            "maxItems": 10,
+                            "uniqueItems": true,
+                            "description": "Suggested answers, shown as buttons (at most 10)."
+                        }
+                    },
+                    "required": ["question"],
+                    "additionalProperties": false
+                }),
+            },
             ToolSpec {
                 name: NOTIFY_USER.to_owned(),
                 description:
@@ -105,8 +151,16 @@ impl ToolExecutor for InternalTools {
         ]
     }
 
+    fn requiring_confirmation(&self) -> Vec<String> {
+        // Held for the person's answer, whatever the approval rules say.
+        vec![ASK_USER.to_owned()]
+    }
+
     async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
         match call.name.as_str() {
+            // Reached only when its question is gone (the driver answers with the stored
+            // answer otherwise).
+            ASK_USER => ToolOutput::error("the question has no answer"),
             NOTIFY_USER => notify_user(ctx, &call.arguments).await,
             REQUEST_VARIABLES => request_variables(ctx, &call.arguments).await,
             other => ToolOutput::error(format!("unknown tool `{other}`")),

@@ -44,7 +44,9 @@ backend_tests!(
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Test tools: `slow` sleeps far beyond any timeout (and notes whether it ever finished),
-/// `fast` answers at once, `meet` waits until two calls of it are running at the same time.
+/// `fast` answers at once, `meet` waits until two calls of it are running at the same time,
+/// `broken` fails. (A held call of a tool that is not offered is refused before anyone is
+/// asked, like one with invalid arguments.)
 struct TestTools {
     slow_finished: AtomicBool,
     meeting: Barrier,
@@ -62,7 +64,8 @@ impl TestTools {
 #[async_trait]
 impl ToolExecutor for TestTools {
     fn specs(&self) -> Vec<ToolSpec> {
-        ["slow", "fast", "meet"]
+        // `broken` is offered but fails when it runs.
+        ["slow", "fast", "meet", "broken"]
             .into_iter()
             .map(|name| ToolSpec {
                 name: name.to_owned(),

@@ -148,9 +148,12 @@ function onEvent(event) {
       break;
     }
     case "tool.started":
-      bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} …`;
+      if (data.name === "ask_user" && data.question) renderQuestion(data);
+      else bubble(`tool:${data.call_id}`, "tool").textContent = `🔧 ${data.name} …`;
       break;
     case "tool.completed": {
+      // A question stays shown; its answer is the person's own message (or the outcome).
+      if (data.name === "ask_user" && !data.is_error) break;
       const result = data.message && data.message.content;
       bubble(`tool:${data.call_id}`, "tool").textContent = result
         ? `🔧 ${data.name} → ${result}`
@@ -315,6 +318,27 @@ async function newChat() {
   const context = await client.createContext(body);
   state.contexts.push(context);
   await select(context.id);
+}
+
+/** Shows an `ask_user` question; its choices are buttons that send the choice as the answer
+ *  (the message box answers it too, in the person's own words). */
+function renderQuestion(data) {
+  const item = bubble(`tool:${data.call_id}`, "assistant");
+  item.textContent = `❓ ${data.question}`;
+  const choices = Array.isArray(data.choices) ? data.choices : [];
+  if (choices.length === 0) return;
+  const buttons = element("div", "action-buttons");
+  for (const choice of choices) {
+    const button = element("button", "secondary", choice);
+    button.type = "button";
+    button.addEventListener("click", () => {
+      for (const b of buttons.querySelectorAll("button")) b.disabled = true;
+      $("message").value = choice;
+      $("composer").requestSubmit();
+    });
+    buttons.append(button);
+  }
+  item.append(buttons);
 }
 
 async function send(event) {

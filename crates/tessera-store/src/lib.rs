@@ -413,8 +413,11 @@ pub struct Idempotency {
     pub result: serde_json::Value,
 }
 
-/// A user message that starts a run. Ids and timestamps are made by the caller so that the
-/// events stored with the rows can carry them.
+/// A user message that starts a run — or, when the thread's run waits on an `ask_user`
+/// question, answers it: then the message joins that run (which resumes) instead of starting
+/// `run_id`, bypassing the multitask policy; the outcome's `run` is the resumed run, and every
+/// string equal to `run_id` in the idempotency `result` is replaced by that run's id. Ids and
+/// timestamps are made by the caller so that the events stored with the rows can carry them.
 #[derive(Debug, Clone)]
 pub struct SubmitRun {
     pub message: Message,
@@ -544,7 +547,8 @@ pub trait ThreadStore {
 #[async_trait]
 pub trait RunStore {
     /// Stores a user message and queues its run in one transaction, applying the multitask
-    /// policy ([`Conflict::RunActive`] for `reject`) and the idempotency key.
+    /// policy ([`Conflict::RunActive`] for `reject`) and the idempotency key; a message that
+    /// answers an open `ask_user` question resumes the waiting run instead (see [`SubmitRun`]).
     async fn submit_run(
         &self,
         scope: &Scope,
@@ -1039,8 +1043,10 @@ pub struct ResponseView {
     pub thread: Thread,
     /// The run's last assistant message with text, if any.
     pub answer: Option<Message>,
-    /// The run's actions still waiting for a decision.
+    /// The run's actions still waiting for a decision (confirmations only).
     pub pending: Vec<PendingAction>,
+    /// The run's `ask_user` questions still waiting for an answer (the person's next message).
+    pub questions: Vec<PendingAction>,
     /// Final outcomes of the thread's actions reported by this response (claimed for it the
     /// first time it is shown complete, so each outcome is reported by one response).
     pub action_results: Vec<PendingAction>,

@@ -74,6 +74,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "toolkits",
         sql: include_str!("../migrations/sqlite/0010_toolkits.sql"),
     },
+    Migration {
+        version: 11,
+        name: "questions_and_tool_dedupe",
+        sql: include_str!("../migrations/sqlite/0011_questions_and_tool_dedupe.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -126,6 +131,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 10,
         name: "toolkits",
         sql: include_str!("../migrations/postgres/0010_toolkits.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "questions_and_tool_dedupe",
+        sql: include_str!("../migrations/postgres/0011_questions_and_tool_dedupe.sql"),
     },
 ];
 

@@ -64,6 +64,23 @@ pub(crate) enum HotDone {
     Exchanged(Box<crate::ExchangeOutcome>),
 }
 
+/// `value` with every string equal to `from` replaced by `to`.
+pub(crate) fn replace_string(value: &serde_json::Value, from: &str, to: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s == from => Value::String(to.to_owned()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| replace_string(v, from, to)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), replace_string(v, from, to)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn mismatched() -> crate::StoreError {
     crate::StoreError::Corrupt("a hot write was answered with another kind's result".to_owned())
 }
@@ -792,6 +809,40 @@ macro_rules! impl_run_sql {
                     super::session_sql::merge_variables(tx, dep, thread_id, &submit.variables, "").await?;
                 }
                 let mut last: i64 = thread_row.try_get("last_seq")?;
+                // A message to a run waiting on an `ask_user` question is its answer: it joins
+                // that run, which resumes; the multitask policy does not apply.
+                if let Some(run_id) = super::session_sql::answer_question(tx, thread_id.as_str(), &submit.message.content, now).await? {
+                    let message = Message { run_id: Some(run_id.clone()), ..submit.message.clone() };
+                    insert_message(tx, dep, &message, None).await?;
+                    let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
+                        .bind(run_id.as_str())
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    let run = run_from_row(&row)?;
+                    if let Some(idem) = &submit.idempotency {
+                        let result = $crate::sql_runs::replace_string(&idem.result, submit.run_id.as_str(), run_id.as_str());
+                        sqlx::query("UPDATE idempotency_keys SET result = $1 WHERE deployment_id = $2 AND operation = $3 AND key = $4")
+                            .bind(to_json("idempotency result", &result)?)
+                            .bind(dep)
+                            .bind(idem.operation.as_str())
+                            .bind(idem.key.as_str())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    let created = event::message_event(event::MESSAGE_CREATED, &message);
+                    let resumed = event::run_status_event(&run);
+                    let rows = numbered(
+                        dep,
+                        thread_id.as_str(),
+                        last - 1,
+                        [(Some(run.id.as_str()), &created), (Some(run.id.as_str()), &resumed)],
+                    );
+                    let events = insert_events(tx, &rows, now).await?;
+                    drop(rows);
+                    self.notify(tx, &Notification::Runs).await?;
+                    self.notify(tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    return Ok(SubmitOutcome::Created { run, interrupted: Vec::new(), events });
+                }
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
                 // `enqueue` (the default) queues behind whatever is open: no need to look.

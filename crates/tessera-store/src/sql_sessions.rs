@@ -7,7 +7,7 @@
 //! decided it becomes `running` with an expired lease, which any worker claims at once.
 
 pub(crate) const ACTION_COLS: &str =
-    "id, thread_id, run_id, call_id, tool, preview, status, expires_at, callback_id, result, \
+    "id, thread_id, run_id, call_id, tool, kind, preview, status, expires_at, callback_id, result, \
      created_at, decided_at";
 
 macro_rules! impl_session_sql {
@@ -19,8 +19,8 @@ macro_rules! impl_session_sql {
         use sqlx::Row as _;
         use tessera_domain::event::{self, NewEvent};
         use tessera_domain::session::{
-            self as session, ActionStatus, NewAction, PendingAction, SessionClose, SessionState,
-            UsageGroup, UsageRow, VariablePatch, Variables,
+            self as session, ActionKind, ActionStatus, NewAction, PendingAction, SessionClose,
+            SessionState, UsageGroup, UsageRow, VariablePatch, Variables,
         };
         use tessera_domain::thread::Run;
         use tessera_domain::{
@@ -44,6 +44,7 @@ macro_rules! impl_session_sql {
 
         fn action_from_row(row: &DbRow) -> StoreResult<PendingAction> {
             let status: String = row.try_get("status")?;
+            let kind: String = row.try_get("kind")?;
             let preview: String = row.try_get("preview")?;
             let callback: Option<String> = row.try_get("callback_id")?;
             let decided: Option<i64> = row.try_get("decided_at")?;
@@ -53,6 +54,7 @@ macro_rules! impl_session_sql {
                 run_id: parse_id(row.try_get("run_id")?, RunId::parse)?,
                 call_id: row.try_get("call_id")?,
                 tool: row.try_get("tool")?,
+                kind: ActionKind::parse(&kind).ok_or_else(|| corrupt("action kind", &kind))?,
                 preview: json("action preview", &preview)?,
                 status: ActionStatus::parse(&status).ok_or_else(|| corrupt("action status", &status))?,
                 expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
@@ -65,6 +67,66 @@ macro_rules! impl_session_sql {
 
         fn resolved_event(a: &PendingAction) -> NewEvent {
             NewEvent { kind: session::PENDING_ACTION_RESOLVED, data: serde_json::json!({ "action": session::action_json(a) }) }
+        }
+
+        /// `pending_action.resolved` events of those of `actions` that are pending actions:
+        /// `ask_user` questions are not (their outcome reaches the stream as the call's
+        /// `tool.completed`).
+        fn resolved_events<'a>(actions: impl IntoIterator<Item = &'a PendingAction>) -> Vec<NewEvent> {
+            actions.into_iter().filter(|a| a.kind == ActionKind::Confirmation).map(resolved_event).collect()
+        }
+
+        /// The `tool.started` event of an `ask_user` question: the call, with the question, the
+        /// choices and until when it can be answered.
+        fn question_event(a: &PendingAction) -> NewEvent {
+            NewEvent {
+                kind: event::TOOL_STARTED,
+                data: serde_json::json!({
+                    "run_id": a.run_id.as_str(),
+                    "call_id": a.call_id,
+                    "name": a.tool,
+                    "arguments": a.preview,
+                    "question": a.preview.get("question"),
+                    "choices": a.preview.get("choices"),
+                    "expires_at": a.expires_at.to_rfc3339(),
+                }),
+            }
+        }
+
+        /// Answers the oldest open `ask_user` question of the thread's paused run with a
+        /// person's message (inside the caller's transaction, which holds the thread): the
+        /// question is completed with the answer as its result (see
+        /// [`session::question_answer`]) and, when nothing else of the run waits, the run
+        /// resumes. Returns the run, or `None` when no question is open (or it expired).
+        pub(super) async fn answer_question(conn: &mut Conn, thread_id: &str, answer: &str, now: Timestamp) -> StoreResult<Option<RunId>> {
+            let row = sqlx::query(&format!(
+                "SELECT {ACTION_COLS} FROM pending_actions
+                 WHERE thread_id = $1 AND kind = 'question' AND status = 'pending' AND expires_at > $2
+                   AND run_id = (SELECT active_run_id FROM threads WHERE id = $1)
+                 ORDER BY id LIMIT 1"
+            ))
+            .bind(thread_id)
+            .bind(now.as_millis())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let question = action_from_row(&row)?;
+            let answered = sqlx::query(
+                "UPDATE pending_actions SET status = 'completed', result = $1, decided_at = $2
+                 WHERE id = $3 AND status = 'pending'",
+            )
+            .bind(session::question_answer(&question.preview, answer))
+            .bind(now.as_millis())
+            .bind(question.id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            if answered.rows_affected() == 0 {
+                return Ok(None);
+            }
+            resume_if_decided(conn, question.run_id.as_str()).await?;
+            Ok(Some(question.run_id))
         }
 
         /// Checks the lease inside the transaction; returns the run's deployment and thread.
@@ -113,10 +175,8 @@ macro_rules! impl_session_sql {
             .bind(run_id.as_str())
             .fetch_all(&mut *conn)
             .await?;
-            let mut events = Vec::with_capacity(cancelled.len());
-            for row in &cancelled {
-                events.push(resolved_event(&action_from_row(row)?));
-            }
+            let actions = cancelled.iter().map(action_from_row).collect::<StoreResult<Vec<_>>>()?;
+            let mut events = resolved_events(&actions);
             // RETURNING order is unspecified: the events follow the actions' order.
             events.sort_by(|a, b| a.data["action"]["action_id"].as_str().cmp(&b.data["action"]["action_id"].as_str()));
             Ok((wake_paused(conn, run_id.as_str()).await?, events))
@@ -194,7 +254,7 @@ macro_rules! impl_session_sql {
         async fn results_for(conn: &mut Conn, thread_id: &str, run_id: &str) -> StoreResult<Vec<PendingAction>> {
             let rows = sqlx::query(&format!(
                 "SELECT {ACTION_COLS} FROM pending_actions
-                 WHERE thread_id = $1 AND (reported_in = $2 OR run_id = $2)
+                 WHERE thread_id = $1 AND (reported_in = $2 OR run_id = $2) AND kind = 'confirmation'
                    AND status IN ('completed', 'failed', 'cancelled', 'expired')
                  ORDER BY id"
             ))
@@ -268,7 +328,9 @@ macro_rules! impl_session_sql {
                 .await?;
                 for row in &cancelled {
                     let a = action_from_row(row)?;
-                    events.push((Some(a.run_id.to_string()), resolved_event(&a)));
+                    if a.kind == ActionKind::Confirmation {
+                        events.push((Some(a.run_id.to_string()), resolved_event(&a)));
+                    }
                 }
                 let open = sqlx::query(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
@@ -328,10 +390,12 @@ macro_rules! impl_session_sql {
                 let mut events = Vec::new();
                 for a in actions {
                     let warn_at = session::expiring_warning_at(now, a.expires_at).as_millis();
+                    // A question gets no `pending_action.expiring` warning: marked sent.
+                    let warned = i64::from(a.kind == ActionKind::Question);
                     let inserted = sqlx::query(&format!(
                         "INSERT INTO pending_actions (id, deployment_id, thread_id, run_id, call_id, tool, preview,
-                           status, expires_at, warn_at, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10)
+                           status, expires_at, warn_at, created_at, kind, warned)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12)
                          ON CONFLICT (run_id, call_id) DO NOTHING RETURNING {ACTION_COLS}"
                     ))
                     .bind(a.id.as_str())
@@ -344,13 +408,18 @@ macro_rules! impl_session_sql {
                     .bind(a.expires_at.as_millis())
                     .bind(warn_at)
                     .bind(now.as_millis())
+                    .bind(a.kind.as_str())
+                    .bind(warned)
                     .fetch_optional(&mut *tx)
                     .await?;
                     if let Some(row) = inserted {
                         let a = action_from_row(&row)?;
-                        events.push(NewEvent {
-                            kind: session::PENDING_ACTION_CREATED,
-                            data: serde_json::json!({ "action": session::action_json(&a) }),
+                        events.push(match a.kind {
+                            ActionKind::Confirmation => NewEvent {
+                                kind: session::PENDING_ACTION_CREATED,
+                                data: serde_json::json!({ "action": session::action_json(&a) }),
+                            },
+                            ActionKind::Question => question_event(&a),
                         });
                     }
                 }
@@ -461,7 +530,7 @@ macro_rules! impl_session_sql {
                 .await?;
                 let mut actions = rows.iter().map(action_from_row).collect::<StoreResult<Vec<_>>>()?;
                 actions.sort_by(|a, b| a.id.cmp(&b.id));
-                let events: Vec<NewEvent> = actions.iter().map(resolved_event).collect();
+                let events = resolved_events(&actions);
                 let stored = append(&mut tx, &dep, &thread_id, Some(lease.run_id.as_str()), &events).await?;
                 if !stored.is_empty() {
                     self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id, ThreadId::parse)?)).await?;
@@ -481,7 +550,8 @@ macro_rules! impl_session_sql {
                 let dep = scope.deployment_id().as_str();
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&format!(
-                    "SELECT {ACTION_COLS} FROM pending_actions WHERE id = $1 AND thread_id = $2 AND deployment_id = $3{}",
+                    "SELECT {ACTION_COLS} FROM pending_actions
+                     WHERE id = $1 AND thread_id = $2 AND deployment_id = $3 AND kind = 'confirmation'{}",
                     Self::ROW_LOCK
                 ))
                 .bind(action_id.as_str())
@@ -541,7 +611,7 @@ macro_rules! impl_session_sql {
                     let action = action_from_row(row)?;
                     let dep: String = row.try_get("deployment_id")?;
                     resume_if_decided(&mut tx, action.run_id.as_str()).await?;
-                    stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &[resolved_event(&action)]).await?);
+                    stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &resolved_events([&action])).await?);
                     self.notify(&mut tx, &Notification::ThreadEvents(action.thread_id.clone())).await?;
                 }
                 if !rows.is_empty() {
@@ -555,7 +625,8 @@ macro_rules! impl_session_sql {
                 let mut tx = self.begin_write().await?;
                 let rows = sqlx::query(&format!(
                     "UPDATE pending_actions SET warned = 1
-                     WHERE status = 'pending' AND warned = 0 AND warn_at <= $1 RETURNING deployment_id, {ACTION_COLS}"
+                     WHERE status = 'pending' AND warned = 0 AND warn_at <= $1 AND kind = 'confirmation'
+                     RETURNING deployment_id, {ACTION_COLS}"
                 ))
                 .bind(now.as_millis())
                 .fetch_all(&mut *tx)
@@ -646,7 +717,7 @@ macro_rules! impl_session_sql {
                     let mut tx = self.begin_write().await?;
                     sqlx::query(
                         "UPDATE pending_actions SET reported_in = $1
-                         WHERE thread_id = $2 AND reported_in IS NULL
+                         WHERE thread_id = $2 AND reported_in IS NULL AND kind = 'confirmation'
                            AND status IN ('completed', 'failed', 'cancelled', 'expired')",
                     )
                     .bind(run_id.as_str())
@@ -665,7 +736,7 @@ macro_rules! impl_session_sql {
                 .await?
                 .map(|r| message_from_row(&r))
                 .transpose()?;
-                let pending = sqlx::query(&format!(
+                let open = sqlx::query(&format!(
                     "SELECT {ACTION_COLS} FROM pending_actions WHERE run_id = $1 AND status = 'pending' ORDER BY id"
                 ))
                 .bind(run_id.as_str())
@@ -674,9 +745,10 @@ macro_rules! impl_session_sql {
                 .iter()
                 .map(action_from_row)
                 .collect::<StoreResult<Vec<_>>>()?;
+                let (questions, pending) = open.into_iter().partition(|a| a.kind == ActionKind::Question);
                 let action_results = results_for(&mut conn, run.thread_id.as_str(), run_id.as_str()).await?;
                 let (session, _) = state_of(&mut conn, dep, &run.thread_id, "").await?;
-                Ok(ResponseView { run, thread, answer, pending, action_results, session })
+                Ok(ResponseView { run, thread, answer, pending, questions, action_results, session })
             }
 
             async fn usage(&self, scope: &Scope, from: Timestamp, to: Timestamp, group: UsageGroup, now: Timestamp) -> StoreResult<Vec<UsageRow>> {

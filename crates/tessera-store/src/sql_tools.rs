@@ -335,9 +335,9 @@ macro_rules! impl_tool_sql {
                     created_at: now,
                 };
                 let payload = serde_json::to_string(&new.payload).map_err(|e| corrupt("event payload", e))?;
-                sqlx::query(
-                    "INSERT INTO platform_events (id, deployment_id, event_type, tool_id, thread_id, run_id, payload, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                let inserted = sqlx::query(
+                    "INSERT INTO platform_events (id, deployment_id, event_type, tool_id, thread_id, run_id, payload, created_at, call_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (run_id, call_id) DO NOTHING",
                 )
                 .bind(new.id.as_str())
                 .bind(dep.as_str())
@@ -347,8 +347,33 @@ macro_rules! impl_tool_sql {
                 .bind(lease.run_id.as_str())
                 .bind(payload)
                 .bind(now.as_millis())
+                .bind(new.call_id.as_deref())
                 .execute(&mut *tx)
                 .await?;
+                if inserted.rows_affected() == 0 {
+                    // The call emitted its event before (a resumed run repeats it): that event,
+                    // stored, streamed and queued once.
+                    let row = sqlx::query(
+                        "SELECT id, event_type, tool_id, payload, created_at FROM platform_events
+                         WHERE run_id = $1 AND call_id = $2",
+                    )
+                    .bind(lease.run_id.as_str())
+                    .bind(new.call_id.as_deref())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let stored: String = row.try_get("payload")?;
+                    let existing = PlatformEvent {
+                        id: parse_id(row.try_get("id")?, PlatformEventId::parse)?,
+                        event_type: row.try_get("event_type")?,
+                        tool_id: parse_id(row.try_get("tool_id")?, ToolId::parse)?,
+                        thread_id: event.thread_id,
+                        run_id: event.run_id,
+                        payload: serde_json::from_str(&stored).map_err(|e| corrupt("event payload", e))?,
+                        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                    };
+                    tx.commit().await?;
+                    return Ok((existing, Vec::new()));
+                }
                 let delivered = event.json();
                 sqlx::query(
                     "INSERT INTO webhook_outbox (id, deployment_id, event_id, event_type, payload, status, attempts, next_attempt_at, created_at)

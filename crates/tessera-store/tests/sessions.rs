@@ -7,13 +7,14 @@
 mod common;
 use common::*;
 
-use tessera_domain::session::{ActionStatus, NewAction, VariablePatch};
+use tessera_domain::session::{ActionKind, ActionStatus, NewAction, VariablePatch};
 use tessera_domain::ActionId;
 
 backend_tests!(
     pause_decide_expire_and_execute_once,
     concurrent_decisions_have_one_winner,
     variables_are_atomic_and_close_is_idempotent,
+    a_question_is_answered_by_the_next_message_not_a_new_run,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -21,6 +22,7 @@ fn action(call: &str, expires_at: Timestamp) -> NewAction {
         id: ActionId::generate(),
         call_id: call.into(),
         tool: "notify_user".into(),
+        kind: ActionKind::Confirmation,
         preview: json!({"message": call}),
         expires_at,
     }
@@ -293,4 +295,106 @@ async fn variables_are_atomic_and_close_is_idempotent(db: &TestDatabase) {
         matches!(err_conflict(&refused), Some(Conflict::SessionClosed)),
         "{refused:?}"
     );
+}
+
+/// An `ask_user` question: paused like an action but streamed as the call's `tool.started`,
+/// never decided as a pending action, and answered by the next message, which joins the
+/// waiting run (the multitask policy does not apply) and resumes it.
+async fn a_question_is_answered_by_the_next_message_not_a_new_run(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "q").await;
+    let th = thread(&store, &t, "t").await;
+    queue(&store, &t.scope, &th.id, "ask me").await;
+    let claimed = claim(&store, "node-a").await;
+    let question = NewAction {
+        id: ActionId::generate(),
+        call_id: "call_1".into(),
+        tool: "ask_user".into(),
+        kind: ActionKind::Question,
+        preview: json!({"question": "Which plan?", "choices": ["Basic", "Pro"]}),
+        expires_at: Timestamp::now().plus_secs(3600),
+    };
+    let (_, events) = store
+        .pause_run(&claimed.lease, std::slice::from_ref(&question))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["tool.started", "run.status"], "{events:?}");
+    assert_eq!(events[0].data["question"], "Which plan?");
+    assert_eq!(events[0].data["choices"], json!(["Basic", "Pro"]));
+    assert_eq!(events[0].data["call_id"], "call_1");
+    let view = store
+        .response_view(&t.scope, &claimed.run.id, false)
+        .await
+        .unwrap();
+    assert!(view.pending.is_empty(), "a question is no pending action");
+    assert_eq!(view.questions.len(), 1);
+    // It cannot be confirmed or cancelled as an action.
+    let err = store
+        .resolve_action(
+            &t.scope,
+            &th.id,
+            &view.questions[0].id,
+            true,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    // No expiring warning is ever due for it.
+    assert!(store
+        .warn_expiring_actions(Timestamp::now().plus_secs(7200))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The answer, under `reject` and with an idempotency key: it joins the paused run.
+    let mut answer = submission(&th.id, " pro ", MultitaskPolicy::Reject);
+    let new_run = answer.run_id.clone();
+    answer.idempotency = Some(tessera_store::Idempotency {
+        operation: "test".into(),
+        key: "k1".into(),
+        request_hash: "h".into(),
+        result: json!({"run_id": new_run.as_str(), "status": "queued"}),
+    });
+    let (run, _, events) = created(store.submit_run(&t.scope, &th.id, &answer).await.unwrap());
+    assert_eq!(run.id, claimed.run.id, "the waiting run resumes");
+    assert_eq!(run.status, RunStatus::Running);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["message.created", "run.status"]);
+    assert_eq!(events[0].data["message"]["run_id"], claimed.run.id.as_str());
+    assert!(
+        store.get_run(&t.scope, &th.id, &new_run).await.is_err(),
+        "no new run was made"
+    );
+    let replayed = store
+        .idempotent_result(&t.scope, "test", "k1", "h")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        replayed["run_id"],
+        claimed.run.id.as_str(),
+        "the retry names the resumed run"
+    );
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Completed);
+    assert_eq!(
+        actions[0].result.as_deref(),
+        Some("Pro"),
+        "in the choice's spelling"
+    );
+    // The resumed run is claimable at once; the next message is a new run again.
+    let resumed = claim(&store, "node-b").await;
+    assert_eq!(resumed.run.id, claimed.run.id);
+    let (next, _, _) =
+        submit_with(&store, &t.scope, &th.id, "thanks", MultitaskPolicy::Enqueue).await;
+    assert_ne!(next.id, claimed.run.id);
+    assert_eq!(next.status, RunStatus::Queued);
+    // Not reported as an action outcome.
+    let view = store
+        .response_view(&t.scope, &claimed.run.id, true)
+        .await
+        .unwrap();
+    assert!(view.action_results.is_empty() && view.questions.is_empty());
 }

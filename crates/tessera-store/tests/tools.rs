@@ -340,11 +340,39 @@ async fn a_platform_event_is_stored_streamed_and_queued(db: &TestDatabase) {
         event_type: "order.refund_requested".into(),
         tool_id: tool_id.clone(),
         payload: json!({"order_id": "o-1", "amount": 12}),
+        call_id: Some("call_1".into()),
     };
     let (event, events) = store
         .emit_platform_event(&claimed.lease, &new)
         .await
         .unwrap();
+    // The same call again (a resumed run repeating it): the stored event, nothing new.
+    let (again, more) = store
+        .emit_platform_event(
+            &claimed.lease,
+            &NewPlatformEvent {
+                id: PlatformEventId::generate(),
+                payload: json!({"order_id": "o-1", "amount": 99}),
+                ..new.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, event, "one event per (run, call)");
+    assert!(more.is_empty());
+    // Another call of the run is another event.
+    let (other_call, _) = store
+        .emit_platform_event(
+            &claimed.lease,
+            &NewPlatformEvent {
+                id: PlatformEventId::generate(),
+                call_id: Some("call_2".into()),
+                ..new.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(other_call.id, event.id);
     assert_eq!(event.thread_id, th.id);
     assert_eq!(event.run_id, claimed.run.id);
     assert_eq!(events.len(), 1);
@@ -360,8 +388,9 @@ async fn a_platform_event_is_stored_streamed_and_queued(db: &TestDatabase) {
         .list_webhook_outbox(&t.scope, &PageRequest::default())
         .await
         .unwrap();
-    assert_eq!(outbox.items.len(), 1);
-    assert_eq!(outbox.items[0].event_id, new.id);
+    assert_eq!(outbox.items.len(), 2, "one delivery per event: {outbox:?}");
+    assert!(outbox.items.iter().any(|o| o.event_id == new.id));
+    assert!(outbox.items.iter().any(|o| o.event_id == other_call.id));
     assert_eq!(outbox.items[0].status, "pending");
     assert_eq!(outbox.items[0].payload["payload"]["amount"], 12);
     let other = deployment(&store, "t6b").await;

@@ -56,14 +56,58 @@ fn is_settled(status: RunStatus) -> bool {
     status.is_terminal() || status == RunStatus::WaitingForInput
 }
 
-/// The session's next steps for the caller: decide each open pending action, set the
-/// variables the agent asked for. A closed session has none.
-fn suggested_actions(view: &ResponseView) -> Vec<api::SuggestedAction> {
+/// The open `ask_user` question of a response, as the API shows it.
+fn question_view(q: &PendingAction) -> api::QuestionView {
+    api::QuestionView {
+        call_id: q.call_id.clone(),
+        question: q
+            .preview
+            .get("question")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        choices: q
+            .preview
+            .get("choices")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect(),
+        expires_at: q.expires_at.to_rfc3339(),
+    }
+}
+
+/// The session's next steps for the caller: decide each open pending action, answer the open
+/// question (on the pool `slug`), set the variables the agent asked for. A closed session has
+/// none.
+fn suggested_actions(view: &ResponseView, slug: Option<&str>) -> Vec<api::SuggestedAction> {
     if view.session.closed.is_some() {
         return Vec::new();
     }
     let thread = view.thread.id.as_str();
     let mut steps = Vec::new();
+    if let (Some(q), Some(slug)) = (view.questions.first(), slug) {
+        let q = question_view(q);
+        let answer = |label: String, body: Option<serde_json::Value>| api::SuggestedAction {
+            kind: "answer_question".to_owned(),
+            label,
+            method: "POST".to_owned(),
+            path: format!("/api/v1/ask/{slug}"),
+            body,
+            action_id: None,
+            variables: None,
+        };
+        if q.choices.is_empty() {
+            steps.push(answer(q.question.clone(), None));
+        }
+        for choice in &q.choices {
+            steps.push(answer(
+                choice.clone(),
+                Some(serde_json::json!({"content": choice, "thread_id": thread})),
+            ));
+        }
+    }
     for a in &view.pending {
         for (kind, label, confirmed) in [
             ("confirm_action", "Confirm", true),
@@ -94,7 +138,21 @@ fn suggested_actions(view: &ResponseView) -> Vec<api::SuggestedAction> {
     steps
 }
 
-fn ask_response(view: ResponseView) -> api::AskResponse {
+/// The pool slug to answer a response's open question on: its agent's (none without a
+/// question, or when the agent left the pool).
+async fn answer_slug(state: &AppState, scope: &Scope, view: &ResponseView) -> Option<String> {
+    if view.questions.is_empty() {
+        return None;
+    }
+    let agent = state
+        .store
+        .get_agent(scope, &view.thread.agent_id)
+        .await
+        .ok()?;
+    agent.spec.endpoint_slug.map(|s| s.as_str().to_owned())
+}
+
+fn ask_response(view: ResponseView, slug: Option<&str>) -> api::AskResponse {
     let status = match view.run.status {
         RunStatus::Queued | RunStatus::Running => "processing",
         RunStatus::WaitingForInput => "waiting_for_input",
@@ -103,7 +161,8 @@ fn ask_response(view: ResponseView) -> api::AskResponse {
         RunStatus::Cancelled => "cancelled",
     };
     let settled = is_settled(view.run.status);
-    let suggested_actions = suggested_actions(&view);
+    let suggested_actions = suggested_actions(&view, slug);
+    let question = view.questions.first().map(question_view);
     let timestamp = view
         .answer
         .as_ref()
@@ -115,13 +174,17 @@ fn ask_response(view: ResponseView) -> api::AskResponse {
         response_id: response_id(&view.run.id),
         agent_id: view.thread.agent_id.to_string(),
         status: status.to_owned(),
-        content: view
-            .answer
-            .as_ref()
-            .filter(|_| settled)
-            .map(|m| m.content.clone()),
+        content: match &question {
+            Some(q) => Some(q.question.clone()),
+            None => view
+                .answer
+                .as_ref()
+                .filter(|_| settled)
+                .map(|m| m.content.clone()),
+        },
         timestamp: timestamp.to_rfc3339(),
         pending_action: view.pending.first().map(action_view),
+        question,
         requested_variables: view.session.requested_variables.clone(),
         files: view
             .answer
@@ -162,11 +225,16 @@ async fn answer(
         let run = state.store.get_run(scope, thread_id, run_id).await?;
         if is_settled(run.status) {
             let view = state.store.response_view(scope, run_id, true).await?;
-            return Ok((StatusCode::OK, Json(ask_response(view))));
+            let slug = answer_slug(state, scope, &view).await;
+            return Ok((StatusCode::OK, Json(ask_response(view, slug.as_deref()))));
         }
         if tokio::time::Instant::now() >= deadline {
             let view = state.store.response_view(scope, run_id, false).await?;
-            return Ok((StatusCode::ACCEPTED, Json(ask_response(view))));
+            let slug = answer_slug(state, scope, &view).await;
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(ask_response(view, slug.as_deref())),
+            ));
         }
         // Woken by the thread's events (this node's, or relayed from others); the short sleep
         // is a safety net for a lagging subscription.
@@ -385,9 +453,9 @@ pub(crate) async fn ask_agent_pool(
     };
     match state.store.submit_run(scope, &thread_id, &submit).await? {
         SubmitOutcome::Created {
+            run,
             interrupted,
             events,
-            ..
         } => {
             let rt = &state.runtime;
             rt.publish(&events);
@@ -395,7 +463,8 @@ pub(crate) async fn ask_agent_pool(
                 rt.hub.stop_run(run, Stop::Interrupt);
             }
             rt.hub.wake_workers();
-            answer(&state, scope, &thread_id, &run_id, state.ask_wait).await
+            // An answer to `ask_user` resumes the waiting run: this response is that run's.
+            answer(&state, scope, &thread_id, &run.id, state.ask_wait).await
         }
         SubmitOutcome::Replayed { result } => replay(&state, scope, result).await,
     }
@@ -446,7 +515,8 @@ pub(crate) async fn get_pool_response(
         .store
         .response_view(&caller.scope, &run_id, false)
         .await?;
-    Ok(Json(ask_response(view)))
+    let slug = answer_slug(&state, &caller.scope, &view).await;
+    Ok(Json(ask_response(view, slug.as_deref())))
 }
 
 /// Closes a session: no more messages; its active run and open pending actions are cancelled.

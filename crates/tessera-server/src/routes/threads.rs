@@ -220,9 +220,9 @@ pub(crate) async fn send_message(
     };
     match state.store.submit_run(scope, thread_id, &submit).await? {
         SubmitOutcome::Created {
+            run,
             interrupted,
             events,
-            ..
         } => {
             let rt = &state.runtime;
             rt.publish(&events);
@@ -230,7 +230,11 @@ pub(crate) async fn send_message(
                 rt.hub.stop_run(run, Stop::Interrupt);
             }
             rt.hub.wake_workers();
-            Ok(accepted)
+            // An answer to `ask_user` resumes the waiting run instead of starting a new one.
+            Ok(api::RunAccepted {
+                run_id: Some(run.id.to_string()),
+                ..accepted
+            })
         }
         SubmitOutcome::Replayed { result } => replay(result),
     }

@@ -9,6 +9,7 @@ mod helpers;
 
 mod actors;
 mod agents;
+mod ask_user;
 mod auth;
 mod bad_input;
 mod boards;

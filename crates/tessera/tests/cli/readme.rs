@@ -171,3 +171,71 @@ async fn readme_session_cycle_runs_verbatim() {
     }
     db.cleanup().await;
 }
+
+/// The tools section: one agent using an `Api`, a `CodeRunner` and an `Mcp` tool in one
+/// conversation, run verbatim. It needs bubblewrap and the MCP reference server: skipped
+/// without them unless `TESSERA_REQUIRE_SANDBOX=1` / `TESSERA_REQUIRE_MCP=1` (with
+/// `TESSERA_TEST_MCP_EVERYTHING` naming the server-everything executable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tools_section_runs_verbatim() {
+    use tessera_runtime::mcp::testing::{everything_bin, Everything};
+    if tessera_runtime::sandbox::sandbox_for_tests()
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let Some(bin) = everything_bin() else {
+        return;
+    };
+    let mcp = Everything::on_free_port(&bin).await;
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    // As the README starts it: both guards opened for loopback.
+    let server = Server::start_with_env(
+        &db.url,
+        &key,
+        &[
+            ("TESSERA_TOOLS__ALLOW_HOSTS", r#"["127.0.0.1"]"#.to_owned()),
+            ("TESSERA_MCP__ALLOW_PRIVATE", "true".to_owned()),
+        ],
+    )
+    .await;
+    let output = tokio::process::Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &shell_between("tools-walkthrough"),
+        ])
+        .env("TESSERA_URL", &server.url)
+        .env("TESSERA_API_KEY", &key)
+        .env("MCP_URL", mcp.url())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tools section failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}",
+        server.log()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(
+        lines[0],
+        r#""content":"tool server_health returned: {\"status\":\"ok\"}"#
+    );
+    assert!(
+        lines[1].starts_with(r#""content":"tool sum returned: {\"exit_code\":0,"#)
+            && lines[1].contains(r#"\"stdout\":\"42\\n\""#),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[2],
+        r#""content":"tool mcp_ev_echo returned: Echo: hello MCP""#
+    );
+    db.cleanup().await;
+}
