@@ -289,6 +289,7 @@ async fn a_repeated_platform_event_call_emits_one_event(db: &TestDatabase) {
             code: None,
             mcp: Default::default(),
             mcp_clients: McpClients::default(),
+            toolkits: None,
         }),
     );
     let ctx = s.ctx();
