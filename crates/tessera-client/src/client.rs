@@ -199,6 +199,19 @@ impl Client {
         path_and_query: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), Error> {
+        self.call_raw_with_headers(method, path_and_query, body, &[])
+            .await
+    }
+
+    /// Like [`Client::call_raw`], with extra request headers (`(name, value)` pairs), e.g.
+    /// `Idempotency-Key`.
+    pub async fn call_raw_with_headers(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<Value>,
+        headers: &[(String, String)],
+    ) -> Result<(u16, Value), Error> {
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| Error::InvalidRequest(format!("invalid HTTP method {method:?}")))?;
         if !path_and_query.starts_with('/') {
@@ -210,6 +223,9 @@ impl Client {
         let mut request = Request::<Value>::raw(self, method, path_and_query);
         if !safe {
             request = request.header("Origin", &self.origin());
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -227,6 +243,19 @@ impl Client {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(u16, Value), Error> {
+        self.call_raw_bytes_with_headers(method, path_and_query, body, content_type, &[])
+            .await
+    }
+
+    /// Like [`Client::call_raw_bytes`], with extra request headers.
+    pub async fn call_raw_bytes_with_headers(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<(u16, Value), Error> {
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| Error::InvalidRequest(format!("invalid HTTP method {method:?}")))?;
         if !path_and_query.starts_with('/') {
@@ -234,11 +263,12 @@ impl Client {
                 "{path_and_query:?} does not start with '/'"
             )));
         }
-        let response = Request::<Value>::raw(self, method, path_and_query)
-            .header("Origin", &self.origin())
-            .bytes(body, content_type)
-            .execute()
-            .await?;
+        let mut request =
+            Request::<Value>::raw(self, method, path_and_query).header("Origin", &self.origin());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.bytes(body, content_type).execute().await?;
         Ok((response.status, raw_body_value(&response.body)))
     }
 

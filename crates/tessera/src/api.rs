@@ -119,19 +119,25 @@ pub async fn call(
     operation_id: &str,
     body: Body,
     params: &[String],
+    headers: &[String],
 ) -> anyhow::Result<ExitCode> {
     let doc = Document::embedded()?;
     let op = doc.find(operation_id)?;
     let params = parse_params(params)?;
+    let headers = parse_headers(headers)?;
     let path_and_query = fill_path(&doc, &op, &params)?;
     let client = client(remote)?;
 
     let sent = match body {
-        Body::None => client.call_raw(&op.method, &path_and_query, None).await,
+        Body::None => {
+            client
+                .call_raw_with_headers(&op.method, &path_and_query, None, &headers)
+                .await
+        }
         Body::Json(raw) => {
             let json = read_body(&raw)?;
             client
-                .call_raw(&op.method, &path_and_query, Some(json))
+                .call_raw_with_headers(&op.method, &path_and_query, Some(json), &headers)
                 .await
         }
         Body::Raw(file, content_type) => {
@@ -145,7 +151,13 @@ pub async fn call(
                     .with_context(|| format!("cannot read the data file {}", file.display()))?
             };
             client
-                .call_raw_bytes(&op.method, &path_and_query, bytes, &content_type)
+                .call_raw_bytes_with_headers(
+                    &op.method,
+                    &path_and_query,
+                    bytes,
+                    &content_type,
+                    &headers,
+                )
                 .await
         }
     };
@@ -180,6 +192,28 @@ fn parse_params(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
                 .with_context(|| format!("--param {param:?} is not KEY=VALUE"))?;
             anyhow::ensure!(!key.is_empty(), "--param {param:?} has an empty name");
             Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// `--header "Name: value"` arguments as pairs. The credentials come from `--api-key` /
+/// `TESSERA_API_KEY`, not from a header.
+fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|header| {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("--header {header:?} is not \"Name: value\""))?;
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()),
+                "--header {header:?} has an invalid name"
+            );
+            anyhow::ensure!(
+                !name.eq_ignore_ascii_case("authorization"),
+                "--header cannot set Authorization: pass the key with --api-key or TESSERA_API_KEY"
+            );
+            Ok((name.to_owned(), value.trim().to_owned()))
         })
         .collect()
 }
@@ -304,6 +338,18 @@ mod tests {
         );
         assert!(parse_params(&["nokey".to_owned()]).is_err());
         assert!(parse_params(&["=v".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn headers_need_a_name_and_a_colon_and_never_carry_the_key() {
+        assert_eq!(
+            parse_headers(&["Idempotency-Key: a:b ".to_owned()]).unwrap(),
+            [("Idempotency-Key".to_owned(), "a:b".to_owned())]
+        );
+        assert!(parse_headers(&["no colon".to_owned()]).is_err());
+        assert!(parse_headers(&[": v".to_owned()]).is_err());
+        assert!(parse_headers(&["bad name: v".to_owned()]).is_err());
+        assert!(parse_headers(&["authorization: Bearer x".to_owned()]).is_err());
     }
 
     #[test]

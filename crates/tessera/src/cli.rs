@@ -185,6 +185,9 @@ pub enum ApiCommand {
         /// parameter. Repeatable.
         #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// An extra request header, e.g. `-H 'Idempotency-Key: order-17'`. Repeatable.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         #[command(flatten)]
         remote: RemoteArgs,
     },

@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_file,
             content_type,
             params,
+            headers,
             remote,
         }) => {
             let body = match (body, data_file) {
@@ -62,7 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(json), None) => api::Body::Json(json),
                 (None, None) => api::Body::None,
             };
-            api::call(&remote, &operation_id, body, &params).await
+            api::call(&remote, &operation_id, body, &params, &headers).await
         }
     }
 }

@@ -198,6 +198,57 @@ async fn api_call_drives_a_running_server() {
         .failed();
     assert!(duplicate.stderr.contains("\"error\""), "{duplicate:#?}");
 
+    // Extra headers: an `Idempotency-Key` makes a retried pool call return the first answer.
+    tessera([
+        "api",
+        "call",
+        "createAiAgent",
+        "--body",
+        r#"{"name": "cli-pool", "model": {"provider": "echo", "model": "echo"}, "endpoint_slug": "cli-pool"}"#,
+    ])
+    .against(&server, &key)
+    .run()
+    .await
+    .ok();
+    let ask = |idempotency: Option<&'static str>| {
+        let mut args = vec![
+            "api",
+            "call",
+            "askAgentPool",
+            "-p",
+            "endpoint_slug=cli-pool",
+            "--body",
+            r#"{"content": "hello"}"#,
+        ];
+        if let Some(header) = idempotency {
+            args.extend(["-H", header]);
+        }
+        tessera(args).against(&server, &key)
+    };
+    let first = ask(Some("Idempotency-Key: cli-1"))
+        .run()
+        .await
+        .ok()
+        .stdout_json();
+    let retried = ask(Some("Idempotency-Key: cli-1"))
+        .run()
+        .await
+        .ok()
+        .stdout_json();
+    assert!(first["thread_id"].is_string(), "{first}");
+    assert_eq!(
+        first["thread_id"], retried["thread_id"],
+        "{first} / {retried}"
+    );
+    assert_eq!(first["response_id"], retried["response_id"]);
+    let fresh = ask(None).run().await.ok().stdout_json();
+    assert_ne!(
+        first["thread_id"], fresh["thread_id"],
+        "without the key: a new session"
+    );
+    let refused = ask(Some("Authorization: Bearer x")).run().await.failed();
+    assert!(refused.stderr.contains("--api-key"), "{refused:#?}");
+
     drop(server);
     db.cleanup().await;
 }
