@@ -162,7 +162,21 @@ macro_rules! impl_ticket_sql {
         ) -> StoreResult<ActorId> {
             match binding {
                 Binding::Anonymous => {
-                    find_or_create_actor(conn, deployment, "anonymous", anonymous_key, now).await
+                    // The key is fresh (128 random bits per exchange): a plain insert, no
+                    // lookup of an existing actor.
+                    let row = sqlx::query(
+                        "INSERT INTO actors
+                           (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)
+                         VALUES ($1, $2, 'anonymous', $3, NULL, '{}', $4)
+                         RETURNING id",
+                    )
+                    .bind(ActorId::generate_at(now).into_string())
+                    .bind(deployment)
+                    .bind(anonymous_key)
+                    .bind(now.as_millis())
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    id(row.try_get("id")?, ActorId::parse)
                 }
                 Binding::Actor(actor) => {
                     let found = sqlx::query("SELECT 1 FROM actors WHERE id = $1 AND deployment_id = $2")
@@ -550,16 +564,19 @@ macro_rules! impl_ticket_sql {
                         None => (insert_session(tx, scope, &ex.new_browser_session).await?, true),
                     };
                     // Replacement: the browser session's previous agent session ends in the
-                    // transaction that opens the new one.
-                    sqlx::query(
-                        "UPDATE agent_sessions SET ended_at = $1, end_reason = 'replaced'
-                         WHERE browser_session_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
-                    )
-                    .bind(now.as_millis())
-                    .bind(browser.id.as_str())
-                    .bind(dep)
-                    .execute(&mut *tx)
-                    .await?;
+                    // transaction that opens the new one (a browser session created just now
+                    // has none).
+                    if !browser_created {
+                        sqlx::query(
+                            "UPDATE agent_sessions SET ended_at = $1, end_reason = 'replaced'
+                             WHERE browser_session_id = $2 AND deployment_id = $3 AND ended_at IS NULL",
+                        )
+                        .bind(now.as_millis())
+                        .bind(browser.id.as_str())
+                        .bind(dep)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     let agents = serde_json::to_string(&agent_ids)
                         .map_err(|e| corrupt("agent session agents", e))?;
                     let row = sqlx::query(&format!(
