@@ -69,6 +69,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "session_gaps",
         sql: include_str!("../migrations/sqlite/0009_session_gaps.sql"),
     },
+    Migration {
+        version: 12,
+        name: "run_queue",
+        sql: include_str!("../migrations/sqlite/0012_run_queue.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -116,6 +121,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 9,
         name: "session_gaps",
         sql: include_str!("../migrations/postgres/0009_session_gaps.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "run_queue",
+        sql: include_str!("../migrations/postgres/0012_run_queue.sql"),
     },
 ];
 
