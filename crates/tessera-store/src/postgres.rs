@@ -204,6 +204,9 @@ fn defer(notifications: &[Notification]) -> bool {
 /// behind the workers), outside any transaction that wrote, so it never waits for a WAL flush
 /// while holding PostgreSQL's `NOTIFY` lock. Wake-ups arriving while one is sent are coalesced
 /// (duplicates dropped) into the next single statement.
+/// How long the notifier keeps its connection without anything to send.
+const NOTIFIER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 struct Notifier {
     tx: tokio::sync::mpsc::UnboundedSender<Vec<Notification>>,
@@ -222,6 +225,13 @@ impl Notifier {
                 let first = tokio::select! {
                     first = rx.recv() => first,
                     () = stop.notified() => None,
+                    // A quiet node gives its connection back to the server.
+                    () = tokio::time::sleep(NOTIFIER_IDLE), if conn.is_some() => {
+                        if let Some(idle) = conn.take() {
+                            let _ = sqlx::Connection::close(idle).await;
+                        }
+                        continue;
+                    }
                 };
                 let Some(first) = first else { break };
                 let mut payloads = std::collections::BTreeSet::new();
