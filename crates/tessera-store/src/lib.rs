@@ -140,8 +140,10 @@ pub enum StoreError {
     },
     #[error("conflict: {0:?}")]
     Conflict(Conflict),
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
+    /// The driver's error is part of the message (logs name the failure, e.g. a pool timeout
+    /// or a deadlock) rather than a `source`, so that it is not printed twice in cause chains.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("migration failed: {0}")]
@@ -156,6 +158,12 @@ pub enum StoreError {
     /// variables after a merge). Nothing was changed.
     #[error("invalid: {0}")]
     Invalid(tessera_domain::ValidationError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err)
+    }
 }
 
 impl StoreError {

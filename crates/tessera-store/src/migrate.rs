@@ -79,6 +79,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "questions_and_tool_dedupe",
         sql: include_str!("../migrations/sqlite/0011_questions_and_tool_dedupe.sql"),
     },
+    Migration {
+        version: 12,
+        name: "run_queue",
+        sql: include_str!("../migrations/sqlite/0012_run_queue.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -136,6 +141,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 11,
         name: "questions_and_tool_dedupe",
         sql: include_str!("../migrations/postgres/0011_questions_and_tool_dedupe.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "run_queue",
+        sql: include_str!("../migrations/postgres/0012_run_queue.sql"),
     },
 ];
 

@@ -2,6 +2,15 @@
 //!
 //! Nodes coordinate only through the database: schema changes and the first-start bootstrap
 //! take transaction-scoped advisory locks so that concurrent starts do the work once.
+//!
+//! Wake-ups between nodes are `NOTIFY`s. PostgreSQL serialises the commits of all transactions
+//! that queued a `NOTIFY` behind one cluster-wide lock held until the commit record is flushed,
+//! so each such commit waits for the flushes of all the others before it: under load (a burst
+//! of fired slots, dozens of workers ending runs) commits queued behind each other one WAL sync
+//! at a time. The hot write transactions (`offload`, `write_hot`) therefore queue no `NOTIFY`:
+//! their wake-ups are collected while they run and sent after they end, by one connection per
+//! node that coalesces them ([`Notifier`]). A wake-up is a hint (workers and schedulers also
+//! poll), so one lost with a crash between the commit and its sending costs latency only.
 
 use std::str::FromStr;
 
@@ -21,6 +30,12 @@ const BOOTSTRAP_LOCK: i64 = 0x7465_7373_0002;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    notifier: Notifier,
+}
+
+tokio::task_local! {
+    /// The wake-ups queued by the hot write running on this task, sent when it ends.
+    static DEFERRED: std::cell::RefCell<Vec<Notification>>;
 }
 
 impl PgStore {
@@ -30,9 +45,27 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.busy_timeout.max(std::time::Duration::from_secs(5)))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
-        Ok(Self { pool })
+        let notifier = Notifier::start(connect);
+        Ok(Self { pool, notifier })
+    }
+
+    /// Runs `work` (which commits its own transaction) with its wake-ups deferred: they are
+    /// sent when it ends, outside its transaction (see the module documentation). They are sent
+    /// even when `work` failed: a spurious wake-up costs one empty look, a lost one a poll.
+    async fn deferring<T>(
+        &self,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let (result, deferred) = DEFERRED
+            .scope(std::cell::RefCell::new(Vec::new()), async move {
+                let result = work.await;
+                (result, DEFERRED.with(|d| d.take()))
+            })
+            .await;
+        self.notifier.send(deferred);
+        result
     }
 
     pub(crate) fn reader(&self) -> &PgPool {
@@ -68,24 +101,29 @@ impl PgStore {
     pub(crate) const MIGRATIONS: &'static [migrate::Migration] = migrate::POSTGRES;
 
     pub(crate) async fn close_pools(&self) {
+        self.notifier.close();
         self.pool.close().await;
     }
 
-    /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
-    /// Runs a write transaction (SQLite runs it on its writer thread; PostgreSQL needs not).
+    /// Runs a hot write transaction (SQLite runs it on its writer thread); here its wake-ups
+    /// are sent after it ends instead of from inside it (see [`Self::deferring`]).
     pub(crate) async fn offload<T>(
         &self,
         work: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        work.await
+        self.deferring(work).await
     }
 
-    /// Queues several `NOTIFY`s in one round trip (a batch of fired slots wakes many threads).
+    /// Queues several `NOTIFY`s in one round trip (a batch of fired slots wakes many threads),
+    /// or defers them when called from a hot write.
     pub(crate) async fn notify_many(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         notifications: &[Notification],
     ) -> StoreResult<()> {
+        if defer(notifications) {
+            return Ok(());
+        }
         let payloads: Vec<String> = notifications.iter().map(encode_notification).collect();
         sqlx::query("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
             .bind(CHANNEL)
@@ -101,7 +139,7 @@ impl PgStore {
         &self,
         job: crate::sql_runs::HotWrite,
     ) -> StoreResult<crate::sql_runs::HotDone> {
-        self.do_hot_writes(std::slice::from_ref(&job))
+        self.deferring(self.do_hot_writes(std::slice::from_ref(&job)))
             .await?
             .pop()
             .unwrap_or_else(|| {
@@ -112,17 +150,37 @@ impl PgStore {
     }
 
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    pub(crate) const CLAIM_QUEUED: &'static str = crate::sql_runs::CLAIM_QUEUED_POSTGRES;
+
+    /// Makes the claim's queries walk their indexes in order and stop at their limit, whatever
+    /// the planner's statistics (see `CLAIM_QUEUED_POSTGRES`): for the rest of the claim's
+    /// transaction, no sort and no bitmap scan (which needs one). The claim's other statements
+    /// are single-row updates by primary key and an insert, which neither would use.
+    pub(crate) async fn pin_claim_plan(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)",
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).
     pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
 
     /// Queues a `NOTIFY` for the other nodes; PostgreSQL delivers it when the transaction
-    /// commits (and drops it if it rolls back).
+    /// commits (and drops it if it rolls back). From a hot write, defers it instead.
     pub(crate) async fn notify(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         notification: &Notification,
     ) -> StoreResult<()> {
+        if defer(std::slice::from_ref(notification)) {
+            return Ok(());
+        }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(encode_notification(notification))
@@ -134,6 +192,95 @@ impl PgStore {
 
 /// The `LISTEN`/`NOTIFY` channel of Tessera's wake-ups.
 const CHANNEL: &str = "tessera";
+
+/// Adds `notifications` to the running hot write's deferred wake-ups; `false` outside one.
+fn defer(notifications: &[Notification]) -> bool {
+    DEFERRED
+        .try_with(|d| d.borrow_mut().extend_from_slice(notifications))
+        .is_ok()
+}
+
+/// Sends deferred wake-ups on a connection of its own (not the pool's, where it would queue
+/// behind the workers), outside any transaction that wrote, so it never waits for a WAL flush
+/// while holding PostgreSQL's `NOTIFY` lock. Wake-ups arriving while one is sent are coalesced
+/// (duplicates dropped) into the next single statement.
+/// How long the notifier keeps its connection without anything to send.
+const NOTIFIER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Notifier {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<Notification>>,
+    closed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Notifier {
+    fn start(connect: PgConnectOptions) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Notification>>();
+        let closed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let stop = closed.clone();
+        // Ends when the store is closed or every clone of it is dropped.
+        tokio::spawn(async move {
+            let mut conn: Option<sqlx::PgConnection> = None;
+            loop {
+                let first = tokio::select! {
+                    first = rx.recv() => first,
+                    () = stop.notified() => None,
+                    // A quiet node gives its connection back to the server.
+                    () = tokio::time::sleep(NOTIFIER_IDLE), if conn.is_some() => {
+                        if let Some(idle) = conn.take() {
+                            let _ = sqlx::Connection::close(idle).await;
+                        }
+                        continue;
+                    }
+                };
+                let Some(first) = first else { break };
+                let mut payloads = std::collections::BTreeSet::new();
+                payloads.extend(first.iter().map(encode_notification));
+                while let Ok(more) = rx.try_recv() {
+                    payloads.extend(more.iter().map(encode_notification));
+                }
+                let payloads: Vec<String> = payloads.into_iter().collect();
+                if let Err(err) = send_notifications(&mut conn, &connect, &payloads).await {
+                    // The wake-ups are lost; the other nodes' polls pick the work up.
+                    tracing::warn!(error = %err, "sending wake-ups to other nodes failed");
+                    conn = None;
+                }
+            }
+            if let Some(conn) = conn {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        });
+        Self { tx, closed }
+    }
+
+    fn close(&self) {
+        self.closed.notify_one();
+    }
+
+    fn send(&self, notifications: Vec<Notification>) {
+        if !notifications.is_empty() {
+            // Fails only when the task ended (the runtime is shutting down).
+            let _ = self.tx.send(notifications);
+        }
+    }
+}
+
+async fn send_notifications(
+    conn: &mut Option<sqlx::PgConnection>,
+    connect: &PgConnectOptions,
+    payloads: &[String],
+) -> Result<(), sqlx::Error> {
+    let live = match conn {
+        Some(live) => live,
+        None => conn.insert(sqlx::ConnectOptions::connect(connect).await?),
+    };
+    sqlx::query("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(live)
+        .await?;
+    Ok(())
+}
 
 fn encode_notification(n: &Notification) -> String {
     match n {
@@ -188,6 +335,7 @@ impl crate::Store for PgStore {
     }
 
     async fn close(&self) {
+        self.notifier.close();
         self.pool.close().await;
     }
 

@@ -181,6 +181,15 @@ impl SqliteStore {
 
     /// `BEGIN IMMEDIATE` makes the claiming transaction the only writer; no row locks needed.
     pub(crate) const CLAIM_LOCK: &'static str = "";
+    pub(crate) const CLAIM_QUEUED: &'static str = crate::sql_runs::CLAIM_QUEUED_SQLITE;
+
+    /// SQLite's planner already walks the claim's index in order (see `CLAIM_QUEUED_SQLITE`).
+    pub(crate) async fn pin_claim_plan(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
 
