@@ -832,7 +832,10 @@ async fn every_variant_runs_from_one_streamed_model_turn(db: &TestDatabase) {
     ]);
 
     let asked = app
-        .post("/api/v1/ask/mixed", json!({"content": "Sort out order o-1"}))
+        .post(
+            "/api/v1/ask/mixed",
+            json!({"content": "Sort out order o-1"}),
+        )
         .await;
     let asked = asked.ok(200).clone();
     assert_eq!(asked["status"], "completed", "{asked}");
@@ -868,9 +871,7 @@ async fn every_variant_runs_from_one_streamed_model_turn(db: &TestDatabase) {
     assert_eq!(events.len(), 1, "one platform event queued");
     if sandboxed {
         assert_eq!(
-            seen.iter()
-                .filter(|s| s.uri == "/echo/code/o-2")
-                .count(),
+            seen.iter().filter(|s| s.uri == "/echo/code/o-2").count(),
             1,
             "the code ran once: {seen:?}"
         );
@@ -970,9 +971,11 @@ async fn every_variant_waits_for_confirmation_and_runs_once_or_never(db: &TestDa
         ids.push(
             tool(
                 &app,
-                gated(json!({"name": "everything", "configuration": {"type": "Mcp",
+                gated(
+                    json!({"name": "everything", "configuration": {"type": "Mcp",
                     "slug": "ev", "transport": "streamable_http", "url": server.url(),
-                    "auth": {"type": "none"}}})),
+                    "auth": {"type": "none"}}}),
+                ),
             )
             .await,
         );
@@ -991,7 +994,11 @@ async fn every_variant_waits_for_confirmation_and_runs_once_or_never(db: &TestDa
         let asked = ask_for_confirmation(&app, name, &args).await;
         let thread = asked["thread_id"].as_str().unwrap().to_owned();
         let action = asked["pending_action"]["action_id"].as_str().unwrap();
-        assert_eq!(runs(&app, &target, name, &thread).await, 0, "{name}: nothing ran while waiting");
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: nothing ran while waiting"
+        );
         let cancelled = app
             .post(
                 &format!("/api/v1/sessions/{thread}/actions/{action}"),
@@ -1012,13 +1019,21 @@ async fn every_variant_waits_for_confirmation_and_runs_once_or_never(db: &TestDa
                 .contains("cancelled this action"),
             "{name}: {done}"
         );
-        assert_eq!(runs(&app, &target, name, &thread).await, 0, "{name}: a cancelled call never runs");
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: a cancelled call never runs"
+        );
 
         // Confirmed: it runs, once.
         let asked = ask_for_confirmation(&app, name, &args).await;
         let thread = asked["thread_id"].as_str().unwrap().to_owned();
         let action = asked["pending_action"]["action_id"].as_str().unwrap();
-        assert_eq!(runs(&app, &target, name, &thread).await, 0, "{name}: nothing ran while waiting");
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: nothing ran while waiting"
+        );
         app.post(
             &format!("/api/v1/sessions/{thread}/actions/{action}"),
             json!({"confirmed": true}),
@@ -1041,7 +1056,11 @@ async fn every_variant_waits_for_confirmation_and_runs_once_or_never(db: &TestDa
                 .starts_with(&format!("tool {name} returned: ")),
             "{name}: {done}"
         );
-        assert_eq!(runs(&app, &target, name, &thread).await, 1, "{name}: ran exactly once");
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            1,
+            "{name}: ran exactly once"
+        );
     }
     app.stop().await;
 }
@@ -1085,10 +1104,7 @@ async fn a_name_resolving_to_an_internal_address_is_refused(db: &TestDatabase) {
         &app,
         api_tool(
             "named",
-            &format!(
-                "http://localhost:{}/echo/{{order_id}}",
-                target.addr.port()
-            ),
+            &format!("http://localhost:{}/echo/{{order_id}}", target.addr.port()),
             "GET",
             json!({"type": "none"}),
         ),

@@ -759,12 +759,9 @@ async fn toolkit_calls_wait_for_confirmation_when_the_toolkit_requires_it(db: &T
         )
         .await;
     assert_eq!(cancelled.ok(200)["status"], "cancelled");
-    let done = crate::sessions::wait_response(
-        &app,
-        asked["response_id"].as_str().unwrap(),
-        "completed",
-    )
-    .await;
+    let done =
+        crate::sessions::wait_response(&app, asked["response_id"].as_str().unwrap(), "completed")
+            .await;
     assert!(
         done["content"]
             .as_str()
@@ -772,7 +769,10 @@ async fn toolkit_calls_wait_for_confirmation_when_the_toolkit_requires_it(db: &T
             .contains("cancelled this action"),
         "{done}"
     );
-    assert!(provider.executions().is_empty(), "a cancelled call never runs");
+    assert!(
+        provider.executions().is_empty(),
+        "a cancelled call never runs"
+    );
 
     let asked = app
         .post(

@@ -497,9 +497,7 @@ async fn a_node_without_the_key_of_stored_tool_secrets_refuses_to_start(db: &Tes
         assert!(error.contains("TESSERA_SECRETS_KEY"), "{case}: {error}");
     }
     // With the key that sealed it, the node starts.
-    if let Err(error) =
-        tessera_server::Application::build(config(Some(test_secrets_key()))).await
-    {
+    if let Err(error) = tessera_server::Application::build(config(Some(test_secrets_key()))).await {
         panic!("the node with the right key did not start: {error:#}");
     }
 }
