@@ -912,7 +912,7 @@ async fn every_variant_runs_from_one_streamed_model_turn(db: &TestDatabase) {
         .map(|m| m["role"].as_str().unwrap())
         .collect();
     let mut expected_roles = vec!["system", "user", "assistant"];
-    expected_roles.extend(std::iter::repeat("tool").take(calls.len()));
+    expected_roles.extend(std::iter::repeat_n("tool", calls.len()));
     assert_eq!(roles, expected_roles);
     assert_eq!(model.remaining(), 0);
     app.stop().await;
