@@ -267,6 +267,10 @@ mod tests {
         assert!(p.check("[::1]", at("::1")).is_ok());
         assert!(p.check("other.example", at("127.0.0.1")).is_err());
         assert!(p.check("other.example", at("192.168.0.1")).is_err());
+        // Without the allow-list, a name resolving to a private address is refused.
+        assert!(NetPolicy::default()
+            .check("internal.example", at("10.9.8.7"))
+            .is_err());
         // One forbidden address among several refuses the host.
         let mixed = vec![
             SocketAddr::new(ip("1.1.1.1"), 80),

@@ -1,6 +1,7 @@
 //! The MCP client against the reference server `@modelcontextprotocol/server-everything` (npm,
 //! not written by us): tools listed and called over streamable HTTP and stdio, error results,
-//! timeouts, session expiry (the server restarted under the client), bearer and OAuth client
+//! timeouts, the tools cache (kept, refreshed on demand, for an unknown name and after its
+//! TTL), session expiry (the server restarted under the client), bearer and OAuth client
 //! credentials auth (through a small authenticating proxy in front of it), and the private
 //! address guard. The server's executable comes from `TESSERA_TEST_MCP_EVERYTHING`; without it
 //! the tests that need it skip, unless `TESSERA_REQUIRE_MCP=1` (CI) makes that a failure.
@@ -164,6 +165,46 @@ async fn an_expired_session_is_initialized_again_and_the_call_retried() {
 }
 
 #[tokio::test]
+async fn the_tool_list_is_cached_and_refreshed() {
+    let Some(bin) = everything_bin() else {
+        return;
+    };
+    let server = Everything::on_free_port(&bin).await;
+    let (addr, proxy) = start_proxy(server.url(), None).await;
+    let lists = || proxy.lists.load(Ordering::SeqCst);
+    let client = McpClient::new(http_config(format!("http://{addr}/mcp")), local()).unwrap();
+    let tools = client.tools().await.unwrap();
+    for message in ["a", "b"] {
+        let out = client
+            .call("mcp_everything_echo", json!({"message": message}))
+            .await
+            .unwrap();
+        assert_eq!(out, Ok(format!("Echo: {message}")));
+    }
+    assert_eq!(client.tools().await.unwrap(), tools);
+    assert_eq!(lists(), 1, "listed once, then served from the cache");
+    assert_eq!(client.refresh().await.unwrap(), tools);
+    assert_eq!(lists(), 2, "refresh lists again");
+    // A name the cache does not know makes the client look again before giving up.
+    let unknown = client.call("mcp_everything_added-later", json!({})).await;
+    assert!(
+        matches!(unknown, Err(McpError::UnknownTool(_))),
+        "{unknown:?}"
+    );
+    assert_eq!(lists(), 3);
+    client.close().await;
+
+    // Past its TTL the cache is listed again.
+    let mut config = http_config(format!("http://{addr}/mcp"));
+    config.tools_ttl = Duration::ZERO;
+    let client = McpClient::new(config, local()).unwrap();
+    client.tools().await.unwrap();
+    client.tools().await.unwrap();
+    assert_eq!(lists(), 5);
+    client.close().await;
+}
+
+#[tokio::test]
 async fn stdio_servers_run_only_when_the_operator_allows_them() {
     let transport = McpTransport::Stdio {
         command: "/usr/bin/true".into(),
@@ -226,6 +267,8 @@ struct Proxy {
     issued: AtomicUsize,
     /// `initialize` requests forwarded so far.
     initializes: AtomicUsize,
+    /// `tools/list` requests forwarded so far.
+    lists: AtomicUsize,
     /// The last session id the server handed out.
     session: Mutex<Option<String>>,
     /// Sessions the proxy answers 404 for, as a server does for an expired session.
@@ -274,6 +317,9 @@ async fn proxy_mcp(State(proxy): State<Arc<Proxy>>, request: Request) -> Respons
     if String::from_utf8_lossy(&body).contains("\"method\":\"initialize\"") {
         proxy.initializes.fetch_add(1, Ordering::SeqCst);
     }
+    if String::from_utf8_lossy(&body).contains("\"method\":\"tools/list\"") {
+        proxy.lists.fetch_add(1, Ordering::SeqCst);
+    }
     let upstream = forward.body(body).send().await.unwrap();
     if let Some(id) = upstream.headers().get("mcp-session-id") {
         *proxy.session.lock().unwrap() = Some(id.to_str().unwrap().to_owned());
@@ -312,6 +358,7 @@ async fn start_proxy(upstream: String, valid: Option<&str>) -> (SocketAddr, Arc<
         valid: Mutex::new(valid.map(str::to_owned)),
         issued: AtomicUsize::new(0),
         initializes: AtomicUsize::new(0),
+        lists: AtomicUsize::new(0),
         session: Mutex::new(None),
         expired: Mutex::new(Vec::new()),
     });

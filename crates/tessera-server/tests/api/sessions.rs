@@ -83,7 +83,7 @@ async fn resolve(
 }
 
 /// Polls a response until its status is `status`.
-async fn wait_response(app: &TestApp, response_id: &str, status: &str) -> Value {
+pub(crate) async fn wait_response(app: &TestApp, response_id: &str, status: &str) -> Value {
     poll_until(
         &format!("response {response_id} {status}"),
         WAIT,

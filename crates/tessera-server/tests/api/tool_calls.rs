@@ -1,8 +1,11 @@
 //! Tool records executed by the real driver (echo model, `/tool NAME {json}`, through the pool
 //! endpoint): `Api` tools against a local HTTP server (URL, query, body, static headers, every
 //! auth, actor tokens verified with the JWKS, invalid arguments, the response cap, per-tool
-//! timeouts, confirmation), SSRF refusals without the allow-list, `PlatformEvent` tools, and
-//! variants whose executor is not wired in yet.
+//! timeouts, confirmation), SSRF refusals without the allow-list (literal addresses, a name
+//! resolving to loopback, a redirect), `PlatformEvent`, `CodeRunner` and `Mcp` tools. Also,
+//! with the scripted model server (`ScriptedModelServer`) as the model: one streamed turn
+//! calling a tool of every variant (its effects, and every result in the next model request);
+//! and the confirmation flow (cancel: never runs; confirm: runs once) for every variant.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ backend_tests!(
     platform_event_tools_store_stream_and_queue_events,
     code_runner_tools_run_their_code_in_the_sandbox,
     mcp_records_offer_their_servers_tools,
+    every_variant_runs_from_one_streamed_model_turn,
+    every_variant_waits_for_confirmation_and_runs_once_or_never,
+    a_name_resolving_to_an_internal_address_is_refused,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -675,5 +681,443 @@ async fn mcp_records_offer_their_servers_tools(db: &TestDatabase) {
     let (_, m) = call(&app, "mcp", "everything", json!({})).await;
     assert_eq!(m["is_error"], true, "{m}");
 
+    app.stop().await;
+}
+
+/// The ids of the platform events queued for the webhook app.
+async fn queued_events(app: &TestApp) -> Vec<String> {
+    let store = tessera_store::open(&app.db_url, &tessera_store::ConnectOptions::default())
+        .await
+        .unwrap();
+    let deployment = app.client.deployments().current().send().await.unwrap();
+    let scope = tessera_domain::Scope::deployment(
+        tessera_domain::DeploymentId::parse(&deployment.id).unwrap(),
+    );
+    let outbox = store
+        .list_webhook_outbox(&scope, &tessera_store::PageRequest::default())
+        .await
+        .unwrap();
+    store.close().await;
+    outbox
+        .items
+        .iter()
+        .map(|i| i.event_id.as_str().to_owned())
+        .collect()
+}
+
+/// The thread's tool messages, oldest first.
+async fn tool_messages(app: &TestApp, thread: &str) -> Vec<Value> {
+    app.get(&format!("/ai/threads/{thread}/messages?limit=100"))
+        .await
+        .ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .cloned()
+        .collect()
+}
+
+/// A `CodeRunner` tool whose python code GETs `/echo/code/{order_id}` of the target (so that
+/// the target counts its runs) and prints the answer.
+fn code_runner_calling(name: &str, target: &Target) -> Value {
+    json!({
+        "name": name,
+        "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}},
+            "required": ["order_id"]},
+        "configuration": {"type": "CodeRunner", "language": "python", "network": true,
+            "code": format!(
+                "import json, sys, urllib.request\n\
+                 order = json.load(sys.stdin)[\"order_id\"]\n\
+                 print(urllib.request.urlopen(\"{}\" + order).read().decode())",
+                target.url("/echo/code/")
+            )}
+    })
+}
+
+/// One turn of the scripted model calls a tool of each variant at once: an `Api` tool, a
+/// `PlatformEvent` tool, the internal `notify_user`, and (when bubblewrap and the MCP reference
+/// server are present) a `CodeRunner` tool and an MCP server's tool. Each has its effect, and
+/// every result reaches the model's next request, answering its call. (`Virtual` tools have
+/// the same test in toolkits.rs, with the toolkit provider.)
+async fn every_variant_runs_from_one_streamed_model_turn(db: &TestDatabase) {
+    use tessera_runtime::mcp::testing::{everything_bin, Everything};
+    use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
+    let target = Target::start().await;
+    let model = ScriptedModelServer::start().await;
+    let scripted = model.provider_config();
+    let mcp_server = match everything_bin() {
+        Some(bin) => Some(Everything::on_free_port(&bin).await),
+        None => None,
+    };
+    let app = spawn_app_with(db, |config| {
+        config.tools.allow_hosts = vec!["127.0.0.1".to_owned()];
+        config.mcp.allow_private = true;
+        config.providers.insert("scripted".into(), scripted);
+    })
+    .await;
+    let mut ids = vec![
+        tool(
+            &app,
+            api_tool(
+                "get_order",
+                &target.url("/echo/orders/{order_id}"),
+                "GET",
+                json!({"type": "bearer", "token": "tok-123"}),
+            ),
+        )
+        .await,
+        tool(
+            &app,
+            json!({"name": "request_refund",
+                "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+                "configuration": {"type": "PlatformEvent", "event_type": "order.refund_requested"}}),
+        )
+        .await,
+    ];
+    // (name, arguments, what its result contains)
+    let mut calls: Vec<(&str, Value, String)> = vec![
+        (
+            "get_order",
+            json!({"order_id": "o-1", "verbose": true}),
+            "/echo/orders/o-1?verbose=true".to_owned(),
+        ),
+        (
+            "request_refund",
+            json!({"order_id": "o-1"}),
+            "\"status\":\"emitted\"".to_owned(),
+        ),
+        (
+            "notify_user",
+            json!({"message": "on it"}),
+            "the user was notified".to_owned(),
+        ),
+    ];
+    let sandboxed = tessera_runtime::sandbox::sandbox_for_tests()
+        .await
+        .is_some();
+    if sandboxed {
+        ids.push(tool(&app, code_runner_calling("run_code", &target)).await);
+        calls.push((
+            "run_code",
+            json!({"order_id": "o-2"}),
+            "/echo/code/o-2".to_owned(),
+        ));
+    }
+    if let Some(server) = &mcp_server {
+        ids.push(
+            tool(
+                &app,
+                json!({"name": "everything", "configuration": {"type": "Mcp", "slug": "ev",
+                    "transport": "streamable_http", "url": server.url(), "auth": {"type": "none"}}}),
+            )
+            .await,
+        );
+        calls.push((
+            "mcp_ev_echo",
+            json!({"message": "hello MCP"}),
+            "Echo: hello MCP".to_owned(),
+        ));
+    }
+    app.post(
+        "/ai/agents",
+        json!({"name": "mixed", "model": {"provider": "scripted", "model": "scripted-model"},
+            "endpoint_slug": "mixed", "tool_ids": ids}),
+    )
+    .await
+    .ok(201);
+    model.push_all([
+        Script::tool_calls(calls.iter().map(|(n, a, _)| (*n, a.clone()))),
+        Script::text(["All ", "done."]),
+    ]);
+
+    let asked = app
+        .post(
+            "/api/v1/ask/mixed",
+            json!({"content": "Sort out order o-1"}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    assert_eq!(asked["status"], "completed", "{asked}");
+    assert_eq!(asked["content"], "All done.");
+    let thread = asked["thread_id"].as_str().unwrap();
+
+    // The model was offered every tool.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let offered: Vec<&str> = requests[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    for (name, _, _) in &calls {
+        assert!(offered.contains(name), "{name} not in {offered:?}");
+    }
+
+    // Each call's effect.
+    let seen: Vec<Seen> = target.seen();
+    let api: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.uri.starts_with("/echo/orders/"))
+        .collect();
+    assert_eq!(api.len(), 1, "{seen:?}");
+    assert_eq!(api[0].uri, "/echo/orders/o-1?verbose=true");
+    assert_eq!(
+        api[0].headers.get("authorization").unwrap(),
+        "Bearer tok-123"
+    );
+    let events = queued_events(&app).await;
+    assert_eq!(events.len(), 1, "one platform event queued");
+    if sandboxed {
+        assert_eq!(
+            seen.iter().filter(|s| s.uri == "/echo/code/o-2").count(),
+            1,
+            "the code ran once: {seen:?}"
+        );
+    }
+    let stored = tool_messages(&app, thread).await;
+    assert_eq!(stored.len(), calls.len(), "{stored:?}");
+    assert!(stored.iter().all(|m| m["is_error"] == false), "{stored:?}");
+
+    // The next request carries the turn's calls and every result, each after its call.
+    let second = &requests[1].body;
+    let messages = second["messages"].as_array().unwrap();
+    let assistant = messages
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("the tool-call turn");
+    let turn = assistant["tool_calls"].as_array().unwrap();
+    assert_eq!(turn.len(), calls.len(), "{assistant}");
+    for (name, arguments, expected) in &calls {
+        let call = turn
+            .iter()
+            .find(|c| c["function"]["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} not in {assistant}"));
+        let sent: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(&sent, arguments, "{name}");
+        let result = messages
+            .iter()
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == call["id"])
+            .unwrap_or_else(|| panic!("no result for {name} in {second}"));
+        let content = result["content"].as_str().unwrap();
+        assert!(
+            content.contains(expected.as_str()),
+            "{name}: {content} lacks {expected}"
+        );
+    }
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    let mut expected_roles = vec!["system", "user", "assistant"];
+    expected_roles.extend(std::iter::repeat_n("tool", calls.len()));
+    assert_eq!(roles, expected_roles);
+    assert_eq!(model.remaining(), 0);
+    app.stop().await;
+}
+
+/// Every variant honours `requires_confirmation`: the call waits as a pending action and
+/// nothing runs; cancelled, it never runs and the model is told; confirmed, it runs exactly
+/// once. (`Virtual` tools: toolkits.rs; the internal tools through approval rules:
+/// sessions.rs.) The effects are counted where the tool acts: the target server for `Api` and
+/// `CodeRunner` (whose code calls it), the webhook queue for `PlatformEvent`; for the MCP
+/// reference server's `echo`, which has no effect to observe, the results the model got.
+async fn every_variant_waits_for_confirmation_and_runs_once_or_never(db: &TestDatabase) {
+    use tessera_runtime::mcp::testing::{everything_bin, Everything};
+    let target = Target::start().await;
+    let mcp_server = match everything_bin() {
+        Some(bin) => Some(Everything::on_free_port(&bin).await),
+        None => None,
+    };
+    let app = spawn_app_with(db, |config| {
+        config.tools.allow_hosts = vec!["127.0.0.1".to_owned()];
+        config.mcp.allow_private = true;
+    })
+    .await;
+    let gated = |mut body: Value| {
+        body["requires_confirmation"] = json!(true);
+        body
+    };
+    let mut ids = vec![
+        tool(
+            &app,
+            gated(api_tool(
+                "charge",
+                &target.url("/echo/charge/{order_id}"),
+                "POST",
+                json!({"type": "none"}),
+            )),
+        )
+        .await,
+        tool(
+            &app,
+            gated(json!({"name": "refund",
+                "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+                "configuration": {"type": "PlatformEvent", "event_type": "order.refunded"}})),
+        )
+        .await,
+    ];
+    let mut names = vec!["charge", "refund"];
+    if tessera_runtime::sandbox::sandbox_for_tests()
+        .await
+        .is_some()
+    {
+        ids.push(tool(&app, gated(code_runner_calling("run_code", &target))).await);
+        names.push("run_code");
+    }
+    if let Some(server) = &mcp_server {
+        ids.push(
+            tool(
+                &app,
+                gated(
+                    json!({"name": "everything", "configuration": {"type": "Mcp",
+                    "slug": "ev", "transport": "streamable_http", "url": server.url(),
+                    "auth": {"type": "none"}}}),
+                ),
+            )
+            .await,
+        );
+        names.push("mcp_ev_echo");
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    agent(&app, "careful", &refs).await;
+
+    for name in names {
+        let args = if name == "mcp_ev_echo" {
+            json!({"message": "o-1"})
+        } else {
+            json!({"order_id": "o-1"})
+        };
+        // Cancelled: it never runs, and the model hears so.
+        let asked = ask_for_confirmation(&app, name, &args).await;
+        let thread = asked["thread_id"].as_str().unwrap().to_owned();
+        let action = asked["pending_action"]["action_id"].as_str().unwrap();
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: nothing ran while waiting"
+        );
+        let cancelled = app
+            .post(
+                &format!("/api/v1/sessions/{thread}/actions/{action}"),
+                json!({"confirmed": false}),
+            )
+            .await;
+        assert_eq!(cancelled.ok(200)["status"], "cancelled", "{name}");
+        let done = crate::sessions::wait_response(
+            &app,
+            asked["response_id"].as_str().unwrap(),
+            "completed",
+        )
+        .await;
+        assert!(
+            done["content"]
+                .as_str()
+                .unwrap()
+                .contains("cancelled this action"),
+            "{name}: {done}"
+        );
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: a cancelled call never runs"
+        );
+
+        // Confirmed: it runs, once.
+        let asked = ask_for_confirmation(&app, name, &args).await;
+        let thread = asked["thread_id"].as_str().unwrap().to_owned();
+        let action = asked["pending_action"]["action_id"].as_str().unwrap();
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            0,
+            "{name}: nothing ran while waiting"
+        );
+        app.post(
+            &format!("/api/v1/sessions/{thread}/actions/{action}"),
+            json!({"confirmed": true}),
+        )
+        .await
+        .ok(202);
+        let done = crate::sessions::wait_response(
+            &app,
+            asked["response_id"].as_str().unwrap(),
+            "completed",
+        )
+        .await;
+        let results = tool_messages(&app, &thread).await;
+        assert_eq!(results.len(), 1, "{name}: {results:?}");
+        assert_eq!(results[0]["is_error"], false, "{name}: {results:?}");
+        assert!(
+            done["content"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("tool {name} returned: ")),
+            "{name}: {done}"
+        );
+        assert_eq!(
+            runs(&app, &target, name, &thread).await,
+            1,
+            "{name}: ran exactly once"
+        );
+    }
+    app.stop().await;
+}
+
+/// Asks the `careful` pool to call `name`; the call waits for a confirmation.
+async fn ask_for_confirmation(app: &TestApp, name: &str, args: &Value) -> Value {
+    let asked = app
+        .post(
+            "/api/v1/ask/careful",
+            json!({"content": format!("/tool {name} {args}")}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    assert_eq!(asked["status"], "waiting_for_input", "{name}: {asked}");
+    assert_eq!(asked["pending_action"]["tool"], name);
+    assert_eq!(&asked["pending_action"]["preview"], args);
+    asked
+}
+
+/// How many times the confirmation test's tool `name` ran, counted where it acts.
+async fn runs(app: &TestApp, target: &Target, name: &str, thread: &str) -> usize {
+    let at_target = |uri: &str| target.seen().iter().filter(|s| s.uri == uri).count();
+    match name {
+        "charge" => at_target("/echo/charge/o-1"),
+        "run_code" => at_target("/echo/code/o-1"),
+        "refund" => queued_events(app).await.len(),
+        _ => tool_messages(app, thread)
+            .await
+            .iter()
+            .filter(|m| m["content"] == "Echo: o-1")
+            .count(),
+    }
+}
+
+/// The SSRF guard checks the addresses a name resolves to: `localhost` (not allow-listed here)
+/// is loopback, so the call is refused and nothing reaches the server listening there.
+async fn a_name_resolving_to_an_internal_address_is_refused(db: &TestDatabase) {
+    let target = Target::start().await;
+    let app = start(db, &[]).await;
+    let id = tool(
+        &app,
+        api_tool(
+            "named",
+            &format!("http://localhost:{}/echo/{{order_id}}", target.addr.port()),
+            "GET",
+            json!({"type": "none"}),
+        ),
+    )
+    .await;
+    agent(&app, "named", &[&id]).await;
+    let (_, m) = call(&app, "named", "named", json!({"order_id": "1"})).await;
+    assert_eq!(m["is_error"], true, "{m}");
+    let content = m["content"].as_str().unwrap();
+    assert!(
+        content.contains("refused: localhost resolves to"),
+        "{content}"
+    );
+    assert!(target.seen().is_empty(), "{:?}", target.seen());
     app.stop().await;
 }

@@ -3,8 +3,10 @@
 //! (pending with the provider's redirect URL, connected once the end user authorized),
 //! disconnecting and disabling (accounts revoked), and runs on the echo model: a toolkit's
 //! tools are unknown before the actor authorized and reach the provider with the actor's
-//! connected account after; invalid arguments never reach it; confirmation applies; no
-//! provider configured; other deployments see nothing.
+//! connected account after; invalid arguments never reach it; confirmation applies (cancelled:
+//! never runs; confirmed: runs once); no provider configured; other deployments see nothing.
+//! And a toolkit tool called by the scripted model server (a real streamed tool call), its
+//! result reaching the model's next request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ backend_tests!(
     toolkit_tools_surface_once_the_actor_authorized,
     toolkit_calls_wait_for_confirmation_when_the_toolkit_requires_it,
     toolkits_need_a_provider_and_stay_in_their_deployment,
+    a_streamed_model_call_reaches_the_toolkit_provider,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -296,12 +299,22 @@ async fn authorize(State(s): State<Shared>, Path(id): Path<String>) -> Response 
 }
 
 async fn start(db: &TestDatabase, provider: &Provider) -> TestApp {
+    start_with(db, provider, |_| {}).await
+}
+
+/// Like [`start`], after `customize` adjusted the configuration further.
+async fn start_with(
+    db: &TestDatabase,
+    provider: &Provider,
+    customize: impl FnOnce(&mut tessera_server::Config),
+) -> TestApp {
     static KEY_SET: std::sync::Once = std::sync::Once::new();
     KEY_SET.call_once(|| std::env::set_var(KEY_ENV, KEY));
     let base = provider.base_url();
     spawn_app_with(db, move |config| {
         config.toolkits.base_url = Some(base);
         config.toolkits.api_key_env = Some(KEY_ENV.to_owned());
+        customize(config);
     })
     .await
 }
@@ -728,6 +741,39 @@ async fn toolkit_calls_wait_for_confirmation_when_the_toolkit_requires_it(db: &T
     let actor = pool_actor(&app, "careful").await;
     connect_and_authorize(&app, &provider, &actor, "github").await;
 
+    // Cancelled: it never reaches the provider, and the model is told.
+    let asked = app
+        .post(
+            "/api/v1/ask/careful",
+            json!({"content": "/tool tk_github_create_issue {\"title\": \"Needs a no\"}"}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    assert_eq!(asked["status"], "waiting_for_input", "{asked}");
+    let thread = asked["thread_id"].as_str().unwrap();
+    let action = asked["pending_action"]["action_id"].as_str().unwrap();
+    let cancelled = app
+        .post(
+            &format!("/api/v1/sessions/{thread}/actions/{action}"),
+            json!({"confirmed": false}),
+        )
+        .await;
+    assert_eq!(cancelled.ok(200)["status"], "cancelled");
+    let done =
+        crate::sessions::wait_response(&app, asked["response_id"].as_str().unwrap(), "completed")
+            .await;
+    assert!(
+        done["content"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled this action"),
+        "{done}"
+    );
+    assert!(
+        provider.executions().is_empty(),
+        "a cancelled call never runs"
+    );
+
     let asked = app
         .post(
             "/api/v1/ask/careful",
@@ -849,5 +895,78 @@ async fn toolkits_need_a_provider_and_stay_in_their_deployment(db: &TestDatabase
     // Mine is untouched.
     let listed = app.get(&format!("/ai/actors/{actor}/toolkits")).await;
     assert_eq!(listed.ok(200)["data"][0]["status"], "connected");
+    app.stop().await;
+}
+
+/// The scripted model server (a real OpenAI-compatible stream) calls a toolkit tool: the call
+/// reaches the provider with the actor's connected account, and the provider's result is in
+/// the model's next request, answering the call.
+async fn a_streamed_model_call_reaches_the_toolkit_provider(db: &TestDatabase) {
+    use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
+    let provider = Provider::start().await;
+    let model = ScriptedModelServer::start().await;
+    let scripted = model.provider_config();
+    let app = start_with(db, &provider, |config| {
+        config.providers.insert("scripted".into(), scripted);
+    })
+    .await;
+    enable(&app, json!({"toolkit": "github"})).await;
+    app.post(
+        "/ai/agents",
+        json!({"name": "kit", "model": {"provider": "scripted", "model": "scripted-model"},
+            "endpoint_slug": "kit"}),
+    )
+    .await
+    .ok(201);
+    // The first ask creates the pool's actor, who then authorizes the toolkit.
+    model.push(Script::text(["Hello."]));
+    app.post("/api/v1/ask/kit", json!({"content": "hi"}))
+        .await
+        .ok(200);
+    let actor = pool_actor(&app, "kit").await;
+    connect_and_authorize(&app, &provider, &actor, "github").await;
+
+    model.push_all([
+        Script::tool_call("tk_github_create_issue", json!({"title": "Flaky test"})),
+        Script::text(["Opened ", "issue 42."]),
+    ]);
+    let asked = app
+        .post("/api/v1/ask/kit", json!({"content": "Open an issue"}))
+        .await;
+    let asked = asked.ok(200).clone();
+    assert_eq!(asked["status"], "completed", "{asked}");
+    assert_eq!(asked["content"], "Opened issue 42.");
+
+    let executions = provider.executions();
+    assert_eq!(executions.len(), 1, "{executions:?}");
+    assert_eq!(executions[0].tool, "create_issue");
+    assert_eq!(executions[0].user_id, actor);
+    assert_eq!(executions[0].arguments, json!({"title": "Flaky test"}));
+
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    let offered: Vec<&str> = requests[1].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(offered.contains(&"tk_github_create_issue"), "{offered:?}");
+    let messages = requests[2].body["messages"].as_array().unwrap().clone();
+    let call = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap()["tool_calls"][0]
+        .clone();
+    assert_eq!(call["function"]["name"], "tk_github_create_issue");
+    let result = messages.last().unwrap();
+    assert_eq!(result["role"], "tool", "{result}");
+    assert_eq!(result["tool_call_id"], call["id"]);
+    let content: Value = serde_json::from_str(result["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        content,
+        json!({"issue": 42, "title": "Flaky test", "account": executions[0].account, "toolkit": "github"})
+    );
     app.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Tool records over HTTP: create/list/get/update/delete, validation naming the field,
 //! secrets that are never returned and stored sealed, attachment to agents (unique names,
-//! internal names, deletion refused while attached), tenancy, and the internal catalogue.
+//! internal names, deletion refused while attached), tenancy, the internal catalogue, and the
+//! start-up check that the node's secrets key opens the stored tool secrets.
 
 use serde_json::{json, Value};
 use tessera_client::models::{CreateToolRequest, ListToolsParams};
@@ -18,6 +19,7 @@ backend_tests!(
     attached_tools_cannot_be_deleted,
     another_deployments_tools_are_not_found,
     the_internal_catalogue_lists_schemas,
+    a_node_without_the_key_of_stored_tool_secrets_refuses_to_start,
 );
 
 pub fn lookup_tool(name: &str, url: &str) -> Value {
@@ -440,6 +442,8 @@ async fn the_internal_catalogue_lists_schemas(db: &TestDatabase) {
         "write_file",
         "delegate_task",
         "schedule_task",
+        "execute_code",
+        "ask_user",
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
@@ -458,4 +462,42 @@ async fn the_internal_catalogue_lists_schemas(db: &TestDatabase) {
         .map(|r| assert_eq!(r.status(), 401))
         .unwrap();
     app.stop().await;
+}
+
+/// Tool secrets are sealed with the node's secrets key: a node started without that key (its
+/// key file missing, so a new one is made; or another key configured) refuses to start, naming
+/// the tool and the setting, rather than failing every call of the tool later.
+async fn a_node_without_the_key_of_stored_tool_secrets_refuses_to_start(db: &TestDatabase) {
+    let app = spawn_app(db).await;
+    let mut body = lookup_tool("billing", "https://billing.example.com/orders/{order_id}");
+    body["configuration"]["auth"] = json!({"type": "bearer", "token": "sk-live-start-check"});
+    let created = app.post("/ai/tools", body).await;
+    let id = created.ok(201)["id"].as_str().unwrap().to_owned();
+    app.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = |key: Option<String>| tessera_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        secrets_key: key.map(tessera_server::Secret::new),
+        secrets_key_file: Some(dir.path().join("secrets.key")),
+        shutdown_timeout_seconds: 2,
+        ..tessera_server::Config::default()
+    };
+    let other = tessera_domain::token::SecretsKey::generate().to_hex();
+    for (case, key) in [("a missing key file", None), ("another key", Some(other))] {
+        let error = match tessera_server::Application::build(config(key)).await {
+            Ok(_) => panic!("{case}: the node started without the tools' secrets key"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains(&format!("the secret of tool {id} cannot be decrypted")),
+            "{case}: {error}"
+        );
+        assert!(error.contains("TESSERA_SECRETS_KEY"), "{case}: {error}");
+    }
+    // With the key that sealed it, the node starts.
+    if let Err(error) = tessera_server::Application::build(config(Some(test_secrets_key()))).await {
+        panic!("the node with the right key did not start: {error:#}");
+    }
 }
