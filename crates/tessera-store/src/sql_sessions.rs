@@ -98,12 +98,18 @@ macro_rules! impl_session_sql {
         /// question is completed with the answer as its result (see
         /// [`session::question_answer`]) and, when nothing else of the run waits, the run
         /// resumes. Returns the run, or `None` when no question is open (or it expired).
+        ///
+        /// A question locked by another transaction is skipped (PostgreSQL): the expiry sweep
+        /// and a cancellation take a question's row before its thread's, which this caller
+        /// holds, so waiting for the question here would deadlock. The question is being
+        /// expired or cancelled: the message is handled as one sent just after that.
         pub(super) async fn answer_question(conn: &mut Conn, thread_id: &str, answer: &str, now: Timestamp) -> StoreResult<Option<RunId>> {
             let row = sqlx::query(&format!(
                 "SELECT {ACTION_COLS} FROM pending_actions
                  WHERE thread_id = $1 AND kind = 'question' AND status = 'pending' AND expires_at > $2
                    AND run_id = (SELECT active_run_id FROM threads WHERE id = $1)
-                 ORDER BY id LIMIT 1"
+                 ORDER BY id LIMIT 1{}",
+                $store::CLAIM_LOCK
             ))
             .bind(thread_id)
             .bind(now.as_millis())
@@ -183,7 +189,22 @@ macro_rules! impl_session_sql {
         }
 
         /// Resumes a paused run once none of its actions waits for a decision.
+        ///
+        /// Two decisions on one run (an `ask_user` answer and a confirmation, two confirmations,
+        /// an expiry and either) may commit concurrently on PostgreSQL; each must see the other
+        /// when it counts, or both see one still open and nobody resumes the run, which then
+        /// waits forever. So the run's thread row is locked before counting: every decision
+        /// takes it (an answer holds it from its first statement, the others took it after
+        /// their action row already), and a count made after the lock wait sees the decision
+        /// that held it.
         async fn resume_if_decided(conn: &mut Conn, run_id: &str) -> StoreResult<bool> {
+            sqlx::query(
+                "UPDATE threads SET last_seq = last_seq
+                 WHERE id = (SELECT thread_id FROM runs WHERE id = $1)",
+            )
+            .bind(run_id)
+            .execute(&mut *conn)
+            .await?;
             let open: i64 = sqlx::query(
                 "SELECT COUNT(*) AS n FROM pending_actions WHERE run_id = $1 AND status = 'pending'",
             )

@@ -15,6 +15,7 @@ backend_tests!(
     concurrent_decisions_have_one_winner,
     variables_are_atomic_and_close_is_idempotent,
     a_question_is_answered_by_the_next_message_not_a_new_run,
+    a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_decided_at_once,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -397,4 +398,132 @@ async fn a_question_is_answered_by_the_next_message_not_a_new_run(db: &TestDatab
         .await
         .unwrap();
     assert!(view.action_results.is_empty() && view.questions.is_empty());
+}
+
+/// A run that waits on a question and a confirmation resumes once both are decided — also when
+/// the answer and the confirmation commit at the same time. On PostgreSQL each decision counts
+/// what is still open before it commits; unless one waits for the other, both see the other's
+/// call still open and nobody resumes the run, which then waits forever. The interleaving is
+/// forced there: the thread's row is held while the answer queues behind it and the
+/// confirmation is decided, then let go. (SQLite has one writer: the two run one after the
+/// other.)
+async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_decided_at_once(
+    db: &TestDatabase,
+) {
+    use sqlx::Connection as _;
+    let store = open(db).await;
+    let t = tenant(&store, "both").await;
+    let th = thread(&store, &t, "t").await;
+    queue(&store, &t.scope, &th.id, "go").await;
+    let claimed = claim(&store, "node-a").await;
+    let now = Timestamp::now();
+    let question = NewAction {
+        id: ActionId::generate_at(now),
+        call_id: "call_q".into(),
+        tool: "ask_user".into(),
+        kind: ActionKind::Question,
+        preview: json!({"question": "Why?"}),
+        expires_at: now.plus_secs(3600),
+    };
+    let confirmation = NewAction {
+        id: ActionId::generate_at(now.plus_millis(1)),
+        ..action("call_c", now.plus_secs(3600))
+    };
+    store
+        .pause_run(&claimed.lease, &[question, confirmation])
+        .await
+        .unwrap();
+    let action_id = store
+        .run_actions(&t.scope, &claimed.run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.kind == ActionKind::Confirmation)
+        .unwrap()
+        .id;
+
+    // PostgreSQL: hold the thread's row.
+    let mut held = if db.backend() == tessera_store::Backend::Postgres {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT id FROM threads WHERE id = $1 FOR UPDATE")
+            .bind(th.id.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        Some((conn, pid))
+    } else {
+        None
+    };
+    let answer = {
+        let (store, scope, th) = (store.clone(), t.scope.clone(), th.id.clone());
+        tokio::spawn(async move {
+            store
+                .submit_run(
+                    &scope,
+                    &th,
+                    &submission(&th, "because", MultitaskPolicy::Enqueue),
+                )
+                .await
+        })
+    };
+    if let Some((conn, pid)) = held.as_mut() {
+        // The answer waits for the thread's row.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (blocked,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(*pid)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the answer never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let confirm = {
+        let (store, scope, th, id) = (
+            store.clone(),
+            t.scope.clone(),
+            th.id.clone(),
+            action_id.clone(),
+        );
+        tokio::spawn(async move {
+            store
+                .resolve_action(&scope, &th, &id, true, Timestamp::now())
+                .await
+        })
+    };
+    if let Some((mut conn, _)) = held {
+        // The confirmation has recorded its decision and waits for the thread's row too.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+    let (run, _, _) = created(answer.await.unwrap().unwrap());
+    assert_eq!(run.id, claimed.run.id, "the answer joined the waiting run");
+    confirm.await.unwrap().unwrap();
+
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "both decided: the run resumes"
+    );
+    let resumed = claim(&store, "node-b").await;
+    assert_eq!(resumed.run.id, claimed.run.id);
 }
