@@ -487,6 +487,28 @@ pub(crate) async fn download_file(
     Ok((headers, Body::from_stream(body)).into_response())
 }
 
+/// Most bytes of a refused upload read (and dropped) before answering.
+const DRAIN_BYTES: usize = 1024 * 1024;
+/// Longest time spent reading them.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads what the client is still sending of a refused upload, up to [`DRAIN_BYTES`] within
+/// [`DRAIN_TIME`], before the 413 is sent. A connection closed with unread bytes in the
+/// server's receive buffer is reset by the kernel, and the reset can destroy the answer before
+/// the client reads it; a client that keeps sending past the budget may still see that.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(bytes)) = stream.next().await {
+            seen += bytes.len();
+            if seen >= DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
 /// Uploads (creates or replaces) a file. The body is the raw content; its `Content-Type` is
 /// stored (guessed from the name when absent). The size limit (`max_upload_bytes`) is enforced
 /// while streaming: the body is stored in chunks and never held whole.
@@ -536,12 +558,13 @@ pub(crate) async fn upload_file(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit) {
+        drain(&mut stream).await;
         return Err(too_large());
     }
     let ws = workspace(&state, &caller.scope, &project_id, &item_id).await?;
     let mut writer = FileWriter::new(state.store.as_ref(), &caller.scope, limit);
-    let mut stream = body.into_data_stream();
     while let Some(frame) = stream.next().await {
         let pushed = match frame {
             Ok(bytes) => writer.push(&bytes).await,
@@ -558,6 +581,7 @@ pub(crate) async fn upload_file(
             Ok(()) => {}
             Err(WriteError::TooLarge(_)) => {
                 writer.abort().await;
+                drain(&mut stream).await;
                 return Err(too_large());
             }
             Err(WriteError::Store(e)) => {
