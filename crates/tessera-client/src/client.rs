@@ -212,21 +212,7 @@ impl Client {
         body: Option<Value>,
         headers: &[(String, String)],
     ) -> Result<(u16, Value), Error> {
-        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| Error::InvalidRequest(format!("invalid HTTP method {method:?}")))?;
-        if !path_and_query.starts_with('/') {
-            return Err(Error::InvalidPath(format!(
-                "{path_and_query:?} does not start with '/'"
-            )));
-        }
-        let safe = method == reqwest::Method::GET || method == reqwest::Method::HEAD;
-        let mut request = Request::<Value>::raw(self, method, path_and_query);
-        if !safe {
-            request = request.header("Origin", &self.origin());
-        }
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let mut request = self.raw_request(method, path_and_query, headers, false)?;
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -256,6 +242,20 @@ impl Client {
         content_type: &str,
         headers: &[(String, String)],
     ) -> Result<(u16, Value), Error> {
+        let request = self.raw_request(method, path_and_query, headers, true)?;
+        let response = request.bytes(body, content_type).execute().await?;
+        Ok((response.status, raw_body_value(&response.body)))
+    }
+
+    /// The request of the `call_raw*` methods: the method and path checked, `Origin` sent on
+    /// unsafe methods (or always, with `always_origin`), then `headers`.
+    fn raw_request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        always_origin: bool,
+    ) -> Result<Request<'_, Value>, Error> {
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| Error::InvalidRequest(format!("invalid HTTP method {method:?}")))?;
         if !path_and_query.starts_with('/') {
@@ -263,13 +263,15 @@ impl Client {
                 "{path_and_query:?} does not start with '/'"
             )));
         }
-        let mut request =
-            Request::<Value>::raw(self, method, path_and_query).header("Origin", &self.origin());
+        let safe = method == reqwest::Method::GET || method == reqwest::Method::HEAD;
+        let mut request = Request::<Value>::raw(self, method, path_and_query);
+        if always_origin || !safe {
+            request = request.header("Origin", &self.origin());
+        }
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = request.bytes(body, content_type).execute().await?;
-        Ok((response.status, raw_body_value(&response.body)))
+        Ok(request)
     }
 
     /// The full URL of `path_and_query`, which starts with `/`.
