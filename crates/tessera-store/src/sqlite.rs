@@ -34,7 +34,7 @@ pub struct SqliteStore {
 }
 
 /// How often the background task checkpoints the WAL (see the module documentation).
-pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Checkpoints the WAL on a reader connection every [`CHECKPOINT_EVERY`] until the store is
 /// dropped or closed.
