@@ -1427,6 +1427,27 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
+impl PoolStats {
+    /// The occupancy of one sqlx pool. sqlx keeps its idle count in an atomic that is briefly
+    /// decremented before it is incremented while connections change hands, so a read can see it
+    /// wrapped to nearly `usize::MAX`: the idle count is clamped to the pool's size.
+    pub(crate) fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        let size = pool.size();
+        Self {
+            size,
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size),
+        }
+    }
+
+    /// Two pools' occupancy together.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            size: self.size.saturating_add(other.size),
+            idle: self.idle.saturating_add(other.idle),
+        }
+    }
+}
+
 /// Everything the server needs from storage.
 #[async_trait]
 pub trait Store:

@@ -328,10 +328,7 @@ impl crate::Store for PgStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        PoolStats {
-            size: self.pool.size(),
-            idle: self.pool.num_idle() as u32,
-        }
+        PoolStats::of(&self.pool)
     }
 
     async fn close(&self) {

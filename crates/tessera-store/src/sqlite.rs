@@ -257,10 +257,7 @@ impl crate::Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        PoolStats {
-            size: self.reader.size() + self.writer.size(),
-            idle: (self.reader.num_idle() + self.writer.num_idle()) as u32,
-        }
+        PoolStats::of(&self.reader).plus(PoolStats::of(&self.writer))
     }
 
     async fn close(&self) {
