@@ -81,6 +81,15 @@ pub(crate) enum HotWrite {
     },
 }
 
+impl HotWrite {
+    /// Whether the write is a single statement that either writes everything or nothing (a
+    /// mint: its insert checks the agents itself), so that sharing a transaction needs no
+    /// savepoint around it.
+    pub(crate) fn is_one_statement(&self) -> bool {
+        matches!(self, HotWrite::Ticket { .. })
+    }
+}
+
 /// What a [`HotWrite`] stored.
 pub(crate) enum HotDone {
     Submitted(crate::SubmitOutcome),
@@ -731,12 +740,26 @@ macro_rules! impl_run_sql {
                     return Ok(results);
                 }
                 for job in batch {
-                    sqlx::query("SAVEPOINT tessera_hot").execute(&mut *tx).await?;
-                    let result = self.hot_in(&mut tx, job).await;
-                    if !result.as_ref().is_ok_and(|done| done.keeps()) {
-                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    // A write that is one statement needs no savepoint: a failing statement
+                    // undoes only itself, and one that wrote nothing has nothing to undo.
+                    let savepoint = !job.is_one_statement();
+                    if savepoint {
+                        sqlx::query("SAVEPOINT tessera_hot").execute(&mut *tx).await?;
                     }
-                    sqlx::query("RELEASE SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    let result = self.hot_in(&mut tx, job).await;
+                    // A database error may have ended the whole transaction (SQLite rolls it
+                    // back by itself on a full disk or an I/O error, and what followed would
+                    // then commit statement by statement): the batch stops here, nothing of it
+                    // commits, and the caller retries each write on its own.
+                    if let Err(StoreError::Database(err)) = result {
+                        return Err(StoreError::Database(err));
+                    }
+                    if savepoint {
+                        if !result.as_ref().is_ok_and(|done| done.keeps()) {
+                            sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                        }
+                        sqlx::query("RELEASE SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    }
                     results.push(result);
                 }
                 tx.commit().await?;
