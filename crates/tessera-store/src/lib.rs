@@ -36,6 +36,7 @@ use tessera_domain::{ActionId, OrganizationId, UserId};
 use tessera_domain::{ActorId, AgentId, ProjectId, RunId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_domain::{BlobId, BoardItemId, MessageId};
 
+mod bulk;
 mod group;
 mod migrate;
 pub mod postgres;

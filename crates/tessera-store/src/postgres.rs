@@ -149,6 +149,28 @@ impl PgStore {
             })
     }
 
+    /// `rows` as one array per column unpacked by `unnest` (see `bulk.rs`): a short statement
+    /// with one parameter per column, whatever the row count. `rows` must not be empty.
+    pub(crate) fn push_rows(qb: &mut sqlx::QueryBuilder<'_, Postgres>, rows: crate::bulk::Rows) {
+        use crate::bulk::Column;
+        let columns = rows.columns();
+        let width = columns.len();
+        qb.push("SELECT * FROM unnest(");
+        let mut args = qb.separated(", ");
+        for column in columns {
+            match column {
+                Column::Text(v) => args.push_bind(v).push_unseparated("::text[]"),
+                Column::Int(v) => args.push_bind(v).push_unseparated("::int8[]"),
+            };
+        }
+        qb.push(") AS u(");
+        let mut names = qb.separated(", ");
+        for i in 1..=width {
+            names.push(format!("column{i}"));
+        }
+        qb.push(")");
+    }
+
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     pub(crate) const CLAIM_QUEUED: &'static str = crate::sql_runs::CLAIM_QUEUED_POSTGRES;
 

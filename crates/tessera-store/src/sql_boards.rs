@@ -55,6 +55,7 @@ macro_rules! impl_board_sql {
             AgentId, BlobId, BoardItemId, DeploymentId, MessageId, ProjectId, RunId, Scope,
             ThreadId, Timestamp,
         };
+        use $crate::bulk::Rows;
         use $crate::sql::corrupt;
         use $crate::sql_boards::{FILE_COLS, ITEM_SELECT, SLOT_COLS, STATUS_CASE};
         use $crate::{
@@ -798,13 +799,17 @@ macro_rules! impl_board_sql {
                 );
                 qb.push_bind(now.as_millis());
                 qb.push(" FROM (");
-                qb.push_values(&plans, |mut b, p| {
-                    b.push_bind(p.due.item_id.as_str())
-                        .push_bind(p.next.map(Timestamp::as_millis))
-                        .push_bind(p.due.pending)
-                        .push_bind(p.run.as_ref().map(|(r, _)| r.as_str()))
-                        .push_bind(p.slot.as_millis());
-                });
+                let mut rows = Rows::new(5);
+                for p in &plans {
+                    rows.push([
+                        p.due.item_id.as_str().into(),
+                        p.next.map(Timestamp::as_millis).into(),
+                        p.due.pending.into(),
+                        p.run.as_ref().map(|(r, _)| r.as_str()).into(),
+                        p.slot.as_millis().into(),
+                    ]);
+                }
+                $store::push_rows(&mut qb, rows);
                 qb.push(") AS v WHERE board_items.id = v.column1 AND board_items.next_run_at = v.column3
                           AND board_items.schedule_state = 'active' RETURNING board_items.id");
                 let moved: std::collections::HashSet<String> = qb
@@ -826,17 +831,21 @@ macro_rules! impl_board_sql {
                     "INSERT INTO board_slots (item_id, slot_at, deployment_id, outcome, run_id, message_id,
                        thread_id, node, fired_at) ",
                 );
-                qb.push_values(&plans, |mut b, p| {
-                    b.push_bind(p.due.item_id.as_str())
-                        .push_bind(p.slot.as_millis())
-                        .push_bind(p.due.dep.as_str())
-                        .push_bind(if p.run.is_some() { SlotOutcome::Fired.as_str() } else { SlotOutcome::Skipped.as_str() })
-                        .push_bind(p.run.as_ref().map(|(r, _)| r.as_str()))
-                        .push_bind(p.run.as_ref().map(|(_, m)| m.as_str()))
-                        .push_bind(p.due.thread_id.as_str())
-                        .push_bind(node)
-                        .push_bind(now.as_millis());
-                });
+                let mut rows = Rows::new(9);
+                for p in &plans {
+                    rows.push([
+                        p.due.item_id.as_str().into(),
+                        p.slot.as_millis().into(),
+                        p.due.dep.as_str().into(),
+                        if p.run.is_some() { SlotOutcome::Fired.as_str() } else { SlotOutcome::Skipped.as_str() }.into(),
+                        p.run.as_ref().map(|(r, _)| r.as_str()).into(),
+                        p.run.as_ref().map(|(_, m)| m.as_str()).into(),
+                        p.due.thread_id.as_str().into(),
+                        node.into(),
+                        now.as_millis().into(),
+                    ]);
+                }
+                $store::push_rows(&mut qb, rows);
                 qb.push(" ON CONFLICT (item_id, slot_at) DO NOTHING RETURNING item_id");
                 let recorded: std::collections::HashSet<String> = qb
                     .build()
@@ -876,9 +885,11 @@ macro_rules! impl_board_sql {
                     );
                     qb.push_bind(now.as_millis());
                     qb.push(" FROM (");
-                    qb.push_values(&per_thread, |mut b, (thread, n)| {
-                        b.push_bind(*thread).push_bind(*n);
-                    });
+                    let mut rows = Rows::new(2);
+                    for (thread, n) in &per_thread {
+                        rows.push([(*thread).into(), (*n).into()]);
+                    }
+                    $store::push_rows(&mut qb, rows);
                     // A closed session (thread) takes no message, as in `submit_run`: its slots
                     // fail like those of a thread that is gone.
                     qb.push(
@@ -985,34 +996,42 @@ macro_rules! impl_board_sql {
                         "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
                            tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at) ",
                     );
-                    qb.push_values(&messages, |mut b, (dep, m)| {
-                        b.push_bind(m.id.as_str())
-                            .push_bind(dep.as_str())
-                            .push_bind(m.thread_id.as_str())
-                            .push_bind(m.run_id.as_ref().map(|r| r.as_str()))
-                            .push_bind("user")
-                            .push_bind(m.content.as_str())
-                            .push_bind("[]")
-                            .push_bind(None::<String>)
-                            .push_bind(None::<String>)
-                            .push_bind(0i64)
-                            .push_bind("[]")
-                            .push_bind(None::<String>)
-                            .push_bind(None::<String>)
-                            .push_bind(now.as_millis());
-                    });
+                    let mut rows = Rows::new(14);
+                    for (dep, m) in &messages {
+                        rows.push([
+                            m.id.as_str().into(),
+                            dep.as_str().into(),
+                            m.thread_id.as_str().into(),
+                            m.run_id.as_ref().map(|r| r.as_str()).into(),
+                            "user".into(),
+                            m.content.as_str().into(),
+                            "[]".into(),
+                            None::<&str>.into(),
+                            None::<&str>.into(),
+                            0i64.into(),
+                            "[]".into(),
+                            None::<&str>.into(),
+                            None::<&str>.into(),
+                            now.as_millis().into(),
+                        ]);
+                    }
+                    $store::push_rows(&mut qb, rows);
                     qb.build().execute(&mut *tx).await?;
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at) ",
                     );
-                    qb.push_values(&messages, |mut b, (dep, m)| {
-                        b.push_bind(m.run_id.as_ref().map(|r| r.as_str()))
-                            .push_bind(dep.as_str())
-                            .push_bind(m.thread_id.as_str())
-                            .push_bind("queued")
-                            .push_bind(m.id.as_str())
-                            .push_bind(now.as_millis());
-                    });
+                    let mut rows = Rows::new(6);
+                    for (dep, m) in &messages {
+                        rows.push([
+                            m.run_id.as_ref().map(|r| r.as_str()).into(),
+                            dep.as_str().into(),
+                            m.thread_id.as_str().into(),
+                            "queued".into(),
+                            m.id.as_str().into(),
+                            now.as_millis().into(),
+                        ]);
+                    }
+                    $store::push_rows(&mut qb, rows);
                     qb.build().execute(&mut *tx).await?;
                     let data = events
                         .iter()
@@ -1021,15 +1040,19 @@ macro_rules! impl_board_sql {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at) ",
                     );
-                    qb.push_values(events.iter().zip(&data), |mut b, ((dep, e), data)| {
-                        b.push_bind(e.thread_id.as_str())
-                            .push_bind(e.seq)
-                            .push_bind(dep.as_str())
-                            .push_bind(e.run_id.as_ref().map(|r| r.as_str()))
-                            .push_bind(e.kind.as_str())
-                            .push_bind(data.as_str())
-                            .push_bind(now.as_millis());
-                    });
+                    let mut rows = Rows::new(7);
+                    for ((dep, e), data) in events.iter().zip(data) {
+                        rows.push([
+                            e.thread_id.as_str().into(),
+                            e.seq.into(),
+                            dep.as_str().into(),
+                            e.run_id.as_ref().map(|r| r.as_str()).into(),
+                            e.kind.as_str().into(),
+                            data.into(),
+                            now.as_millis().into(),
+                        ]);
+                    }
+                    $store::push_rows(&mut qb, rows);
                     qb.build().execute(&mut *tx).await?;
                     let threads: std::collections::BTreeSet<&ThreadId> = messages.iter().map(|(_, m)| &m.thread_id).collect();
                     let mut wake = vec![Notification::Runs];

@@ -217,6 +217,19 @@ impl SqliteStore {
             .await
     }
 
+    /// `rows` as a `VALUES` list, one bind per cell (see `bulk.rs`).
+    pub(crate) fn push_rows(qb: &mut sqlx::QueryBuilder<'_, Sqlite>, rows: crate::bulk::Rows) {
+        use crate::bulk::Val;
+        qb.push_values(rows.rows(), |mut b, row| {
+            for cell in row {
+                match cell {
+                    Val::Text(v) => b.push_bind(v),
+                    Val::Int(v) => b.push_bind(v),
+                };
+            }
+        });
+    }
+
     /// Every writer is in this process, which wakes itself; nothing to send.
     pub(crate) async fn notify_many(
         &self,
