@@ -83,12 +83,15 @@ struct Args {
     workers: usize,
     #[arg(long)]
     postgres_url: Option<String>,
+    /// Log level of the nodes (`debug` shows each claimed batch of slots and its duration).
+    #[arg(long, default_value = "warn")]
+    log: tracing_subscriber::filter::LevelFilter,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_max_level(args.log)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

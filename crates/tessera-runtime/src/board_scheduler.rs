@@ -5,7 +5,9 @@
 //! earliest slot at least every [`RESCAN`] for items created on other nodes. Firing is one store
 //! transaction per batch of due slots: it records each slot (unique per item and slot), moves
 //! the item to its next slot and queues the slot's run, so a slot and its run exist together or
-//! not at all, whichever node claims it and whenever a node dies.
+//! not at all, whichever node claims it and whenever a node dies. While a burst of due slots
+//! takes more than one claim, the node's workers start no new runs (for at most [`FIRST`]), so
+//! that executing the first slots' runs does not delay firing the last ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +19,14 @@ use crate::driver::Runtime;
 
 /// Slots claimed (and runs queued) per transaction. Large, because on SQLite every claim waits
 /// for the single writer behind the workers' transactions: a burst of due slots should cost
-/// few waits. (Binds per statement stay under both engines' limits: 14 per message row.)
+/// few waits. (SQLite's binds per statement stay under its limit: 14 per message row;
+/// PostgreSQL binds one array per column.)
 const BATCH: usize = 2048;
+/// Longest time this node's workers start no new runs while the scheduler claims a burst of
+/// due slots (more than one claim takes). Firing on time is the scheduler's promise, and a
+/// claim competes with run execution for the database and the CPU; the runs it queues start
+/// at most this much later, and a burst that lasts longer lets the workers in again.
+pub const FIRST: Duration = Duration::from_secs(2);
 /// Longest sleep without looking at the database (items created on other nodes).
 pub const RESCAN: Duration = Duration::from_secs(5);
 /// Pause after a failed claim (the database is unreachable, …).
@@ -77,6 +85,7 @@ pub async fn run_board_scheduler(
 /// the workers after each batch. `false` when a claim failed.
 pub async fn fire_due(rt: &Runtime) -> bool {
     loop {
+        let started = std::time::Instant::now();
         let slots = match rt
             .store
             .claim_due_slots(&rt.config.node_id, Timestamp::now(), BATCH)
@@ -85,10 +94,22 @@ pub async fn fire_due(rt: &Runtime) -> bool {
             Ok(slots) => slots,
             Err(err) => {
                 tracing::warn!(error = %err, "claiming due slots failed");
+                rt.hub.resume_claims();
                 return false;
             }
         };
         let full = slots.len() == BATCH;
+        if !slots.is_empty() {
+            tracing::debug!(
+                slots = slots.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "claimed due slots"
+            );
+        }
+        if full {
+            // Before the workers hear of this batch's runs.
+            rt.hub.defer_claims(FIRST);
+        }
         let mut queued = false;
         for slot in &slots {
             if !slot.events.is_empty() {
@@ -100,6 +121,7 @@ pub async fn fire_due(rt: &Runtime) -> bool {
             rt.hub.wake_workers();
         }
         if !full {
+            rt.hub.resume_claims();
             return true;
         }
     }

@@ -52,6 +52,9 @@ pub struct Hub {
     work: Notify,
     /// Pending actions changed: the action scheduler recomputes its next deadline.
     scheduler: Notify,
+    /// Until when workers start no new runs: the board scheduler is claiming a burst of due
+    /// slots (see [`Hub::defer_claims`]).
+    claims_deferred: Mutex<Option<std::time::Instant>>,
 }
 
 impl Hub {
@@ -89,6 +92,33 @@ impl Hub {
     /// Completes when `wake_workers` was called (or had been called since the last wait).
     pub async fn work_available(&self) {
         self.work.notified().await;
+    }
+
+    /// Asks the workers to start no new runs for at most `longest` (runs in flight go on):
+    /// the board scheduler has more due slots than one claim takes, and firing them on time
+    /// comes first. A deferral already under way is not extended, so workers wait at most
+    /// `longest` however long the burst lasts.
+    pub fn defer_claims(&self, longest: std::time::Duration) {
+        let mut deferred = Self::lock(&self.claims_deferred);
+        let now = std::time::Instant::now();
+        if deferred.is_none_or(|until| until <= now) {
+            *deferred = Some(now + longest);
+        }
+    }
+
+    /// Ends a deferral and wakes the workers.
+    pub fn resume_claims(&self) {
+        if Self::lock(&self.claims_deferred).take().is_some() {
+            self.wake_workers();
+        }
+    }
+
+    /// When workers may start runs again, while a deferral is under way.
+    pub fn claims_deferred_until(&self) -> Option<tokio::time::Instant> {
+        let deferred = *Self::lock(&self.claims_deferred);
+        deferred
+            .filter(|until| *until > std::time::Instant::now())
+            .map(tokio::time::Instant::from_std)
     }
 
     /// Wakes the action scheduler: a pending action was created.
@@ -166,6 +196,29 @@ mod tests {
             other => panic!("expected a lag, got {other:?}"),
         }
         assert_eq!(rx.try_recv().unwrap(), Live::Look);
+    }
+
+    #[tokio::test]
+    async fn a_claim_deferral_is_bounded_and_not_extended() {
+        let hub = Hub::new();
+        assert!(hub.claims_deferred_until().is_none());
+        hub.defer_claims(std::time::Duration::from_millis(50));
+        let until = hub.claims_deferred_until().expect("deferred");
+        hub.defer_claims(std::time::Duration::from_secs(60));
+        assert_eq!(hub.claims_deferred_until(), Some(until), "not extended");
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert!(
+            hub.claims_deferred_until().is_none(),
+            "over after its longest"
+        );
+        hub.defer_claims(std::time::Duration::from_secs(60));
+        assert!(hub.claims_deferred_until().is_some());
+        hub.resume_claims();
+        assert!(hub.claims_deferred_until().is_none());
+        // Resuming woke the workers.
+        tokio::time::timeout(std::time::Duration::from_secs(1), hub.work_available())
+            .await
+            .expect("woken");
     }
 
     #[tokio::test]

@@ -29,6 +29,16 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             next_prune += PRUNE_EVERY;
             maintain(&rt, Timestamp::now()).await;
         }
+        // The board scheduler is firing a burst of due slots: it goes first (see
+        // `board_scheduler::FIRST`), runs in flight go on, new ones wait.
+        if let Some(until) = rt.hub.claims_deferred_until() {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = rt.hub.work_available() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         // Claims as many runs as there are free workers, in one transaction per batch: under
         // load, several workers free up while a claim waits for the database.
         loop {

@@ -38,6 +38,7 @@ backend_tests!(
     independent_tool_calls_of_a_turn_run_concurrently,
     a_confirmed_tool_that_times_out_or_fails_ends_its_action_failed,
     a_run_cancelled_while_a_confirmed_tool_runs_settles_its_action,
+    workers_start_no_run_while_claims_are_deferred,
 );
 
 /// Longest wait for a run to end.
@@ -369,6 +370,31 @@ impl Rig {
 
 fn tool_messages(messages: &[Message]) -> Vec<&Message> {
     messages.iter().filter(|m| m.role == Role::Tool).collect()
+}
+
+/// While the board scheduler fires a burst it defers the workers' claims: a queued run waits
+/// (the workers poll every 200 ms, so a second is five chances to take it), and starts as
+/// soon as the deferral ends.
+async fn workers_start_no_run_while_claims_are_deferred(db: &TestDatabase) {
+    let rig = Rig::start(db, Duration::from_secs(5)).await;
+    rig.model.push(Script::text(["Later."]));
+    rig.hub.defer_claims(Duration::from_secs(60));
+    let run = rig.send("wait your turn").await;
+    rig.hub.wake_workers();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = rig
+        .store
+        .get_run(&rig.scope, &rig.thread, &run)
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, RunStatus::Queued, "{waiting:?}");
+    assert_eq!(rig.model.request_count(), 0);
+
+    rig.hub.resume_claims();
+    let ended = rig.ended(&run).await;
+    assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+    assert_eq!(rig.messages().await.last().unwrap().content, "Later.");
+    rig.stop().await;
 }
 
 async fn a_tool_over_its_timeout_fails_its_call_not_the_run(db: &TestDatabase) {
