@@ -107,7 +107,8 @@ pub async fn fire_due(rt: &Runtime) -> bool {
             );
         }
         if full {
-            // Before the workers hear of this batch's runs.
+            // Before this node wakes its workers for the batch's runs (on PostgreSQL the
+            // commit's `NOTIFY` may wake them first, and they may start a few).
             rt.hub.defer_claims(FIRST);
         }
         let mut queued = false;

@@ -96,13 +96,13 @@ impl Hub {
 
     /// Asks the workers to start no new runs for at most `longest` (runs in flight go on):
     /// the board scheduler has more due slots than one claim takes, and firing them on time
-    /// comes first. A deferral already under way is not extended, so workers wait at most
-    /// `longest` however long the burst lasts.
+    /// comes first. Until [`Hub::resume_claims`] ends it, a deferral is neither extended nor
+    /// started again once it has run out, so workers wait at most `longest` per burst however
+    /// long the burst lasts.
     pub fn defer_claims(&self, longest: std::time::Duration) {
         let mut deferred = Self::lock(&self.claims_deferred);
-        let now = std::time::Instant::now();
-        if deferred.is_none_or(|until| until <= now) {
-            *deferred = Some(now + longest);
+        if deferred.is_none() {
+            *deferred = Some(std::time::Instant::now() + longest);
         }
     }
 
@@ -211,8 +211,15 @@ mod tests {
             hub.claims_deferred_until().is_none(),
             "over after its longest"
         );
+        // The same burst cannot start another one.
         hub.defer_claims(std::time::Duration::from_secs(60));
-        assert!(hub.claims_deferred_until().is_some());
+        assert!(hub.claims_deferred_until().is_none(), "not started again");
+        hub.resume_claims();
+        hub.defer_claims(std::time::Duration::from_secs(60));
+        assert!(
+            hub.claims_deferred_until().is_some(),
+            "the next burst defers"
+        );
         hub.resume_claims();
         assert!(hub.claims_deferred_until().is_none());
         // Resuming woke the workers.

@@ -93,9 +93,15 @@ impl Rows {
             match (&mut columns[c], cell) {
                 (Column::Text(col), Val::Text(v)) => col.push(v),
                 (Column::Int(col), Val::Int(v)) => col.push(v),
-                // A column of mixed kinds is a bug in the caller; keep the text form.
-                (Column::Text(col), Val::Int(v)) => col.push(v.map(|v| v.to_string())),
-                (Column::Int(col), Val::Text(_)) => col.push(None),
+                // A column of mixed kinds is a bug in the caller.
+                (Column::Text(col), Val::Int(v)) => {
+                    debug_assert!(false, "column {c} mixes text and integers");
+                    col.push(v.map(|v| v.to_string()))
+                }
+                (Column::Int(col), Val::Text(v)) => {
+                    debug_assert!(false, "column {c} mixes integers and text");
+                    col.push(v.and_then(|v| v.parse().ok()))
+                }
             }
         }
         columns

@@ -155,6 +155,7 @@ impl PgStore {
         use crate::bulk::Column;
         let columns = rows.columns();
         let width = columns.len();
+        debug_assert!(width > 0, "unnest() of no rows");
         qb.push("SELECT * FROM unnest(");
         let mut args = qb.separated(", ");
         for column in columns {

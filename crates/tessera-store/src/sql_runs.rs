@@ -83,8 +83,8 @@ pub(crate) enum HotWrite {
 
 impl HotWrite {
     /// Whether the write is a single statement that either writes everything or nothing (a
-    /// mint: its insert checks the agents itself), so that sharing a transaction needs no
-    /// savepoint around it.
+    /// mint: its insert checks the agents itself, see `insert_ticket`), so that sharing a
+    /// transaction needs no savepoint around it.
     pub(crate) fn is_one_statement(&self) -> bool {
         matches!(self, HotWrite::Ticket { .. })
     }
@@ -753,6 +753,18 @@ macro_rules! impl_run_sql {
                     // commits, and the caller retries each write on its own.
                     if let Err(StoreError::Database(err)) = result {
                         return Err(StoreError::Database(err));
+                    }
+                    // Without a savepoint only a write that wrote nothing may fail (a mint
+                    // naming a missing agent); any other failure stops the batch, which then
+                    // rolls back and retries each write alone.
+                    if !savepoint {
+                        if let Err(err) = result {
+                            if !matches!(err, StoreError::NotFound { .. }) {
+                                return Err(err);
+                            }
+                            results.push(Err(err));
+                            continue;
+                        }
                     }
                     if savepoint {
                         if !result.as_ref().is_ok_and(|done| done.keeps()) {

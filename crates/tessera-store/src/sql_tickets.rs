@@ -251,6 +251,8 @@ macro_rules! impl_ticket_sql {
         /// exists (checked in the same statement, so an agent deleted meanwhile cannot slip
         /// through, and minting costs no separate read); otherwise the agents are looked at one
         /// by one to name the missing one.
+        /// One statement that writes the ticket or nothing: SQLite's group commit runs it
+        /// without a savepoint (`HotWrite::is_one_statement`), so keep it one statement.
         async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
             let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
             let dep = scope.deployment_id().as_str();
