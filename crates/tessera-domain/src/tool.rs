@@ -40,6 +40,36 @@ pub const MCP_PREFIX: &str = "mcp_";
 /// (`tk_{toolkit}_{tool}`, see [`crate::toolkit`]).
 pub const TOOLKIT_PREFIX: &str = "tk_";
 
+/// Longest name a model can call (the model APIs' limit for function names).
+pub const MAX_TOOL_NAME: usize = 64;
+
+/// The model-facing name of a third-party tool under `namespace` (`mcp_{slug}` for an MCP
+/// server's, `tk_{toolkit}` for a toolkit's): `{namespace}_{tool}` when `tool` is made of
+/// `[A-Za-z0-9_-]` and the whole fits in [`MAX_TOOL_NAME`]. Otherwise the tool part is `tool`
+/// with every other character replaced by `_`, cut so that `_` and 8 hex digits of the SHA-256
+/// of the original name still fit, and those appended. The result depends only on the
+/// namespace and the tool's own name, and two different names cannot meet (up to a hash
+/// collision).
+pub fn namespaced_tool_name(namespace: &str, tool: &str) -> String {
+    use sha2::Digest as _;
+    let plain = format!("{namespace}_{tool}");
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !tool.is_empty() && tool.chars().all(safe) && plain.len() <= MAX_TOOL_NAME {
+        return plain;
+    }
+    let digest: String = sha2::Sha256::digest(tool.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let sanitized: String = tool
+        .chars()
+        .map(|c| if safe(c) { c } else { '_' })
+        .collect();
+    let room = MAX_TOOL_NAME.saturating_sub(format!("{namespace}__{digest}").len());
+    let cut: String = sanitized.chars().take(room).collect();
+    format!("{namespace}_{cut}_{digest}")
+}
+
 /// The thread event kind of an emitted platform event (SPEC §5 `platform.event`).
 pub const PLATFORM_EVENT: &str = "platform.event";
 

@@ -165,31 +165,11 @@ pub struct ToolkitConnection {
     pub updated_at: Timestamp,
 }
 
-/// The model-facing name of `tool` of `toolkit`: `tk_{toolkit}_{tool}` when `tool` is made of
-/// `[A-Za-z0-9_-]` and the whole fits in 64 characters. Otherwise the tool part is `tool` with
-/// every other character replaced by `_`, cut so that `_` and 8 hex digits of a SHA-256 of the
-/// original name still fit, and those appended — the rule of MCP tool names, so that two
-/// different names stay apart and the result depends on nothing else.
+/// The model-facing name of `tool` of `toolkit`: `tk_{toolkit}_{tool}`, made model-safe and
+/// at most 64 characters by the rule MCP tool names follow
+/// ([`crate::tool::namespaced_tool_name`]).
 pub fn exposed_name(toolkit: &ToolkitSlug, tool: &str) -> String {
-    use sha2::Digest as _;
-    const MAX: usize = 64;
-    let plain = format!("{}{}_{tool}", crate::tool::TOOLKIT_PREFIX, toolkit);
-    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if !tool.is_empty() && tool.chars().all(safe) && plain.len() <= MAX {
-        return plain;
-    }
-    let digest: String = sha2::Sha256::digest(tool.as_bytes())[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sanitized: String = tool
-        .chars()
-        .map(|c| if safe(c) { c } else { '_' })
-        .collect();
-    let room =
-        MAX.saturating_sub(format!("{}{}__{digest}", crate::tool::TOOLKIT_PREFIX, toolkit).len());
-    let cut: String = sanitized.chars().take(room).collect();
-    format!("{}{}_{cut}_{digest}", crate::tool::TOOLKIT_PREFIX, toolkit)
+    crate::tool::namespaced_tool_name(&format!("{}{}", crate::tool::TOOLKIT_PREFIX, toolkit), tool)
 }
 
 /// Checks a URL the provider sends the end user to after authorizing: `http(s)://`, at most

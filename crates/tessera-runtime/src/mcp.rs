@@ -41,11 +41,10 @@ use rmcp::transport::streamable_http_client::{
 };
 use rmcp::{ClientHandler, ServiceError, ServiceExt as _};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sse_stream::{Error as SseError, Sse, SseStream};
 
 /// Longest exposed tool name (the model APIs' limit for function names).
-pub const MAX_TOOL_NAME: usize = 64;
+pub use tessera_domain::tool::MAX_TOOL_NAME;
 /// Longest slug.
 pub const MAX_SLUG: usize = 24;
 
@@ -179,29 +178,11 @@ pub struct McpTool {
     pub input_schema: serde_json::Value,
 }
 
-/// The exposed name of `tool` of server `slug`: `mcp_{slug}_{tool}` when `tool` is made of
-/// `[A-Za-z0-9_-]` and the whole fits in 64 characters. Otherwise the tool part is `tool` with
-/// every other character replaced by `_`, cut so that `_` and 8 hex digits of the SHA-256 of
-/// the original name still fit, and those appended. The result depends only on the slug and
-/// the tool's own name (not on the other tools), and two different names cannot meet (up to a
-/// hash collision, which [`McpClient`] reports as an error).
+/// The exposed name of `tool` of server `slug`: `mcp_{slug}_{tool}`, made model-safe and at
+/// most [`MAX_TOOL_NAME`] characters ([`tessera_domain::tool::namespaced_tool_name`]; a hash
+/// collision between two names is reported as an error by [`McpClient`]).
 pub fn exposed_name(slug: &str, tool: &str) -> String {
-    let plain = format!("mcp_{slug}_{tool}");
-    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if !tool.is_empty() && tool.chars().all(safe) && plain.len() <= MAX_TOOL_NAME {
-        return plain;
-    }
-    let digest: String = Sha256::digest(tool.as_bytes())[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sanitized: String = tool
-        .chars()
-        .map(|c| if safe(c) { c } else { '_' })
-        .collect();
-    let room = MAX_TOOL_NAME.saturating_sub(format!("mcp_{slug}__{digest}").len());
-    let cut: String = sanitized.chars().take(room).collect();
-    format!("mcp_{slug}_{cut}_{digest}")
+    tessera_domain::tool::namespaced_tool_name(&format!("mcp_{slug}"), tool)
 }
 
 /// Checks a slug: `^[a-z0-9][a-z0-9_-]{0,23}$`.

@@ -364,10 +364,7 @@ impl ToolkitProvider for HttpToolkitProvider {
                 self.timeout,
             )
             .await?
-            .ok_or_else(|| ToolkitError::Status {
-                status: 404,
-                message: format!("the provider has no toolkit `{slug}`"),
-            })?;
+            .ok_or_else(|| no_toolkit(slug))?;
         let answer: ToolsAnswer = serde_json::from_value(value)
             .map_err(|e| ToolkitError::Invalid(format!("tool list: {e}")))?;
         Ok(answer.tools)
@@ -389,10 +386,7 @@ impl ToolkitProvider for HttpToolkitProvider {
                 self.timeout,
             )
             .await?
-            .ok_or_else(|| ToolkitError::Status {
-                status: 404,
-                message: format!("the provider has no toolkit `{slug}`"),
-            })?;
+            .ok_or_else(|| no_toolkit(slug))?;
         Self::account_from(value)
     }
 
@@ -693,6 +687,14 @@ impl ToolExecutor for ToolkitTools {
             Ok(Err(message)) => ToolOutput::error(message),
             Err(err) => ToolOutput::error(err.to_string()),
         }
+    }
+}
+
+/// The provider's answer when it does not know `slug` (an empty 404).
+fn no_toolkit(slug: &ToolkitSlug) -> ToolkitError {
+    ToolkitError::Status {
+        status: 404,
+        message: format!("the provider has no toolkit `{slug}`"),
     }
 }
 
