@@ -746,26 +746,21 @@ macro_rules! impl_run_sql {
                     if savepoint {
                         sqlx::query("SAVEPOINT tessera_hot").execute(&mut *tx).await?;
                     }
-                    let result = self.hot_in(&mut tx, job).await;
-                    // A database error may have ended the whole transaction (SQLite rolls it
-                    // back by itself on a full disk or an I/O error, and what followed would
-                    // then commit statement by statement): the batch stops here, nothing of it
-                    // commits, and the caller retries each write on its own.
-                    if let Err(StoreError::Database(err)) = result {
-                        return Err(StoreError::Database(err));
-                    }
-                    // Without a savepoint only a write that wrote nothing may fail (a mint
-                    // naming a missing agent); any other failure stops the batch, which then
-                    // rolls back and retries each write alone.
-                    if !savepoint {
-                        if let Err(err) = result {
-                            if !matches!(err, StoreError::NotFound { .. }) {
-                                return Err(err);
-                            }
-                            results.push(Err(err));
-                            continue;
+                    let result = match self.hot_in(&mut tx, job).await {
+                        // A database error may have ended the whole transaction (SQLite rolls
+                        // it back by itself on a full disk or an I/O error, and what followed
+                        // would then commit statement by statement). Without a savepoint, only
+                        // a write that wrote nothing may fail alone (a mint naming a missing
+                        // agent). Otherwise the batch stops here, nothing of it commits, and
+                        // the caller retries each write on its own.
+                        Err(err)
+                            if matches!(err, StoreError::Database(_))
+                                || (!savepoint && !matches!(err, StoreError::NotFound { .. })) =>
+                        {
+                            return Err(err)
                         }
-                    }
+                        other => other,
+                    };
                     if savepoint {
                         if !result.as_ref().is_ok_and(|done| done.keeps()) {
                             sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
