@@ -168,6 +168,18 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// A PostgreSQL deadlock, serialization failure or `NOWAIT` lock refusal: the transaction
+    /// failed as a whole and wrote nothing, so running it again is safe (see
+    /// [`retry_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40P01" | "40001" | "55P03"))
+            }
+            _ => false,
+        }
+    }
+
     pub fn not_found(entity: Entity) -> Self {
         Self::NotFound {
             entity,
@@ -189,6 +201,29 @@ impl StoreError {
             entity,
             field: Some(field),
             index: Some(index),
+        }
+    }
+}
+
+/// How many times [`retry_transient`] runs a transaction in all.
+const TRANSIENT_ATTEMPTS: u32 = 3;
+
+/// Runs a write transaction again when it failed as transient ([`StoreError::is_transient`]).
+/// Writers take their locks in one order (runs before threads, see `lock_open_runs`); this
+/// covers the interleavings that order cannot rule out, not a wrong order. A failed attempt
+/// has rolled back (its transaction was dropped) before the next one starts.
+pub(crate) async fn retry_transient<T, F>(mut transaction: impl FnMut() -> F) -> StoreResult<T>
+where
+    F: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "transaction aborted by the database; running it again");
+                attempt += 1;
+            }
+            done => return done,
         }
     }
 }
@@ -1702,5 +1737,95 @@ pub async fn migrate(url: &str, options: &ConnectOptions) -> StoreResult<Migrati
         Err(StoreError::InvalidUrl(
             "expected a sqlite:// or postgres:// url".to_owned(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use super::*;
+    use std::borrow::Cow;
+
+    /// A database error carrying only its SQLSTATE code.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn db_error(code: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(Coded(code))))
+    }
+
+    /// Runs `retry_transient` over `answers` in turn; returns its result and the attempts made.
+    async fn run(answers: Vec<StoreResult<u32>>) -> (StoreResult<u32>, usize) {
+        let answers = std::sync::Mutex::new(answers.into_iter());
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result = retry_transient(|| async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            answers.lock().unwrap().next().unwrap()
+        })
+        .await;
+        (result, attempts.into_inner())
+    }
+
+    #[tokio::test]
+    async fn transient_failures_run_the_transaction_again() {
+        for code in ["40P01", "40001", "55P03"] {
+            assert!(db_error(code).is_transient(), "{code}");
+            let (result, attempts) = run(vec![Err(db_error(code)), Ok(7)]).await;
+            assert_eq!(result.unwrap(), 7);
+            assert_eq!(attempts, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_stop_after_three_attempts_and_other_errors_are_not_retried() {
+        let (result, attempts) = run(vec![
+            Err(db_error("40P01")),
+            Err(db_error("40P01")),
+            Err(db_error("40P01")),
+            Ok(1),
+        ])
+        .await;
+        assert!(result.unwrap_err().is_transient());
+        assert_eq!(attempts, 3);
+        for err in [
+            db_error("23505"),
+            StoreError::LeaseLost,
+            StoreError::not_found(Entity::Thread),
+        ] {
+            assert!(!err.is_transient());
+            let (result, attempts) = run(vec![Err(err), Ok(1)]).await;
+            assert!(result.is_err());
+            assert_eq!(attempts, 1);
+        }
     }
 }

@@ -134,19 +134,24 @@ impl PgStore {
     }
 
     /// Writes one of the hot writes (runs, tickets) in its own transaction: PostgreSQL runs
-    /// concurrent ones on several connections and shares WAL flushes between them itself.
+    /// concurrent ones on several connections and shares WAL flushes between them itself. A
+    /// transaction the database aborted as a deadlock victim runs again.
     pub(crate) async fn write_hot(
         &self,
         job: crate::sql_runs::HotWrite,
     ) -> StoreResult<crate::sql_runs::HotDone> {
-        self.deferring(self.do_hot_writes(std::slice::from_ref(&job)))
-            .await?
-            .pop()
-            .unwrap_or_else(|| {
-                Err(crate::StoreError::Corrupt(
-                    "a write transaction ended without a result".to_owned(),
-                ))
-            })
+        let job = &job;
+        crate::retry_transient(|| async move {
+            self.deferring(self.do_hot_writes(std::slice::from_ref(job)))
+                .await?
+                .pop()
+                .unwrap_or_else(|| {
+                    Err(crate::StoreError::Corrupt(
+                        "a write transaction ended without a result".to_owned(),
+                    ))
+                })
+        })
+        .await
     }
 
     /// `rows` as one array per column unpacked by `unnest` (see `bulk.rs`): a short statement

@@ -50,6 +50,13 @@ pub(crate) const CLAIM_QUEUED_POSTGRES: &str = "SELECT r.id, r.thread_id FROM ru
 /// Run statuses that hold (or wait for) the thread.
 pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
 
+/// When `lock_open_runs` is called: before taking the thread's row, or after it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RunLock {
+    First,
+    Recheck,
+}
+
 /// One of the hot writes: a message submitted, a run's step, a run's end, a ticket minted or
 /// exchanged. SQLite
 /// writes concurrent ones in one transaction (group commit, see `group.rs` and
@@ -476,6 +483,33 @@ macro_rules! impl_run_sql {
                 .ok_or(StoreError::not_found(Entity::Thread))
         }
 
+        /// Locks a thread's open runs in id order (`lock` is the backend's `ROW_LOCK`; SQLite
+        /// has one writer and needs none). Every writer locks runs before their thread: a
+        /// worker's step fences its run and then numbers its events on the thread row, and a
+        /// claim locks its run and then marks the thread, so a writer that held the thread and
+        /// then waited for a run could deadlock with them. A writer that stops runs calls this
+        /// before locking the thread and again (`Recheck`) once it holds it: a run queued in
+        /// between may already be a claim's, and rather than wait for it while holding the
+        /// thread, the recheck fails at once as transient ([`StoreError::is_transient`]) and
+        /// the transaction runs again.
+        pub(super) async fn lock_open_runs(conn: &mut Conn, dep: &str, thread_id: &str, lock: &str, when: $crate::sql_runs::RunLock) -> StoreResult<()> {
+            if lock.is_empty() {
+                return Ok(());
+            }
+            let nowait = match when {
+                $crate::sql_runs::RunLock::First => "",
+                $crate::sql_runs::RunLock::Recheck => " NOWAIT",
+            };
+            sqlx::query(&format!(
+                "SELECT id FROM runs WHERE thread_id = $1 AND deployment_id = $2 AND status IN {OPEN_STATUSES} ORDER BY id{lock}{nowait}"
+            ))
+            .bind(thread_id)
+            .bind(dep)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
         async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
             let rows = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
@@ -841,6 +875,11 @@ macro_rules! impl_run_sql {
                         };
                     }
                 }
+                // An interruption stops the open runs: lock them before the thread.
+                let interrupt = submit.policy == tessera_domain::agent::MultitaskPolicy::Interrupt;
+                if interrupt {
+                    lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::First).await?;
+                }
                 // Reserves the numbers of this submission's two events; the update also checks
                 // that the thread is the caller's and locks it (PostgreSQL) against a concurrent
                 // submission, so the multitask policy below sees every run queued before.
@@ -858,6 +897,9 @@ macro_rules! impl_run_sql {
                 // A closed session takes no message (the update above is rolled back).
                 if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
                     return Err(StoreError::Conflict(Conflict::SessionClosed));
+                }
+                if interrupt {
+                    lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::Recheck).await?;
                 }
                 // Variables sent with the message are merged by this transaction, so a refused
                 // message (or a refused merge) changes neither.

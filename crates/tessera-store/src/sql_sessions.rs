@@ -27,13 +27,13 @@ macro_rules! impl_session_sql {
             ActionId, AgentId, CallbackId, RunId, Scope, ThreadId, Timestamp,
         };
         use $crate::sql::corrupt;
-        use $crate::sql_runs::{MESSAGE_COLS, OPEN_STATUSES, RUN_COLS};
+        use $crate::sql_runs::{RunLock, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS};
         use $crate::sql_sessions::ACTION_COLS;
         use $crate::{
             Conflict, Entity, Lease, Notification, ResponseView, StoreError, StoreResult,
             ThreadEvent,
         };
-        use super::run_sql::{append, json, message_from_row, run_from_row, to_json};
+        use super::run_sql::{append, json, lock_open_runs, message_from_row, run_from_row, to_json};
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -301,96 +301,103 @@ macro_rules! impl_session_sql {
             }
 
             async fn close_session(&self, scope: &Scope, thread_id: &ThreadId, now: Timestamp) -> StoreResult<(SessionClose, Vec<RunId>, Vec<ThreadEvent>)> {
-                let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
-                let (state, created_at) = state_of(&mut tx, dep, thread_id, Self::ROW_LOCK).await?;
-                if let Some(closed) = state.closed {
-                    return Ok((closed, Vec::new(), Vec::new()));
-                }
-                let answered: i64 = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM messages WHERE thread_id = $1 AND role = 'assistant' AND content <> ''",
-                )
-                .bind(thread_id.as_str())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-                let record = SessionClose {
-                    thread_id: thread_id.clone(),
-                    closed_at: now,
-                    duration_seconds: ((now.as_millis() - created_at) / 1000).max(0),
-                    billable: answered > 0,
-                };
-                sqlx::query(
-                    "UPDATE threads SET closed_at = $1, close_duration_seconds = $2, billable = $3, updated_at = $1 WHERE id = $4",
-                )
-                .bind(now.as_millis())
-                .bind(record.duration_seconds)
-                .bind(i64::from(record.billable))
-                .bind(thread_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                let mut events: Vec<(Option<String>, NewEvent)> = vec![(None, NewEvent {
-                    kind: session::SESSION_CLOSED,
-                    data: serde_json::json!({
-                        "thread_id": thread_id.as_str(),
-                        "closed_at": now.to_rfc3339(),
-                        "duration_seconds": record.duration_seconds,
-                        "billable": record.billable,
-                    }),
-                })];
-                // Open actions are cancelled (each with its event) before their runs stop.
-                let cancelled = sqlx::query(&format!(
-                    "UPDATE pending_actions SET status = 'cancelled', decided_at = $1
-                     WHERE thread_id = $2 AND status = 'pending' RETURNING {ACTION_COLS}"
-                ))
-                .bind(now.as_millis())
-                .bind(thread_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-                for row in &cancelled {
-                    let a = action_from_row(row)?;
-                    if a.kind == ActionKind::Confirmation {
-                        events.push((Some(a.run_id.to_string()), resolved_event(&a)));
+                // A close races the thread's worker: see `retry_transient`.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let mut tx = self.begin_write().await?;
+                    // The open runs are stopped below: lock them before the thread.
+                    lock_open_runs(&mut tx, dep, thread_id.as_str(), Self::ROW_LOCK, RunLock::First).await?;
+                    let (state, created_at) = state_of(&mut tx, dep, thread_id, Self::ROW_LOCK).await?;
+                    if let Some(closed) = state.closed {
+                        return Ok((closed, Vec::new(), Vec::new()));
                     }
-                }
-                let open = sqlx::query(&format!(
-                    "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
-                ))
-                .bind(thread_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut to_stop = Vec::new();
-                for row in &open {
-                    let run: Run = run_from_row(row)?;
-                    if run.status == tessera_domain::thread::RunStatus::Queued {
-                        let row = sqlx::query(&format!(
-                            "UPDATE runs SET status = 'cancelled', stop_reason = 'cancelled', cancel_requested = 1,
-                               finished_at = $1 WHERE id = $2 RETURNING {RUN_COLS}"
-                        ))
-                        .bind(now.as_millis())
-                        .bind(run.id.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let run = run_from_row(&row)?;
-                        events.push((Some(run.id.to_string()), event::run_status_event(&run)));
-                    } else {
-                        sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
+                    lock_open_runs(&mut tx, dep, thread_id.as_str(), Self::ROW_LOCK, RunLock::Recheck).await?;
+                    let answered: i64 = sqlx::query(
+                        "SELECT COUNT(*) AS n FROM messages WHERE thread_id = $1 AND role = 'assistant' AND content <> ''",
+                    )
+                    .bind(thread_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+                    let record = SessionClose {
+                        thread_id: thread_id.clone(),
+                        closed_at: now,
+                        duration_seconds: ((now.as_millis() - created_at) / 1000).max(0),
+                        billable: answered > 0,
+                    };
+                    sqlx::query(
+                        "UPDATE threads SET closed_at = $1, close_duration_seconds = $2, billable = $3, updated_at = $1 WHERE id = $4",
+                    )
+                    .bind(now.as_millis())
+                    .bind(record.duration_seconds)
+                    .bind(i64::from(record.billable))
+                    .bind(thread_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    let mut events: Vec<(Option<String>, NewEvent)> = vec![(None, NewEvent {
+                        kind: session::SESSION_CLOSED,
+                        data: serde_json::json!({
+                            "thread_id": thread_id.as_str(),
+                            "closed_at": now.to_rfc3339(),
+                            "duration_seconds": record.duration_seconds,
+                            "billable": record.billable,
+                        }),
+                    })];
+                    // Open actions are cancelled (each with its event) before their runs stop.
+                    let cancelled = sqlx::query(&format!(
+                        "UPDATE pending_actions SET status = 'cancelled', decided_at = $1
+                         WHERE thread_id = $2 AND status = 'pending' RETURNING {ACTION_COLS}"
+                    ))
+                    .bind(now.as_millis())
+                    .bind(thread_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for row in &cancelled {
+                        let a = action_from_row(row)?;
+                        if a.kind == ActionKind::Confirmation {
+                            events.push((Some(a.run_id.to_string()), resolved_event(&a)));
+                        }
+                    }
+                    let open = sqlx::query(&format!(
+                        "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
+                    ))
+                    .bind(thread_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut to_stop = Vec::new();
+                    for row in &open {
+                        let run: Run = run_from_row(row)?;
+                        if run.status == tessera_domain::thread::RunStatus::Queued {
+                            let row = sqlx::query(&format!(
+                                "UPDATE runs SET status = 'cancelled', stop_reason = 'cancelled', cancel_requested = 1,
+                                   finished_at = $1 WHERE id = $2 RETURNING {RUN_COLS}"
+                            ))
+                            .bind(now.as_millis())
                             .bind(run.id.as_str())
-                            .execute(&mut *tx)
+                            .fetch_one(&mut *tx)
                             .await?;
-                        wake_paused(&mut tx, run.id.as_str()).await?;
-                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
-                        to_stop.push(run.id);
+                            let run = run_from_row(&row)?;
+                            events.push((Some(run.id.to_string()), event::run_status_event(&run)));
+                        } else {
+                            sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
+                                .bind(run.id.as_str())
+                                .execute(&mut *tx)
+                                .await?;
+                            wake_paused(&mut tx, run.id.as_str()).await?;
+                            self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                            to_stop.push(run.id);
+                        }
                     }
-                }
-                let mut stored = Vec::new();
-                for (run_id, e) in &events {
-                    stored.extend(append(&mut tx, dep, thread_id.as_str(), run_id.as_deref(), std::slice::from_ref(e)).await?);
-                }
-                self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                tx.commit().await?;
-                Ok((record, to_stop, stored))
+                    let mut stored = Vec::new();
+                    for (run_id, e) in &events {
+                        stored.extend(append(&mut tx, dep, thread_id.as_str(), run_id.as_deref(), std::slice::from_ref(e)).await?);
+                    }
+                    self.notify(&mut tx, &Notification::Runs).await?;
+                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    tx.commit().await?;
+                    Ok((record, to_stop, stored))
+                })
+                .await
             }
 
             async fn pause_run(&self, lease: &Lease, actions: &[NewAction]) -> StoreResult<(Vec<PendingAction>, Vec<ThreadEvent>)> {

@@ -16,6 +16,8 @@ backend_tests!(
     variables_are_atomic_and_close_is_idempotent,
     a_question_is_answered_by_the_next_message_not_a_new_run,
     a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_decided_at_once,
+    a_close_waits_for_a_step_in_flight_instead_of_deadlocking,
+    an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -526,4 +528,113 @@ async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_de
     );
     let resumed = claim(&store, "node-b").await;
     assert_eq!(resumed.run.id, claimed.run.id);
+}
+
+/// Stops a thread's runs while its worker is in the middle of writing a step.
+type Stopper = fn(
+    Arc<dyn Store>,
+    Scope,
+    ThreadId,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A worker's step transaction locks its run (the fence) and then the thread (its event
+/// numbers). On PostgreSQL, a connection here takes those two locks in that order with `stop`
+/// started in between: `stop` must wait for the run rather than hold the thread, or the two
+/// deadlock (this connection is made the deadlock victim, so the test fails if they do).
+async fn stop_during_a_step(db: &TestDatabase, stop: Stopper) {
+    use sqlx::Connection as _;
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let th = thread(&store, &t, "t").await;
+    queue(&store, &t.scope, &th.id, "hi").await;
+    let claimed = claim(&store, "node-a").await;
+    let mut step = if db.backend() == tessera_store::Backend::Postgres {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SET deadlock_timeout = '100ms'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("UPDATE runs SET attempt = attempt WHERE id = $1")
+            .bind(claimed.run.id.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        Some((conn, pid))
+    } else {
+        None
+    };
+    let stopping = tokio::spawn(stop(store.clone(), t.scope.clone(), th.id.clone()));
+    if let Some((conn, pid)) = step.as_mut() {
+        // The stop waits for this step...
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (blocked,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(*pid)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stop never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    if let Some((mut conn, _)) = step {
+        // ... and the step goes on to number its events on the thread row and commits.
+        sqlx::query("UPDATE threads SET last_seq = last_seq WHERE id = $1")
+            .bind(th.id.as_str())
+            .execute(&mut conn)
+            .await
+            .expect("the step's thread update (a deadlock victim if the stop held the thread)");
+        sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+    stopping.await.unwrap();
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert!(run.cancel_requested, "the active run was asked to stop");
+}
+
+async fn a_close_waits_for_a_step_in_flight_instead_of_deadlocking(db: &TestDatabase) {
+    stop_during_a_step(db, |store, scope, th| {
+        Box::pin(async move {
+            store
+                .close_session(&scope, &th, Timestamp::now())
+                .await
+                .unwrap();
+        })
+    })
+    .await;
+}
+
+async fn an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking(db: &TestDatabase) {
+    stop_during_a_step(db, |store, scope, th| {
+        Box::pin(async move {
+            let (_, interrupted, _) = created(
+                store
+                    .submit_run(
+                        &scope,
+                        &th,
+                        &submission(&th, "now", MultitaskPolicy::Interrupt),
+                    )
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(interrupted.len(), 1);
+        })
+    })
+    .await;
 }
