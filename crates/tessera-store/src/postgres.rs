@@ -124,10 +124,9 @@ impl PgStore {
         if defer(notifications) {
             return Ok(());
         }
-        let payloads: Vec<String> = notifications.iter().map(encode_notification).collect();
         sqlx::query("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
             .bind(CHANNEL)
-            .bind(payloads)
+            .bind(encode_notifications(notifications))
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -209,11 +208,13 @@ impl PgStore {
         if defer(std::slice::from_ref(notification)) {
             return Ok(());
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(encode_notification(notification))
-            .execute(&mut **tx)
-            .await?;
+        for payload in encode_notifications(std::slice::from_ref(notification)) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 }
@@ -262,12 +263,11 @@ impl Notifier {
                     }
                 };
                 let Some(first) = first else { break };
-                let mut payloads = std::collections::BTreeSet::new();
-                payloads.extend(first.iter().map(encode_notification));
+                let mut pending = first;
                 while let Ok(more) = rx.try_recv() {
-                    payloads.extend(more.iter().map(encode_notification));
+                    pending.extend(more);
                 }
-                let payloads: Vec<String> = payloads.into_iter().collect();
+                let payloads = encode_notifications(&pending);
                 if let Err(err) = send_notifications(&mut conn, &connect, &payloads).await {
                     // The wake-ups are lost; the other nodes' polls pick the work up.
                     tracing::warn!(error = %err, "sending wake-ups to other nodes failed");
@@ -310,29 +310,58 @@ async fn send_notifications(
     Ok(())
 }
 
-fn encode_notification(n: &Notification) -> String {
-    match n {
-        Notification::Runs => "runs".to_owned(),
-        Notification::ThreadEvents(thread) => format!("events:{thread}"),
-        Notification::CancelRun(run) => format!("cancel:{run}"),
-        Notification::Actions => "actions".to_owned(),
+/// The longest payload [`encode_notifications`] makes (PostgreSQL refuses 8,000 bytes and more).
+const MAX_PAYLOAD: usize = 7_900;
+
+/// The `NOTIFY` payloads of `notifications`, duplicates dropped. Threads with new events are
+/// packed, comma-separated, into as few `events:` payloads as fit [`MAX_PAYLOAD`]: a batch of
+/// fired slots wakes thousands of threads, and every listening node receives every payload.
+fn encode_notifications(notifications: &[Notification]) -> Vec<String> {
+    let mut payloads = std::collections::BTreeSet::new();
+    let mut threads = std::collections::BTreeSet::new();
+    for n in notifications {
+        match n {
+            Notification::Runs => payloads.insert("runs".to_owned()),
+            Notification::Actions => payloads.insert("actions".to_owned()),
+            Notification::CancelRun(run) => payloads.insert(format!("cancel:{run}")),
+            Notification::ThreadEvents(thread) => threads.insert(thread.as_str()),
+        };
     }
+    let mut payloads: Vec<String> = payloads.into_iter().collect();
+    let mut packed = String::new();
+    for thread in threads {
+        if !packed.is_empty() && packed.len() + 1 + thread.len() > MAX_PAYLOAD {
+            payloads.push(std::mem::take(&mut packed));
+        }
+        packed.push_str(if packed.is_empty() { "events:" } else { "," });
+        packed.push_str(thread);
+    }
+    if !packed.is_empty() {
+        payloads.push(packed);
+    }
+    payloads
 }
 
-fn decode_notification(payload: &str) -> Option<Notification> {
-    if payload == "runs" {
-        return Some(Notification::Runs);
+/// The wake-ups of one payload; what cannot be read (another version's payload) is skipped.
+fn decode_notifications(payload: &str) -> Vec<Notification> {
+    match payload {
+        "runs" => return vec![Notification::Runs],
+        "actions" => return vec![Notification::Actions],
+        _ => {}
     }
-    if payload == "actions" {
-        return Some(Notification::Actions);
-    }
-    if let Some(thread) = payload.strip_prefix("events:") {
-        return ThreadId::parse(thread).ok().map(Notification::ThreadEvents);
+    if let Some(threads) = payload.strip_prefix("events:") {
+        return threads
+            .split(',')
+            .filter_map(|thread| ThreadId::parse(thread).ok())
+            .map(Notification::ThreadEvents)
+            .collect();
     }
     payload
         .strip_prefix("cancel:")
         .and_then(|run| RunId::parse(run).ok())
         .map(Notification::CancelRun)
+        .into_iter()
+        .collect()
 }
 
 crate::sql::impl_sql_store!(PgStore, Postgres);
@@ -377,7 +406,7 @@ impl crate::Store for PgStore {
                 };
                 match received {
                     Ok(message) => {
-                        if let Some(n) = decode_notification(message.payload()) {
+                        for n in decode_notifications(message.payload()) {
                             // A full channel means the node is far behind; the slow poll and the
                             // next notification catch it up, so dropping one is safe.
                             if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
@@ -400,5 +429,71 @@ impl crate::Store for PgStore {
             }
         });
         Ok(Some(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use super::*;
+
+    #[test]
+    fn thread_wake_ups_are_packed_under_the_payload_limit_and_read_back() {
+        let threads: Vec<ThreadId> = (0..1_000).map(|_| ThreadId::generate()).collect();
+        let mut sent: Vec<Notification> = threads
+            .iter()
+            .cloned()
+            .map(Notification::ThreadEvents)
+            .collect();
+        let run = RunId::generate();
+        sent.extend([
+            Notification::Runs,
+            Notification::Runs,
+            Notification::Actions,
+            Notification::CancelRun(run.clone()),
+            Notification::ThreadEvents(threads[0].clone()),
+        ]);
+        let payloads = encode_notifications(&sent);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let events = payloads.iter().filter(|p| p.starts_with("events:")).count();
+        let per_payload = MAX_PAYLOAD / (threads[0].as_str().len() + 1);
+        assert_eq!(events, threads.len().div_ceil(per_payload), "{payloads:?}");
+        let mut received: Vec<Notification> = payloads
+            .iter()
+            .flat_map(|p| decode_notifications(p))
+            .collect();
+        assert_eq!(received.len(), threads.len() + 3, "duplicates are dropped");
+        let mut woken: Vec<ThreadId> = Vec::new();
+        received.retain(|n| match n {
+            Notification::ThreadEvents(t) => {
+                woken.push(t.clone());
+                false
+            }
+            _ => true,
+        });
+        let mut expected = threads.clone();
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(woken, expected);
+        assert_eq!(received.len(), 3);
+        assert!(received.contains(&Notification::Runs));
+        assert!(received.contains(&Notification::Actions));
+        assert!(received.contains(&Notification::CancelRun(run)));
+    }
+
+    #[test]
+    fn one_notification_is_one_payload_and_unreadable_ones_are_skipped() {
+        let thread = ThreadId::generate();
+        assert_eq!(
+            encode_notifications(&[Notification::ThreadEvents(thread.clone())]),
+            vec![format!("events:{thread}")]
+        );
+        assert!(encode_notifications(&[]).is_empty());
+        assert_eq!(
+            decode_notifications(&format!("events:nonsense,{thread}")),
+            vec![Notification::ThreadEvents(thread)]
+        );
+        assert!(decode_notifications("cancel:nonsense").is_empty());
+        assert!(decode_notifications("something new").is_empty());
     }
 }
