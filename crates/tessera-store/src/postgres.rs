@@ -205,17 +205,8 @@ impl PgStore {
         tx: &mut Transaction<'static, Postgres>,
         notification: &Notification,
     ) -> StoreResult<()> {
-        if defer(std::slice::from_ref(notification)) {
-            return Ok(());
-        }
-        for payload in encode_notifications(std::slice::from_ref(notification)) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        self.notify_many(tx, std::slice::from_ref(notification))
+            .await
     }
 }
 

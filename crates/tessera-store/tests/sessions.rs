@@ -446,18 +446,14 @@ async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_de
 
     // PostgreSQL: hold the thread's row.
     let mut held = if db.backend() == tessera_store::Backend::Postgres {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-        sqlx::query("SELECT id FROM threads WHERE id = $1 FOR UPDATE")
-            .bind(th.id.as_str())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        Some((conn, pid))
+        Some(
+            hold(
+                db,
+                "SELECT id FROM threads WHERE id = $1 FOR UPDATE",
+                th.id.as_str(),
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -475,24 +471,7 @@ async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_de
     };
     if let Some((conn, pid)) = held.as_mut() {
         // The answer waits for the thread's row.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (blocked,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-            )
-            .bind(*pid)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-            if blocked > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the answer never waited"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_until_blocked_by(conn, *pid, "the answer never waited").await;
     }
     let confirm = {
         let (store, scope, th, id) = (
@@ -530,6 +509,40 @@ async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_de
     assert_eq!(resumed.run.id, claimed.run.id);
 }
 
+/// PostgreSQL: a connection of its own inside a transaction that has run `lock` (one bind,
+/// `id`) and holds what it locked; with the connection's backend pid.
+async fn hold(db: &TestDatabase, lock: &str, id: &str) -> (sqlx::PgConnection, i32) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    sqlx::query(lock).bind(id).execute(&mut conn).await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    (conn, pid)
+}
+
+/// Waits (at most 20 s, else fails with `never`) until some session waits for a lock `pid`
+/// holds.
+async fn wait_until_blocked_by(conn: &mut sqlx::PgConnection, pid: i32, never: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (blocked,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(pid)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Stops a thread's runs while its worker is in the middle of writing a step.
 type Stopper = fn(
     Arc<dyn Store>,
@@ -549,19 +562,14 @@ async fn stop_during_a_step(db: &TestDatabase, stop: Stopper) {
     queue(&store, &t.scope, &th.id, "hi").await;
     let claimed = claim(&store, "node-a").await;
     let mut step = if db.backend() == tessera_store::Backend::Postgres {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query("SET deadlock_timeout = '100ms'")
+        let (mut conn, pid) = hold(
+            db,
+            "UPDATE runs SET attempt = attempt WHERE id = $1",
+            claimed.run.id.as_str(),
+        )
+        .await;
+        sqlx::query("SET LOCAL deadlock_timeout = '100ms'")
             .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-        sqlx::query("UPDATE runs SET attempt = attempt WHERE id = $1")
-            .bind(claimed.run.id.as_str())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
             .await
             .unwrap();
         Some((conn, pid))
@@ -571,24 +579,7 @@ async fn stop_during_a_step(db: &TestDatabase, stop: Stopper) {
     let stopping = tokio::spawn(stop(store.clone(), t.scope.clone(), th.id.clone()));
     if let Some((conn, pid)) = step.as_mut() {
         // The stop waits for this step...
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (blocked,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-            )
-            .bind(*pid)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-            if blocked > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stop never waited"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_until_blocked_by(conn, *pid, "the stop never waited").await;
     }
     if let Some((mut conn, _)) = step {
         // ... and the step goes on to number its events on the thread row and commits.
