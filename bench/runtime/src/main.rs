@@ -149,6 +149,10 @@ pub struct Args {
     /// Connections per database pool (`database.max_connections`, the server's default is 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
+    /// SQLite: leave the writer's two threads wherever the system puts them instead of on one
+    /// CPU (`database.sqlite_pin_writer = false`), for a side-by-side comparison.
+    #[arg(long)]
+    pub no_pin_writer: bool,
     /// Turns in the unloaded latency phase (run one at a time, on threads of M turns); 0 skips it.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub latency_turns: u32,

@@ -110,6 +110,7 @@ impl Server {
             database_url: database_url.to_owned(),
             database: DatabaseConfig {
                 max_connections: args.db_connections,
+                sqlite_pin_writer: !args.no_pin_writer,
                 sqlite_synchronous: match args.sqlite_synchronous {
                     Synchronous::Full => SqliteSynchronous::Full,
                     Synchronous::Normal => SqliteSynchronous::Normal,

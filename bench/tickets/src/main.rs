@@ -76,6 +76,10 @@ struct Args {
     /// Connections per database pool (the server default is 10).
     #[arg(long, default_value_t = 10)]
     db_connections: u32,
+    /// SQLite: leave the writer's two threads wherever the system puts them instead of on one
+    /// CPU (`database.sqlite_pin_writer = false`), for a side-by-side comparison.
+    #[arg(long)]
+    no_pin_writer: bool,
 }
 
 /// Latencies of one phase and its wall time.
@@ -275,6 +279,7 @@ async fn bench_backend(
         database_url: db.url().to_owned(),
         database: DatabaseConfig {
             max_connections: args.db_connections,
+            sqlite_pin_writer: !args.no_pin_writer,
             sqlite_synchronous: match args.sqlite_synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
                 Synchronous::Normal => SqliteSynchronous::Normal,

@@ -60,6 +60,9 @@ pub struct DatabaseConfig {
     /// How long a statement waits for a lock before failing, in milliseconds.
     pub busy_timeout_ms: u64,
     pub sqlite_synchronous: SqliteSynchronous,
+    /// SQLite: keep the writer thread and the writer connection's thread on one CPU (faster
+    /// commits; see ARCHITECTURE.md). `false` leaves their placement to the system.
+    pub sqlite_pin_writer: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -68,6 +71,7 @@ impl Default for DatabaseConfig {
             max_connections: 10,
             busy_timeout_ms: 5_000,
             sqlite_synchronous: SqliteSynchronous::Full,
+            sqlite_pin_writer: true,
         }
     }
 }
@@ -507,6 +511,7 @@ impl Config {
             max_connections: self.database.max_connections,
             sqlite_synchronous_full: self.database.sqlite_synchronous == SqliteSynchronous::Full,
             busy_timeout: std::time::Duration::from_millis(self.database.busy_timeout_ms),
+            sqlite_pin_writer: self.database.sqlite_pin_writer,
         }
     }
 }
@@ -531,6 +536,7 @@ mod tests {
             )?;
             jail.set_env("TESSERA_LOG_LEVEL", "warn");
             jail.set_env("TESSERA_DATABASE__BUSY_TIMEOUT_MS", "100");
+            jail.set_env("TESSERA_DATABASE__SQLITE_PIN_WRITER", "false");
             jail.set_env("TESSERA_API_KEY", "not-config");
             let config = Config::load(
                 None,
@@ -544,6 +550,8 @@ mod tests {
             assert_eq!(config.log_level, "warn");
             assert_eq!(config.database.max_connections, 3);
             assert_eq!(config.database.busy_timeout_ms, 100);
+            assert!(!config.connect_options().sqlite_pin_writer);
+            assert!(Config::default().connect_options().sqlite_pin_writer);
             assert_eq!(config.database_url, "sqlite://x.db");
             assert_eq!(config.public_url(), "http://127.0.0.1:9000");
             Ok(())

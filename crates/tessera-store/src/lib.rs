@@ -49,6 +49,7 @@ mod sql_tickets;
 mod sql_toolkits;
 mod sql_tools;
 pub mod sqlite;
+mod sqlite_affinity;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -1691,6 +1692,9 @@ pub struct ConnectOptions {
     /// only against a process crash (faster).
     pub sqlite_synchronous_full: bool,
     pub busy_timeout: std::time::Duration,
+    /// SQLite: keep the writer thread and the writer connection's thread on one CPU (see
+    /// `sqlite_affinity.rs`).
+    pub sqlite_pin_writer: bool,
 }
 
 impl Default for ConnectOptions {
@@ -1699,6 +1703,7 @@ impl Default for ConnectOptions {
             max_connections: 10,
             sqlite_synchronous_full: true,
             busy_timeout: std::time::Duration::from_secs(5),
+            sqlite_pin_writer: true,
         }
     }
 }

@@ -21,6 +21,7 @@ use sqlx::{Sqlite, Transaction};
 use crate::group::{deliver, GroupCommit};
 use crate::migrate;
 use crate::sql_runs::{HotDone, HotWrite};
+use crate::sqlite_affinity as affinity;
 use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
 
 #[derive(Clone)]
@@ -64,6 +65,12 @@ fn spawn_checkpointer(reader: SqlitePool, alive: std::sync::Weak<()>) {
 #[derive(Default)]
 struct Groups {
     hot: GroupCommit<HotWrite, HotDone>,
+}
+
+/// The CPU the writer's threads are kept on, chosen once per process (see `sqlite_affinity.rs`).
+fn writer_cpu() -> Option<usize> {
+    static CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *CPU.get_or_init(affinity::writer_cpu)
 }
 
 /// The thread that drives write transactions (see [`SqliteStore::offload`]).
@@ -113,14 +120,47 @@ impl SqliteStore {
             })
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
+        // The writer thread and the writer connection's thread share one CPU.
+        let pin = options.sqlite_pin_writer.then(writer_cpu).flatten();
+        if let Some(cpu) = pin {
+            let pinned = writer_runtime()?
+                .spawn(async move { affinity::pin_current_thread(cpu) })
+                .await
+                .unwrap_or(false);
+            if !pinned {
+                tracing::debug!(cpu, "could not keep the SQLite writer thread on one CPU");
+            }
+        }
         // The writer is opened first so that it creates the file before readers open it.
         // A local file has no connection that silently breaks: skip the ping sqlx otherwise
         // sends before handing out every pooled connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if let Some(cpu) = pin {
+                        let pinned = affinity::on_connection_thread(conn, move || {
+                            affinity::pin_current_thread(cpu)
+                        })
+                        .await?;
+                        if pinned != Some(true) {
+                            tracing::debug!(
+                                cpu,
+                                "could not keep the SQLite writer connection on one CPU"
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+            })
             // Checkpoints run in the background (see the module documentation).
-            .connect_with(connect.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                connect
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("temp_store", "memory"),
+            )
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
@@ -287,6 +327,66 @@ impl crate::Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With several CPUs, the writer thread and the writer connection's thread are kept on the
+    /// same one, and the readers' threads are left to the system; with pinning off, the writer
+    /// connection's thread is left alone too.
+    #[tokio::test]
+    async fn the_writer_thread_and_the_writer_connection_share_one_cpu() {
+        let Some(cpu) = writer_cpu() else {
+            eprintln!("skipped: this process may run on one CPU only, nothing to pin");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("pin.db").display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .expect("open");
+        let on_writer = writer_runtime()
+            .expect("writer thread")
+            .spawn(async { affinity::allowed_cpus() })
+            .await
+            .expect("probe on the writer thread");
+        assert_eq!(on_writer, vec![cpu], "the writer thread");
+
+        let caller = std::thread::current().id();
+        let probe = || (std::thread::current().id(), affinity::allowed_cpus());
+        let mut writer = store.writer.acquire().await.expect("writer connection");
+        let (thread, cpus) = affinity::on_connection_thread(&mut writer, probe)
+            .await
+            .expect("statement")
+            .expect("the progress handler ran");
+        assert_ne!(
+            thread, caller,
+            "the probe runs on the connection's own thread"
+        );
+        assert_eq!(cpus, vec![cpu], "the writer connection's thread");
+        drop(writer);
+
+        let mut reader = store.reader.acquire().await.expect("reader connection");
+        let (_, cpus) = affinity::on_connection_thread(&mut reader, probe)
+            .await
+            .expect("statement")
+            .expect("the progress handler ran");
+        assert!(cpus.len() > 1, "a reader's thread is not pinned: {cpus:?}");
+        drop(reader);
+        store.close_pools().await;
+
+        let url = format!("sqlite://{}", dir.path().join("unpinned.db").display());
+        let options = ConnectOptions {
+            sqlite_pin_writer: false,
+            ..ConnectOptions::default()
+        };
+        let store = SqliteStore::connect(&url, &options).await.expect("open");
+        let mut writer = store.writer.acquire().await.expect("writer connection");
+        let (_, cpus) = affinity::on_connection_thread(&mut writer, probe)
+            .await
+            .expect("statement")
+            .expect("the progress handler ran");
+        assert!(cpus.len() > 1, "pinning off: {cpus:?}");
+        drop(writer);
+        store.close_pools().await;
+    }
 
     /// The writer never checkpoints by itself, and the background task moves committed pages
     /// from the WAL into the database file without anyone asking.
