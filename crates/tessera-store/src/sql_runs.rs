@@ -773,12 +773,23 @@ macro_rules! impl_run_sql {
                     results.push(result);
                     return Ok(results);
                 }
+                // An earlier write's savepoint is still open: it is released together with the
+                // next write's `SAVEPOINT` (one round trip for both), or by the commit.
+                let mut open = false;
                 for job in batch {
                     // A write that is one statement needs no savepoint: a failing statement
                     // undoes only itself, and one that wrote nothing has nothing to undo.
                     let savepoint = !job.is_one_statement();
                     if savepoint {
-                        sqlx::query("SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                        let sql = if open {
+                            "RELEASE SAVEPOINT tessera_hot; SAVEPOINT tessera_hot"
+                        } else {
+                            "SAVEPOINT tessera_hot"
+                        };
+                        // A plain string runs unprepared: several statements at once, on
+                        // both engines.
+                        sqlx::Executor::execute(&mut *tx, sql).await?;
+                        open = true;
                     }
                     let result = match self.hot_in(&mut tx, job).await {
                         // A database error may have ended the whole transaction (SQLite rolls
@@ -795,11 +806,9 @@ macro_rules! impl_run_sql {
                         }
                         other => other,
                     };
-                    if savepoint {
-                        if !result.as_ref().is_ok_and(|done| done.keeps()) {
-                            sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
-                        }
-                        sqlx::query("RELEASE SAVEPOINT tessera_hot").execute(&mut *tx).await?;
+                    // `ROLLBACK TO` leaves the (now empty) savepoint open.
+                    if savepoint && !result.as_ref().is_ok_and(|done| done.keeps()) {
+                        sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
                     }
                     results.push(result);
                 }

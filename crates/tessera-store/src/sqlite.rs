@@ -388,6 +388,199 @@ mod tests {
         store.close_pools().await;
     }
 
+    /// One group-commit batch of writes with and without savepoints: the write that is not kept
+    /// (a signin ticket opened by a browser nobody signed in to) is undone alone, and the writes
+    /// before and after it, a one-statement mint among them, all commit.
+    #[tokio::test]
+    async fn a_batch_undoes_only_the_write_it_does_not_keep() {
+        use crate::sql_runs::HotWrite;
+        use crate::{
+            AgentStore as _, DeploymentStore as _, ExchangeOutcome, ExchangeTicket, NewSecretKey,
+            NewTicket, TicketStore as _,
+        };
+        use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
+        use tessera_domain::identity::NewSession;
+        use tessera_domain::records::NewDeployment;
+        use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
+        use tessera_domain::thread::ContextGroup;
+        use tessera_domain::ticket::{Binding, Issuer, SessionMode, TicketGrant, TICKET_PREFIX};
+        use tessera_domain::validate::{DeploymentName, Description, Label};
+        use tessera_domain::{Scope, SecretKeyId, Timestamp};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("batch.db").display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        let key = PlainSecret::generate(SECRET_KEY_PREFIX);
+        let (dep, _) = store
+            .create_deployment(
+                &NewDeployment {
+                    name: DeploymentName::parse("name", "batch").expect("name"),
+                    backend_host: "http://batch".to_owned(),
+                    frontend_host: "http://batch-app".to_owned(),
+                },
+                &NewSecretKey {
+                    name: Label::parse("name", "first").expect("label"),
+                    hash: key.hash(),
+                    prefix: key.display_prefix(),
+                },
+            )
+            .await
+            .expect("deployment");
+        let scope = Scope::deployment(dep.id);
+        let agent = store
+            .create_agent(
+                &scope,
+                &AgentSpec {
+                    name: Label::parse("name", "a").expect("label"),
+                    description: Description::parse("description", "").expect("description"),
+                    model: None,
+                    tool_ids: vec![],
+                    sub_agent_ids: vec![],
+                    capability_tags: vec![],
+                    endpoint_slug: None,
+                    approval_rules: vec![],
+                    limits: AgentLimits::default(),
+                    multitask: MultitaskPolicy::Enqueue,
+                },
+            )
+            .await
+            .expect("agent")
+            .id;
+        let grant = |mode: SessionMode| TicketGrant::AgentAccess {
+            agent_ids: vec![agent.clone()],
+            binding: Binding::Anonymous,
+            context_group: (mode == SessionMode::Static)
+                .then(|| ContextGroup::parse("context_group", "g").expect("group")),
+            mode,
+        };
+        let new_ticket = |secret: &PlainSecret, mode: SessionMode| {
+            let now = Timestamp::now();
+            NewTicket {
+                hash: secret.hash(),
+                grant: grant(mode),
+                issuer: Issuer::SecretKey(SecretKeyId::generate()),
+                now,
+                expires_at: now.plus_secs(60),
+            }
+        };
+        let exchange = |secret: &PlainSecret| {
+            let now = Timestamp::now();
+            ExchangeTicket {
+                hash: secret.hash(),
+                now,
+                browser_session: None,
+                new_browser_session: NewSession {
+                    hash: PlainSecret::generate("tss").hash(),
+                    user_id: None,
+                    active_organization_id: None,
+                    impersonation: None,
+                    now,
+                    idle_expires_at: now.plus_secs(600),
+                    expires_at: now.plus_secs(3600),
+                },
+                session_token: PlainSecret::generate("tas").hash(),
+                session_lifetime_ms: 3_600_000,
+                impersonation_ms: 1_800_000,
+                anonymous_key: format!("anon-{}", SecretKeyId::generate()),
+            }
+        };
+        let tickets: Vec<_> = (0..3)
+            .map(|_| PlainSecret::generate(TICKET_PREFIX))
+            .collect();
+        for (ticket, mode) in tickets.iter().zip([
+            SessionMode::Static,
+            SessionMode::Signin,
+            SessionMode::Static,
+        ]) {
+            store
+                .create_ticket(&scope, &new_ticket(ticket, mode))
+                .await
+                .expect("mint");
+        }
+        let minted = PlainSecret::generate(TICKET_PREFIX);
+        let first = exchange(&tickets[0]);
+        let last = exchange(&tickets[2]);
+        let batch = vec![
+            HotWrite::Exchange {
+                scope: scope.clone(),
+                exchange: first.clone(),
+            },
+            HotWrite::Exchange {
+                scope: scope.clone(),
+                exchange: exchange(&tickets[1]),
+            },
+            HotWrite::Ticket {
+                scope: scope.clone(),
+                new: new_ticket(&minted, SessionMode::Static),
+            },
+            HotWrite::Exchange {
+                scope: scope.clone(),
+                exchange: last.clone(),
+            },
+        ];
+        let mut results = store
+            .do_hot_writes(&batch)
+            .await
+            .expect("the batch commits")
+            .into_iter();
+        let mut next = || {
+            results
+                .next()
+                .expect("one result per write")
+                .expect("write")
+        };
+        assert!(matches!(
+            next().exchanged(),
+            Ok(ExchangeOutcome::Agent { .. })
+        ));
+        assert_eq!(
+            next().exchanged().expect("outcome"),
+            ExchangeOutcome::SigninRequired
+        );
+        assert!(next().ticket().is_ok());
+        assert!(matches!(
+            next().exchanged(),
+            Ok(ExchangeOutcome::Agent { .. })
+        ));
+
+        for ex in [&first, &last] {
+            assert!(
+                store
+                    .agent_session_by_token(&scope, &ex.session_token, Timestamp::now())
+                    .await
+                    .expect("read")
+                    .is_some(),
+                "an exchange around the undone one was committed"
+            );
+        }
+        assert_eq!(
+            store
+                .exchange_ticket(&scope, &exchange(&tickets[1]))
+                .await
+                .expect("exchange"),
+            ExchangeOutcome::SigninRequired,
+            "the undone redemption left the ticket usable"
+        );
+        assert!(
+            matches!(
+                store.exchange_ticket(&scope, &exchange(&minted)).await,
+                Ok(ExchangeOutcome::Agent { .. })
+            ),
+            "the mint in the batch was committed"
+        );
+        assert!(
+            matches!(
+                store.exchange_ticket(&scope, &exchange(&tickets[0])).await,
+                Ok(ExchangeOutcome::Invalid { .. })
+            ),
+            "the first exchange's redemption was committed"
+        );
+        store.close_pools().await;
+    }
+
     /// The writer never checkpoints by itself, and the background task moves committed pages
     /// from the WAL into the database file without anyone asking.
     #[tokio::test]
