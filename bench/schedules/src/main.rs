@@ -20,8 +20,13 @@
 //! # Figures
 //!
 //! - **claim lateness** = when a node recorded the slot (`board_slots.fired_at`) − the slot.
-//! - **firing lateness** = when the slot's run was durably queued (`runs.created_at`) − the slot:
-//!   the moment a worker may start it. This is the figure the target applies to.
+//! - **firing lateness** = the run's `runs.created_at` − the slot. The claiming node stamps it
+//!   (and `fired_at`) when its batch *starts*; the batch commits later.
+//! - **committed** = when the burst's slot records (each committed with its run) became visible
+//!   to other connections, counted every 20 ms from `T`: p99 is the first count that reached 99 %
+//!   of the `ONCE` items. Only from then can a worker start those runs.
+//!
+//! The target (p99 ≤ 1 s) is printed for both; they differ by up to one batch's duration.
 //! - **duplicates** = slot records beyond one per `(item, slot)` plus runs on an item's thread
 //!   beyond its fired slots.
 //! - **lost** = `ONCE` items without a slot record, and `INTERVAL` grid points that came due at
@@ -279,6 +284,47 @@ macro_rules! schedule_all {
     }};
 }
 
+/// How often the commit watcher counts the burst's slot records.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Counts, every [`WATCH_EVERY`] from `T` on, the `ONCE` burst's slot records other connections
+/// can see (each commits together with its run), until all `once` are or `until` (ms) passes.
+/// Returns (ms after `T` the count started, count) samples.
+macro_rules! watch_commits {
+    ($pool:expr, $due:expr, $once:expr, $until:expr) => {{
+        let pool = $pool;
+        let wait = ($due - Timestamp::now().as_millis()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let mut samples: Vec<(i64, i64)> = Vec::new();
+        loop {
+            let at = Timestamp::now().as_millis();
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM board_slots WHERE slot_at = $1")
+                    .bind($due)
+                    .fetch_one(&pool)
+                    .await?;
+            samples.push((at - $due, count));
+            if count >= $once as i64 || at >= $until {
+                break;
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+        pool.close().await;
+        samples
+    }};
+}
+
+/// The commit watcher's samples (ms after `T`, slot records seen) and the burst's size.
+struct CommitWatch {
+    samples: Vec<(i64, i64)>,
+    once: usize,
+}
+
+/// When (ms after `T`) the `rank`-th slot record of the burst was first seen committed.
+fn seen_by(samples: &[(i64, i64)], rank: i64) -> Option<i64> {
+    samples.iter().find(|(_, n)| *n >= rank).map(|(at, _)| *at)
+}
+
 async fn run_backend(args: &Args, postgres: bool, pg: &str) -> anyhow::Result<bool> {
     let name = if postgres { "PostgreSQL" } else { "SQLite" };
     let node_count = if postgres { args.nodes.max(1) } else { 1 };
@@ -400,6 +446,19 @@ async fn run_backend(args: &Args, postgres: bool, pg: &str) -> anyhow::Result<bo
         Timestamp::from_millis(due).to_rfc3339(),
         args.duration
     );
+    let once = args.once;
+    let watch_url = db_url.clone();
+    let watcher = tokio::spawn(async move {
+        let samples: anyhow::Result<Vec<(i64, i64)>> = async {
+            Ok(if postgres {
+                watch_commits!(sqlx::PgPool::connect(&watch_url).await?, due, once, end)
+            } else {
+                watch_commits!(sqlx::SqlitePool::connect(&watch_url).await?, due, once, end)
+            })
+        }
+        .await;
+        samples
+    });
     let wait = (end - Timestamp::now().as_millis()).max(0) as u64 + 10_000;
     tokio::time::sleep(Duration::from_millis(wait)).await;
     for node in nodes {
@@ -412,7 +471,12 @@ async fn run_backend(args: &Args, postgres: bool, pg: &str) -> anyhow::Result<bo
     } else {
         read_results!(sqlx::SqlitePool::connect(&db_url).await?)
     };
-    let ok = report(name, node_count, &slots, &runs, &items, end);
+    let commits = watcher.await??;
+    let commits = CommitWatch {
+        samples: commits,
+        once: args.once,
+    };
+    let ok = report(name, node_count, &slots, &runs, &items, end, &commits);
     if let Some(schema) = schema {
         let mut conn = sqlx::PgConnection::connect(pg).await?;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -456,7 +520,13 @@ fn report(
     runs: &[(String, i64)],
     items: &[(String, String, i64)],
     end: i64,
+    commits: &CommitWatch,
 ) -> bool {
+    let CommitWatch {
+        samples: commits,
+        once,
+    } = commits;
+    let once = *once;
     println!(
         "\n{name} ({nodes} node{}):",
         if nodes == 1 { "" } else { "s" }
@@ -534,13 +604,30 @@ fn report(
     let p99 = line("firing lateness (run queued), all", queued);
     line("  ONCE (all due in one second)", queued_once);
     line("  INTERVAL", queued_interval);
+    // The claim's clock stamps `created_at` before its batch commits; this is when the runs
+    // could be seen (and started) by any node.
+    let rank = |p: f64| ((p / 100.0) * once as f64).ceil().max(1.0) as i64;
+    let committed = |p: f64| match seen_by(commits, rank(p)) {
+        Some(at) => format!("{at:>6} ms"),
+        None => "   not seen".to_owned(),
+    };
+    println!(
+        "  committed (visible), ONCE burst  n= {once:>5}  p50={}  p90={}  p99={}  all={}   (counted every {} ms)",
+        committed(50.0),
+        committed(90.0),
+        committed(99.0),
+        committed(100.0),
+        WATCH_EVERY.as_millis()
+    );
     println!(
         "  duplicates: {duplicate_slots} slot records, {extra_runs} extra runs; lost slots: {lost}"
     );
     let met = p99.is_some_and(|p| p <= 1000);
+    let committed_met = seen_by(commits, rank(99.0)).is_some_and(|at| at <= 1000);
     println!(
-        "  target p99 ≤ 1000 ms: {}; zero duplicates: {}; zero lost: {}",
+        "  target p99 ≤ 1000 ms: {} (run queued), {} (committed); zero duplicates: {}; zero lost: {}",
         if met { "met" } else { "NOT met" },
+        if committed_met { "met" } else { "NOT met" },
         if duplicate_slots == 0 && extra_runs == 0 {
             "met"
         } else {
