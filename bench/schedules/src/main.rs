@@ -288,7 +288,7 @@ macro_rules! schedule_all {
 const WATCH_EVERY: Duration = Duration::from_millis(20);
 
 /// Counts, every [`WATCH_EVERY`] from `T` on, the `ONCE` burst's slot records other connections
-/// can see (each commits together with its run), until all `once` are or `until` (ms) passes.
+/// can see (not the `INTERVAL` items whose first slot is also `T`) (each commits together with its run), until all `once` are or `until` (ms) passes.
 /// Returns (ms after `T` the count started, count) samples.
 macro_rules! watch_commits {
     ($pool:expr, $due:expr, $once:expr, $until:expr) => {{
@@ -298,11 +298,13 @@ macro_rules! watch_commits {
         let mut samples: Vec<(i64, i64)> = Vec::new();
         loop {
             let at = Timestamp::now().as_millis();
-            let count: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM board_slots WHERE slot_at = $1")
-                    .bind($due)
-                    .fetch_one(&pool)
-                    .await?;
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM board_slots s JOIN board_items b ON b.id = s.item_id
+                     WHERE s.slot_at = $1 AND b.schedule_kind = 'ONCE'",
+            )
+            .bind($due)
+            .fetch_one(&pool)
+            .await?;
             samples.push((at - $due, count));
             if count >= $once as i64 || at >= $until {
                 break;

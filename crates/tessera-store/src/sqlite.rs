@@ -139,6 +139,10 @@ impl SqliteStore {
             .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    // A connection that cannot run `SELECT 1` is refused like any broken one.
+                    // Were this future dropped half-way, the connection (and the progress
+                    // handler with it) would be dropped too: sqlx hands out only connections
+                    // whose set-up finished.
                     if let Some(cpu) = pin {
                         let pinned = affinity::on_connection_thread(conn, move || {
                             affinity::pin_current_thread(cpu)
@@ -181,7 +185,9 @@ impl SqliteStore {
         &self.reader
     }
 
-    /// Runs a hot write transaction on a dedicated thread. Each statement is a round trip to
+    /// Runs a hot write transaction on a dedicated thread (kept on one CPU with the writer
+    /// connection's thread, see `sqlite_affinity.rs`; a thread started from it, such as a
+    /// connection's, inherits that CPU). Each statement is a round trip to
     /// sqlx's connection thread while the single writer is held; on a busy runtime every
     /// round trip would also wait for a worker thread to poll the transaction's task again,
     /// stretching how long everyone else waits for the writer.
@@ -389,8 +395,9 @@ mod tests {
     }
 
     /// One group-commit batch of writes with and without savepoints: the write that is not kept
-    /// (a signin ticket opened by a browser nobody signed in to) is undone alone, and the writes
-    /// before and after it, a one-statement mint among them, all commit.
+    /// (a signin ticket opened by a browser nobody signed in to) is undone alone, a mint naming a
+    /// missing agent fails alone, and the writes before and after them, one-statement mints
+    /// among them, all commit.
     #[tokio::test]
     async fn a_batch_undoes_only_the_write_it_does_not_keep() {
         use crate::sql_runs::HotWrite;
@@ -500,51 +507,60 @@ mod tests {
                 .await
                 .expect("mint");
         }
-        let minted = PlainSecret::generate(TICKET_PREFIX);
+        let (minted_a, minted_b) = (
+            PlainSecret::generate(TICKET_PREFIX),
+            PlainSecret::generate(TICKET_PREFIX),
+        );
+        let mut orphan = new_ticket(&PlainSecret::generate(TICKET_PREFIX), SessionMode::Static);
+        orphan.grant = TicketGrant::AgentAccess {
+            agent_ids: vec![tessera_domain::AgentId::generate()],
+            binding: Binding::Anonymous,
+            mode: SessionMode::Static,
+            context_group: Some(ContextGroup::parse("context_group", "g").expect("group")),
+        };
         let first = exchange(&tickets[0]);
         let last = exchange(&tickets[2]);
+        let job = |exchange: ExchangeTicket| HotWrite::Exchange {
+            scope: scope.clone(),
+            exchange,
+        };
+        let mint = |new: NewTicket| HotWrite::Ticket {
+            scope: scope.clone(),
+            new,
+        };
+        // Kept, then a one-statement write inside its still-open savepoint, then an undone
+        // write, a one-statement write after the undone savepoint, one that fails alone (its
+        // agent does not exist), and a last kept one.
         let batch = vec![
-            HotWrite::Exchange {
-                scope: scope.clone(),
-                exchange: first.clone(),
-            },
-            HotWrite::Exchange {
-                scope: scope.clone(),
-                exchange: exchange(&tickets[1]),
-            },
-            HotWrite::Ticket {
-                scope: scope.clone(),
-                new: new_ticket(&minted, SessionMode::Static),
-            },
-            HotWrite::Exchange {
-                scope: scope.clone(),
-                exchange: last.clone(),
-            },
+            job(first.clone()),
+            mint(new_ticket(&minted_a, SessionMode::Static)),
+            job(exchange(&tickets[1])),
+            mint(new_ticket(&minted_b, SessionMode::Static)),
+            mint(orphan),
+            job(last.clone()),
         ];
-        let mut results = store
+        let results = store
             .do_hot_writes(&batch)
             .await
-            .expect("the batch commits")
-            .into_iter();
-        let mut next = || {
-            results
-                .next()
-                .expect("one result per write")
-                .expect("write")
-        };
-        assert!(matches!(
-            next().exchanged(),
-            Ok(ExchangeOutcome::Agent { .. })
-        ));
+            .expect("the batch commits");
+        let [first_done, minted_a_done, signin_done, minted_b_done, orphan_done, last_done] =
+            <[_; 6]>::try_from(results).unwrap_or_else(|_| panic!("one result per write"));
+        for done in [first_done, last_done] {
+            assert!(matches!(
+                done.and_then(|d| d.exchanged()),
+                Ok(ExchangeOutcome::Agent { .. })
+            ));
+        }
         assert_eq!(
-            next().exchanged().expect("outcome"),
+            signin_done.and_then(|d| d.exchanged()).expect("outcome"),
             ExchangeOutcome::SigninRequired
         );
-        assert!(next().ticket().is_ok());
-        assert!(matches!(
-            next().exchanged(),
-            Ok(ExchangeOutcome::Agent { .. })
-        ));
+        assert!(minted_a_done.and_then(|d| d.ticket()).is_ok());
+        assert!(minted_b_done.and_then(|d| d.ticket()).is_ok());
+        assert!(
+            matches!(orphan_done, Err(crate::StoreError::NotFound { .. })),
+            "a mint naming a missing agent fails alone"
+        );
 
         for ex in [&first, &last] {
             assert!(
@@ -564,13 +580,15 @@ mod tests {
             ExchangeOutcome::SigninRequired,
             "the undone redemption left the ticket usable"
         );
-        assert!(
-            matches!(
-                store.exchange_ticket(&scope, &exchange(&minted)).await,
-                Ok(ExchangeOutcome::Agent { .. })
-            ),
-            "the mint in the batch was committed"
-        );
+        for minted in [&minted_a, &minted_b] {
+            assert!(
+                matches!(
+                    store.exchange_ticket(&scope, &exchange(minted)).await,
+                    Ok(ExchangeOutcome::Agent { .. })
+                ),
+                "the mints around the undone write were committed"
+            );
+        }
         assert!(
             matches!(
                 store.exchange_ticket(&scope, &exchange(&tickets[0])).await,
