@@ -10,16 +10,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
+use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::records::{NewActor, NewDeployment, NewProject};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::thread::{Message, NewThread, Role, ThreadPurpose, ToolCall};
 use tessera_domain::tool::{
     InputSchema, PlatformEventConfig, ToolConfig, ToolName, ToolSpec as RecordSpec,
 };
-use tessera_domain::validate::{
-    DeploymentName, Description, ExternalKey, Label, Metadata, SubjectType,
-};
+use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
 use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp, ToolId};
 use tessera_runtime::board_tools::BoardTools;
 use tessera_runtime::tool_records::{
@@ -81,18 +79,7 @@ async fn setup(db: &TestDatabase) -> Setup {
     let agent = store
         .create_agent(
             &scope,
-            &AgentSpec {
-                name: Label::parse("name", "planner").unwrap(),
-                description: Description::parse("description", "plans").unwrap(),
-                model: None,
-                tool_ids: vec![],
-                sub_agent_ids: vec![],
-                capability_tags: vec![],
-                endpoint_slug: None,
-                approval_rules: vec![],
-                limits: AgentLimits::default(),
-                multitask: MultitaskPolicy::Enqueue,
-            },
+            &tessera_store::testing::agent_spec("planner", "plans"),
         )
         .await
         .unwrap();

@@ -355,27 +355,25 @@ mod tests {
             .expect("probe on the writer thread");
         assert_eq!(on_writer, vec![cpu], "the writer thread");
 
-        let caller = std::thread::current().id();
-        let probe = || (std::thread::current().id(), affinity::allowed_cpus());
-        let mut writer = store.writer.acquire().await.expect("writer connection");
-        let (thread, cpus) = affinity::on_connection_thread(&mut writer, probe)
+        // The thread a connection's statements run on, and the CPUs it may use.
+        async fn probe(pool: &SqlitePool) -> (std::thread::ThreadId, Vec<usize>) {
+            let mut conn = pool.acquire().await.expect("connection");
+            affinity::on_connection_thread(&mut conn, || {
+                (std::thread::current().id(), affinity::allowed_cpus())
+            })
             .await
             .expect("statement")
-            .expect("the progress handler ran");
+            .expect("the progress handler ran")
+        }
+        let (thread, cpus) = probe(&store.writer).await;
         assert_ne!(
-            thread, caller,
+            thread,
+            std::thread::current().id(),
             "the probe runs on the connection's own thread"
         );
         assert_eq!(cpus, vec![cpu], "the writer connection's thread");
-        drop(writer);
-
-        let mut reader = store.reader.acquire().await.expect("reader connection");
-        let (_, cpus) = affinity::on_connection_thread(&mut reader, probe)
-            .await
-            .expect("statement")
-            .expect("the progress handler ran");
+        let (_, cpus) = probe(&store.reader).await;
         assert!(cpus.len() > 1, "a reader's thread is not pinned: {cpus:?}");
-        drop(reader);
         store.close_pools().await;
 
         let url = format!("sqlite://{}", dir.path().join("unpinned.db").display());
@@ -384,13 +382,8 @@ mod tests {
             ..ConnectOptions::default()
         };
         let store = SqliteStore::connect(&url, &options).await.expect("open");
-        let mut writer = store.writer.acquire().await.expect("writer connection");
-        let (_, cpus) = affinity::on_connection_thread(&mut writer, probe)
-            .await
-            .expect("statement")
-            .expect("the progress handler ran");
+        let (_, cpus) = probe(&store.writer).await;
         assert!(cpus.len() > 1, "pinning off: {cpus:?}");
-        drop(writer);
         store.close_pools().await;
     }
 
@@ -405,13 +398,12 @@ mod tests {
             AgentStore as _, DeploymentStore as _, ExchangeOutcome, ExchangeTicket, NewSecretKey,
             NewTicket, TicketStore as _,
         };
-        use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
         use tessera_domain::identity::NewSession;
         use tessera_domain::records::NewDeployment;
         use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
         use tessera_domain::thread::ContextGroup;
         use tessera_domain::ticket::{Binding, Issuer, SessionMode, TicketGrant, TICKET_PREFIX};
-        use tessera_domain::validate::{DeploymentName, Description, Label};
+        use tessera_domain::validate::{DeploymentName, Label};
         use tessera_domain::{Scope, SecretKeyId, Timestamp};
 
         let dir = tempfile::tempdir().expect("temp dir");
@@ -438,21 +430,7 @@ mod tests {
             .expect("deployment");
         let scope = Scope::deployment(dep.id);
         let agent = store
-            .create_agent(
-                &scope,
-                &AgentSpec {
-                    name: Label::parse("name", "a").expect("label"),
-                    description: Description::parse("description", "").expect("description"),
-                    model: None,
-                    tool_ids: vec![],
-                    sub_agent_ids: vec![],
-                    capability_tags: vec![],
-                    endpoint_slug: None,
-                    approval_rules: vec![],
-                    limits: AgentLimits::default(),
-                    multitask: MultitaskPolicy::Enqueue,
-                },
-            )
+            .create_agent(&scope, &crate::testing::agent_spec("a", ""))
             .await
             .expect("agent")
             .id;

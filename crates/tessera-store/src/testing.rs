@@ -82,6 +82,26 @@ impl TestDatabase {
     }
 }
 
+/// An agent specification with `name` and `description` and every other field at its default:
+/// no model (the deployment's), tools, sub-agents, tags or approval rules; default limits; the
+/// `enqueue` policy.
+pub fn agent_spec(name: &str, description: &str) -> tessera_domain::agent::AgentSpec {
+    use tessera_domain::validate::{Description, Label};
+    tessera_domain::agent::AgentSpec {
+        name: Label::parse("name", name).unwrap_or_else(|e| panic!("agent name {name:?}: {e}")),
+        description: Description::parse("description", description)
+            .unwrap_or_else(|e| panic!("agent description {description:?}: {e}")),
+        model: None,
+        tool_ids: vec![],
+        sub_agent_ids: vec![],
+        capability_tags: vec![],
+        endpoint_slug: None,
+        approval_rules: vec![],
+        limits: tessera_domain::agent::AgentLimits::default(),
+        multitask: tessera_domain::agent::MultitaskPolicy::Enqueue,
+    }
+}
+
 /// Runs `body` once per available backend, each on a fresh database. Prints a skip notice for
 /// PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is unset.
 ///

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::json;
-use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
 use tessera_domain::board::{
     Assignment, BoardItemPatch, ItemStatus, NewBoardItem, Overlap, Schedule, ScheduleKind,
     ScheduleState, WorkspaceId, WorkspacePath,
@@ -18,7 +17,7 @@ use tessera_domain::records::{NewActor, NewDeployment, NewProject, Project};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::thread::RunStatus;
 use tessera_domain::validate::{
-    CapabilityTag, DeploymentName, Description, ExternalKey, Label, Metadata, SubjectType,
+    CapabilityTag, DeploymentName, ExternalKey, Label, Metadata, SubjectType,
 };
 use tessera_domain::{BlobId, BoardItemId, Scope, Timestamp};
 use tessera_store::testing::TestDatabase;
@@ -67,18 +66,7 @@ async fn tenant(store: &Arc<dyn Store>, name: &str) -> Tenant {
     let agent = store
         .create_agent(
             &scope,
-            &AgentSpec {
-                name: Label::parse("name", "helper").unwrap(),
-                description: Description::parse("description", "helps").unwrap(),
-                model: None,
-                tool_ids: vec![],
-                sub_agent_ids: vec![],
-                capability_tags: vec![],
-                endpoint_slug: None,
-                approval_rules: vec![],
-                limits: AgentLimits::default(),
-                multitask: MultitaskPolicy::Enqueue,
-            },
+            &tessera_store::testing::agent_spec("helper", "helps"),
         )
         .await
         .unwrap();

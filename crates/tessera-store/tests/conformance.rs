@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
+use tessera_domain::agent::AgentSpec;
 use tessera_domain::records::{NewActor, NewDeployment, NewProject, ProjectStatus};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::{
-    DeploymentName, Description, EndpointSlug, ExternalKey, Label, Metadata, SubjectType,
+    DeploymentName, EndpointSlug, ExternalKey, Label, Metadata, SubjectType,
 };
 use tessera_domain::{Scope, Timestamp, ToolId};
 use tessera_store::testing::TestDatabase;
@@ -62,18 +62,7 @@ fn new_actor(subject: &str, key: &str) -> NewActor {
 }
 
 fn spec(name: &str) -> AgentSpec {
-    AgentSpec {
-        name: Label::parse("name", name).unwrap(),
-        description: Description::parse("description", "helps").unwrap(),
-        model: None,
-        tool_ids: vec![],
-        sub_agent_ids: vec![],
-        capability_tags: vec![],
-        endpoint_slug: None,
-        approval_rules: vec![],
-        limits: AgentLimits::default(),
-        multitask: MultitaskPolicy::Enqueue,
-    }
+    tessera_store::testing::agent_spec(name, "helps")
 }
 
 fn is_not_found(err: &StoreError, want: Entity) -> bool {

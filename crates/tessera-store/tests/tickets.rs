@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use tessera_domain::agent::{AgentLimits, AgentSpec, MultitaskPolicy};
 use tessera_domain::identity::{Email, NewSession, NewUser};
 use tessera_domain::password::hash_password;
 use tessera_domain::records::NewDeployment;
@@ -17,7 +16,7 @@ use tessera_domain::thread::ContextGroup;
 use tessera_domain::ticket::{
     Binding, Issuer, SessionMode, SessionName, TicketGrant, TICKET_PREFIX,
 };
-use tessera_domain::validate::{DeploymentName, Description, Label, Metadata};
+use tessera_domain::validate::{DeploymentName, Label, Metadata};
 use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
@@ -63,18 +62,7 @@ async fn deployment(store: &Arc<dyn Store>, name: &str) -> Scope {
 }
 
 async fn agent(store: &Arc<dyn Store>, scope: &Scope) -> AgentId {
-    let spec = AgentSpec {
-        name: Label::parse("name", "a").unwrap(),
-        description: Description::parse("description", "").unwrap(),
-        model: None,
-        tool_ids: vec![],
-        sub_agent_ids: vec![],
-        capability_tags: vec![],
-        endpoint_slug: None,
-        approval_rules: vec![],
-        limits: AgentLimits::default(),
-        multitask: MultitaskPolicy::Enqueue,
-    };
+    let spec = tessera_store::testing::agent_spec("a", "");
     store.create_agent(scope, &spec).await.unwrap().id
 }
 

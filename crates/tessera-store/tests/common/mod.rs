@@ -55,18 +55,7 @@ pub async fn deployment(store: &Arc<dyn Store>, name: &str) -> Scope {
 }
 
 pub fn spec(name: &str) -> AgentSpec {
-    AgentSpec {
-        name: Label::parse("name", name).unwrap(),
-        description: Description::parse("description", "helps").unwrap(),
-        model: None,
-        tool_ids: vec![],
-        sub_agent_ids: vec![],
-        capability_tags: vec![],
-        endpoint_slug: None,
-        approval_rules: vec![],
-        limits: AgentLimits::default(),
-        multitask: MultitaskPolicy::Enqueue,
-    }
+    tessera_store::testing::agent_spec(name, "helps")
 }
 
 /// A deployment with an actor, an agent and an active project binding them.
