@@ -424,8 +424,15 @@ async fn a_user_signs_in_through_the_page_in_a_real_browser(db: &TestDatabase) {
     // The page's sign-out button ends the session.
     browser.goto(&app.url("/sign-in")).await;
     browser.click("button[type=submit]").await;
+    // The address is `/sign-in` before and after the sign-out's redirect, so wait for the
+    // signed-out page's form itself, not the address.
     browser.wait_for_url("/sign-in").await;
-    browser.find("#email").await;
+    browser
+        .wait_for(
+            "the sign-in form after signing out",
+            "return document.querySelector('#email') !== null;",
+        )
+        .await;
     let me = browser.open_json(&app.url("/me")).await;
     assert_eq!(me["error"]["code"], "unauthorized", "{me}");
 
