@@ -21,9 +21,10 @@ use tessera_domain::thread::{
 };
 use tessera_domain::{MessageId, RunId, Scope, Timestamp};
 use tessera_store::{
-    CancelRequest, Claimed, Entity, Lease, RunEnd, StepMessage, Store, StoreError, ThreadEvent,
+    CancelRequest, Claimed, Entity, Lease, RunEnd, StartHere, StepMessage, Store, StoreError,
+    ThreadEvent,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::hub::{Hub, Live, Stop};
 use crate::provider::{self, ChatMessage, ChatRole, ModelRequest, ProviderRegistry};
@@ -88,6 +89,52 @@ impl Runtime {
                     self.hub
                         .publish(&e.thread_id, Live::Stored(std::slice::from_ref(e).into()));
                 }
+            }
+        }
+    }
+
+    /// Executes a claimed run on a task of its own, holding the worker `slot` until it ends.
+    pub(crate) fn spawn_execute(self: &Arc<Self>, claimed: Claimed, slot: OwnedSemaphorePermit) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            rt.execute(claimed).await;
+            drop(slot);
+            rt.hub.wake_workers();
+        });
+    }
+
+    /// A free worker of this node for a submission to claim its run for at once
+    /// ([`StartHere`]); give the slot back to [`Runtime::submitted`] with the outcome.
+    pub fn worker_for_submission(&self) -> Option<(OwnedSemaphorePermit, StartHere)> {
+        let slot = self.hub.reserve_worker()?;
+        let start = StartHere {
+            owner: self.config.node_id.clone(),
+            lease_ms: i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
+        };
+        Some((slot, start))
+    }
+
+    /// After a submission was stored and its events published: executes its run when it was
+    /// claimed for `slot`, else frees the slot and wakes the workers to claim it.
+    pub async fn submitted(
+        self: &Arc<Self>,
+        started: Option<Box<Claimed>>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        match (started, slot) {
+            (Some(claimed), Some(slot)) if self.hub.workers_running() => {
+                self.spawn_execute(*claimed, slot)
+            }
+            (Some(claimed), _) => {
+                // The node began stopping meanwhile: any node resumes the run at once.
+                if let Err(err) = self.store.release_lease(&claimed.lease).await {
+                    tracing::warn!(run_id = %claimed.run.id, error = %err, "releasing a run started while stopping failed; it resumes when its lease expires");
+                }
+                self.hub.wake_workers();
+            }
+            (None, slot) => {
+                drop(slot);
+                self.hub.wake_workers();
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tessera_domain::{RunId, ThreadId};
 use tessera_store::ThreadEvent;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Items per thread a subscriber may fall behind by before it lags.
 const THREAD_CHANNEL_CAPACITY: usize = 256;
@@ -55,6 +55,8 @@ pub struct Hub {
     /// Until when workers start no new runs: the board scheduler is claiming a burst of due
     /// slots (see [`Hub::defer_claims`]).
     claims_deferred: Mutex<Option<std::time::Instant>>,
+    /// The worker slots of this node's claim loop while it runs (`worker::run_workers`).
+    workers: Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl Hub {
@@ -119,6 +121,27 @@ impl Hub {
         deferred
             .filter(|until| *until > std::time::Instant::now())
             .map(tokio::time::Instant::from_std)
+    }
+
+    /// Offers (`Some`) or withdraws (`None`: the node is stopping) the workers' slots.
+    pub(crate) fn set_workers(&self, slots: Option<Arc<Semaphore>>) {
+        *Self::lock(&self.workers) = slots;
+    }
+
+    /// Takes a free worker slot without waiting, for a run to start on this node at once (see
+    /// `tessera_store::StartHere`); `None` when every worker is busy, no workers run here
+    /// (none configured, or stopping), or a burst of scheduled slots goes first.
+    pub fn reserve_worker(&self) -> Option<OwnedSemaphorePermit> {
+        if self.claims_deferred_until().is_some() {
+            return None;
+        }
+        let slots = Self::lock(&self.workers).clone()?;
+        slots.try_acquire_owned().ok()
+    }
+
+    /// Whether the workers run (they were offered and not withdrawn).
+    pub(crate) fn workers_running(&self) -> bool {
+        Self::lock(&self.workers).is_some()
     }
 
     /// Wakes the action scheduler: a pending action was created.
@@ -226,6 +249,25 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), hub.work_available())
             .await
             .expect("woken");
+    }
+
+    #[tokio::test]
+    async fn a_worker_is_reserved_only_while_one_is_free_and_nothing_goes_first() {
+        let hub = Hub::new();
+        assert!(hub.reserve_worker().is_none(), "no workers offered");
+        hub.set_workers(Some(Arc::new(Semaphore::new(1))));
+        let first = hub.reserve_worker().expect("a free worker");
+        assert!(hub.reserve_worker().is_none(), "the only worker is taken");
+        drop(first);
+        hub.defer_claims(std::time::Duration::from_secs(60));
+        assert!(
+            hub.reserve_worker().is_none(),
+            "a burst of slots goes first"
+        );
+        hub.resume_claims();
+        assert!(hub.reserve_worker().is_some());
+        hub.set_workers(None);
+        assert!(hub.reserve_worker().is_none(), "stopping");
     }
 
     #[tokio::test]

@@ -19,6 +19,10 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
     // Lives as long as this loop, even when the loop is aborted.
     let _forwarder = forward_notifications(&rt).await;
     let permits = Arc::new(Semaphore::new(rt.config.workers.max(1)));
+    // Submissions may start runs on these workers while this loop runs, and only then (also
+    // when the loop is aborted).
+    let offered = Offered(rt.hub.clone());
+    rt.hub.set_workers(Some(permits.clone()));
     let lease_ms = rt.config.lease.as_millis() as i64;
     let mut next_prune = tokio::time::Instant::now();
     loop {
@@ -40,12 +44,21 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             continue;
         }
         // Claims as many runs as there are free workers, in one transaction per batch: under
-        // load, several workers free up while a claim waits for the database.
+        // load, several workers free up while a claim waits for the database. The slots are
+        // taken first: submissions take them too (`Hub::reserve_worker`), and a run claimed
+        // without one would wait for a worker while its lease runs out.
         loop {
-            let free = permits.available_permits().min(MAX_CLAIM_BATCH);
-            if free == 0 {
+            let mut slots = Vec::new();
+            while slots.len() < MAX_CLAIM_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+            if slots.is_empty() {
                 break;
             }
+            let free = slots.len();
             let batch = match rt
                 .store
                 .claim_runs(&rt.config.node_id, Timestamp::now(), lease_ms, free)
@@ -58,18 +71,9 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
                 }
             };
             let full = batch.len() == free;
-            for claimed in batch {
-                // Only this loop takes permits, so the free ones counted above are still free
-                // and this does not wait (the semaphore is never closed).
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let rt = rt.clone();
-                tokio::spawn(async move {
-                    rt.execute(claimed).await;
-                    drop(permit);
-                    rt.hub.wake_workers();
-                });
+            // One slot per run claimed; the others are given back as `slots` drops.
+            for (claimed, slot) in batch.into_iter().zip(slots) {
+                rt.spawn_execute(claimed, slot);
             }
             if !full {
                 break;
@@ -81,8 +85,10 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => {}
         }
     }
-    // Runs in flight stop at their next await point and release their leases, so a restarted
-    // (or any other) node resumes them at once instead of after the lease.
+    // No run starts here any more; runs in flight stop at their next await point and release
+    // their leases, so a restarted (or any other) node resumes them at once instead of after
+    // the lease.
+    drop(offered);
     rt.hub.stop_all(Stop::Release);
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     while rt.hub.running() > 0 && tokio::time::Instant::now() < deadline {
@@ -131,6 +137,15 @@ pub async fn maintain(rt: &Runtime, now: Timestamp) {
             Ok(n) => tracing::info!(deleted = n, "pruned {what}"),
             Err(err) => tracing::warn!(error = %err, "pruning {what} failed"),
         }
+    }
+}
+
+/// Withdraws the workers offered to submissions when dropped.
+struct Offered(Arc<crate::hub::Hub>);
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        self.0.set_workers(None);
     }
 }
 

@@ -134,6 +134,7 @@ async fn setup(db: &TestDatabase) -> Setup {
                 policy: MultitaskPolicy::Enqueue,
                 idempotency: None,
                 variables: Default::default(),
+                start: None,
             },
         )
         .await

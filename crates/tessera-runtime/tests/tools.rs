@@ -263,6 +263,7 @@ impl Rig {
             policy: MultitaskPolicy::Enqueue,
             idempotency: None,
             variables: Default::default(),
+            start: None,
         };
         match self
             .store

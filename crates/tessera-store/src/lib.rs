@@ -472,16 +472,33 @@ pub struct SubmitRun {
     /// Context variables to merge into the session with the message (`askAgentPool`), in the
     /// same transaction: a refused message merges nothing, a refused merge sends nothing.
     pub variables: tessera_domain::session::VariablePatch,
+    /// The caller has a free worker: when nothing else is open on the thread, the run is
+    /// claimed for it in the same transaction (see [`StartHere`]).
+    pub start: Option<StartHere>,
+}
+
+/// A submission's run claimed at once by the submitting node, which has a free worker waiting:
+/// the claim a worker would otherwise make in a transaction of its own right after. The run is
+/// stored `running` with attempt 1 and a lease held by `owner` until `now + lease_ms`, the
+/// thread's active slot is taken, and its `run.status` events are `queued` then `running`. A
+/// node that dies before executing it loses nothing: the lease expires and any node resumes the
+/// run, as with any claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartHere {
+    pub owner: String,
+    pub lease_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubmitOutcome {
     /// The message was stored and the run queued. `interrupted` lists runs the `interrupt`
-    /// policy asked to stop.
+    /// policy asked to stop. `started`: the run was claimed for the caller ([`StartHere`]);
+    /// its events are in `events` (the claim's own `events` are empty).
     Created {
         run: Run,
         interrupted: Vec<RunId>,
         events: Vec<ThreadEvent>,
+        started: Option<Box<Claimed>>,
     },
     /// The idempotency key was seen before with the same request: its first answer.
     Replayed { result: serde_json::Value },

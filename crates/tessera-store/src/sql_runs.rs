@@ -47,6 +47,18 @@ pub(crate) const CLAIM_QUEUED_POSTGRES: &str = "SELECT r.id, r.thread_id FROM ru
                    ORDER BY q.id LIMIT 1)
      ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
 
+/// Whether `claim_runs` would find anything (one row) or not (none): a run whose lease expired
+/// before `$1`, or a queued run first in its thread's queue on a thread with no active run. The
+/// checks are `CLAIM_QUEUED_POSTGRES`'s scalar subqueries (reading one index entry each) on
+/// both backends, and the query stops at the first run found.
+pub(crate) const CLAIMABLE_PEEK: &str = "SELECT 1 WHERE
+       EXISTS (SELECT 1 FROM runs r WHERE r.status = 'running' AND r.lease_expires_at < $1)
+    OR EXISTS (SELECT 1 FROM runs r
+     WHERE r.status = 'queued'
+       AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
+       AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
+                   ORDER BY q.id LIMIT 1))";
+
 /// Run statuses that hold (or wait for) the thread.
 pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
 
@@ -187,7 +199,7 @@ macro_rules! impl_run_sql {
             ActorId, AgentId, DeploymentId, MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp,
         };
         use $crate::sql::corrupt;
-        use $crate::sql_runs::{EVENT_COLS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
+        use $crate::sql_runs::{CLAIMABLE_PEEK, EVENT_COLS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
         use $crate::{
             CancelRequest, Claimed, Conflict, Cursor, Entity, Idempotency, Lease, Notification,
             Order, Page, PageRequest, RunEnd, StepMessage, StoreError, StoreResult, SubmitOutcome,
@@ -948,17 +960,32 @@ macro_rules! impl_run_sql {
                     drop(rows);
                     self.notify(tx, &Notification::Runs).await?;
                     self.notify(tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                    return Ok(SubmitOutcome::Created { run, interrupted: Vec::new(), events });
+                    return Ok(SubmitOutcome::Created { run, interrupted: Vec::new(), events, started: None });
                 }
                 let mut stops = Vec::new();
                 let mut interrupted = Vec::new();
-                // `enqueue` (the default) queues behind whatever is open: no need to look.
+                // Whether a run of the thread is still open once the policy applied: the run
+                // can be claimed here only when none is (see `StartHere`).
+                let mut open = true;
                 match submit.policy {
-                    tessera_domain::agent::MultitaskPolicy::Enqueue => {}
+                    // `enqueue` (the default) queues behind whatever is open: it needs to look
+                    // only to start the run here.
+                    tessera_domain::agent::MultitaskPolicy::Enqueue => {
+                        if submit.start.is_some() {
+                            open = sqlx::query(&format!(
+                                "SELECT 1 FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} LIMIT 1"
+                            ))
+                            .bind(thread_id.as_str())
+                            .fetch_optional(&mut **tx)
+                            .await?
+                            .is_some();
+                        }
+                    }
                     tessera_domain::agent::MultitaskPolicy::Reject => {
                         if !open_runs(tx, thread_id.as_str()).await?.is_empty() {
                             return Err(StoreError::Conflict(Conflict::RunActive));
                         }
+                        open = false;
                     }
                     tessera_domain::agent::MultitaskPolicy::Interrupt => {
                         for run in &open_runs(tx, thread_id.as_str()).await? {
@@ -969,28 +996,64 @@ macro_rules! impl_run_sql {
                             }
                             stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
                         }
+                        // Runs that ended here are closed; the interrupted ones end later.
+                        open = !interrupted.is_empty();
                     }
                 }
+                if !stops.is_empty() {
+                    last = reserve_seqs(tx, thread_id.as_str(), stops.len()).await?;
+                }
+                // Claimed for the caller's free worker: the thread's active slot and the number
+                // of the `running` event in one update (the slot is free when nothing is open,
+                // but the update checks it as a claim does).
+                let start = match (&submit.start, open) {
+                    (Some(start), false) => sqlx::query(&format!(
+                        "UPDATE threads SET active_run_id = $1, status = 'running', last_seq = last_seq + 1
+                         WHERE id = $2 AND active_run_id IS NULL RETURNING last_seq, {THREAD_COLS}"
+                    ))
+                    .bind(submit.run_id.as_str())
+                    .bind(thread_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| {
+                        last = row.try_get("last_seq")?;
+                        Ok::<_, StoreError>((start, thread_from_row(&row)?))
+                    })
+                    .transpose()?,
+                    _ => None,
+                };
                 insert_message(tx, dep, &submit.message, None).await?;
                 let row = sqlx::query(&format!(
-                    "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at)
-                     VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
+                    "INSERT INTO runs (id, deployment_id, thread_id, status, input_message_id, created_at,
+                       attempt, lease_owner, lease_expires_at, started_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {RUN_COLS}"
                 ))
                 .bind(submit.run_id.as_str())
                 .bind(dep)
                 .bind(thread_id.as_str())
+                .bind(if start.is_some() { "running" } else { "queued" })
                 .bind(submit.message.id.as_str())
                 .bind(now.as_millis())
+                .bind(i64::from(start.is_some()))
+                .bind(start.as_ref().map(|(s, _)| s.owner.as_str()))
+                .bind(start.as_ref().map(|(s, _)| now.as_millis() + s.lease_ms))
+                .bind(start.as_ref().map(|_| now.as_millis()))
                 .fetch_one(&mut **tx)
                 .await?;
                 let run = run_from_row(&row)?;
                 let created = event::message_event(event::MESSAGE_CREATED, &submit.message);
-                let queued = event::run_status_event(&run);
+                let queued = event::run_status_event(&Run {
+                    status: tessera_domain::thread::RunStatus::Queued,
+                    ..run.clone()
+                });
+                let running = start.as_ref().map(|_| event::run_status_event(&run));
                 // Runs the interruption cancelled while still queued come first.
-                if !stops.is_empty() {
-                    last = reserve_seqs(tx, thread_id.as_str(), stops.len()).await?;
-                }
-                let first = last - 1 - stops.len() as i64;
+                let ours: Vec<(Option<&str>, &NewEvent)> = [Some(&created), Some(&queued), running.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (Some(run.id.as_str()), e))
+                    .collect();
+                let first = last + 1 - (stops.len() + ours.len()) as i64;
                 let rows = numbered(
                     dep,
                     thread_id.as_str(),
@@ -998,13 +1061,26 @@ macro_rules! impl_run_sql {
                     stops
                         .iter()
                         .map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e))
-                        .chain([(Some(run.id.as_str()), &created), (Some(run.id.as_str()), &queued)]),
+                        .chain(ours),
                 );
                 let events = insert_events(tx, &rows, now).await?;
                 drop(rows);
-                self.notify(tx, &Notification::Runs).await?;
+                // A run started here needs no worker woken, here or on another node.
+                if start.is_none() {
+                    self.notify(tx, &Notification::Runs).await?;
+                }
                 self.notify(tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                Ok(SubmitOutcome::Created { run, interrupted, events })
+                let started = start.map(|(_, thread)| {
+                    Box::new(Claimed {
+                        scope: scope.clone(),
+                        lease: Lease { run_id: run.id.clone(), attempt: run.attempt },
+                        stop: CancelRequest::None,
+                        run: run.clone(),
+                        thread,
+                        events: Vec::new(),
+                    })
+                });
+                Ok(SubmitOutcome::Created { run, interrupted, events, started })
             }
 
             pub(crate) async fn do_claim_runs(
@@ -1018,6 +1094,18 @@ macro_rules! impl_run_sql {
                     return Ok(Vec::new());
                 }
                 let limit = limit as i64;
+                // Most wake-ups find nothing to claim (a run ended and nothing waits, or its
+                // submission claimed it): look on a reader first, without taking the writer
+                // (SQLite) or opening a transaction. A run queued after this look wakes the
+                // workers again once it is committed.
+                let claimable = sqlx::query(CLAIMABLE_PEEK)
+                    .bind(now.as_millis())
+                    .fetch_optional(self.reader())
+                    .await?
+                    .is_some();
+                if !claimable {
+                    return Ok(Vec::new());
+                }
                 let mut tx = self.begin_write().await?;
                 self.pin_claim_plan(&mut tx).await?;
                 // Runs whose worker died (their lease expired) first: they have waited longest.

@@ -171,6 +171,7 @@ backend_tests!(
     reject_policy_refuses_while_a_run_is_open,
     the_threads_multitask_policy_is_its_agents,
     enqueue_policy_queues_behind_the_open_run,
+    a_submission_claims_its_run_for_a_free_worker_only_when_nothing_is_open,
     interrupt_policy_cancels_queued_runs_and_flags_the_running_one,
     idempotent_submits_replay_the_first_answer,
     concurrent_idempotent_submits_create_one_run,
@@ -580,6 +581,180 @@ async fn enqueue_policy_queues_behind_the_open_run(db: &TestDatabase) {
         CancelRequest::None
     );
     assert_eq!(history(&store, &a.scope, &t.id).await.len(), 3);
+    store.close().await;
+}
+
+/// Submits with a free worker waiting (`StartHere`); returns the run and, when it was claimed
+/// for that worker, the claim.
+async fn submit_here(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    thread_id: &ThreadId,
+    text: &str,
+    policy: MultitaskPolicy,
+) -> Result<(Run, Option<Claimed>, Vec<ThreadEvent>), StoreError> {
+    let submit = SubmitRun {
+        start: Some(StartHere {
+            owner: "api-node".into(),
+            lease_ms: LEASE_MS,
+        }),
+        ..submission(thread_id, text, policy)
+    };
+    match store.submit_run(scope, thread_id, &submit).await? {
+        SubmitOutcome::Created {
+            run,
+            events,
+            started,
+            ..
+        } => Ok((run, started.map(|c| *c), events)),
+        SubmitOutcome::Replayed { result } => panic!("unexpected replay {result}"),
+    }
+}
+
+async fn a_submission_claims_its_run_for_a_free_worker_only_when_nothing_is_open(
+    db: &TestDatabase,
+) {
+    let store = open(db).await;
+    let a = tenant(&store, "start-here").await;
+    let t = thread(&store, &a, "t").await;
+
+    // An idle thread: the run is claimed in the submission's transaction, as a claim would.
+    let (run, started, events) =
+        submit_here(&store, &a.scope, &t.id, "go", MultitaskPolicy::Enqueue)
+            .await
+            .unwrap();
+    let started = started.expect("claimed for the free worker");
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.attempt, 1);
+    assert!(run.started_at.is_some());
+    assert_eq!(started.run, run);
+    assert_eq!(
+        started.lease,
+        Lease {
+            run_id: run.id.clone(),
+            attempt: 1
+        }
+    );
+    assert_eq!(started.scope, a.scope);
+    assert_eq!(started.stop, CancelRequest::None);
+    assert_eq!(started.thread.id, t.id);
+    assert_eq!(started.thread.status, ThreadStatus::Running);
+    assert!(
+        started.events.is_empty(),
+        "the submission's events carry them"
+    );
+    // message.created, then queued and running, numbered without a gap.
+    assert_eq!(
+        kinds(&events),
+        vec![event::MESSAGE_CREATED, event::RUN_STATUS, event::RUN_STATUS]
+    );
+    let statuses: Vec<_> = events[1..]
+        .iter()
+        .map(|e| e.data["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!("queued"), json!("running")]);
+    assert_eq!(events, all_events(&store, &a.scope, &t.id).await);
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    // No worker can claim it, and its lease works like any claim's.
+    claim_none(&store).await;
+    assert_eq!(
+        store
+            .heartbeat(&started.lease, Timestamp::now().plus_secs(60))
+            .await
+            .unwrap(),
+        CancelRequest::None
+    );
+
+    // While it is open, later submissions queue behind it whatever the policy allows.
+    let (second, none, _) = submit_here(&store, &a.scope, &t.id, "two", MultitaskPolicy::Enqueue)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(second.status, RunStatus::Queued);
+    assert_eq!(second.attempt, 0);
+    let refused = submit_here(&store, &a.scope, &t.id, "three", MultitaskPolicy::Reject).await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Conflict(Conflict::RunActive))
+    ));
+    let (third, none, _) = submit_here(&store, &a.scope, &t.id, "four", MultitaskPolicy::Interrupt)
+        .await
+        .unwrap();
+    assert!(none.is_none(), "the interrupted run is still open");
+    assert_eq!(third.status, RunStatus::Queued);
+    let first = store.get_run(&a.scope, &t.id, &run.id).await.unwrap();
+    assert!(first.cancel_requested, "the running run was asked to stop");
+    let second = store.get_run(&a.scope, &t.id, &second.id).await.unwrap();
+    assert_eq!(
+        second.status,
+        RunStatus::Cancelled,
+        "queued runs stop at once"
+    );
+
+    // The started run ends like a claimed one; then the queued run is the workers', not the
+    // next submission's: a queued run goes first.
+    store
+        .finish_run(
+            &started.lease,
+            &end(RunStatus::Cancelled, StopReason::Interrupted),
+        )
+        .await
+        .unwrap();
+    let (fifth, none, _) = submit_here(&store, &a.scope, &t.id, "five", MultitaskPolicy::Enqueue)
+        .await
+        .unwrap();
+    assert!(none.is_none(), "a queued run waits on the thread");
+    assert_eq!(fifth.status, RunStatus::Queued);
+    let next = claim(&store, "w").await;
+    assert_eq!(next.run.id, third.id);
+    store
+        .finish_run(
+            &next.lease,
+            &end(RunStatus::Completed, StopReason::Completed),
+        )
+        .await
+        .unwrap();
+    let last = claim(&store, "w").await;
+    assert_eq!(last.run.id, fifth.id);
+    store
+        .finish_run(
+            &last.lease,
+            &end(RunStatus::Completed, StopReason::Completed),
+        )
+        .await
+        .unwrap();
+
+    // A node that dies after the submission loses nothing: once the lease expires, any worker
+    // resumes the run, and the dead node's lease is fenced off.
+    let u = thread(&store, &a, "u").await;
+    let t0 = Timestamp::now();
+    let (run, started, _) = submit_here(&store, &a.scope, &u.id, "go", MultitaskPolicy::Reject)
+        .await
+        .unwrap();
+    let started = started.expect("claimed on an idle thread");
+    let later = Timestamp::from_millis(t0.as_millis() + LEASE_MS + 1_000);
+    let resumed = store
+        .claim_run("w2", later, LEASE_MS)
+        .await
+        .unwrap()
+        .expect("the expired run is reclaimed");
+    assert_eq!(resumed.run.id, run.id);
+    assert_eq!(resumed.lease.attempt, 2);
+    assert!(matches!(
+        store.heartbeat(&started.lease, later).await,
+        Err(StoreError::LeaseLost)
+    ));
+
+    // `interrupt` with only queued runs open cancels them and starts the new run at once.
+    let v = thread(&store, &a, "v").await;
+    let queued = queue(&store, &a.scope, &v.id, "waiting").await;
+    let (run, started, _) = submit_here(&store, &a.scope, &v.id, "now", MultitaskPolicy::Interrupt)
+        .await
+        .unwrap();
+    assert!(started.is_some());
+    assert_eq!(run.status, RunStatus::Running);
+    let queued = store.get_run(&a.scope, &v.id, &queued.id).await.unwrap();
+    assert_eq!(queued.status, RunStatus::Cancelled);
     store.close().await;
 }
 

@@ -450,19 +450,22 @@ pub(crate) async fn ask_agent_pool(
         }),
         // Merged in the submission's transaction: a refused ask changes nothing.
         variables: patch,
+        start: None,
     };
+    let rt = &state.runtime;
+    let (slot, submit) = super::threads::with_free_worker(rt, submit);
     match state.store.submit_run(scope, &thread_id, &submit).await? {
         SubmitOutcome::Created {
             run,
             interrupted,
             events,
+            started,
         } => {
-            let rt = &state.runtime;
             rt.publish(&events);
             for run in &interrupted {
                 rt.hub.stop_run(run, Stop::Interrupt);
             }
-            rt.hub.wake_workers();
+            rt.submitted(started, slot).await;
             // An answer to `ask_user` resumes the waiting run: this response is that run's.
             answer(&state, scope, &thread_id, &run.id, state.ask_wait).await
         }

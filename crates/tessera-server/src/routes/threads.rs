@@ -217,19 +217,22 @@ pub(crate) async fn send_message(
             result: serde_json::to_value(&accepted).unwrap_or_default(),
         }),
         variables: Default::default(),
+        start: None,
     };
+    let rt = &state.runtime;
+    let (slot, submit) = with_free_worker(rt, submit);
     match state.store.submit_run(scope, thread_id, &submit).await? {
         SubmitOutcome::Created {
             run,
             interrupted,
             events,
+            started,
         } => {
-            let rt = &state.runtime;
             rt.publish(&events);
             for run in &interrupted {
                 rt.hub.stop_run(run, Stop::Interrupt);
             }
-            rt.hub.wake_workers();
+            rt.submitted(started, slot).await;
             // An answer to `ask_user` resumes the waiting run instead of starting a new one.
             Ok(api::RunAccepted {
                 run_id: Some(run.id.to_string()),
@@ -237,6 +240,25 @@ pub(crate) async fn send_message(
             })
         }
         SubmitOutcome::Replayed { result } => replay(result),
+    }
+}
+
+/// Reserves one of this node's free workers, if any, for the submission to claim its run for at
+/// once (`tessera_store::StartHere`): the run then starts without a claim transaction of its
+/// own. Shared by the backend API and the browser API.
+pub(crate) fn with_free_worker(
+    rt: &tessera_runtime::driver::Runtime,
+    submit: SubmitRun,
+) -> (Option<tokio::sync::OwnedSemaphorePermit>, SubmitRun) {
+    match rt.worker_for_submission() {
+        Some((slot, start)) => (
+            Some(slot),
+            SubmitRun {
+                start: Some(start),
+                ..submit
+            },
+        ),
+        None => (None, submit),
     }
 }
 

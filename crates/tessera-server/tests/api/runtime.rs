@@ -35,6 +35,7 @@ backend_tests!(
     interrupt_policy_cancels_the_running_run,
     reject_policy_refuses_a_second_message,
     enqueue_policy_runs_messages_in_order,
+    a_run_waits_for_a_free_worker,
     message_queued_during_a_tool_call_keeps_the_exchange_whole,
     idempotent_retry,
     sse_order_and_resume_with_last_event_id,
@@ -63,9 +64,18 @@ impl Rig {
     /// Providers: `scripted` (defaults: 3 retries, 60 s timeouts), `scripted_one_retry` and
     /// `scripted_1s` (first-byte timeout 1 s), all on the same scripted server.
     async fn start(db: &TestDatabase) -> Rig {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// [`Rig::start`] with more configuration.
+    async fn start_with(
+        db: &TestDatabase,
+        customize: impl FnOnce(&mut tessera_server::Config),
+    ) -> Rig {
         let model = ScriptedModelServer::start().await;
         let scripted = model.provider_config();
         let app = spawn_app_with(db, |config| {
+            customize(config);
             config.providers.insert(
                 "scripted_one_retry".into(),
                 ProviderConfig {
@@ -1170,6 +1180,37 @@ async fn enqueue_policy_runs_messages_in_order(db: &TestDatabase) {
     );
     assert_eq!(body["messages"][2]["content"], "first");
     assert_eq!(body["messages"][3]["content"], "two");
+    rig.finish().await;
+}
+
+/// A submission starts its run on a free worker at once (no claim of its own); with every worker
+/// busy, the run waits queued and the workers claim it once one is free.
+async fn a_run_waits_for_a_free_worker(db: &TestDatabase) {
+    let rig = Rig::start_with(db, |config| config.runtime.workers = 1).await;
+    let busy = rig.thread(scripted_agent("busy")).await;
+    let waiting = rig.thread(scripted_agent("waiting")).await;
+    rig.model.push_all([
+        Script::Slow {
+            first_byte_after: Duration::from_millis(500),
+            chunks: vec!["first".into()],
+            gap: Duration::ZERO,
+        },
+        Script::text(["second"]),
+    ]);
+    let first = rig.send(&busy, "one").await;
+    rig.wait_requests(1).await;
+    let second = rig.send(&waiting, "two").await;
+    let queued = rig.run(&waiting, &second).await;
+    assert_eq!(queued.status, RunStatus::Queued, "{queued:?}");
+    assert_eq!(queued.attempt, 0, "nobody claimed it: {queued:?}");
+
+    let a = rig.wait_run(&busy, &first, RunStatus::Completed).await;
+    let b = rig.wait_run(&waiting, &second, RunStatus::Completed).await;
+    assert_eq!((a.attempt, b.attempt), (1, 1));
+    assert!(
+        millis(a.finished_at.as_deref().unwrap()) <= millis(b.started_at.as_deref().unwrap()),
+        "the only worker ran one after the other: {a:?} {b:?}"
+    );
     rig.finish().await;
 }
 

@@ -21,8 +21,8 @@ pub use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp
 pub use tessera_store::testing::TestDatabase;
 pub use tessera_store::{
     backend_tests, CancelRequest, Claimed, Conflict, ConnectOptions, Cursor, Entity, Idempotency,
-    Lease, NewSecretKey, Order, PageRequest, RunEnd, StepMessage, Store, StoreError, SubmitOutcome,
-    SubmitRun, ThreadEvent,
+    Lease, NewSecretKey, Order, PageRequest, RunEnd, StartHere, StepMessage, Store, StoreError,
+    SubmitOutcome, SubmitRun, ThreadEvent,
 };
 
 /// A lease long enough never to expire during a test unless `now` is moved past it.
@@ -136,6 +136,7 @@ pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> 
         policy,
         idempotency: None,
         variables: Default::default(),
+        start: None,
     }
 }
 
@@ -146,6 +147,7 @@ pub fn created(outcome: SubmitOutcome) -> (Run, Vec<RunId>, Vec<ThreadEvent>) {
             run,
             interrupted,
             events,
+            ..
         } => (run, interrupted, events),
         SubmitOutcome::Replayed { result } => {
             panic!("expected a new run, got a replay of {result}")
