@@ -99,7 +99,7 @@ impl Runtime {
         tokio::spawn(async move {
             rt.execute(claimed).await;
             drop(slot);
-            rt.hub.wake_workers();
+            rt.hub.worker_freed();
         });
     }
 
@@ -757,8 +757,9 @@ impl Driver<'_> {
             .store
             .finish_run_after(&self.lease, &steps, &end)
             .await?;
+        // Runs queued behind this one were woken for when they were queued (here, or by
+        // another node's `NOTIFY`); the slot freed when this returns wakes the workers for them.
         self.rt.publish(&events);
-        self.rt.hub.wake_workers();
         tracing::info!(
             run_id = %run.id,
             status = run.status.as_str(),

@@ -6,6 +6,7 @@
 //! growing memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tessera_domain::{RunId, ThreadId};
@@ -50,6 +51,10 @@ pub struct Hub {
     threads: Mutex<HashMap<ThreadId, broadcast::Sender<Live>>>,
     runs: Mutex<HashMap<RunId, watch::Sender<Stop>>>,
     work: Notify,
+    /// `wake_workers` calls so far, and the count the claim loop last found no run queued
+    /// after: more wake-ups than that mean runs may wait for a worker slot.
+    wakes: AtomicU64,
+    settled: AtomicU64,
     /// Pending actions changed: the action scheduler recomputes its next deadline.
     scheduler: Notify,
     /// Until when workers start no new runs: the board scheduler is claiming a burst of due
@@ -88,7 +93,29 @@ impl Hub {
 
     /// Wakes the workers: there may be runs to claim.
     pub fn wake_workers(&self) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
         self.work.notify_one();
+    }
+
+    /// A worker slot was freed (a run ended or paused on this node): wakes the workers only when
+    /// runs may be waiting — woken for since the claim loop last found none queued. A run that
+    /// ends with nothing waiting (its successor claimed at submission, or none) then costs the
+    /// claim loop nothing.
+    pub fn worker_freed(&self) {
+        if self.wakes.load(Ordering::SeqCst) > self.settled.load(Ordering::SeqCst) {
+            self.work.notify_one();
+        }
+    }
+
+    /// The count of wake-ups so far; pass it to [`Hub::settle`] after looking.
+    pub(crate) fn wake_count(&self) -> u64 {
+        self.wakes.load(Ordering::SeqCst)
+    }
+
+    /// The claim loop found no run queued after reading [`Hub::wake_count`] as `seen`: a freed
+    /// slot need not wake it until the next `wake_workers`.
+    pub(crate) fn settle(&self, seen: u64) {
+        self.settled.fetch_max(seen, Ordering::SeqCst);
     }
 
     /// Completes when `wake_workers` was called (or had been called since the last wait).
@@ -249,6 +276,42 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), hub.work_available())
             .await
             .expect("woken");
+    }
+
+    #[tokio::test]
+    async fn a_freed_worker_wakes_the_loop_only_while_runs_may_wait() {
+        let hub = Hub::new();
+        let woken = |hub: &Hub| {
+            let hub_wait = hub.work_available();
+            futures_ready(hub_wait)
+        };
+        // Nothing was ever woken for: a freed slot wakes nobody.
+        hub.worker_freed();
+        assert!(!woken(&hub));
+        hub.wake_workers();
+        assert!(woken(&hub));
+        // Not settled yet: freed slots wake the loop.
+        hub.worker_freed();
+        assert!(woken(&hub));
+        // The loop looked after that wake-up and found nothing queued.
+        hub.settle(hub.wake_count());
+        hub.worker_freed();
+        assert!(!woken(&hub));
+        // A wake-up during the look (after `seen` was read) keeps freed slots waking it.
+        let seen = hub.wake_count();
+        hub.wake_workers();
+        assert!(woken(&hub));
+        hub.settle(seen);
+        hub.worker_freed();
+        assert!(woken(&hub));
+    }
+
+    /// Whether a wait completes at once (its wake-up was stored), polled once.
+    fn futures_ready(fut: impl std::future::Future<Output = ()>) -> bool {
+        let mut fut = std::pin::pin!(fut);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        fut.as_mut().poll(&mut cx).is_ready()
     }
 
     #[tokio::test]

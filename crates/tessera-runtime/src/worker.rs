@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tessera_domain::Timestamp;
-use tessera_store::Notification;
+use tessera_store::{Notification, WaitingRuns};
 use tokio::sync::{watch, Semaphore};
 
 use crate::driver::Runtime;
@@ -48,6 +48,7 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
         // taken first: submissions take them too (`Hub::reserve_worker`), and a run claimed
         // without one would wait for a worker while its lease runs out.
         loop {
+            let seen = rt.hub.wake_count();
             let mut slots = Vec::new();
             while slots.len() < MAX_CLAIM_BATCH {
                 match permits.clone().try_acquire_owned() {
@@ -57,6 +58,20 @@ pub async fn run_workers(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) 
             }
             if slots.is_empty() {
                 break;
+            }
+            // Look before claiming: most wake-ups find nothing, and looking is a read where a
+            // claim is a write transaction (on SQLite, the single writer's).
+            match rt.store.waiting_runs(Timestamp::now()).await {
+                Ok(WaitingRuns::Claimable) => {}
+                Ok(WaitingRuns::Blocked) => break,
+                Ok(WaitingRuns::None) => {
+                    rt.hub.settle(seen);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "looking for runs to claim failed");
+                    break;
+                }
             }
             let free = slots.len();
             let batch = match rt

@@ -524,6 +524,17 @@ pub struct Claimed {
     pub events: Vec<ThreadEvent>,
 }
 
+/// What waits for the workers ([`RunStore::waiting_runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitingRuns {
+    /// No run is queued, and no lease has expired.
+    None,
+    /// Runs are queued, but each waits for its thread's open run to end.
+    Blocked,
+    /// A claim would find a run.
+    Claimable,
+}
+
 /// Whether someone asked the run to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CancelRequest {
@@ -658,6 +669,10 @@ pub trait RunStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<Claimed>>;
+
+    /// Worker: whether [`RunStore::claim_runs`] would find a run now, read without a
+    /// transaction (most wake-ups find none: looking costs a read, claiming a write).
+    async fn waiting_runs(&self, now: Timestamp) -> StoreResult<WaitingRuns>;
 
     /// Worker: [`RunStore::claim_runs`] for a single run.
     async fn claim_run(

@@ -47,17 +47,20 @@ pub(crate) const CLAIM_QUEUED_POSTGRES: &str = "SELECT r.id, r.thread_id FROM ru
                    ORDER BY q.id LIMIT 1)
      ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
 
-/// Whether `claim_runs` would find anything (one row) or not (none): a run whose lease expired
-/// before `$1`, or a queued run first in its thread's queue on a thread with no active run. The
-/// checks are `CLAIM_QUEUED_POSTGRES`'s scalar subqueries (reading one index entry each) on
-/// both backends, and the query stops at the first run found.
-pub(crate) const CLAIMABLE_PEEK: &str = "SELECT 1 WHERE
-       EXISTS (SELECT 1 FROM runs r WHERE r.status = 'running' AND r.lease_expires_at < $1)
-    OR EXISTS (SELECT 1 FROM runs r
-     WHERE r.status = 'queued'
-       AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
-       AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
-                   ORDER BY q.id LIMIT 1))";
+/// `RunStore::waiting_runs`: 2 when `claim_runs` would find a run (a lease expired before `$1`,
+/// or a queued run first in its thread's queue on a thread with no active run), 1 when runs are
+/// queued but none of them can start yet, 0 when none is queued. The checks are
+/// `CLAIM_QUEUED_POSTGRES`'s scalar subqueries (reading one index entry each) on both backends,
+/// and each `EXISTS` stops at the first run found.
+pub(crate) const WAITING_RUNS: &str = "SELECT CASE
+     WHEN EXISTS (SELECT 1 FROM runs r WHERE r.status = 'running' AND r.lease_expires_at < $1)
+       OR EXISTS (SELECT 1 FROM runs r
+         WHERE r.status = 'queued'
+           AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
+           AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
+                       ORDER BY q.id LIMIT 1)) THEN 2
+     WHEN EXISTS (SELECT 1 FROM runs WHERE status = 'queued') THEN 1
+     ELSE 0 END AS waiting";
 
 /// Run statuses that hold (or wait for) the thread.
 pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
@@ -199,7 +202,7 @@ macro_rules! impl_run_sql {
             ActorId, AgentId, DeploymentId, MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp,
         };
         use $crate::sql::corrupt;
-        use $crate::sql_runs::{CLAIMABLE_PEEK, EVENT_COLS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
+        use $crate::sql_runs::{EVENT_COLS, WAITING_RUNS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
         use $crate::{
             CancelRequest, Claimed, Conflict, Cursor, Entity, Idempotency, Lease, Notification,
             Order, Page, PageRequest, RunEnd, StepMessage, StoreError, StoreResult, SubmitOutcome,
@@ -1094,18 +1097,6 @@ macro_rules! impl_run_sql {
                     return Ok(Vec::new());
                 }
                 let limit = limit as i64;
-                // Most wake-ups find nothing to claim (a run ended and nothing waits, or its
-                // submission claimed it): look on a reader first, without taking the writer
-                // (SQLite) or opening a transaction. A run queued after this look wakes the
-                // workers again once it is committed.
-                let claimable = sqlx::query(CLAIMABLE_PEEK)
-                    .bind(now.as_millis())
-                    .fetch_optional(self.reader())
-                    .await?
-                    .is_some();
-                if !claimable {
-                    return Ok(Vec::new());
-                }
                 let mut tx = self.begin_write().await?;
                 self.pin_claim_plan(&mut tx).await?;
                 // Runs whose worker died (their lease expired) first: they have waited longest.
@@ -1388,6 +1379,20 @@ macro_rules! impl_run_sql {
                 let this = self.clone();
                 let owner = owner.to_owned();
                 self.offload(async move { this.do_claim_runs(&owner, now, lease_ms, limit).await }).await
+            }
+
+            async fn waiting_runs(&self, now: Timestamp) -> StoreResult<$crate::WaitingRuns> {
+                // On a reader: no transaction, and never SQLite's writer.
+                let waiting: i32 = sqlx::query(WAITING_RUNS)
+                    .bind(now.as_millis())
+                    .fetch_one(self.reader())
+                    .await?
+                    .try_get("waiting")?;
+                Ok(match waiting {
+                    2 => $crate::WaitingRuns::Claimable,
+                    1 => $crate::WaitingRuns::Blocked,
+                    _ => $crate::WaitingRuns::None,
+                })
             }
 
             async fn heartbeat(&self, lease: &Lease, until: Timestamp) -> StoreResult<CancelRequest> {

@@ -178,6 +178,7 @@ backend_tests!(
     claims_take_the_oldest_run_one_per_thread,
     batch_claims_take_up_to_the_limit_one_run_per_thread,
     concurrent_claims_take_each_run_once,
+    waiting_runs_tells_claimable_runs_from_blocked_ones,
     concurrent_claims_take_one_run_per_thread,
     heartbeats_extend_the_lease,
     expired_leases_are_reclaimed_and_fence_the_old_worker,
@@ -1185,6 +1186,52 @@ async fn batch_claims_take_up_to_the_limit_one_run_per_thread(db: &TestDatabase)
             .status,
         RunStatus::Queued
     );
+    store.close().await;
+}
+
+async fn waiting_runs_tells_claimable_runs_from_blocked_ones(db: &TestDatabase) {
+    use tessera_store::WaitingRuns;
+    let store = open(db).await;
+    let a = tenant(&store, "waiting").await;
+    let t = thread(&store, &a, "t").await;
+    let now = Timestamp::now();
+    let waiting = |at: Timestamp| {
+        let store = store.clone();
+        async move { store.waiting_runs(at).await.unwrap() }
+    };
+    assert_eq!(waiting(now).await, WaitingRuns::None);
+
+    let first = queue(&store, &a.scope, &t.id, "one").await;
+    assert_eq!(waiting(now).await, WaitingRuns::Claimable);
+    let claimed = claim(&store, "w").await;
+    assert_eq!(claimed.run.id, first.id);
+    assert_eq!(
+        waiting(now).await,
+        WaitingRuns::None,
+        "a leased run waits for nobody"
+    );
+    // A run queued behind the active one waits, but no claim can take it yet.
+    queue(&store, &a.scope, &t.id, "two").await;
+    assert_eq!(waiting(now).await, WaitingRuns::Blocked);
+    // Once the active run's lease expired, a claim would take it over.
+    let expired = Timestamp::from_millis(now.as_millis() + LEASE_MS + 1_000);
+    assert_eq!(waiting(expired).await, WaitingRuns::Claimable);
+    // Once it ended, the queued run can start.
+    store
+        .finish_run(
+            &claimed.lease,
+            &end(RunStatus::Completed, StopReason::Completed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting(now).await, WaitingRuns::Claimable);
+    // Another deployment's runs count as well: the workers serve every deployment.
+    let b = tenant(&store, "waiting-b").await;
+    let u = thread(&store, &b, "u").await;
+    claim(&store, "w").await;
+    assert_eq!(waiting(now).await, WaitingRuns::None);
+    queue(&store, &b.scope, &u.id, "three").await;
+    assert_eq!(waiting(now).await, WaitingRuns::Claimable);
     store.close().await;
 }
 
