@@ -95,55 +95,78 @@ impl Runtime {
 
     /// Executes a claimed run on a task of its own, holding the worker `slot` until it ends.
     pub(crate) fn spawn_execute(self: &Arc<Self>, claimed: Claimed, slot: OwnedSemaphorePermit) {
+        self.spawn_execute_registered(claimed, slot, None);
+    }
+
+    /// [`Runtime::spawn_execute`] for a run registered with the hub already (`stop`).
+    fn spawn_execute_registered(
+        self: &Arc<Self>,
+        claimed: Claimed,
+        slot: OwnedSemaphorePermit,
+        stop: Option<watch::Receiver<Stop>>,
+    ) {
         let rt = self.clone();
         tokio::spawn(async move {
-            rt.execute(claimed).await;
+            rt.execute(claimed, stop).await;
             drop(slot);
             rt.hub.worker_freed();
         });
     }
 
-    /// A free worker of this node for a submission to claim its run for at once
-    /// ([`StartHere`]); give the slot back to [`Runtime::submitted`] with the outcome.
-    pub fn worker_for_submission(&self) -> Option<(OwnedSemaphorePermit, StartHere)> {
+    /// Reserves a free worker of this node for a submission's run `run_id` (see
+    /// [`StartHere`]), registering the run so that a stop requested as soon as the submission
+    /// commits (an interrupting message, a cancel) reaches it. `None` when no worker is free or
+    /// runs may be waiting for one (they go first). Give it back to [`Runtime::submitted`].
+    pub fn reserve_worker(self: &Arc<Self>, run_id: &RunId) -> Option<ReservedWorker> {
         let slot = self.hub.reserve_worker()?;
-        let start = StartHere {
-            owner: self.config.node_id.clone(),
-            lease_ms: i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
-        };
-        Some((slot, start))
+        Some(ReservedWorker {
+            stop: Some(self.hub.register_run(run_id)),
+            rt: self.clone(),
+            slot: Some(slot),
+            run_id: run_id.clone(),
+        })
     }
 
     /// After a submission was stored and its events published: executes its run when it was
-    /// claimed for `slot`, else frees the slot and wakes the workers to claim it.
+    /// claimed for the `reserved` worker; otherwise the worker is given back and the workers are
+    /// woken to claim the queued run.
     pub async fn submitted(
         self: &Arc<Self>,
         started: Option<Box<Claimed>>,
-        slot: Option<OwnedSemaphorePermit>,
+        reserved: Option<ReservedWorker>,
     ) {
-        match (started, slot) {
-            (Some(claimed), Some(slot)) if self.hub.workers_running() => {
-                self.spawn_execute(*claimed, slot)
+        match (started, reserved) {
+            (Some(claimed), Some(mut reserved)) if self.hub.workers_running() => {
+                if let (Some(slot), Some(stop)) = (reserved.slot.take(), reserved.stop.take()) {
+                    self.spawn_execute_registered(*claimed, slot, Some(stop));
+                }
             }
-            (Some(claimed), _) => {
+            (Some(claimed), reserved) => {
+                drop(reserved);
                 // The node began stopping meanwhile: any node resumes the run at once.
                 if let Err(err) = self.store.release_lease(&claimed.lease).await {
                     tracing::warn!(run_id = %claimed.run.id, error = %err, "releasing a run started while stopping failed; it resumes when its lease expires");
                 }
                 self.hub.wake_workers();
             }
-            (None, slot) => {
-                drop(slot);
+            (None, reserved) => {
+                drop(reserved);
                 self.hub.wake_workers();
             }
         }
     }
 
-    /// Executes a claimed run to its end, or until its lease is lost.
-    pub async fn execute(self: &Arc<Self>, claimed: Claimed) {
+    /// Executes a claimed run to its end, or until its lease is lost; `stop`: the run was
+    /// registered with the hub already.
+    async fn execute(self: &Arc<Self>, claimed: Claimed, stop: Option<watch::Receiver<Stop>>) {
         let run_id = claimed.run.id.clone();
         self.publish(&claimed.events);
-        let stop = self.hub.register_run(&run_id);
+        let stop = stop.unwrap_or_else(|| self.hub.register_run(&run_id));
+        // The workers stopped after this run was claimed (and after they asked every
+        // registered run to release): it releases at its first await point too.
+        if !self.hub.workers_running() {
+            self.hub.stop_run(&run_id, Stop::Release);
+        }
         let stop_probe = stop.clone();
         let lease = claimed.lease.clone();
         let heartbeat = tokio::spawn(heartbeat(self.clone(), claimed.lease.clone()));
@@ -186,6 +209,36 @@ impl Runtime {
         }
         heartbeat.abort();
         self.hub.unregister_run(&run_id);
+    }
+}
+
+/// A worker slot reserved for one submission's run ([`Runtime::reserve_worker`]). Dropped
+/// unused (the submission failed, was a replay, or its run was queued), it unregisters the run
+/// and gives the slot back, waking the workers if runs may be waiting for it.
+pub struct ReservedWorker {
+    rt: Arc<Runtime>,
+    slot: Option<OwnedSemaphorePermit>,
+    stop: Option<watch::Receiver<Stop>>,
+    run_id: RunId,
+}
+
+impl ReservedWorker {
+    /// What the submission asks the store to do with its run.
+    pub fn start_here(&self) -> StartHere {
+        StartHere {
+            owner: self.rt.config.node_id.clone(),
+            lease_ms: i64::try_from(self.rt.config.lease.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl Drop for ReservedWorker {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.rt.hub.unregister_run(&self.run_id);
+            drop(slot);
+            self.rt.hub.worker_freed();
+        }
     }
 }
 

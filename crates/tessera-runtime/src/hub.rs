@@ -62,7 +62,15 @@ pub struct Hub {
     claims_deferred: Mutex<Option<std::time::Instant>>,
     /// The worker slots of this node's claim loop while it runs (`worker::run_workers`).
     workers: Mutex<Option<Arc<Semaphore>>>,
+    /// Cancels and interruptions asked of runs not registered here, newest last, at most
+    /// [`EARLY_STOPS`]: one committed between a claim's commit and the run's registration
+    /// reaches the run when it registers, instead of at its next heartbeat.
+    early_stops: Mutex<std::collections::VecDeque<(RunId, Stop)>>,
 }
+
+/// Stop requests for unregistered runs remembered (most are for runs executing on other nodes:
+/// every node hears every cancel).
+const EARLY_STOPS: usize = 256;
 
 impl Hub {
     pub fn new() -> Self {
@@ -102,9 +110,14 @@ impl Hub {
     /// ends with nothing waiting (its successor claimed at submission, or none) then costs the
     /// claim loop nothing.
     pub fn worker_freed(&self) {
-        if self.wakes.load(Ordering::SeqCst) > self.settled.load(Ordering::SeqCst) {
+        if self.runs_may_wait() {
             self.work.notify_one();
         }
+    }
+
+    /// Woken for since the claim loop last found no run queued.
+    fn runs_may_wait(&self) -> bool {
+        self.wakes.load(Ordering::SeqCst) > self.settled.load(Ordering::SeqCst)
     }
 
     /// The count of wake-ups so far; pass it to [`Hub::settle`] after looking.
@@ -157,9 +170,10 @@ impl Hub {
 
     /// Takes a free worker slot without waiting, for a run to start on this node at once (see
     /// `tessera_store::StartHere`); `None` when every worker is busy, no workers run here
-    /// (none configured, or stopping), or a burst of scheduled slots goes first.
+    /// (none configured, or stopping), or runs that may be waiting (a burst of scheduled slots,
+    /// runs queued while no worker was free) go first.
     pub fn reserve_worker(&self) -> Option<OwnedSemaphorePermit> {
-        if self.claims_deferred_until().is_some() {
+        if self.claims_deferred_until().is_some() || self.runs_may_wait() {
             return None;
         }
         let slots = Self::lock(&self.workers).clone()?;
@@ -181,10 +195,20 @@ impl Hub {
         self.scheduler.notified().await;
     }
 
-    /// Registers a run executing on this node; the receiver learns of stop requests.
+    /// Registers a run executing on this node; the receiver learns of stop requests, including
+    /// a cancel or interruption asked of it shortly before.
     pub fn register_run(&self, run: &RunId) -> watch::Receiver<Stop> {
-        let (tx, rx) = watch::channel(Stop::Continue);
-        Self::lock(&self.runs).insert(run.clone(), tx);
+        let mut runs = Self::lock(&self.runs);
+        let early = {
+            let mut early = Self::lock(&self.early_stops);
+            early
+                .iter()
+                .rposition(|(r, _)| r == run)
+                .and_then(|i| early.remove(i))
+                .map(|(_, stop)| stop)
+        };
+        let (tx, rx) = watch::channel(early.unwrap_or_default());
+        runs.insert(run.clone(), tx);
         rx
     }
 
@@ -192,10 +216,22 @@ impl Hub {
         Self::lock(&self.runs).remove(run);
     }
 
-    /// Asks a run executing on this node to stop; no-op when it runs elsewhere.
+    /// Asks a run executing on this node to stop. A cancel or interruption of a run not
+    /// registered here is remembered for a while, in case the run was just claimed here.
     pub fn stop_run(&self, run: &RunId, stop: Stop) {
-        if let Some(tx) = Self::lock(&self.runs).get(run) {
-            let _ = tx.send(stop);
+        let runs = Self::lock(&self.runs);
+        match runs.get(run) {
+            Some(tx) => {
+                let _ = tx.send(stop);
+            }
+            None if matches!(stop, Stop::Cancel | Stop::Interrupt) => {
+                let mut early = Self::lock(&self.early_stops);
+                if early.len() == EARLY_STOPS {
+                    early.pop_front();
+                }
+                early.push_back((run.clone(), stop));
+            }
+            None => {}
         }
     }
 
@@ -319,6 +355,9 @@ mod tests {
         let hub = Hub::new();
         assert!(hub.reserve_worker().is_none(), "no workers offered");
         hub.set_workers(Some(Arc::new(Semaphore::new(1))));
+        hub.wake_workers();
+        assert!(hub.reserve_worker().is_none(), "runs may be waiting");
+        hub.settle(hub.wake_count());
         let first = hub.reserve_worker().expect("a free worker");
         assert!(hub.reserve_worker().is_none(), "the only worker is taken");
         drop(first);
@@ -328,9 +367,32 @@ mod tests {
             "a burst of slots goes first"
         );
         hub.resume_claims();
+        assert!(hub.reserve_worker().is_none(), "the woken loop looks first");
+        hub.settle(hub.wake_count());
         assert!(hub.reserve_worker().is_some());
         hub.set_workers(None);
         assert!(hub.reserve_worker().is_none(), "stopping");
+    }
+
+    #[tokio::test]
+    async fn a_stop_asked_just_before_a_run_registers_reaches_it() {
+        let hub = Hub::new();
+        let run = RunId::generate();
+        hub.stop_run(&run, Stop::Interrupt);
+        // Releases and abandons concern runs executing here only.
+        hub.stop_run(&RunId::generate(), Stop::Release);
+        assert_eq!(Hub::lock(&hub.early_stops).len(), 1);
+        let rx = hub.register_run(&run);
+        assert_eq!(*rx.borrow(), Stop::Interrupt);
+        assert!(Hub::lock(&hub.early_stops).is_empty(), "used once");
+        // Bounded: the oldest are forgotten.
+        let first = RunId::generate();
+        hub.stop_run(&first, Stop::Cancel);
+        for _ in 0..EARLY_STOPS {
+            hub.stop_run(&RunId::generate(), Stop::Cancel);
+        }
+        assert_eq!(Hub::lock(&hub.early_stops).len(), EARLY_STOPS);
+        assert_eq!(*hub.register_run(&first).borrow(), Stop::Continue);
     }
 
     #[tokio::test]

@@ -1356,6 +1356,9 @@ macro_rules! impl_run_sql {
                     );
                     insert_events(&mut tx, &rows, Timestamp::now()).await?;
                 }
+                // A paused run it stopped is released for a worker to end it (settling its actions):
+                // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
+                self.notify(&mut tx, &Notification::Runs).await?;
                 self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
                 tx.commit().await?;
                 Ok(affected)

@@ -452,20 +452,8 @@ pub(crate) async fn ask_agent_pool(
         variables: patch,
         start: None,
     };
-    let rt = &state.runtime;
-    let (slot, submit) = super::threads::with_free_worker(rt, submit);
-    match state.store.submit_run(scope, &thread_id, &submit).await? {
-        SubmitOutcome::Created {
-            run,
-            interrupted,
-            events,
-            started,
-        } => {
-            rt.publish(&events);
-            for run in &interrupted {
-                rt.hub.stop_run(run, Stop::Interrupt);
-            }
-            rt.submitted(started, slot).await;
+    match super::threads::submit_and_start(&state, scope, &thread_id, submit).await? {
+        SubmitOutcome::Created { run, .. } => {
             // An answer to `ask_user` resumes the waiting run: this response is that run's.
             answer(&state, scope, &thread_id, &run.id, state.ask_wait).await
         }

@@ -219,20 +219,8 @@ pub(crate) async fn send_message(
         variables: Default::default(),
         start: None,
     };
-    let rt = &state.runtime;
-    let (slot, submit) = with_free_worker(rt, submit);
-    match state.store.submit_run(scope, thread_id, &submit).await? {
-        SubmitOutcome::Created {
-            run,
-            interrupted,
-            events,
-            started,
-        } => {
-            rt.publish(&events);
-            for run in &interrupted {
-                rt.hub.stop_run(run, Stop::Interrupt);
-            }
-            rt.submitted(started, slot).await;
+    match submit_and_start(state, scope, thread_id, submit).await? {
+        SubmitOutcome::Created { run, .. } => {
             // An answer to `ask_user` resumes the waiting run instead of starting a new one.
             Ok(api::RunAccepted {
                 run_id: Some(run.id.to_string()),
@@ -243,23 +231,42 @@ pub(crate) async fn send_message(
     }
 }
 
-/// Reserves one of this node's free workers, if any, for the submission to claim its run for at
-/// once (`tessera_store::StartHere`): the run then starts without a claim transaction of its
-/// own. Shared by the backend API and the browser API.
-pub(crate) fn with_free_worker(
-    rt: &tessera_runtime::driver::Runtime,
+/// Stores a submission and publishes its events; its run starts at once on a free worker of
+/// this node when one was reserved and nothing else is open on the thread
+/// (`tessera_store::StartHere`), else the workers are woken to claim it. On a task of its own: a
+/// client that goes away mid-request cannot leave a run claimed for a worker that never
+/// starts it. Shared by the backend API and the browser API.
+pub(crate) async fn submit_and_start(
+    state: &AppState,
+    scope: &Scope,
+    thread_id: &ThreadId,
     submit: SubmitRun,
-) -> (Option<tokio::sync::OwnedSemaphorePermit>, SubmitRun) {
-    match rt.worker_for_submission() {
-        Some((slot, start)) => (
-            Some(slot),
-            SubmitRun {
-                start: Some(start),
-                ..submit
-            },
-        ),
-        None => (None, submit),
-    }
+) -> ApiResult<SubmitOutcome> {
+    let (rt, store) = (state.runtime.clone(), state.store.clone());
+    let (scope, thread_id) = (scope.clone(), thread_id.clone());
+    let task = tokio::spawn(async move {
+        let reserved = rt.reserve_worker(&submit.run_id);
+        let submit = SubmitRun {
+            start: reserved.as_ref().map(|r| r.start_here()),
+            ..submit
+        };
+        let mut outcome = store.submit_run(&scope, &thread_id, &submit).await?;
+        if let SubmitOutcome::Created {
+            interrupted,
+            events,
+            started,
+            ..
+        } = &mut outcome
+        {
+            rt.publish(events);
+            for run in interrupted.iter() {
+                rt.hub.stop_run(run, Stop::Interrupt);
+            }
+            rt.submitted(started.take(), reserved).await;
+        }
+        Ok::<_, tessera_store::StoreError>(outcome)
+    });
+    Ok(task.await.map_err(ApiError::internal)??)
 }
 
 /// Cancels the thread's queued and active runs (`run_not_active` when there are none).
@@ -281,6 +288,8 @@ pub(crate) async fn cancel_runs(
     }
     let runs = state.store.cancel_runs(scope, thread_id).await?;
     let rt = &state.runtime;
+    // A paused run is released for a worker to end it (settling its pending actions).
+    rt.hub.wake_workers();
     let mut active = None;
     for run in &runs {
         if !run.status.is_terminal() {

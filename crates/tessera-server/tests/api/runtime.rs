@@ -33,6 +33,7 @@ backend_tests!(
     slow_model_completes_under_its_timeout_and_fails_over_it,
     cancellation_mid_stream,
     interrupt_policy_cancels_the_running_run,
+    an_interrupt_reaches_a_run_started_at_its_submission,
     reject_policy_refuses_a_second_message,
     enqueue_policy_runs_messages_in_order,
     a_run_waits_for_a_free_worker,
@@ -1085,6 +1086,52 @@ async fn interrupt_policy_cancels_the_running_run(db: &TestDatabase) {
     assert_eq!(
         body["messages"][2]["content"],
         "never mind, second question"
+    );
+    rig.finish().await;
+}
+
+/// Two messages at once on an `interrupt` thread: the first to commit starts at its submission,
+/// and the second's interruption reaches it however early it comes. With a lease of ten minutes
+/// the next heartbeat (which would also relay it) is minutes away, so only the stop request
+/// registered with the submission can end that run in time.
+async fn an_interrupt_reaches_a_run_started_at_its_submission(db: &TestDatabase) {
+    let rig = Rig::start_with(db, |config| config.runtime.lease_seconds = 600).await;
+    let thread = rig
+        .thread(with_policy(
+            MultitaskPolicy::Interrupt,
+            scripted_agent("interruptible"),
+        ))
+        .await;
+    // Whichever run calls the model first gets the slow answer.
+    rig.model.push_all([
+        Script::Slow {
+            first_byte_after: Duration::from_secs(3),
+            chunks: vec!["slow".into()],
+            gap: Duration::ZERO,
+        },
+        Script::text(["quick"]),
+    ]);
+    let (a, b) = tokio::join!(rig.send(&thread, "one"), rig.send(&thread, "two"));
+    let mut ends = Vec::new();
+    for run in [&a, &b] {
+        let run = poll_until("the run to end", WAIT, || async {
+            let got = rig.run(&thread, run).await;
+            if is_terminal(got.status) {
+                Ok(got)
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+        .await;
+        ends.push((run.stop_reason.unwrap_or_default(), run.status));
+    }
+    ends.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        ends,
+        [
+            ("completed".to_owned(), RunStatus::Completed),
+            ("interrupted".to_owned(), RunStatus::Cancelled)
+        ]
     );
     rig.finish().await;
 }
