@@ -30,6 +30,18 @@ pub(crate) const CLAIM_QUEUED_SQLITE: &str = "SELECT r.id, r.thread_id FROM runs
        AND NOT EXISTS (SELECT 1 FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued' AND q.id < r.id)
      ORDER BY r.id LIMIT $1";
 
+/// The condition, on a run `r`, of `CLAIM_QUEUED_POSTGRES`: queued, first in its thread's
+/// queue, on a thread with no active run. A macro so that `concat!` can share it with
+/// `WAITING_RUNS`, which must agree with the claim.
+macro_rules! startable_queued_run {
+    () => {
+        "r.status = 'queued'
+       AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
+       AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
+                   ORDER BY q.id LIMIT 1)"
+    };
+}
+
 /// The same claim on PostgreSQL, locking what it returns and skipping runs another claim holds.
 /// PostgreSQL turns `NOT EXISTS` into anti-joins, which without fresh statistics (a queue that
 /// grew from empty to thousands of runs within seconds, before autovacuum analysed it) it
@@ -40,27 +52,26 @@ pub(crate) const CLAIM_QUEUED_SQLITE: &str = "SELECT r.id, r.thread_id FROM runs
 /// (never turned into joins) that read one index entry each (`runs_queued_thread`), and
 /// `pin_claim_plan` rules out sorting, so the query walks `runs_status` in id order and stops
 /// at the limit whatever the statistics say (under a millisecond with 10,000 queued).
-pub(crate) const CLAIM_QUEUED_POSTGRES: &str = "SELECT r.id, r.thread_id FROM runs r
-     WHERE r.status = 'queued'
-       AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
-       AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
-                   ORDER BY q.id LIMIT 1)
-     ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
+pub(crate) const CLAIM_QUEUED_POSTGRES: &str = concat!(
+    "SELECT r.id, r.thread_id FROM runs r WHERE ",
+    startable_queued_run!(),
+    " ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED"
+);
 
 /// `RunStore::waiting_runs`: 2 when `claim_runs` would find a run (a lease expired before `$1`,
 /// or a queued run first in its thread's queue on a thread with no active run), 1 when runs are
-/// queued but none of them can start yet, 0 when none is queued. The checks are
-/// `CLAIM_QUEUED_POSTGRES`'s scalar subqueries (reading one index entry each) on both backends,
+/// queued but none of them can start yet, 0 when none is queued. The condition is
+/// `CLAIM_QUEUED_POSTGRES`'s (scalar subqueries reading one index entry each) on both backends,
 /// and each `EXISTS` stops at the first run found.
-pub(crate) const WAITING_RUNS: &str = "SELECT CASE
+pub(crate) const WAITING_RUNS: &str = concat!(
+    "SELECT CASE
      WHEN EXISTS (SELECT 1 FROM runs r WHERE r.status = 'running' AND r.lease_expires_at < $1)
-       OR EXISTS (SELECT 1 FROM runs r
-         WHERE r.status = 'queued'
-           AND (SELECT t.active_run_id FROM threads t WHERE t.id = r.thread_id) IS NULL
-           AND r.id = (SELECT q.id FROM runs q WHERE q.thread_id = r.thread_id AND q.status = 'queued'
-                       ORDER BY q.id LIMIT 1)) THEN 2
+       OR EXISTS (SELECT 1 FROM runs r WHERE ",
+    startable_queued_run!(),
+    ") THEN 2
      WHEN EXISTS (SELECT 1 FROM runs WHERE status = 'queued') THEN 1
-     ELSE 0 END AS waiting";
+     ELSE 0 END AS waiting"
+);
 
 /// Run statuses that hold (or wait for) the thread.
 pub(crate) const OPEN_STATUSES: &str = "('queued', 'running', 'waiting_for_input')";
@@ -525,6 +536,17 @@ macro_rules! impl_run_sql {
             Ok(())
         }
 
+        /// Whether the thread has an open run (one row read at most).
+        async fn has_open_run(conn: &mut Conn, thread_id: &str) -> StoreResult<bool> {
+            Ok(sqlx::query(&format!(
+                "SELECT 1 FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} LIMIT 1"
+            ))
+            .bind(thread_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some())
+        }
+
         async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
             let rows = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
@@ -975,17 +997,11 @@ macro_rules! impl_run_sql {
                     // only to start the run here.
                     tessera_domain::agent::MultitaskPolicy::Enqueue => {
                         if submit.start.is_some() {
-                            open = sqlx::query(&format!(
-                                "SELECT 1 FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} LIMIT 1"
-                            ))
-                            .bind(thread_id.as_str())
-                            .fetch_optional(&mut **tx)
-                            .await?
-                            .is_some();
+                            open = has_open_run(tx, thread_id.as_str()).await?;
                         }
                     }
                     tessera_domain::agent::MultitaskPolicy::Reject => {
-                        if !open_runs(tx, thread_id.as_str()).await?.is_empty() {
+                        if has_open_run(tx, thread_id.as_str()).await? {
                             return Err(StoreError::Conflict(Conflict::RunActive));
                         }
                         open = false;

@@ -706,24 +706,17 @@ async fn a_submission_claims_its_run_for_a_free_worker_only_when_nothing_is_open
         .unwrap();
     assert!(none.is_none(), "a queued run waits on the thread");
     assert_eq!(fifth.status, RunStatus::Queued);
-    let next = claim(&store, "w").await;
-    assert_eq!(next.run.id, third.id);
-    store
-        .finish_run(
-            &next.lease,
-            &end(RunStatus::Completed, StopReason::Completed),
-        )
-        .await
-        .unwrap();
-    let last = claim(&store, "w").await;
-    assert_eq!(last.run.id, fifth.id);
-    store
-        .finish_run(
-            &last.lease,
-            &end(RunStatus::Completed, StopReason::Completed),
-        )
-        .await
-        .unwrap();
+    for queued in [&third, &fifth] {
+        let next = claim(&store, "w").await;
+        assert_eq!(next.run.id, queued.id);
+        store
+            .finish_run(
+                &next.lease,
+                &end(RunStatus::Completed, StopReason::Completed),
+            )
+            .await
+            .unwrap();
+    }
 
     // A node that dies after the submission loses nothing: once the lease expires, any worker
     // resumes the run, and the dead node's lease is fenced off.

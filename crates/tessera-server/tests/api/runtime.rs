@@ -141,6 +141,19 @@ impl Rig {
             .expect("create thread")
     }
 
+    /// Scripts a first answer ("first") that begins after `first_byte_after`, then a quick one
+    /// ("second").
+    fn push_slow_then_quick(&self, first_byte_after: Duration) {
+        self.model.push_all([
+            Script::Slow {
+                first_byte_after,
+                chunks: vec!["first".into()],
+                gap: Duration::ZERO,
+            },
+            Script::text(["second"]),
+        ]);
+    }
+
     /// Sends a message; returns the queued run's id.
     async fn send(&self, thread: &str, content: &str) -> String {
         let accepted = self
@@ -261,6 +274,15 @@ impl Rig {
         }
         self.app.stop().await;
     }
+}
+
+/// `later` started no earlier than `earlier` finished.
+fn assert_started_after_ended(later: &Run, earlier: &Run) {
+    assert!(
+        millis(earlier.finished_at.as_deref().unwrap())
+            <= millis(later.started_at.as_deref().unwrap()),
+        "{later:?} started before {earlier:?} ended"
+    );
 }
 
 fn is_terminal(status: RunStatus) -> bool {
@@ -1103,14 +1125,7 @@ async fn an_interrupt_reaches_a_run_started_at_its_submission(db: &TestDatabase)
         ))
         .await;
     // Whichever run calls the model first gets the slow answer.
-    rig.model.push_all([
-        Script::Slow {
-            first_byte_after: Duration::from_secs(3),
-            chunks: vec!["slow".into()],
-            gap: Duration::ZERO,
-        },
-        Script::text(["quick"]),
-    ]);
+    rig.push_slow_then_quick(Duration::from_secs(3));
     let (a, b) = tokio::join!(rig.send(&thread, "one"), rig.send(&thread, "two"));
     let mut ends = Vec::new();
     for run in [&a, &b] {
@@ -1184,14 +1199,7 @@ async fn reject_policy_refuses_a_second_message(db: &TestDatabase) {
 async fn enqueue_policy_runs_messages_in_order(db: &TestDatabase) {
     let rig = Rig::start(db).await;
     let thread = rig.thread(scripted_agent("patient")).await;
-    rig.model.push_all([
-        Script::Slow {
-            first_byte_after: Duration::from_millis(500),
-            chunks: vec!["first".into()],
-            gap: Duration::ZERO,
-        },
-        Script::text(["second"]),
-    ]);
+    rig.push_slow_then_quick(Duration::from_millis(500));
     let first = rig.send(&thread, "one").await;
     rig.wait_requests(1).await;
     let second = rig.send(&thread, "two").await;
@@ -1201,10 +1209,7 @@ async fn enqueue_policy_runs_messages_in_order(db: &TestDatabase) {
 
     let a = rig.wait_run(&thread, &first, RunStatus::Completed).await;
     let b = rig.wait_run(&thread, &second, RunStatus::Completed).await;
-    assert!(
-        millis(a.finished_at.as_deref().unwrap()) <= millis(b.started_at.as_deref().unwrap()),
-        "the second run started after the first ended: {a:?} {b:?}"
-    );
+    assert_started_after_ended(&b, &a);
     let stored = rig.messages(&thread).await;
     let shown: Vec<(MessageRole, &str, Option<&str>)> = stored
         .iter()
@@ -1236,14 +1241,7 @@ async fn a_run_waits_for_a_free_worker(db: &TestDatabase) {
     let rig = Rig::start_with(db, |config| config.runtime.workers = 1).await;
     let busy = rig.thread(scripted_agent("busy")).await;
     let waiting = rig.thread(scripted_agent("waiting")).await;
-    rig.model.push_all([
-        Script::Slow {
-            first_byte_after: Duration::from_millis(500),
-            chunks: vec!["first".into()],
-            gap: Duration::ZERO,
-        },
-        Script::text(["second"]),
-    ]);
+    rig.push_slow_then_quick(Duration::from_millis(500));
     let first = rig.send(&busy, "one").await;
     rig.wait_requests(1).await;
     let second = rig.send(&waiting, "two").await;
@@ -1254,10 +1252,7 @@ async fn a_run_waits_for_a_free_worker(db: &TestDatabase) {
     let a = rig.wait_run(&busy, &first, RunStatus::Completed).await;
     let b = rig.wait_run(&waiting, &second, RunStatus::Completed).await;
     assert_eq!((a.attempt, b.attempt), (1, 1));
-    assert!(
-        millis(a.finished_at.as_deref().unwrap()) <= millis(b.started_at.as_deref().unwrap()),
-        "the only worker ran one after the other: {a:?} {b:?}"
-    );
+    assert_started_after_ended(&b, &a);
     rig.finish().await;
 }
 
