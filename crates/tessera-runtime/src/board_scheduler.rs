@@ -17,11 +17,6 @@ use tokio::sync::{watch, Notify};
 
 use crate::driver::Runtime;
 
-/// Slots claimed (and runs queued) per transaction. Large, because on SQLite every claim waits
-/// for the single writer behind the workers' transactions: a burst of due slots should cost
-/// few waits. (SQLite's binds per statement stay under its limit: 14 per message row;
-/// PostgreSQL binds one array per column.)
-const BATCH: usize = 2048;
 /// Longest time this node's workers start no new runs while the scheduler claims a burst of
 /// due slots (more than one claim takes). Firing on time is the scheduler's promise, and a
 /// claim competes with run execution for the database and the CPU; the runs it queues start
@@ -83,12 +78,21 @@ pub async fn run_board_scheduler(
 
 /// Claims every slot due now, batch after batch, publishing the queued runs' events and waking
 /// the workers after each batch. `false` when a claim failed.
+///
+/// The node's workers start no new runs while a claim is under way, and during a burst (a
+/// claim came back full) also while other nodes still hold due slots (their claims are not
+/// committed yet, so due items are left): their runs would compete with the burst's last
+/// claims for the database and the CPU. Both end at [`FIRST`] after the first claim at the
+/// latest (see [`crate::hub::Hub::defer_claims`]).
 pub async fn fire_due(rt: &Runtime) -> bool {
+    let batch = rt.store.slot_claim_batch();
+    let mut burst = false;
     loop {
+        rt.hub.defer_claims(FIRST);
         let started = std::time::Instant::now();
         let slots = match rt
             .store
-            .claim_due_slots(&rt.config.node_id, Timestamp::now(), BATCH)
+            .claim_due_slots(&rt.config.node_id, Timestamp::now(), batch)
             .await
         {
             Ok(slots) => slots,
@@ -98,18 +102,13 @@ pub async fn fire_due(rt: &Runtime) -> bool {
                 return false;
             }
         };
-        let full = slots.len() == BATCH;
+        let full = slots.len() == batch;
         if !slots.is_empty() {
             tracing::debug!(
                 slots = slots.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "claimed due slots"
             );
-        }
-        if full {
-            // Before this node wakes its workers for the batch's runs (on PostgreSQL the
-            // commit's `NOTIFY` may wake them first, and they may start a few).
-            rt.hub.defer_claims(FIRST);
         }
         let mut queued = false;
         for slot in &slots {
@@ -121,9 +120,35 @@ pub async fn fire_due(rt: &Runtime) -> bool {
         if queued {
             rt.hub.wake_workers();
         }
-        if !full {
-            rt.hub.resume_claims();
-            return true;
+        burst |= full;
+        if full {
+            continue;
+        }
+        if burst && others_claiming(rt).await {
+            tokio::time::sleep(OTHERS_POLL).await;
+            continue;
+        }
+        rt.hub.resume_claims();
+        return true;
+    }
+}
+
+/// How often a node that has claimed its share of a burst looks whether other nodes' claims
+/// have committed.
+const OTHERS_POLL: Duration = Duration::from_millis(20);
+
+/// Whether due slots are left that this node's last claim did not take (on PostgreSQL: items
+/// other nodes are claiming, until they commit), while the deferral lasts.
+async fn others_claiming(rt: &Runtime) -> bool {
+    if rt.hub.claims_deferred_until().is_none() {
+        return false;
+    }
+    match rt.store.next_due_slot().await {
+        Ok(Some(due)) => due <= Timestamp::now(),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the next due slot failed");
+            false
         }
     }
 }

@@ -148,10 +148,11 @@ impl Hub {
         }
     }
 
-    /// Ends a deferral and wakes the workers.
+    /// Ends a deferral and wakes the claim loop if it waits for the deferral's end. (Runs
+    /// queued meanwhile were announced by `wake_workers`; ending a deferral queues none.)
     pub fn resume_claims(&self) {
         if Self::lock(&self.claims_deferred).take().is_some() {
-            self.wake_workers();
+            self.work.notify_one();
         }
     }
 
@@ -366,6 +367,12 @@ mod tests {
             hub.reserve_worker().is_none(),
             "a burst of slots goes first"
         );
+        // A claim that queued nothing (no slot was due after all) holds nothing back.
+        hub.resume_claims();
+        assert!(hub.reserve_worker().is_some(), "nothing was queued");
+        hub.defer_claims(std::time::Duration::from_secs(60));
+        // The scheduler queued the burst's runs.
+        hub.wake_workers();
         hub.resume_claims();
         assert!(hub.reserve_worker().is_none(), "the woken loop looks first");
         hub.settle(hub.wake_count());

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tessera_domain::agent::{AgentLimits, AgentSpec, ApprovalRule, ModelRef, MultitaskPolicy};
+use tessera_domain::board::{Assignment, NewBoardItem, Overlap, Schedule, ScheduleKind};
 use tessera_domain::records::{NewActor, NewDeployment, NewProject};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::session::{ActionStatus, PendingAction};
@@ -21,7 +23,7 @@ use tessera_domain::validate::{
     DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName,
     SubjectType, ToolPattern,
 };
-use tessera_domain::{MessageId, RunId, Scope, ThreadId, Timestamp};
+use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::{Hub, Stop};
 use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
@@ -100,7 +102,9 @@ impl ToolExecutor for TestTools {
 struct Rig {
     store: Arc<dyn Store>,
     scope: Scope,
+    project: ProjectId,
     thread: ThreadId,
+    runtime: Arc<Runtime>,
     model: ScriptedModelServer,
     tools: Arc<TestTools>,
     hub: Arc<Hub>,
@@ -191,7 +195,7 @@ impl Rig {
             .create_thread(
                 &scope,
                 &NewThread {
-                    project_id: project.id,
+                    project_id: project.id.clone(),
                     title: Label::parse("title", "t").unwrap(),
                     system_instructions: None,
                     purpose: ThreadPurpose::Conversation,
@@ -229,11 +233,13 @@ impl Rig {
             tool_records: None,
         });
         let (shutdown, rx) = watch::channel(false);
-        let workers = tokio::spawn(tessera_runtime::worker::run_workers(runtime, rx));
+        let workers = tokio::spawn(tessera_runtime::worker::run_workers(runtime.clone(), rx));
         Rig {
             store,
             scope,
+            project: project.id,
             thread: thread.id,
+            runtime,
             model,
             tools,
             hub,
@@ -396,6 +402,126 @@ async fn workers_start_no_run_while_claims_are_deferred(db: &TestDatabase) {
     assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
     assert_eq!(rig.messages().await.last().unwrap().content, "Later.");
     rig.stop().await;
+}
+
+/// PostgreSQL, where nodes claim due slots side by side (`SKIP LOCKED`): a node that has
+/// claimed its share of a burst keeps its workers off new runs while another node's claim still
+/// holds due slots, and lets them in once that claim has ended. (SQLite has one claimer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_workers_wait_while_another_node_still_claims_a_burst() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!(
+            "skipped: {} is not set, PostgreSQL test not run",
+            tessera_store::testing::POSTGRES_ENV
+        );
+        return;
+    };
+    let rig = Rig::start(&db, Duration::from_secs(5)).await;
+    let batch = rig.store.slot_claim_batch();
+    // A full claim for this node, and a few items "another node" is claiming.
+    let others = 8;
+    let parked = Timestamp::now().plus_millis(3_600_000);
+    let items: Vec<String> = futures_util::stream::iter(0..batch + others)
+        .map(|i| {
+            let store = rig.store.clone();
+            let scope = rig.scope.clone();
+            let project_id = rig.project.clone();
+            async move {
+                let new = NewBoardItem {
+                    project_id,
+                    title: Label::parse("title", format!("item {i}")).unwrap(),
+                    description: format!("task {i}"),
+                    assignment: Assignment::NewThread {
+                        agent: None,
+                        context_of: None,
+                    },
+                    capability_tags: vec![],
+                    schedule: Some(
+                        Schedule::new("schedule", ScheduleKind::Once, parked, None, Overlap::Skip)
+                            .unwrap(),
+                    ),
+                    parent_item_id: None,
+                };
+                store
+                    .create_board_item(&scope, &new)
+                    .await
+                    .unwrap()
+                    .id
+                    .as_str()
+                    .to_owned()
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let now = Timestamp::now().as_millis();
+    sqlx::query("UPDATE board_items SET next_run_at = $1")
+        .bind(now - 1_000)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut other_node = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM board_items WHERE id = ANY($1) FOR UPDATE")
+        .bind(&items[..others])
+        .fetch_all(&mut *other_node)
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    let runtime = rig.runtime.clone();
+    let firing =
+        tokio::spawn(async move { tessera_runtime::board_scheduler::fire_due(&runtime).await });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count("SELECT COUNT(*) FROM board_slots").await < batch as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // This node has claimed all it could; the other node's slots are still due.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!firing.is_finished(), "the node waits for the other claim");
+    assert!(rig.hub.claims_deferred_until().is_some());
+    assert_eq!(
+        count("SELECT COUNT(*) FROM runs WHERE status <> 'queued'").await,
+        0,
+        "no run starts while the burst is being claimed"
+    );
+
+    // The other node's claim ends (here: it rolls back, as when that node dies): this node
+    // claims what is left, and its workers start the burst's runs.
+    other_node.rollback().await.unwrap();
+    let fired = tokio::time::timeout(Duration::from_secs(5), firing)
+        .await
+        .expect("the node stops waiting once the other claim has ended")
+        .unwrap();
+    assert!(fired);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM board_slots").await,
+        (batch + others) as i64
+    );
+    assert!(rig.hub.claims_deferred_until().is_none());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count("SELECT COUNT(*) FROM runs WHERE status <> 'queued'").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no run started after the burst"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    pool.close().await;
+    rig.stop().await;
+    db.cleanup().await;
 }
 
 async fn a_tool_over_its_timeout_fails_its_call_not_the_run(db: &TestDatabase) {

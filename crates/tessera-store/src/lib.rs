@@ -1382,6 +1382,11 @@ pub trait BoardStore {
     /// Scheduler: the earliest pending slot of any deployment.
     async fn next_due_slot(&self) -> StoreResult<Option<Timestamp>>;
 
+    /// Scheduler: how many slots one [`BoardStore::claim_due_slots`] should take. SQLite: many,
+    /// because every claim waits for the single writer; PostgreSQL: fewer, so that the nodes
+    /// share a burst of due slots evenly and its first runs commit sooner.
+    fn slot_claim_batch(&self) -> usize;
+
     /// Maintenance (all deployments): deletes slot records that fired before `before`, except
     /// each item's latest one and those whose run is still open. Each item keeps the latest
     /// slot pruned (`slots_pruned_through`); a slot at or before it counts as fired, so a

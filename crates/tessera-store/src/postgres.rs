@@ -178,6 +178,11 @@ impl PgStore {
 
     pub(crate) const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     pub(crate) const CLAIM_QUEUED: &'static str = crate::sql_runs::CLAIM_QUEUED_POSTGRES;
+    /// Slots per claim: nodes claim side by side (`SKIP LOCKED`), and the last claims of a
+    /// burst decide its lateness; with smaller claims the nodes split a burst evenly and none
+    /// is left alone with a large last one (bench/schedules: 10,000 slots due in one second,
+    /// two nodes).
+    pub(crate) const SLOT_CLAIM_BATCH: usize = 512;
 
     /// Makes the claim's queries walk their indexes in order and stop at their limit, whatever
     /// the planner's statistics (see `CLAIM_QUEUED_POSTGRES`): for the rest of the claim's

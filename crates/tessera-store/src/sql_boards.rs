@@ -671,6 +671,10 @@ macro_rules! impl_board_sql {
                 Ok(row.try_get::<Option<i64>, _>("due")?.map(Timestamp::from_millis))
             }
 
+            fn slot_claim_batch(&self) -> usize {
+                $store::SLOT_CLAIM_BATCH
+            }
+
             async fn claim_due_slots(&self, node: &str, now: Timestamp, limit: usize) -> StoreResult<Vec<SlotRecord>> {
                 let this = self.clone();
                 let node = node.to_owned();

@@ -228,6 +228,10 @@ impl SqliteStore {
     /// `BEGIN IMMEDIATE` makes the claiming transaction the only writer; no row locks needed.
     pub(crate) const CLAIM_LOCK: &'static str = "";
     pub(crate) const CLAIM_QUEUED: &'static str = crate::sql_runs::CLAIM_QUEUED_SQLITE;
+    /// Slots per claim: one node, whose every claim waits for the single writer behind the
+    /// workers' transactions, so a burst should cost few claims (binds per statement stay under
+    /// SQLite's limit: 14 per message row).
+    pub(crate) const SLOT_CLAIM_BATCH: usize = 2048;
 
     /// SQLite's planner already walks the claim's index in order (see `CLAIM_QUEUED_SQLITE`).
     pub(crate) async fn pin_claim_plan(
