@@ -84,6 +84,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "run_queue",
         sql: include_str!("../migrations/sqlite/0012_run_queue.sql"),
     },
+    Migration {
+        version: 13,
+        name: "cheaper_hot_writes",
+        sql: include_str!("../migrations/sqlite/0013_cheaper_hot_writes.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -146,6 +151,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 12,
         name: "run_queue",
         sql: include_str!("../migrations/postgres/0012_run_queue.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "cheaper_hot_writes",
+        sql: include_str!("../migrations/postgres/0013_cheaper_hot_writes.sql"),
     },
 ];
 

@@ -1,0 +1,3 @@
+-- PostgreSQL only: threads' fillfactor, and the deployment foreign keys of messages, runs,
+-- thread events and board slots. SQLite has no fillfactor, and keeps those foreign keys
+-- (dropping one means rebuilding the table).
