@@ -5,9 +5,10 @@
 //! earliest slot at least every [`RESCAN`] for items created on other nodes. Firing is one store
 //! transaction per batch of due slots: it records each slot (unique per item and slot), moves
 //! the item to its next slot and queues the slot's run, so a slot and its run exist together or
-//! not at all, whichever node claims it and whenever a node dies. While a burst of due slots
-//! takes more than one claim, the node's workers start no new runs (for at most [`FIRST`]), so
-//! that executing the first slots' runs does not delay firing the last ones.
+//! not at all, whichever node claims it and whenever a node dies. While the node claims the
+//! slots it woke for, and while a burst of them lasts (see [`fire_due`]), its workers start no
+//! new runs (for at most [`FIRST`] per burst), so that executing the first slots' runs does not
+//! delay firing the last ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,10 @@ use tokio::sync::{watch, Notify};
 
 use crate::driver::Runtime;
 
-/// Longest time this node's workers start no new runs while the scheduler claims a burst of
-/// due slots (more than one claim takes). Firing on time is the scheduler's promise, and a
-/// claim competes with run execution for the database and the CPU; the runs it queues start
-/// at most this much later, and a burst that lasts longer lets the workers in again.
+/// Longest time this node's workers start no new runs while the scheduler claims due slots
+/// (the default of `RuntimeConfig::burst_hold`). Firing on time is the scheduler's promise,
+/// and a claim competes with run execution for the database and the CPU; the runs it queues
+/// start at most this much later, and a burst that lasts longer lets the workers in again.
 pub const FIRST: Duration = Duration::from_secs(2);
 /// Longest sleep without looking at the database (items created on other nodes).
 pub const RESCAN: Duration = Duration::from_secs(5);
@@ -45,20 +46,38 @@ pub async fn run_board_scheduler(
     handle: BoardSchedulerHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The next pending slot, as last read.
+    let mut next_due: Option<Timestamp> = None;
+    // Looks in a row that found slots due that this node's claim could not take (another
+    // node's claim holds them until it commits or rolls back): the next look comes after
+    // `OTHERS_POLL`, doubled for each of them (at most 32 times), instead of at once, and does
+    // not hold the workers back.
+    let mut contended: u32 = 0;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let mut wake_at = tokio::time::Instant::now() + RESCAN;
-        if fire_due(&rt).await {
+        let woke_for_due = contended == 0 && next_due.is_some_and(|due| due <= Timestamp::now());
+        if fire_due(&rt, woke_for_due).await {
             match rt.store.next_due_slot().await {
-                Ok(Some(due)) => {
-                    let wait = due.as_millis() - Timestamp::now().as_millis();
-                    let at =
-                        tokio::time::Instant::now() + Duration::from_millis(wait.max(0) as u64);
-                    wake_at = wake_at.min(at);
+                Ok(due) => {
+                    next_due = due;
+                    if let Some(due) = due {
+                        let wait = due.as_millis() - Timestamp::now().as_millis();
+                        let at = if wait <= 0 {
+                            contended = contended.saturating_add(1);
+                            tokio::time::Instant::now()
+                                + OTHERS_POLL * 2u32.pow(contended.min(6) - 1)
+                        } else {
+                            contended = 0;
+                            tokio::time::Instant::now() + Duration::from_millis(wait as u64)
+                        };
+                        wake_at = wake_at.min(at);
+                    } else {
+                        contended = 0;
+                    }
                 }
-                Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "reading the next due slot failed");
                     wake_at = tokio::time::Instant::now() + RETRY;
@@ -79,16 +98,21 @@ pub async fn run_board_scheduler(
 /// Claims every slot due now, batch after batch, publishing the queued runs' events and waking
 /// the workers after each batch. `false` when a claim failed.
 ///
-/// The node's workers start no new runs while a claim is under way, and during a burst (a
-/// claim came back full) also while other nodes still hold due slots (their claims are not
-/// committed yet, so due items are left): their runs would compete with the burst's last
-/// claims for the database and the CPU. Both end at [`FIRST`] after the first claim at the
-/// latest (see [`crate::hub::Hub::defer_claims`]).
-pub async fn fire_due(rt: &Runtime) -> bool {
+/// The node's workers start no new runs from the first claim on when `slots_due` (the
+/// scheduler woke for a due slot), or else from the first full claim; and, once a claim came
+/// back full (a burst), also while due slots are left that this node's last claim did not take
+/// (other nodes' claims hold them until they commit): their runs would compete with the
+/// burst's last claims for the database and the CPU. All of it ends at
+/// `RuntimeConfig::burst_hold` after it began at the latest (see
+/// [`crate::hub::Hub::defer_claims`]).
+pub async fn fire_due(rt: &Runtime, slots_due: bool) -> bool {
     let batch = rt.store.slot_claim_batch();
+    let hold = rt.config.burst_hold;
+    if slots_due {
+        rt.hub.defer_claims(hold);
+    }
     let mut burst = false;
     loop {
-        rt.hub.defer_claims(FIRST);
         let started = std::time::Instant::now();
         let slots = match rt
             .store
@@ -110,6 +134,12 @@ pub async fn fire_due(rt: &Runtime) -> bool {
                 "claimed due slots"
             );
         }
+        if full {
+            // Before this node wakes its workers for the batch's runs (on PostgreSQL the
+            // commit's `NOTIFY` may wake them first, and they may start a few).
+            rt.hub.defer_claims(hold);
+            burst = true;
+        }
         let mut queued = false;
         for slot in &slots {
             if !slot.events.is_empty() {
@@ -120,7 +150,6 @@ pub async fn fire_due(rt: &Runtime) -> bool {
         if queued {
             rt.hub.wake_workers();
         }
-        burst |= full;
         if full {
             continue;
         }
@@ -134,7 +163,8 @@ pub async fn fire_due(rt: &Runtime) -> bool {
 }
 
 /// How often a node that has claimed its share of a burst looks whether other nodes' claims
-/// have committed.
+/// have ended; also how soon a node that found due slots it could not take looks again (doubled
+/// on each such look in a row, up to 32 times).
 const OTHERS_POLL: Duration = Duration::from_millis(20);
 
 /// Whether due slots are left that this node's last claim did not take (on PostgreSQL: items

@@ -58,6 +58,9 @@ pub struct RuntimeConfig {
     pub slot_retention: Duration,
     /// Chunks of an upload that never committed are deleted this long after its last chunk.
     pub upload_grace: Duration,
+    /// Longest time the workers start no new runs while the board scheduler fires a burst of
+    /// due slots ([`crate::board_scheduler::FIRST`]).
+    pub burst_hold: Duration,
 }
 
 /// Everything runs need, shared by the workers of one node.

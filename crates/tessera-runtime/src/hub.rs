@@ -137,10 +137,9 @@ impl Hub {
     }
 
     /// Asks the workers to start no new runs for at most `longest` (runs in flight go on):
-    /// the board scheduler has more due slots than one claim takes, and firing them on time
-    /// comes first. Until [`Hub::resume_claims`] ends it, a deferral is neither extended nor
-    /// started again once it has run out, so workers wait at most `longest` per burst however
-    /// long the burst lasts.
+    /// the board scheduler is claiming due slots, and firing them on time comes first. Until
+    /// [`Hub::resume_claims`] ends it, a deferral is neither extended nor started again once it
+    /// has run out, so workers wait at most `longest` per burst however long the burst lasts.
     pub fn defer_claims(&self, longest: std::time::Duration) {
         let mut deferred = Self::lock(&self.claims_deferred);
         if deferred.is_none() {
@@ -148,8 +147,9 @@ impl Hub {
         }
     }
 
-    /// Ends a deferral and wakes the claim loop if it waits for the deferral's end. (Runs
-    /// queued meanwhile were announced by `wake_workers`; ending a deferral queues none.)
+    /// Ends a deferral and wakes the claim loop, which may be waiting for its end. (Runs queued
+    /// meanwhile were announced by `wake_workers`; ending a deferral queues none, so it does
+    /// not count as a wake-up.)
     pub fn resume_claims(&self) {
         if Self::lock(&self.claims_deferred).take().is_some() {
             self.work.notify_one();

@@ -229,6 +229,8 @@ impl Rig {
                 action_expiry_seconds: 600,
                 slot_retention: Duration::from_secs(7 * 86_400),
                 upload_grace: Duration::from_secs(3600),
+                // Long enough that no step of a test outlasts it on a slow machine.
+                burst_hold: Duration::from_secs(60),
             },
             tool_records: None,
         });
@@ -479,7 +481,9 @@ async fn postgres_workers_wait_while_another_node_still_claims_a_burst() {
 
     let runtime = rig.runtime.clone();
     let firing =
-        tokio::spawn(async move { tessera_runtime::board_scheduler::fire_due(&runtime).await });
+        tokio::spawn(
+            async move { tessera_runtime::board_scheduler::fire_due(&runtime, true).await },
+        );
     let deadline = tokio::time::Instant::now() + WAIT;
     while count("SELECT COUNT(*) FROM board_slots").await < batch as i64 {
         assert!(

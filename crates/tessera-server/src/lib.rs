@@ -183,6 +183,7 @@ impl Application {
                     u64::from(config.runtime.board_slot_retention_days) * 86_400,
                 ),
                 upload_grace: Duration::from_secs(config.runtime.orphan_upload_grace_seconds),
+                burst_hold: tessera_runtime::board_scheduler::FIRST,
             },
             tool_records: Some(tool_records),
         });
