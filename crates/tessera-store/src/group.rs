@@ -2,13 +2,17 @@
 //!
 //! SQLite has a single writer, and each write transaction costs its round trips to the
 //! connection thread plus a WAL sync at commit. When many callers submit messages, end runs, or
-//! mint or exchange tickets at once (`HotWrite` in `sql_runs.rs`), the first caller becomes the *leader*: it takes every request queued so far and writes
-//! them in one transaction (the store's batch function), then hands each caller its own result.
-//! Callers that arrive meanwhile queue for the next batch. Every caller still gets its answer
-//! only after the transaction holding its write committed, so durability is unchanged.
+//! mint or exchange tickets at once (`HotWrite` in `sql_runs.rs`), they share transactions:
+//! each caller queues its request ([`GroupCommit::push`]) and waits for its answer; one loop on
+//! the writer thread ([`GroupCommit::run`]) takes every request queued so far, writes them in
+//! one transaction (the store's batch function), answers each caller, and goes on with what
+//! queued meanwhile until the queue is empty. Every caller still gets its answer only after the
+//! transaction holding its write committed, so durability is unchanged.
 //!
-//! The batch runs in a spawned task (the store's `offload`), so a leader whose request is
-//! dropped (a client that went away) does not abandon the other callers' results.
+//! The loop, not a caller, moves from one batch to the next: the next batch starts on the
+//! writer thread as soon as the previous one committed, without waiting for a busy HTTP worker
+//! thread to poll some caller's task first. A caller that goes away (a client that
+//! disconnected) changes nothing for the others.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -20,72 +24,110 @@ use crate::{StoreError, StoreResult};
 /// Most requests written in one transaction.
 pub(crate) const MAX_BATCH: usize = 128;
 
-type Pending<Req, Res> = Vec<(Req, oneshot::Sender<StoreResult<Res>>)>;
+pub(crate) type Pending<Req, Res> = Vec<(Req, oneshot::Sender<StoreResult<Res>>)>;
+
+/// The receiving end of one queued request.
+pub(crate) type Answer<Res> = oneshot::Receiver<StoreResult<Res>>;
+
+struct Queue<Req, Res> {
+    pending: Pending<Req, Res>,
+    /// A loop is writing (or has been started to write) the queue.
+    writing: bool,
+}
 
 pub(crate) struct GroupCommit<Req, Res> {
-    pending: Mutex<Pending<Req, Res>>,
-    /// Held by the leader while its batch is written.
-    leader: tokio::sync::Mutex<()>,
+    queue: Mutex<Queue<Req, Res>>,
 }
 
 impl<Req, Res> Default for GroupCommit<Req, Res> {
     fn default() -> Self {
         Self {
-            pending: Mutex::new(Vec::new()),
-            leader: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                writing: false,
+            }),
         }
     }
 }
 
-impl<Req: Send + 'static, Res: Send + 'static> GroupCommit<Req, Res> {
-    /// Queues `request` and returns its result once a batch containing it was written.
-    /// `write` writes one batch (in a single transaction) and must answer every sender; it is
-    /// given the requests with their senders.
-    pub(crate) async fn submit<F, Fut>(&self, request: Req, write: F) -> StoreResult<Res>
+impl<Req, Res> GroupCommit<Req, Res> {
+    /// Queues `request`. The answer comes on the returned receiver (see [`wait`]). `true` when no
+    /// loop is writing the queue: the caller must start one ([`Self::run`]), or give up with
+    /// [`Self::abandon`].
+    pub(crate) fn push(&self, request: Req) -> (Answer<Res>, bool) {
+        let (tx, rx) = oneshot::channel();
+        let mut queue = self.lock();
+        queue.pending.push((request, tx));
+        let start = !queue.writing;
+        queue.writing = true;
+        (rx, start)
+    }
+
+    /// Writes the queue, batch after batch, until it is empty. `write` writes one batch (in a
+    /// single transaction) and must answer every sender; it is given the requests with their
+    /// senders. When this future is dropped or panics before the queue is empty, the requests
+    /// still queued are answered with an error instead of waiting forever.
+    pub(crate) async fn run<F, Fut>(&self, mut write: F)
     where
-        F: Fn(Pending<Req, Res>) -> Fut,
+        F: FnMut(Pending<Req, Res>) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let (tx, mut rx) = oneshot::channel();
-        self.lock_pending().push((request, tx));
+        let mut stop = Stop {
+            group: self,
+            done: false,
+        };
         loop {
-            tokio::select! {
-                biased;
-                result = &mut rx => return answer(result),
-                guard = self.leader.lock() => {
-                    // A previous leader may have written our request already: it answers before
-                    // it lets go of the lock.
-                    if let Ok(result) = rx.try_recv() {
-                        return result;
-                    }
-                    let mut batch = {
-                        let mut pending = self.lock_pending();
-                        let take = pending.len().min(MAX_BATCH);
-                        pending.drain(..take).collect::<Vec<_>>()
-                    };
-                    if batch.is_empty() {
-                        // Our request is in a batch whose leader went away while its
-                        // transaction goes on; that transaction answers it.
-                        drop(guard);
-                        return answer(rx.await);
-                    }
-                    batch.shrink_to_fit();
-                    write(batch).await;
-                    drop(guard);
+            let batch = {
+                let mut queue = self.lock();
+                if queue.pending.is_empty() {
+                    // Under the lock: a request pushed from now on starts a new loop.
+                    queue.writing = false;
+                    stop.done = true;
+                    return;
                 }
-            }
+                let take = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..take).collect::<Vec<_>>()
+            };
+            write(batch).await;
         }
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending<Req, Res>> {
-        self.pending
+    /// Gives up on writing the queue (a loop could not be started): every queued request is
+    /// answered with an error, and the next [`Self::push`] starts a loop again.
+    pub(crate) fn abandon(&self) {
+        let dropped = {
+            let mut queue = self.lock();
+            queue.writing = false;
+            std::mem::take(&mut queue.pending)
+        };
+        // The senders drop here, outside the lock: each caller gets `answer`'s error.
+        drop(dropped);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Req, Res>> {
+        self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn answer<Res>(result: Result<StoreResult<Res>, oneshot::error::RecvError>) -> StoreResult<Res> {
-    result.unwrap_or_else(|_| {
+/// Ends a loop that stopped before the queue was empty (see [`GroupCommit::run`]).
+struct Stop<'a, Req, Res> {
+    group: &'a GroupCommit<Req, Res>,
+    done: bool,
+}
+
+impl<Req, Res> Drop for Stop<'_, Req, Res> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.group.abandon();
+        }
+    }
+}
+
+/// The answer to a queued request.
+pub(crate) async fn wait<Res>(answer: Answer<Res>) -> StoreResult<Res> {
+    answer.await.unwrap_or_else(|_| {
         Err(StoreError::Corrupt(
             "the batched write transaction ended without an answer".to_owned(),
         ))
@@ -112,5 +154,103 @@ pub(crate) fn deliver<Res>(
                 ))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A batch writer that answers each request with itself, doubled, and records batch sizes.
+    async fn double(batch: Pending<u32, u32>, sizes: &Mutex<Vec<usize>>) {
+        sizes.lock().unwrap().push(batch.len());
+        tokio::task::yield_now().await;
+        let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        deliver(
+            senders,
+            Ok(requests.into_iter().map(|r| Ok(r * 2)).collect()),
+        );
+    }
+
+    #[tokio::test]
+    async fn every_request_is_answered_in_bounded_batches_by_one_loop() {
+        let group = Arc::new(GroupCommit::<u32, u32>::default());
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let mut answers = Vec::new();
+        let mut starts = 0;
+        for i in 0..300 {
+            let (answer, start) = group.push(i);
+            starts += usize::from(start);
+            answers.push((i, answer));
+        }
+        assert_eq!(starts, 1, "only the first push starts a loop");
+        group.run(|batch| double(batch, &sizes)).await;
+        for (i, answer) in answers {
+            assert_eq!(wait(answer).await.unwrap(), i * 2);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![128, 128, 44]);
+        // The queue is empty and no loop runs: the next push starts one again.
+        let (answer, start) = group.push(7);
+        assert!(start);
+        group.run(|batch| double(batch, &sizes)).await;
+        assert_eq!(wait(answer).await.unwrap(), 14);
+    }
+
+    #[tokio::test]
+    async fn requests_queued_while_a_batch_is_written_go_in_the_next_batch() {
+        let group = Arc::new(GroupCommit::<u32, u32>::default());
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (first, start) = group.push(1);
+        assert!(start);
+        let late = Mutex::new(Vec::new());
+        group
+            .run(|batch| {
+                // While the first batch is written, three more arrive; none starts a loop.
+                if batch.len() == 1 && late.lock().unwrap().is_empty() {
+                    for i in 2..5 {
+                        let (answer, start) = group.push(i);
+                        assert!(!start);
+                        late.lock().unwrap().push((i, answer));
+                    }
+                }
+                double(batch, &sizes)
+            })
+            .await;
+        assert_eq!(wait(first).await.unwrap(), 2);
+        for (i, answer) in late.into_inner().unwrap() {
+            assert_eq!(wait(answer).await.unwrap(), i * 2);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_stops_early_fails_the_queue_instead_of_leaving_it_waiting() {
+        let group = Arc::new(GroupCommit::<u32, u32>::default());
+        let (first, _) = group.push(1);
+        let (second, _) = group.push(2);
+        // The loop is dropped while its first batch is being written (a runtime shutting down).
+        let run = group.run(|_batch| std::future::pending::<()>());
+        let stopped = tokio::time::timeout(std::time::Duration::from_millis(20), run).await;
+        assert!(stopped.is_err());
+        for answer in [first, second] {
+            let err = wait(answer).await.unwrap_err();
+            assert!(err.to_string().contains("without an answer"), "{err}");
+        }
+        // A new request starts a new loop.
+        let (_answer, start) = group.push(3);
+        assert!(start);
+    }
+
+    #[tokio::test]
+    async fn abandon_answers_every_queued_request_and_allows_a_new_loop() {
+        let group = GroupCommit::<u32, u32>::default();
+        let (first, start) = group.push(1);
+        assert!(start);
+        group.abandon();
+        assert!(wait(first).await.is_err());
+        let (_second, start) = group.push(2);
+        assert!(start);
     }
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::group::{deliver, GroupCommit};
+use crate::group::{deliver, wait, GroupCommit};
 use crate::migrate;
 use crate::sql_runs::{HotDone, HotWrite};
 use crate::sqlite_affinity as affinity;
@@ -79,8 +79,11 @@ fn writer_runtime() -> StoreResult<&'static tokio::runtime::Handle> {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            // Timers (sqlx's pool timeouts) but no I/O driver: nothing here does I/O through
+            // tokio, and the thread then parks on a futex instead of `epoll_wait`, woken
+            // without an `eventfd` write at every statement's hand-off.
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_time()
                 .build()
                 .map_err(|e| e.to_string())?;
             let handle = runtime.handle().clone();
@@ -247,24 +250,28 @@ impl SqliteStore {
     /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and
     /// exchanges, cost one commit.
     pub(crate) async fn write_hot(&self, job: HotWrite) -> StoreResult<HotDone> {
-        let this = self.clone();
-        self.groups
-            .hot
-            .submit(job, move |batch| {
-                let this = this.clone();
-                async move {
-                    let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let store = this.clone();
-                    // On the writer thread, to completion even if this caller goes away.
-                    let _ = this
-                        .offload(async move {
+        let (answer, start) = self.groups.hot.push(job);
+        if start {
+            // The loop runs on the writer thread, to the end even if this caller goes away.
+            let this = self.clone();
+            let started = writer_runtime().map(|writer| {
+                writer.spawn(async move {
+                    let store = &this;
+                    this.groups
+                        .hot
+                        .run(|batch| async move {
+                            let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                             deliver(senders, Ok(store.do_hot_writes_isolated(&jobs).await));
-                            Ok(())
                         })
                         .await;
-                }
-            })
-            .await
+                })
+            });
+            if let Err(err) = started {
+                self.groups.hot.abandon();
+                return Err(err);
+            }
+        }
+        wait(answer).await
     }
 
     /// `rows` as a `VALUES` list, one bind per cell (see `bulk.rs`).
