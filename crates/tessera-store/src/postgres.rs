@@ -202,6 +202,12 @@ impl PgStore {
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).
     pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
+    /// A submission checks open runs and questions in statements of their own, after its thread
+    /// update: an update that waited for a concurrent submission's lock evaluates its `RETURNING`
+    /// subqueries in the snapshot taken before the wait and would miss that submission's run; a
+    /// later statement takes a new snapshot (READ COMMITTED) and sees it. The test
+    /// `concurrent_rejecting_submissions_to_an_idle_thread_accept_one` fails otherwise.
+    pub(crate) const CHECKS_IN_THREAD_UPDATE: bool = false;
 
     /// Queues a `NOTIFY` for the other nodes; PostgreSQL delivers it when the transaction
     /// commits (and drops it if it rolls back). From a hot write, defers it instead.

@@ -930,10 +930,24 @@ macro_rules! impl_run_sql {
                 // that the thread is the caller's and locks it (PostgreSQL) against a concurrent
                 // submission, so the multitask policy below sees every run queued before.
                 let now = Timestamp::now();
-                let thread_row = sqlx::query(
+                // Where the update can also answer the checks below (see
+                // `CHECKS_IN_THREAD_UPDATE`), it does: two statements fewer.
+                let checks = if Self::CHECKS_IN_THREAD_UPDATE {
+                    format!(
+                        ", EXISTS (SELECT 1 FROM runs WHERE runs.thread_id = threads.id
+                                     AND runs.status IN {OPEN_STATUSES}) AS has_open_run,
+                           EXISTS (SELECT 1 FROM pending_actions p
+                                   WHERE p.thread_id = threads.id AND p.kind = 'question'
+                                     AND p.status = 'pending' AND p.expires_at > $1
+                                     AND p.run_id = threads.active_run_id) AS has_question"
+                    )
+                } else {
+                    String::new()
+                };
+                let thread_row = sqlx::query(&format!(
                     "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
-                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq, closed_at",
-                )
+                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq, closed_at{checks}"
+                ))
                 .bind(now.as_millis())
                 .bind(thread_id.as_str())
                 .bind(dep)
@@ -953,9 +967,22 @@ macro_rules! impl_run_sql {
                     super::session_sql::merge_variables(tx, dep, thread_id, &submit.variables, "").await?;
                 }
                 let mut last: i64 = thread_row.try_get("last_seq")?;
+                // What the update already found out (`None`: ask).
+                let (open_known, question_known) = if Self::CHECKS_IN_THREAD_UPDATE {
+                    (
+                        Some(thread_row.try_get::<bool, _>("has_open_run")?),
+                        Some(thread_row.try_get::<bool, _>("has_question")?),
+                    )
+                } else {
+                    (None, None)
+                };
                 // A message to a run waiting on an `ask_user` question is its answer: it joins
                 // that run, which resumes; the multitask policy does not apply.
-                if let Some(run_id) = super::session_sql::answer_question(tx, thread_id.as_str(), &submit.message.content, now).await? {
+                let answered = match question_known {
+                    Some(false) => None,
+                    _ => super::session_sql::answer_question(tx, thread_id.as_str(), &submit.message.content, now).await?,
+                };
+                if let Some(run_id) = answered {
                     let message = Message { run_id: Some(run_id.clone()), ..submit.message.clone() };
                     insert_message(tx, dep, &message, None).await?;
                     let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
@@ -997,11 +1024,18 @@ macro_rules! impl_run_sql {
                     // only to start the run here.
                     tessera_domain::agent::MultitaskPolicy::Enqueue => {
                         if submit.start.is_some() {
-                            open = has_open_run(tx, thread_id.as_str()).await?;
+                            open = match open_known {
+                                Some(open) => open,
+                                None => has_open_run(tx, thread_id.as_str()).await?,
+                            };
                         }
                     }
                     tessera_domain::agent::MultitaskPolicy::Reject => {
-                        if has_open_run(tx, thread_id.as_str()).await? {
+                        let busy = match open_known {
+                            Some(open) => open,
+                            None => has_open_run(tx, thread_id.as_str()).await?,
+                        };
+                        if busy {
                             return Err(StoreError::Conflict(Conflict::RunActive));
                         }
                         open = false;

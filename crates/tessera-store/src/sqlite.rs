@@ -245,6 +245,10 @@ impl SqliteStore {
     }
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
+    /// A submission's thread update also tells whether the thread has an open run and an open
+    /// question (subqueries in its `RETURNING`): the transaction is the only writer from
+    /// `BEGIN IMMEDIATE` on, so what the update sees is what later statements would.
+    pub(crate) const CHECKS_IN_THREAD_UPDATE: bool = true;
 
     /// Writes one of the hot writes, sharing the transaction with concurrent ones (group
     /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and

@@ -169,6 +169,7 @@ backend_tests!(
     event_numbers_are_per_thread_and_gapless_under_concurrency,
     concurrent_writes_that_fail_leave_the_others_alone,
     reject_policy_refuses_while_a_run_is_open,
+    concurrent_rejecting_submissions_to_an_idle_thread_accept_one,
     the_threads_multitask_policy_is_its_agents,
     enqueue_policy_queues_behind_the_open_run,
     a_submission_claims_its_run_for_a_free_worker_only_when_nothing_is_open,
@@ -495,6 +496,47 @@ async fn concurrent_writes_that_fail_leave_the_others_alone(db: &TestDatabase) {
         assert_eq!(history(&store, &a.scope, &t.id).await.len(), 1);
         assert_eq!(seqs(&all_events(&store, &a.scope, &t.id).await), vec![1, 2]);
     }
+    store.close().await;
+}
+
+/// Submissions racing for an idle thread under `reject`: exactly one is accepted. SQLite answers
+/// the open-run check inside the submission's thread update; PostgreSQL must check again after
+/// its update waited for the thread's lock, or the waiting submissions would not see the
+/// winner's run.
+async fn concurrent_rejecting_submissions_to_an_idle_thread_accept_one(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "reject-race").await;
+    let t = thread(&store, &a, "t").await;
+    let racers = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let (store, barrier, scope, thread_id) = (
+                store.clone(),
+                barrier.clone(),
+                a.scope.clone(),
+                t.id.clone(),
+            );
+            tokio::spawn(async move {
+                let s = submission(&thread_id, &format!("m{i}"), MultitaskPolicy::Reject);
+                barrier.wait().await;
+                store.submit_run(&scope, &thread_id, &s).await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(outcome) => {
+                created(outcome);
+                accepted += 1;
+            }
+            Err(err) => assert!(is_conflict(&err, Conflict::RunActive), "got {err:?}"),
+        }
+    }
+    assert_eq!(accepted, 1, "exactly one submission may open a run");
+    assert_eq!(history(&store, &a.scope, &t.id).await.len(), 1);
+    assert_eq!(seqs(&all_events(&store, &a.scope, &t.id).await), vec![1, 2]);
     store.close().await;
 }
 
