@@ -163,6 +163,13 @@ mod tests {
 
     use super::*;
 
+    /// The answer, or a failed test if it does not come (instead of a test that hangs).
+    async fn within(answer: Answer<u32>) -> StoreResult<u32> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), wait(answer))
+            .await
+            .expect("a request was left waiting")
+    }
+
     /// A batch writer that answers each request with itself, doubled, and records batch sizes.
     async fn double(batch: Pending<u32, u32>, sizes: &Mutex<Vec<usize>>) {
         sizes.lock().unwrap().push(batch.len());
@@ -188,14 +195,14 @@ mod tests {
         assert_eq!(starts, 1, "only the first push starts a loop");
         group.run(|batch| double(batch, &sizes)).await;
         for (i, answer) in answers {
-            assert_eq!(wait(answer).await.unwrap(), i * 2);
+            assert_eq!(within(answer).await.unwrap(), i * 2);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![128, 128, 44]);
         // The queue is empty and no loop runs: the next push starts one again.
         let (answer, start) = group.push(7);
         assert!(start);
         group.run(|batch| double(batch, &sizes)).await;
-        assert_eq!(wait(answer).await.unwrap(), 14);
+        assert_eq!(within(answer).await.unwrap(), 14);
     }
 
     #[tokio::test]
@@ -220,7 +227,7 @@ mod tests {
             .await;
         assert_eq!(wait(first).await.unwrap(), 2);
         for (i, answer) in late.into_inner().unwrap() {
-            assert_eq!(wait(answer).await.unwrap(), i * 2);
+            assert_eq!(within(answer).await.unwrap(), i * 2);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![1, 3]);
     }
@@ -228,19 +235,55 @@ mod tests {
     #[tokio::test]
     async fn a_loop_that_stops_early_fails_the_queue_instead_of_leaving_it_waiting() {
         let group = Arc::new(GroupCommit::<u32, u32>::default());
-        let (first, _) = group.push(1);
-        let (second, _) = group.push(2);
-        // The loop is dropped while its first batch is being written (a runtime shutting down).
-        let run = group.run(|_batch| std::future::pending::<()>());
+        // More than one batch: the second batch's requests are still queued when the loop stops.
+        let answers: Vec<_> = (0..MAX_BATCH as u32 + 3).map(|i| group.push(i).0).collect();
+        // The loop is dropped while its first batch is being written (a runtime shutting down);
+        // that batch stays alive meanwhile, so only the guard can answer the queued ones.
+        let run = group.run(|batch| async move {
+            let _held = batch;
+            std::future::pending::<()>().await
+        });
         let stopped = tokio::time::timeout(std::time::Duration::from_millis(20), run).await;
         assert!(stopped.is_err());
-        for answer in [first, second] {
-            let err = wait(answer).await.unwrap_err();
+        for answer in answers {
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(5), wait(answer))
+                .await
+                .expect("a request was left waiting");
+            let err = answered.unwrap_err();
             assert!(err.to_string().contains("without an answer"), "{err}");
         }
         // A new request starts a new loop.
         let (_answer, start) = group.push(3);
         assert!(start);
+    }
+
+    /// Callers on several threads push while loops start and stop: every request is answered
+    /// (a push that raced a loop's exit either joined that loop's last batch or started one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_pushed_while_loops_start_and_stop_are_all_answered() {
+        let group = Arc::new(GroupCommit::<u32, u32>::default());
+        let callers: Vec<_> = (0..8u32)
+            .map(|caller| {
+                let group = group.clone();
+                tokio::spawn(async move {
+                    for i in 0..300 {
+                        let request = caller * 1000 + i;
+                        let (answer, start) = group.push(request);
+                        if start {
+                            let group = group.clone();
+                            tokio::spawn(async move {
+                                let sizes = Mutex::new(Vec::new());
+                                group.run(|batch| double(batch, &sizes)).await;
+                            });
+                        }
+                        assert_eq!(within(answer).await.unwrap(), request * 2);
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
     }
 
     #[tokio::test]

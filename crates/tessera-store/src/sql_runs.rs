@@ -790,7 +790,8 @@ macro_rules! impl_run_sql {
             }
         }
 
-        /// The hot write transactions, run through `offload` by the trait methods below.
+        /// The hot write transactions, run on SQLite's writer thread by `write_hot`'s group-commit
+        /// loop (see `group.rs`).
         impl $store {
             /// Writes `batch` in one transaction. A single write commits only if it succeeded;
             /// several each run in a savepoint, so that one's failure (a conflict, a lost lease)

@@ -61,6 +61,20 @@ fn spawn_checkpointer(reader: SqlitePool, alive: std::sync::Weak<()>) {
     });
 }
 
+/// A group-commit loop that was started but has not run yet (see `SqliteStore::write_hot`).
+struct Unstarted {
+    store: SqliteStore,
+    armed: bool,
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.groups.hot.abandon();
+        }
+    }
+}
+
 /// The writes that share transactions between concurrent callers.
 #[derive(Default)]
 struct Groups {
@@ -73,7 +87,8 @@ fn writer_cpu() -> Option<usize> {
     *CPU.get_or_init(affinity::writer_cpu)
 }
 
-/// The thread that drives write transactions (see [`SqliteStore::offload`]).
+/// The thread that drives write transactions (see [`SqliteStore::offload`] and
+/// [`SqliteStore::write_hot`]).
 fn writer_runtime() -> StoreResult<&'static tokio::runtime::Handle> {
     static HANDLE: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> =
         std::sync::OnceLock::new();
@@ -257,11 +272,19 @@ impl SqliteStore {
         let (answer, start) = self.groups.hot.push(job);
         if start {
             // The loop runs on the writer thread, to the end even if this caller goes away.
-            let this = self.clone();
+            // Until the task first runs, the guard stands for the loop: a task dropped unpolled
+            // (a runtime shutting down) fails the queue instead of leaving it to wait forever.
+            let mut guard = Unstarted {
+                store: self.clone(),
+                armed: true,
+            };
             let started = writer_runtime().map(|writer| {
                 writer.spawn(async move {
-                    let store = &this;
-                    this.groups
+                    // From here on `run` answers for the queue, whatever happens to it.
+                    guard.armed = false;
+                    let store = &guard.store;
+                    store
+                        .groups
                         .hot
                         .run(|batch| async move {
                             let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -270,10 +293,8 @@ impl SqliteStore {
                         .await;
                 })
             });
-            if let Err(err) = started {
-                self.groups.hot.abandon();
-                return Err(err);
-            }
+            // Without a writer thread the guard, dropped unused, has failed the queue.
+            started?;
         }
         wait(answer).await
     }
