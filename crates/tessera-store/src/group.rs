@@ -4,7 +4,7 @@
 //! connection thread plus a WAL sync at commit. When many callers submit messages, end runs, or
 //! mint or exchange tickets at once (`HotWrite` in `sql_runs.rs`), they share transactions:
 //! each caller queues its request ([`GroupCommit::push`]) and waits for its answer; one loop on
-//! the writer thread ([`GroupCommit::run`]) takes every request queued so far, writes them in
+//! the writer thread ([`BatchLoop::run`]) takes every request queued so far, writes them in
 //! one transaction (the store's batch function), answers each caller, and goes on with what
 //! queued meanwhile until the queue is empty. Every caller still gets its answer only after the
 //! transaction holding its write committed, so durability is unchanged.
@@ -15,7 +15,7 @@
 //! disconnected) changes nothing for the others.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -51,56 +51,33 @@ impl<Req, Res> Default for GroupCommit<Req, Res> {
 }
 
 impl<Req, Res> GroupCommit<Req, Res> {
-    /// Queues `request`. The answer comes on the returned receiver (see [`wait`]). `true` when no
-    /// loop is writing the queue: the caller must start one ([`Self::run`]), or give up with
-    /// [`Self::abandon`].
-    pub(crate) fn push(&self, request: Req) -> (Answer<Res>, bool) {
+    /// Queues `request`. The answer comes on the returned receiver (see [`wait`]). When no loop
+    /// is writing the queue, the caller also gets the one that must ([`BatchLoop`]).
+    pub(crate) fn push(
+        self: &Arc<Self>,
+        request: Req,
+    ) -> (Answer<Res>, Option<BatchLoop<Req, Res>>) {
         let (tx, rx) = oneshot::channel();
         let mut queue = self.lock();
         queue.pending.push((request, tx));
         let start = !queue.writing;
         queue.writing = true;
-        (rx, start)
-    }
-
-    /// Writes the queue, batch after batch, until it is empty. `write` writes one batch (in a
-    /// single transaction) and must answer every sender; it is given the requests with their
-    /// senders. When this future is dropped or panics before the queue is empty, the requests
-    /// still queued are answered with an error instead of waiting forever.
-    pub(crate) async fn run<F, Fut>(&self, mut write: F)
-    where
-        F: FnMut(Pending<Req, Res>) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let mut stop = Stop {
-            group: self,
+        let batch_loop = start.then(|| BatchLoop {
+            group: Arc::clone(self),
             done: false,
-        };
-        loop {
-            let batch = {
-                let mut queue = self.lock();
-                if queue.pending.is_empty() {
-                    // Under the lock: a request pushed from now on starts a new loop.
-                    queue.writing = false;
-                    stop.done = true;
-                    return;
-                }
-                let take = queue.pending.len().min(MAX_BATCH);
-                queue.pending.drain(..take).collect::<Vec<_>>()
-            };
-            write(batch).await;
-        }
+        });
+        (rx, batch_loop)
     }
 
-    /// Gives up on writing the queue (a loop could not be started): every queued request is
-    /// answered with an error, and the next [`Self::push`] starts a loop again.
-    pub(crate) fn abandon(&self) {
+    /// Gives up on writing the queue: every queued request is answered with an error, and the
+    /// next [`Self::push`] starts a loop again.
+    fn abandon(&self) {
         let dropped = {
             let mut queue = self.lock();
             queue.writing = false;
             std::mem::take(&mut queue.pending)
         };
-        // The senders drop here, outside the lock: each caller gets `answer`'s error.
+        // The senders drop here, outside the lock: each caller gets `wait`'s error.
         drop(dropped);
     }
 
@@ -111,13 +88,42 @@ impl<Req, Res> GroupCommit<Req, Res> {
     }
 }
 
-/// Ends a loop that stopped before the queue was empty (see [`GroupCommit::run`]).
-struct Stop<'a, Req, Res> {
-    group: &'a GroupCommit<Req, Res>,
+/// The loop that must write a queue, handed to the [`GroupCommit::push`] that found none
+/// running. Dropped before it emptied the queue (never run, its future dropped half-way, or a
+/// panic), it answers every request still queued with an error instead of leaving it waiting
+/// forever behind a loop that will not come.
+pub(crate) struct BatchLoop<Req, Res> {
+    group: Arc<GroupCommit<Req, Res>>,
     done: bool,
 }
 
-impl<Req, Res> Drop for Stop<'_, Req, Res> {
+impl<Req, Res> BatchLoop<Req, Res> {
+    /// Writes the queue, batch after batch, until it is empty. `write` writes one batch (in a
+    /// single transaction) and must answer every sender; it is given the requests with their
+    /// senders.
+    pub(crate) async fn run<F, Fut>(mut self, mut write: F)
+    where
+        F: FnMut(Pending<Req, Res>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        loop {
+            let batch = {
+                let mut queue = self.group.lock();
+                if queue.pending.is_empty() {
+                    // Under the lock: a request pushed from now on starts a new loop.
+                    queue.writing = false;
+                    self.done = true;
+                    return;
+                }
+                let take = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..take).collect::<Vec<_>>()
+            };
+            write(batch).await;
+        }
+    }
+}
+
+impl<Req, Res> Drop for BatchLoop<Req, Res> {
     fn drop(&mut self) {
         if !self.done {
             self.group.abandon();
@@ -159,8 +165,6 @@ pub(crate) fn deliver<Res>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// The answer, or a failed test if it does not come (instead of a test that hangs).
@@ -186,22 +190,24 @@ mod tests {
         let group = Arc::new(GroupCommit::<u32, u32>::default());
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let mut answers = Vec::new();
-        let mut starts = 0;
+        let mut loops = Vec::new();
         for i in 0..300 {
-            let (answer, start) = group.push(i);
-            starts += usize::from(start);
+            let (answer, batch_loop) = group.push(i);
+            loops.extend(batch_loop);
             answers.push((i, answer));
         }
-        assert_eq!(starts, 1, "only the first push starts a loop");
-        group.run(|batch| double(batch, &sizes)).await;
+        assert_eq!(loops.len(), 1, "only the first push starts a loop");
+        for batch_loop in loops {
+            batch_loop.run(|batch| double(batch, &sizes)).await;
+        }
         for (i, answer) in answers {
             assert_eq!(within(answer).await.unwrap(), i * 2);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![128, 128, 44]);
         // The queue is empty and no loop runs: the next push starts one again.
-        let (answer, start) = group.push(7);
-        assert!(start);
-        group.run(|batch| double(batch, &sizes)).await;
+        let (answer, batch_loop) = group.push(7);
+        let batch_loop = batch_loop.expect("a new loop");
+        batch_loop.run(|batch| double(batch, &sizes)).await;
         assert_eq!(within(answer).await.unwrap(), 14);
     }
 
@@ -209,16 +215,16 @@ mod tests {
     async fn requests_queued_while_a_batch_is_written_go_in_the_next_batch() {
         let group = Arc::new(GroupCommit::<u32, u32>::default());
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let (first, start) = group.push(1);
-        assert!(start);
+        let (first, batch_loop) = group.push(1);
+        let batch_loop = batch_loop.expect("the first push starts a loop");
         let late = Mutex::new(Vec::new());
-        group
+        batch_loop
             .run(|batch| {
                 // While the first batch is written, three more arrive; none starts a loop.
                 if batch.len() == 1 && late.lock().unwrap().is_empty() {
                     for i in 2..5 {
-                        let (answer, start) = group.push(i);
-                        assert!(!start);
+                        let (answer, batch_loop) = group.push(i);
+                        assert!(batch_loop.is_none());
                         late.lock().unwrap().push((i, answer));
                     }
                 }
@@ -236,10 +242,17 @@ mod tests {
     async fn a_loop_that_stops_early_fails_the_queue_instead_of_leaving_it_waiting() {
         let group = Arc::new(GroupCommit::<u32, u32>::default());
         // More than one batch: the second batch's requests are still queued when the loop stops.
-        let answers: Vec<_> = (0..MAX_BATCH as u32 + 3).map(|i| group.push(i).0).collect();
+        let mut loops = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..MAX_BATCH as u32 + 3 {
+            let (answer, batch_loop) = group.push(i);
+            loops.extend(batch_loop);
+            answers.push(answer);
+        }
+        assert_eq!(loops.len(), 1);
         // The loop is dropped while its first batch is being written (a runtime shutting down);
         // that batch stays alive meanwhile, so only the guard can answer the queued ones.
-        let run = group.run(|batch| async move {
+        let run = loops.remove(0).run(|batch| async move {
             let _held = batch;
             std::future::pending::<()>().await
         });
@@ -253,8 +266,8 @@ mod tests {
             assert!(err.to_string().contains("without an answer"), "{err}");
         }
         // A new request starts a new loop.
-        let (_answer, start) = group.push(3);
-        assert!(start);
+        let (_answer, batch_loop) = group.push(3);
+        assert!(batch_loop.is_some());
     }
 
     /// Callers on several threads push while loops start and stop: every request is answered
@@ -268,12 +281,11 @@ mod tests {
                 tokio::spawn(async move {
                     for i in 0..300 {
                         let request = caller * 1000 + i;
-                        let (answer, start) = group.push(request);
-                        if start {
-                            let group = group.clone();
+                        let (answer, batch_loop) = group.push(request);
+                        if let Some(batch_loop) = batch_loop {
                             tokio::spawn(async move {
                                 let sizes = Mutex::new(Vec::new());
-                                group.run(|batch| double(batch, &sizes)).await;
+                                batch_loop.run(|batch| double(batch, &sizes)).await;
                             });
                         }
                         assert_eq!(within(answer).await.unwrap(), request * 2);
@@ -287,13 +299,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn abandon_answers_every_queued_request_and_allows_a_new_loop() {
-        let group = GroupCommit::<u32, u32>::default();
-        let (first, start) = group.push(1);
-        assert!(start);
-        group.abandon();
-        assert!(wait(first).await.is_err());
-        let (_second, start) = group.push(2);
-        assert!(start);
+    async fn a_loop_dropped_before_it_ran_answers_the_queue_and_allows_a_new_loop() {
+        let group = Arc::new(GroupCommit::<u32, u32>::default());
+        let (first, batch_loop) = group.push(1);
+        assert!(batch_loop.is_some());
+        // Its task never ran (a runtime shutting down, or no writer thread).
+        drop(batch_loop);
+        assert!(within(first).await.is_err());
+        let (_second, batch_loop) = group.push(2);
+        assert!(batch_loop.is_some());
     }
 }

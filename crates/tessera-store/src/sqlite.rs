@@ -61,24 +61,10 @@ fn spawn_checkpointer(reader: SqlitePool, alive: std::sync::Weak<()>) {
     });
 }
 
-/// A group-commit loop that was started but has not run yet (see `SqliteStore::write_hot`).
-struct Unstarted {
-    store: SqliteStore,
-    armed: bool,
-}
-
-impl Drop for Unstarted {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.groups.hot.abandon();
-        }
-    }
-}
-
 /// The writes that share transactions between concurrent callers.
 #[derive(Default)]
 struct Groups {
-    hot: GroupCommit<HotWrite, HotDone>,
+    hot: std::sync::Arc<GroupCommit<HotWrite, HotDone>>,
 }
 
 /// The CPU the writer's threads are kept on, chosen once per process (see `sqlite_affinity.rs`).
@@ -269,32 +255,20 @@ impl SqliteStore {
     /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and
     /// exchanges, cost one commit.
     pub(crate) async fn write_hot(&self, job: HotWrite) -> StoreResult<HotDone> {
-        let (answer, start) = self.groups.hot.push(job);
-        if start {
-            // The loop runs on the writer thread, to the end even if this caller goes away.
-            // Until the task first runs, the guard stands for the loop: a task dropped unpolled
-            // (a runtime shutting down) fails the queue instead of leaving it to wait forever.
-            let mut guard = Unstarted {
-                store: self.clone(),
-                armed: true,
-            };
-            let started = writer_runtime().map(|writer| {
-                writer.spawn(async move {
-                    // From here on `run` answers for the queue, whatever happens to it.
-                    guard.armed = false;
-                    let store = &guard.store;
-                    store
-                        .groups
-                        .hot
-                        .run(|batch| async move {
-                            let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                            deliver(senders, Ok(store.do_hot_writes_isolated(&jobs).await));
-                        })
-                        .await;
-                })
+        let (answer, batch_loop) = self.groups.hot.push(job);
+        if let Some(batch_loop) = batch_loop {
+            // The loop runs on the writer thread, to the end even if this caller goes away. A
+            // loop that never runs (no writer thread: `?` drops it) fails the queue.
+            let store = self.clone();
+            writer_runtime()?.spawn(async move {
+                let store = &store;
+                batch_loop
+                    .run(|batch| async move {
+                        let (jobs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                        deliver(senders, Ok(store.do_hot_writes_isolated(&jobs).await));
+                    })
+                    .await;
             });
-            // Without a writer thread the guard, dropped unused, has failed the queue.
-            started?;
         }
         wait(answer).await
     }
