@@ -547,6 +547,14 @@ macro_rules! impl_run_sql {
             .is_some())
         }
 
+        /// [`has_open_run`], unless the caller already knows (`known`).
+        async fn open_run(conn: &mut Conn, thread_id: &str, known: Option<bool>) -> StoreResult<bool> {
+            match known {
+                Some(open) => Ok(open),
+                None => has_open_run(conn, thread_id).await,
+            }
+        }
+
         async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
             let rows = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
@@ -1025,18 +1033,11 @@ macro_rules! impl_run_sql {
                     // only to start the run here.
                     tessera_domain::agent::MultitaskPolicy::Enqueue => {
                         if submit.start.is_some() {
-                            open = match open_known {
-                                Some(open) => open,
-                                None => has_open_run(tx, thread_id.as_str()).await?,
-                            };
+                            open = open_run(tx, thread_id.as_str(), open_known).await?;
                         }
                     }
                     tessera_domain::agent::MultitaskPolicy::Reject => {
-                        let busy = match open_known {
-                            Some(open) => open,
-                            None => has_open_run(tx, thread_id.as_str()).await?,
-                        };
-                        if busy {
+                        if open_run(tx, thread_id.as_str(), open_known).await? {
                             return Err(StoreError::Conflict(Conflict::RunActive));
                         }
                         open = false;
