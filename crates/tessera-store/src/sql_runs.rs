@@ -819,10 +819,15 @@ macro_rules! impl_run_sql {
                     results.push(result);
                     return Ok(results);
                 }
+                let mut minted = self.mints_in(&mut tx, batch).await?.into_iter();
                 // An earlier write's savepoint is still open: it is released together with the
                 // next write's `SAVEPOINT` (one round trip for both), or by the commit.
                 let mut open = false;
                 for job in batch {
+                    if let Some(result) = minted.next().flatten() {
+                        results.push(result);
+                        continue;
+                    }
                     // A write that is one statement needs no savepoint: a failing statement
                     // undoes only itself, and one that wrote nothing has nothing to undo.
                     let savepoint = !job.is_one_statement();
@@ -860,6 +865,44 @@ macro_rules! impl_run_sql {
                 }
                 tx.commit().await?;
                 Ok(results)
+            }
+
+            /// The mints of `batch` written in one statement before its other writes, when the
+            /// backend does (`MINTS_IN_ONE_STATEMENT`): one entry per write, `Some` for a mint.
+            /// Nothing else in a batch depends on its mints (a ticket can be exchanged only once
+            /// its mint answered), so writing them first changes no outcome. `Err` when the
+            /// transaction as a whole failed, as in [`Self::do_hot_writes`]; a mint naming a
+            /// missing agent fails alone.
+            async fn mints_in(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                batch: &[$crate::sql_runs::HotWrite],
+            ) -> StoreResult<Vec<Option<StoreResult<$crate::sql_runs::HotDone>>>> {
+                use $crate::sql_runs::{HotDone, HotWrite};
+                let mints: Vec<_> = batch
+                    .iter()
+                    .filter_map(|job| match job {
+                        HotWrite::Ticket { scope, new } => Some((scope, new)),
+                        _ => None,
+                    })
+                    .collect();
+                if !$store::MINTS_IN_ONE_STATEMENT || mints.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut written = super::ticket_sql::insert_tickets(tx, &mints).await?.into_iter();
+                let mut entries = Vec::with_capacity(batch.len());
+                for job in batch {
+                    if !matches!(job, HotWrite::Ticket { .. }) {
+                        entries.push(None);
+                        continue;
+                    }
+                    match written.next() {
+                        Some(Err(err)) if !matches!(err, StoreError::NotFound { .. }) => return Err(err),
+                        Some(result) => entries.push(Some(result.map(HotDone::Ticket))),
+                        None => return Err(StoreError::Corrupt("a mint without a result".to_owned())),
+                    }
+                }
+                Ok(entries)
             }
 
             /// Like [`Self::do_hot_writes`]; when the shared transaction fails as a whole, each

@@ -253,26 +253,9 @@ macro_rules! impl_ticket_sql {
         /// by one to name the missing one.
         /// One statement that writes the ticket or nothing: SQLite's group commit runs it
         /// without a savepoint (`HotWrite::is_one_statement`), so keep it one statement.
-        async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
-            let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
-            let dep = scope.deployment_id().as_str();
-            let mut qb = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO session_tickets
-                   (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
-                    created_at, expires_at)
-                 SELECT ",
-            );
-            let mut values = qb.separated(", ");
-            values.push_bind(TicketId::generate_at(new.now).into_string());
-            values.push_bind(dep.to_owned());
-            values.push_bind(new.hash.as_bytes().to_vec());
-            values.push_bind(new.grant.ticket_type().as_str().to_owned());
-            values.push_bind(grant);
-            values.push_bind(new.issuer.kind().to_owned());
-            values.push_bind(new.issuer.id().to_owned());
-            values.push_bind(new.now.as_millis());
-            values.push_bind(new.expires_at.as_millis());
-            let agents: Vec<&AgentId> = match &new.grant {
+        /// A new ticket's distinct agents (none for a ticket that names none).
+        fn ticket_agents(new: &NewTicket) -> Vec<&AgentId> {
+            match &new.grant {
                 TicketGrant::AgentAccess { agent_ids, .. } => {
                     let mut distinct: Vec<&AgentId> = agent_ids.iter().collect();
                     distinct.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -280,7 +263,40 @@ macro_rules! impl_ticket_sql {
                     distinct
                 }
                 _ => Vec::new(),
-            };
+            }
+        }
+
+        /// Pushes a new ticket's row: `id, deployment_id, hash, ticket_type, grant_json,
+        /// issuer_type, issuer_id, created_at, expires_at`, in that order; returns its id.
+        fn push_ticket_row(
+            values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
+            scope: &Scope,
+            new: &NewTicket,
+        ) -> StoreResult<String> {
+            let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
+            let id = TicketId::generate_at(new.now).into_string();
+            values.push_bind(id.clone());
+            values.push_bind(scope.deployment_id().as_str().to_owned());
+            values.push_bind(new.hash.as_bytes().to_vec());
+            values.push_bind(new.grant.ticket_type().as_str().to_owned());
+            values.push_bind(grant);
+            values.push_bind(new.issuer.kind().to_owned());
+            values.push_bind(new.issuer.id().to_owned());
+            values.push_bind(new.now.as_millis());
+            values.push_bind(new.expires_at.as_millis());
+            Ok(id)
+        }
+
+        async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
+            let dep = scope.deployment_id().as_str();
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO session_tickets
+                   (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                    created_at, expires_at)
+                 SELECT ",
+            );
+            push_ticket_row(&mut qb.separated(", "), scope, new)?;
+            let agents = ticket_agents(new);
             if !agents.is_empty() {
                 qb.push(" WHERE (SELECT COUNT(*) FROM agents WHERE deployment_id = ")
                     .push_bind(dep.to_owned())
@@ -296,6 +312,76 @@ macro_rules! impl_ticket_sql {
                 Some(row) => ticket_from_row(&row),
                 None => Err(missing_agent(conn, dep, &new.grant).await),
             }
+        }
+
+        /// Inserts many new tickets in one statement (SQLite's group commit, see
+        /// `do_hot_writes`), each only if all its agents exist, like [`insert_ticket`]: one
+        /// result per ticket, in order, `NotFound` naming the missing agent of one that was not
+        /// written. `Err` when the statement as a whole failed, which wrote nothing.
+        ///
+        /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction.
+        #[allow(dead_code)]
+        pub(crate) async fn insert_tickets(
+            conn: &mut Conn,
+            mints: &[(&Scope, &NewTicket)],
+        ) -> StoreResult<Vec<StoreResult<SessionTicket>>> {
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "WITH v (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                         created_at, expires_at, agents, agent_count) AS (",
+            );
+            let mut ids = std::collections::HashMap::with_capacity(mints.len());
+            qb.push_values(mints.iter().enumerate(), |mut values, (i, (scope, new))| {
+                let agents = ticket_agents(new);
+                let agent_count = agents.len() as i64;
+                let agents = serde_json::Value::from(
+                    agents.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                )
+                .to_string();
+                match push_ticket_row(&mut values, scope, new) {
+                    Ok(id) => {
+                        ids.insert(id, i);
+                    }
+                    // Only a grant that does not serialise; the insert below then fails too.
+                    Err(_) => return,
+                }
+                values.push_bind(agents);
+                values.push_bind(agent_count);
+            });
+            if ids.len() != mints.len() {
+                return Err(corrupt("ticket grant", "a grant that does not serialise"));
+            }
+            qb.push(format!(
+                ")
+                 INSERT INTO session_tickets
+                   (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                    created_at, expires_at)
+                 SELECT id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
+                        created_at, expires_at
+                 FROM v
+                 WHERE v.agent_count = (
+                   SELECT COUNT(*) FROM agents a
+                   WHERE a.deployment_id = v.deployment_id AND a.deleted_at IS NULL
+                     AND a.id IN (SELECT value FROM json_each(v.agents)))
+                 RETURNING {TICKET_COLS}"
+            ));
+            let rows = qb.build().fetch_all(&mut *conn).await?;
+            let mut results: Vec<Option<StoreResult<SessionTicket>>> =
+                mints.iter().map(|_| None).collect();
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let i = *ids
+                    .get(&id)
+                    .ok_or_else(|| corrupt("session ticket", "an insert returned a ticket it was not given"))?;
+                results[i] = Some(ticket_from_row(row));
+            }
+            let mut out = Vec::with_capacity(mints.len());
+            for ((scope, new), result) in mints.iter().zip(results) {
+                out.push(match result {
+                    Some(result) => result,
+                    None => Err(missing_agent(conn, scope.deployment_id().as_str(), &new.grant).await),
+                });
+            }
+            Ok(out)
         }
 
         /// The error naming the first agent of `grant` that does not exist.

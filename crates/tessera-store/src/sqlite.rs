@@ -246,6 +246,8 @@ impl SqliteStore {
     }
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
+    /// A group-commit batch writes its mints in one statement (see `insert_tickets`).
+    pub(crate) const MINTS_IN_ONE_STATEMENT: bool = true;
     /// A submission's thread update also tells whether the thread has an open run and an open
     /// question (subqueries in its `RETURNING`): the transaction is the only writer from
     /// `BEGIN IMMEDIATE` on, so what the update sees is what later statements would.
