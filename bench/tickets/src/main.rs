@@ -173,7 +173,9 @@ enum Load {
     Paced(f64),
 }
 
-/// Runs `clients` loops of `op` for `duration`.
+/// Runs `clients` loops of `op` for `duration`. Paced, every operation due before the end of
+/// `duration` is sent, however late: a server that falls behind makes the phase last longer
+/// (its throughput, over the whole wall time, then shows the rate it did serve).
 async fn run_phase<F, Fut>(clients: usize, duration: Duration, load: Load, op: F) -> Phase
 where
     F: Fn() -> Fut + Send + Sync + 'static,

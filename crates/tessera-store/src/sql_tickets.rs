@@ -247,12 +247,6 @@ macro_rules! impl_ticket_sql {
             qb.push(")");
         }
 
-        /// Inserts a ticket. An agent_access ticket is inserted only if every agent it names
-        /// exists (checked in the same statement, so an agent deleted meanwhile cannot slip
-        /// through, and minting costs no separate read); otherwise the agents are looked at one
-        /// by one to name the missing one.
-        /// One statement that writes the ticket or nothing: SQLite's group commit runs it
-        /// without a savepoint (`HotWrite::is_one_statement`), so keep it one statement.
         /// A new ticket's distinct agents (none for a ticket that names none).
         fn ticket_agents(new: &NewTicket) -> Vec<&AgentId> {
             match &new.grant {
@@ -287,6 +281,12 @@ macro_rules! impl_ticket_sql {
             Ok(id)
         }
 
+        /// Inserts a ticket. An agent_access ticket is inserted only if every agent it names
+        /// exists (checked in the same statement, so an agent deleted meanwhile cannot slip
+        /// through, and minting costs no separate read); otherwise the agents are looked at one
+        /// by one to name the missing one.
+        /// One statement that writes the ticket or nothing: SQLite's group commit runs it
+        /// without a savepoint (`HotWrite::is_one_statement`), so keep it one statement.
         async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
             let dep = scope.deployment_id().as_str();
             let mut qb = sqlx::QueryBuilder::<$db>::new(
@@ -317,9 +317,12 @@ macro_rules! impl_ticket_sql {
         /// Inserts many new tickets in one statement (SQLite's group commit, see
         /// `do_hot_writes`), each only if all its agents exist, like [`insert_ticket`]: one
         /// result per ticket, in order, `NotFound` naming the missing agent of one that was not
-        /// written. `Err` when the statement as a whole failed, which wrote nothing.
+        /// written. Any other error, whole or per ticket, means the transaction must be
+        /// abandoned (the caller fails the batch, and each write is retried alone).
         ///
-        /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction.
+        /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction. Not kept as a
+        /// prepared statement: its text changes with the row count, and every size cached would
+        /// push the writer's hot statements out of sqlx's statement cache.
         #[allow(dead_code)]
         pub(crate) async fn insert_tickets(
             conn: &mut Conn,
@@ -341,7 +344,8 @@ macro_rules! impl_ticket_sql {
                     Ok(id) => {
                         ids.insert(id, i);
                     }
-                    // Only a grant that does not serialise; the insert below then fails too.
+                    // Only a grant that does not serialise: the row is incomplete, and the
+                    // check below returns before the statement runs.
                     Err(_) => return,
                 }
                 values.push_bind(agents);
@@ -364,7 +368,7 @@ macro_rules! impl_ticket_sql {
                      AND a.id IN (SELECT value FROM json_each(v.agents)))
                  RETURNING {TICKET_COLS}"
             ));
-            let rows = qb.build().fetch_all(&mut *conn).await?;
+            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
             let mut results: Vec<Option<StoreResult<SessionTicket>>> =
                 mints.iter().map(|_| None).collect();
             for row in &rows {
