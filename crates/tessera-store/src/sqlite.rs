@@ -521,11 +521,16 @@ mod tests {
         // Kept, then a one-statement write inside its still-open savepoint, then an undone
         // write, a one-statement write after the undone savepoint, one that fails alone (its
         // agent does not exist), and a last kept one.
+        // The two mints differ in lifetime, so that each result can be told to be its own
+        // (the batch's mints are one statement, whose rows come back in any order).
+        let mint_a = new_ticket(&minted_a, SessionMode::Static);
+        let mut mint_b = new_ticket(&minted_b, SessionMode::Static);
+        mint_b.expires_at = mint_b.expires_at.plus_secs(60);
         let batch = vec![
             job(first.clone()),
-            mint(new_ticket(&minted_a, SessionMode::Static)),
+            mint(mint_a.clone()),
             job(exchange(&tickets[1])),
-            mint(new_ticket(&minted_b, SessionMode::Static)),
+            mint(mint_b.clone()),
             mint(orphan),
             job(last.clone()),
         ];
@@ -545,8 +550,13 @@ mod tests {
             signin_done.and_then(|d| d.exchanged()).expect("outcome"),
             ExchangeOutcome::SigninRequired
         );
-        assert!(minted_a_done.and_then(|d| d.ticket()).is_ok());
-        assert!(minted_b_done.and_then(|d| d.ticket()).is_ok());
+        for (done, new) in [(minted_a_done, &mint_a), (minted_b_done, &mint_b)] {
+            assert_eq!(
+                done.and_then(|d| d.ticket()).expect("minted").expires_at,
+                new.expires_at,
+                "each mint gets its own ticket back"
+            );
+        }
         assert!(
             matches!(orphan_done, Err(crate::StoreError::NotFound { .. })),
             "a mint naming a missing agent fails alone"
