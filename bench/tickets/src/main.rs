@@ -30,6 +30,7 @@
 //! throughput` whatever the server does: 64 clients at 2,000 pairs/s wait 32 ms on average. That
 //! phase measures how much the server can do. Phase 4 measures how fast it answers while doing
 //! the target amount.
+//!
 //! Client and server share this process and the machine's cores, as on a one-node deployment
 //! with a co-located load generator; the load average is printed before and after.
 
@@ -313,6 +314,29 @@ struct Report {
     pairs_paced: Option<Phase>,
 }
 
+/// Runs `op` paced at `rate` for `--seconds`; `None` (skipped) when `rate` is 0.
+async fn paced_phase<F, Fut>(
+    args: &Args,
+    backend: &str,
+    what: &str,
+    rate: f64,
+    op: F,
+) -> Option<Phase>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    if rate <= 0.0 {
+        return None;
+    }
+    println!(
+        "  {backend}: {what} offered at {rate:.0}/s (load average {})",
+        load_average()
+    );
+    let seconds = Duration::from_secs(args.seconds);
+    Some(run_phase(args.clients, seconds, Load::Paced(rate), op).await)
+}
+
 async fn bench_backend(
     args: &Args,
     backend: &'static str,
@@ -422,26 +446,8 @@ async fn bench_backend(
         load_average()
     );
     let pair_phase = run_phase(args.clients, seconds, Load::FlatOut, pair.clone()).await;
-    let mut mint_paced = None;
-    if args.mint_rate > 0.0 {
-        println!(
-            "  {backend}: mints offered at {:.0}/s (load average {})",
-            args.mint_rate,
-            load_average()
-        );
-        let load = Load::Paced(args.mint_rate);
-        mint_paced = Some(run_phase(args.clients, seconds, load, mint).await);
-    }
-    let mut pairs_paced = None;
-    if args.pair_rate > 0.0 {
-        println!(
-            "  {backend}: pairs offered at {:.0}/s (load average {})",
-            args.pair_rate,
-            load_average()
-        );
-        let load = Load::Paced(args.pair_rate);
-        pairs_paced = Some(run_phase(args.clients, seconds, load, pair).await);
-    }
+    let mint_paced = paced_phase(args, backend, "mints", args.mint_rate, mint).await;
+    let pairs_paced = paced_phase(args, backend, "pairs", args.pair_rate, pair).await;
     println!("  {backend}: done (load average {})", load_average());
 
     let _ = stop.send(());
