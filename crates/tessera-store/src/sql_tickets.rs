@@ -323,7 +323,6 @@ macro_rules! impl_ticket_sql {
         /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction. Not kept as a
         /// prepared statement: its text changes with the row count, and every size cached would
         /// push the writer's hot statements out of sqlx's statement cache.
-        #[allow(dead_code)]
         pub(crate) async fn insert_tickets(
             conn: &mut Conn,
             mints: &[(&Scope, &NewTicket)],
