@@ -50,6 +50,8 @@ mod sql_toolkits;
 mod sql_tools;
 pub mod sqlite;
 mod sqlite_affinity;
+#[cfg(test)]
+mod sqlite_batch_tests;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -202,8 +202,8 @@ impl PgStore {
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).
     pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
-    /// Mints are written one per transaction (no group commit), each its own statement.
-    pub(crate) const MINTS_IN_ONE_STATEMENT: bool = false;
+    /// Hot writes are written one per transaction (no group commit): nothing to write together.
+    pub(crate) const BULK_HOT_WRITES: bool = false;
     /// A submission checks open runs and questions in statements of their own, after its thread
     /// update: an update that waited for a concurrent submission's lock evaluates its `RETURNING`
     /// subqueries in the snapshot taken before the wait and would miss that submission's run; a

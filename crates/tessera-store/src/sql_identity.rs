@@ -188,31 +188,44 @@ macro_rules! impl_identity_sql {
             }
         }
 
+        /// Columns of a new browser session row, in the order [`push_session_row`] binds them.
+        pub(super) const NEW_SESSION_COLS: &str = "id, deployment_id, token_hash, user_id, \
+             active_organization_id, created_at, last_seen_at, idle_expires_at, expires_at, \
+             impersonator_type, impersonator_id, ticket_id";
+
+        /// Binds the values of `new`'s row (see [`NEW_SESSION_COLS`]); returns its id.
+        pub(super) fn push_session_row(
+            values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
+            scope: &Scope,
+            new: &NewSession,
+        ) -> String {
+            let id = SessionId::generate_at(new.now).into_string();
+            values.push_bind(id.clone());
+            values.push_bind(scope.deployment_id().as_str().to_owned());
+            values.push_bind(new.hash.as_bytes().to_vec());
+            values.push_bind(new.user_id.as_ref().map(|u| u.as_str().to_owned()));
+            values.push_bind(new.active_organization_id.as_ref().map(|o| o.as_str().to_owned()));
+            values.push_bind(new.now.as_millis());
+            values.push_bind(new.now.as_millis());
+            values.push_bind(new.idle_expires_at.as_millis().min(new.expires_at.as_millis()));
+            values.push_bind(new.expires_at.as_millis());
+            values.push_bind(new.impersonation.as_ref().map(|(who, _)| who.kind()));
+            values.push_bind(new.impersonation.as_ref().map(|(who, _)| who.id().to_owned()));
+            values.push_bind(new.impersonation.as_ref().map(|(_, ticket)| ticket.as_str().to_owned()));
+            id
+        }
+
         pub(super) async fn insert_session(
             conn: &mut Conn,
             scope: &Scope,
             new: &NewSession,
         ) -> StoreResult<BrowserSession> {
-            let row = sqlx::query(&format!(
-                "INSERT INTO browser_sessions
-                   (id, deployment_id, token_hash, user_id, active_organization_id, created_at,
-                    last_seen_at, idle_expires_at, expires_at, impersonator_type, impersonator_id,
-                    ticket_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11) RETURNING {SESSION_COLS}"
-            ))
-            .bind(SessionId::generate_at(new.now).into_string())
-            .bind(scope.deployment_id().as_str())
-            .bind(new.hash.as_bytes().to_vec())
-            .bind(new.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(new.active_organization_id.as_ref().map(|o| o.as_str().to_owned()))
-            .bind(new.now.as_millis())
-            .bind(new.idle_expires_at.as_millis().min(new.expires_at.as_millis()))
-            .bind(new.expires_at.as_millis())
-            .bind(new.impersonation.as_ref().map(|(who, _)| who.kind()))
-            .bind(new.impersonation.as_ref().map(|(who, _)| who.id().to_owned()))
-            .bind(new.impersonation.as_ref().map(|(_, ticket)| ticket.as_str().to_owned()))
-            .fetch_one(&mut *conn)
-            .await?;
+            let mut qb = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO browser_sessions ({NEW_SESSION_COLS}) "));
+            qb.push_values([new], |mut values, new| {
+                push_session_row(&mut values, scope, new);
+            });
+            qb.push(format!(" RETURNING {SESSION_COLS}"));
+            let row = qb.build().fetch_one(&mut *conn).await?;
             session_from_row(&row)
         }
 

@@ -819,12 +819,12 @@ macro_rules! impl_run_sql {
                     results.push(result);
                     return Ok(results);
                 }
-                let mut minted = self.mints_in(&mut tx, batch).await?.into_iter();
+                let mut bulk = self.bulk_in(&mut tx, batch).await?.into_iter();
                 // An earlier write's savepoint is still open: it is released together with the
                 // next write's `SAVEPOINT` (one round trip for both), or by the commit.
                 let mut open = false;
                 for job in batch {
-                    if let Some(result) = minted.next().flatten() {
+                    if let Some(result) = bulk.next().flatten() {
                         results.push(result);
                         continue;
                     }
@@ -867,39 +867,60 @@ macro_rules! impl_run_sql {
                 Ok(results)
             }
 
-            /// The mints of `batch` written in one statement before its other writes, when the
-            /// backend does (`MINTS_IN_ONE_STATEMENT`): one entry per write, `Some` for a mint.
-            /// Nothing else in a batch depends on its mints (a ticket can be exchanged only once
-            /// its mint answered), so writing them first changes no outcome. `Err` when the
-            /// transaction as a whole failed, as in [`Self::do_hot_writes`]; a mint naming a
-            /// missing agent fails alone.
-            async fn mints_in(
+            /// The writes of `batch` that the backend writes together (`BULK_HOT_WRITES`), before
+            /// the others: its mints in one statement, and the exchanges that open a chat link
+            /// from a fresh browser (`exchange_fresh`). One entry per write, `Some` for one
+            /// written here; the others are written one by one after. Nothing in a batch depends
+            /// on its mints (a ticket can be exchanged only once its mint answered), and the
+            /// exchanges written here come first in an order the batch's concurrent requests
+            /// could have had. `Err` when the transaction as a whole failed, as in
+            /// [`Self::do_hot_writes`]; a mint naming a missing agent fails alone.
+            pub(crate) async fn bulk_in(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
                 batch: &[$crate::sql_runs::HotWrite],
             ) -> StoreResult<Vec<Option<StoreResult<$crate::sql_runs::HotDone>>>> {
                 use $crate::sql_runs::{HotDone, HotWrite};
-                let mints: Vec<_> = batch
-                    .iter()
-                    .filter_map(|job| match job {
-                        HotWrite::Ticket { scope, new } => Some((scope, new)),
-                        _ => None,
-                    })
-                    .collect();
-                if !$store::MINTS_IN_ONE_STATEMENT || mints.is_empty() {
+                if !$store::BULK_HOT_WRITES {
                     return Ok(Vec::new());
                 }
-                let mut written = super::ticket_sql::insert_tickets(tx, &mints).await?.into_iter();
-                let mut entries = Vec::with_capacity(batch.len());
-                for job in batch {
-                    if !matches!(job, HotWrite::Ticket { .. }) {
-                        entries.push(None);
-                        continue;
+                let mut entries: Vec<Option<StoreResult<HotDone>>> = batch.iter().map(|_| None).collect();
+                let (mut mints, mut mint_at) = (Vec::new(), Vec::new());
+                let (mut exchanges, mut exchange_at) = (Vec::new(), Vec::new());
+                for (i, job) in batch.iter().enumerate() {
+                    match job {
+                        HotWrite::Ticket { scope, new } => {
+                            mints.push((scope, new));
+                            mint_at.push(i);
+                        }
+                        HotWrite::Exchange { scope, exchange } => {
+                            exchanges.push((scope, exchange));
+                            exchange_at.push(i);
+                        }
+                        _ => {}
                     }
-                    match written.next() {
-                        Some(Err(err)) if !matches!(err, StoreError::NotFound { .. }) => return Err(err),
-                        Some(result) => entries.push(Some(result.map(HotDone::Ticket))),
-                        None => return Err(StoreError::Corrupt("a mint without a result".to_owned())),
+                }
+                if !mints.is_empty() {
+                    let written = super::ticket_sql::insert_tickets(tx, &mints).await?;
+                    if written.len() != mints.len() {
+                        return Err(StoreError::Corrupt("a mint without a result".to_owned()));
+                    }
+                    for (i, result) in mint_at.into_iter().zip(written) {
+                        match result {
+                            Err(err) if !matches!(err, StoreError::NotFound { .. }) => return Err(err),
+                            result => entries[i] = Some(result.map(HotDone::Ticket)),
+                        }
+                    }
+                }
+                if !exchanges.is_empty() {
+                    let written = super::ticket_sql::exchange_fresh(tx, &exchanges).await?;
+                    if written.len() != exchanges.len() {
+                        return Err(StoreError::Corrupt("an exchange without a result".to_owned()));
+                    }
+                    for (i, outcome) in exchange_at.into_iter().zip(written) {
+                        if let Some(outcome) = outcome {
+                            entries[i] = Some(Ok(HotDone::Exchanged(Box::new(outcome))));
+                        }
                     }
                 }
                 Ok(entries)

@@ -22,7 +22,9 @@ macro_rules! impl_ticket_sql {
     mod ticket_sql {
         #[allow(unused_imports)]
         use super::*;
-        use super::identity_sql::{insert_session, session_from_row, user_from_row};
+        use super::identity_sql::{
+            insert_session, push_session_row, session_from_row, user_from_row, NEW_SESSION_COLS,
+        };
         use super::shared_sql::{finish_page, push_page};
         use sqlx::Row as _;
         use tessera_domain::identity::{BrowserSession, NewSession};
@@ -39,7 +41,7 @@ macro_rules! impl_ticket_sql {
             ThreadId, TicketId, Timestamp, UserId,
         };
         use $crate::sql::corrupt;
-        use $crate::sql_identity::USER_COLS;
+        use $crate::sql_identity::{SESSION_COLS, USER_COLS};
         use $crate::sql_runs::THREAD_COLS;
         use super::run_sql::{id, thread_from_row};
         use $crate::sql_tickets::{AGENT_SESSION_COLS, TICKET_COLS};
@@ -245,6 +247,44 @@ macro_rules! impl_ticket_sql {
                 list.push_bind(agent.as_str().to_owned());
             }
             qb.push(")");
+        }
+
+        /// Columns of a new agent session row, in the order [`push_agent_session_row`] binds them.
+        const NEW_AGENT_SESSION_COLS: &str = "id, deployment_id, ticket_id, browser_session_id, \
+             token_hash, actor_id, agent_ids, context_group, session_name, created_at, expires_at";
+
+        /// What an exchange opens an agent session with, besides the exchange itself.
+        struct NewAgentSession<'a> {
+            ticket: &'a TicketId,
+            browser: &'a SessionId,
+            actor: &'a ActorId,
+            agents: &'a [AgentId],
+            group: &'a ContextGroup,
+            name: Option<&'a str>,
+        }
+
+        /// Binds the values of the agent session `ex` opens in deployment `dep` (see
+        /// [`NEW_AGENT_SESSION_COLS`]); returns its id.
+        fn push_agent_session_row(
+            values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
+            dep: &str,
+            ex: &ExchangeTicket,
+            new: &NewAgentSession<'_>,
+        ) -> StoreResult<String> {
+            let agents = serde_json::to_string(new.agents).map_err(|e| corrupt("agent session agents", e))?;
+            let id = AgentSessionId::generate_at(ex.now).into_string();
+            values.push_bind(id.clone());
+            values.push_bind(dep.to_owned());
+            values.push_bind(new.ticket.as_str().to_owned());
+            values.push_bind(new.browser.as_str().to_owned());
+            values.push_bind(ex.session_token.as_bytes().to_vec());
+            values.push_bind(new.actor.as_str().to_owned());
+            values.push_bind(agents);
+            values.push_bind(new.group.as_str().to_owned());
+            values.push_bind(new.name.map(str::to_owned));
+            values.push_bind(ex.now.as_millis());
+            values.push_bind(ex.now.plus_millis(ex.session_lifetime_ms).as_millis());
+            Ok(id)
         }
 
         /// A new ticket's distinct agents (none for a ticket that names none).
@@ -668,28 +708,23 @@ macro_rules! impl_ticket_sql {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    let agents = serde_json::to_string(&agent_ids)
-                        .map_err(|e| corrupt("agent session agents", e))?;
-                    let row = sqlx::query(&format!(
-                        "INSERT INTO agent_sessions
-                           (id, deployment_id, ticket_id, browser_session_id, token_hash, actor_id,
-                            agent_ids, context_group, session_name, created_at, expires_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                         RETURNING {AGENT_SESSION_COLS}"
-                    ))
-                    .bind(AgentSessionId::generate_at(now).into_string())
-                    .bind(dep)
-                    .bind(ticket.id.as_str())
-                    .bind(browser.id.as_str())
-                    .bind(ex.session_token.as_bytes().to_vec())
-                    .bind(actor_id.as_str())
-                    .bind(agents)
-                    .bind(group.as_str())
-                    .bind(name)
-                    .bind(now.as_millis())
-                    .bind(now.plus_millis(ex.session_lifetime_ms).as_millis())
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) "
+                    ));
+                    let mut pushed = Ok(String::new());
+                    qb.push_values([()], |mut values, ()| {
+                        pushed = push_agent_session_row(&mut values, dep, ex, &NewAgentSession {
+                            ticket: &ticket.id,
+                            browser: &browser.id,
+                            actor: &actor_id,
+                            agents: &agent_ids,
+                            group: &group,
+                            name: name.as_deref(),
+                        });
+                    });
+                    pushed?;
+                    qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
+                    let row = qb.build().fetch_one(&mut *tx).await?;
                     let session = agent_session_from_row(&row)?;
                     Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created })
                 }
@@ -721,6 +756,188 @@ macro_rules! impl_ticket_sql {
                     Err(StoreError::not_found(Entity::App))
                 }
             }
+        }
+
+        /// The exchanges of a group-commit batch written together where they are the common case
+        /// of opening a chat link: a browser without a session cookie, presenting for the first
+        /// time in the batch a live static agent_access ticket bound to nobody. One read of their
+        /// tickets, one conditional UPDATE redeeming them and one INSERT each for their actors,
+        /// browser sessions and agent sessions replace five round trips per exchange.
+        ///
+        /// One entry per exchange: `Some` for one this wrote, `None` for one the caller must
+        /// write alone ([`exchange_in`]) *after* this: any other kind of ticket or browser, a
+        /// ticket that is unknown, used or expired (the replay path runs there), and a ticket
+        /// presented again later in the batch (it then finds the ticket redeemed here and
+        /// revokes what this opened). Every outcome is one that writing the batch's exchanges
+        /// one by one in some order gives: the batch's requests were concurrent. `Err` when a
+        /// statement failed: the transaction as a whole failed.
+        pub(crate) async fn exchange_fresh(
+            conn: &mut Conn,
+            exchanges: &[(&Scope, &ExchangeTicket)],
+        ) -> StoreResult<Vec<Option<ExchangeOutcome>>> {
+            let mut out: Vec<Option<ExchangeOutcome>> = exchanges.iter().map(|_| None).collect();
+            let mut seen = std::collections::HashSet::with_capacity(exchanges.len());
+            let fresh: Vec<usize> = (0..exchanges.len())
+                .filter(|&i| {
+                    let ex = exchanges[i].1;
+                    ex.browser_session.is_none() && seen.insert(*ex.hash.as_bytes())
+                })
+                .collect();
+            if fresh.is_empty() {
+                return Ok(out);
+            }
+
+            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                "SELECT {TICKET_COLS}, hash, deployment_id FROM session_tickets WHERE hash IN ("
+            ));
+            let mut list = qb.separated(", ");
+            for &i in &fresh {
+                list.push_bind(exchanges[i].1.hash.as_bytes().to_vec());
+            }
+            qb.push(")");
+            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let dep: String = row.try_get("deployment_id")?;
+                found.insert(hash, (dep, row));
+            }
+            // (exchange, its ticket, the ticket's agents and context group)
+            let mut open = Vec::with_capacity(fresh.len());
+            for &i in &fresh {
+                let (scope, ex) = exchanges[i];
+                let Some((dep, row)) = found.get(ex.hash.as_bytes().as_slice()) else {
+                    continue;
+                };
+                if dep.as_str() != scope.deployment_id().as_str() {
+                    continue;
+                }
+                let ticket = ticket_from_row(row)?;
+                if ticket.redeemed_at.is_some() || ticket.expires_at <= ex.now {
+                    continue;
+                }
+                if let TicketGrant::AgentAccess {
+                    agent_ids,
+                    binding: Binding::Anonymous,
+                    mode: SessionMode::Static,
+                    context_group: Some(group),
+                } = &ticket.grant
+                {
+                    let (agents, group) = (agent_ids.clone(), group.clone());
+                    open.push((i, ticket, agents, group));
+                }
+            }
+            if open.is_empty() {
+                return Ok(out);
+            }
+
+            // The same condition as a lone exchange's: the transaction is the only writer, so
+            // every ticket read above as live is redeemed here; one that is not is left alone.
+            let mut qb = sqlx::QueryBuilder::<$db>::new("WITH v (ticket_id, dep, at) AS (");
+            qb.push_values(&open, |mut values, (i, ticket, _, _)| {
+                let (scope, ex) = exchanges[*i];
+                values.push_bind(ticket.id.as_str().to_owned());
+                values.push_bind(scope.deployment_id().as_str().to_owned());
+                values.push_bind(ex.now.as_millis());
+            });
+            qb.push(
+                ")
+                 UPDATE session_tickets SET redeemed_at = v.at FROM v
+                 WHERE session_tickets.id = v.ticket_id AND session_tickets.deployment_id = v.dep
+                   AND session_tickets.redeemed_at IS NULL AND session_tickets.expires_at > v.at
+                 RETURNING id",
+            );
+            let redeemed = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let mut won = std::collections::HashSet::with_capacity(redeemed.len());
+            for row in &redeemed {
+                won.insert(row.try_get::<String, _>("id")?);
+            }
+            open.retain(|(_, ticket, _, _)| won.contains(ticket.id.as_str()));
+            if open.is_empty() {
+                return Ok(out);
+            }
+
+            let mut actors = Vec::with_capacity(open.len());
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO actors
+                   (id, deployment_id, subject_type, external_key, display_name, metadata, created_at) ",
+            );
+            qb.push_values(&open, |mut values, (i, _, _, _)| {
+                let (scope, ex) = exchanges[*i];
+                let actor = ActorId::generate_at(ex.now);
+                values.push_bind(actor.as_str().to_owned());
+                values.push_bind(scope.deployment_id().as_str().to_owned());
+                values.push("'anonymous'");
+                values.push_bind(ex.anonymous_key.clone());
+                values.push("NULL");
+                values.push("'{}'");
+                values.push_bind(ex.now.as_millis());
+                actors.push(actor);
+            });
+            qb.build().persistent(false).execute(&mut *conn).await?;
+
+            let mut browser_ids = std::collections::HashMap::with_capacity(open.len());
+            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                "INSERT INTO browser_sessions ({NEW_SESSION_COLS}) "
+            ));
+            qb.push_values(open.iter().enumerate(), |mut values, (k, (i, _, _, _))| {
+                let (scope, ex) = exchanges[*i];
+                browser_ids.insert(push_session_row(&mut values, scope, &ex.new_browser_session), k);
+            });
+            qb.push(format!(" RETURNING {SESSION_COLS}"));
+            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let mut browsers: Vec<Option<BrowserSession>> = open.iter().map(|_| None).collect();
+            for row in &rows {
+                let k = *browser_ids
+                    .get(&row.try_get::<String, _>("id")?)
+                    .ok_or_else(|| corrupt("browser session", "an insert returned a session it was not given"))?;
+                browsers[k] = Some(session_from_row(row)?);
+            }
+            let browsers = browsers
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| corrupt("browser session", "an insert left out a session"))?;
+
+            let mut session_ids = std::collections::HashMap::with_capacity(open.len());
+            let mut pushed = Ok(());
+            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) "
+            ));
+            qb.push_values(open.iter().enumerate(), |mut values, (k, (i, ticket, agents, group))| {
+                let (scope, ex) = exchanges[*i];
+                let new = NewAgentSession {
+                    ticket: &ticket.id,
+                    browser: &browsers[k].id,
+                    actor: &actors[k],
+                    agents,
+                    group,
+                    name: None,
+                };
+                match push_agent_session_row(&mut values, scope.deployment_id().as_str(), ex, &new) {
+                    Ok(id) => {
+                        session_ids.insert(id, k);
+                    }
+                    Err(err) => pushed = Err(err),
+                }
+            });
+            // Only agents that do not serialise: the statement is incomplete and must not run.
+            pushed?;
+            qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
+            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let mut sessions: Vec<Option<AgentSession>> = open.iter().map(|_| None).collect();
+            for row in &rows {
+                let k = *session_ids
+                    .get(&row.try_get::<String, _>("id")?)
+                    .ok_or_else(|| corrupt("agent session", "an insert returned a session it was not given"))?;
+                sessions[k] = Some(agent_session_from_row(row)?);
+            }
+
+            for (((i, mut ticket, _, _), browser), session) in open.into_iter().zip(browsers).zip(sessions) {
+                let session = session.ok_or_else(|| corrupt("agent session", "an insert left out a session"))?;
+                ticket.redeemed_at = Some(exchanges[i].1.now);
+                out[i] = Some(ExchangeOutcome::Agent { ticket, session, browser, browser_created: true });
+            }
+            Ok(out)
         }
 
         #[async_trait::async_trait]

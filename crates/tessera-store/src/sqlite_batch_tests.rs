@@ -1,0 +1,419 @@
+//! SQLite's group-commit batches (`do_hot_writes`): what each write of a shared transaction gets
+//! back, and what it leaves behind, when the batch mixes writes that commit, writes that fail or
+//! are undone alone, and writes written together (`bulk_in`).
+
+use tessera_domain::identity::NewSession;
+use tessera_domain::records::NewDeployment;
+use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
+use tessera_domain::thread::ContextGroup;
+use tessera_domain::ticket::{Binding, Issuer, SessionMode, TicketGrant, TICKET_PREFIX};
+use tessera_domain::validate::{DeploymentName, Label};
+use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
+
+use crate::sql_runs::{HotDone, HotWrite};
+use crate::sqlite::SqliteStore;
+use crate::{
+    ActorStore as _, AgentStore as _, ConnectOptions, DeploymentStore as _, ExchangeOutcome,
+    ExchangeTicket, IdentityStore as _, NewSecretKey, NewTicket, StoreResult, TicketStore as _,
+};
+
+/// A store in a temporary directory.
+struct Fixture {
+    store: SqliteStore,
+    _dir: tempfile::TempDir,
+}
+
+/// A deployment with one agent.
+struct Tenant {
+    scope: Scope,
+    agent: AgentId,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("batch.db").display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        Self { store, _dir: dir }
+    }
+
+    async fn tenant(&self, name: &str) -> Tenant {
+        let key = PlainSecret::generate(SECRET_KEY_PREFIX);
+        let (dep, _) = self
+            .store
+            .create_deployment(
+                &NewDeployment {
+                    name: DeploymentName::parse("name", name).expect("name"),
+                    backend_host: format!("http://{name}"),
+                    frontend_host: format!("http://{name}-app"),
+                },
+                &NewSecretKey {
+                    name: Label::parse("name", "first").expect("label"),
+                    hash: key.hash(),
+                    prefix: key.display_prefix(),
+                },
+            )
+            .await
+            .expect("deployment");
+        let scope = Scope::deployment(dep.id);
+        let agent = self
+            .store
+            .create_agent(&scope, &crate::testing::agent_spec("a", ""))
+            .await
+            .expect("agent")
+            .id;
+        Tenant { scope, agent }
+    }
+
+    async fn batch(&self, batch: &[HotWrite]) -> Vec<StoreResult<HotDone>> {
+        self.store
+            .do_hot_writes(batch)
+            .await
+            .expect("the batch commits")
+    }
+}
+
+impl Tenant {
+    /// An anonymous agent_access ticket for the agent (static ones in context group `g`).
+    fn ticket(&self, secret: &PlainSecret, mode: SessionMode) -> NewTicket {
+        let now = Timestamp::now();
+        NewTicket {
+            hash: secret.hash(),
+            grant: TicketGrant::AgentAccess {
+                agent_ids: vec![self.agent.clone()],
+                binding: Binding::Anonymous,
+                context_group: (mode == SessionMode::Static)
+                    .then(|| ContextGroup::parse("context_group", "g").expect("group")),
+                mode,
+            },
+            issuer: Issuer::SecretKey(SecretKeyId::generate()),
+            now,
+            expires_at: now.plus_secs(60),
+        }
+    }
+
+    /// Mints a fresh ticket with `mode` and lifetime `seconds`.
+    async fn minted(&self, fixture: &Fixture, mode: SessionMode, seconds: i64) -> PlainSecret {
+        let secret = PlainSecret::generate(TICKET_PREFIX);
+        let mut new = self.ticket(&secret, mode);
+        new.expires_at = new.now.plus_secs(seconds);
+        fixture
+            .store
+            .create_ticket(&self.scope, &new)
+            .await
+            .expect("mint");
+        secret
+    }
+
+    fn mint(&self, new: NewTicket) -> HotWrite {
+        HotWrite::Ticket {
+            scope: self.scope.clone(),
+            new,
+        }
+    }
+
+    fn exchange(&self, exchange: ExchangeTicket) -> HotWrite {
+        HotWrite::Exchange {
+            scope: self.scope.clone(),
+            exchange,
+        }
+    }
+}
+
+/// An exchange of `secret` by a browser without a session cookie; `n` sets apart the lifetime
+/// of the browser session it creates, so that each outcome can be told to be its own.
+fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
+    let now = Timestamp::now();
+    ExchangeTicket {
+        hash: secret.hash(),
+        now,
+        browser_session: None,
+        new_browser_session: NewSession {
+            hash: PlainSecret::generate("tss").hash(),
+            user_id: None,
+            active_organization_id: None,
+            impersonation: None,
+            now,
+            idle_expires_at: now.plus_secs(600),
+            expires_at: now.plus_secs(3600 + n),
+        },
+        session_token: PlainSecret::generate("tas").hash(),
+        session_lifetime_ms: 3_600_000,
+        impersonation_ms: 1_800_000,
+        anonymous_key: format!("anon-{}", SecretKeyId::generate()),
+    }
+}
+
+fn outcome(done: StoreResult<HotDone>) -> ExchangeOutcome {
+    done.and_then(|d| d.exchanged())
+        .expect("an exchange outcome")
+}
+
+/// One group-commit batch of writes with and without savepoints: the write that is not kept
+/// (a signin ticket opened by a browser nobody signed in to) is undone alone, a mint naming a
+/// missing agent fails alone, and the writes before and after them, one-statement mints
+/// among them, all commit.
+#[tokio::test]
+async fn a_batch_undoes_only_the_write_it_does_not_keep() {
+    let fixture = Fixture::new().await;
+    let tenant = fixture.tenant("batch").await;
+    let store = &fixture.store;
+    let first = fresh_exchange(&tenant.minted(&fixture, SessionMode::Static, 60).await, 0);
+    let signin = tenant.minted(&fixture, SessionMode::Signin, 60).await;
+    let last = fresh_exchange(&tenant.minted(&fixture, SessionMode::Static, 60).await, 1);
+    let (minted_a, minted_b) = (
+        PlainSecret::generate(TICKET_PREFIX),
+        PlainSecret::generate(TICKET_PREFIX),
+    );
+    let mut orphan = tenant.ticket(&PlainSecret::generate(TICKET_PREFIX), SessionMode::Static);
+    orphan.grant = TicketGrant::AgentAccess {
+        agent_ids: vec![AgentId::generate()],
+        binding: Binding::Anonymous,
+        mode: SessionMode::Static,
+        context_group: Some(ContextGroup::parse("context_group", "g").expect("group")),
+    };
+    // Kept, then a one-statement write inside its still-open savepoint, then an undone
+    // write, a one-statement write after the undone savepoint, one that fails alone (its
+    // agent does not exist), and a last kept one.
+    // The two mints differ in lifetime, so that each result can be told to be its own
+    // (the batch's mints are one statement, whose rows come back in any order).
+    let mint_a = tenant.ticket(&minted_a, SessionMode::Static);
+    let mut mint_b = tenant.ticket(&minted_b, SessionMode::Static);
+    mint_b.expires_at = mint_b.expires_at.plus_secs(60);
+    let results = fixture
+        .batch(&[
+            tenant.exchange(first.clone()),
+            tenant.mint(mint_a.clone()),
+            tenant.exchange(fresh_exchange(&signin, 2)),
+            tenant.mint(mint_b.clone()),
+            tenant.mint(orphan),
+            tenant.exchange(last.clone()),
+        ])
+        .await;
+    let [first_done, minted_a_done, signin_done, minted_b_done, orphan_done, last_done] =
+        <[_; 6]>::try_from(results).unwrap_or_else(|_| panic!("one result per write"));
+    for done in [first_done, last_done] {
+        assert!(matches!(outcome(done), ExchangeOutcome::Agent { .. }));
+    }
+    assert_eq!(outcome(signin_done), ExchangeOutcome::SigninRequired);
+    for (done, new) in [(minted_a_done, &mint_a), (minted_b_done, &mint_b)] {
+        assert_eq!(
+            done.and_then(|d| d.ticket()).expect("minted").expires_at,
+            new.expires_at,
+            "each mint gets its own ticket back"
+        );
+    }
+    assert!(
+        matches!(orphan_done, Err(crate::StoreError::NotFound { .. })),
+        "a mint naming a missing agent fails alone"
+    );
+
+    let scope = &tenant.scope;
+    for ex in [&first, &last] {
+        assert!(
+            store
+                .agent_session_by_token(scope, &ex.session_token, Timestamp::now())
+                .await
+                .expect("read")
+                .is_some(),
+            "an exchange around the undone one was committed"
+        );
+    }
+    assert_eq!(
+        store
+            .exchange_ticket(scope, &fresh_exchange(&signin, 3))
+            .await
+            .expect("exchange"),
+        ExchangeOutcome::SigninRequired,
+        "the undone redemption left the ticket usable"
+    );
+    for minted in [&minted_a, &minted_b] {
+        assert!(
+            matches!(
+                store
+                    .exchange_ticket(scope, &fresh_exchange(minted, 4))
+                    .await,
+                Ok(ExchangeOutcome::Agent { .. })
+            ),
+            "the mints around the undone write were committed"
+        );
+    }
+    assert!(
+        matches!(
+            store.exchange_ticket(scope, &first).await,
+            Ok(ExchangeOutcome::Invalid { .. })
+        ),
+        "the first exchange's redemption was committed"
+    );
+    store.close_pools().await;
+}
+
+/// The exchanges a batch writes together (fresh browsers, static anonymous tickets) each get
+/// their own ticket, actor, browser session and agent session, exactly as written alone; and
+/// the batch's other exchanges keep their own outcomes: a ticket presented again later in the
+/// same batch is a replay that revokes what the first presentation opened, and unknown, expired,
+/// signin and other deployments' tickets are refused as alone, leaving the tickets as they were.
+#[tokio::test]
+async fn fresh_exchanges_written_together_each_get_their_own_session() {
+    let fixture = Fixture::new().await;
+    let tenant = fixture.tenant("together").await;
+    let other = fixture.tenant("other").await;
+    let store = &fixture.store;
+    let scope = &tenant.scope;
+    let tickets = [
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+    ];
+    let expired = tenant.minted(&fixture, SessionMode::Static, 1).await;
+    let signin = tenant.minted(&fixture, SessionMode::Signin, 60).await;
+    let foreign = other.minted(&fixture, SessionMode::Static, 60).await;
+    let unknown = PlainSecret::generate(TICKET_PREFIX);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+
+    let opened: Vec<_> = (0..3)
+        .map(|n| fresh_exchange(&tickets[n], n as i64))
+        .collect();
+    let replay = fresh_exchange(&tickets[1], 10);
+    let batch = [
+        tenant.exchange(opened[0].clone()),
+        tenant.exchange(fresh_exchange(&unknown, 11)),
+        tenant.exchange(opened[1].clone()),
+        tenant.exchange(fresh_exchange(&expired, 12)),
+        tenant.exchange(replay),
+        tenant.exchange(fresh_exchange(&signin, 13)),
+        tenant.exchange(fresh_exchange(&foreign, 14)),
+        tenant.exchange(opened[2].clone()),
+    ];
+    // Only the three first presentations of live static tickets from fresh browsers are
+    // written together; the others go one by one after them.
+    let mut tx = store.begin_write().await.expect("begin");
+    let together: Vec<bool> = store
+        .bulk_in(&mut tx, &batch)
+        .await
+        .expect("bulk")
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        together,
+        [true, false, true, false, false, false, false, true]
+    );
+    let results = fixture.batch(&batch).await;
+    let outcomes: Vec<_> = results.into_iter().map(outcome).collect();
+    let [first, unknown_done, second, expired_done, replay_done, signin_done, foreign_done, third] =
+        <[_; 8]>::try_from(outcomes).unwrap_or_else(|_| panic!("one result per write"));
+    let mut actors = std::collections::HashSet::new();
+    for (n, outcome) in [first, second, third].into_iter().enumerate() {
+        let ex = &opened[n];
+        let ExchangeOutcome::Agent {
+            ticket,
+            session,
+            browser,
+            browser_created,
+        } = outcome
+        else {
+            panic!("exchange {n} opened no session: {outcome:?}");
+        };
+        assert!(browser_created);
+        assert_eq!(
+            ticket.redeemed_at,
+            Some(ex.now),
+            "exchange {n}'s own ticket"
+        );
+        assert_eq!(
+            browser.expires_at, ex.new_browser_session.expires_at,
+            "exchange {n}'s own browser session"
+        );
+        assert_eq!(
+            session.expires_at,
+            ex.now.plus_millis(ex.session_lifetime_ms)
+        );
+        assert_eq!(session.ticket_id, ticket.id);
+        assert_eq!(session.context_group.as_str(), "g");
+        assert_eq!(session.agent_ids, vec![tenant.agent.clone()]);
+        let actor = store
+            .get_actor(scope, &session.actor_id)
+            .await
+            .expect("actor");
+        assert_eq!(
+            (actor.subject_type.as_str(), actor.external_key.as_str()),
+            ("anonymous", ex.anonymous_key.as_str())
+        );
+        assert!(actors.insert(actor.id), "each exchange has its own actor");
+        let found = store
+            .find_session(
+                scope,
+                &ex.new_browser_session.hash,
+                Timestamp::now(),
+                600_000,
+            )
+            .await
+            .expect("read");
+        assert_eq!(
+            found.map(|b| b.id),
+            Some(browser.id),
+            "exchange {n}'s browser session under its cookie"
+        );
+        let by_token = store
+            .agent_session_by_token(scope, &ex.session_token, Timestamp::now())
+            .await
+            .expect("read");
+        // The second was replayed later in the batch: its session is revoked.
+        assert_eq!(
+            by_token.map(|s| s.id),
+            (n != 1).then_some(session.id),
+            "exchange {n}'s agent session"
+        );
+    }
+
+    assert_eq!(
+        unknown_done,
+        ExchangeOutcome::Invalid { replayed: None },
+        "unknown"
+    );
+    assert_eq!(
+        expired_done,
+        ExchangeOutcome::Invalid { replayed: None },
+        "expired"
+    );
+    match &replay_done {
+        ExchangeOutcome::Invalid {
+            replayed: Some(ticket),
+        } => assert_eq!(
+            ticket.redeemed_at,
+            Some(opened[1].now),
+            "the replay names the ticket redeemed earlier in the batch"
+        ),
+        other => panic!("the replay: {other:?}"),
+    }
+    assert_eq!(signin_done, ExchangeOutcome::SigninRequired, "signin");
+    assert_eq!(
+        foreign_done,
+        ExchangeOutcome::Invalid { replayed: None },
+        "another deployment's ticket"
+    );
+
+    assert_eq!(
+        store
+            .exchange_ticket(scope, &fresh_exchange(&signin, 20))
+            .await
+            .expect("exchange"),
+        ExchangeOutcome::SigninRequired,
+        "the signin ticket is still unused"
+    );
+    assert!(
+        matches!(
+            store
+                .exchange_ticket(&other.scope, &fresh_exchange(&foreign, 21))
+                .await,
+            Ok(ExchangeOutcome::Agent { .. })
+        ),
+        "another deployment's ticket still opens a session there"
+    );
+    store.close_pools().await;
+}
