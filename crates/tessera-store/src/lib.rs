@@ -965,12 +965,16 @@ pub struct ExchangeTicket {
 pub enum ExchangeOutcome {
     /// An agent_access ticket opened `session`, now the browser session's active one (any older
     /// one was ended in the same transaction). `browser_created` when `browser` is the new
-    /// session of [`ExchangeTicket::new_browser_session`].
+    /// session of [`ExchangeTicket::new_browser_session`]. `actor` is the session's actor and
+    /// `agents` its agents that exist (in the session's order), read in the same transaction:
+    /// what the exchange's answer shows, without reading them again.
     Agent {
         ticket: tessera_domain::ticket::SessionTicket,
         session: tessera_domain::ticket::AgentSession,
         browser: BrowserSession,
         browser_created: bool,
+        actor: Actor,
+        agents: Vec<Agent>,
     },
     /// An impersonation ticket signed the browser in as `user` (the old browser session, if
     /// any, was deleted).

@@ -87,7 +87,7 @@ macro_rules! impl_sql_store {
             })
         }
 
-        fn actor_from_row(row: &DbRow) -> StoreResult<Actor> {
+        pub(super) fn actor_from_row(row: &DbRow) -> StoreResult<Actor> {
             let metadata: String = row.try_get("metadata")?;
             Ok(Actor {
                 id: parse_id(row.try_get("id")?, ActorId::parse)?,
@@ -100,7 +100,7 @@ macro_rules! impl_sql_store {
             })
         }
 
-        fn agent_from_row(row: &DbRow) -> StoreResult<Agent> {
+        pub(super) fn agent_from_row(row: &DbRow) -> StoreResult<Agent> {
             let spec: String = row.try_get("spec")?;
             Ok(Agent {
                 id: parse_id(row.try_get("id")?, AgentId::parse)?,

@@ -25,7 +25,7 @@ macro_rules! impl_ticket_sql {
         use super::identity_sql::{
             insert_session, push_session_row, session_from_row, user_from_row, NEW_SESSION_COLS,
         };
-        use super::shared_sql::{finish_page, push_page};
+        use super::shared_sql::{actor_from_row, agent_from_row, finish_page, push_page};
         use sqlx::Row as _;
         use tessera_domain::identity::{BrowserSession, NewSession};
         use tessera_domain::password::PasswordHash;
@@ -41,6 +41,7 @@ macro_rules! impl_ticket_sql {
             ThreadId, TicketId, Timestamp, UserId,
         };
         use $crate::sql::corrupt;
+        use $crate::sql::{ACTOR_COLS, AGENT_COLS};
         use $crate::sql_identity::{SESSION_COLS, USER_COLS};
         use $crate::sql_runs::THREAD_COLS;
         use super::run_sql::{id, thread_from_row};
@@ -285,6 +286,49 @@ macro_rules! impl_ticket_sql {
             values.push_bind(ex.now.as_millis());
             values.push_bind(ex.now.plus_millis(ex.session_lifetime_ms).as_millis());
             Ok(id)
+        }
+
+        /// The agents among `wanted` (deployment, agent) that exist, by deployment and id: one
+        /// statement.
+        async fn live_agents(
+            conn: &mut Conn,
+            wanted: &[(&str, &AgentId)],
+        ) -> StoreResult<std::collections::HashMap<(String, String), tessera_domain::agent::Agent>> {
+            let mut found = std::collections::HashMap::with_capacity(wanted.len());
+            if wanted.is_empty() {
+                return Ok(found);
+            }
+            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                "SELECT {AGENT_COLS}, deployment_id FROM agents WHERE deleted_at IS NULL AND id IN ("
+            ));
+            let mut list = qb.separated(", ");
+            for (_, agent) in wanted {
+                list.push_bind(agent.as_str().to_owned());
+            }
+            qb.push(")");
+            // A session's few agents give a few distinct texts, worth keeping prepared; a
+            // batch's long lists are not (they would push the hot statements out of the cache).
+            let rows = qb.build().persistent(wanted.len() <= 8).fetch_all(&mut *conn).await?;
+            for row in &rows {
+                let dep: String = row.try_get("deployment_id")?;
+                let agent = agent_from_row(row)?;
+                if wanted.iter().any(|(d, a)| *d == dep && *a == &agent.id) {
+                    found.insert((dep, agent.id.as_str().to_owned()), agent);
+                }
+            }
+            Ok(found)
+        }
+
+        /// The agents of `agent_ids` found in `live` for deployment `dep`, in that order.
+        fn session_agents(
+            live: &std::collections::HashMap<(String, String), tessera_domain::agent::Agent>,
+            dep: &str,
+            agent_ids: &[AgentId],
+        ) -> Vec<tessera_domain::agent::Agent> {
+            agent_ids
+                .iter()
+                .filter_map(|a| live.get(&(dep.to_owned(), a.as_str().to_owned())).cloned())
+                .collect()
         }
 
         /// A new ticket's distinct agents (none for a ticket that names none).
@@ -726,7 +770,17 @@ macro_rules! impl_ticket_sql {
                     qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
                     let row = qb.build().fetch_one(&mut *tx).await?;
                     let session = agent_session_from_row(&row)?;
-                    Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created })
+                    let actor = sqlx::query(&format!(
+                        "SELECT {ACTOR_COLS} FROM actors WHERE id = $1 AND deployment_id = $2"
+                    ))
+                    .bind(actor_id.as_str())
+                    .bind(dep)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let actor = actor_from_row(&actor)?;
+                    let wanted: Vec<_> = agent_ids.iter().map(|a| (dep, a)).collect();
+                    let agents = session_agents(&live_agents(tx, &wanted).await?, dep, &agent_ids);
+                    Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created, actor, agents })
                 }
                 TicketGrant::Impersonation { user_id } => {
                     let user = usable_user(tx, dep, &user_id).await?;
@@ -803,7 +857,8 @@ macro_rules! impl_ticket_sql {
                 found.insert(hash, (dep, row));
             }
             // (exchange, its ticket, the ticket's agents and context group)
-            let mut open = Vec::with_capacity(fresh.len());
+            let mut open: Vec<(usize, SessionTicket, Vec<AgentId>, ContextGroup)> =
+                Vec::with_capacity(fresh.len());
             for &i in &fresh {
                 let (scope, ex) = exchanges[i];
                 let Some((dep, row)) = found.get(ex.hash.as_bytes().as_slice()) else {
@@ -864,14 +919,22 @@ macro_rules! impl_ticket_sql {
             );
             qb.push_values(&open, |mut values, (i, _, _, _)| {
                 let (scope, ex) = exchanges[*i];
-                let actor = ActorId::generate_at(ex.now);
-                values.push_bind(actor.as_str().to_owned());
+                // The row as `bound_actor` inserts it for an anonymous ticket.
+                let actor = tessera_domain::records::Actor {
+                    id: ActorId::generate_at(ex.now),
+                    subject_type: "anonymous".to_owned(),
+                    external_key: ex.anonymous_key.clone(),
+                    display_name: None,
+                    metadata: serde_json::json!({}),
+                    created_at: ex.now,
+                };
+                values.push_bind(actor.id.as_str().to_owned());
                 values.push_bind(scope.deployment_id().as_str().to_owned());
-                values.push("'anonymous'");
-                values.push_bind(ex.anonymous_key.clone());
+                values.push_bind(actor.subject_type.clone());
+                values.push_bind(actor.external_key.clone());
                 values.push("NULL");
                 values.push("'{}'");
-                values.push_bind(ex.now.as_millis());
+                values.push_bind(actor.created_at.as_millis());
                 actors.push(actor);
             });
             qb.build().persistent(false).execute(&mut *conn).await?;
@@ -908,7 +971,7 @@ macro_rules! impl_ticket_sql {
                 let new = NewAgentSession {
                     ticket: &ticket.id,
                     browser: &browsers[k].id,
-                    actor: &actors[k],
+                    actor: &actors[k].id,
                     agents,
                     group,
                     name: None,
@@ -932,10 +995,21 @@ macro_rules! impl_ticket_sql {
                 sessions[k] = Some(agent_session_from_row(row)?);
             }
 
-            for (((i, mut ticket, _, _), browser), session) in open.into_iter().zip(browsers).zip(sessions) {
+            let wanted: Vec<_> = open
+                .iter()
+                .flat_map(|(i, _, agents, _)| {
+                    let dep = exchanges[*i].0.deployment_id().as_str();
+                    agents.iter().map(move |a| (dep, a))
+                })
+                .collect();
+            let live = live_agents(conn, &wanted).await?;
+            let opened = open.into_iter().zip(browsers).zip(sessions).zip(actors);
+            for ((((i, mut ticket, agent_ids, _), browser), session), actor) in opened {
                 let session = session.ok_or_else(|| corrupt("agent session", "an insert left out a session"))?;
-                ticket.redeemed_at = Some(exchanges[i].1.now);
-                out[i] = Some(ExchangeOutcome::Agent { ticket, session, browser, browser_created: true });
+                let (scope, ex) = exchanges[i];
+                ticket.redeemed_at = Some(ex.now);
+                let agents = session_agents(&live, scope.deployment_id().as_str(), &agent_ids);
+                out[i] = Some(ExchangeOutcome::Agent { ticket, session, browser, browser_created: true, actor, agents });
             }
             Ok(out)
         }

@@ -315,6 +315,8 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
             session,
             browser,
             browser_created,
+            actor,
+            agents,
         } = outcome
         else {
             panic!("exchange {n} opened no session: {outcome:?}");
@@ -336,10 +338,19 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
         assert_eq!(session.ticket_id, ticket.id);
         assert_eq!(session.context_group.as_str(), "g");
         assert_eq!(session.agent_ids, vec![tenant.agent.clone()]);
-        let actor = store
-            .get_actor(scope, &session.actor_id)
-            .await
-            .expect("actor");
+        assert_eq!(
+            actor,
+            store
+                .get_actor(scope, &session.actor_id)
+                .await
+                .expect("actor"),
+            "exchange {n}'s actor as stored"
+        );
+        assert_eq!(
+            agents,
+            [store.get_agent(scope, &tenant.agent).await.expect("agent")],
+            "exchange {n}'s agents as stored"
+        );
         assert_eq!(
             (actor.subject_type.as_str(), actor.external_key.as_str()),
             ("anonymous", ex.anonymous_key.as_str())

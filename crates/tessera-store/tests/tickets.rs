@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use tessera_domain::identity::{Email, NewSession, NewUser};
 use tessera_domain::password::hash_password;
+use tessera_domain::records::NewActor;
 use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SecretHash, SECRET_KEY_PREFIX};
 use tessera_domain::thread::ContextGroup;
 use tessera_domain::ticket::{
     Binding, Issuer, SessionMode, SessionName, TicketGrant, TICKET_PREFIX,
 };
-use tessera_domain::validate::{DeploymentName, Label, Metadata};
+use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
 use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
@@ -32,6 +33,7 @@ backend_tests!(
     contexts_stay_inside_their_partition,
     the_console_admin_is_created_once,
     concurrent_mixed_exchanges_each_get_their_own_outcome,
+    the_exchange_answers_with_the_actor_and_the_live_agents,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -671,5 +673,75 @@ async fn concurrent_mixed_exchanges_each_get_their_own_outcome(db: &TestDatabase
                 .unwrap(),
             ExchangeOutcome::SigninRequired
         );
+    }
+}
+
+/// An exchange's outcome carries the session's actor as stored (the whole row, for a bound
+/// actor as for a new anonymous one) and its agents that still exist, in the ticket's order,
+/// so that its answer needs no further reads.
+async fn the_exchange_answers_with_the_actor_and_the_live_agents(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "answers").await;
+    let (a, b, c) = (
+        agent(&store, &scope).await,
+        agent(&store, &scope).await,
+        agent(&store, &scope).await,
+    );
+    let bound = store
+        .create_actor(
+            &scope,
+            &NewActor {
+                subject_type: SubjectType::parse("subject_type", "customer").unwrap(),
+                external_key: ExternalKey::parse("external_key", "c-42").unwrap(),
+                display_name: Some(Label::parse("display_name", "Ada").unwrap()),
+                metadata: Metadata::parse("metadata", serde_json::json!({"plan": "pro"})).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let grant = |binding: Binding| TicketGrant::AgentAccess {
+        agent_ids: vec![c.clone(), a.clone(), b.clone()],
+        binding,
+        mode: SessionMode::Static,
+        context_group: Some(ContextGroup::parse("context_group", "g").unwrap()),
+    };
+    let to_bound = mint(&store, &scope, grant(Binding::Actor(bound.id.clone())), 60)
+        .await
+        .unwrap();
+    let to_anonymous = mint(&store, &scope, grant(Binding::Anonymous), 60)
+        .await
+        .unwrap();
+    store.delete_agent(&scope, &a).await.unwrap();
+
+    for (ticket, expected) in [(&to_bound, Some(&bound)), (&to_anonymous, None)] {
+        let ex = exchange(ticket, None);
+        let ExchangeOutcome::Agent {
+            session,
+            actor,
+            agents,
+            ..
+        } = store.exchange_ticket(&scope, &ex).await.unwrap()
+        else {
+            panic!("the exchange opens a session")
+        };
+        assert_eq!(actor.id, session.actor_id);
+        assert_eq!(
+            actor,
+            store.get_actor(&scope, &session.actor_id).await.unwrap()
+        );
+        match expected {
+            Some(bound) => assert_eq!(&actor, bound),
+            None => assert_eq!(
+                (actor.subject_type.as_str(), actor.external_key.as_str()),
+                ("anonymous", ex.anonymous_key.as_str())
+            ),
+        }
+        let ids: Vec<_> = agents.iter().map(|agent| agent.id.clone()).collect();
+        assert_eq!(
+            ids,
+            vec![c.clone(), b.clone()],
+            "the live agents, in the ticket's order"
+        );
+        assert_eq!(agents[0], store.get_agent(&scope, &c).await.unwrap());
     }
 }

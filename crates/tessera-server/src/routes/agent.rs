@@ -15,7 +15,8 @@ use axum::Json;
 use futures_util::stream::Stream;
 use tessera_api as api;
 use tessera_api::ErrorBody;
-use tessera_domain::records::Deployment;
+use tessera_domain::agent::Agent;
+use tessera_domain::records::{Actor, Deployment};
 use tessera_domain::secret::SecretHash;
 use tessera_domain::ticket::{AgentSession, Issuer, SESSION_TOKEN_PREFIX};
 use tessera_domain::validate::Label;
@@ -180,17 +181,30 @@ pub(crate) async fn session_info(
     let mut agents = Vec::with_capacity(session.agent_ids.len());
     for agent in found {
         match agent {
-            Ok(agent) => agents.push(api::SessionAgent {
-                id: agent.id.as_str().to_owned(),
-                name: agent.spec.name.as_str().to_owned(),
-                description: Some(agent.spec.description.as_str().to_owned())
-                    .filter(|d| !d.is_empty()),
-            }),
+            Ok(agent) => agents.push(agent),
             Err(StoreError::NotFound { .. }) => {}
             Err(err) => return Err(err.into()),
         }
     }
-    Ok(api::AgentSession {
+    Ok(session_view(session, actor, agents, impersonator))
+}
+
+/// The browser's view of an agent session, given its actor and those of its agents that exist.
+pub(crate) fn session_view(
+    session: &AgentSession,
+    actor: Actor,
+    agents: Vec<Agent>,
+    impersonator: Option<&Issuer>,
+) -> api::AgentSession {
+    let agents: Vec<_> = agents
+        .into_iter()
+        .map(|agent| api::SessionAgent {
+            id: agent.id.as_str().to_owned(),
+            name: agent.spec.name.as_str().to_owned(),
+            description: Some(agent.spec.description.as_str().to_owned()).filter(|d| !d.is_empty()),
+        })
+        .collect();
+    api::AgentSession {
         has_session: true,
         id: Some(session.id.as_str().to_owned()),
         actor: Some(convert::actor(actor)),
@@ -203,7 +217,7 @@ pub(crate) async fn session_info(
             kind: i.kind().to_owned(),
             id: i.id().to_owned(),
         }),
-    })
+    }
 }
 
 fn context(t: tessera_domain::thread::Thread) -> api::AgentContext {

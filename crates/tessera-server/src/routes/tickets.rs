@@ -29,7 +29,7 @@ use crate::extract::ApiJson;
 use crate::identity::{
     audit, check_origin, deployment_for_request, event, session_cookie_value, ClientInfo,
 };
-use crate::routes::agent::session_info;
+use crate::routes::agent::session_view;
 use crate::routes::console::AdminCaller;
 use crate::AppState;
 
@@ -262,9 +262,11 @@ pub(crate) async fn exchange_session_ticket(
             session,
             browser,
             browser_created,
+            actor,
+            agents,
         } => {
             tracing::debug!(ticket_id = %ticket.id, agent_session_id = %session.id, "session ticket exchanged");
-            let info = session_info(&state, &scope, &session, browser.impersonator.as_ref()).await?;
+            let info = session_view(&session, actor, agents, browser.impersonator.as_ref());
             let cookie = browser_created
                 .then(|| identity.session_cookie(&browser_secret, browser.expires_at));
             (
