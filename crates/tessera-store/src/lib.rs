@@ -966,8 +966,8 @@ pub enum ExchangeOutcome {
     /// An agent_access ticket opened `session`, now the browser session's active one (any older
     /// one was ended in the same transaction). `browser_created` when `browser` is the new
     /// session of [`ExchangeTicket::new_browser_session`]. `actor` is the session's actor and
-    /// `agents` its agents that exist (in the session's order), read in the same transaction:
-    /// what the exchange's answer shows, without reading them again.
+    /// `agents` its agents that exist (in the session's order), as of the same transaction: what
+    /// the exchange's answer shows, without reading them again.
     Agent {
         ticket: tessera_domain::ticket::SessionTicket,
         session: tessera_domain::ticket::AgentSession,

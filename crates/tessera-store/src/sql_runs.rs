@@ -114,15 +114,6 @@ pub(crate) enum HotWrite {
     },
 }
 
-impl HotWrite {
-    /// Whether the write is a single statement that either writes everything or nothing (a
-    /// mint: its insert checks the agents itself, see `insert_ticket`), so that sharing a
-    /// transaction needs no savepoint around it.
-    pub(crate) fn is_one_statement(&self) -> bool {
-        matches!(self, HotWrite::Ticket { .. })
-    }
-}
-
 /// What a [`HotWrite`] stored.
 pub(crate) enum HotDone {
     Submitted(crate::SubmitOutcome),
@@ -802,7 +793,8 @@ macro_rules! impl_run_sql {
         /// loop (see `group.rs`).
         impl $store {
             /// Writes `batch` in one transaction. A single write commits only if it succeeded;
-            /// several each run in a savepoint, so that one's failure (a conflict, a lost lease)
+            /// of several, those the backend writes together go first (`bulk_in`), and the
+            /// others each run in a savepoint, so that one's failure (a conflict, a lost lease)
             /// leaves the others alone. `Err` means the transaction as a whole failed: nothing
             /// of the batch was written.
             pub(crate) async fn do_hot_writes(
@@ -828,37 +820,25 @@ macro_rules! impl_run_sql {
                         results.push(result);
                         continue;
                     }
-                    // A write that is one statement needs no savepoint: a failing statement
-                    // undoes only itself, and one that wrote nothing has nothing to undo.
-                    let savepoint = !job.is_one_statement();
-                    if savepoint {
-                        let sql = if open {
-                            "RELEASE SAVEPOINT tessera_hot; SAVEPOINT tessera_hot"
-                        } else {
-                            "SAVEPOINT tessera_hot"
-                        };
-                        // A plain string runs unprepared: several statements at once, on
-                        // both engines.
-                        sqlx::Executor::execute(&mut *tx, sql).await?;
-                        open = true;
-                    }
+                    let sql = if open {
+                        "RELEASE SAVEPOINT tessera_hot; SAVEPOINT tessera_hot"
+                    } else {
+                        "SAVEPOINT tessera_hot"
+                    };
+                    // A plain string runs unprepared: several statements at once, on both
+                    // engines.
+                    sqlx::Executor::execute(&mut *tx, sql).await?;
+                    open = true;
                     let result = match self.hot_in(&mut tx, job).await {
                         // A database error may have ended the whole transaction (SQLite rolls
                         // it back by itself on a full disk or an I/O error, and what followed
-                        // would then commit statement by statement). Without a savepoint, only
-                        // a write that wrote nothing may fail alone (a mint naming a missing
-                        // agent). Otherwise the batch stops here, nothing of it commits, and
-                        // the caller retries each write on its own.
-                        Err(err)
-                            if matches!(err, StoreError::Database(_))
-                                || (!savepoint && !matches!(err, StoreError::NotFound { .. })) =>
-                        {
-                            return Err(err)
-                        }
+                        // would then commit statement by statement): the batch stops here,
+                        // nothing of it commits, and the caller retries each write on its own.
+                        Err(err) if matches!(err, StoreError::Database(_)) => return Err(err),
                         other => other,
                     };
                     // `ROLLBACK TO` leaves the (now empty) savepoint open.
-                    if savepoint && !result.as_ref().is_ok_and(|done| done.keeps()) {
+                    if !result.as_ref().is_ok_and(|done| done.keeps()) {
                         sqlx::query("ROLLBACK TO SAVEPOINT tessera_hot").execute(&mut *tx).await?;
                     }
                     results.push(result);

@@ -6,8 +6,11 @@
 //! redeems the ticket (`… WHERE hash = $1 AND redeemed_at IS NULL AND expires_at > $now`): of any
 //! number of concurrent exchanges exactly one updates the row (SQLite serialises writers;
 //! PostgreSQL re-checks the condition after the row lock is released, finding it redeemed). The
-//! hot writes (minting, exchanging) go through `offload` (SQLite runs them on its writer
-//! thread).
+//! hot writes (minting, exchanging) go through `write_hot` (SQLite runs them on its writer
+//! thread, a batch of concurrent ones in one transaction). A batch's fresh exchanges
+//! (`exchange_fresh`) read their tickets first and then redeem them with the same conditional
+//! UPDATE, by id: SQLite's transaction is the only writer from its `BEGIN IMMEDIATE` on, so
+//! what the read saw still holds.
 
 /// Columns of a ticket row.
 pub(crate) const TICKET_COLS: &str =
@@ -28,6 +31,7 @@ macro_rules! impl_ticket_sql {
         use super::shared_sql::{actor_from_row, agent_from_row, finish_page, push_page};
         use sqlx::Row as _;
         use tessera_domain::identity::{BrowserSession, NewSession};
+        use tessera_domain::records::Actor;
         use tessera_domain::password::PasswordHash;
         use tessera_domain::secret::SecretHash;
         use tessera_domain::ticket::{
@@ -108,7 +112,7 @@ macro_rules! impl_ticket_sql {
             subject_type: &str,
             external_key: &str,
             now: Timestamp,
-        ) -> StoreResult<ActorId> {
+        ) -> StoreResult<Actor> {
             sqlx::query(
                 "INSERT INTO actors
                    (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)
@@ -122,16 +126,16 @@ macro_rules! impl_ticket_sql {
             .bind(now.as_millis())
             .execute(&mut *conn)
             .await?;
-            let row = sqlx::query(
-                "SELECT id FROM actors
-                 WHERE deployment_id = $1 AND subject_type = $2 AND external_key = $3",
-            )
+            let row = sqlx::query(&format!(
+                "SELECT {ACTOR_COLS} FROM actors
+                 WHERE deployment_id = $1 AND subject_type = $2 AND external_key = $3"
+            ))
             .bind(deployment)
             .bind(subject_type)
             .bind(external_key)
             .fetch_one(&mut *conn)
             .await?;
-            id(row.try_get("id")?, ActorId::parse)
+            actor_from_row(&row)
         }
 
         /// A user that may be acted for: present ([`Entity::User`]) and enabled.
@@ -162,35 +166,28 @@ macro_rules! impl_ticket_sql {
             binding: &Binding,
             anonymous_key: &str,
             now: Timestamp,
-        ) -> StoreResult<ActorId> {
+        ) -> StoreResult<Actor> {
             match binding {
                 Binding::Anonymous => {
                     // The key is fresh (128 random bits per exchange): a plain insert, no
                     // lookup of an existing actor.
-                    let row = sqlx::query(
+                    let row = sqlx::query(&format!(
                         "INSERT INTO actors
                            (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)
-                         VALUES ($1, $2, 'anonymous', $3, NULL, '{}', $4)
-                         RETURNING id",
-                    )
+                         VALUES ($1, $2, 'anonymous', $3, NULL, '{{}}', $4)
+                         RETURNING {ACTOR_COLS}"
+                    ))
                     .bind(ActorId::generate_at(now).into_string())
                     .bind(deployment)
                     .bind(anonymous_key)
                     .bind(now.as_millis())
                     .fetch_one(&mut *conn)
                     .await?;
-                    id(row.try_get("id")?, ActorId::parse)
+                    actor_from_row(&row)
                 }
                 Binding::Actor(actor) => {
-                    let found = sqlx::query("SELECT 1 FROM actors WHERE id = $1 AND deployment_id = $2")
-                        .bind(actor.as_str())
-                        .bind(deployment)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    match found {
-                        Some(_) => Ok(actor.clone()),
-                        None => Err(StoreError::not_found_at(Entity::Actor, "actor_id")),
-                    }
+                    let found = session_actor(conn, deployment, actor).await?;
+                    found.ok_or_else(|| StoreError::not_found_at(Entity::Actor, "actor_id"))
                 }
                 Binding::User(user) => {
                     usable_user(conn, deployment, user).await?;
@@ -288,47 +285,58 @@ macro_rules! impl_ticket_sql {
             Ok(id)
         }
 
-        /// The agents among `wanted` (deployment, agent) that exist, by deployment and id: one
-        /// statement.
-        async fn live_agents(
-            conn: &mut Conn,
-            wanted: &[(&str, &AgentId)],
-        ) -> StoreResult<std::collections::HashMap<(String, String), tessera_domain::agent::Agent>> {
-            let mut found = std::collections::HashMap::with_capacity(wanted.len());
-            if wanted.is_empty() {
+        /// The actor `actor` of deployment `deployment`, if it exists.
+        async fn session_actor(conn: &mut Conn, deployment: &str, actor: &ActorId) -> StoreResult<Option<Actor>> {
+            let row = sqlx::query(&format!(
+                "SELECT {ACTOR_COLS} FROM actors WHERE id = $1 AND deployment_id = $2"
+            ))
+            .bind(actor.as_str())
+            .bind(deployment)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(actor_from_row).transpose()
+        }
+
+        /// Agents by deployment, then by id.
+        type LiveAgents = std::collections::HashMap<String, std::collections::HashMap<String, tessera_domain::agent::Agent>>;
+
+        /// The agents among `wanted` (deployment, agent) that exist: one statement, scoped by
+        /// each pair's deployment.
+        async fn live_agents(conn: &mut Conn, wanted: &[(&str, &AgentId)]) -> StoreResult<LiveAgents> {
+            let distinct: std::collections::BTreeSet<(&str, &str)> =
+                wanted.iter().map(|(dep, agent)| (*dep, agent.as_str())).collect();
+            let mut found = LiveAgents::new();
+            if distinct.is_empty() {
                 return Ok(found);
             }
-            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                "SELECT {AGENT_COLS}, deployment_id FROM agents WHERE deleted_at IS NULL AND id IN ("
+            let mut qb = sqlx::QueryBuilder::<$db>::new("WITH w (agent, dep) AS (");
+            qb.push_values(&distinct, |mut values, (dep, agent)| {
+                values.push_bind(agent.to_string());
+                values.push_bind(dep.to_string());
+            });
+            qb.push(format!(
+                ")
+                 SELECT {AGENT_COLS}, deployment_id FROM agents
+                 JOIN w ON agents.id = w.agent AND agents.deployment_id = w.dep
+                 WHERE agents.deleted_at IS NULL"
             ));
-            let mut list = qb.separated(", ");
-            for (_, agent) in wanted {
-                list.push_bind(agent.as_str().to_owned());
-            }
-            qb.push(")");
             // A session's few agents give a few distinct texts, worth keeping prepared; a
             // batch's long lists are not (they would push the hot statements out of the cache).
-            let rows = qb.build().persistent(wanted.len() <= 8).fetch_all(&mut *conn).await?;
+            let rows = qb.build().persistent(distinct.len() <= 8).fetch_all(&mut *conn).await?;
             for row in &rows {
                 let dep: String = row.try_get("deployment_id")?;
                 let agent = agent_from_row(row)?;
-                if wanted.iter().any(|(d, a)| *d == dep && *a == &agent.id) {
-                    found.insert((dep, agent.id.as_str().to_owned()), agent);
-                }
+                found.entry(dep).or_default().insert(agent.id.as_str().to_owned(), agent);
             }
             Ok(found)
         }
 
         /// The agents of `agent_ids` found in `live` for deployment `dep`, in that order.
-        fn session_agents(
-            live: &std::collections::HashMap<(String, String), tessera_domain::agent::Agent>,
-            dep: &str,
-            agent_ids: &[AgentId],
-        ) -> Vec<tessera_domain::agent::Agent> {
-            agent_ids
-                .iter()
-                .filter_map(|a| live.get(&(dep.to_owned(), a.as_str().to_owned())).cloned())
-                .collect()
+        fn session_agents(live: &LiveAgents, dep: &str, agent_ids: &[AgentId]) -> Vec<tessera_domain::agent::Agent> {
+            let Some(live) = live.get(dep) else {
+                return Vec::new();
+            };
+            agent_ids.iter().filter_map(|a| live.get(a.as_str()).cloned()).collect()
         }
 
         /// A new ticket's distinct agents (none for a ticket that names none).
@@ -369,8 +377,6 @@ macro_rules! impl_ticket_sql {
         /// exists (checked in the same statement, so an agent deleted meanwhile cannot slip
         /// through, and minting costs no separate read); otherwise the agents are looked at one
         /// by one to name the missing one.
-        /// One statement that writes the ticket or nothing: SQLite's group commit runs it
-        /// without a savepoint (`HotWrite::is_one_statement`), so keep it one statement.
         async fn insert_ticket(conn: &mut Conn, scope: &Scope, new: &NewTicket) -> StoreResult<SessionTicket> {
             let dep = scope.deployment_id().as_str();
             let mut qb = sqlx::QueryBuilder::<$db>::new(
@@ -662,7 +668,7 @@ macro_rules! impl_ticket_sql {
             };
             match ticket.grant.clone() {
                 TicketGrant::AgentAccess { agent_ids, binding, mode, context_group } => {
-                    let (actor_id, group, name) = match &mode {
+                    let (actor, group, name) = match &mode {
                         SessionMode::Signin => {
                             let Some(user) = current.as_ref().and_then(|s| s.user_id.clone()) else {
                                 // The caller rolls the redemption back.
@@ -707,7 +713,7 @@ macro_rules! impl_ticket_sql {
                                     .bind(dep)
                                     .bind(name.as_str())
                                     .bind(group.as_str())
-                                    .bind(actor.as_str())
+                                    .bind(actor.id.as_str())
                                     .bind(now.as_millis())
                                     .execute(&mut *tx)
                                     .await?;
@@ -726,7 +732,9 @@ macro_rules! impl_ticket_sql {
                             // A ticket bound to a user or actor acts for them; an anonymous
                             // one resumes the named session's own actor.
                             let actor = match &binding {
-                                Binding::Anonymous => stored_actor,
+                                Binding::Anonymous => session_actor(tx, dep, &stored_actor)
+                                    .await?
+                                    .ok_or_else(|| corrupt("named session", "its actor is missing"))?,
                                 bound => bound_actor(tx, dep, bound, &ex.anonymous_key, now).await?,
                             };
                             let group = ContextGroup::parse("context_group", group)
@@ -760,7 +768,7 @@ macro_rules! impl_ticket_sql {
                         pushed = push_agent_session_row(&mut values, dep, ex, &NewAgentSession {
                             ticket: &ticket.id,
                             browser: &browser.id,
-                            actor: &actor_id,
+                            actor: &actor.id,
                             agents: &agent_ids,
                             group: &group,
                             name: name.as_deref(),
@@ -770,14 +778,6 @@ macro_rules! impl_ticket_sql {
                     qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
                     let row = qb.build().fetch_one(&mut *tx).await?;
                     let session = agent_session_from_row(&row)?;
-                    let actor = sqlx::query(&format!(
-                        "SELECT {ACTOR_COLS} FROM actors WHERE id = $1 AND deployment_id = $2"
-                    ))
-                    .bind(actor_id.as_str())
-                    .bind(dep)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let actor = actor_from_row(&actor)?;
                     let wanted: Vec<_> = agent_ids.iter().map(|a| (dep, a)).collect();
                     let agents = session_agents(&live_agents(tx, &wanted).await?, dep, &agent_ids);
                     Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created, actor, agents })
@@ -813,10 +813,11 @@ macro_rules! impl_ticket_sql {
         }
 
         /// The exchanges of a group-commit batch written together where they are the common case
-        /// of opening a chat link: a browser without a session cookie, presenting for the first
-        /// time in the batch a live static agent_access ticket bound to nobody. One read of their
-        /// tickets, one conditional UPDATE redeeming them and one INSERT each for their actors,
-        /// browser sessions and agent sessions replace five round trips per exchange.
+        /// of opening a chat link: a browser without a session cookie presenting a live static
+        /// agent_access ticket bound to nobody (the batch's first cookie-less presentation of
+        /// that ticket). One read of their tickets, one conditional UPDATE redeeming them, one
+        /// INSERT each for their actors, browser sessions and agent sessions and one read of
+        /// their agents replace the six round trips each costs alone.
         ///
         /// One entry per exchange: `Some` for one this wrote, `None` for one the caller must
         /// write alone ([`exchange_in`]) *after* this: any other kind of ticket or browser, a
@@ -841,14 +842,17 @@ macro_rules! impl_ticket_sql {
                 return Ok(out);
             }
 
-            let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                "SELECT {TICKET_COLS}, hash, deployment_id FROM session_tickets WHERE hash IN ("
+            let mut qb = sqlx::QueryBuilder::<$db>::new("WITH w (h, dep) AS (");
+            qb.push_values(&fresh, |mut values, &i| {
+                let (scope, ex) = exchanges[i];
+                values.push_bind(ex.hash.as_bytes().to_vec());
+                values.push_bind(scope.deployment_id().as_str().to_owned());
+            });
+            qb.push(format!(
+                ")
+                 SELECT {TICKET_COLS}, hash, deployment_id FROM session_tickets
+                 JOIN w ON session_tickets.hash = w.h AND session_tickets.deployment_id = w.dep"
             ));
-            let mut list = qb.separated(", ");
-            for &i in &fresh {
-                list.push_bind(exchanges[i].1.hash.as_bytes().to_vec());
-            }
-            qb.push(")");
             let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
             let mut found = std::collections::HashMap::with_capacity(rows.len());
             for row in &rows {
