@@ -123,10 +123,11 @@ impl Tenant {
     }
 }
 
-/// An exchange of `secret` by a browser without a session cookie; `n` sets apart the lifetime
-/// of the browser session it creates, so that each outcome can be told to be its own.
+/// An exchange of `secret` by a browser without a session cookie; `n` sets apart its time (by
+/// `n` ms) and the lifetime of the browser session it creates, so that each outcome can be
+/// told to be its own.
 fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
-    let now = Timestamp::now();
+    let now = Timestamp::now().plus_millis(n);
     ExchangeTicket {
         hash: secret.hash(),
         now,
@@ -175,9 +176,9 @@ async fn a_batch_undoes_only_the_write_it_does_not_keep() {
         mode: SessionMode::Static,
         context_group: Some(ContextGroup::parse("context_group", "g").expect("group")),
     };
-    // Kept, then a one-statement write inside its still-open savepoint, then an undone
-    // write, a one-statement write after the undone savepoint, one that fails alone (its
-    // agent does not exist), and a last kept one.
+    // Kept, a mint, an undone write, a mint, one that fails alone (its agent does not exist),
+    // and a last kept one. The mints and the two fresh static exchanges are written together
+    // first; the signin exchange then runs alone in a savepoint that is rolled back.
     // The two mints differ in lifetime, so that each result can be told to be its own
     // (the batch's mints are one statement, whose rows come back in any order).
     let mint_a = tenant.ticket(&minted_a, SessionMode::Static);
@@ -425,6 +426,169 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
             Ok(ExchangeOutcome::Agent { .. })
         ),
         "another deployment's ticket still opens a session there"
+    );
+    store.close_pools().await;
+}
+
+/// What a batch does not write together stays alone: an exchange by a browser that has a
+/// session (it replaces that session's agent session). What it writes together leaves out a
+/// deleted agent, keeping the ticket's order of the others.
+#[tokio::test]
+async fn a_batch_keeps_cookie_exchanges_alone_and_leaves_out_deleted_agents() {
+    let fixture = Fixture::new().await;
+    let tenant = fixture.tenant("apart").await;
+    let store = &fixture.store;
+    let scope = &tenant.scope;
+    let (gone, kept) = (
+        store
+            .create_agent(scope, &crate::testing::agent_spec("gone", ""))
+            .await
+            .expect("agent")
+            .id,
+        store
+            .create_agent(scope, &crate::testing::agent_spec("kept", ""))
+            .await
+            .expect("agent")
+            .id,
+    );
+    let several = PlainSecret::generate(TICKET_PREFIX);
+    let mut new = tenant.ticket(&several, SessionMode::Static);
+    new.grant = TicketGrant::AgentAccess {
+        agent_ids: vec![kept.clone(), gone.clone(), tenant.agent.clone()],
+        binding: Binding::Anonymous,
+        mode: SessionMode::Static,
+        context_group: Some(ContextGroup::parse("context_group", "g").expect("group")),
+    };
+    store.create_ticket(scope, &new).await.expect("mint");
+    store.delete_agent(scope, &gone).await.expect("delete");
+
+    // A browser that already has a session and an agent session.
+    let cookie = PlainSecret::generate("tss");
+    let mut first = fresh_exchange(&tenant.minted(&fixture, SessionMode::Static, 60).await, 0);
+    let had = store
+        .create_session(
+            scope,
+            &NewSession {
+                hash: cookie.hash(),
+                ..first.new_browser_session.clone()
+            },
+        )
+        .await
+        .expect("browser session");
+    first.browser_session = Some(cookie.hash());
+    let ExchangeOutcome::Agent { session: older, .. } = store
+        .exchange_ticket(scope, &first)
+        .await
+        .expect("exchange")
+    else {
+        panic!("the first exchange opens a session");
+    };
+    let mut again = fresh_exchange(&tenant.minted(&fixture, SessionMode::Static, 60).await, 1);
+    again.browser_session = Some(cookie.hash());
+
+    let batch = [
+        tenant.exchange(again.clone()),
+        tenant.exchange(fresh_exchange(&several, 2)),
+    ];
+    let mut tx = store.begin_write().await.expect("begin");
+    let together: Vec<bool> = store
+        .bulk_in(&mut tx, &batch)
+        .await
+        .expect("bulk")
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        together,
+        [false, true],
+        "the browser with a session goes alone"
+    );
+
+    let results = fixture.batch(&batch).await;
+    let [with_cookie, with_several] =
+        <[_; 2]>::try_from(results).unwrap_or_else(|_| panic!("one result per write"));
+    let again_ticket = match outcome(with_cookie) {
+        ExchangeOutcome::Agent {
+            ticket,
+            browser,
+            browser_created,
+            ..
+        } => {
+            assert!(!browser_created);
+            assert_eq!(browser.id, had.id, "the browser keeps its session");
+            ticket.id
+        }
+        other => panic!("the cookie exchange: {other:?}"),
+    };
+    assert_eq!(
+        store
+            .active_agent_session(scope, &had.id, Timestamp::now())
+            .await
+            .expect("read")
+            .map(|s| s.ticket_id),
+        Some(again_ticket),
+        "the browser's agent session is the new one"
+    );
+    assert!(
+        store
+            .agent_session_by_token(scope, &first.session_token, Timestamp::now())
+            .await
+            .expect("read")
+            .is_none(),
+        "the browser's older agent session {} was replaced",
+        older.id
+    );
+    let ExchangeOutcome::Agent { agents, .. } = outcome(with_several) else {
+        panic!("the exchange of the ticket with several agents opens a session");
+    };
+    let ids: Vec<_> = agents.into_iter().map(|a| a.id).collect();
+    assert_eq!(
+        ids,
+        [kept, tenant.agent.clone()],
+        "the live agents in the ticket's order"
+    );
+    store.close_pools().await;
+}
+
+/// A statement of the writes written together fails (two exchanges bringing the same session
+/// token): the whole batch fails and nothing of it is written; retried one by one, the first
+/// exchange opens its session, the second fails alone and leaves its ticket unused.
+#[tokio::test]
+async fn a_failing_statement_written_together_fails_the_batch_then_each_write_alone() {
+    let fixture = Fixture::new().await;
+    let tenant = fixture.tenant("retry").await;
+    let store = &fixture.store;
+    let scope = &tenant.scope;
+    let (a, b) = (
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+    );
+    let first = fresh_exchange(&a, 0);
+    let mut second = fresh_exchange(&b, 1);
+    second.session_token = first.session_token.clone();
+    let batch = [
+        tenant.exchange(first.clone()),
+        tenant.exchange(second.clone()),
+    ];
+    assert!(
+        store.do_hot_writes(&batch).await.is_err(),
+        "the shared transaction fails as a whole"
+    );
+    let [first_done, second_done] = <[_; 2]>::try_from(store.do_hot_writes_isolated(&batch).await)
+        .unwrap_or_else(|_| panic!("one result per write"));
+    assert!(matches!(outcome(first_done), ExchangeOutcome::Agent { .. }));
+    match second_done {
+        Err(crate::StoreError::Database(_)) => {}
+        Err(other) => panic!("the second fails alone, as a database error: {other:?}"),
+        Ok(_) => panic!("the second exchange reused a session token and succeeded"),
+    }
+    assert!(
+        matches!(
+            store.exchange_ticket(scope, &fresh_exchange(&b, 2)).await,
+            Ok(ExchangeOutcome::Agent { .. })
+        ),
+        "the failed exchange left its ticket unused"
     );
     store.close_pools().await;
 }
