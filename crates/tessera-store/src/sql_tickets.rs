@@ -339,6 +339,26 @@ macro_rules! impl_ticket_sql {
             agent_ids.iter().filter_map(|a| live.get(a.as_str()).cloned()).collect()
         }
 
+        /// The rows a multi-row `INSERT … RETURNING` gave back (in any order), put in the order
+        /// it was given them: `ids` maps each generated id to its position among `len` rows.
+        /// `None` where the insert left a row out.
+        fn in_given_order<T>(
+            rows: &[DbRow],
+            ids: &std::collections::HashMap<String, usize>,
+            len: usize,
+            what: &str,
+            parse: impl Fn(&DbRow) -> StoreResult<T>,
+        ) -> StoreResult<Vec<Option<T>>> {
+            let mut ordered: Vec<Option<T>> = (0..len).map(|_| None).collect();
+            for row in rows {
+                let i = *ids
+                    .get(&row.try_get::<String, _>("id")?)
+                    .ok_or_else(|| corrupt(what, "an insert returned a row it was not given"))?;
+                ordered[i] = Some(parse(row)?);
+            }
+            Ok(ordered)
+        }
+
         /// A new ticket's distinct agents (none for a ticket that names none).
         fn ticket_agents(new: &NewTicket) -> Vec<&AgentId> {
             match &new.grant {
@@ -458,15 +478,8 @@ macro_rules! impl_ticket_sql {
                  RETURNING {TICKET_COLS}"
             ));
             let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
-            let mut results: Vec<Option<StoreResult<SessionTicket>>> =
-                mints.iter().map(|_| None).collect();
-            for row in &rows {
-                let id: String = row.try_get("id")?;
-                let i = *ids
-                    .get(&id)
-                    .ok_or_else(|| corrupt("session ticket", "an insert returned a ticket it was not given"))?;
-                results[i] = Some(ticket_from_row(row));
-            }
+            // A ticket whose row does not parse fails alone.
+            let results = in_given_order(&rows, &ids, mints.len(), "session ticket", |row| Ok(ticket_from_row(row)))?;
             let mut out = Vec::with_capacity(mints.len());
             for ((scope, new), result) in mints.iter().zip(results) {
                 out.push(match result {
@@ -850,27 +863,25 @@ macro_rules! impl_ticket_sql {
             });
             qb.push(format!(
                 ")
-                 SELECT {TICKET_COLS}, hash, deployment_id FROM session_tickets
+                 SELECT {TICKET_COLS}, hash FROM session_tickets
                  JOIN w ON session_tickets.hash = w.h AND session_tickets.deployment_id = w.dep"
             ));
             let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            // Each hash came with one deployment (`fresh` holds one presentation per hash), and
+            // the join kept only the tickets of their exchange's deployment.
             let mut found = std::collections::HashMap::with_capacity(rows.len());
             for row in &rows {
                 let hash: Vec<u8> = row.try_get("hash")?;
-                let dep: String = row.try_get("deployment_id")?;
-                found.insert(hash, (dep, row));
+                found.insert(hash, row);
             }
             // (exchange, its ticket, the ticket's agents and context group)
             let mut open: Vec<(usize, SessionTicket, Vec<AgentId>, ContextGroup)> =
                 Vec::with_capacity(fresh.len());
             for &i in &fresh {
-                let (scope, ex) = exchanges[i];
-                let Some((dep, row)) = found.get(ex.hash.as_bytes().as_slice()) else {
+                let ex = exchanges[i].1;
+                let Some(row) = found.get(ex.hash.as_bytes().as_slice()) else {
                     continue;
                 };
-                if dep.as_str() != scope.deployment_id().as_str() {
-                    continue;
-                }
                 let ticket = ticket_from_row(row)?;
                 if ticket.redeemed_at.is_some() || ticket.expires_at <= ex.now {
                     continue;
@@ -953,17 +964,10 @@ macro_rules! impl_ticket_sql {
             });
             qb.push(format!(" RETURNING {SESSION_COLS}"));
             let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
-            let mut browsers: Vec<Option<BrowserSession>> = open.iter().map(|_| None).collect();
-            for row in &rows {
-                let k = *browser_ids
-                    .get(&row.try_get::<String, _>("id")?)
-                    .ok_or_else(|| corrupt("browser session", "an insert returned a session it was not given"))?;
-                browsers[k] = Some(session_from_row(row)?);
-            }
-            let browsers = browsers
+            let browsers = in_given_order(&rows, &browser_ids, open.len(), "browser session", session_from_row)?
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt("browser session", "an insert left out a session"))?;
+                .ok_or_else(|| corrupt("browser session", "an insert left out a row"))?;
 
             let mut session_ids = std::collections::HashMap::with_capacity(open.len());
             let mut pushed = Ok(());
@@ -991,13 +995,10 @@ macro_rules! impl_ticket_sql {
             pushed?;
             qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
             let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
-            let mut sessions: Vec<Option<AgentSession>> = open.iter().map(|_| None).collect();
-            for row in &rows {
-                let k = *session_ids
-                    .get(&row.try_get::<String, _>("id")?)
-                    .ok_or_else(|| corrupt("agent session", "an insert returned a session it was not given"))?;
-                sessions[k] = Some(agent_session_from_row(row)?);
-            }
+            let sessions = in_given_order(&rows, &session_ids, open.len(), "agent session", agent_session_from_row)?
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| corrupt("agent session", "an insert left out a row"))?;
 
             let wanted: Vec<_> = open
                 .iter()
@@ -1009,7 +1010,6 @@ macro_rules! impl_ticket_sql {
             let live = live_agents(conn, &wanted).await?;
             let opened = open.into_iter().zip(browsers).zip(sessions).zip(actors);
             for ((((i, mut ticket, agent_ids, _), browser), session), actor) in opened {
-                let session = session.ok_or_else(|| corrupt("agent session", "an insert left out a session"))?;
                 let (scope, ex) = exchanges[i];
                 ticket.redeemed_at = Some(ex.now);
                 let agents = session_agents(&live, scope.deployment_id().as_str(), &agent_ids);
