@@ -68,6 +68,22 @@ impl Fixture {
         Tenant { scope, agent }
     }
 
+    /// Which writes of `batch` the store writes together (`bulk_in`), found in a transaction
+    /// that is rolled back.
+    async fn written_together(&self, batch: &[HotWrite]) -> Vec<bool> {
+        let mut tx = self.store.begin_write().await.expect("begin");
+        let together = self
+            .store
+            .bulk_in(&mut tx, batch)
+            .await
+            .expect("bulk")
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        tx.rollback().await.expect("rollback");
+        together
+    }
+
     async fn batch(&self, batch: &[HotWrite]) -> Vec<StoreResult<HotDone>> {
         self.store
             .do_hot_writes(batch)
@@ -291,15 +307,7 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
     ];
     // Only the three first presentations of live static tickets from fresh browsers are
     // written together; the others go one by one after them.
-    let mut tx = store.begin_write().await.expect("begin");
-    let together: Vec<bool> = store
-        .bulk_in(&mut tx, &batch)
-        .await
-        .expect("bulk")
-        .iter()
-        .map(Option::is_some)
-        .collect();
-    tx.rollback().await.expect("rollback");
+    let together = fixture.written_together(&batch).await;
     assert_eq!(
         together,
         [true, false, true, false, false, false, false, true]
@@ -490,15 +498,7 @@ async fn a_batch_keeps_cookie_exchanges_alone_and_leaves_out_deleted_agents() {
         tenant.exchange(again.clone()),
         tenant.exchange(fresh_exchange(&several, 2)),
     ];
-    let mut tx = store.begin_write().await.expect("begin");
-    let together: Vec<bool> = store
-        .bulk_in(&mut tx, &batch)
-        .await
-        .expect("bulk")
-        .iter()
-        .map(Option::is_some)
-        .collect();
-    tx.rollback().await.expect("rollback");
+    let together = fixture.written_together(&batch).await;
     assert_eq!(
         together,
         [false, true],
