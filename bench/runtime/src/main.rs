@@ -182,6 +182,10 @@ impl Args {
     }
 }
 
+/// The allocator the `tessera` binary uses, so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // Only warnings and errors, so that a problem in the server shows without per-run logging

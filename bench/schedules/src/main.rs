@@ -94,6 +94,10 @@ struct Args {
     log: tracing_subscriber::filter::LevelFilter,
 }
 
+/// The allocator the `tessera` binary uses, so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -465,6 +465,10 @@ async fn bench_backend(
     })
 }
 
+/// The allocator the `tessera` binary uses, so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,11 @@ mod serve;
 
 use cli::{ApiCommand, Cli, Command, DeploymentsCommand, KeysCommand};
 
+/// The server allocates many short-lived buffers on several threads; mimalloc does that
+/// with less CPU than glibc's allocator (ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
