@@ -52,6 +52,7 @@ pub mod sqlite;
 mod sqlite_affinity;
 #[cfg(test)]
 mod sqlite_batch_tests;
+mod sqlite_readers;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -22,11 +22,12 @@ use crate::group::{deliver, wait, GroupCommit};
 use crate::migrate;
 use crate::sql_runs::{HotDone, HotWrite};
 use crate::sqlite_affinity as affinity;
+use crate::sqlite_readers::Readers;
 use crate::{Backend, ConnectOptions, PoolStats, StoreError, StoreResult};
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    reader: SqlitePool,
+    reader: Readers,
     writer: SqlitePool,
     /// Group commit of the hot writes (see `group.rs`).
     groups: std::sync::Arc<Groups>,
@@ -39,7 +40,7 @@ pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::fr
 
 /// Checkpoints the WAL on a reader connection every [`CHECKPOINT_EVERY`] until the store is
 /// dropped or closed.
-fn spawn_checkpointer(reader: SqlitePool, alive: std::sync::Weak<()>) {
+fn spawn_checkpointer(reader: Readers, alive: std::sync::Weak<()>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,6 +177,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         let alive = std::sync::Arc::new(());
+        let reader = Readers::new(reader, options.max_connections.max(1));
         spawn_checkpointer(reader.clone(), std::sync::Arc::downgrade(&alive));
         Ok(Self {
             reader,
@@ -185,7 +187,7 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) fn reader(&self) -> &SqlitePool {
+    pub(crate) fn reader(&self) -> &Readers {
         &self.reader
     }
 
@@ -329,7 +331,7 @@ impl crate::Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        PoolStats::of(&self.reader).plus(PoolStats::of(&self.writer))
+        self.reader.stats().plus(PoolStats::of(&self.writer))
     }
 
     async fn close(&self) {
@@ -369,23 +371,22 @@ mod tests {
         assert_eq!(on_writer, vec![cpu], "the writer thread");
 
         // The thread a connection's statements run on, and the CPUs it may use.
-        async fn probe(pool: &SqlitePool) -> (std::thread::ThreadId, Vec<usize>) {
-            let mut conn = pool.acquire().await.expect("connection");
-            affinity::on_connection_thread(&mut conn, || {
+        async fn probe(conn: &mut sqlx::SqliteConnection) -> (std::thread::ThreadId, Vec<usize>) {
+            affinity::on_connection_thread(conn, || {
                 (std::thread::current().id(), affinity::allowed_cpus())
             })
             .await
             .expect("statement")
             .expect("the progress handler ran")
         }
-        let (thread, cpus) = probe(&store.writer).await;
+        let (thread, cpus) = probe(&mut store.writer.acquire().await.expect("writer")).await;
         assert_ne!(
             thread,
             std::thread::current().id(),
             "the probe runs on the connection's own thread"
         );
         assert_eq!(cpus, vec![cpu], "the writer connection's thread");
-        let (_, cpus) = probe(&store.reader).await;
+        let (_, cpus) = probe(&mut store.reader.acquire().await.expect("reader")).await;
         assert!(cpus.len() > 1, "a reader's thread is not pinned: {cpus:?}");
         store.close_pools().await;
 
@@ -395,7 +396,7 @@ mod tests {
             ..ConnectOptions::default()
         };
         let store = SqliteStore::connect(&url, &options).await.expect("open");
-        let (_, cpus) = probe(&store.writer).await;
+        let (_, cpus) = probe(&mut store.writer.acquire().await.expect("writer")).await;
         assert!(cpus.len() > 1, "pinning off: {cpus:?}");
         store.close_pools().await;
     }
