@@ -131,7 +131,7 @@ async fn setup(db: &TestDatabase) -> Setup {
                     created_at: Timestamp::now(),
                 },
                 run_id,
-                policy: MultitaskPolicy::Enqueue,
+                policy: Some(MultitaskPolicy::Enqueue),
                 idempotency: None,
                 variables: Default::default(),
                 start: None,

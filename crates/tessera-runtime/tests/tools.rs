@@ -268,7 +268,7 @@ impl Rig {
                 created_at: Timestamp::now(),
             },
             run_id: run_id.clone(),
-            policy: MultitaskPolicy::Enqueue,
+            policy: Some(MultitaskPolicy::Enqueue),
             idempotency: None,
             variables: Default::default(),
             start: None,

@@ -470,7 +470,10 @@ pub struct Idempotency {
 pub struct SubmitRun {
     pub message: Message,
     pub run_id: RunId,
-    pub policy: MultitaskPolicy,
+    /// What to do while the thread has an open run; `None`: the thread's agent's policy
+    /// ([`tessera_domain::agent::AgentSpec::multitask`], the default when the agent was
+    /// deleted), read by the submission's own transaction.
+    pub policy: Option<MultitaskPolicy>,
     pub idempotency: Option<Idempotency>,
     /// Context variables to merge into the session with the message (`askAgentPool`), in the
     /// same transaction: a refused message merges nothing, a refused merge sends nothing.
@@ -594,14 +597,6 @@ pub trait ThreadStore {
         page: &PageRequest,
         order: Order,
     ) -> StoreResult<Page<Message>>;
-
-    /// The multitask policy of the thread's agent (the default when the agent was deleted):
-    /// what a new message does while a run is open. One read for the send path.
-    async fn thread_multitask_policy(
-        &self,
-        scope: &Scope,
-        thread_id: &ThreadId,
-    ) -> StoreResult<tessera_domain::agent::MultitaskPolicy>;
 
     /// Every message of the thread, oldest first (the model's context).
     async fn thread_history(

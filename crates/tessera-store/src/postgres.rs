@@ -210,6 +210,8 @@ impl PgStore {
     /// later statement takes a new snapshot (READ COMMITTED) and sees it. The test
     /// `concurrent_rejecting_submissions_to_an_idle_thread_accept_one` fails otherwise.
     pub(crate) const CHECKS_IN_THREAD_UPDATE: bool = false;
+    /// An agent spec's `multitask` field, from the agent row `a`.
+    pub(crate) const SPEC_MULTITASK: &'static str = "(a.spec::jsonb ->> 'multitask')";
 
     /// Queues a `NOTIFY` for the other nodes; PostgreSQL delivers it when the transaction
     /// commits (and drops it if it rolls back). From a hot write, defers it instead.

@@ -123,6 +123,18 @@ pub(crate) enum HotDone {
     Exchanged(Box<crate::ExchangeOutcome>),
 }
 
+/// The multitask policy named by an agent spec's `multitask` field, as the backends' SQL
+/// extracts it (`SPEC_MULTITASK`); no agent or no field is the default.
+pub(crate) fn policy_named(
+    name: Option<String>,
+) -> crate::StoreResult<tessera_domain::agent::MultitaskPolicy> {
+    match name {
+        None => Ok(Default::default()),
+        Some(name) => serde_json::from_value(serde_json::Value::String(name))
+            .map_err(|e| crate::sql::corrupt("agent spec multitask", e)),
+    }
+}
+
 /// `value` with every string equal to `from` replaced by `to`.
 pub(crate) fn replace_string(value: &serde_json::Value, from: &str, to: &str) -> serde_json::Value {
     use serde_json::Value;
@@ -527,6 +539,22 @@ macro_rules! impl_run_sql {
             Ok(())
         }
 
+        /// The multitask policy of the thread's agent (the default when the agent was deleted).
+        async fn agent_policy(conn: &mut Conn, dep: &str, thread_id: &str) -> StoreResult<tessera_domain::agent::MultitaskPolicy> {
+            let row = sqlx::query(&format!(
+                "SELECT {} AS multitask FROM threads t
+                 LEFT JOIN agents a ON a.id = t.agent_id AND a.deleted_at IS NULL
+                 WHERE t.id = $1 AND t.deployment_id = $2",
+                $store::SPEC_MULTITASK
+            ))
+            .bind(thread_id)
+            .bind(dep)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::not_found(Entity::Thread))?;
+            $crate::sql_runs::policy_named(row.try_get("multitask")?)
+        }
+
         /// Whether the thread has an open run (one row read at most).
         async fn has_open_run(conn: &mut Conn, thread_id: &str) -> StoreResult<bool> {
             Ok(sqlx::query(&format!(
@@ -729,32 +757,6 @@ macro_rules! impl_run_sql {
                     items.reverse();
                 }
                 Ok(Page { items, has_more })
-            }
-
-            async fn thread_multitask_policy(
-                &self,
-                scope: &Scope,
-                thread_id: &ThreadId,
-            ) -> StoreResult<tessera_domain::agent::MultitaskPolicy> {
-                let row = sqlx::query(
-                    "SELECT a.spec FROM threads t
-                     LEFT JOIN agents a ON a.id = t.agent_id AND a.deleted_at IS NULL
-                     WHERE t.id = $1 AND t.deployment_id = $2",
-                )
-                .bind(thread_id.as_str())
-                .bind(scope.deployment_id().as_str())
-                .fetch_optional(self.reader())
-                .await?
-                .ok_or(StoreError::not_found(Entity::Thread))?;
-                let Some(spec) = row.try_get::<Option<String>, _>("spec")? else {
-                    return Ok(Default::default());
-                };
-                #[derive(serde::Deserialize)]
-                struct Policy {
-                    #[serde(default)]
-                    multitask: tessera_domain::agent::MultitaskPolicy,
-                }
-                Ok(json::<Policy>("agent spec", &spec)?.multitask)
             }
 
             async fn thread_history(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Message>> {
@@ -974,8 +976,14 @@ macro_rules! impl_run_sql {
                         };
                     }
                 }
+                // The caller's policy, else the agent's: read here, or, where the thread update
+                // answers the checks, by that update (no row locks there to take before it).
+                let mut policy = submit.policy;
+                if policy.is_none() && !Self::CHECKS_IN_THREAD_UPDATE {
+                    policy = Some(agent_policy(tx, dep, thread_id.as_str()).await?);
+                }
                 // An interruption stops the open runs: lock them before the thread.
-                let interrupt = submit.policy == tessera_domain::agent::MultitaskPolicy::Interrupt;
+                let interrupt = policy == Some(tessera_domain::agent::MultitaskPolicy::Interrupt);
                 if interrupt {
                     lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::First).await?;
                 }
@@ -992,7 +1000,16 @@ macro_rules! impl_run_sql {
                            EXISTS (SELECT 1 FROM pending_actions p
                                    WHERE p.thread_id = threads.id AND p.kind = 'question'
                                      AND p.status = 'pending' AND p.expires_at > $1
-                                     AND p.run_id = threads.active_run_id) AS has_question"
+                                     AND p.run_id = threads.active_run_id) AS has_question{}",
+                        if policy.is_none() {
+                            format!(
+                                ", (SELECT {} FROM agents a WHERE a.id = threads.agent_id
+                                       AND a.deleted_at IS NULL) AS multitask",
+                                Self::SPEC_MULTITASK
+                            )
+                        } else {
+                            String::new()
+                        }
                     )
                 } else {
                     String::new()
@@ -1011,6 +1028,10 @@ macro_rules! impl_run_sql {
                 if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
                     return Err(StoreError::Conflict(Conflict::SessionClosed));
                 }
+                let policy = match policy {
+                    Some(policy) => policy,
+                    None => $crate::sql_runs::policy_named(thread_row.try_get("multitask")?)?,
+                };
                 if interrupt {
                     lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::Recheck).await?;
                 }
@@ -1072,7 +1093,7 @@ macro_rules! impl_run_sql {
                 // Whether a run of the thread is still open once the policy applied: the run
                 // can be claimed here only when none is (see `StartHere`).
                 let mut open = true;
-                match submit.policy {
+                match policy {
                     // `enqueue` (the default) queues behind whatever is open: it needs to look
                     // only to start the run here.
                     tessera_domain::agent::MultitaskPolicy::Enqueue => {

@@ -255,6 +255,8 @@ impl SqliteStore {
     /// question (subqueries in its `RETURNING`): the transaction is the only writer from
     /// `BEGIN IMMEDIATE` on, so what the update sees is what later statements would.
     pub(crate) const CHECKS_IN_THREAD_UPDATE: bool = true;
+    /// An agent spec's `multitask` field, from the agent row `a`.
+    pub(crate) const SPEC_MULTITASK: &'static str = "json_extract(a.spec, '$.multitask')";
 
     /// Writes one of the hot writes, sharing the transaction with concurrent ones (group
     /// commit): under load, many turns' submissions, steps and ends, and many tickets' mints and

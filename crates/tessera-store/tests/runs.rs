@@ -170,7 +170,7 @@ backend_tests!(
     concurrent_writes_that_fail_leave_the_others_alone,
     reject_policy_refuses_while_a_run_is_open,
     concurrent_rejecting_submissions_to_an_idle_thread_accept_one,
-    the_threads_multitask_policy_is_its_agents,
+    a_submission_without_a_policy_follows_the_agents,
     enqueue_policy_queues_behind_the_open_run,
     a_submission_claims_its_run_for_a_free_worker_only_when_nothing_is_open,
     interrupt_policy_cancels_queued_runs_and_flags_the_running_one,
@@ -402,34 +402,106 @@ async fn event_numbers_are_per_thread_and_gapless_under_concurrency(db: &TestDat
     store.close().await;
 }
 
-async fn the_threads_multitask_policy_is_its_agents(db: &TestDatabase) {
+/// A submission without a policy of its own follows the thread's agent's, read by its own
+/// transaction: whatever the agent says at that moment, the default once it is deleted.
+async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
     let store = open(db).await;
     let a = tenant(&store, "policy").await;
     let other = tenant(&store, "policy-other").await;
     let t = thread(&store, &a, "t").await;
-    assert_eq!(
+    let agents = |text: &str| SubmitRun {
+        policy: None,
+        ..submission(&t.id, text, MultitaskPolicy::Enqueue)
+    };
+    let set_policy = |policy: MultitaskPolicy| {
+        let (store, scope, agent_id) = (&store, &a.scope, &t.agent_id);
+        async move {
+            let agent = store.get_agent(scope, agent_id).await.unwrap();
+            let mut spec = agent.spec.clone();
+            spec.multitask = policy;
+            store
+                .update_agent(scope, &agent.id, agent.version, &spec)
+                .await
+                .unwrap();
+        }
+    };
+
+    // The agent's default, `enqueue`: the second run queues behind the first.
+    let first = created(
         store
-            .thread_multitask_policy(&a.scope, &t.id)
+            .submit_run(&a.scope, &t.id, &agents("one"))
             .await
             .unwrap(),
-        MultitaskPolicy::Enqueue
+    )
+    .0;
+    let second = created(
+        store
+            .submit_run(&a.scope, &t.id, &agents("two"))
+            .await
+            .unwrap(),
+    )
+    .0;
+    assert_eq!(
+        (first.status, second.status),
+        (RunStatus::Queued, RunStatus::Queued)
     );
-    let mut spec = spec("helper");
-    spec.multitask = MultitaskPolicy::Reject;
-    let agent = store.get_agent(&a.scope, &t.agent_id).await.unwrap();
+
+    // `reject` while runs are open: refused, nothing written.
+    set_policy(MultitaskPolicy::Reject).await;
+    let err = store
+        .submit_run(&a.scope, &t.id, &agents("three"))
+        .await
+        .unwrap_err();
+    assert!(is_conflict(&err, Conflict::RunActive), "got {err:?}");
+    assert_eq!(history(&store, &a.scope, &t.id).await.len(), 2);
+
+    // `interrupt`: the queued runs are cancelled as interrupted.
+    set_policy(MultitaskPolicy::Interrupt).await;
+    let (fourth, interrupted, _) = created(
+        store
+            .submit_run(&a.scope, &t.id, &agents("four"))
+            .await
+            .unwrap(),
+    );
+    assert!(interrupted.is_empty(), "only queued runs were open");
+    for run in [&first, &second] {
+        let run = store.get_run(&a.scope, &t.id, &run.id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+        assert_eq!(run.stop_reason, Some(StopReason::Interrupted));
+    }
+
+    // The agent deleted: the default again, `enqueue`.
+    // (No active project may use it: the thread's is archived first.)
     store
-        .update_agent(&a.scope, &agent.id, agent.version, &spec)
+        .archive_project(&a.scope, &t.project_id)
         .await
         .unwrap();
-    assert_eq!(
+    store.delete_agent(&a.scope, &t.agent_id).await.unwrap();
+    let fifth = created(
         store
-            .thread_multitask_policy(&a.scope, &t.id)
+            .submit_run(&a.scope, &t.id, &agents("five"))
             .await
             .unwrap(),
-        MultitaskPolicy::Reject
+    )
+    .0;
+    assert_eq!(fifth.status, RunStatus::Queued);
+    assert_eq!(
+        store
+            .get_run(&a.scope, &t.id, &fourth.id)
+            .await
+            .unwrap()
+            .status,
+        RunStatus::Queued,
+        "queued behind, not interrupting"
     );
+
+    // Another deployment's thread, or none: not found.
     for (scope, id) in [(&other.scope, &t.id), (&a.scope, &ThreadId::generate())] {
-        let err = store.thread_multitask_policy(scope, id).await.unwrap_err();
+        let submit = SubmitRun {
+            policy: None,
+            ..submission(id, "six", MultitaskPolicy::Enqueue)
+        };
+        let err = store.submit_run(scope, id, &submit).await.unwrap_err();
         assert!(is_not_found(&err, Entity::Thread), "{err:?}");
     }
     store.close().await;
@@ -903,7 +975,7 @@ async fn idempotent_submits_replay_the_first_answer(db: &TestDatabase) {
         .unwrap_err();
     assert!(is_not_found(&err, Entity::Run), "got {err:?}");
     // Even a `reject` retry replays instead of conflicting with the run it created.
-    retry.policy = MultitaskPolicy::Reject;
+    retry.policy = Some(MultitaskPolicy::Reject);
     assert_eq!(
         store.submit_run(&a.scope, &t.id, &retry).await.unwrap(),
         SubmitOutcome::Replayed {
@@ -1033,7 +1105,7 @@ async fn idempotent_submits_replay_the_first_answer(db: &TestDatabase) {
         None
     );
     // After pruning the key is free again: the same request creates a new run.
-    retry.policy = MultitaskPolicy::Enqueue;
+    retry.policy = Some(MultitaskPolicy::Enqueue);
     let (again, _, _) = created(store.submit_run(&a.scope, &t.id, &retry).await.unwrap());
     assert_eq!(again.id, retry.run_id);
     assert_ne!(again.id, run.id);

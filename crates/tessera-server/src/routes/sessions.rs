@@ -417,12 +417,6 @@ pub(crate) async fn ask_agent_pool(
             new_session(&state, scope, &slug, &agent).await?
         }
     };
-    let thread = state.store.get_thread(scope, &thread_id).await?;
-    let policy = match state.store.get_agent(scope, &thread.agent_id).await {
-        Ok(agent) => agent.spec.multitask,
-        Err(StoreError::NotFound { .. }) => Default::default(),
-        Err(err) => return Err(err.into()),
-    };
     let run_id = RunId::generate();
     let record = serde_json::json!({"thread_id": thread_id.as_str(), "run_id": run_id.as_str()});
     let submit = SubmitRun {
@@ -441,7 +435,8 @@ pub(crate) async fn ask_agent_pool(
             created_at: Timestamp::now(),
         },
         run_id: run_id.clone(),
-        policy,
+        // The agent's, read by the submission's transaction.
+        policy: None,
         idempotency: key.map(|key| Idempotency {
             operation,
             key,

@@ -183,10 +183,6 @@ pub(crate) async fn send_message(
     idempotency: Option<IdempotencyParts>,
 ) -> ApiResult<api::RunAccepted> {
     let (content, files) = convert::new_message(message)?;
-    let policy = state
-        .store
-        .thread_multitask_policy(scope, thread_id)
-        .await?;
     let run_id = RunId::generate();
     let accepted = api::RunAccepted {
         status: "queued".to_owned(),
@@ -209,7 +205,8 @@ pub(crate) async fn send_message(
             created_at: Timestamp::now(),
         },
         run_id,
-        policy,
+        // The agent's, read by the submission's transaction.
+        policy: None,
         idempotency: idempotency.map(|(operation, key, request_hash)| Idempotency {
             operation,
             key,

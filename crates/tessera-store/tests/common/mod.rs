@@ -133,7 +133,7 @@ pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> 
     SubmitRun {
         message: user_message(thread_id, &run_id, text),
         run_id,
-        policy,
+        policy: Some(policy),
         idempotency: None,
         variables: Default::default(),
         start: None,
