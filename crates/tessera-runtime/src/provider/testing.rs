@@ -119,7 +119,9 @@ pub struct RecordedRequest {
 struct Shared {
     queue: Mutex<VecDeque<Script>>,
     fallback: Mutex<Option<Script>>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    /// Each request's raw body and `Authorization` header; bodies are parsed only when asked
+    /// for ([`ScriptedModelServer::requests`]), so that recording costs a load test nothing.
+    requests: Mutex<Vec<(Bytes, Option<String>)>>,
     request_count: AtomicUsize,
     call_count: AtomicUsize,
 }
@@ -242,7 +244,14 @@ impl ScriptedModelServer {
 
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        let recorded = lock(&self.shared.requests).clone();
+        recorded
+            .into_iter()
+            .map(|(body, authorization)| RecordedRequest {
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                authorization,
+            })
+            .collect()
     }
 
     /// How many chat-completions requests arrived (also counts those forgotten by
@@ -281,10 +290,7 @@ async fn chat_completions(
         .get(AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let parsed = serde_json::from_slice::<Value>(&body);
-    lock(&shared.requests).push(RecordedRequest {
-        body: parsed.as_ref().cloned().unwrap_or(Value::Null),
-        authorization,
-    });
+    lock(&shared.requests).push((body, authorization));
     let Ok(request) = parsed else {
         return error_response(
             StatusCode::BAD_REQUEST,
