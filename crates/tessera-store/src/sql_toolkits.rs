@@ -211,6 +211,10 @@ macro_rules! impl_toolkit_sql {
                 .bind(scope.deployment_id().as_str())
                 .fetch_all(&mut *conn)
                 .await?;
+                // Every run asks; most deployments have no toolkit to look up connections for.
+                if toolkits.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let connections = sqlx::query(&format!(
                     "SELECT {CONNECTION_COLS} FROM toolkit_connections
                      WHERE deployment_id = $1 AND actor_id = $2"

@@ -103,6 +103,17 @@ async fn connections_are_per_actor_replaced_and_updated(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "k2").await;
     let actor = t.project.actor_id.clone();
+    // No toolkit yet: nothing listed, and an unknown actor is still not found.
+    assert!(store
+        .actor_toolkits(&t.scope, &actor)
+        .await
+        .unwrap()
+        .is_empty());
+    let err = store
+        .actor_toolkits(&t.scope, &ActorId::generate())
+        .await
+        .unwrap_err();
+    assert!(not_found(Entity::Actor)(&err), "{err:?}");
     store
         .enable_toolkit(
             &t.scope,
