@@ -189,6 +189,7 @@ impl Runtime {
             last_decision: None,
             had_actions: false,
             tools: self.tools.clone(),
+            tool_specs: Vec::new(),
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -290,6 +291,8 @@ struct Driver<'a> {
     had_actions: bool,
     /// The tools this run's model sees: the internal ones and the agent's tool records.
     tools: Arc<dyn ToolExecutor>,
+    /// Their specs, made once per run (every model request carries them).
+    tool_specs: Vec<crate::provider::ToolSpec>,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -354,6 +357,7 @@ impl Driver<'_> {
                 .await;
         };
         self.tools = self.agent_tools(&agent).await?;
+        self.tool_specs = self.tools.specs();
         // The agent's model, else the deployment's default, else the server's.
         let model = match &agent.spec.model {
             Some(model) => Some(model.clone()),
@@ -572,7 +576,7 @@ impl Driver<'_> {
         let request = ModelRequest {
             model: model_name,
             messages: self.context(agent),
-            tools: self.tools.specs(),
+            tools: self.tool_specs.clone(),
             temperature,
             max_output_tokens,
         };
@@ -838,10 +842,13 @@ impl Driver<'_> {
     ) -> Result<(AgentLoop, Vec<Effect>), StoreError> {
         let store = self.rt.store.as_ref();
         let tool_expiry = self
-            .tools
-            .specs()
-            .into_iter()
-            .filter_map(|s| self.tools.confirmation_expiry(&s.name).map(|e| (s.name, e)))
+            .tool_specs
+            .iter()
+            .filter_map(|s| {
+                self.tools
+                    .confirmation_expiry(&s.name)
+                    .map(|e| (s.name.clone(), e))
+            })
             .collect();
         self.approvals = Approvals::new(
             agent.spec.approval_rules.clone(),
