@@ -543,7 +543,8 @@ macro_rules! impl_run_sql {
         async fn agent_policy(conn: &mut Conn, dep: &str, thread_id: &str) -> StoreResult<tessera_domain::agent::MultitaskPolicy> {
             let row = sqlx::query(&format!(
                 "SELECT {} AS multitask FROM threads t
-                 LEFT JOIN agents a ON a.id = t.agent_id AND a.deleted_at IS NULL
+                 LEFT JOIN agents a ON a.id = t.agent_id AND a.deployment_id = t.deployment_id
+                   AND a.deleted_at IS NULL
                  WHERE t.id = $1 AND t.deployment_id = $2",
                 $store::SPEC_MULTITASK
             ))
@@ -977,14 +978,14 @@ macro_rules! impl_run_sql {
                     }
                 }
                 // The caller's policy, else the agent's: read here, or, where the thread update
-                // answers the checks, by that update (no row locks there to take before it).
+                // answers the checks, by that update (there, no row locks are taken before it:
+                // see `CHECKS_IN_THREAD_UPDATE`).
                 let mut policy = submit.policy;
                 if policy.is_none() && !Self::CHECKS_IN_THREAD_UPDATE {
                     policy = Some(agent_policy(tx, dep, thread_id.as_str()).await?);
                 }
                 // An interruption stops the open runs: lock them before the thread.
-                let interrupt = policy == Some(tessera_domain::agent::MultitaskPolicy::Interrupt);
-                if interrupt {
+                if policy == Some(tessera_domain::agent::MultitaskPolicy::Interrupt) {
                     lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::First).await?;
                 }
                 // Reserves the numbers of this submission's two events; the update also checks
@@ -1004,6 +1005,7 @@ macro_rules! impl_run_sql {
                         if policy.is_none() {
                             format!(
                                 ", (SELECT {} FROM agents a WHERE a.id = threads.agent_id
+                                       AND a.deployment_id = threads.deployment_id
                                        AND a.deleted_at IS NULL) AS multitask",
                                 Self::SPEC_MULTITASK
                             )
@@ -1032,7 +1034,7 @@ macro_rules! impl_run_sql {
                     Some(policy) => policy,
                     None => $crate::sql_runs::policy_named(thread_row.try_get("multitask")?)?,
                 };
-                if interrupt {
+                if policy == tessera_domain::agent::MultitaskPolicy::Interrupt {
                     lock_open_runs(tx, dep, thread_id.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::Recheck).await?;
                 }
                 // Variables sent with the message are merged by this transaction, so a refused

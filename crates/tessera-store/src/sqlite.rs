@@ -62,6 +62,11 @@ fn spawn_checkpointer(reader: Readers, alive: std::sync::Weak<()>) {
     });
 }
 
+// A submission learns its agent's multitask policy from its thread update (see
+// `CHECKS_IN_THREAD_UPDATE`), after any row lock it would have taken before that update: only
+// a backend without row locks may answer the checks there.
+const _: () = assert!(!SqliteStore::CHECKS_IN_THREAD_UPDATE || SqliteStore::ROW_LOCK.is_empty());
+
 /// The writes that share transactions between concurrent callers.
 #[derive(Default)]
 struct Groups {

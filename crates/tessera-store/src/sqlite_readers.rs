@@ -9,7 +9,10 @@
 //!
 //! [`Readers`] keeps the connections it got from the pool: a read takes one from its idle
 //! list (or from the pool while fewer than `max_connections` are out) and puts it back when it
-//! is done, in the same thread, without a ping. Every use of the reader pool goes through it
+//! is done, in the same thread, without a ping. What the ping was for is kept: a connection
+//! whose read was cancelled goes to the far end of the list (its thread may still be running
+//! that query), and one that failed as a broken connection does goes back to the pool, which
+//! tests and closes it. Every use of the reader pool goes through it
 //! (the checkpointer's too), so a connection kept here is never one the pool waits for. A
 //! semaphore with one permit per connection makes
 //! a read wait when every connection is busy, as the pool would. [`Readers::close`] hands the
@@ -41,7 +44,20 @@ struct Inner {
 pub(crate) struct Reader {
     conn: Option<PoolConnection<Sqlite>>,
     inner: Arc<Inner>,
+    /// What the connection is known to be doing, for where it goes when dropped.
+    state: State,
     _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing of ours runs on it.
+    Ready,
+    /// A query was sent and its answer not read to the end: if dropped so (a cancelled read),
+    /// sqlx's connection thread may still be running it.
+    Busy,
+    /// It failed as a broken connection does (its thread gone, or I/O).
+    Broken,
 }
 
 impl Readers {
@@ -56,11 +72,13 @@ impl Readers {
         }
     }
 
-    /// A connection: an idle one, else a new one from the pool; waits while all are in use.
+    /// A connection: an idle one, else a new one from the pool; waits while all are in use,
+    /// for at most the pool's acquire timeout (then `PoolTimedOut`, as the pool would).
     pub(crate) async fn acquire(&self) -> Result<Reader, sqlx::Error> {
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
+        let wait = self.inner.pool.options().get_acquire_timeout();
+        let permit = tokio::time::timeout(wait, Arc::clone(&self.inner.permits).acquire_owned())
             .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let kept = match self.inner.lock().as_mut() {
             Some(idle) => idle.pop(),
@@ -75,6 +93,7 @@ impl Readers {
         Ok(Reader {
             conn: Some(conn),
             inner: Arc::clone(&self.inner),
+            state: State::Ready,
             _permit: permit,
         })
     }
@@ -138,17 +157,55 @@ impl std::ops::DerefMut for Reader {
     }
 }
 
+impl Reader {
+    /// A query is sent: until [`Self::finished`], the connection may be running it.
+    fn started(&mut self) {
+        self.state = State::Busy;
+    }
+
+    /// The query's answer was read to the end, with `failure` if it failed.
+    fn finished(&mut self, failure: Option<&sqlx::Error>) {
+        self.state = match failure {
+            Some(err) if is_broken(err) => State::Broken,
+            _ => State::Ready,
+        };
+    }
+}
+
+/// An error after which the connection is not used again.
+fn is_broken(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_))
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let mut idle = self.inner.lock();
-            match idle.as_mut() {
-                Some(idle) => idle.push(conn),
-                // Closing: it goes back to the pool, which closes it (outside the lock).
-                None => {
-                    drop(idle);
-                    drop(conn);
-                }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let mut idle = self.inner.lock();
+        match (idle.as_mut(), self.state) {
+            (Some(idle), State::Ready) => idle.push(conn),
+            // Taken last: the next read gets a connection that is free now, not one still
+            // running a cancelled query.
+            (Some(idle), State::Busy) => idle.insert(0, conn),
+            // Broken, or closing: back to the pool, which tests it and closes it if need be
+            // (outside the lock).
+            (_, State::Broken) | (None, _) => {
+                drop(idle);
+                drop(conn);
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone. Dropping a kept connection would spawn sqlx's return to
+        // the pool, which needs a runtime that may be gone by now: detached instead, each
+        // connection closes as its thread sees its channel close.
+        if let Some(kept) = self.idle.get_mut().ok().and_then(Option::take) {
+            for conn in kept {
+                drop(conn.detach());
             }
         }
     }
@@ -169,7 +226,9 @@ impl<'c> Executor<'c> for &'c Readers {
         // is back before the caller (which reads them all anyway) goes on.
         async move {
             let mut conn = self.acquire().await?;
+            conn.started();
             let items: Vec<_> = (&mut *conn).fetch_many(query).collect().await;
+            conn.finished(items.iter().find_map(|item| item.as_ref().err()));
             Ok::<_, sqlx::Error>(items)
         }
         .map(|read| match read {
@@ -190,7 +249,10 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            (&mut *conn).fetch_optional(query).await
+            conn.started();
+            let row = (&mut *conn).fetch_optional(query).await;
+            conn.finished(row.as_ref().err());
+            row
         }
         .boxed()
     }
@@ -205,7 +267,10 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            (&mut *conn).prepare_with(sql, parameters).await
+            conn.started();
+            let statement = (&mut *conn).prepare_with(sql, parameters).await;
+            conn.finished(statement.as_ref().err());
+            statement
         }
         .boxed()
     }
@@ -219,7 +284,10 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            (&mut *conn).describe(sql).await
+            conn.started();
+            let described = (&mut *conn).describe(sql).await;
+            conn.finished(described.as_ref().err());
+            described
         }
         .boxed()
     }
@@ -230,21 +298,35 @@ mod tests {
     use std::time::Duration;
 
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    use sqlx::Row as _;
+    use sqlx::{Connection as _, Row as _};
 
     use super::*;
 
-    async fn readers(dir: &tempfile::TempDir, max: u32) -> Readers {
-        let options = SqliteConnectOptions::new()
+    fn file(dir: &tempfile::TempDir) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
             .filename(dir.path().join("readers.db"))
-            .create_if_missing(true);
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+    }
+
+    async fn readers_waiting(dir: &tempfile::TempDir, max: u32, wait: Duration) -> Readers {
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
-            .connect_with(options)
+            .acquire_timeout(wait)
+            .connect_with(file(dir))
             .await
             .expect("pool");
         Readers::new(pool, max)
     }
+
+    async fn readers(dir: &tempfile::TempDir, max: u32) -> Readers {
+        readers_waiting(dir, max, Duration::from_secs(30)).await
+    }
+
+    /// A query that keeps its connection's thread busy for a while (seconds here).
+    const SLOW: &str =
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 5000000)
+                        SELECT count(*) FROM c";
 
     /// The id of the thread a connection's statements run on.
     async fn connection_thread(conn: &mut SqliteConnection) -> std::thread::ThreadId {
@@ -315,31 +397,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_read_cancelled_half_way_leaves_its_connection_usable() {
+    async fn a_read_cancelled_half_way_leaves_its_connection_usable_and_current() {
         let dir = tempfile::tempdir().expect("temp dir");
-        // One connection: the next read must get the very one the cancelled read used.
+        // One connection: the next reads get the very one the cancelled read used.
         let readers = readers(&dir, 1).await;
-        let slow = sqlx::query(
-            "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 3000000)
-             SELECT count(*) FROM c",
-        )
-        .fetch_one(&readers);
+        let mut writer = sqlx::SqliteConnection::connect_with(&file(&dir))
+            .await
+            .expect("writer");
+        sqlx::query("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1)")
+            .execute(&mut writer)
+            .await
+            .expect("table");
+        let sql = format!("{SLOW} UNION ALL SELECT count(*) FROM t");
+        let slow = sqlx::query(&sql).fetch_all(&readers);
         assert!(
             tokio::time::timeout(Duration::from_millis(5), slow)
                 .await
                 .is_err(),
             "the slow read should still be running"
         );
-        for i in 0..3_i64 {
+        // A row written after the cancelled read began is seen by the next read: the
+        // cancelled statement left no read transaction holding an older snapshot.
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut writer)
+            .await
+            .expect("insert");
+        for _ in 0..3 {
             let row = tokio::time::timeout(
-                Duration::from_secs(30),
-                sqlx::query("SELECT ?1 AS n").bind(i).fetch_one(&readers),
+                Duration::from_secs(60),
+                sqlx::query("SELECT count(*) AS n FROM t").fetch_one(&readers),
             )
             .await
             .expect("the next read is answered")
             .expect("read");
-            assert_eq!(row.get::<i64, _>("n"), i);
+            assert_eq!(row.get::<i64, _>("n"), 2);
         }
+        readers.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_connection_of_a_cancelled_read_is_taken_last() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let readers = readers(&dir, 2).await;
+        let mut a = readers.acquire().await.expect("reader");
+        let mut b = readers.acquire().await.expect("reader");
+        let (on_a, on_b) = (
+            connection_thread(&mut a).await,
+            connection_thread(&mut b).await,
+        );
+        // `a` is put back last: the next read takes it.
+        drop(b);
+        drop(a);
+        let slow = sqlx::query(SLOW).fetch_one(&readers);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), slow)
+                .await
+                .is_err(),
+            "the slow read should still be running"
+        );
+        // Its connection may still be running the slow query: the next read gets `b`.
+        let next = connection_thread(&mut readers.acquire().await.expect("reader")).await;
+        assert_eq!(next, on_b);
+        assert_ne!(next, on_a);
+        readers.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_gives_up_after_the_pools_acquire_timeout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let readers = readers_waiting(&dir, 1, Duration::from_secs(2)).await;
+        let held = readers.acquire().await.expect("reader");
+        let err = sqlx::query("SELECT 1")
+            .fetch_one(&readers)
+            .await
+            .err()
+            .expect("no connection is free");
+        assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err:?}");
+        drop(held);
+        sqlx::query("SELECT 1")
+            .fetch_one(&readers)
+            .await
+            .expect("a connection is free again");
         readers.close().await;
     }
 

@@ -455,7 +455,10 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
     assert!(is_conflict(&err, Conflict::RunActive), "got {err:?}");
     assert_eq!(history(&store, &a.scope, &t.id).await.len(), 2);
 
-    // `interrupt`: the queued runs are cancelled as interrupted.
+    // `interrupt`: the running run is asked to stop, the queued one is cancelled at once
+    // (on PostgreSQL, after the open runs were locked).
+    let claimed = claim(&store, "w").await;
+    assert_eq!(claimed.run.id, first.id);
     set_policy(MultitaskPolicy::Interrupt).await;
     let (fourth, interrupted, _) = created(
         store
@@ -463,12 +466,20 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
             .await
             .unwrap(),
     );
-    assert!(interrupted.is_empty(), "only queued runs were open");
-    for run in [&first, &second] {
-        let run = store.get_run(&a.scope, &t.id, &run.id).await.unwrap();
-        assert_eq!(run.status, RunStatus::Cancelled);
-        assert_eq!(run.stop_reason, Some(StopReason::Interrupted));
-    }
+    assert_eq!(interrupted, vec![first.id.clone()]);
+    let running = store.get_run(&a.scope, &t.id, &first.id).await.unwrap();
+    assert_eq!(running.status, RunStatus::Running, "its worker stops it");
+    assert!(running.cancel_requested);
+    let queued = store.get_run(&a.scope, &t.id, &second.id).await.unwrap();
+    assert_eq!(queued.status, RunStatus::Cancelled);
+    assert_eq!(queued.stop_reason, Some(StopReason::Interrupted));
+    store
+        .finish_run(
+            &claimed.lease,
+            &end(RunStatus::Cancelled, StopReason::Interrupted),
+        )
+        .await
+        .unwrap();
 
     // The agent deleted: the default again, `enqueue`.
     // (No active project may use it: the thread's is archived first.)

@@ -119,8 +119,9 @@ pub struct RecordedRequest {
 struct Shared {
     queue: Mutex<VecDeque<Script>>,
     fallback: Mutex<Option<Script>>,
-    /// Each request's raw body and `Authorization` header; bodies are parsed only when asked
-    /// for ([`ScriptedModelServer::requests`]), so that recording costs a load test nothing.
+    /// Each request's raw body and `Authorization` header; the record is parsed only when
+    /// asked for ([`ScriptedModelServer::requests`]), so that a load test does not pay for a
+    /// copy of every body it never reads.
     requests: Mutex<Vec<(Bytes, Option<String>)>>,
     request_count: AtomicUsize,
     call_count: AtomicUsize,
