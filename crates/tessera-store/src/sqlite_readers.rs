@@ -2,21 +2,28 @@
 //!
 //! sqlx returns a pooled connection to its pool by spawning a task that first pings it (a
 //! round trip to the connection's thread), to catch connections left broken by a cancelled
-//! query. For an embedded SQLite file that ping finds nothing: a connection only breaks with the
-//! file, and sqlx's connection thread runs a cancelled query's command to its end before the
-//! next one, resetting the statement before it runs again. Yet it cost every read a second
-//! round trip and a task, in the benchmarks about a fifth of the reads' CPU.
+//! query. For an embedded SQLite file that ping finds little: a connection breaks only with
+//! the file or its thread, and sqlx's connection thread finishes (or, once nobody reads the
+//! rows, stops) a cancelled query's command before it runs the next one, resetting the
+//! statement. Yet the ping cost every read a second round trip and a task: in the runtime
+//! benchmark, about ten of a lone turn's 125 context switches.
 //!
 //! [`Readers`] keeps the connections it got from the pool: a read takes one from its idle
 //! list (or from the pool while fewer than `max_connections` are out) and puts it back when it
-//! is done, in the same thread, without a ping. What the ping was for is kept: a connection
-//! whose read was cancelled goes to the far end of the list (its thread may still be running
-//! that query), and one that failed as a broken connection does goes back to the pool, which
-//! tests and closes it. Every use of the reader pool goes through it
-//! (the checkpointer's too), so a connection kept here is never one the pool waits for. A
-//! semaphore with one permit per connection makes
-//! a read wait when every connection is busy, as the pool would. [`Readers::close`] hands the
-//! kept connections back to the pool before closing it.
+//! is done, in the same thread, without a ping. What the ping was for is kept:
+//! - a read through [`Readers`] as an executor puts its connection back on top of the list
+//!   only once its answer was read to the end; a connection whose read was cancelled, or one
+//!   handed out by [`Readers::acquire`] for a caller's own queries (which may have been
+//!   cancelled half-way), goes to the far end, where it is taken last (its thread may still be
+//!   running that query);
+//! - a connection whose read failed as a broken one does (its thread gone, or I/O) goes back
+//!   to the pool, which tests it and closes it.
+//!
+//! Every use of the reader pool goes through [`Readers`] (the checkpointer's too), so a
+//! connection kept here is never one the pool waits for. A semaphore with one permit per
+//! connection makes a read wait when every connection is busy, as the pool would, and for as
+//! long as the pool's acquire timeout. [`Readers::close`] hands the kept connections back to the
+//! pool before closing it.
 
 use std::sync::{Arc, Mutex};
 
@@ -53,16 +60,19 @@ pub(crate) struct Reader {
 enum State {
     /// Nothing of ours runs on it.
     Ready,
-    /// A query was sent and its answer not read to the end: if dropped so (a cancelled read),
-    /// sqlx's connection thread may still be running it.
+    /// Handed out, and no read through the executor has ended on it: if dropped so (a
+    /// cancelled read, or a caller's own queries), sqlx's connection thread may still be
+    /// running one.
     Busy,
     /// It failed as a broken connection does (its thread gone, or I/O).
     Broken,
 }
 
 impl Readers {
-    /// Readers over `pool`, which may open up to `max_connections`.
+    /// Readers over `pool`, which may open up to `max_connections`. The pool keeps no minimum
+    /// of connections (a kept connection dropped at the end then spawns nothing).
     pub(crate) fn new(pool: SqlitePool, max_connections: u32) -> Self {
+        debug_assert_eq!(pool.options().get_min_connections(), 0);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -72,8 +82,9 @@ impl Readers {
         }
     }
 
-    /// A connection: an idle one, else a new one from the pool; waits while all are in use,
-    /// for at most the pool's acquire timeout (then `PoolTimedOut`, as the pool would).
+    /// A connection: an idle one, else a new one from the pool. Waits while all are in use,
+    /// up to the pool's acquire timeout (then `PoolTimedOut`, as the pool would); the pool
+    /// may take as long again to open a new one.
     pub(crate) async fn acquire(&self) -> Result<Reader, sqlx::Error> {
         let wait = self.inner.pool.options().get_acquire_timeout();
         let permit = tokio::time::timeout(wait, Arc::clone(&self.inner.permits).acquire_owned())
@@ -93,7 +104,8 @@ impl Readers {
         Ok(Reader {
             conn: Some(conn),
             inner: Arc::clone(&self.inner),
-            state: State::Ready,
+            // Until a read through the executor says otherwise (see the module documentation).
+            state: State::Busy,
             _permit: permit,
         })
     }
@@ -158,11 +170,6 @@ impl std::ops::DerefMut for Reader {
 }
 
 impl Reader {
-    /// A query is sent: until [`Self::finished`], the connection may be running it.
-    fn started(&mut self) {
-        self.state = State::Busy;
-    }
-
     /// The query's answer was read to the end, with `failure` if it failed.
     fn finished(&mut self, failure: Option<&sqlx::Error>) {
         self.state = match failure {
@@ -203,7 +210,11 @@ impl Drop for Inner {
         // The last handle is gone. Dropping a kept connection would spawn sqlx's return to
         // the pool, which needs a runtime that may be gone by now: detached instead, each
         // connection closes as its thread sees its channel close.
-        if let Some(kept) = self.idle.get_mut().ok().and_then(Option::take) {
+        let idle = self
+            .idle
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(kept) = idle.take() {
             for conn in kept {
                 drop(conn.detach());
             }
@@ -226,7 +237,6 @@ impl<'c> Executor<'c> for &'c Readers {
         // is back before the caller (which reads them all anyway) goes on.
         async move {
             let mut conn = self.acquire().await?;
-            conn.started();
             let items: Vec<_> = (&mut *conn).fetch_many(query).collect().await;
             conn.finished(items.iter().find_map(|item| item.as_ref().err()));
             Ok::<_, sqlx::Error>(items)
@@ -249,7 +259,6 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            conn.started();
             let row = (&mut *conn).fetch_optional(query).await;
             conn.finished(row.as_ref().err());
             row
@@ -267,7 +276,6 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            conn.started();
             let statement = (&mut *conn).prepare_with(sql, parameters).await;
             conn.finished(statement.as_ref().err());
             statement
@@ -284,7 +292,6 @@ impl<'c> Executor<'c> for &'c Readers {
     {
         async move {
             let mut conn = self.acquire().await?;
-            conn.started();
             let described = (&mut *conn).describe(sql).await;
             conn.finished(described.as_ref().err());
             described
@@ -408,6 +415,11 @@ mod tests {
             .execute(&mut writer)
             .await
             .expect("table");
+        // The connection is open before the slow read, so that read starts at once.
+        sqlx::query("SELECT 1")
+            .fetch_one(&readers)
+            .await
+            .expect("read");
         let sql = format!("{SLOW} UNION ALL SELECT count(*) FROM t");
         let slow = sqlx::query(&sql).fetch_all(&readers);
         assert!(
@@ -445,20 +457,23 @@ mod tests {
             connection_thread(&mut a).await,
             connection_thread(&mut b).await,
         );
-        // `a` is put back last: the next read takes it.
+        // The slow read gets `b`, the only one free.
         drop(b);
-        drop(a);
-        let slow = sqlx::query(SLOW).fetch_one(&readers);
+        // Boxed, so that dropping it below cancels it.
+        let mut slow = Box::pin(sqlx::query(SLOW).fetch_one(&readers));
         assert!(
-            tokio::time::timeout(Duration::from_millis(5), slow)
+            tokio::time::timeout(Duration::from_millis(5), &mut slow)
                 .await
                 .is_err(),
             "the slow read should still be running"
         );
-        // Its connection may still be running the slow query: the next read gets `b`.
+        // `a` goes back, then the slow read is cancelled: `b` may still be running the slow
+        // query, so it is taken after `a`.
+        drop(a);
+        drop(slow);
         let next = connection_thread(&mut readers.acquire().await.expect("reader")).await;
-        assert_eq!(next, on_b);
-        assert_ne!(next, on_a);
+        assert_eq!(next, on_a);
+        assert_ne!(next, on_b);
         readers.close().await;
     }
 
@@ -467,11 +482,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let readers = readers_waiting(&dir, 1, Duration::from_secs(2)).await;
         let held = readers.acquire().await.expect("reader");
-        let err = sqlx::query("SELECT 1")
-            .fetch_one(&readers)
-            .await
-            .err()
-            .expect("no connection is free");
+        let err = tokio::time::timeout(
+            Duration::from_secs(30),
+            sqlx::query("SELECT 1").fetch_one(&readers),
+        )
+        .await
+        .expect("the read gave up instead of waiting on")
+        .err()
+        .expect("no connection is free");
         assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err:?}");
         drop(held);
         sqlx::query("SELECT 1")
