@@ -182,7 +182,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         let alive = std::sync::Arc::new(());
-        let reader = Readers::new(reader, options.max_connections.max(1));
+        let reader = Readers::new(reader);
         spawn_checkpointer(reader.clone(), std::sync::Arc::downgrade(&alive));
         Ok(Self {
             reader,

@@ -69,17 +69,30 @@ enum State {
 }
 
 impl Readers {
-    /// Readers over `pool`, which may open up to `max_connections`. The pool keeps no minimum
+    /// Readers over `pool`, one permit per connection it may open. The pool keeps no minimum
     /// of connections (a kept connection dropped at the end then spawns nothing).
-    pub(crate) fn new(pool: SqlitePool, max_connections: u32) -> Self {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
         debug_assert_eq!(pool.options().get_min_connections(), 0);
+        let permits = pool.options().get_max_connections().max(1) as usize;
         Self {
             inner: Arc::new(Inner {
                 pool,
                 idle: Mutex::new(Some(Vec::new())),
-                permits: Arc::new(Semaphore::new(max_connections.max(1) as usize)),
+                permits: Arc::new(Semaphore::new(permits)),
             }),
         }
+    }
+
+    /// `read` on a connection, which goes back on top of the idle list only if `read`
+    /// finished (see [`Reader::finished`]).
+    async fn on_reader<T>(
+        &self,
+        read: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut conn = self.acquire().await?;
+        let result = read(&mut conn).await;
+        conn.finished(result.as_ref().err());
+        result
     }
 
     /// A connection: an idle one, else a new one from the pool. Waits while all are in use,
@@ -257,13 +270,8 @@ impl<'c> Executor<'c> for &'c Readers {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        async move {
-            let mut conn = self.acquire().await?;
-            let row = (&mut *conn).fetch_optional(query).await;
-            conn.finished(row.as_ref().err());
-            row
-        }
-        .boxed()
+        self.on_reader(async |conn| conn.fetch_optional(query).await)
+            .boxed()
     }
 
     fn prepare_with<'e, 'q: 'e>(
@@ -274,13 +282,8 @@ impl<'c> Executor<'c> for &'c Readers {
     where
         'c: 'e,
     {
-        async move {
-            let mut conn = self.acquire().await?;
-            let statement = (&mut *conn).prepare_with(sql, parameters).await;
-            conn.finished(statement.as_ref().err());
-            statement
-        }
-        .boxed()
+        self.on_reader(async |conn| conn.prepare_with(sql, parameters).await)
+            .boxed()
     }
 
     fn describe<'e, 'q: 'e>(
@@ -290,13 +293,8 @@ impl<'c> Executor<'c> for &'c Readers {
     where
         'c: 'e,
     {
-        async move {
-            let mut conn = self.acquire().await?;
-            let described = (&mut *conn).describe(sql).await;
-            conn.finished(described.as_ref().err());
-            described
-        }
-        .boxed()
+        self.on_reader(async |conn| conn.describe(sql).await)
+            .boxed()
     }
 }
 
@@ -323,7 +321,7 @@ mod tests {
             .connect_with(file(dir))
             .await
             .expect("pool");
-        Readers::new(pool, max)
+        Readers::new(pool)
     }
 
     async fn readers(dir: &tempfile::TempDir, max: u32) -> Readers {
