@@ -409,9 +409,14 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
     let a = tenant(&store, "policy").await;
     let other = tenant(&store, "policy-other").await;
     let t = thread(&store, &a, "t").await;
-    let agents = |text: &str| SubmitRun {
-        policy: None,
-        ..submission(&t.id, text, MultitaskPolicy::Enqueue)
+    // A submission to `t` without a policy of its own.
+    let send = |text: &str| {
+        let submit = SubmitRun {
+            policy: None,
+            ..submission(&t.id, text, MultitaskPolicy::Enqueue)
+        };
+        let (store, scope, thread_id) = (&store, &a.scope, &t.id);
+        async move { store.submit_run(scope, thread_id, &submit).await }
     };
     let set_policy = |policy: MultitaskPolicy| {
         let (store, scope, agent_id) = (&store, &a.scope, &t.agent_id);
@@ -427,20 +432,8 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
     };
 
     // The agent's default, `enqueue`: the second run queues behind the first.
-    let first = created(
-        store
-            .submit_run(&a.scope, &t.id, &agents("one"))
-            .await
-            .unwrap(),
-    )
-    .0;
-    let second = created(
-        store
-            .submit_run(&a.scope, &t.id, &agents("two"))
-            .await
-            .unwrap(),
-    )
-    .0;
+    let first = created(send("one").await.unwrap()).0;
+    let second = created(send("two").await.unwrap()).0;
     assert_eq!(
         (first.status, second.status),
         (RunStatus::Queued, RunStatus::Queued)
@@ -448,10 +441,7 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
 
     // `reject` while runs are open: refused, nothing written.
     set_policy(MultitaskPolicy::Reject).await;
-    let err = store
-        .submit_run(&a.scope, &t.id, &agents("three"))
-        .await
-        .unwrap_err();
+    let err = send("three").await.unwrap_err();
     assert!(is_conflict(&err, Conflict::RunActive), "got {err:?}");
     assert_eq!(history(&store, &a.scope, &t.id).await.len(), 2);
 
@@ -460,12 +450,7 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
     let claimed = claim(&store, "w").await;
     assert_eq!(claimed.run.id, first.id);
     set_policy(MultitaskPolicy::Interrupt).await;
-    let (fourth, interrupted, _) = created(
-        store
-            .submit_run(&a.scope, &t.id, &agents("four"))
-            .await
-            .unwrap(),
-    );
+    let (fourth, interrupted, _) = created(send("four").await.unwrap());
     assert_eq!(interrupted, vec![first.id.clone()]);
     let running = store.get_run(&a.scope, &t.id, &first.id).await.unwrap();
     assert_eq!(running.status, RunStatus::Running, "its worker stops it");
@@ -488,13 +473,7 @@ async fn a_submission_without_a_policy_follows_the_agents(db: &TestDatabase) {
         .await
         .unwrap();
     store.delete_agent(&a.scope, &t.agent_id).await.unwrap();
-    let fifth = created(
-        store
-            .submit_run(&a.scope, &t.id, &agents("five"))
-            .await
-            .unwrap(),
-    )
-    .0;
+    let fifth = created(send("five").await.unwrap()).0;
     assert_eq!(fifth.status, RunStatus::Queued);
     assert_eq!(
         store
