@@ -15,6 +15,7 @@ backend_tests!(
     concurrent_decisions_have_one_winner,
     variables_are_atomic_and_close_is_idempotent,
     a_question_is_answered_by_the_next_message_not_a_new_run,
+    a_message_after_its_question_expired_is_no_answer,
     a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_decided_at_once,
     a_close_waits_for_a_step_in_flight_instead_of_deadlocking,
     an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking,
@@ -400,6 +401,78 @@ async fn a_question_is_answered_by_the_next_message_not_a_new_run(db: &TestDatab
         .await
         .unwrap();
     assert!(view.action_results.is_empty() && view.questions.is_empty());
+}
+
+/// A question past its expiry is answered by nobody: the next message is a submission like any
+/// other (the waiting run is still open, so the multitask policy applies), and once the expiry
+/// is swept the waiting run resumes before the message's run.
+async fn a_message_after_its_question_expired_is_no_answer(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "late").await;
+    let th = thread(&store, &t, "t").await;
+    queue(&store, &t.scope, &th.id, "ask me").await;
+    let claimed = claim(&store, "node-a").await;
+    let question = NewAction {
+        id: ActionId::generate(),
+        call_id: "call_1".into(),
+        tool: "ask_user".into(),
+        kind: ActionKind::Question,
+        preview: json!({"question": "Which plan?"}),
+        expires_at: Timestamp::now().plus_millis(300),
+    };
+    store
+        .pause_run(&claimed.lease, std::slice::from_ref(&question))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+
+    // Not swept yet: the run still waits, so `reject` refuses the message.
+    let err = store
+        .submit_run(
+            &t.scope,
+            &th.id,
+            &submission(&th.id, "pro", MultitaskPolicy::Reject),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err_conflict(&err), Some(Conflict::RunActive)),
+        "{err:?}"
+    );
+    // `enqueue` makes a run of its own; the question stays unanswered.
+    let (late, _, _) = submit_with(&store, &t.scope, &th.id, "pro", MultitaskPolicy::Enqueue).await;
+    assert_ne!(late.id, claimed.run.id);
+    assert_eq!(late.status, RunStatus::Queued);
+    let history = store.thread_history(&t.scope, &th.id).await.unwrap();
+    let input = history
+        .iter()
+        .find(|m| m.id == late.input_message_id)
+        .unwrap();
+    assert_eq!(
+        input.run_id.as_ref(),
+        Some(&late.id),
+        "the message is the new run's"
+    );
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Pending);
+    assert_eq!(actions[0].result, None);
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::WaitingForInput);
+
+    // The sweep expires it and hands the waiting run back first; the message's run waits.
+    store.expire_due_actions(Timestamp::now()).await.unwrap();
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Expired);
+    let resumed = claim(&store, "node-b").await;
+    assert_eq!(resumed.run.id, claimed.run.id);
+    assert!(store
+        .claim_run("node-b", Timestamp::now(), LEASE_MS)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// A run that waits on a question and a confirmation resumes once both are decided — also when
