@@ -5,6 +5,7 @@
 //! The workspace of a run is its board item's when the run was started by one, else its
 //! thread's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,36 +38,74 @@ pub const WRITE_LIMIT: u64 = 1024 * 1024;
 const LIST_LIMIT: u32 = 500;
 
 /// Offers the tools of several executors; a call goes to the first that offers its name.
-pub struct ToolChain(pub Vec<Arc<dyn ToolExecutor>>);
+///
+/// An executor's tools are fixed once it is built, so the chain asks each for its specs once,
+/// when it is made, instead of on every run and every call.
+pub struct ToolChain {
+    executors: Vec<Arc<dyn ToolExecutor>>,
+    specs: Vec<ToolSpec>,
+    /// The executor (index into `executors`) that takes each tool name: the first offering it.
+    owners: HashMap<String, usize>,
+}
+
+impl ToolChain {
+    pub fn new(executors: Vec<Arc<dyn ToolExecutor>>) -> Self {
+        let mut specs = Vec::new();
+        let mut owners = HashMap::new();
+        for (i, executor) in executors.iter().enumerate() {
+            for spec in executor.specs() {
+                owners.entry(spec.name.clone()).or_insert(i);
+                specs.push(spec);
+            }
+        }
+        Self {
+            executors,
+            specs,
+            owners,
+        }
+    }
+
+    fn owner(&self, tool: &str) -> Option<&Arc<dyn ToolExecutor>> {
+        self.owners.get(tool).map(|&i| &self.executors[i])
+    }
+}
 
 #[async_trait]
 impl ToolExecutor for ToolChain {
     fn specs(&self) -> Vec<ToolSpec> {
-        self.0.iter().flat_map(|e| e.specs()).collect()
+        self.specs.clone()
     }
 
     async fn execute(&self, ctx: &ToolContext<'_>, call: &ToolCall) -> ToolOutput {
-        for executor in &self.0 {
-            if executor.specs().iter().any(|s| s.name == call.name) {
-                return executor.execute(ctx, call).await;
-            }
+        match self.owner(&call.name) {
+            Some(executor) => executor.execute(ctx, call).await,
+            None => ToolOutput::error(format!("unknown tool `{}`", call.name)),
         }
-        ToolOutput::error(format!("unknown tool `{}`", call.name))
+    }
+
+    /// The executor that takes the call checks it.
+    fn check(&self, call: &ToolCall) -> Result<(), String> {
+        match self.owner(&call.name) {
+            Some(executor) => executor.check(call),
+            None => Err(format!("unknown tool `{}`", call.name)),
+        }
     }
 
     fn requiring_confirmation(&self) -> Vec<String> {
-        self.0
+        self.executors
             .iter()
             .flat_map(|e| e.requiring_confirmation())
             .collect()
     }
 
     fn timeout(&self, tool: &str) -> Option<std::time::Duration> {
-        self.0.iter().find_map(|e| e.timeout(tool))
+        self.executors.iter().find_map(|e| e.timeout(tool))
     }
 
     fn confirmation_expiry(&self, tool: &str) -> Option<u32> {
-        self.0.iter().find_map(|e| e.confirmation_expiry(tool))
+        self.executors
+            .iter()
+            .find_map(|e| e.confirmation_expiry(tool))
     }
 }
 
@@ -422,5 +461,90 @@ impl ToolExecutor for BoardTools {
             SCHEDULE_TASK => self.schedule_task(ctx, call).await,
             other => ToolOutput::error(format!("unknown tool `{other}`")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Offers `names`, each taking an integer `n`; counts how often it was asked for its specs.
+    struct Offers {
+        names: &'static [&'static str],
+        maximum: i64,
+        asked: AtomicUsize,
+    }
+
+    impl Offers {
+        fn new(names: &'static [&'static str], maximum: i64) -> Arc<Self> {
+            Arc::new(Self {
+                names,
+                maximum,
+                asked: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl ToolExecutor for Offers {
+        fn specs(&self) -> Vec<ToolSpec> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            self.names
+                .iter()
+                .map(|name| ToolSpec {
+                    name: (*name).to_owned(),
+                    description: format!("{name} of an executor taking n up to {}", self.maximum),
+                    parameters: json!({
+                        "type": "object",
+                        "properties": {"n": {"type": "integer", "maximum": self.maximum}},
+                        "required": ["n"]
+                    }),
+                })
+                .collect()
+        }
+
+        async fn execute(&self, _ctx: &ToolContext<'_>, _call: &ToolCall) -> ToolOutput {
+            ToolOutput::error("not run in these tests")
+        }
+    }
+
+    fn call(name: &str, n: i64) -> ToolCall {
+        ToolCall {
+            id: "call_1".to_owned(),
+            name: name.to_owned(),
+            arguments: json!({ "n": n }),
+        }
+    }
+
+    #[test]
+    fn a_chain_asks_its_executors_once_and_the_first_offer_takes_a_call() {
+        let (first, second) = (Offers::new(&["a", "b"], 10), Offers::new(&["b", "c"], 100));
+        let chain = ToolChain::new(vec![first.clone(), second.clone()]);
+        let names: Vec<String> = chain.specs().into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            ["a", "b", "b", "c"],
+            "every executor's specs, in order"
+        );
+        // `b` is the first executor's: its schema (n up to 10) checks the call.
+        assert!(chain.check(&call("b", 5)).is_ok());
+        let refused = chain.check(&call("b", 50)).unwrap_err();
+        assert!(refused.contains("invalid arguments for `b`"), "{refused}");
+        assert!(chain.check(&call("c", 50)).is_ok());
+        assert!(chain.check(&call("a", 50)).is_err());
+        assert_eq!(
+            chain.check(&call("nope", 1)).unwrap_err(),
+            "unknown tool `nope`"
+        );
+        for _ in 0..3 {
+            chain.specs();
+        }
+        // Once each when the chain was made; a check asks only the executor taking the call.
+        assert_eq!(first.asked.load(Ordering::SeqCst), 1 + 3);
+        assert_eq!(second.asked.load(Ordering::SeqCst), 1 + 1);
     }
 }

@@ -189,7 +189,7 @@ impl Runtime {
             last_decision: None,
             had_actions: false,
             tools: self.tools.clone(),
-            tool_specs: Vec::new(),
+            tool_specs: Default::default(),
         };
         match driver.drive().await {
             Ok(()) => {}
@@ -292,7 +292,7 @@ struct Driver<'a> {
     /// The tools this run's model sees: the internal ones and the agent's tool records.
     tools: Arc<dyn ToolExecutor>,
     /// Their specs, made once per run (every model request carries them).
-    tool_specs: Vec<crate::provider::ToolSpec>,
+    tool_specs: Arc<[crate::provider::ToolSpec]>,
 }
 
 /// Waits until a stop other than `Continue` is requested.
@@ -357,7 +357,7 @@ impl Driver<'_> {
                 .await;
         };
         self.tools = self.agent_tools(&agent).await?;
-        self.tool_specs = self.tools.specs();
+        self.tool_specs = self.tools.specs().into();
         // The agent's model, else the deployment's default, else the server's.
         let model = match &agent.spec.model {
             Some(model) => Some(model.clone()),
@@ -910,7 +910,7 @@ impl Driver<'_> {
         if chain.len() == 1 {
             return Ok(self.rt.tools.clone());
         }
-        Ok(Arc::new(crate::board_tools::ToolChain(chain)))
+        Ok(Arc::new(crate::board_tools::ToolChain::new(chain)))
     }
 
     /// Stores the held calls as pending actions and leaves the run `waiting_for_input`; a

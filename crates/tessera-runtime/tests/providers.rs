@@ -30,7 +30,7 @@ fn request(user: &str) -> ModelRequest {
             message(ChatRole::System, "You are terse."),
             message(ChatRole::User, user),
         ],
-        tools: Vec::new(),
+        tools: Default::default(),
         temperature: None,
         max_output_tokens: None,
     }
@@ -527,7 +527,8 @@ async fn the_request_body_has_the_openai_shape() {
             name: "f".to_owned(),
             description: "Does f.".to_owned(),
             parameters: json!({"type": "object", "properties": {"a": {"type": "integer"}}}),
-        }],
+        }]
+        .into(),
         temperature: Some(0.25),
         max_output_tokens: Some(100),
     };
@@ -687,7 +688,7 @@ async fn the_echo_provider_walks_a_tool_round_trip() {
     let req = |messages: Vec<ChatMessage>| ModelRequest {
         model: "echo".to_owned(),
         messages,
-        tools: Vec::new(),
+        tools: Default::default(),
         temperature: None,
         max_output_tokens: None,
     };

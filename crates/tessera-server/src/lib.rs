@@ -162,7 +162,7 @@ impl Application {
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             providers,
-            tools: Arc::new(ToolChain(vec![
+            tools: Arc::new(ToolChain::new(vec![
                 Arc::new(InternalTools),
                 Arc::new(BoardTools::new(board_scheduler.clone())),
                 code_tools.clone(),

@@ -275,7 +275,7 @@ mod tests {
         ModelRequest {
             model: "echo".to_owned(),
             messages,
-            tools: Vec::new(),
+            tools: Default::default(),
             temperature: None,
             max_output_tokens: None,
         }

@@ -64,7 +64,8 @@ pub struct ModelRequest {
     /// The model name as the provider knows it.
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    pub tools: Vec<ToolSpec>,
+    /// Shared: a run offers the same tools on every request.
+    pub tools: std::sync::Arc<[ToolSpec]>,
     pub temperature: Option<f64>,
     pub max_output_tokens: Option<u32>,
 }

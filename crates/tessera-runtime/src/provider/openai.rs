@@ -1221,7 +1221,8 @@ mod tests {
                 name: "f".into(),
                 description: "d".into(),
                 parameters: json!({"type":"object"}),
-            }],
+            }]
+            .into(),
             temperature: None,
             max_output_tokens: Some(64),
         };
@@ -1243,7 +1244,7 @@ mod tests {
             })
         );
         let mut no_tools = request;
-        no_tools.tools.clear();
+        no_tools.tools = Default::default();
         no_tools.temperature = Some(0.5);
         let body = request_body(&no_tools);
         assert!(body.get("tools").is_none());
