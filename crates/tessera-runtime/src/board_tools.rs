@@ -39,8 +39,9 @@ const LIST_LIMIT: u32 = 500;
 
 /// Offers the tools of several executors; a call goes to the first that offers its name.
 ///
-/// An executor's tools are fixed once it is built, so the chain asks each for its specs once,
-/// when it is made, instead of on every run and every call.
+/// An executor's tools are fixed once it is built, so the chain collects their specs, and which
+/// executor takes each name, when it is made: offering them and routing a call ask no executor.
+/// (A call's arguments are still checked by the executor taking it, against its own specs.)
 pub struct ToolChain {
     executors: Vec<Arc<dyn ToolExecutor>>,
     specs: Vec<ToolSpec>,
@@ -540,10 +541,11 @@ mod tests {
             chain.check(&call("nope", 1)).unwrap_err(),
             "unknown tool `nope`"
         );
+        // The chain's own specs ask nobody: the counts are the chain's making (once each) plus
+        // the checks, each asking only the executor taking the call (three `first`, one `second`).
         for _ in 0..3 {
             chain.specs();
         }
-        // Once each when the chain was made; a check asks only the executor taking the call.
         assert_eq!(first.asked.load(Ordering::SeqCst), 1 + 3);
         assert_eq!(second.asked.load(Ordering::SeqCst), 1 + 1);
     }

@@ -43,7 +43,8 @@ impl ToolOutput {
 
 #[async_trait]
 pub trait ToolExecutor: Send + Sync {
-    /// The tools offered to the model.
+    /// The tools offered to the model. Fixed once the executor is built:
+    /// [`ToolChain`](crate::board_tools::ToolChain) collects them when it is made.
     fn specs(&self) -> Vec<ToolSpec>;
 
     /// Executes one call. Errors are returned as `Err` text for the model, not raised.
