@@ -204,6 +204,8 @@ impl PgStore {
     pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
     /// Hot writes are written one per transaction (no group commit): nothing to write together.
     pub(crate) const BULK_HOT_WRITES: bool = false;
+    /// Rows: sqlx decodes PostgreSQL's rows on the caller's task, with no hand-off per row.
+    pub(crate) const HISTORY_AS_JSON: bool = false;
     /// A submission checks open runs and questions in statements of their own, after its thread
     /// update: an update that waited for a concurrent submission's lock evaluates its `RETURNING`
     /// subqueries in the snapshot taken before the wait and would miss that submission's run; a

@@ -15,6 +15,18 @@ pub(crate) const THREAD_COLS: &str =
 pub(crate) const MESSAGE_COLS: &str =
     "id, thread_id, run_id, role, content, tool_calls, tool_call_id, \
      tool_name, is_error, attachments, usage, created_at";
+/// A thread's whole history as one value (SQLite, `HISTORY_AS_JSON`): a JSON array with one
+/// array per message, its elements in `MESSAGE_COLS` order and its JSON columns nested. sqlx
+/// sends each row of a SQLite result from the connection's thread to the caller on its own,
+/// copied into its own allocation, and the caller decodes it column by column; one value is
+/// one send and one parse.
+/// (`ORDER BY` inside the aggregate needs SQLite 3.44, older than the bundled one. A history
+/// whose JSON outgrew SQLite's 1 GB string limit would fail to read; no model's context takes
+/// one that large anyway.)
+pub(crate) const HISTORY_JSON: &str =
+    "SELECT json_group_array(json_array(id, thread_id, run_id, role, content, json(tool_calls), \
+       tool_call_id, tool_name, is_error, json(attachments), json(usage), created_at) ORDER BY id) \
+     FROM messages WHERE thread_id = $1 AND deployment_id = $2";
 pub(crate) const RUN_COLS: &str =
     "id, thread_id, status, attempt, input_message_id, cancel_requested, \
      stop_reason, error, prompt_tokens, completion_tokens, iterations, tool_calls, wall_ms, \
@@ -258,27 +270,62 @@ macro_rules! impl_run_sql {
             })
         }
 
+        /// A message's columns with its JSON columns parsed, in `MESSAGE_COLS` order: read
+        /// from a row, or from one element of `HISTORY_JSON`'s array.
+        #[derive(serde::Deserialize)]
+        pub(super) struct MessageParts {
+            id: String,
+            thread_id: String,
+            run_id: Option<String>,
+            role: String,
+            content: String,
+            tool_calls: Vec<ToolCall>,
+            tool_call_id: Option<String>,
+            tool_name: Option<String>,
+            is_error: i64,
+            attachments: Vec<String>,
+            usage: Option<TokenUsage>,
+            created_at: i64,
+        }
+
+        impl MessageParts {
+            fn into_message(self) -> StoreResult<Message> {
+                Ok(Message {
+                    id: id(self.id, MessageId::parse)?,
+                    thread_id: id(self.thread_id, ThreadId::parse)?,
+                    run_id: self.run_id.map(|r| id(r, RunId::parse)).transpose()?,
+                    role: Role::parse(&self.role).ok_or_else(|| corrupt("message role", &self.role))?,
+                    content: self.content,
+                    tool_calls: self.tool_calls,
+                    tool_call_id: self.tool_call_id,
+                    tool_name: self.tool_name,
+                    is_error: self.is_error != 0,
+                    attachments: self.attachments,
+                    usage: self.usage,
+                    created_at: Timestamp::from_millis(self.created_at),
+                })
+            }
+        }
+
         pub(super) fn message_from_row(row: &DbRow) -> StoreResult<Message> {
-            let role: String = row.try_get("role")?;
             let tool_calls: String = row.try_get("tool_calls")?;
             let attachments: String = row.try_get("attachments")?;
             let usage: Option<String> = row.try_get("usage")?;
-            let run_id: Option<String> = row.try_get("run_id")?;
-            let is_error: i64 = row.try_get("is_error")?;
-            Ok(Message {
-                id: id(row.try_get("id")?, MessageId::parse)?,
-                thread_id: id(row.try_get("thread_id")?, ThreadId::parse)?,
-                run_id: run_id.map(|r| id(r, RunId::parse)).transpose()?,
-                role: Role::parse(&role).ok_or_else(|| corrupt("message role", &role))?,
+            MessageParts {
+                id: row.try_get("id")?,
+                thread_id: row.try_get("thread_id")?,
+                run_id: row.try_get("run_id")?,
+                role: row.try_get("role")?,
                 content: row.try_get("content")?,
-                tool_calls: json::<Vec<ToolCall>>("message tool_calls", &tool_calls)?,
+                tool_calls: json("message tool_calls", &tool_calls)?,
                 tool_call_id: row.try_get("tool_call_id")?,
                 tool_name: row.try_get("tool_name")?,
-                is_error: is_error != 0,
+                is_error: row.try_get("is_error")?,
                 attachments: json("message attachments", &attachments)?,
-                usage: usage.map(|u| json::<TokenUsage>("message usage", &u)).transpose()?,
-                created_at: Timestamp::from_millis(row.try_get("created_at")?),
-            })
+                usage: usage.map(|u| json("message usage", &u)).transpose()?,
+                created_at: row.try_get("created_at")?,
+            }
+            .into_message()
         }
 
         pub(super) fn run_from_row(row: &DbRow) -> StoreResult<Run> {
@@ -761,6 +808,15 @@ macro_rules! impl_run_sql {
             }
 
             async fn thread_history(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Message>> {
+                if $store::HISTORY_AS_JSON {
+                    let (history,): (String,) = sqlx::query_as($crate::sql_runs::HISTORY_JSON)
+                        .bind(thread_id.as_str())
+                        .bind(scope.deployment_id().as_str())
+                        .fetch_one(self.reader())
+                        .await?;
+                    let parts: Vec<MessageParts> = json("thread history", &history)?;
+                    return parts.into_iter().map(MessageParts::into_message).collect();
+                }
                 let rows = sqlx::query(&format!(
                     "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND deployment_id = $2 ORDER BY id"
                 ))

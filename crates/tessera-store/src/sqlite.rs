@@ -256,6 +256,8 @@ impl SqliteStore {
     /// A group-commit batch writes its mints in one statement and its fresh browsers' exchanges
     /// of static anonymous tickets in a few (see `bulk_in`).
     pub(crate) const BULK_HOT_WRITES: bool = true;
+    /// A thread's history is read as one JSON value (`sql_runs::HISTORY_JSON`).
+    pub(crate) const HISTORY_AS_JSON: bool = true;
     /// A submission's thread update also tells whether the thread has an open run and an open
     /// question (subqueries in its `RETURNING`): the transaction is the only writer from
     /// `BEGIN IMMEDIATE` on, so what the update sees is what later statements would.

@@ -184,6 +184,7 @@ backend_tests!(
     heartbeats_extend_the_lease,
     expired_leases_are_reclaimed_and_fence_the_old_worker,
     record_step_stores_each_step_once,
+    the_history_reads_every_field_as_stored,
     finish_run_records_the_end_and_frees_the_thread,
     finish_run_after_stores_the_last_step_and_the_end_together,
     cancel_runs_stops_queued_and_flags_running_runs,
@@ -1520,6 +1521,51 @@ async fn expired_leases_are_reclaimed_and_fence_the_old_worker(db: &TestDatabase
     assert_eq!(done.attempt, 2);
     assert_eq!(history(&store, &a.scope, &t.id).await[1], reply);
     store.close().await;
+}
+
+/// The model's context (`thread_history`, one JSON value on SQLite) gives every field of every
+/// message exactly as the messages page (rows) does: text that needs escaping, tool calls,
+/// attachments, usage, errors; an empty thread and another tenant's see nothing.
+async fn the_history_reads_every_field_as_stored(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "history").await;
+    let t = thread(&store, &a, "t").await;
+    assert!(history(&store, &a.scope, &t.id).await.is_empty());
+    let text = "quote \" backslash \\ newline \n tab \t é 漢字 🙂 </script> \u{7f}";
+    let mut first = submission(&t.id, text, MultitaskPolicy::Enqueue);
+    first.message.attachments = vec!["file_a".into(), "file_b".into()];
+    let run = created(store.submit_run(&a.scope, &t.id, &first).await.unwrap()).0;
+    let c = claim(&store, "w").await;
+    let mut assistant = assistant_message(&t.id, &run.id, "call_1");
+    assistant.tool_calls.push(ToolCall {
+        id: "call_2".into(),
+        name: "nested".into(),
+        arguments: json!({"deep": {"list": [1, 2.5, null, true, "x"]}, "empty": {}}),
+    });
+    let tool = tool_message(&t.id, &run.id, "call_1");
+    store
+        .record_step(
+            &c.lease,
+            &[
+                step(assistant.clone(), "1:assistant"),
+                step(tool.clone(), "1:tool"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let got = history(&store, &a.scope, &t.id).await;
+    let listed = store
+        .list_messages(&a.scope, &t.id, &PageRequest::default(), Order::OldestFirst)
+        .await
+        .unwrap();
+    assert_eq!(got, listed.items);
+    assert_eq!(got, vec![first.message.clone(), assistant, tool]);
+    assert_eq!(got[0].content, text);
+    assert_eq!(got[0].attachments, ["file_a", "file_b"]);
+
+    let stranger = tenant(&store, "stranger").await;
+    assert!(history(&store, &stranger.scope, &t.id).await.is_empty());
 }
 
 async fn record_step_stores_each_step_once(db: &TestDatabase) {
