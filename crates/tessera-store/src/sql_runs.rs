@@ -814,8 +814,13 @@ macro_rules! impl_run_sql {
                         .bind(scope.deployment_id().as_str())
                         .fetch_one(self.reader())
                         .await?;
-                    let parts: Vec<MessageParts> = json("thread history", &history)?;
-                    return parts.into_iter().map(MessageParts::into_message).collect();
+                    // Nested two levels deeper than in its own column, a value at the edge of
+                    // serde_json's depth limit (tool arguments) parses only from its row: the
+                    // rows are read then, as they are when anything in the value is amiss (with
+                    // the failing column named).
+                    if let Ok(parts) = serde_json::from_str::<Vec<MessageParts>>(&history) {
+                        return parts.into_iter().map(MessageParts::into_message).collect();
+                    }
                 }
                 let rows = sqlx::query(&format!(
                     "SELECT {MESSAGE_COLS} FROM messages WHERE thread_id = $1 AND deployment_id = $2 ORDER BY id"

@@ -1566,7 +1566,39 @@ async fn the_history_reads_every_field_as_stored(db: &TestDatabase) {
 
     let stranger = tenant(&store, "stranger").await;
     assert!(history(&store, &stranger.scope, &t.id).await.is_empty());
+
+    // Arguments nested as deep as a message's own column can be read back: the one value
+    // nests them two levels deeper, past serde_json's limit, and the rows are read instead.
+    let mut deep = json!(1);
+    for _ in 0..DEEPEST_READABLE_ARGUMENTS {
+        deep = json!([deep]);
+    }
+    let c = {
+        store
+            .finish_run(&c.lease, &end(RunStatus::Completed, StopReason::Completed))
+            .await
+            .unwrap();
+        queue(&store, &a.scope, &t.id, "again").await;
+        claim(&store, "w").await
+    };
+    let mut nested = assistant_message(&t.id, &c.run.id, "call_deep");
+    nested.tool_calls[0].arguments = deep;
+    store
+        .record_step(&c.lease, &[step(nested.clone(), "2:assistant")])
+        .await
+        .unwrap();
+    let got = history(&store, &a.scope, &t.id).await;
+    assert_eq!(got.last(), Some(&nested));
+    let listed = store
+        .list_messages(&a.scope, &t.id, &PageRequest::default(), Order::OldestFirst)
+        .await
+        .unwrap();
+    assert_eq!(got, listed.items);
 }
+
+/// How deep a tool call's arguments can nest and still be read from a message's `tool_calls`
+/// column: serde_json's limit of 128 levels, less the list of calls and the call itself.
+const DEEPEST_READABLE_ARGUMENTS: usize = 125;
 
 async fn record_step_stores_each_step_once(db: &TestDatabase) {
     let store = open(db).await;
