@@ -131,6 +131,20 @@ async fn history(store: &Arc<dyn Store>, scope: &Scope, thread_id: &ThreadId) ->
     store.thread_history(scope, thread_id).await.unwrap()
 }
 
+/// The first page of the thread's messages, oldest first (read as rows on every backend).
+async fn first_page(store: &Arc<dyn Store>, scope: &Scope, thread_id: &ThreadId) -> Vec<Message> {
+    store
+        .list_messages(
+            scope,
+            thread_id,
+            &PageRequest::default(),
+            Order::OldestFirst,
+        )
+        .await
+        .unwrap()
+        .items
+}
+
 fn kinds(events: &[ThreadEvent]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
@@ -1555,11 +1569,7 @@ async fn the_history_reads_every_field_as_stored(db: &TestDatabase) {
         .unwrap();
 
     let got = history(&store, &a.scope, &t.id).await;
-    let listed = store
-        .list_messages(&a.scope, &t.id, &PageRequest::default(), Order::OldestFirst)
-        .await
-        .unwrap();
-    assert_eq!(got, listed.items);
+    assert_eq!(got, first_page(&store, &a.scope, &t.id).await);
     assert_eq!(got, vec![first.message.clone(), assistant, tool]);
     assert_eq!(got[0].content, text);
     assert_eq!(got[0].attachments, ["file_a", "file_b"]);
@@ -1589,11 +1599,7 @@ async fn the_history_reads_every_field_as_stored(db: &TestDatabase) {
         .unwrap();
     let got = history(&store, &a.scope, &t.id).await;
     assert_eq!(got.last(), Some(&nested));
-    let listed = store
-        .list_messages(&a.scope, &t.id, &PageRequest::default(), Order::OldestFirst)
-        .await
-        .unwrap();
-    assert_eq!(got, listed.items);
+    assert_eq!(got, first_page(&store, &a.scope, &t.id).await);
 }
 
 /// How deep a tool call's arguments can nest and still be read from a message's `tool_calls`
@@ -2071,15 +2077,7 @@ async fn nothing_crosses_deployments(db: &TestDatabase) {
         settled(store.get_thread(&a.scope, &t.id).await.unwrap()),
         settled(t.clone())
     );
-    assert_eq!(
-        store
-            .list_messages(&a.scope, &t.id, &PageRequest::default(), Order::OldestFirst)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(first_page(&store, &a.scope, &t.id).await.len(), 1);
     assert_eq!(store.get_run(&a.scope, &t.id, &run.id).await.unwrap(), run);
     assert_eq!(all_events(&store, &a.scope, &t.id).await.len(), 2);
     // The worker's claim reports the run's own deployment.

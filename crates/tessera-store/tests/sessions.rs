@@ -32,6 +32,18 @@ fn action(call: &str, expires_at: Timestamp) -> NewAction {
     }
 }
 
+/// An `ask_user` question of call `call`.
+fn question(call: &str, preview: serde_json::Value, expires_at: Timestamp) -> NewAction {
+    NewAction {
+        id: ActionId::generate(),
+        call_id: call.into(),
+        tool: "ask_user".into(),
+        kind: ActionKind::Question,
+        preview,
+        expires_at,
+    }
+}
+
 /// A thread whose run is claimed and then paused on `actions`.
 async fn paused(store: &Arc<dyn Store>, t: &Tenant, actions: &[NewAction]) -> (Thread, Claimed) {
     let th = thread(store, t, "t").await;
@@ -310,14 +322,11 @@ async fn a_question_is_answered_by_the_next_message_not_a_new_run(db: &TestDatab
     let th = thread(&store, &t, "t").await;
     queue(&store, &t.scope, &th.id, "ask me").await;
     let claimed = claim(&store, "node-a").await;
-    let question = NewAction {
-        id: ActionId::generate(),
-        call_id: "call_1".into(),
-        tool: "ask_user".into(),
-        kind: ActionKind::Question,
-        preview: json!({"question": "Which plan?", "choices": ["Basic", "Pro"]}),
-        expires_at: Timestamp::now().plus_secs(3600),
-    };
+    let question = question(
+        "call_1",
+        json!({"question": "Which plan?", "choices": ["Basic", "Pro"]}),
+        Timestamp::now().plus_secs(3600),
+    );
     let (_, events) = store
         .pause_run(&claimed.lease, std::slice::from_ref(&question))
         .await
@@ -412,14 +421,11 @@ async fn a_message_after_its_question_expired_is_no_answer(db: &TestDatabase) {
     let th = thread(&store, &t, "t").await;
     queue(&store, &t.scope, &th.id, "ask me").await;
     let claimed = claim(&store, "node-a").await;
-    let question = NewAction {
-        id: ActionId::generate(),
-        call_id: "call_1".into(),
-        tool: "ask_user".into(),
-        kind: ActionKind::Question,
-        preview: json!({"question": "Which plan?"}),
-        expires_at: Timestamp::now().plus_millis(300),
-    };
+    let question = question(
+        "call_1",
+        json!({"question": "Which plan?"}),
+        Timestamp::now().plus_millis(300),
+    );
     store
         .pause_run(&claimed.lease, std::slice::from_ref(&question))
         .await
@@ -494,11 +500,7 @@ async fn a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_de
     let now = Timestamp::now();
     let question = NewAction {
         id: ActionId::generate_at(now),
-        call_id: "call_q".into(),
-        tool: "ask_user".into(),
-        kind: ActionKind::Question,
-        preview: json!({"question": "Why?"}),
-        expires_at: now.plus_secs(3600),
+        ..question("call_q", json!({"question": "Why?"}), now.plus_secs(3600))
     };
     let confirmation = NewAction {
         id: ActionId::generate_at(now.plus_millis(1)),
