@@ -422,7 +422,7 @@ impl ModelProvider for OpenAiProvider {
         on_delta: DeltaSink<'_>,
     ) -> Result<ModelTurn, ProviderError> {
         let authorization = self.authorization()?;
-        let body = serde_json::to_vec(&request_body(request))
+        let body = request_body(request)
             .map(Bytes::from)
             .map_err(|err| ProviderError::Config(format!("cannot encode the request: {err}")))?;
         let mut emitted = false;
@@ -499,78 +499,122 @@ fn is_retryable_status(status: u16) -> bool {
     status == 429 || (500..=599).contains(&status)
 }
 
-/// The request body in OpenAI's format.
-pub(crate) fn request_body(request: &ModelRequest) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
-    body.insert(
-        "messages".into(),
-        Value::Array(request.messages.iter().map(message_json).collect()),
-    );
-    body.insert("stream".into(), json!(true));
-    body.insert("stream_options".into(), json!({"include_usage": true}));
-    if !request.tools.is_empty() {
-        let tools = request
+/// The request body in OpenAI's format, written straight from the request: no JSON tree is
+/// built first, so the history's texts and the tools' schemas are serialised in place instead
+/// of being copied into one (and dropped) on every model call.
+pub(crate) fn request_body(request: &ModelRequest) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&RequestBody {
+        model: &request.model,
+        messages: request.messages.iter().map(MessageBody::new).collect(),
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        tools: request
             .tools
             .iter()
-            .map(|tool| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool.parameters,
-                    }
-                })
+            .map(|tool| ToolBody {
+                kind: "function",
+                function: ToolFunction {
+                    name: &tool.name,
+                    description: &tool.description,
+                    parameters: &tool.parameters,
+                },
             })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-    }
-    if let Some(temperature) = request.temperature {
-        body.insert("temperature".into(), json!(temperature));
-    }
-    if let Some(max_tokens) = request.max_output_tokens {
-        body.insert("max_tokens".into(), json!(max_tokens));
-    }
-    Value::Object(body)
+            .collect(),
+        temperature: request.temperature,
+        max_tokens: request.max_output_tokens,
+    })
 }
 
-fn message_json(message: &ChatMessage) -> Value {
-    let mut out = Map::new();
-    let role = match message.role {
-        ChatRole::System => "system",
-        ChatRole::User => "user",
-        ChatRole::Assistant => "assistant",
-        ChatRole::Tool => "tool",
-    };
-    out.insert("role".into(), json!(role));
-    if message.role == ChatRole::Assistant
-        && !message.tool_calls.is_empty()
-        && message.content.is_empty()
-    {
-        // OpenAI's own form for a message that only calls tools.
-        out.insert("content".into(), Value::Null);
-    } else {
-        out.insert("content".into(), json!(message.content));
-    }
-    if !message.tool_calls.is_empty() {
-        let calls = message
-            .tool_calls
-            .iter()
-            .map(|call| {
-                json!({
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments.to_string()},
+#[derive(serde::Serialize)]
+struct RequestBody<'a> {
+    model: &'a str,
+    messages: Vec<MessageBody<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+}
+
+#[derive(serde::Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(serde::Serialize)]
+struct ToolBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: ToolFunction<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ToolFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(serde::Serialize)]
+struct MessageBody<'a> {
+    role: &'static str,
+    /// `None` (null): OpenAI's own form for a message that only calls tools.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CallBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+impl<'a> MessageBody<'a> {
+    fn new(message: &'a ChatMessage) -> Self {
+        let role = match message.role {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+            ChatRole::Tool => "tool",
+        };
+        let only_calls = message.role == ChatRole::Assistant
+            && !message.tool_calls.is_empty()
+            && message.content.is_empty();
+        Self {
+            role,
+            content: (!only_calls).then_some(message.content.as_str()),
+            tool_calls: message
+                .tool_calls
+                .iter()
+                .map(|call| CallBody {
+                    id: &call.id,
+                    kind: "function",
+                    function: CallFunction {
+                        name: &call.name,
+                        // OpenAI takes the arguments as a JSON text.
+                        arguments: call.arguments.to_string(),
+                    },
                 })
-            })
-            .collect();
-        out.insert("tool_calls".into(), Value::Array(calls));
+                .collect(),
+            tool_call_id: message.tool_call_id.as_deref(),
+        }
     }
-    if let Some(id) = &message.tool_call_id {
-        out.insert("tool_call_id".into(), json!(id));
-    }
-    Value::Object(out)
+}
+
+#[derive(serde::Serialize)]
+struct CallBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CallFunction<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct CallFunction<'a> {
+    name: &'a str,
+    arguments: String,
 }
 
 /// A tool call being assembled from stream fragments.
@@ -1226,9 +1270,7 @@ mod tests {
             temperature: None,
             max_output_tokens: Some(64),
         };
-        assert_eq!(
-            request_body(&request),
-            json!({
+        let expected = json!({
                 "model": "gpt-test",
                 "messages": [
                     {"role":"system","content":"sys"},
@@ -1241,12 +1283,17 @@ mod tests {
                 "stream_options": {"include_usage": true},
                 "tools": [{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}],
                 "max_tokens": 64,
-            })
+        });
+        let body = request_body(&request).unwrap();
+        // The same text, keys in the same order, as the tree above serialised.
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            serde_json::to_string(&expected).unwrap()
         );
         let mut no_tools = request;
         no_tools.tools = Default::default();
         no_tools.temperature = Some(0.5);
-        let body = request_body(&no_tools);
+        let body: Value = serde_json::from_slice(&request_body(&no_tools).unwrap()).unwrap();
         assert!(body.get("tools").is_none());
         assert_eq!(body["temperature"], json!(0.5));
     }
