@@ -290,9 +290,9 @@ async fn chat_completions(
     let authorization = headers
         .get(AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let parsed = serde_json::from_slice::<Value>(&body);
+    let seen = Seen::of(&body);
     lock(&shared.requests).push((body, authorization));
-    let Ok(request) = parsed else {
+    let Some(request) = seen else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "the request body is not JSON",
@@ -313,25 +313,18 @@ async fn chat_completions(
         );
     };
     let ctx = Context {
-        stream: request.get("stream").and_then(Value::as_bool) == Some(true),
-        include_usage: request
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            == Some(true),
-        model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("scripted")
-            .to_owned(),
+        stream: request.stream,
+        include_usage: request.include_usage,
+        model: request.model,
         id: format!("chatcmpl-scripted-{number}"),
-        prompt_chars: prompt_chars(&request),
+        prompt_chars: request.prompt_chars,
     };
 
     match script {
         Script::Text(chunks) => ctx.answer(&shared, chunks, Vec::new(), Duration::ZERO),
         Script::ToolCalls(calls) => ctx.answer(&shared, Vec::new(), calls, Duration::ZERO),
         Script::Echo => {
-            let text = last_user_content(&request);
+            let text = request.last_user_content;
             let chunks = split_in_two(&text);
             ctx.answer(&shared, chunks, Vec::new(), Duration::ZERO)
         }
@@ -576,6 +569,85 @@ fn error_response(status: StatusCode, message: &str, retry_after: Option<u64>) -
     (status, headers, axum::Json(body)).into_response()
 }
 
+/// What the server reads of a request.
+struct Seen {
+    stream: bool,
+    include_usage: bool,
+    model: String,
+    /// Characters of all the messages' text contents.
+    prompt_chars: usize,
+    last_user_content: String,
+}
+
+impl Seen {
+    /// `None` when the body is not JSON. A body in the shape OpenAI's clients send is read
+    /// without building a JSON tree (the tools and their schemas are skipped, not copied);
+    /// any other JSON is read from its tree, leniently.
+    fn of(body: &[u8]) -> Option<Self> {
+        if let Ok(request) = serde_json::from_slice::<Incoming<'_>>(body) {
+            let text =
+                |m: &IncomingMessage<'_>| m.content.as_deref().unwrap_or_default().to_owned();
+            return Some(Seen {
+                stream: request.stream == Some(true),
+                include_usage: request.stream_options.and_then(|o| o.include_usage) == Some(true),
+                model: request.model.as_deref().unwrap_or("scripted").to_owned(),
+                prompt_chars: request
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.content.as_deref())
+                    .map(|c| c.chars().count())
+                    .sum(),
+                last_user_content: request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role.as_deref() == Some("user"))
+                    .map(text)
+                    .unwrap_or_default(),
+            });
+        }
+        let request = serde_json::from_slice::<Value>(body).ok()?;
+        Some(Seen {
+            stream: request.get("stream").and_then(Value::as_bool) == Some(true),
+            include_usage: request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true),
+            model: request
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("scripted")
+                .to_owned(),
+            prompt_chars: prompt_chars(&request),
+            last_user_content: last_user_content(&request),
+        })
+    }
+}
+
+/// The parts of an OpenAI-shaped request [`Seen`] reads; serde skips the rest.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    stream: Option<bool>,
+    stream_options: Option<IncomingStreamOptions>,
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    messages: Vec<IncomingMessage<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IncomingStreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct IncomingMessage<'a> {
+    #[serde(borrow)]
+    role: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn prompt_chars(request: &Value) -> usize {
     request
         .get("messages")
@@ -631,4 +703,64 @@ fn split_in_pieces(text: &str, n: usize) -> Vec<String> {
         .chunks(size)
         .map(|piece| piece.iter().collect())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(body: &Value) -> (bool, bool, String, usize, String) {
+        let s = Seen::of(&serde_json::to_vec(body).expect("json")).expect("read");
+        (
+            s.stream,
+            s.include_usage,
+            s.model,
+            s.prompt_chars,
+            s.last_user_content,
+        )
+    }
+
+    /// An OpenAI-shaped body is read without a tree; anything else JSON is read from its tree
+    /// as before; a body that is not JSON is refused.
+    #[test]
+    fn requests_are_read_in_either_shape() {
+        let openai = json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "héllo"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c"}]},
+                {"role": "tool", "content": "r", "tool_call_id": "c"},
+            ],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        });
+        let bytes = serde_json::to_vec(&openai).unwrap();
+        assert!(serde_json::from_slice::<Incoming<'_>>(&bytes).is_ok());
+        assert_eq!(
+            seen(&openai),
+            (true, true, "m".to_owned(), 9, "héllo".to_owned())
+        );
+        // Content as parts and a stream flag that is no boolean: not the shape read directly.
+        let odd = json!({
+            "stream": "yes",
+            "messages": [
+                {"role": "user", "content": "first"},
+                {"role": "user", "content": [{"type": "text", "text": "x"}]},
+            ],
+        });
+        assert!(
+            serde_json::from_slice::<Incoming<'_>>(&serde_json::to_vec(&odd).unwrap()).is_err()
+        );
+        assert_eq!(
+            seen(&odd),
+            (false, false, "scripted".to_owned(), 5, String::new())
+        );
+        assert_eq!(
+            seen(&json!([])),
+            (false, false, "scripted".to_owned(), 0, String::new())
+        );
+        assert!(Seen::of(b"not json").is_none());
+    }
 }
