@@ -110,7 +110,10 @@ impl Runtime {
     ) {
         let rt = self.clone();
         tokio::spawn(async move {
-            rt.execute(claimed, stop).await;
+            // A run's future is large (the agent loop with its model and tool calls): boxed,
+            // the task holds a pointer to it, and spawning it or storing its output copies a
+            // few bytes instead of the whole future (each copy was a sizeable memcpy per run).
+            Box::pin(rt.execute(claimed, stop)).await;
             drop(slot);
             rt.hub.worker_freed();
         });
