@@ -10,6 +10,39 @@
 //! Either way the rows read as columns `column1`, `column2`, … (the names SQLite gives a
 //! `VALUES` list), so the same SQL can `INSERT INTO t (…)` them or join them `AS v`.
 
+/// The rows a group-commit batch's `VALUES` list is padded to: `n` rounded up to a power of two.
+/// A statement's text changes with its number of rows, and SQLite compiles each text it has
+/// not seen; padded, a batch's statements come in a few sizes, each kept prepared in the
+/// writer's statement cache instead of compiled anew for every batch.
+pub(crate) fn padded_rows(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
+/// `items`, then `None` up to [`padded_rows`]: a padding row is all `NULL` (see
+/// [`push_null_row`]) and the statement leaves it out (`WHERE column1 IS NOT NULL`, or a join
+/// it cannot match).
+pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
+    items.iter().map(Some).chain(std::iter::repeat_n(
+        None,
+        padded_rows(items.len()) - items.len(),
+    ))
+}
+
+/// A padding row of `width` `NULL`s, written as text (no binds).
+pub(crate) fn push_null_row<DB: sqlx::Database>(
+    values: &mut sqlx::query_builder::Separated<'_, '_, DB, &'static str>,
+    width: usize,
+) {
+    for _ in 0..width {
+        values.push("NULL");
+    }
+}
+
+/// The number of columns in a column list such as `"id, name"`.
+pub(crate) fn width(cols: &str) -> usize {
+    cols.split(',').count()
+}
+
 /// One cell. Columns are `TEXT` or `BIGINT`, each possibly `NULL`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Val {
@@ -148,6 +181,16 @@ mod tests {
                 Column::Text(vec![None, Some("x".into())]),
             ]
         );
+    }
+
+    #[test]
+    fn batches_are_padded_to_powers_of_two() {
+        let sizes: Vec<usize> = [0, 1, 2, 3, 4, 5, 64, 65, 128].map(padded_rows).to_vec();
+        assert_eq!(sizes, [1, 1, 2, 4, 4, 8, 64, 128, 128]);
+        let rows: Vec<Option<&char>> = padded(&['a', 'b', 'c']).collect();
+        assert_eq!(rows, [Some(&'a'), Some(&'b'), Some(&'c'), None]);
+        assert_eq!(padded::<char>(&[]).count(), 1);
+        assert_eq!(width("id, deployment_id, hash"), 3);
     }
 
     #[test]

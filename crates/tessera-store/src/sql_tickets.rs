@@ -430,9 +430,9 @@ macro_rules! impl_ticket_sql {
         /// written. Any other error, whole or per ticket, means the transaction must be
         /// abandoned (the caller fails the batch, and each write is retried alone).
         ///
-        /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction. Not kept as a
-        /// prepared statement: its text changes with the row count, and every size cached would
-        /// push the writer's hot statements out of sqlx's statement cache.
+        /// SQLite only (`json_each`); PostgreSQL writes one mint per transaction. The rows are
+        /// padded (`bulk::padded`): a padding row's `agent_count` is `NULL`, which no count
+        /// equals.
         pub(crate) async fn insert_tickets(
             conn: &mut Conn,
             mints: &[(&Scope, &NewTicket)],
@@ -442,7 +442,10 @@ macro_rules! impl_ticket_sql {
                          created_at, expires_at, agents, agent_count) AS (",
             );
             let mut ids = std::collections::HashMap::with_capacity(mints.len());
-            qb.push_values(mints.iter().enumerate(), |mut values, (i, (scope, new))| {
+            qb.push_values($crate::bulk::padded(mints).enumerate(), |mut values, (i, mint)| {
+                let Some((scope, new)) = mint else {
+                    return $crate::bulk::push_null_row(&mut values, 11);
+                };
                 let agents = ticket_agents(new);
                 let agent_count = agents.len() as i64;
                 let agents = serde_json::Value::from(
@@ -477,7 +480,7 @@ macro_rules! impl_ticket_sql {
                      AND a.id IN (SELECT value FROM json_each(v.agents)))
                  RETURNING {TICKET_COLS}"
             ));
-            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let rows = qb.build().fetch_all(&mut *conn).await?;
             // A ticket whose row does not parse fails alone.
             let results = in_given_order(&rows, &ids, mints.len(), "session ticket", |row| Ok(ticket_from_row(row)))?;
             let mut out = Vec::with_capacity(mints.len());
@@ -855,8 +858,13 @@ macro_rules! impl_ticket_sql {
                 return Ok(out);
             }
 
+            // Padded (`bulk::padded`): a `NULL` row joins nothing, here and in the statements
+            // below, or is left out by their `WHERE column1 IS NOT NULL`.
             let mut qb = sqlx::QueryBuilder::<$db>::new("WITH w (h, dep) AS (");
-            qb.push_values(&fresh, |mut values, &i| {
+            qb.push_values($crate::bulk::padded(&fresh), |mut values, i| {
+                let Some(&i) = i else {
+                    return $crate::bulk::push_null_row(&mut values, 2);
+                };
                 let (scope, ex) = exchanges[i];
                 values.push_bind(ex.hash.as_bytes().to_vec());
                 values.push_bind(scope.deployment_id().as_str().to_owned());
@@ -866,7 +874,7 @@ macro_rules! impl_ticket_sql {
                  SELECT {TICKET_COLS}, hash FROM session_tickets
                  JOIN w ON session_tickets.hash = w.h AND session_tickets.deployment_id = w.dep"
             ));
-            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let rows = qb.build().fetch_all(&mut *conn).await?;
             // Each hash came with one deployment (`fresh` holds one presentation per hash), and
             // the join kept only the tickets of their exchange's deployment.
             let mut found = std::collections::HashMap::with_capacity(rows.len());
@@ -904,7 +912,10 @@ macro_rules! impl_ticket_sql {
             // The same condition as a lone exchange's: the transaction is the only writer, so
             // every ticket read above as live is redeemed here; one that is not is left alone.
             let mut qb = sqlx::QueryBuilder::<$db>::new("WITH v (ticket_id, dep, at) AS (");
-            qb.push_values(&open, |mut values, (i, ticket, _, _)| {
+            qb.push_values($crate::bulk::padded(&open), |mut values, row| {
+                let Some((i, ticket, _, _)) = row else {
+                    return $crate::bulk::push_null_row(&mut values, 3);
+                };
                 let (scope, ex) = exchanges[*i];
                 values.push_bind(ticket.id.as_str().to_owned());
                 values.push_bind(scope.deployment_id().as_str().to_owned());
@@ -917,7 +928,7 @@ macro_rules! impl_ticket_sql {
                    AND session_tickets.redeemed_at IS NULL AND session_tickets.expires_at > v.at
                  RETURNING id",
             );
-            let redeemed = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            let redeemed = qb.build().fetch_all(&mut *conn).await?;
             let mut won = std::collections::HashSet::with_capacity(redeemed.len());
             for row in &redeemed {
                 won.insert(row.try_get::<String, _>("id")?);
@@ -930,9 +941,13 @@ macro_rules! impl_ticket_sql {
             let mut actors = Vec::with_capacity(open.len());
             let mut qb = sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO actors
-                   (id, deployment_id, subject_type, external_key, display_name, metadata, created_at) ",
+                   (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)
+                 SELECT * FROM (",
             );
-            qb.push_values(&open, |mut values, (i, _, _, _)| {
+            qb.push_values($crate::bulk::padded(&open), |mut values, row| {
+                let Some((i, _, _, _)) = row else {
+                    return $crate::bulk::push_null_row(&mut values, 7);
+                };
                 let (scope, ex) = exchanges[*i];
                 // The row as `bound_actor` inserts it for an anonymous ticket.
                 let actor = tessera_domain::records::Actor {
@@ -952,18 +967,22 @@ macro_rules! impl_ticket_sql {
                 values.push_bind(actor.created_at.as_millis());
                 actors.push(actor);
             });
-            qb.build().persistent(false).execute(&mut *conn).await?;
+            qb.push(") WHERE column1 IS NOT NULL");
+            qb.build().execute(&mut *conn).await?;
 
             let mut browser_ids = std::collections::HashMap::with_capacity(open.len());
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                "INSERT INTO browser_sessions ({NEW_SESSION_COLS}) "
+                "INSERT INTO browser_sessions ({NEW_SESSION_COLS}) SELECT * FROM ("
             ));
-            qb.push_values(open.iter().enumerate(), |mut values, (k, (i, _, _, _))| {
+            qb.push_values($crate::bulk::padded(&open).enumerate(), |mut values, (k, row)| {
+                let Some((i, _, _, _)) = row else {
+                    return $crate::bulk::push_null_row(&mut values, $crate::bulk::width(NEW_SESSION_COLS));
+                };
                 let (scope, ex) = exchanges[*i];
                 browser_ids.insert(push_session_row(&mut values, scope, &ex.new_browser_session), k);
             });
-            qb.push(format!(" RETURNING {SESSION_COLS}"));
-            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            qb.push(format!(") WHERE column1 IS NOT NULL RETURNING {SESSION_COLS}"));
+            let rows = qb.build().fetch_all(&mut *conn).await?;
             let browsers = in_given_order(&rows, &browser_ids, open.len(), "browser session", session_from_row)?
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
@@ -972,9 +991,12 @@ macro_rules! impl_ticket_sql {
             let mut session_ids = std::collections::HashMap::with_capacity(open.len());
             let mut pushed = Ok(());
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) "
+                "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) SELECT * FROM ("
             ));
-            qb.push_values(open.iter().enumerate(), |mut values, (k, (i, ticket, agents, group))| {
+            qb.push_values($crate::bulk::padded(&open).enumerate(), |mut values, (k, row)| {
+                let Some((i, ticket, agents, group)) = row else {
+                    return $crate::bulk::push_null_row(&mut values, $crate::bulk::width(NEW_AGENT_SESSION_COLS));
+                };
                 let (scope, ex) = exchanges[*i];
                 let new = NewAgentSession {
                     ticket: &ticket.id,
@@ -993,8 +1015,8 @@ macro_rules! impl_ticket_sql {
             });
             // Only agents that do not serialise: the statement is incomplete and must not run.
             pushed?;
-            qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
-            let rows = qb.build().persistent(false).fetch_all(&mut *conn).await?;
+            qb.push(format!(") WHERE column1 IS NOT NULL RETURNING {AGENT_SESSION_COLS}"));
+            let rows = qb.build().fetch_all(&mut *conn).await?;
             let sessions = in_given_order(&rows, &session_ids, open.len(), "agent session", agent_session_from_row)?
                 .into_iter()
                 .collect::<Option<Vec<_>>>()

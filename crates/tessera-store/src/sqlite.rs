@@ -35,6 +35,11 @@ pub struct SqliteStore {
     _alive: std::sync::Arc<()>,
 }
 
+/// Statements the writer connection keeps prepared (sqlx's default is 100): every kind of write,
+/// plus the group-commit batches' six padded statements in each of their eight sizes up to
+/// `MAX_BATCH` (`bulk::padded_rows`).
+const WRITER_STATEMENT_CACHE: usize = 400;
+
 /// How often the background task checkpoints the WAL (see the module documentation).
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -168,12 +173,15 @@ impl SqliteStore {
                     Ok(())
                 })
             })
-            // Checkpoints run in the background (see the module documentation).
+            // Checkpoints run in the background (see the module documentation). The writer
+            // keeps more statements prepared than sqlx's default 100: a group-commit batch's
+            // statements come in one text per padded size (`bulk::padded_rows`).
             .connect_with(
                 connect
                     .clone()
                     .pragma("wal_autocheckpoint", "0")
-                    .pragma("temp_store", "memory"),
+                    .pragma("temp_store", "memory")
+                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
             )
             .await?;
         let reader = SqlitePoolOptions::new()

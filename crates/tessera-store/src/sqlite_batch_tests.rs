@@ -164,6 +164,27 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
     }
 }
 
+/// Rows without an id in the tables whose batch statements are padded with `NULL` rows
+/// (`bulk::padded`): each would be a padding row the statement failed to leave out (SQLite
+/// takes a `NULL` in a `TEXT PRIMARY KEY`).
+async fn padding_rows_written(fixture: &Fixture) -> i64 {
+    let mut found = 0;
+    for table in [
+        "session_tickets",
+        "actors",
+        "browser_sessions",
+        "agent_sessions",
+    ] {
+        let (n,): (i64,) =
+            sqlx::query_as(&format!("SELECT COUNT(*) FROM {table} WHERE id IS NULL"))
+                .fetch_one(fixture.store.reader())
+                .await
+                .expect("count");
+        found += n;
+    }
+    found
+}
+
 fn outcome(done: StoreResult<HotDone>) -> ExchangeOutcome {
     done.and_then(|d| d.exchanged())
         .expect("an exchange outcome")
@@ -265,6 +286,7 @@ async fn a_batch_undoes_only_the_write_it_does_not_keep() {
         ),
         "the first exchange's redemption was committed"
     );
+    assert_eq!(padding_rows_written(&fixture).await, 0);
     store.close_pools().await;
 }
 
@@ -435,6 +457,7 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
         ),
         "another deployment's ticket still opens a session there"
     );
+    assert_eq!(padding_rows_written(&fixture).await, 0);
     store.close_pools().await;
 }
 
