@@ -126,6 +126,17 @@ pub(crate) enum HotWrite {
     },
 }
 
+/// Most messages a run's last step may hold for its end to be written together with other run
+/// ends (`finish_together`); an end with a longer step is written alone. A run's last step is
+/// usually its one reply.
+pub(crate) const FINISH_TOGETHER_MAX_STEP: usize = 4;
+
+// A batch of run ends written together stays far below SQLite's 32,766 binds per statement:
+// 14 per message row, 9 per run row, 7 per event row (a step's events and the status event);
+// padding rows are `NULL` literals, no binds.
+const _: () = assert!(crate::group::MAX_BATCH * FINISH_TOGETHER_MAX_STEP * 14 < 32_766);
+const _: () = assert!(crate::group::MAX_BATCH * (FINISH_TOGETHER_MAX_STEP + 1) * 7 < 32_766);
+
 /// What a [`HotWrite`] stored.
 pub(crate) enum HotDone {
     Submitted(crate::SubmitOutcome),
@@ -389,13 +400,24 @@ macro_rules! impl_run_sql {
             rows: &[EventRow<'_>],
             now: Timestamp,
         ) -> StoreResult<Vec<ThreadEvent>> {
+            insert_events_as(conn, rows, now, false).await
+        }
+
+        /// [`insert_events`] with `padded`: the rows padded to a few sizes (`bulk::padded`), for
+        /// a group-commit batch's many events (SQLite).
+        async fn insert_events_as(
+            conn: &mut Conn,
+            rows: &[EventRow<'_>],
+            now: Timestamp,
+            padded: bool,
+        ) -> StoreResult<Vec<ThreadEvent>> {
             if rows.is_empty() {
                 return Ok(Vec::new());
             }
             let mut stored = Vec::with_capacity(rows.len());
-            let mut data = Vec::with_capacity(rows.len());
+            let mut values = Vec::with_capacity(rows.len());
             for r in rows {
-                data.push(to_json("event data", &r.event.data)?);
+                values.push((r, to_json("event data", &r.event.data)?));
                 stored.push(ThreadEvent {
                     thread_id: id(r.thread_id.to_owned(), ThreadId::parse)?,
                     seq: r.seq,
@@ -408,15 +430,29 @@ macro_rules! impl_run_sql {
             let mut qb = QueryBuilder::<$db>::new(
                 "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at) ",
             );
-            qb.push_values(rows.iter().zip(data), |mut b, (r, data)| {
+            if padded {
+                qb.push("SELECT * FROM (");
+            }
+            let list: Vec<Option<&(&EventRow<'_>, String)>> = if padded {
+                $crate::bulk::padded(&values).collect()
+            } else {
+                values.iter().map(Some).collect()
+            };
+            qb.push_values(list, |mut b, row| {
+                let Some((r, data)) = row else {
+                    return $crate::bulk::push_null_row(&mut b, 7);
+                };
                 b.push_bind(r.thread_id)
                     .push_bind(r.seq)
                     .push_bind(r.deployment_id)
                     .push_bind(r.run_id)
                     .push_bind(r.event.kind)
-                    .push_bind(data)
+                    .push_bind(data.as_str())
                     .push_bind(now.as_millis());
             });
+            if padded {
+                qb.push(") WHERE column1 IS NOT NULL");
+            }
             qb.build().execute(&mut *conn).await?;
             Ok(stored)
         }
@@ -912,13 +948,14 @@ macro_rules! impl_run_sql {
             }
 
             /// The writes of `batch` that the backend writes together (`BULK_HOT_WRITES`), before
-            /// the others: its mints in one statement, and the exchanges that open a chat link
-            /// from a fresh browser (`exchange_fresh`). One entry per write, `Some` for one
-            /// written here; the others are written one by one after. Nothing in a batch depends
-            /// on its mints (a ticket can be exchanged only once its mint answered), and the
-            /// exchanges written here come first in an order the batch's concurrent requests
-            /// could have had. `Err` when the transaction as a whole failed, as in
-            /// [`Self::do_hot_writes`]; a mint naming a missing agent fails alone.
+            /// the others: its mints in one statement, the exchanges that open a chat link from
+            /// a fresh browser (`exchange_fresh`), and its runs' ends (`finish_together`). One
+            /// entry per write, `Some` for one written here; the others are written one by one
+            /// after. Nothing in a batch depends on its mints (a ticket can be exchanged only
+            /// once its mint answered), and the exchanges and ends written here come first in an
+            /// order the batch's concurrent requests could have had. `Err` when the transaction
+            /// as a whole failed, as in [`Self::do_hot_writes`]; a mint naming a missing agent
+            /// fails alone, and so does an end whose lease was taken over.
             pub(crate) async fn bulk_in(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -931,6 +968,7 @@ macro_rules! impl_run_sql {
                 let mut entries: Vec<Option<StoreResult<HotDone>>> = batch.iter().map(|_| None).collect();
                 let (mut mints, mut mint_at) = (Vec::new(), Vec::new());
                 let (mut exchanges, mut exchange_at) = (Vec::new(), Vec::new());
+                let (mut ends, mut end_at) = (Vec::new(), Vec::new());
                 for (i, job) in batch.iter().enumerate() {
                     match job {
                         HotWrite::Ticket { scope, new } => {
@@ -940,6 +978,10 @@ macro_rules! impl_run_sql {
                         HotWrite::Exchange { scope, exchange } => {
                             exchanges.push((scope, exchange));
                             exchange_at.push(i);
+                        }
+                        HotWrite::Finish { lease, step, end } => {
+                            ends.push((lease, step.as_slice(), end));
+                            end_at.push(i);
                         }
                         _ => {}
                     }
@@ -964,6 +1006,17 @@ macro_rules! impl_run_sql {
                     for (i, outcome) in exchange_at.into_iter().zip(written) {
                         if let Some(outcome) = outcome {
                             entries[i] = Some(Ok(HotDone::Exchanged(Box::new(outcome))));
+                        }
+                    }
+                }
+                if !ends.is_empty() {
+                    let written = self.finish_together(tx, &ends).await?;
+                    if written.len() != ends.len() {
+                        return Err(StoreError::Corrupt("a run end without a result".to_owned()));
+                    }
+                    for (i, result) in end_at.into_iter().zip(written) {
+                        if let Some(result) = result {
+                            entries[i] = Some(result.map(|(run, events)| HotDone::Finished(run, events)));
                         }
                     }
                 }
@@ -1464,6 +1517,218 @@ macro_rules! impl_run_sql {
                 self.notify(tx, &Notification::Runs).await?;
                 self.notify(tx, &Notification::ThreadEvents(run.thread_id.clone())).await?;
                 Ok((run, stored))
+            }
+
+            /// Run ends written together (`bulk_in`): four statements for all of them, whatever
+            /// their number. The runs end, fenced as in [`Self::finish_in`] (a run whose lease
+            /// was taken over gets `LeaseLost` and writes nothing); their last steps' messages
+            /// are stored (one whose step key is already stored is skipped with its event, as
+            /// `insert_step` does); their threads' active slots are freed and event numbers
+            /// reserved; and their events are inserted. The outcome is the one writing them
+            /// alone, one after the other in batch order, gives. One entry per end, `None` for
+            /// an end left to be written alone: a second end of the same run, or a step longer
+            /// than [`FINISH_TOGETHER_MAX_STEP`]. The `VALUES` lists are padded
+            /// (`bulk::padded`), so the statements stay prepared. `Err` when a statement failed:
+            /// the transaction as a whole failed.
+            ///
+            /// [`FINISH_TOGETHER_MAX_STEP`]: $crate::sql_runs::FINISH_TOGETHER_MAX_STEP
+            #[allow(dead_code)] // SQLite's group commit; PostgreSQL writes one at a time.
+            pub(crate) async fn finish_together(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                ends: &[(&Lease, &[StepMessage], &RunEnd)],
+            ) -> StoreResult<Vec<Option<StoreResult<(Run, Vec<ThreadEvent>)>>>> {
+                use std::collections::{HashMap, HashSet};
+                let mut out: Vec<Option<StoreResult<(Run, Vec<ThreadEvent>)>>> = ends.iter().map(|_| None).collect();
+                let mut seen = HashSet::with_capacity(ends.len());
+                let together: Vec<usize> = (0..ends.len())
+                    .filter(|&i| {
+                        let (lease, step, _) = ends[i];
+                        step.len() <= $crate::sql_runs::FINISH_TOGETHER_MAX_STEP && seen.insert(lease.run_id.as_str())
+                    })
+                    .collect();
+                if together.is_empty() {
+                    return Ok(out);
+                }
+                let now = Timestamp::now();
+
+                // The runs end: only those still held by the lease's attempt.
+                let mut qb = QueryBuilder::<$db>::new(
+                    "WITH v (v_id, v_attempt, v_status, v_stop, v_error, v_prompt, v_completion,
+                             v_iterations, v_tool_calls) AS (",
+                );
+                qb.push_values($crate::bulk::padded(&together), |mut b, i| {
+                    let Some(&i) = i else {
+                        return $crate::bulk::push_null_row(&mut b, 9);
+                    };
+                    let (lease, _, end) = ends[i];
+                    b.push_bind(lease.run_id.as_str())
+                        .push_bind(lease.attempt)
+                        .push_bind(end.status.as_str())
+                        .push_bind(end.stop_reason.as_str())
+                        .push_bind(end.error.as_deref())
+                        .push_bind(end.usage.prompt_tokens as i64)
+                        .push_bind(end.usage.completion_tokens as i64)
+                        .push_bind(i64::from(end.usage.iterations))
+                        .push_bind(i64::from(end.usage.tool_calls));
+                });
+                qb.push(
+                    ") UPDATE runs SET status = v.v_status, stop_reason = v.v_stop, error = v.v_error,
+                       prompt_tokens = v.v_prompt, completion_tokens = v.v_completion,
+                       iterations = v.v_iterations, tool_calls = v.v_tool_calls, wall_ms = ",
+                );
+                qb.push_bind(now.as_millis());
+                qb.push(" - COALESCE(started_at, ");
+                qb.push_bind(now.as_millis());
+                qb.push("), finished_at = ");
+                qb.push_bind(now.as_millis());
+                qb.push(format!(
+                    ", lease_owner = NULL, lease_expires_at = NULL
+                     FROM v WHERE runs.id = v.v_id AND runs.attempt = v.v_attempt
+                       AND runs.status IN ('running', 'waiting_for_input')
+                     RETURNING deployment_id, {RUN_COLS}"
+                ));
+                let rows = qb.build().fetch_all(&mut **tx).await?;
+                let mut ended: HashMap<String, (String, Run)> = HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let run = run_from_row(row)?;
+                    ended.insert(run.id.as_str().to_owned(), (row.try_get("deployment_id")?, run));
+                }
+                // (entry, deployment, run) of each end that ended, in batch order.
+                let mut done: Vec<(usize, &str, &Run)> = Vec::with_capacity(ended.len());
+                for &i in &together {
+                    match ended.get(ends[i].0.run_id.as_str()) {
+                        Some((dep, run)) => done.push((i, dep.as_str(), run)),
+                        None => out[i] = Some(Err(StoreError::LeaseLost)),
+                    }
+                }
+
+                // Their steps' messages, each unless its step key is stored already.
+                let mut stored: HashSet<String> = HashSet::new();
+                let messages: Vec<(&str, &StepMessage)> = done
+                    .iter()
+                    .flat_map(|&(i, dep, _)| ends[i].1.iter().map(move |s| (dep, s)))
+                    .collect();
+                if !messages.is_empty() {
+                    let mut rows = Vec::with_capacity(messages.len());
+                    for (dep, s) in &messages {
+                        let m = &s.message;
+                        rows.push((
+                            *dep,
+                            *s,
+                            to_json("message tool_calls", &m.tool_calls)?,
+                            to_json("message attachments", &m.attachments)?,
+                            m.usage.map(|u| to_json("message usage", &u)).transpose()?,
+                        ));
+                    }
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
+                           tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at)
+                         SELECT * FROM (",
+                    );
+                    qb.push_values($crate::bulk::padded(&rows), |mut b, row| {
+                        let Some((dep, s, tool_calls, attachments, usage)) = row else {
+                            return $crate::bulk::push_null_row(&mut b, 14);
+                        };
+                        let m = &s.message;
+                        b.push_bind(m.id.as_str())
+                            .push_bind(*dep)
+                            .push_bind(m.thread_id.as_str())
+                            .push_bind(m.run_id.as_ref().map(|r| r.as_str()))
+                            .push_bind(m.role.as_str())
+                            .push_bind(m.content.as_str())
+                            .push_bind(tool_calls.as_str())
+                            .push_bind(m.tool_call_id.as_deref())
+                            .push_bind(m.tool_name.as_deref())
+                            .push_bind(i64::from(m.is_error))
+                            .push_bind(attachments.as_str())
+                            .push_bind(usage.as_deref())
+                            .push_bind(s.step_key.as_str())
+                            .push_bind(m.created_at.as_millis());
+                    });
+                    // `WHERE` also tells SQLite's parser that `ON CONFLICT` is the upsert's.
+                    qb.push(") WHERE column1 IS NOT NULL ON CONFLICT (run_id, step_key) DO NOTHING RETURNING id");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        stored.insert(row.try_get("id")?);
+                    }
+                }
+
+                // Each end's events: its stored messages', then its run's status.
+                let mut events: Vec<Vec<NewEvent>> = Vec::with_capacity(done.len());
+                // (thread, its runs as a JSON array, its number of events), in order of first end.
+                let mut threads: Vec<(&str, Vec<&str>, i64)> = Vec::new();
+                let mut thread_at: HashMap<&str, usize> = HashMap::new();
+                for &(i, _, run) in &done {
+                    let mut mine: Vec<NewEvent> = ends[i]
+                        .1
+                        .iter()
+                        .filter(|s| stored.contains(s.message.id.as_str()))
+                        .map(|s| s.event.clone())
+                        .collect();
+                    mine.push(event::run_status_event(run));
+                    let at = *thread_at.entry(run.thread_id.as_str()).or_insert_with(|| {
+                        threads.push((run.thread_id.as_str(), Vec::new(), 0));
+                        threads.len() - 1
+                    });
+                    threads[at].1.push(run.id.as_str());
+                    threads[at].2 += mine.len() as i64;
+                    events.push(mine);
+                }
+                if threads.is_empty() {
+                    return Ok(out);
+                }
+
+                // The threads: each frees its active slot if one of these runs holds it, and
+                // reserves its events' numbers.
+                let mut qb = QueryBuilder::<$db>::new("WITH v (v_thread, v_runs, v_events) AS (");
+                let mut rows = Vec::with_capacity(threads.len());
+                for (thread, runs, n) in &threads {
+                    rows.push((*thread, to_json("run ids", runs)?, *n));
+                }
+                qb.push_values($crate::bulk::padded(&rows), |mut b, row| {
+                    let Some((thread, runs, n)) = row else {
+                        return $crate::bulk::push_null_row(&mut b, 3);
+                    };
+                    b.push_bind(*thread).push_bind(runs.as_str()).push_bind(*n);
+                });
+                qb.push(
+                    ") UPDATE threads SET
+                       status = CASE WHEN active_run_id IN (SELECT value FROM json_each(v.v_runs))
+                                THEN 'idle' ELSE status END,
+                       active_run_id = CASE WHEN active_run_id IN (SELECT value FROM json_each(v.v_runs))
+                                       THEN NULL ELSE active_run_id END,
+                       last_seq = last_seq + v.v_events, updated_at = ",
+                );
+                qb.push_bind(now.as_millis());
+                qb.push(" FROM v WHERE threads.id = v.v_thread RETURNING id, last_seq");
+                let mut next_seq: HashMap<String, i64> = HashMap::with_capacity(threads.len());
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    next_seq.insert(row.try_get("id")?, row.try_get("last_seq")?);
+                }
+                for (thread, _, n) in &threads {
+                    let last = next_seq.get_mut(*thread).ok_or_else(|| StoreError::Corrupt(format!("the thread of an ended run is gone: {thread}")))?;
+                    // From here on, the thread's next number to hand out.
+                    *last -= n - 1;
+                }
+
+                let mut rows = Vec::new();
+                for (&(_, dep, run), mine) in done.iter().zip(&events) {
+                    let first = next_seq.get_mut(run.thread_id.as_str()).ok_or_else(|| StoreError::Corrupt("an ended run without its thread".to_owned()))?;
+                    rows.extend(numbered(dep, run.thread_id.as_str(), *first, mine.iter().map(|e| (Some(run.id.as_str()), e))));
+                    *first += mine.len() as i64;
+                }
+                let mut inserted = insert_events_as(tx, &rows, now, true).await?.into_iter();
+                drop(rows);
+                let mut notifications = vec![Notification::Runs];
+                for (thread, _, _) in &threads {
+                    notifications.push(Notification::ThreadEvents(id((*thread).to_owned(), ThreadId::parse)?));
+                }
+                self.notify_many(tx, &notifications).await?;
+                for (&(i, _, run), mine) in done.iter().zip(&events) {
+                    let stored: Vec<ThreadEvent> = inserted.by_ref().take(mine.len()).collect();
+                    out[i] = Some(Ok((run.clone(), stored)));
+                }
+                Ok(out)
             }
         }
 

@@ -164,19 +164,21 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
     }
 }
 
-/// Rows without an id in the tables whose batch statements are padded with `NULL` rows
+/// Rows without a key in the tables whose batch statements are padded with `NULL` rows
 /// (`bulk::padded`): each would be a padding row the statement failed to leave out (SQLite
 /// takes a `NULL` in a `TEXT PRIMARY KEY`).
 async fn padding_rows_written(fixture: &Fixture) -> i64 {
     let mut found = 0;
-    for table in [
-        "session_tickets",
-        "actors",
-        "browser_sessions",
-        "agent_sessions",
+    for (table, key) in [
+        ("session_tickets", "id"),
+        ("actors", "id"),
+        ("browser_sessions", "id"),
+        ("agent_sessions", "id"),
+        ("messages", "id"),
+        ("thread_events", "thread_id"),
     ] {
         let (n,): (i64,) =
-            sqlx::query_as(&format!("SELECT COUNT(*) FROM {table} WHERE id IS NULL"))
+            sqlx::query_as(&format!("SELECT COUNT(*) FROM {table} WHERE {key} IS NULL"))
                 .fetch_one(fixture.store.reader())
                 .await
                 .expect("count");
@@ -614,4 +616,359 @@ async fn a_failing_statement_written_together_fails_the_batch_then_each_write_al
         "the failed exchange left its ticket unused"
     );
     store.close_pools().await;
+}
+
+/// One of [`runs_ended_together_get_what_each_gets_ended_alone`]'s threads: a run started on it
+/// for a worker, and the worker's lease.
+struct Started {
+    thread: tessera_domain::ThreadId,
+    run: tessera_domain::RunId,
+    lease: crate::Lease,
+}
+
+impl Tenant {
+    /// A thread (of a fresh actor and project) whose run was started for a worker.
+    async fn started(&self, fixture: &Fixture, title: &str) -> Started {
+        use crate::{ProjectStore as _, RunStore as _, ThreadStore as _};
+        use tessera_domain::records::{NewActor, NewProject};
+        use tessera_domain::validate::{ExternalKey, Metadata, SubjectType};
+        let store = &fixture.store;
+        let actor = store
+            .create_actor(
+                &self.scope,
+                &NewActor {
+                    subject_type: SubjectType::parse("subject_type", "user").expect("type"),
+                    external_key: ExternalKey::parse("external_key", title).expect("key"),
+                    display_name: None,
+                    metadata: Metadata::parse("metadata", serde_json::json!({})).expect("meta"),
+                },
+            )
+            .await
+            .expect("actor");
+        let project = store
+            .create_project(
+                &self.scope,
+                &NewProject {
+                    actor_id: actor.id,
+                    agent_id: self.agent.clone(),
+                    name: Label::parse("name", title).expect("label"),
+                },
+            )
+            .await
+            .expect("project");
+        let thread = store
+            .create_thread(
+                &self.scope,
+                &tessera_domain::thread::NewThread {
+                    project_id: project.id,
+                    title: Label::parse("title", title).expect("title"),
+                    system_instructions: None,
+                    purpose: tessera_domain::thread::ThreadPurpose::Conversation,
+                    capability_tags: vec![],
+                    context_group: None,
+                },
+            )
+            .await
+            .expect("thread")
+            .id;
+        let run = tessera_domain::RunId::generate();
+        let submit = crate::SubmitRun {
+            message: message(&thread, &run, tessera_domain::thread::Role::User, "go"),
+            run_id: run.clone(),
+            policy: None,
+            idempotency: None,
+            variables: Default::default(),
+            start: Some(crate::StartHere {
+                owner: "worker".to_owned(),
+                lease_ms: 60_000,
+            }),
+        };
+        match store
+            .submit_run(&self.scope, &thread, &submit)
+            .await
+            .expect("submit")
+        {
+            crate::SubmitOutcome::Created {
+                started: Some(started),
+                ..
+            } => Started {
+                thread,
+                run,
+                lease: started.lease,
+            },
+            other => panic!("the run was not started here: {other:?}"),
+        }
+    }
+}
+
+fn message(
+    thread: &tessera_domain::ThreadId,
+    run: &tessera_domain::RunId,
+    role: tessera_domain::thread::Role,
+    text: &str,
+) -> tessera_domain::thread::Message {
+    tessera_domain::thread::Message {
+        id: tessera_domain::MessageId::generate(),
+        thread_id: thread.clone(),
+        run_id: Some(run.clone()),
+        role,
+        content: text.to_owned(),
+        tool_calls: vec![],
+        tool_call_id: None,
+        tool_name: None,
+        is_error: false,
+        attachments: vec![],
+        usage: Some(tessera_domain::thread::TokenUsage {
+            prompt_tokens: 7,
+            completion_tokens: 3,
+        }),
+        created_at: Timestamp::now(),
+    }
+}
+
+/// A step of `texts` (assistant messages, step keys `k0`, `k1`, …) for `started`'s run.
+fn step_of(started: &Started, texts: &[&str]) -> Vec<crate::StepMessage> {
+    use tessera_domain::event;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(k, text)| {
+            let m = message(
+                &started.thread,
+                &started.run,
+                tessera_domain::thread::Role::Assistant,
+                text,
+            );
+            crate::StepMessage {
+                event: event::message_event(event::MESSAGE_COMPLETED, &m),
+                message: m,
+                step_key: format!("k{k}"),
+            }
+        })
+        .collect()
+}
+
+fn run_end(
+    status: tessera_domain::thread::RunStatus,
+    stop: tessera_domain::thread::StopReason,
+    error: Option<&str>,
+    n: u32,
+) -> crate::RunEnd {
+    crate::RunEnd {
+        status,
+        stop_reason: stop,
+        error: error.map(str::to_owned),
+        usage: tessera_domain::thread::RunUsage {
+            prompt_tokens: 100 + u64::from(n),
+            completion_tokens: 10 + u64::from(n),
+            iterations: n,
+            tool_calls: n * 2,
+            wall_ms: 0,
+        },
+    }
+}
+
+/// What a run end's result and what it left behind look like, without the ids and times that
+/// differ between two tenants: the result (the run's fields, each event's number, kind and
+/// text), the run as stored, the thread's status and every event and message text on it.
+async fn ended_shape(
+    fixture: &Fixture,
+    tenant: &Tenant,
+    started: &Started,
+    result: StoreResult<HotDone>,
+) -> String {
+    use crate::{RunStore as _, ThreadStore as _};
+    let store = &fixture.store;
+    let event_shape = |e: &crate::ThreadEvent| {
+        format!(
+            "{}:{}:{}:{}",
+            e.seq,
+            e.kind,
+            e.run_id.as_ref() == Some(&started.run),
+            e.data
+                .pointer("/message/content")
+                .or_else(|| e.data.get("status"))
+                .cloned()
+                .unwrap_or_default()
+        )
+    };
+    let run_shape = |r: &tessera_domain::thread::Run| {
+        format!(
+            "{}/{:?}/{:?}/{}/{}/{}/{}/{}/{}",
+            r.status.as_str(),
+            r.stop_reason,
+            r.error,
+            r.attempt,
+            r.usage.prompt_tokens,
+            r.usage.completion_tokens,
+            r.usage.iterations,
+            r.usage.tool_calls,
+            r.finished_at.is_some()
+        )
+    };
+    let result = match result.and_then(|done| done.finished()) {
+        Ok((run, events)) => {
+            assert_eq!(run.id, started.run);
+            let stored = store
+                .events_after(&tenant.scope, &started.thread, events[0].seq - 1, 100)
+                .await
+                .expect("events");
+            assert_eq!(stored, events, "the events returned are the events stored");
+            format!(
+                "ended {} [{}]",
+                run_shape(&run),
+                events
+                    .iter()
+                    .map(event_shape)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Err(err) => format!("failed: {err}"),
+    };
+    let run = store
+        .get_run(&tenant.scope, &started.thread, &started.run)
+        .await
+        .expect("run");
+    let thread = store
+        .get_thread(&tenant.scope, &started.thread)
+        .await
+        .expect("thread");
+    let events = store
+        .events_after(&tenant.scope, &started.thread, 0, 100)
+        .await
+        .expect("events");
+    let history = store
+        .thread_history(&tenant.scope, &started.thread)
+        .await
+        .expect("history");
+    format!(
+        "{result}\nstored: {} thread {:?}\nevents: {}\nmessages: {:?}",
+        run_shape(&run),
+        thread.status,
+        events
+            .iter()
+            .map(event_shape)
+            .collect::<Vec<_>>()
+            .join(", "),
+        history.iter().map(|m| &m.content).collect::<Vec<_>>()
+    )
+}
+
+/// Run ends written together (`finish_together`) answer and store exactly what writing each
+/// alone, one after the other, does: ends of several threads with steps of one and two
+/// messages, an end whose step was partly stored before (a retried step), an end with no
+/// step, one whose lease was taken over, one with a step too long to go together, and a second
+/// end of a run already ended in the batch (both of the last two are written alone).
+#[tokio::test]
+async fn runs_ended_together_get_what_each_gets_ended_alone() {
+    use crate::RunStore as _;
+    use tessera_domain::thread::{RunStatus, StopReason};
+    let fixture = Fixture::new().await;
+    let mut shapes = Vec::new();
+    for (name, together) in [("together", true), ("alone", false)] {
+        let tenant = fixture.tenant(name).await;
+        let mut threads = Vec::new();
+        for t in 0..5 {
+            threads.push(tenant.started(&fixture, &format!("t{t}")).await);
+        }
+        // A retried step: its first message was stored by the step before.
+        let retried = step_of(&threads[1], &["first", "second"]);
+        fixture
+            .store
+            .record_step(&threads[1].lease, &retried[..1])
+            .await
+            .expect("the first message");
+        let lost = crate::Lease {
+            attempt: threads[2].lease.attempt + 1,
+            ..threads[2].lease.clone()
+        };
+        let long: Vec<String> = (0..=crate::sql_runs::FINISH_TOGETHER_MAX_STEP)
+            .map(|k| format!("long {k}"))
+            .collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let completed = |n| run_end(RunStatus::Completed, StopReason::Completed, None, n);
+        let jobs = vec![
+            HotWrite::Finish {
+                lease: threads[0].lease.clone(),
+                step: step_of(&threads[0], &["reply"]),
+                end: completed(1),
+            },
+            HotWrite::Finish {
+                lease: threads[1].lease.clone(),
+                step: retried,
+                end: completed(2),
+            },
+            HotWrite::Finish {
+                lease: lost,
+                step: step_of(&threads[2], &["never"]),
+                end: completed(3),
+            },
+            HotWrite::Finish {
+                lease: threads[3].lease.clone(),
+                step: vec![],
+                end: run_end(
+                    RunStatus::Failed,
+                    StopReason::ModelError,
+                    Some("model: 500"),
+                    4,
+                ),
+            },
+            HotWrite::Finish {
+                lease: threads[4].lease.clone(),
+                step: step_of(&threads[4], &long),
+                end: completed(5),
+            },
+            HotWrite::Finish {
+                lease: threads[0].lease.clone(),
+                step: step_of(&threads[0], &["again"]),
+                end: completed(6),
+            },
+        ];
+        let results = if together {
+            assert_eq!(
+                fixture.written_together(&jobs).await,
+                [true, true, true, true, false, false],
+                "which ends go together"
+            );
+            fixture.batch(&jobs).await
+        } else {
+            let mut results = Vec::new();
+            for job in &jobs {
+                results.extend(fixture.batch(std::slice::from_ref(job)).await);
+            }
+            results
+        };
+        assert_eq!(results.len(), jobs.len());
+        let mut shape = Vec::new();
+        // The thread each end is on.
+        let on = [0, 1, 2, 3, 4, 0];
+        for (result, t) in results.into_iter().zip(on) {
+            shape.push(ended_shape(&fixture, &tenant, &threads[t], result).await);
+        }
+        shapes.push(shape);
+    }
+    let (together, alone) = (&shapes[0], &shapes[1]);
+    for (k, (t, a)) in together.iter().zip(alone).enumerate() {
+        assert_eq!(t, a, "end {k}: together (left) and alone (right) differ");
+    }
+    // What the comparison rests on, spelled out once.
+    assert!(
+        together[0].starts_with("ended completed/"),
+        "{}",
+        together[0]
+    );
+    assert!(together[0].contains("thread Idle"), "{}", together[0]);
+    assert!(together[0].contains(":\"reply\""), "{}", together[0]);
+    assert!(
+        together[1].contains("messages: [\"go\", \"first\", \"second\"]"),
+        "{}",
+        together[1]
+    );
+    assert!(together[2].starts_with("failed: "), "{}", together[2]);
+    assert!(together[2].contains("stored: running/"), "{}", together[2]);
+    assert!(together[3].contains("model: 500"), "{}", together[3]);
+    assert!(together[5].starts_with("failed: "), "{}", together[5]);
+    assert!(!together[5].contains("again"), "{}", together[5]);
+    assert_eq!(padding_rows_written(&fixture).await, 0);
 }
