@@ -1544,7 +1544,9 @@ macro_rules! impl_run_sql {
                 let together: Vec<usize> = (0..ends.len())
                     .filter(|&i| {
                         let (lease, step, _) = ends[i];
-                        step.len() <= $crate::sql_runs::FINISH_TOGETHER_MAX_STEP && seen.insert(lease.run_id.as_str())
+                        // Every end registers its run first: any later end of the same run is
+                        // written alone, after this one, as batch order has it.
+                        seen.insert(lease.run_id.as_str()) && step.len() <= $crate::sql_runs::FINISH_TOGETHER_MAX_STEP
                     })
                     .collect();
                 if together.is_empty() {

@@ -165,8 +165,10 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
 }
 
 /// Rows without a key in the tables whose batch statements are padded with `NULL` rows
-/// (`bulk::padded`): each would be a padding row the statement failed to leave out (SQLite
-/// takes a `NULL` in a `TEXT PRIMARY KEY`).
+/// (`bulk::padded`): each would be a padding row the statement failed to leave out. Today every
+/// such table also has a `NOT NULL` column, so a leaked padding row fails its statement (and
+/// the batch) first; this holds even for a table without one (SQLite takes a `NULL` in a
+/// `TEXT PRIMARY KEY`).
 async fn padding_rows_written(fixture: &Fixture) -> i64 {
     let mut found = 0;
     for (table, key) in [
@@ -857,9 +859,11 @@ async fn ended_shape(
 
 /// Run ends written together (`finish_together`) answer and store exactly what writing each
 /// alone, one after the other, does: ends of several threads with steps of one and two
-/// messages, an end whose step was partly stored before (a retried step), an end with no
-/// step, one whose lease was taken over, one with a step too long to go together, and a second
-/// end of a run already ended in the batch (both of the last two are written alone).
+/// messages (one text holding a NUL character), an end whose step was partly stored before (a
+/// retried step), an end with no step, one whose lease was taken over, one with a step too long
+/// to go together, and second ends of runs ended earlier in the batch, together or alone (the
+/// last three are written alone, in batch order). Five ends go together: every padded
+/// statement gets padding rows.
 #[tokio::test]
 async fn runs_ended_together_get_what_each_gets_ended_alone() {
     use crate::RunStore as _;
@@ -869,7 +873,7 @@ async fn runs_ended_together_get_what_each_gets_ended_alone() {
     for (name, together) in [("together", true), ("alone", false)] {
         let tenant = fixture.tenant(name).await;
         let mut threads = Vec::new();
-        for t in 0..5 {
+        for t in 0..6 {
             threads.push(tenant.started(&fixture, &format!("t{t}")).await);
         }
         // A retried step: its first message was stored by the step before.
@@ -920,15 +924,26 @@ async fn runs_ended_together_get_what_each_gets_ended_alone() {
                 end: completed(5),
             },
             HotWrite::Finish {
+                lease: threads[5].lease.clone(),
+                step: step_of(&threads[5], &["re\u{0}ply"]),
+                end: completed(6),
+            },
+            HotWrite::Finish {
                 lease: threads[0].lease.clone(),
                 step: step_of(&threads[0], &["again"]),
-                end: completed(6),
+                end: completed(7),
+            },
+            // After the long end of the same run, which it must not overtake.
+            HotWrite::Finish {
+                lease: threads[4].lease.clone(),
+                step: step_of(&threads[4], &["short"]),
+                end: completed(8),
             },
         ];
         let results = if together {
             assert_eq!(
                 fixture.written_together(&jobs).await,
-                [true, true, true, true, false, false],
+                [true, true, true, true, false, true, false, false],
                 "which ends go together"
             );
             fixture.batch(&jobs).await
@@ -942,7 +957,7 @@ async fn runs_ended_together_get_what_each_gets_ended_alone() {
         assert_eq!(results.len(), jobs.len());
         let mut shape = Vec::new();
         // The thread each end is on.
-        let on = [0, 1, 2, 3, 4, 0];
+        let on = [0, 1, 2, 3, 4, 5, 0, 4];
         for (result, t) in results.into_iter().zip(on) {
             shape.push(ended_shape(&fixture, &tenant, &threads[t], result).await);
         }
@@ -968,7 +983,15 @@ async fn runs_ended_together_get_what_each_gets_ended_alone() {
     assert!(together[2].starts_with("failed: "), "{}", together[2]);
     assert!(together[2].contains("stored: running/"), "{}", together[2]);
     assert!(together[3].contains("model: 500"), "{}", together[3]);
-    assert!(together[5].starts_with("failed: "), "{}", together[5]);
-    assert!(!together[5].contains("again"), "{}", together[5]);
+    assert!(
+        together[4].starts_with("ended completed/"),
+        "{}",
+        together[4]
+    );
+    assert!(together[5].contains("\"re\\0ply\""), "{}", together[5]);
+    assert!(together[6].starts_with("failed: "), "{}", together[6]);
+    assert!(!together[6].contains("again"), "{}", together[6]);
+    assert!(together[7].starts_with("failed: "), "{}", together[7]);
+    assert!(!together[7].contains("short"), "{}", together[7]);
     assert_eq!(padding_rows_written(&fixture).await, 0);
 }
