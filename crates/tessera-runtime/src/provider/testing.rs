@@ -580,11 +580,17 @@ struct Seen {
 }
 
 impl Seen {
-    /// `None` when the body is not JSON. A body in the shape OpenAI's clients send is read
-    /// without building a JSON tree (the tools and their schemas are skipped, not copied);
-    /// any other JSON is read from its tree, leniently.
+    /// `None` when the body is not JSON. A JSON object in the shape OpenAI's clients send is
+    /// read without building a JSON tree (the tools and their schemas are skipped, not copied);
+    /// any other JSON is read from its tree, leniently. (Skipped values are only scanned, so a
+    /// number too large for an `f64` in them no longer makes the body "not JSON"; and serde
+    /// reads a nested JSON array in place of a message object. OpenAI's clients send neither.)
     fn of(body: &[u8]) -> Option<Self> {
-        if let Ok(request) = serde_json::from_slice::<Incoming<'_>>(body) {
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if let Some(request) = object
+            .then(|| serde_json::from_slice::<Incoming<'_>>(body).ok())
+            .flatten()
+        {
             let text =
                 |m: &IncomingMessage<'_>| m.content.as_deref().unwrap_or_default().to_owned();
             return Some(Seen {
@@ -759,6 +765,13 @@ mod tests {
         );
         assert_eq!(
             seen(&json!([])),
+            (false, false, "scripted".to_owned(), 0, String::new())
+        );
+        // An array is no request object, whatever serde would make of it.
+        let array =
+            json!([true, {"include_usage": true}, "m", [{"role": "user", "content": "hi"}]]);
+        assert_eq!(
+            seen(&array),
             (false, false, "scripted".to_owned(), 0, String::new())
         );
         assert!(Seen::of(b"not json").is_none());
