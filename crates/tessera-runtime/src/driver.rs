@@ -110,9 +110,10 @@ impl Runtime {
     ) {
         let rt = self.clone();
         tokio::spawn(async move {
-            // A run's future is large (the agent loop with its model and tool calls): boxed,
-            // the task holds a pointer to it, and spawning it or storing its output copies a
-            // few bytes instead of the whole future (each copy was a sizeable memcpy per run).
+            // A run's future is large (the agent loop with its model and tool calls). tokio
+            // copies a task's stage, as large as its future, when spawning it and again when
+            // the task completes; boxed, the stage is a pointer (each copy was a sizeable
+            // memcpy per run).
             Box::pin(rt.execute(claimed, stop)).await;
             drop(slot);
             rt.hub.worker_freed();

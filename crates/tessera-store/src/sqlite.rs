@@ -36,8 +36,9 @@ pub struct SqliteStore {
 }
 
 /// Statements the writer connection keeps prepared (sqlx's default is 100): every kind of write,
-/// plus the group-commit batches' six padded statements in each of their eight sizes up to
-/// `MAX_BATCH` (`bulk::padded_rows`).
+/// plus the group-commit batches' ten padded statements, each in a few sizes (powers of two up
+/// to 128 rows, or up to 1,024 for a batch's messages and events: about 85 texts in all, see
+/// `bulk::padded_rows`).
 const WRITER_STATEMENT_CACHE: usize = 400;
 
 /// How often the background task checkpoints the WAL (see the module documentation).
