@@ -675,7 +675,12 @@ impl Tenant {
             .id;
         let run = tessera_domain::RunId::generate();
         let submit = crate::SubmitRun {
-            message: message(&thread, &run, tessera_domain::thread::Role::User, "go"),
+            message: crate::testing::message(
+                &thread,
+                &run,
+                tessera_domain::thread::Role::User,
+                "go",
+            ),
             run_id: run.clone(),
             policy: None,
             idempotency: None,
@@ -703,31 +708,6 @@ impl Tenant {
     }
 }
 
-fn message(
-    thread: &tessera_domain::ThreadId,
-    run: &tessera_domain::RunId,
-    role: tessera_domain::thread::Role,
-    text: &str,
-) -> tessera_domain::thread::Message {
-    tessera_domain::thread::Message {
-        id: tessera_domain::MessageId::generate(),
-        thread_id: thread.clone(),
-        run_id: Some(run.clone()),
-        role,
-        content: text.to_owned(),
-        tool_calls: vec![],
-        tool_call_id: None,
-        tool_name: None,
-        is_error: false,
-        attachments: vec![],
-        usage: Some(tessera_domain::thread::TokenUsage {
-            prompt_tokens: 7,
-            completion_tokens: 3,
-        }),
-        created_at: Timestamp::now(),
-    }
-}
-
 /// A step of `texts` (assistant messages, step keys `k0`, `k1`, …) for `started`'s run.
 fn step_of(started: &Started, texts: &[&str]) -> Vec<crate::StepMessage> {
     use tessera_domain::event;
@@ -735,12 +715,19 @@ fn step_of(started: &Started, texts: &[&str]) -> Vec<crate::StepMessage> {
         .iter()
         .enumerate()
         .map(|(k, text)| {
-            let m = message(
-                &started.thread,
-                &started.run,
-                tessera_domain::thread::Role::Assistant,
-                text,
-            );
+            let m = tessera_domain::thread::Message {
+                // A usage, so that the messages' JSON columns are all written.
+                usage: Some(tessera_domain::thread::TokenUsage {
+                    prompt_tokens: 7,
+                    completion_tokens: 3,
+                }),
+                ..crate::testing::message(
+                    &started.thread,
+                    &started.run,
+                    tessera_domain::thread::Role::Assistant,
+                    text,
+                )
+            };
             crate::StepMessage {
                 event: event::message_event(event::MESSAGE_COMPLETED, &m),
                 message: m,

@@ -102,6 +102,30 @@ pub fn agent_spec(name: &str, description: &str) -> tessera_domain::agent::Agent
     }
 }
 
+/// A message of `run` on `thread` with `role` and `text`, a fresh id and the current time, and
+/// nothing else (no tool calls, attachments or usage).
+pub fn message(
+    thread: &tessera_domain::ThreadId,
+    run: &tessera_domain::RunId,
+    role: tessera_domain::thread::Role,
+    text: &str,
+) -> tessera_domain::thread::Message {
+    tessera_domain::thread::Message {
+        id: tessera_domain::MessageId::generate(),
+        thread_id: thread.clone(),
+        run_id: Some(run.clone()),
+        role,
+        content: text.to_owned(),
+        tool_calls: vec![],
+        tool_call_id: None,
+        tool_name: None,
+        is_error: false,
+        attachments: vec![],
+        usage: None,
+        created_at: tessera_domain::Timestamp::now(),
+    }
+}
+
 /// Runs `body` once per available backend, each on a fresh database. Prints a skip notice for
 /// PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is unset.
 ///

@@ -112,20 +112,7 @@ pub async fn thread(store: &Arc<dyn Store>, t: &Tenant, title: &str) -> Thread {
 }
 
 pub fn user_message(thread_id: &ThreadId, run_id: &RunId, text: &str) -> Message {
-    Message {
-        id: MessageId::generate(),
-        thread_id: thread_id.clone(),
-        run_id: Some(run_id.clone()),
-        role: Role::User,
-        content: text.to_owned(),
-        tool_calls: vec![],
-        tool_call_id: None,
-        tool_name: None,
-        is_error: false,
-        attachments: vec![],
-        usage: None,
-        created_at: Timestamp::now(),
-    }
+    tessera_store::testing::message(thread_id, run_id, Role::User, text)
 }
 
 pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> SubmitRun {
