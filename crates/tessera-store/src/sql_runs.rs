@@ -483,6 +483,15 @@ macro_rules! impl_run_sql {
             insert_events(conn, &rows, now).await
         }
 
+        /// A message's JSON columns as stored: `tool_calls`, `attachments`, `usage`.
+        fn message_json_columns(m: &Message) -> StoreResult<(String, String, Option<String>)> {
+            Ok((
+                to_json("message tool_calls", &m.tool_calls)?,
+                to_json("message attachments", &m.attachments)?,
+                m.usage.map(|u| to_json("message usage", &u)).transpose()?,
+            ))
+        }
+
         /// Inserts a message; `false` when a message with the same step key already exists.
         async fn insert_message(
             conn: &mut Conn,
@@ -490,6 +499,7 @@ macro_rules! impl_run_sql {
             m: &Message,
             step_key: Option<&str>,
         ) -> StoreResult<bool> {
+            let (tool_calls, attachments, usage) = message_json_columns(m)?;
             let done = sqlx::query(
                 "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
                    tool_call_id, tool_name, is_error, attachments, usage, step_key, created_at)
@@ -502,12 +512,12 @@ macro_rules! impl_run_sql {
             .bind(m.run_id.as_ref().map(|r| r.as_str()))
             .bind(m.role.as_str())
             .bind(m.content.as_str())
-            .bind(to_json("message tool_calls", &m.tool_calls)?)
+            .bind(tool_calls)
             .bind(m.tool_call_id.as_deref())
             .bind(m.tool_name.as_deref())
             .bind(i64::from(m.is_error))
-            .bind(to_json("message attachments", &m.attachments)?)
-            .bind(m.usage.map(|u| to_json("message usage", &u)).transpose()?)
+            .bind(attachments)
+            .bind(usage)
             .bind(step_key)
             .bind(m.created_at.as_millis())
             .execute(&mut *conn)
@@ -1614,14 +1624,8 @@ macro_rules! impl_run_sql {
                 if !messages.is_empty() {
                     let mut rows = Vec::with_capacity(messages.len());
                     for (dep, s) in &messages {
-                        let m = &s.message;
-                        rows.push((
-                            *dep,
-                            *s,
-                            to_json("message tool_calls", &m.tool_calls)?,
-                            to_json("message attachments", &m.attachments)?,
-                            m.usage.map(|u| to_json("message usage", &u)).transpose()?,
-                        ));
+                        let (tool_calls, attachments, usage) = message_json_columns(&s.message)?;
+                        rows.push((*dep, *s, tool_calls, attachments, usage));
                     }
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, deployment_id, thread_id, run_id, role, content, tool_calls,
