@@ -96,6 +96,10 @@ struct Args {
     /// Pairs per second all clients together offer in the paced pair phase (0 skips it).
     #[arg(long, default_value_t = TARGET_PAIRS)]
     pair_rate: f64,
+    /// Also print each paced phase as a timeline: operations, p50, p99 and max latency per this
+    /// many milliseconds of due times (0: no timeline), to tell steady queueing from stalls.
+    #[arg(long, default_value_t = 0)]
+    timeline_ms: u64,
     /// SQLite: leave the writer's two threads wherever the system puts them instead of on one
     /// CPU (`database.sqlite_pin_writer = false`), for a side-by-side comparison.
     #[arg(long)]
@@ -105,6 +109,9 @@ struct Args {
 /// Latencies of one phase and its wall time.
 struct Phase {
     latencies_us: Vec<u64>,
+    /// When each operation of `latencies_us` was due (paced) or sent (flat out), from the start
+    /// of the phase.
+    due_us: Vec<u64>,
     errors: usize,
     first_error: Option<String>,
     wall: Duration,
@@ -129,14 +136,39 @@ impl Phase {
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let mut sorted = self.latencies_us.clone();
-        sorted.sort_unstable();
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+        percentile_ms(self.latencies_us.clone(), p)
     }
+
+    /// The phase in windows of `window` by due time: (window start, operations, p50, p99, max).
+    fn timeline(&self, window: Duration) -> Vec<(Duration, usize, f64, f64, f64)> {
+        let width = window.as_micros().max(1) as u64;
+        let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for (&due, &latency) in self.due_us.iter().zip(&self.latencies_us) {
+            windows.entry(due / width).or_default().push(latency);
+        }
+        windows
+            .into_iter()
+            .map(|(k, latencies)| {
+                (
+                    Duration::from_micros(k * width),
+                    latencies.len(),
+                    percentile_ms(latencies.clone(), 50.0),
+                    percentile_ms(latencies.clone(), 99.0),
+                    percentile_ms(latencies, 100.0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The `p`th percentile of `latencies_us`, in milliseconds (NaN when empty).
+fn percentile_ms(mut latencies_us: Vec<u64>, p: f64) -> f64 {
+    if latencies_us.is_empty() {
+        return f64::NAN;
+    }
+    latencies_us.sort_unstable();
+    let rank = ((p / 100.0) * latencies_us.len() as f64).ceil() as usize;
+    latencies_us[rank.clamp(1, latencies_us.len()) - 1] as f64 / 1000.0
 }
 
 /// CPU time (user + system) this process used so far, from `/proc/self/stat` (clock ticks of
@@ -191,6 +223,7 @@ where
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut due = Vec::new();
             let mut errors = 0;
             let mut first_error = None;
             for k in 0u64.. {
@@ -208,18 +241,22 @@ where
                     tokio::time::sleep_until(began.into()).await;
                 }
                 match op().await {
-                    Ok(()) => latencies.push(began.elapsed().as_micros() as u64),
+                    Ok(()) => {
+                        latencies.push(began.elapsed().as_micros() as u64);
+                        due.push(began.duration_since(start).as_micros() as u64);
+                    }
                     Err(err) => {
                         errors += 1;
                         first_error.get_or_insert_with(|| format!("{err:#}"));
                     }
                 }
             }
-            (latencies, errors, first_error)
+            (latencies, due, errors, first_error)
         }));
     }
     let mut phase = Phase {
         latencies_us: Vec::new(),
+        due_us: Vec::new(),
         errors: 0,
         first_error: None,
         wall: Duration::ZERO,
@@ -227,8 +264,9 @@ where
     };
     for task in tasks {
         match task.await {
-            Ok((latencies, errors, first)) => {
+            Ok((latencies, due, errors, first)) => {
                 phase.latencies_us.extend(latencies);
+                phase.due_us.extend(due);
                 phase.errors += errors;
                 if phase.first_error.is_none() {
                     phase.first_error = first;
@@ -490,6 +528,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each paced phase by windows of `--timeline-ms` of due times: whether its slow operations were
+/// spread out (queueing) or bunched (a stall).
+fn print_timelines(args: &Args, reports: &[Report]) {
+    let window = Duration::from_millis(args.timeline_ms);
+    for r in reports {
+        for (what, phase) in [("mints", &r.mint_paced), ("pairs", &r.pairs_paced)] {
+            let Some(phase) = phase else { continue };
+            println!();
+            println!(
+                "{} paced {what}, per {} ms of due times:",
+                r.backend, args.timeline_ms
+            );
+            println!("| from s | ops | p50 ms | p99 ms | max ms |");
+            println!("|---|---|---|---|---|");
+            for (from, ops, p50, p99, max) in phase.timeline(window) {
+                println!(
+                    "| {:.2} | {ops} | {p50:.2} | {p99:.2} | {max:.2} |",
+                    from.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let postgres = args
         .postgres_url
@@ -545,6 +607,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("  first error ({} {name}): {first}", r.backend);
             }
         }
+    }
+    if args.timeline_ms > 0 {
+        print_timelines(&args, &reports);
     }
     if let Some(sqlite) = reports.iter().find(|r| r.backend == "sqlite") {
         let verdict = |ok: bool| if ok { "met" } else { "NOT MET" };
