@@ -96,6 +96,10 @@ struct Args {
     /// Pairs per second all clients together offer in the paced pair phase (0 skips it).
     #[arg(long, default_value_t = TARGET_PAIRS)]
     pair_rate: f64,
+    /// Before the SQLite phases, time this many seconds of the disk alone: 40 KiB written and
+    /// synced, over and over, in the directory the benchmark's database goes to (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    disk_probe_seconds: u64,
     /// Also print each paced phase as a timeline: operations, p50, p99 and max latency per this
     /// many milliseconds of due times (0: no timeline), to tell steady queueing from stalls.
     #[arg(long, default_value_t = 0)]
@@ -528,6 +532,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// Syncs slower than this in the disk probe are counted: one such sync stalls every commit
+/// behind it, so one inside a paced phase can decide its p99.
+const SLOW_SYNC_MS: f64 = 20.0;
+
+/// The disk alone, as a commit sees it: 40 KiB (ten 4 KiB pages) written then synced, over and
+/// over for `seconds`, in a scratch file next to where the
+/// benchmark's database goes. Returns the sync latencies in microseconds.
+fn disk_probe(seconds: u64) -> anyhow::Result<Vec<u64>> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = tempfile::Builder::new()
+        .prefix("bench-tickets-disk-")
+        .tempfile()?;
+    let block = vec![0x5a_u8; 40 * 1024];
+    let mut latencies = Vec::new();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut offset = 0u64;
+    while Instant::now() < end {
+        let began = Instant::now();
+        file.as_file_mut().seek(SeekFrom::Start(offset))?;
+        file.as_file_mut().write_all(&block)?;
+        file.as_file().sync_all()?;
+        latencies.push(began.elapsed().as_micros() as u64);
+        // Like a WAL: appended, then started over (here every 64 MiB).
+        offset = (offset + block.len() as u64) % (64 << 20);
+    }
+    Ok(latencies)
+}
+
+/// Prints what [`disk_probe`] measured.
+fn print_disk_probe(seconds: u64, latencies_us: &[u64]) {
+    let slow: Vec<f64> = latencies_us
+        .iter()
+        .map(|&us| us as f64 / 1000.0)
+        .filter(|&ms| ms > SLOW_SYNC_MS)
+        .collect();
+    println!(
+        "  disk alone ({seconds} s of 40 KiB written and synced, one after another): {} syncs, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms; {} slower than {SLOW_SYNC_MS:.0} ms{}",
+        latencies_us.len(),
+        percentile_ms(latencies_us.to_vec(), 50.0),
+        percentile_ms(latencies_us.to_vec(), 99.0),
+        percentile_ms(latencies_us.to_vec(), 99.9),
+        percentile_ms(latencies_us.to_vec(), 100.0),
+        slow.len(),
+        if slow.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} ms)",
+                slow.iter()
+                    .take(10)
+                    .map(|ms| format!("{ms:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if slow.len() > 10 { ", …" } else { "" }
+            )
+        }
+    );
+}
+
 /// Each paced phase by windows of `--timeline-ms` of due times: whether its slow operations were
 /// spread out (queueing) or bunched (a stall).
 fn print_timelines(args: &Args, reports: &[Report]) {
@@ -568,6 +631,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let mut reports = Vec::new();
     if matches!(args.backend, BackendArg::Sqlite | BackendArg::Both) {
+        if args.disk_probe_seconds > 0 {
+            let seconds = args.disk_probe_seconds;
+            let latencies = tokio::task::spawn_blocking(move || disk_probe(seconds))
+                .await
+                .context("the disk probe panicked")?
+                .context("the disk probe failed")?;
+            print_disk_probe(seconds, &latencies);
+        }
         reports.push(bench_backend(&args, "sqlite", None).await?);
     }
     if matches!(args.backend, BackendArg::Postgres | BackendArg::Both) {
