@@ -41,6 +41,13 @@ pub struct SqliteStore {
 /// `bulk::padded_rows`).
 const WRITER_STATEMENT_CACHE: usize = 400;
 
+/// The writer connection's page cache, in KiB (`PRAGMA cache_size` with a negative value; SQLite's
+/// default is 2,000 KiB). Every write walks its tables' and indexes' B-trees from the root, and
+/// the writer is the one connection whose cache survives other connections' commits (a reader's
+/// is dropped whenever the database changed): with the default, the indexes keyed by random
+/// token hashes outgrew it and most writes read pages back from the OS.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
 /// How often the background task checkpoints the WAL (see the module documentation).
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -182,6 +189,7 @@ impl SqliteStore {
                     .clone()
                     .pragma("wal_autocheckpoint", "0")
                     .pragma("temp_store", "memory")
+                    .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE),
             )
             .await?;
