@@ -243,8 +243,6 @@ pub(crate) async fn exchange_session_ticket(
             .unwrap_or(i64::MAX / 2_000)
             .saturating_mul(1000)
     };
-    let mut anonymous = [0u8; 16];
-    tessera_domain::id::random_bytes(&mut anonymous);
     let exchange = ExchangeTicket {
         hash: SecretHash::of(ticket),
         now: Timestamp::now(),
@@ -253,7 +251,9 @@ pub(crate) async fn exchange_session_ticket(
         session_token: token.hash(),
         session_lifetime_ms: seconds_ms(identity.sessions.agent_session_lifetime_seconds),
         impersonation_ms: seconds_ms(identity.sessions.impersonation_seconds),
-        anonymous_key: format!("anon_{}", tessera_domain::id::base32_encode(&anonymous)),
+        // Time-ordered like ids (80 random bits under a millisecond timestamp): the actors'
+        // unique key index then grows at its end instead of at a random page per exchange.
+        anonymous_key: format!("anon_{}", tessera_domain::id::new_body(Timestamp::now())),
     };
     let outcome = state.store.exchange_ticket(&scope, &exchange).await?;
     let (body, cookie) = match outcome {
