@@ -156,10 +156,14 @@ impl SqliteStore {
         }
         // The writer is opened first so that it creates the file before readers open it.
         // A local file has no connection that silently breaks: skip the ping sqlx otherwise
-        // sends before handing out every pooled connection.
+        // sends before handing out every pooled connection, and keep the one connection (with
+        // its warm page and statement caches) instead of replacing it after sqlx's default idle
+        // time and lifetime.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     // A connection that cannot run `SELECT 1` is refused like any broken one.
@@ -424,6 +428,31 @@ mod tests {
         let store = SqliteStore::connect(&url, &options).await.expect("open");
         let (_, cpus) = probe(&mut store.writer.acquire().await.expect("writer")).await;
         assert!(cpus.len() > 1, "pinning off: {cpus:?}");
+        store.close_pools().await;
+    }
+
+    /// The writer's one connection is never replaced for being idle or old (its caches stay
+    /// warm), and it has the large page cache; readers keep SQLite's default.
+    #[tokio::test]
+    async fn the_writer_keeps_its_connection_and_a_large_page_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .expect("open");
+        let options = store.writer.options();
+        assert_eq!(options.get_idle_timeout(), None, "idle timeout");
+        assert_eq!(options.get_max_lifetime(), None, "lifetime");
+        let (writer,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(writer, -WRITER_CACHE_KIB, "the writer's cache, in KiB");
+        let (reader,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&mut *store.reader.acquire().await.expect("reader"))
+            .await
+            .expect("pragma");
+        assert_eq!(reader, -2000, "a reader keeps SQLite's default");
         store.close_pools().await;
     }
 
