@@ -97,11 +97,13 @@ struct Args {
     #[arg(long, default_value_t = TARGET_PAIRS)]
     pair_rate: f64,
     /// Before the SQLite phases, time this many seconds of the disk alone: 40 KiB written and
-    /// synced, over and over, in the directory the benchmark's database goes to (0 skips it).
+    /// synced, over and over, in the system's temporary directory, where the benchmark's
+    /// database also goes (0 skips it).
     #[arg(long, default_value_t = 5)]
     disk_probe_seconds: u64,
     /// Also print each paced phase as a timeline: operations, p50, p99 and max latency per this
     /// many milliseconds of due times (0: no timeline), to tell steady queueing from stalls.
+    /// Failed operations are left out of it (the table counts them as errors).
     #[arg(long, default_value_t = 0)]
     timeline_ms: u64,
     /// SQLite: leave the writer's two threads wherever the system puts them instead of on one
@@ -171,7 +173,10 @@ fn percentile_ms(mut latencies_us: Vec<u64>, p: f64) -> f64 {
         return f64::NAN;
     }
     latencies_us.sort_unstable();
-    let rank = ((p / 100.0) * latencies_us.len() as f64).ceil() as usize;
+    // Nearest rank, in integers (thousandths of a percent): `ceil(p / 100 * n)` in floating
+    // point lands one rank too high for p = 99.9 and n a multiple of 1,000.
+    let thousandths = (p * 1000.0).round() as usize;
+    let rank = (thousandths * latencies_us.len()).div_ceil(100_000);
     latencies_us[rank.clamp(1, latencies_us.len()) - 1] as f64 / 1000.0
 }
 
@@ -537,8 +542,8 @@ fn main() -> ExitCode {
 const SLOW_SYNC_MS: f64 = 20.0;
 
 /// The disk alone, as a commit sees it: 40 KiB (ten 4 KiB pages) written then synced, over and
-/// over for `seconds`, in a scratch file next to where the
-/// benchmark's database goes. Returns the sync latencies in microseconds.
+/// over for `seconds`, in a scratch file in the system's temporary directory (where the
+/// benchmark's database goes). Returns the sync latencies in microseconds.
 fn disk_probe(seconds: u64) -> anyhow::Result<Vec<u64>> {
     use std::io::{Seek, SeekFrom, Write};
     let mut file = tempfile::Builder::new()
@@ -554,8 +559,12 @@ fn disk_probe(seconds: u64) -> anyhow::Result<Vec<u64>> {
         file.as_file_mut().write_all(&block)?;
         file.as_file().sync_all()?;
         latencies.push(began.elapsed().as_micros() as u64);
-        // Like a WAL: appended, then started over (here every 64 MiB).
-        offset = (offset + block.len() as u64) % (64 << 20);
+        // Like a WAL: appended, then started over from the beginning (here at 64 MiB). The
+        // first pass grows the file; later passes overwrite it, as a WAL does once restarted.
+        offset += block.len() as u64;
+        if offset + block.len() as u64 > 64 << 20 {
+            offset = 0;
+        }
     }
     Ok(latencies)
 }
