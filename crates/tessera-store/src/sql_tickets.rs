@@ -169,8 +169,8 @@ macro_rules! impl_ticket_sql {
         ) -> StoreResult<Actor> {
             match binding {
                 Binding::Anonymous => {
-                    // The key is fresh (128 random bits per exchange): a plain insert, no
-                    // lookup of an existing actor.
+                    // The key is fresh (a time-ordered id body with 80 random bits per
+                    // exchange): a plain insert, no lookup of an existing actor.
                     let row = sqlx::query(&format!(
                         "INSERT INTO actors
                            (id, deployment_id, subject_type, external_key, display_name, metadata, created_at)

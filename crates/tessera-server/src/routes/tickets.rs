@@ -243,9 +243,10 @@ pub(crate) async fn exchange_session_ticket(
             .unwrap_or(i64::MAX / 2_000)
             .saturating_mul(1000)
     };
+    let now = Timestamp::now();
     let exchange = ExchangeTicket {
         hash: SecretHash::of(ticket),
-        now: Timestamp::now(),
+        now,
         browser_session: session_cookie_value(&headers).map(|v| SecretHash::of(&v)),
         new_browser_session,
         session_token: token.hash(),
@@ -253,7 +254,7 @@ pub(crate) async fn exchange_session_ticket(
         impersonation_ms: seconds_ms(identity.sessions.impersonation_seconds),
         // Time-ordered like ids (80 random bits under a millisecond timestamp): the actors'
         // unique key index then grows at its end instead of at a random page per exchange.
-        anonymous_key: format!("anon_{}", tessera_domain::id::new_body(Timestamp::now())),
+        anonymous_key: format!("anon_{}", tessera_domain::id::new_body(now)),
     };
     let outcome = state.store.exchange_ticket(&scope, &exchange).await?;
     let (body, cookie) = match outcome {
