@@ -45,8 +45,11 @@ const WRITER_STATEMENT_CACHE: usize = 400;
 /// default is 2,000 KiB). Every write walks its tables' and indexes' B-trees from the root, and
 /// the writer is the one connection whose cache survives other connections' commits (a reader's
 /// is dropped whenever the database changed): with the default, the indexes keyed by random
-/// token hashes outgrew it and most writes read pages back from the OS.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// token hashes outgrew it and most writes read pages back from the OS. Not larger: every page
+/// written passes through this cache, so a 50 MiB upload (stored in chunks) fills it, and the
+/// server's memory grows by as much (the streaming test of `crates/tessera/tests/cli/boards.rs`
+/// allows half the file; 32 MiB went over).
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// How often the background task checkpoints the WAL (see the module documentation).
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
