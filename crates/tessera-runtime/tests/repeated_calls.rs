@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::records::{NewActor, NewDeployment, NewProject};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
-use tessera_domain::thread::{Message, NewThread, Role, ThreadPurpose, ToolCall};
+use tessera_domain::thread::{NewThread, Role, ThreadPurpose, ToolCall};
 use tessera_domain::tool::{
     InputSchema, PlatformEventConfig, ToolConfig, ToolName, ToolSpec as RecordSpec,
 };
 use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
-use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp, ToolId};
+use tessera_domain::{ProjectId, RunId, Scope, ThreadId, Timestamp, ToolId};
 use tessera_runtime::board_tools::BoardTools;
 use tessera_runtime::tool_records::{
     ActorTokenRequest, McpClients, RecordTools, ToolCredentials, ToolRecordsConfig,
@@ -116,20 +116,7 @@ async fn setup(db: &TestDatabase) -> Setup {
             &scope,
             &chat.id,
             &SubmitRun {
-                message: Message {
-                    id: MessageId::generate(),
-                    thread_id: chat.id.clone(),
-                    run_id: Some(run_id.clone()),
-                    role: Role::User,
-                    content: "plan it".into(),
-                    tool_calls: vec![],
-                    tool_call_id: None,
-                    tool_name: None,
-                    is_error: false,
-                    attachments: vec![],
-                    usage: None,
-                    created_at: Timestamp::now(),
-                },
+                message: tessera_store::testing::message(&chat.id, &run_id, Role::User, "plan it"),
                 run_id,
                 policy: Some(MultitaskPolicy::Enqueue),
                 idempotency: None,

@@ -23,7 +23,7 @@ use tessera_domain::validate::{
     DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName,
     SubjectType, ToolPattern,
 };
-use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
+use tessera_domain::{ProjectId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::driver::{ModelChoice, Runtime, RuntimeConfig};
 use tessera_runtime::hub::{Hub, Stop};
 use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
@@ -253,20 +253,7 @@ impl Rig {
     async fn send(&self, text: &str) -> RunId {
         let run_id = RunId::generate();
         let submit = SubmitRun {
-            message: Message {
-                id: MessageId::generate(),
-                thread_id: self.thread.clone(),
-                run_id: Some(run_id.clone()),
-                role: Role::User,
-                content: text.to_owned(),
-                tool_calls: vec![],
-                tool_call_id: None,
-                tool_name: None,
-                is_error: false,
-                attachments: vec![],
-                usage: None,
-                created_at: Timestamp::now(),
-            },
+            message: tessera_store::testing::message(&self.thread, &run_id, Role::User, text),
             run_id: run_id.clone(),
             policy: Some(MultitaskPolicy::Enqueue),
             idempotency: None,

@@ -72,18 +72,15 @@ fn assistant_message(thread_id: &ThreadId, run_id: &RunId, call_id: &str) -> Mes
 
 fn tool_message(thread_id: &ThreadId, run_id: &RunId, call_id: &str) -> Message {
     Message {
-        id: MessageId::generate(),
-        thread_id: thread_id.clone(),
-        run_id: Some(run_id.clone()),
-        role: Role::Tool,
-        content: "lookup failed: upstream timeout".into(),
-        tool_calls: vec![],
         tool_call_id: Some(call_id.into()),
         tool_name: Some("lookup".into()),
         is_error: true,
-        attachments: vec![],
-        usage: None,
-        created_at: Timestamp::now(),
+        ..tessera_store::testing::message(
+            thread_id,
+            run_id,
+            Role::Tool,
+            "lookup failed: upstream timeout",
+        )
     }
 }
 
