@@ -142,7 +142,7 @@ impl Phase {
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
-        percentile_ms(self.latencies_us.clone(), p)
+        percentile_ms(&sorted(self.latencies_us.clone()), p)
     }
 
     /// The phase in windows of `window` by due time: (window start, operations, p50, p99, max).
@@ -155,24 +155,31 @@ impl Phase {
         windows
             .into_iter()
             .map(|(k, latencies)| {
+                let latencies = sorted(latencies);
                 (
                     Duration::from_micros(k * width),
                     latencies.len(),
-                    percentile_ms(latencies.clone(), 50.0),
-                    percentile_ms(latencies.clone(), 99.0),
-                    percentile_ms(latencies, 100.0),
+                    percentile_ms(&latencies, 50.0),
+                    percentile_ms(&latencies, 99.0),
+                    percentile_ms(&latencies, 100.0),
                 )
             })
             .collect()
     }
 }
 
-/// The `p`th percentile of `latencies_us`, in milliseconds (NaN when empty).
-fn percentile_ms(mut latencies_us: Vec<u64>, p: f64) -> f64 {
+/// `latencies` in ascending order.
+fn sorted(mut latencies: Vec<u64>) -> Vec<u64> {
+    latencies.sort_unstable();
+    latencies
+}
+
+/// The `p`th percentile of `latencies_us` (in ascending order), in milliseconds (NaN when
+/// empty).
+fn percentile_ms(latencies_us: &[u64], p: f64) -> f64 {
     if latencies_us.is_empty() {
         return f64::NAN;
     }
-    latencies_us.sort_unstable();
     // Nearest rank, in integers (thousandths of a percent): `ceil(p / 100 * n)` in floating
     // point lands one rank too high for p = 99.9 and n a multiple of 1,000.
     let thousandths = (p * 1000.0).round() as usize;
@@ -571,6 +578,7 @@ fn disk_probe(seconds: u64) -> anyhow::Result<Vec<u64>> {
 
 /// Prints what [`disk_probe`] measured.
 fn print_disk_probe(seconds: u64, latencies_us: &[u64]) {
+    let ordered = sorted(latencies_us.to_vec());
     let slow: Vec<f64> = latencies_us
         .iter()
         .map(|&us| us as f64 / 1000.0)
@@ -579,10 +587,10 @@ fn print_disk_probe(seconds: u64, latencies_us: &[u64]) {
     println!(
         "  disk alone ({seconds} s of 40 KiB written and synced, one after another): {} syncs, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms; {} slower than {SLOW_SYNC_MS:.0} ms{}",
         latencies_us.len(),
-        percentile_ms(latencies_us.to_vec(), 50.0),
-        percentile_ms(latencies_us.to_vec(), 99.0),
-        percentile_ms(latencies_us.to_vec(), 99.9),
-        percentile_ms(latencies_us.to_vec(), 100.0),
+        percentile_ms(&ordered, 50.0),
+        percentile_ms(&ordered, 99.0),
+        percentile_ms(&ordered, 99.9),
+        percentile_ms(&ordered, 100.0),
         slow.len(),
         if slow.is_empty() {
             String::new()
