@@ -96,6 +96,19 @@ pub fn is_valid_body(body: &str) -> bool {
         && body.as_bytes()[0] <= b'7'
 }
 
+/// The 128-bit value of a well-formed id body (see [`is_valid_body`]); `None` otherwise.
+/// Bodies compare as their values do, so a body's value sorts by creation time too.
+pub fn decode_body(body: &str) -> Option<u128> {
+    if !is_valid_body(body) {
+        return None;
+    }
+    Some(body.bytes().fold(0u128, |value, b| {
+        // In the alphabet (checked above), whose position is the digit's value.
+        let digit = ALPHABET.iter().position(|&a| a == b).unwrap_or(0) as u128;
+        (value << 5) | digit
+    }))
+}
+
 /// The id was not `<prefix>_<26 base32 chars>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid {expected} id")]
@@ -358,6 +371,27 @@ mod tests {
             assert!(ActorId::parse(next.as_str()).is_ok());
             prev = next;
         }
+    }
+
+    #[test]
+    fn bodies_decode_to_the_value_they_encode() {
+        for value in [0, 1, 31, 32, u128::from(u64::MAX), u128::MAX] {
+            assert_eq!(decode_body(&encode_u128(value)), Some(value));
+        }
+        let earlier = new_body(Timestamp::from_millis(1_700_000_000_000));
+        let later = new_body(Timestamp::from_millis(1_700_000_000_001));
+        assert!(decode_body(&earlier) < decode_body(&later));
+        assert_eq!(
+            decode_body("8zzzzzzzzzzzzzzzzzzzzzzzzz"),
+            None,
+            "over 128 bits"
+        );
+        assert_eq!(decode_body("0123"), None);
+        assert_eq!(
+            decode_body("0000000000000000000000000u"),
+            None,
+            "not in the alphabet"
+        );
     }
 
     #[test]

@@ -2,38 +2,90 @@
 //!
 //! A secret is `<prefix>_` + 256 random bits in base32. Only its SHA-256 digest is stored; the
 //! plaintext exists once, in the response (or console output) that creates it.
+//!
+//! Secrets minted by the thousand (session tickets, agent session tokens, session cookies) are
+//! *ordered*: `<prefix>_` + a fresh id body (creation time in milliseconds and 80 random bits,
+//! see [`crate::id`]) + the 256 random bits. Their stored form leads with that body's value:
+//! the 16 bytes of the body, then the SHA-256 digest of the whole secret. The unique index over
+//! the stored form then grows at its end, like an id index, instead of gaining an entry at a
+//! random place (a random page written per secret). The leading part is no secret (it is a
+//! creation time and a random tag); the 256 random bits are stored only inside the digest.
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::id::{base32_encode, random_bytes};
+use crate::clock::Timestamp;
+use crate::id::{base32_encode, decode_body, new_body, random_bytes, BODY_LEN};
 
 /// Number of leading characters of a secret shown in lists (`tsk_` + 8).
 pub const DISPLAY_PREFIX_LEN: usize = 12;
 
-/// SHA-256 digest of a secret, the only form in which secrets are stored.
+/// Base32 characters of 256 random bits.
+const RANDOM_CHARS: usize = 52;
+/// Bytes of a SHA-256 digest.
+const DIGEST_LEN: usize = 32;
+/// Bytes of an ordered secret's leading part (an id body's 128-bit value).
+const ORDER_LEN: usize = 16;
+
+/// The stored form of a secret: its SHA-256 digest, led by the secret's ordering part when it
+/// has one (see the module documentation). The only form in which secrets are stored.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretHash([u8; 32]);
+pub struct SecretHash {
+    bytes: [u8; ORDER_LEN + DIGEST_LEN],
+    len: usize,
+}
 
 impl SecretHash {
     pub fn of(secret: &str) -> Self {
-        Self(Sha256::digest(secret.as_bytes()).into())
+        let digest = Sha256::digest(secret.as_bytes());
+        let mut bytes = [0u8; ORDER_LEN + DIGEST_LEN];
+        let len = match ordering_part(secret) {
+            Some(order) => {
+                bytes[..ORDER_LEN].copy_from_slice(&order.to_be_bytes());
+                bytes[ORDER_LEN..].copy_from_slice(&digest);
+                ORDER_LEN + DIGEST_LEN
+            }
+            None => {
+                bytes[..DIGEST_LEN].copy_from_slice(&digest);
+                DIGEST_LEN
+            }
+        };
+        Self { bytes, len }
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    /// A stored form read back: a digest alone (32 bytes) or led by an ordering part (48).
+    pub fn from_bytes(stored: &[u8]) -> Option<Self> {
+        if stored.len() != DIGEST_LEN && stored.len() != ORDER_LEN + DIGEST_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; ORDER_LEN + DIGEST_LEN];
+        bytes[..stored.len()].copy_from_slice(stored);
+        Some(Self {
+            bytes,
+            len: stored.len(),
+        })
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 
-    /// Constant-time equality, so comparing a presented secret leaks no timing.
+    /// Constant-time equality, so comparing a presented secret leaks no timing. (Only the
+    /// length, which says whether the secret is of the ordered form, is compared first.)
     pub fn matches(&self, other: &SecretHash) -> bool {
-        self.0.ct_eq(&other.0).into()
+        self.as_bytes().ct_eq(other.as_bytes()).into()
     }
+}
+
+/// The value of an ordered secret's id body: `<prefix>_<26-char id body><52 random chars>`.
+fn ordering_part(secret: &str) -> Option<u128> {
+    let (_, rest) = secret.split_once('_')?;
+    if rest.len() != BODY_LEN + RANDOM_CHARS {
+        return None;
+    }
+    decode_body(rest.get(..BODY_LEN)?)
 }
 
 impl fmt::Debug for SecretHash {
@@ -52,6 +104,18 @@ impl PlainSecret {
         let mut bytes = [0u8; 32];
         random_bytes(&mut bytes);
         Self(format!("{prefix}_{}", base32_encode(&bytes)))
+    }
+
+    /// A new ordered secret `<prefix>_<26-char id body for now><52 base32 chars>` carrying
+    /// 256 random bits besides the id body's 80 (see the module documentation).
+    pub fn generate_ordered(prefix: &str, now: Timestamp) -> Self {
+        let mut bytes = [0u8; 32];
+        random_bytes(&mut bytes);
+        Self(format!(
+            "{prefix}_{}{}",
+            new_body(now),
+            base32_encode(&bytes)
+        ))
     }
 
     /// Wraps a secret supplied by an operator (e.g. `TESSERA_BOOTSTRAP_SECRET_KEY`).
@@ -111,6 +175,76 @@ mod tests {
         assert!(!s.hash().matches(&SecretHash::of("tsk_other")));
         assert_eq!(s.display_prefix().len(), DISPLAY_PREFIX_LEN);
         assert!(!format!("{s:?}").contains(s.expose()));
+    }
+
+    #[test]
+    fn ordered_secrets_are_stored_led_by_their_creation_order() {
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let s = PlainSecret::generate_ordered("tkt", now);
+        assert!(s.expose().starts_with("tkt_"));
+        assert_eq!(s.expose().len(), 4 + BODY_LEN + RANDOM_CHARS);
+        let body = &s.expose()[4..4 + BODY_LEN];
+        assert!(crate::id::is_valid_body(body));
+        let stored = s.hash();
+        assert_eq!(stored.as_bytes().len(), ORDER_LEN + DIGEST_LEN);
+        assert_eq!(
+            stored.as_bytes()[..ORDER_LEN],
+            decode_body(body).unwrap().to_be_bytes()
+        );
+        assert_eq!(
+            stored.as_bytes()[ORDER_LEN..],
+            Sha256::digest(s.expose().as_bytes())[..],
+            "the rest is the digest of the whole secret"
+        );
+        assert!(stored.matches(&SecretHash::of(s.expose())));
+        assert_eq!(
+            SecretHash::from_bytes(stored.as_bytes()),
+            Some(stored.clone())
+        );
+
+        // Stored forms sort by creation, even within one millisecond.
+        let mut previous = stored;
+        for at in [now, now, now.plus_millis(1), now.plus_secs(60)] {
+            let next = PlainSecret::generate_ordered("tkt", at).hash();
+            assert!(next.as_bytes() > previous.as_bytes());
+            previous = next;
+        }
+
+        // Another secret with the same ordering part, or the same secret with another one, is
+        // another stored form: the digest covers the whole secret.
+        let random = &s.expose()[4 + BODY_LEN..];
+        let other = PlainSecret::generate_ordered("tkt", now);
+        let forged = format!("tkt_{body}{}", &other.expose()[4 + BODY_LEN..]);
+        assert!(!SecretHash::of(&forged).matches(&s.hash()));
+        let moved = format!("tkt_{}{random}", &other.expose()[4..4 + BODY_LEN]);
+        assert!(!SecretHash::of(&moved).matches(&s.hash()));
+    }
+
+    #[test]
+    fn secrets_of_other_shapes_are_stored_as_their_digest_alone() {
+        let plain = PlainSecret::generate("tkt");
+        for secret in [
+            plain.expose().to_owned(),
+            "tkt_short".to_owned(),
+            "no underscore at all".to_owned(),
+            // The right length, but the leading part is not an id body.
+            format!("tkt_{}", "u".repeat(BODY_LEN + RANDOM_CHARS)),
+            format!("tkt_9{}", "0".repeat(BODY_LEN + RANDOM_CHARS - 1)),
+        ] {
+            let stored = SecretHash::of(&secret);
+            assert_eq!(
+                stored.as_bytes(),
+                &Sha256::digest(secret.as_bytes())[..],
+                "{secret}"
+            );
+        }
+        assert!(!plain
+            .hash()
+            .matches(&PlainSecret::generate_ordered("tkt", Timestamp::now()).hash()));
+        assert_eq!(SecretHash::from_bytes(&[0; 31]), None);
+        assert_eq!(SecretHash::from_bytes(&[0; 40]), None);
+        assert!(SecretHash::from_bytes(&[0; 32]).is_some());
+        assert!(SecretHash::from_bytes(&[0; 48]).is_some());
     }
 
     #[test]

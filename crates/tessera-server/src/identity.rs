@@ -356,8 +356,8 @@ impl Identity {
         active_organization_id: Option<tessera_domain::OrganizationId>,
         expires_at: Option<Timestamp>,
     ) -> (PlainSecret, NewSession) {
-        let secret = PlainSecret::generate(SESSION_PREFIX);
         let now = Timestamp::now();
+        let secret = PlainSecret::generate_ordered(SESSION_PREFIX, now);
         let expires_at = expires_at.unwrap_or_else(|| now.plus_millis(self.session_lifetime_ms()));
         let new = NewSession {
             hash: secret.hash(),

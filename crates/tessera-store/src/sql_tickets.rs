@@ -851,7 +851,7 @@ macro_rules! impl_ticket_sql {
             let fresh: Vec<usize> = (0..exchanges.len())
                 .filter(|&i| {
                     let ex = exchanges[i].1;
-                    ex.browser_session.is_none() && seen.insert(*ex.hash.as_bytes())
+                    ex.browser_session.is_none() && seen.insert(ex.hash.as_bytes())
                 })
                 .collect();
             if fresh.is_empty() {
@@ -887,7 +887,7 @@ macro_rules! impl_ticket_sql {
                 Vec::with_capacity(fresh.len());
             for &i in &fresh {
                 let ex = exchanges[i].1;
-                let Some(row) = found.get(ex.hash.as_bytes().as_slice()) else {
+                let Some(row) = found.get(ex.hash.as_bytes()) else {
                     continue;
                 };
                 let ticket = ticket_from_row(row)?;

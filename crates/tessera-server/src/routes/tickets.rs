@@ -87,8 +87,8 @@ async fn mint(
             max_expires_in: sessions.ticket_max_expires_in_seconds,
         },
     )?;
-    let secret = PlainSecret::generate(TICKET_PREFIX);
     let now = Timestamp::now();
+    let secret = PlainSecret::generate_ordered(TICKET_PREFIX, now);
     let expires_at = now.plus_secs(i64::from(spec.expires_in));
     let ticket_type = spec.grant.ticket_type();
     let stored = state
@@ -237,13 +237,13 @@ pub(crate) async fn exchange_session_ticket(
     let scope = Scope::deployment(deployment.id.clone());
     let identity = &state.identity;
     let (browser_secret, new_browser_session) = identity.new_session(None, None, None);
-    let token = PlainSecret::generate(SESSION_TOKEN_PREFIX);
+    let now = Timestamp::now();
+    let token = PlainSecret::generate_ordered(SESSION_TOKEN_PREFIX, now);
     let seconds_ms = |s: u64| {
         i64::try_from(s)
             .unwrap_or(i64::MAX / 2_000)
             .saturating_mul(1000)
     };
-    let now = Timestamp::now();
     let exchange = ExchangeTicket {
         hash: SecretHash::of(ticket),
         now,

@@ -499,8 +499,15 @@ async fn sign_in_sets_a_fresh_cookie_and_me_shows_the_user(db: &TestDatabase) {
         "plain http: no Secure ({header})"
     );
     let cookie = cookie_value(&first);
-    // 256 random bits: `tss_` and 52 base32 characters.
-    assert!(cookie.starts_with("tss_") && cookie.len() == 56, "{cookie}");
+    // `tss_`, a creation-ordered id body, then 256 random bits in 52 base32 characters.
+    assert!(
+        cookie.starts_with("tss_") && cookie.len() == 4 + 26 + 52,
+        "{cookie}"
+    );
+    assert!(
+        tessera_domain::id::is_valid_body(&cookie[4..30]),
+        "{cookie}"
+    );
 
     let shown = me(&app, &cookie).await;
     assert_eq!(shown.ok(200)["user"]["email"], "ada@example.com");
