@@ -193,26 +193,40 @@ macro_rules! impl_identity_sql {
              active_organization_id, created_at, last_seen_at, idle_expires_at, expires_at, \
              impersonator_type, impersonator_id, ticket_id";
 
-        /// Binds the values of `new`'s row (see [`NEW_SESSION_COLS`]); returns its id.
+        /// Binds the values of `new`'s row (see [`NEW_SESSION_COLS`]); returns the session the
+        /// row holds (what [`session_from_row`] would read back), so that inserts need no
+        /// `RETURNING`: sqlx hands each returned row over from SQLite's connection thread on
+        /// its own.
         pub(super) fn push_session_row(
             values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
             scope: &Scope,
             new: &NewSession,
-        ) -> String {
-            let id = SessionId::generate_at(new.now).into_string();
-            values.push_bind(id.clone());
+        ) -> BrowserSession {
+            let id = SessionId::generate_at(new.now);
+            let idle_expires_at = new.idle_expires_at.min(new.expires_at);
+            values.push_bind(id.as_str().to_owned());
             values.push_bind(scope.deployment_id().as_str().to_owned());
             values.push_bind(new.hash.as_bytes().to_vec());
             values.push_bind(new.user_id.as_ref().map(|u| u.as_str().to_owned()));
             values.push_bind(new.active_organization_id.as_ref().map(|o| o.as_str().to_owned()));
             values.push_bind(new.now.as_millis());
             values.push_bind(new.now.as_millis());
-            values.push_bind(new.idle_expires_at.as_millis().min(new.expires_at.as_millis()));
+            values.push_bind(idle_expires_at.as_millis());
             values.push_bind(new.expires_at.as_millis());
             values.push_bind(new.impersonation.as_ref().map(|(who, _)| who.kind()));
             values.push_bind(new.impersonation.as_ref().map(|(who, _)| who.id().to_owned()));
             values.push_bind(new.impersonation.as_ref().map(|(_, ticket)| ticket.as_str().to_owned()));
-            id
+            BrowserSession {
+                id,
+                deployment_id: scope.deployment_id().clone(),
+                user_id: new.user_id.clone(),
+                active_organization_id: new.active_organization_id.clone(),
+                impersonator: new.impersonation.as_ref().map(|(who, _)| who.clone()),
+                created_at: new.now,
+                last_seen_at: new.now,
+                idle_expires_at,
+                expires_at: new.expires_at,
+            }
         }
 
         pub(super) async fn insert_session(
@@ -221,12 +235,12 @@ macro_rules! impl_identity_sql {
             new: &NewSession,
         ) -> StoreResult<BrowserSession> {
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO browser_sessions ({NEW_SESSION_COLS}) "));
+            let mut session = None;
             qb.push_values([new], |mut values, new| {
-                push_session_row(&mut values, scope, new);
+                session = Some(push_session_row(&mut values, scope, new));
             });
-            qb.push(format!(" RETURNING {SESSION_COLS}"));
-            let row = qb.build().fetch_one(&mut *conn).await?;
-            session_from_row(&row)
+            qb.build().execute(&mut *conn).await?;
+            session.ok_or_else(|| corrupt("browser session", "an insert without its row"))
         }
 
         #[async_trait::async_trait]

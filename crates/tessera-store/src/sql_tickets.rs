@@ -46,7 +46,7 @@ macro_rules! impl_ticket_sql {
         };
         use $crate::sql::corrupt;
         use $crate::sql::{ACTOR_COLS, AGENT_COLS};
-        use $crate::sql_identity::{SESSION_COLS, USER_COLS};
+        use $crate::sql_identity::USER_COLS;
         use $crate::sql_runs::THREAD_COLS;
         use super::run_sql::{id, thread_from_row};
         use $crate::sql_tickets::{AGENT_SESSION_COLS, TICKET_COLS};
@@ -262,16 +262,18 @@ macro_rules! impl_ticket_sql {
         }
 
         /// Binds the values of the agent session `ex` opens in deployment `dep` (see
-        /// [`NEW_AGENT_SESSION_COLS`]); returns its id.
+        /// [`NEW_AGENT_SESSION_COLS`]); returns the session the row holds (what
+        /// [`agent_session_from_row`] would read back), so that inserts need no `RETURNING`.
         fn push_agent_session_row(
             values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
             dep: &str,
             ex: &ExchangeTicket,
             new: &NewAgentSession<'_>,
-        ) -> StoreResult<String> {
+        ) -> StoreResult<AgentSession> {
             let agents = serde_json::to_string(new.agents).map_err(|e| corrupt("agent session agents", e))?;
-            let id = AgentSessionId::generate_at(ex.now).into_string();
-            values.push_bind(id.clone());
+            let id = AgentSessionId::generate_at(ex.now);
+            let expires_at = ex.now.plus_millis(ex.session_lifetime_ms);
+            values.push_bind(id.as_str().to_owned());
             values.push_bind(dep.to_owned());
             values.push_bind(new.ticket.as_str().to_owned());
             values.push_bind(new.browser.as_str().to_owned());
@@ -281,8 +283,17 @@ macro_rules! impl_ticket_sql {
             values.push_bind(new.group.as_str().to_owned());
             values.push_bind(new.name.map(str::to_owned));
             values.push_bind(ex.now.as_millis());
-            values.push_bind(ex.now.plus_millis(ex.session_lifetime_ms).as_millis());
-            Ok(id)
+            values.push_bind(expires_at.as_millis());
+            Ok(AgentSession {
+                id,
+                ticket_id: new.ticket.clone(),
+                actor_id: new.actor.clone(),
+                agent_ids: new.agents.to_vec(),
+                context_group: new.group.clone(),
+                session_name: new.name.map(str::to_owned),
+                created_at: ex.now,
+                expires_at,
+            })
         }
 
         /// The actor `actor` of deployment `deployment`, if it exists.
@@ -339,26 +350,6 @@ macro_rules! impl_ticket_sql {
             agent_ids.iter().filter_map(|a| live.get(a.as_str()).cloned()).collect()
         }
 
-        /// The rows a multi-row `INSERT … RETURNING` gave back (in any order), put in the order
-        /// it was given them: `ids` maps each generated id to its position among `len` rows.
-        /// `None` where the insert left a row out.
-        fn in_given_order<T>(
-            rows: &[DbRow],
-            ids: &std::collections::HashMap<String, usize>,
-            len: usize,
-            what: &str,
-            parse: impl Fn(&DbRow) -> StoreResult<T>,
-        ) -> StoreResult<Vec<Option<T>>> {
-            let mut ordered: Vec<Option<T>> = (0..len).map(|_| None).collect();
-            for row in rows {
-                let i = *ids
-                    .get(&row.try_get::<String, _>("id")?)
-                    .ok_or_else(|| corrupt(what, "an insert returned a row it was not given"))?;
-                ordered[i] = Some(parse(row)?);
-            }
-            Ok(ordered)
-        }
-
         /// A new ticket's distinct agents (none for a ticket that names none).
         fn ticket_agents(new: &NewTicket) -> Vec<&AgentId> {
             match &new.grant {
@@ -378,10 +369,10 @@ macro_rules! impl_ticket_sql {
             values: &mut sqlx::query_builder::Separated<'_, '_, $db, &'static str>,
             scope: &Scope,
             new: &NewTicket,
-        ) -> StoreResult<String> {
+        ) -> StoreResult<TicketId> {
             let grant = serde_json::to_string(&new.grant).map_err(|e| corrupt("ticket grant", e))?;
-            let id = TicketId::generate_at(new.now).into_string();
-            values.push_bind(id.clone());
+            let id = TicketId::generate_at(new.now);
+            values.push_bind(id.as_str().to_owned());
             values.push_bind(scope.deployment_id().as_str().to_owned());
             values.push_bind(new.hash.as_bytes().to_vec());
             values.push_bind(new.grant.ticket_type().as_str().to_owned());
@@ -441,8 +432,8 @@ macro_rules! impl_ticket_sql {
                 "WITH v (id, deployment_id, hash, ticket_type, grant_json, issuer_type, issuer_id,
                          created_at, expires_at, agents, agent_count) AS (",
             );
-            let mut ids = std::collections::HashMap::with_capacity(mints.len());
-            qb.push_values($crate::bulk::padded(mints).enumerate(), |mut values, (i, mint)| {
+            let mut ids = Vec::with_capacity(mints.len());
+            qb.push_values($crate::bulk::padded(mints), |mut values, mint| {
                 let Some((scope, new)) = mint else {
                     return $crate::bulk::push_null_row(&mut values, 11);
                 };
@@ -453,9 +444,7 @@ macro_rules! impl_ticket_sql {
                 )
                 .to_string();
                 match push_ticket_row(&mut values, scope, new) {
-                    Ok(id) => {
-                        ids.insert(id, i);
-                    }
+                    Ok(id) => ids.push(id),
                     // Only a grant that does not serialise: the row is incomplete, and the
                     // check below returns before the statement runs.
                     Err(_) => return,
@@ -477,20 +466,45 @@ macro_rules! impl_ticket_sql {
                  WHERE v.agent_count = (
                    SELECT COUNT(*) FROM agents a
                    WHERE a.deployment_id = v.deployment_id AND a.deleted_at IS NULL
-                     AND a.id IN (SELECT value FROM json_each(v.agents)))
-                 RETURNING {TICKET_COLS}"
+                     AND a.id IN (SELECT value FROM json_each(v.agents)))"
             ));
-            let rows = qb.build().fetch_all(&mut *conn).await?;
-            // A ticket whose row does not parse fails alone.
-            let results = in_given_order(&rows, &ids, mints.len(), "session ticket", |row| Ok(ticket_from_row(row)))?;
+            // No `RETURNING`: sqlx hands each returned row over from its connection thread on
+            // its own, while the rows hold nothing the batch does not know already.
+            let inserted = qb.build().execute(&mut *conn).await?.rows_affected();
+            let written: std::collections::HashSet<String> = if inserted == ids.len() as u64 {
+                ids.iter().map(|id| id.as_str().to_owned()).collect()
+            } else {
+                // Some ticket named a missing agent: which ones were written?
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM session_tickets WHERE id IN (");
+                let mut list = qb.separated(", ");
+                for id in &ids {
+                    list.push_bind(id.as_str().to_owned());
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>()?
+            };
             let mut out = Vec::with_capacity(mints.len());
-            for ((scope, new), result) in mints.iter().zip(results) {
-                out.push(match result {
-                    Some(result) => result,
-                    None => Err(missing_agent(conn, scope.deployment_id().as_str(), &new.grant).await),
+            for ((scope, new), id) in mints.iter().zip(ids) {
+                out.push(if written.contains(id.as_str()) {
+                    Ok(new_ticket(id, new))
+                } else {
+                    Err(missing_agent(conn, scope.deployment_id().as_str(), &new.grant).await)
                 });
             }
             Ok(out)
+        }
+
+        /// The ticket a row written from `new` holds (what `ticket_from_row` would read back).
+        fn new_ticket(id: TicketId, new: &NewTicket) -> SessionTicket {
+            SessionTicket {
+                id,
+                grant: new.grant.clone(),
+                issuer: new.issuer.clone(),
+                created_at: new.now,
+                expires_at: new.expires_at,
+                redeemed_at: None,
+            }
         }
 
         /// The error naming the first agent of `grant` that does not exist.
@@ -779,7 +793,7 @@ macro_rules! impl_ticket_sql {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                         "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) "
                     ));
-                    let mut pushed = Ok(String::new());
+                    let mut pushed = Err(corrupt("agent session", "an insert without its row"));
                     qb.push_values([()], |mut values, ()| {
                         pushed = push_agent_session_row(&mut values, dep, ex, &NewAgentSession {
                             ticket: &ticket.id,
@@ -790,10 +804,8 @@ macro_rules! impl_ticket_sql {
                             name: name.as_deref(),
                         });
                     });
-                    pushed?;
-                    qb.push(format!(" RETURNING {AGENT_SESSION_COLS}"));
-                    let row = qb.build().fetch_one(&mut *tx).await?;
-                    let session = agent_session_from_row(&row)?;
+                    let session = pushed?;
+                    qb.build().execute(&mut *tx).await?;
                     let wanted: Vec<_> = agent_ids.iter().map(|a| (dep, a)).collect();
                     let agents = session_agents(&live_agents(tx, &wanted).await?, dep, &agent_ids);
                     Ok(ExchangeOutcome::Agent { ticket, session, browser, browser_created, actor, agents })
@@ -910,7 +922,7 @@ macro_rules! impl_ticket_sql {
             }
 
             // The same condition as a lone exchange's: the transaction is the only writer, so
-            // every ticket read above as live is redeemed here; one that is not is left alone.
+            // every ticket read above as live is redeemed here.
             let mut qb = sqlx::QueryBuilder::<$db>::new("WITH v (ticket_id, dep, at) AS (");
             qb.push_values($crate::bulk::padded(&open), |mut values, row| {
                 let Some((i, ticket, _, _)) = row else {
@@ -925,17 +937,16 @@ macro_rules! impl_ticket_sql {
                 ")
                  UPDATE session_tickets SET redeemed_at = v.at FROM v
                  WHERE session_tickets.id = v.ticket_id AND session_tickets.deployment_id = v.dep
-                   AND session_tickets.redeemed_at IS NULL AND session_tickets.expires_at > v.at
-                 RETURNING id",
+                   AND session_tickets.redeemed_at IS NULL AND session_tickets.expires_at > v.at",
             );
-            let redeemed = qb.build().fetch_all(&mut *conn).await?;
-            let mut won = std::collections::HashSet::with_capacity(redeemed.len());
-            for row in &redeemed {
-                won.insert(row.try_get::<String, _>("id")?);
-            }
-            open.retain(|(_, ticket, _, _)| won.contains(ticket.id.as_str()));
-            if open.is_empty() {
-                return Ok(out);
+            // Without `RETURNING` (sqlx would hand each row over on its own); the count
+            // confirms it (a shortfall fails the batch, whose writes are then retried alone).
+            let redeemed = qb.build().execute(&mut *conn).await?.rows_affected();
+            if redeemed != open.len() as u64 {
+                return Err(corrupt(
+                    "session ticket",
+                    format!("{redeemed} of {} tickets read as live were redeemed", open.len()),
+                ));
             }
 
             let mut actors = Vec::with_capacity(open.len());
@@ -970,25 +981,31 @@ macro_rules! impl_ticket_sql {
             qb.push(") WHERE column1 IS NOT NULL");
             qb.build().execute(&mut *conn).await?;
 
-            let mut browser_ids = std::collections::HashMap::with_capacity(open.len());
+            // The inserts below return no rows (sqlx would hand each over from its connection
+            // thread on its own): the rows hold what was bound, and a row left out (none can
+            // be, short of a failing statement) is caught by the count.
+            let inserted = |what: &str, count: u64| {
+                if count == open.len() as u64 {
+                    Ok(())
+                } else {
+                    Err(corrupt(what, format!("{count} rows inserted for {} exchanges", open.len())))
+                }
+            };
+            let mut browsers = Vec::with_capacity(open.len());
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                 "INSERT INTO browser_sessions ({NEW_SESSION_COLS}) SELECT * FROM ("
             ));
-            qb.push_values($crate::bulk::padded(&open).enumerate(), |mut values, (k, row)| {
+            qb.push_values($crate::bulk::padded(&open), |mut values, row| {
                 let Some((i, _, _, _)) = row else {
                     return $crate::bulk::push_null_row(&mut values, $crate::bulk::width(NEW_SESSION_COLS));
                 };
                 let (scope, ex) = exchanges[*i];
-                browser_ids.insert(push_session_row(&mut values, scope, &ex.new_browser_session), k);
+                browsers.push(push_session_row(&mut values, scope, &ex.new_browser_session));
             });
-            qb.push(format!(") WHERE column1 IS NOT NULL RETURNING {SESSION_COLS}"));
-            let rows = qb.build().fetch_all(&mut *conn).await?;
-            let browsers = in_given_order(&rows, &browser_ids, open.len(), "browser session", session_from_row)?
-                .into_iter()
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt("browser session", "an insert left out a row"))?;
+            qb.push(") WHERE column1 IS NOT NULL");
+            inserted("browser session", qb.build().execute(&mut *conn).await?.rows_affected())?;
 
-            let mut session_ids = std::collections::HashMap::with_capacity(open.len());
+            let mut sessions = Vec::with_capacity(open.len());
             let mut pushed = Ok(());
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                 "INSERT INTO agent_sessions ({NEW_AGENT_SESSION_COLS}) SELECT * FROM ("
@@ -1007,20 +1024,14 @@ macro_rules! impl_ticket_sql {
                     name: None,
                 };
                 match push_agent_session_row(&mut values, scope.deployment_id().as_str(), ex, &new) {
-                    Ok(id) => {
-                        session_ids.insert(id, k);
-                    }
+                    Ok(session) => sessions.push(session),
                     Err(err) => pushed = Err(err),
                 }
             });
             // Only agents that do not serialise: the statement is incomplete and must not run.
             pushed?;
-            qb.push(format!(") WHERE column1 IS NOT NULL RETURNING {AGENT_SESSION_COLS}"));
-            let rows = qb.build().fetch_all(&mut *conn).await?;
-            let sessions = in_given_order(&rows, &session_ids, open.len(), "agent session", agent_session_from_row)?
-                .into_iter()
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| corrupt("agent session", "an insert left out a row"))?;
+            qb.push(") WHERE column1 IS NOT NULL");
+            inserted("agent session", qb.build().execute(&mut *conn).await?.rows_affected())?;
 
             let wanted: Vec<_> = open
                 .iter()

@@ -6,7 +6,9 @@ use tessera_domain::identity::NewSession;
 use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::thread::ContextGroup;
-use tessera_domain::ticket::{Binding, Issuer, SessionMode, TicketGrant, TICKET_PREFIX};
+use tessera_domain::ticket::{
+    Binding, Issuer, SessionMode, SessionTicket, TicketGrant, TICKET_PREFIX,
+};
 use tessera_domain::validate::{DeploymentName, Label};
 use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
 
@@ -306,11 +308,20 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
     let other = fixture.tenant("other").await;
     let store = &fixture.store;
     let scope = &tenant.scope;
-    let tickets = [
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-    ];
+    // Minted together (one statement), in the form the server mints them.
+    let tickets: Vec<_> = (0..3)
+        .map(|_| PlainSecret::generate_ordered(TICKET_PREFIX, Timestamp::now()))
+        .collect();
+    let mints: Vec<_> = tickets
+        .iter()
+        .map(|secret| tenant.mint(tenant.ticket(secret, SessionMode::Static)))
+        .collect();
+    let minted: Vec<SessionTicket> = fixture
+        .batch(&mints)
+        .await
+        .into_iter()
+        .map(|done| done.and_then(|d| d.ticket()).expect("minted"))
+        .collect();
     let expired = tenant.minted(&fixture, SessionMode::Static, 1).await;
     let signin = tenant.minted(&fixture, SessionMode::Signin, 60).await;
     let foreign = other.minted(&fixture, SessionMode::Static, 60).await;
@@ -362,6 +373,16 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
             Some(ex.now),
             "exchange {n}'s own ticket"
         );
+        // The mint and the exchange answer what they wrote (neither reads its rows back): the
+        // ticket as the exchange read it is the minted one, and the sessions are as stored.
+        assert_eq!(
+            ticket,
+            SessionTicket {
+                redeemed_at: Some(ex.now),
+                ..minted[n].clone()
+            },
+            "exchange {n}'s ticket as minted"
+        );
         assert_eq!(
             browser.expires_at, ex.new_browser_session.expires_at,
             "exchange {n}'s own browser session"
@@ -401,9 +422,9 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
             .await
             .expect("read");
         assert_eq!(
-            found.map(|b| b.id),
-            Some(browser.id),
-            "exchange {n}'s browser session under its cookie"
+            found.as_ref(),
+            Some(&browser),
+            "exchange {n}'s browser session under its cookie, as stored"
         );
         let by_token = store
             .agent_session_by_token(scope, &ex.session_token, Timestamp::now())
@@ -411,9 +432,9 @@ async fn fresh_exchanges_written_together_each_get_their_own_session() {
             .expect("read");
         // The second was replayed later in the batch: its session is revoked.
         assert_eq!(
-            by_token.map(|s| s.id),
-            (n != 1).then_some(session.id),
-            "exchange {n}'s agent session"
+            by_token.as_ref(),
+            (n != 1).then_some(&session),
+            "exchange {n}'s agent session, as stored"
         );
     }
 
