@@ -11,6 +11,9 @@ use crate::secret::SecretHash;
 use crate::validate::{Label, Metadata, ValidationError};
 use crate::Timestamp;
 
+/// Prefix of browser session cookie values (an ordered secret, see [`crate::secret`]).
+pub const SESSION_COOKIE_PREFIX: &str = "tss";
+
 /// An email address, normalized: surrounding whitespace removed and lower-cased, so that it is
 /// unique per deployment however it is typed. The check is deliberately loose (one `@`, a
 /// non-empty local part, a domain with a dot, no spaces or control characters, at most 254

@@ -3,8 +3,8 @@
 //! A secret is `<prefix>_` + 256 random bits in base32. Only its SHA-256 digest is stored; the
 //! plaintext exists once, in the response (or console output) that creates it.
 //!
-//! Secrets minted by the thousand (session tickets, agent session tokens, session cookies) are
-//! *ordered*: `<prefix>_` + a fresh id body (creation time in milliseconds and 80 random bits,
+//! Secrets minted by the thousand (session tickets, agent session tokens, session cookies: the
+//! prefixes in [`ORDERED_PREFIXES`]) are *ordered*: `<prefix>_` + a fresh id body (creation time in milliseconds and 80 random bits,
 //! see [`crate::id`]) + the 256 random bits. Their stored form leads with that body's value:
 //! the 16 bytes of the body, then the SHA-256 digest of the whole secret. The unique index over
 //! the stored form then grows at its end, like an id index, instead of gaining an entry at a
@@ -18,6 +18,15 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::Timestamp;
 use crate::id::{base32_encode, decode_body, new_body, random_bytes, BODY_LEN};
+
+/// The prefixes of the secrets minted in the ordered form (see the module documentation). A
+/// secret with another prefix is stored as its digest alone whatever its shape: an operator's
+/// own `tsk_` key may look like an ordered one, and must keep the stored form it always had.
+pub const ORDERED_PREFIXES: [&str; 3] = [
+    crate::ticket::TICKET_PREFIX,
+    crate::ticket::SESSION_TOKEN_PREFIX,
+    crate::identity::SESSION_COOKIE_PREFIX,
+];
 
 /// Number of leading characters of a secret shown in lists (`tsk_` + 8).
 pub const DISPLAY_PREFIX_LEN: usize = 12;
@@ -79,10 +88,11 @@ impl SecretHash {
     }
 }
 
-/// The value of an ordered secret's id body: `<prefix>_<26-char id body><52 random chars>`.
+/// The value of an ordered secret's id body: `<prefix>_<26-char id body><52 random chars>`, with
+/// one of the [`ORDERED_PREFIXES`].
 fn ordering_part(secret: &str) -> Option<u128> {
-    let (_, rest) = secret.split_once('_')?;
-    if rest.len() != BODY_LEN + RANDOM_CHARS {
+    let (prefix, rest) = secret.split_once('_')?;
+    if !ORDERED_PREFIXES.contains(&prefix) || rest.len() != BODY_LEN + RANDOM_CHARS {
         return None;
     }
     decode_body(rest.get(..BODY_LEN)?)
@@ -107,8 +117,13 @@ impl PlainSecret {
     }
 
     /// A new ordered secret `<prefix>_<26-char id body for now><52 base32 chars>` carrying
-    /// 256 random bits besides the id body's 80 (see the module documentation).
+    /// 256 random bits besides the id body's 80 (see the module documentation). `prefix` is one
+    /// of the [`ORDERED_PREFIXES`] (with another, the secret is stored as its digest alone).
     pub fn generate_ordered(prefix: &str, now: Timestamp) -> Self {
+        debug_assert!(
+            ORDERED_PREFIXES.contains(&prefix),
+            "{prefix} is not ordered"
+        );
         let mut bytes = [0u8; 32];
         random_bytes(&mut bytes);
         Self(format!(
@@ -230,6 +245,16 @@ mod tests {
             // The right length, but the leading part is not an id body.
             format!("tkt_{}", "u".repeat(BODY_LEN + RANDOM_CHARS)),
             format!("tkt_9{}", "0".repeat(BODY_LEN + RANDOM_CHARS - 1)),
+            // The shape of an ordered secret under another prefix: an operator's own key may
+            // look like this, and was stored as its digest before ordered secrets existed.
+            format!(
+                "tsk_{}",
+                &PlainSecret::generate_ordered("tkt", Timestamp::now()).expose()[4..]
+            ),
+            format!(
+                "tca_{}",
+                &PlainSecret::generate_ordered("tas", Timestamp::now()).expose()[4..]
+            ),
         ] {
             let stored = SecretHash::of(&secret);
             assert_eq!(

@@ -38,8 +38,8 @@ use crate::AppState;
 
 /// The browser session cookie.
 pub(crate) const SESSION_COOKIE: &str = "tessera_session";
-/// Prefix of session cookie values (`tss_` + 256 random bits).
-const SESSION_PREFIX: &str = "tss";
+/// Prefix of session cookie values (`tss_`, an id body and 256 random bits).
+const SESSION_PREFIX: &str = tessera_domain::identity::SESSION_COOKIE_PREFIX;
 /// Longest cookie value or token worth looking at.
 const MAX_CREDENTIAL_LEN: usize = 4096;
 
