@@ -1,8 +1,9 @@
 //! Session tickets and agent sessions: the field rules of a ticket request, the stored records,
 //! and the secrets (tickets, agent-session tokens) they are built on.
 //!
-//! A ticket is a single-use, time-bound bearer secret (`tkt_` + 256 random bits) minted by a
-//! deployment's backend (or a console admin) and redeemed once by a browser. Redeeming an
+//! A ticket is a single-use, time-bound bearer secret (`tkt_`, an id body and 256 random bits,
+//! an ordered secret: see [`crate::secret`]) minted by a deployment's backend (or a console
+//! admin) and redeemed once by a browser. Redeeming an
 //! `agent_access` ticket opens an *agent session*: an actor, the agents it may talk to and the
 //! context group its conversations live in, with a lifetime of its own.
 

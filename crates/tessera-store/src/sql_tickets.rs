@@ -949,6 +949,17 @@ macro_rules! impl_ticket_sql {
                 ));
             }
 
+            // The inserts below return no rows (sqlx would hand each over from its connection
+            // thread on its own): the rows hold what was bound, and a row left out (none can
+            // be, short of a failing statement) is caught by the count.
+            let inserted = |what: &str, count: u64| {
+                if count == open.len() as u64 {
+                    Ok(())
+                } else {
+                    Err(corrupt(what, format!("{count} rows inserted for {} exchanges", open.len())))
+                }
+            };
+
             let mut actors = Vec::with_capacity(open.len());
             let mut qb = sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO actors
@@ -979,18 +990,8 @@ macro_rules! impl_ticket_sql {
                 actors.push(actor);
             });
             qb.push(") WHERE column1 IS NOT NULL");
-            qb.build().execute(&mut *conn).await?;
+            inserted("actor", qb.build().execute(&mut *conn).await?.rows_affected())?;
 
-            // The inserts below return no rows (sqlx would hand each over from its connection
-            // thread on its own): the rows hold what was bound, and a row left out (none can
-            // be, short of a failing statement) is caught by the count.
-            let inserted = |what: &str, count: u64| {
-                if count == open.len() as u64 {
-                    Ok(())
-                } else {
-                    Err(corrupt(what, format!("{count} rows inserted for {} exchanges", open.len())))
-                }
-            };
             let mut browsers = Vec::with_capacity(open.len());
             let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                 "INSERT INTO browser_sessions ({NEW_SESSION_COLS}) SELECT * FROM ("

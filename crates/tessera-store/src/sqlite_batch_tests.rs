@@ -151,7 +151,7 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
         now,
         browser_session: None,
         new_browser_session: NewSession {
-            hash: PlainSecret::generate("tss").hash(),
+            hash: PlainSecret::generate_ordered("tss", now).hash(),
             user_id: None,
             active_organization_id: None,
             impersonation: None,
@@ -159,7 +159,7 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
             idle_expires_at: now.plus_secs(600),
             expires_at: now.plus_secs(3600 + n),
         },
-        session_token: PlainSecret::generate("tas").hash(),
+        session_token: PlainSecret::generate_ordered("tas", now).hash(),
         session_lifetime_ms: 3_600_000,
         impersonation_ms: 1_800_000,
         anonymous_key: format!("anon-{}", SecretKeyId::generate()),

@@ -121,12 +121,13 @@ fn browser(user: Option<tessera_domain::UserId>) -> (PlainSecret, NewSession) {
 }
 
 fn exchange(ticket: &PlainSecret, cookie: Option<&PlainSecret>) -> ExchangeTicket {
+    let now = Timestamp::now();
     ExchangeTicket {
         hash: ticket.hash(),
-        now: Timestamp::now(),
+        now,
         browser_session: cookie.map(|c| c.hash()),
         new_browser_session: browser(None).1,
-        session_token: PlainSecret::generate("tas").hash(),
+        session_token: PlainSecret::generate_ordered("tas", now).hash(),
         session_lifetime_ms: 3_600_000,
         impersonation_ms: 1_800_000,
         anonymous_key: format!("anon-{}", AgentId::generate()),
@@ -285,14 +286,20 @@ async fn one_exchange_wins_and_a_replay_revokes(db: &TestDatabase) {
     };
     assert!(browser_created);
     let now = Timestamp::now();
+    // What the exchange answered is what it stored (it does not read its rows back).
     assert_eq!(
         store
             .agent_session_by_token(&scope, &token, now)
             .await
-            .unwrap()
-            .unwrap()
-            .id,
-        session.id
+            .unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(
+        store
+            .find_session(&scope, &ex.new_browser_session.hash, now, 600_000)
+            .await
+            .unwrap(),
+        Some(browser.clone())
     );
     assert!(store
         .agent_session_by_token(&other, &token, now)
