@@ -77,12 +77,16 @@ pub fn new_body(now: Timestamp) -> String {
     encode_u128(value)
 }
 
-/// Which bytes are in [`ALPHABET`] (ids are checked on every row read).
-const IN_ALPHABET: [bool; 256] = {
-    let mut table = [false; 256];
+/// [`DIGIT`]'s entry for a byte outside [`ALPHABET`].
+const NOT_A_DIGIT: u8 = u8::MAX;
+
+/// Each byte's digit value in [`ALPHABET`], or [`NOT_A_DIGIT`] (ids are checked on every row
+/// read, and ordered secrets decoded on every request that presents one).
+const DIGIT: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
     let mut i = 0;
     while i < ALPHABET.len() {
-        table[ALPHABET[i] as usize] = true;
+        table[ALPHABET[i] as usize] = i as u8;
         i += 1;
     }
     table
@@ -91,7 +95,7 @@ const IN_ALPHABET: [bool; 256] = {
 /// True when `body` is a well-formed encoded id body.
 pub fn is_valid_body(body: &str) -> bool {
     body.len() == BODY_LEN
-        && body.bytes().all(|b| IN_ALPHABET[usize::from(b)])
+        && body.bytes().all(|b| DIGIT[usize::from(b)] != NOT_A_DIGIT)
         // The first character carries only 3 bits (128 = 26 * 5 - 2).
         && body.as_bytes()[0] <= b'7'
 }
@@ -103,9 +107,7 @@ pub fn decode_body(body: &str) -> Option<u128> {
         return None;
     }
     Some(body.bytes().fold(0u128, |value, b| {
-        // In the alphabet (checked above), whose position is the digit's value.
-        let digit = ALPHABET.iter().position(|&a| a == b).unwrap_or(0) as u128;
-        (value << 5) | digit
+        (value << 5) | u128::from(DIGIT[usize::from(b)])
     }))
 }
 
@@ -348,10 +350,17 @@ mod tests {
     fn a_body_may_hold_exactly_the_alphabets_bytes() {
         for byte in 0..=u8::MAX {
             assert_eq!(
-                IN_ALPHABET[usize::from(byte)],
+                DIGIT[usize::from(byte)] != NOT_A_DIGIT,
                 ALPHABET.contains(&byte),
                 "byte {byte}"
             );
+            if let Some(at) = ALPHABET.iter().position(|&a| a == byte) {
+                assert_eq!(
+                    usize::from(DIGIT[usize::from(byte)]),
+                    at,
+                    "byte {byte}'s value"
+                );
+            }
         }
         let valid = "01jd00000000000000000000zz";
         assert!(is_valid_body(valid));
