@@ -4,9 +4,10 @@
 //! plaintext exists once, in the response (or console output) that creates it.
 //!
 //! Secrets minted by the thousand (session tickets, agent session tokens, session cookies: the
-//! prefixes in [`ORDERED_PREFIXES`]) are *ordered*: `<prefix>_` + a fresh id body (creation time in milliseconds and 80 random bits,
-//! see [`crate::id`]) + the 256 random bits. Their stored form leads with that body's value:
-//! the 16 bytes of the body, then the SHA-256 digest of the whole secret. The unique index over
+//! prefixes in [`ORDERED_PREFIXES`]) are *ordered*: `<prefix>_` + a fresh id body (creation time
+//! in milliseconds and 80 random bits, see [`crate::id`]) + the 256 random bits. Their stored
+//! form leads with that body's value: the 16 bytes of the body, then the SHA-256 digest of the
+//! whole secret. The unique index over
 //! the stored form then grows at its end, like an id index, instead of gaining an entry at a
 //! random place (a random page written per secret). The leading part is no secret (it is a
 //! creation time and a random tag); the 256 random bits are stored only inside the digest.
@@ -108,12 +109,17 @@ impl fmt::Debug for SecretHash {
 #[derive(Clone)]
 pub struct PlainSecret(String);
 
+/// 256 fresh random bits in base32 ([`RANDOM_CHARS`] characters): every secret's secret part.
+fn random_part() -> String {
+    let mut bytes = [0u8; 32];
+    random_bytes(&mut bytes);
+    base32_encode(&bytes)
+}
+
 impl PlainSecret {
     /// A new secret `<prefix>_<52 base32 chars>` carrying 256 random bits.
     pub fn generate(prefix: &str) -> Self {
-        let mut bytes = [0u8; 32];
-        random_bytes(&mut bytes);
-        Self(format!("{prefix}_{}", base32_encode(&bytes)))
+        Self(format!("{prefix}_{}", random_part()))
     }
 
     /// A new ordered secret `<prefix>_<26-char id body for now><52 base32 chars>` carrying
@@ -124,13 +130,7 @@ impl PlainSecret {
             ORDERED_PREFIXES.contains(&prefix),
             "{prefix} is not ordered"
         );
-        let mut bytes = [0u8; 32];
-        random_bytes(&mut bytes);
-        Self(format!(
-            "{prefix}_{}{}",
-            new_body(now),
-            base32_encode(&bytes)
-        ))
+        Self(format!("{prefix}_{}{}", new_body(now), random_part()))
     }
 
     /// Wraps a secret supplied by an operator (e.g. `TESSERA_BOOTSTRAP_SECRET_KEY`).

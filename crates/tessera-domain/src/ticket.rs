@@ -3,9 +3,9 @@
 //!
 //! A ticket is a single-use, time-bound bearer secret (`tkt_`, an id body and 256 random bits,
 //! an ordered secret: see [`crate::secret`]) minted by a deployment's backend (or a console
-//! admin) and redeemed once by a browser. Redeeming an
-//! `agent_access` ticket opens an *agent session*: an actor, the agents it may talk to and the
-//! context group its conversations live in, with a lifetime of its own.
+//! admin) and redeemed once by a browser. Redeeming an `agent_access` ticket opens an *agent
+//! session*: an actor, the agents it may talk to and the context group its conversations live
+//! in, with a lifetime of its own.
 
 use serde::{Deserialize, Serialize};
 
