@@ -471,8 +471,9 @@ macro_rules! impl_ticket_sql {
             // No `RETURNING`: sqlx hands each returned row over from its connection thread on
             // its own, while the rows hold nothing the batch does not know already.
             let inserted = qb.build().execute(&mut *conn).await?.rows_affected();
-            let written: std::collections::HashSet<String> = if inserted == ids.len() as u64 {
-                ids.iter().map(|id| id.as_str().to_owned()).collect()
+            // `None`: all of them (the usual case, known from the count alone).
+            let written: Option<std::collections::HashSet<String>> = if inserted == ids.len() as u64 {
+                None
             } else {
                 // Some ticket named a missing agent: which ones were written?
                 let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM session_tickets WHERE id IN (");
@@ -482,11 +483,11 @@ macro_rules! impl_ticket_sql {
                 }
                 qb.push(")");
                 let rows = qb.build().fetch_all(&mut *conn).await?;
-                rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>()?
+                Some(rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>()?)
             };
             let mut out = Vec::with_capacity(mints.len());
             for ((scope, new), id) in mints.iter().zip(ids) {
-                out.push(if written.contains(id.as_str()) {
+                out.push(if written.as_ref().is_none_or(|w| w.contains(id.as_str())) {
                     Ok(new_ticket(id, new))
                 } else {
                     Err(missing_agent(conn, scope.deployment_id().as_str(), &new.grant).await)
