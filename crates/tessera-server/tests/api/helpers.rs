@@ -95,6 +95,18 @@ pub fn fresh_key() -> String {
     PlainSecret::generate(SECRET_KEY_PREFIX).expose().to_owned()
 }
 
+/// Asserts that `secret` has the form of an ordered secret (tickets, agent session tokens,
+/// session cookies): `<prefix>_`, a creation-ordered id body, then 256 random bits in 52 base32
+/// characters.
+pub fn assert_ordered_secret(secret: &str, prefix: &str) {
+    let body = secret
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .unwrap_or_else(|| panic!("{secret} does not start with {prefix}_"));
+    assert_eq!(body.len(), 26 + 52, "{secret}");
+    assert!(tessera_domain::id::is_valid_body(&body[..26]), "{secret}");
+}
+
 /// The secrets key of every test server of this process: servers sharing a database must share
 /// it, as nodes do.
 pub fn test_secrets_key() -> String {

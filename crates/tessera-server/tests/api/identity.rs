@@ -15,7 +15,9 @@ use tessera_client::{Client, ErrorCode};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
-use crate::helpers::{assert_api_error, send, spawn_app, spawn_app_with, Resp, TestApp};
+use crate::helpers::{
+    assert_api_error, assert_ordered_secret, send, spawn_app, spawn_app_with, Resp, TestApp,
+};
 
 backend_tests!(
     users_are_managed_through_the_sdk,
@@ -499,15 +501,7 @@ async fn sign_in_sets_a_fresh_cookie_and_me_shows_the_user(db: &TestDatabase) {
         "plain http: no Secure ({header})"
     );
     let cookie = cookie_value(&first);
-    // `tss_`, a creation-ordered id body, then 256 random bits in 52 base32 characters.
-    assert!(
-        cookie.starts_with("tss_") && cookie.len() == 4 + 26 + 52,
-        "{cookie}"
-    );
-    assert!(
-        tessera_domain::id::is_valid_body(&cookie[4..30]),
-        "{cookie}"
-    );
+    assert_ordered_secret(&cookie, "tss");
 
     let shown = me(&app, &cookie).await;
     assert_eq!(shown.ok(200)["user"]["email"], "ada@example.com");
