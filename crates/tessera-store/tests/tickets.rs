@@ -34,6 +34,7 @@ backend_tests!(
     the_console_admin_is_created_once,
     concurrent_mixed_exchanges_each_get_their_own_outcome,
     the_exchange_answers_with_the_actor_and_the_live_agents,
+    an_impersonation_signs_the_browser_in_as_the_user,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -751,4 +752,141 @@ async fn the_exchange_answers_with_the_actor_and_the_live_agents(db: &TestDataba
         );
         assert_eq!(agents[0], store.get_agent(&scope, &c).await.unwrap());
     }
+}
+
+async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "imp").await;
+    let other = deployment(&store, "imp-other").await;
+    let user = store
+        .create_user(
+            &scope,
+            &NewUser {
+                email: Email::parse("email", "ada@example.com").unwrap(),
+                first_name: None,
+                last_name: None,
+                password_hash: None,
+                metadata: Metadata::parse("metadata", serde_json::json!({})).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let grant = TicketGrant::Impersonation {
+        user_id: user.id.clone(),
+    };
+    let issuer = Issuer::SecretKey(SecretKeyId::generate());
+    let mint_as = |issuer: Issuer| {
+        let store = store.clone();
+        let (scope, grant) = (scope.clone(), grant.clone());
+        async move {
+            let secret = PlainSecret::generate_ordered(TICKET_PREFIX, Timestamp::now());
+            let now = Timestamp::now();
+            let new = NewTicket {
+                hash: secret.hash(),
+                grant,
+                issuer,
+                now,
+                expires_at: now.plus_secs(60),
+            };
+            let minted = store.create_ticket(&scope, &new).await.unwrap();
+            (secret, minted)
+        }
+    };
+    let (ticket, minted) = mint_as(issuer.clone()).await;
+
+    // The browser already has a session (signed in as nobody): the exchange replaces it.
+    let (old_cookie, old) = browser(None);
+    store.create_session(&scope, &old).await.unwrap();
+    // Impersonation lasts a minute here, less than the new session's own lifetimes.
+    let ex = ExchangeTicket {
+        impersonation_ms: 60_000,
+        ..exchange(&ticket, Some(&old_cookie))
+    };
+    assert_eq!(
+        store.exchange_ticket(&other, &ex).await.unwrap(),
+        ExchangeOutcome::Invalid { replayed: None },
+        "another deployment does not know the ticket"
+    );
+    let ExchangeOutcome::Impersonation {
+        ticket: redeemed,
+        user: signed_in,
+        browser,
+    } = store.exchange_ticket(&scope, &ex).await.unwrap()
+    else {
+        panic!("the impersonation ticket signs the browser in")
+    };
+    assert_eq!(
+        redeemed,
+        tessera_domain::ticket::SessionTicket {
+            redeemed_at: Some(ex.now),
+            ..minted
+        }
+    );
+    assert_eq!(signed_in, user);
+    let limit = ex.now.plus_millis(60_000);
+    assert_eq!(browser.user_id.as_ref(), Some(&user.id));
+    assert_eq!(browser.impersonator.as_ref(), Some(&issuer));
+    assert_eq!(browser.expires_at, limit);
+    assert_eq!(browser.idle_expires_at, limit);
+    assert_eq!(browser.created_at, ex.new_browser_session.now);
+    // What the exchange answered is what it stored (it does not read its row back).
+    let now = Timestamp::now();
+    assert_eq!(
+        store
+            .find_session(&scope, &ex.new_browser_session.hash, now, 600_000)
+            .await
+            .unwrap(),
+        Some(browser.clone())
+    );
+    assert_eq!(
+        store
+            .find_session(&scope, &old_cookie.hash(), now, 600_000)
+            .await
+            .unwrap(),
+        None,
+        "the browser's previous session is gone"
+    );
+
+    // A replay signs the impersonated browser out.
+    assert_eq!(
+        store
+            .exchange_ticket(&scope, &exchange(&ticket, None))
+            .await
+            .unwrap(),
+        ExchangeOutcome::Invalid {
+            replayed: Some(redeemed)
+        }
+    );
+    assert_eq!(
+        store
+            .find_session(&scope, &ex.new_browser_session.hash, now, 600_000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A disabled user cannot be impersonated, and the refused exchange leaves the ticket
+    // unused: it works once the user is enabled again.
+    let (ticket, _) = mint_as(issuer.clone()).await;
+    store
+        .set_user_disabled(&scope, &user.id, true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .exchange_ticket(&scope, &exchange(&ticket, None))
+            .await,
+        Err(StoreError::Conflict(Conflict::UserDisabled))
+    ));
+    store
+        .set_user_disabled(&scope, &user.id, false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .exchange_ticket(&scope, &exchange(&ticket, None))
+            .await
+            .unwrap(),
+        ExchangeOutcome::Impersonation { .. }
+    ));
 }
