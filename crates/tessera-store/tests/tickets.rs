@@ -1,5 +1,6 @@
 //! Conformance of session-ticket storage: minting checks, the single-winner exchange, replay
-//! revocation, signin roll-back, replacement, the conversation partition and console admins.
+//! revocation, signin roll-back, replacement, impersonation, the conversation partition and
+//! console admins.
 //! Both backends must behave identically.
 //!
 //! Runs on SQLite always and on PostgreSQL when `TESSERA_TEST_POSTGRES_URL` is set.
