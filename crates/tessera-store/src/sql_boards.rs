@@ -500,111 +500,116 @@ macro_rules! impl_board_sql {
                 project_id: &ProjectId,
                 id: &BoardItemId,
             ) -> StoreResult<(BoardItem, Option<RunId>, Vec<ThreadEvent>)> {
-                let dep = scope.deployment_id().as_str();
-                let now = Timestamp::now();
-                let mut tx = self.begin_write().await?;
-                let (_, archived, last_run, thread_id) = lock_item(&mut tx, dep, project_id, id, Self::ROW_LOCK).await?;
-                if archived.is_some() {
-                    return Err(StoreError::Conflict(Conflict::BoardItemClosed));
-                }
-                sqlx::query(
-                    "UPDATE board_items SET schedule_state = 'cancelled', next_run_at = NULL, updated_at = $1
-                     WHERE id = $2 AND deployment_id = $3",
-                )
-                .bind(now.as_millis())
-                .bind(id.as_str())
-                .bind(dep)
-                .execute(&mut *tx)
-                .await?;
-                let mut events = Vec::new();
-                let mut stopping = None;
-                if let Some(run_id) = last_run {
-                    // The same transitions as cancelling a thread's runs, for this one run: a
-                    // queued run ends here with its status event; an executing one is flagged
-                    // for its worker (heartbeats relay it) and woken across nodes.
-                    let row = sqlx::query(&format!(
-                        "SELECT status FROM runs WHERE id = $1 AND deployment_id = $2{}",
-                        Self::ROW_LOCK
-                    ))
-                    .bind(&run_id)
+                // Deadlocks with a decision on a paused run's actions are possible on PostgreSQL (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let now = Timestamp::now();
+                    let mut tx = self.begin_write().await?;
+                    let (_, archived, last_run, thread_id) = lock_item(&mut tx, dep, project_id, id, Self::ROW_LOCK).await?;
+                    if archived.is_some() {
+                        return Err(StoreError::Conflict(Conflict::BoardItemClosed));
+                    }
+                    sqlx::query(
+                        "UPDATE board_items SET schedule_state = 'cancelled', next_run_at = NULL, updated_at = $1
+                         WHERE id = $2 AND deployment_id = $3",
+                    )
+                    .bind(now.as_millis())
+                    .bind(id.as_str())
                     .bind(dep)
-                    .fetch_optional(&mut *tx)
+                    .execute(&mut *tx)
                     .await?;
-                    let status: Option<String> = row.map(|r| r.try_get("status")).transpose()?;
-                    match status.as_deref() {
-                        Some("queued") => {
-                            let row = sqlx::query(&format!(
-                                "UPDATE runs SET status = 'cancelled', stop_reason = 'cancelled', cancel_requested = 1,
-                                   finished_at = $1 WHERE id = $2 RETURNING {}",
-                                $crate::sql_runs::RUN_COLS
-                            ))
-                            .bind(now.as_millis())
-                            .bind(&run_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            let run = run_from_row_min(&row)?;
-                            let ev = event::run_status_event(&run);
-                            let seq: i64 = sqlx::query(
-                                "UPDATE threads SET last_seq = last_seq + 1, updated_at = $1 WHERE id = $2 RETURNING last_seq",
-                            )
-                            .bind(now.as_millis())
-                            .bind(&thread_id)
-                            .fetch_one(&mut *tx)
-                            .await?
-                            .try_get("last_seq")?;
-                            let data = serde_json::to_string(&ev.data).map_err(|e| corrupt("event data", e))?;
-                            sqlx::query(
-                                "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                            )
-                            .bind(&thread_id)
-                            .bind(seq)
-                            .bind(dep)
-                            .bind(&run_id)
-                            .bind(ev.kind)
-                            .bind(data)
-                            .bind(now.as_millis())
-                            .execute(&mut *tx)
-                            .await?;
-                            let thread = parse_id(thread_id.clone(), ThreadId::parse)?;
-                            events.push(ThreadEvent {
-                                thread_id: thread.clone(),
-                                seq,
-                                run_id: Some(run.id.clone()),
-                                kind: ev.kind.to_owned(),
-                                data: ev.data,
-                                created_at: now,
-                            });
-                            self.notify(&mut tx, &Notification::ThreadEvents(thread)).await?;
-                        }
-                        Some("running" | "waiting_for_input") => {
-                            sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
+                    let mut events = Vec::new();
+                    let mut stopping = None;
+                    if let Some(run_id) = last_run {
+                        // The same transitions as cancelling a thread's runs, for this one run: a
+                        // queued run ends here with its status event; an executing one is flagged
+                        // for its worker (heartbeats relay it) and woken across nodes.
+                        let row = sqlx::query(&format!(
+                            "SELECT status FROM runs WHERE id = $1 AND deployment_id = $2{}",
+                            Self::ROW_LOCK
+                        ))
+                        .bind(&run_id)
+                        .bind(dep)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let status: Option<String> = row.map(|r| r.try_get("status")).transpose()?;
+                        match status.as_deref() {
+                            Some("queued") => {
+                                let row = sqlx::query(&format!(
+                                    "UPDATE runs SET status = 'cancelled', stop_reason = 'cancelled', cancel_requested = 1,
+                                       finished_at = $1 WHERE id = $2 RETURNING {}",
+                                    $crate::sql_runs::RUN_COLS
+                                ))
+                                .bind(now.as_millis())
                                 .bind(&run_id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                                let run = run_from_row_min(&row)?;
+                                let ev = event::run_status_event(&run);
+                                let seq: i64 = sqlx::query(
+                                    "UPDATE threads SET last_seq = last_seq + 1, updated_at = $1 WHERE id = $2 RETURNING last_seq",
+                                )
+                                .bind(now.as_millis())
+                                .bind(&thread_id)
+                                .fetch_one(&mut *tx)
+                                .await?
+                                .try_get("last_seq")?;
+                                let data = serde_json::to_string(&ev.data).map_err(|e| corrupt("event data", e))?;
+                                sqlx::query(
+                                    "INSERT INTO thread_events (thread_id, seq, deployment_id, run_id, kind, data, created_at)
+                                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                )
+                                .bind(&thread_id)
+                                .bind(seq)
+                                .bind(dep)
+                                .bind(&run_id)
+                                .bind(ev.kind)
+                                .bind(data)
+                                .bind(now.as_millis())
                                 .execute(&mut *tx)
                                 .await?;
-                            let run = parse_id(run_id, RunId::parse)?;
-                            // A run paused for a confirmation has no worker to see the flag: its
-                            // open actions are cancelled and a worker takes it to its end.
-                            let (was_paused, resolved) = super::session_sql::release_paused_run(&mut tx, &run).await?;
-                            if was_paused {
-                                self.notify(&mut tx, &Notification::Runs).await?;
+                                let thread = parse_id(thread_id.clone(), ThreadId::parse)?;
+                                events.push(ThreadEvent {
+                                    thread_id: thread.clone(),
+                                    seq,
+                                    run_id: Some(run.id.clone()),
+                                    kind: ev.kind.to_owned(),
+                                    data: ev.data,
+                                    created_at: now,
+                                });
+                                self.notify(&mut tx, &Notification::ThreadEvents(thread)).await?;
                             }
-                            // The cancelled actions' `pending_action.resolved`, as a thread's
-                            // cancellation stores them.
-                            let stored = super::run_sql::append(&mut tx, dep, &thread_id, Some(run.as_str()), &resolved).await?;
-                            if !stored.is_empty() {
-                                self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id.clone(), ThreadId::parse)?)).await?;
+                            Some("running" | "waiting_for_input") => {
+                                sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
+                                    .bind(&run_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                let run = parse_id(run_id, RunId::parse)?;
+                                // A run paused for a confirmation has no worker to see the flag: its
+                                // open actions are cancelled and a worker takes it to its end.
+                                let (was_paused, resolved) = super::session_sql::release_paused_run(&mut tx, &run).await?;
+                                if was_paused {
+                                    self.notify(&mut tx, &Notification::Runs).await?;
+                                }
+                                // The cancelled actions' `pending_action.resolved`, as a thread's
+                                // cancellation stores them.
+                                let stored = super::run_sql::append(&mut tx, dep, &thread_id, Some(run.as_str()), &resolved).await?;
+                                if !stored.is_empty() {
+                                    self.notify(&mut tx, &Notification::ThreadEvents(parse_id(thread_id.clone(), ThreadId::parse)?)).await?;
+                                }
+                                events.extend(stored);
+                                self.notify(&mut tx, &Notification::CancelRun(run.clone())).await?;
+                                stopping = Some(run);
                             }
-                            events.extend(stored);
-                            self.notify(&mut tx, &Notification::CancelRun(run.clone())).await?;
-                            stopping = Some(run);
+                            _ => {}
                         }
-                        _ => {}
                     }
-                }
-                let item = load_item(&mut tx, dep, project_id, id).await?;
-                tx.commit().await?;
-                Ok((item, stopping, events))
+                    let item = load_item(&mut tx, dep, project_id, id).await?;
+                    tx.commit().await?;
+                    Ok((item, stopping, events))
+                })
+                .await
             }
 
             async fn board_item_of_run(&self, scope: &Scope, run_id: &RunId) -> StoreResult<Option<(ProjectId, BoardItemId)>> {

@@ -1780,39 +1780,44 @@ macro_rules! impl_run_sql {
             }
 
             async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
-                let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
-                ensure_thread(&mut tx, dep, thread_id).await?;
-                let open = open_runs(&mut tx, thread_id.as_str()).await?;
-                if open.is_empty() {
-                    return Err(StoreError::Conflict(Conflict::RunNotActive));
-                }
-                let mut affected = Vec::new();
-                let mut stops = Vec::new();
-                for run in &open {
-                    let (run, stopped_here, events) = stop_run(&mut tx, run, 1).await?;
-                    if !stopped_here {
-                        self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                // Deadlocks with a decision on a paused run's actions are possible on PostgreSQL (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let mut tx = self.begin_write().await?;
+                    ensure_thread(&mut tx, dep, thread_id).await?;
+                    let open = open_runs(&mut tx, thread_id.as_str()).await?;
+                    if open.is_empty() {
+                        return Err(StoreError::Conflict(Conflict::RunNotActive));
                     }
-                    stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
-                    affected.push(run);
-                }
-                if !stops.is_empty() {
-                    let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
-                    let rows = numbered(
-                        dep,
-                        thread_id.as_str(),
-                        last - stops.len() as i64 + 1,
-                        stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
-                    );
-                    insert_events(&mut tx, &rows, Timestamp::now()).await?;
-                }
-                // A paused run it stopped is released for a worker to end it (settling its actions):
-                // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
-                self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                tx.commit().await?;
-                Ok(affected)
+                    let mut affected = Vec::new();
+                    let mut stops = Vec::new();
+                    for run in &open {
+                        let (run, stopped_here, events) = stop_run(&mut tx, run, 1).await?;
+                        if !stopped_here {
+                            self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
+                        }
+                        stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
+                        affected.push(run);
+                    }
+                    if !stops.is_empty() {
+                        let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
+                        let rows = numbered(
+                            dep,
+                            thread_id.as_str(),
+                            last - stops.len() as i64 + 1,
+                            stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
+                        );
+                        insert_events(&mut tx, &rows, Timestamp::now()).await?;
+                    }
+                    // A paused run it stopped is released for a worker to end it (settling its actions):
+                    // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
+                    self.notify(&mut tx, &Notification::Runs).await?;
+                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    tx.commit().await?;
+                    Ok(affected)
+                })
+                .await
             }
 
             async fn get_run(&self, scope: &Scope, thread_id: &ThreadId, run_id: &RunId) -> StoreResult<Run> {

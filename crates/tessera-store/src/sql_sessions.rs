@@ -575,108 +575,123 @@ macro_rules! impl_session_sql {
                 confirmed: bool,
                 now: Timestamp,
             ) -> StoreResult<(PendingAction, Vec<ThreadEvent>)> {
-                let dep = scope.deployment_id().as_str();
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(&format!(
-                    "SELECT {ACTION_COLS} FROM pending_actions
-                     WHERE id = $1 AND thread_id = $2 AND deployment_id = $3 AND kind = 'confirmation'{}",
-                    Self::ROW_LOCK
-                ))
-                .bind(action_id.as_str())
-                .bind(thread_id.as_str())
-                .bind(dep)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::not_found(Entity::Action))?;
-                let current = action_from_row(&row)?;
-                let refusal = |a: &PendingAction| match a.status {
-                    ActionStatus::Expired => StoreError::Conflict(Conflict::ActionExpired),
-                    ActionStatus::Pending if a.expires_at <= now => StoreError::Conflict(Conflict::ActionExpired),
-                    _ => StoreError::Conflict(Conflict::ActionDecided),
-                };
-                if current.status != ActionStatus::Pending || current.expires_at <= now {
-                    return Err(refusal(&current));
-                }
-                let (status, callback) = if confirmed {
-                    ("confirmed", Some(CallbackId::generate_at(now).into_string()))
-                } else {
-                    ("cancelled", None)
-                };
-                // The decision itself: only a still-pending, unexpired action changes.
-                let updated = sqlx::query(&format!(
-                    "UPDATE pending_actions SET status = $1, callback_id = $2, decided_at = $3
-                     WHERE id = $4 AND status = 'pending' AND expires_at > $3 RETURNING {ACTION_COLS}"
-                ))
-                .bind(status)
-                .bind(callback)
-                .bind(now.as_millis())
-                .bind(action_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = updated else {
-                    return Err(refusal(&current));
-                };
-                let action = action_from_row(&row)?;
-                resume_if_decided(&mut tx, action.run_id.as_str()).await?;
-                let stored = append(&mut tx, dep, thread_id.as_str(), Some(action.run_id.as_str()), &[resolved_event(&action)]).await?;
-                self.notify(&mut tx, &Notification::Runs).await?;
-                self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                tx.commit().await?;
-                Ok((action, stored))
+                // Deadlocks with a cancellation or a close on PostgreSQL are possible (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let mut tx = self.begin_write().await?;
+                    let row = sqlx::query(&format!(
+                        "SELECT {ACTION_COLS} FROM pending_actions
+                         WHERE id = $1 AND thread_id = $2 AND deployment_id = $3 AND kind = 'confirmation'{}",
+                        Self::ROW_LOCK
+                    ))
+                    .bind(action_id.as_str())
+                    .bind(thread_id.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::not_found(Entity::Action))?;
+                    let current = action_from_row(&row)?;
+                    let refusal = |a: &PendingAction| match a.status {
+                        ActionStatus::Expired => StoreError::Conflict(Conflict::ActionExpired),
+                        ActionStatus::Pending if a.expires_at <= now => StoreError::Conflict(Conflict::ActionExpired),
+                        _ => StoreError::Conflict(Conflict::ActionDecided),
+                    };
+                    if current.status != ActionStatus::Pending || current.expires_at <= now {
+                        return Err(refusal(&current));
+                    }
+                    let (status, callback) = if confirmed {
+                        ("confirmed", Some(CallbackId::generate_at(now).into_string()))
+                    } else {
+                        ("cancelled", None)
+                    };
+                    // The decision itself: only a still-pending, unexpired action changes.
+                    let updated = sqlx::query(&format!(
+                        "UPDATE pending_actions SET status = $1, callback_id = $2, decided_at = $3
+                         WHERE id = $4 AND status = 'pending' AND expires_at > $3 RETURNING {ACTION_COLS}"
+                    ))
+                    .bind(status)
+                    .bind(callback)
+                    .bind(now.as_millis())
+                    .bind(action_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = updated else {
+                        return Err(refusal(&current));
+                    };
+                    let action = action_from_row(&row)?;
+                    resume_if_decided(&mut tx, action.run_id.as_str()).await?;
+                    let stored = append(&mut tx, dep, thread_id.as_str(), Some(action.run_id.as_str()), &[resolved_event(&action)]).await?;
+                    self.notify(&mut tx, &Notification::Runs).await?;
+                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    tx.commit().await?;
+                    Ok((action, stored))
+                })
+                .await
             }
 
             async fn expire_due_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>> {
-                let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(&format!(
-                    "UPDATE pending_actions SET status = 'expired', decided_at = $1
-                     WHERE status = 'pending' AND expires_at <= $1 RETURNING deployment_id, {ACTION_COLS}"
-                ))
-                .bind(now.as_millis())
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut stored = Vec::new();
-                for row in &rows {
-                    let action = action_from_row(row)?;
-                    let dep: String = row.try_get("deployment_id")?;
-                    resume_if_decided(&mut tx, action.run_id.as_str()).await?;
-                    stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &resolved_events([&action])).await?);
-                    self.notify(&mut tx, &Notification::ThreadEvents(action.thread_id.clone())).await?;
-                }
-                if !rows.is_empty() {
-                    self.notify(&mut tx, &Notification::Runs).await?;
-                }
-                tx.commit().await?;
-                Ok(stored)
+                // Deadlocks with a cancellation or a close on PostgreSQL are possible (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let mut tx = self.begin_write().await?;
+                    let rows = sqlx::query(&format!(
+                        "UPDATE pending_actions SET status = 'expired', decided_at = $1
+                         WHERE status = 'pending' AND expires_at <= $1 RETURNING deployment_id, {ACTION_COLS}"
+                    ))
+                    .bind(now.as_millis())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut stored = Vec::new();
+                    for row in &rows {
+                        let action = action_from_row(row)?;
+                        let dep: String = row.try_get("deployment_id")?;
+                        resume_if_decided(&mut tx, action.run_id.as_str()).await?;
+                        stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &resolved_events([&action])).await?);
+                        self.notify(&mut tx, &Notification::ThreadEvents(action.thread_id.clone())).await?;
+                    }
+                    if !rows.is_empty() {
+                        self.notify(&mut tx, &Notification::Runs).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(stored)
+                })
+                .await
             }
 
             async fn warn_expiring_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>> {
-                let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(&format!(
-                    "UPDATE pending_actions SET warned = 1
-                     WHERE status = 'pending' AND warned = 0 AND warn_at <= $1 AND kind = 'confirmation'
-                     RETURNING deployment_id, {ACTION_COLS}"
-                ))
-                .bind(now.as_millis())
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut stored = Vec::new();
-                for row in &rows {
-                    let action = action_from_row(row)?;
-                    let dep: String = row.try_get("deployment_id")?;
-                    let left = ((action.expires_at.as_millis() - now.as_millis()) / 1000).max(0);
-                    let e = NewEvent {
-                        kind: session::PENDING_ACTION_EXPIRING,
-                        data: serde_json::json!({
-                            "action_id": action.id.as_str(),
-                            "expires_at": action.expires_at.to_rfc3339(),
-                            "seconds_left": left,
-                        }),
-                    };
-                    stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &[e]).await?);
-                    self.notify(&mut tx, &Notification::ThreadEvents(action.thread_id.clone())).await?;
-                }
-                tx.commit().await?;
-                Ok(stored)
+                // Deadlocks with a cancellation or a close on PostgreSQL are possible (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let mut tx = self.begin_write().await?;
+                    let rows = sqlx::query(&format!(
+                        "UPDATE pending_actions SET warned = 1
+                         WHERE status = 'pending' AND warned = 0 AND warn_at <= $1 AND kind = 'confirmation'
+                         RETURNING deployment_id, {ACTION_COLS}"
+                    ))
+                    .bind(now.as_millis())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut stored = Vec::new();
+                    for row in &rows {
+                        let action = action_from_row(row)?;
+                        let dep: String = row.try_get("deployment_id")?;
+                        let left = ((action.expires_at.as_millis() - now.as_millis()) / 1000).max(0);
+                        let e = NewEvent {
+                            kind: session::PENDING_ACTION_EXPIRING,
+                            data: serde_json::json!({
+                                "action_id": action.id.as_str(),
+                                "expires_at": action.expires_at.to_rfc3339(),
+                                "seconds_left": left,
+                            }),
+                        };
+                        stored.extend(append(&mut tx, &dep, action.thread_id.as_str(), Some(action.run_id.as_str()), &[e]).await?);
+                        self.notify(&mut tx, &Notification::ThreadEvents(action.thread_id.clone())).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(stored)
+                })
+                .await
             }
 
             async fn next_action_deadline(&self) -> StoreResult<Option<Timestamp>> {

@@ -1,6 +1,7 @@
 //! Conformance of session management storage on both backends: pausing a run on pending
 //! actions, decisions (one winner among concurrent ones), expiry by two nodes at once, the
-//! exactly-once marks of a confirmed action, context variables and closing.
+//! exactly-once marks of a confirmed action, context variables and closing, and (PostgreSQL)
+//! decisions, sweeps and stops whose locks cross.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
@@ -19,6 +20,9 @@ backend_tests!(
     a_run_waiting_on_a_question_and_a_confirmation_resumes_when_both_are_decided_at_once,
     a_close_waits_for_a_step_in_flight_instead_of_deadlocking,
     an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking,
+    a_cancel_that_crosses_a_decision_runs_again,
+    a_decision_that_crosses_a_cancel_runs_again,
+    an_expiry_and_a_warning_that_cross_a_stop_run_again,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -703,4 +707,157 @@ async fn an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking(db: &
         })
     })
     .await;
+}
+
+/// On PostgreSQL, a connection here locks `first` (a statement taking one row lock, bound to
+/// `first_id`), `op` starts and waits for it, and the connection then locks `second`, which
+/// `op` already holds: the two deadlock. This connection waits longest before it checks for a
+/// deadlock (10 s against the server's 1 s), so PostgreSQL aborts `op`'s transaction, which
+/// must run again and complete once this connection commits. On SQLite `op` just runs.
+async fn crossing<T: Send + 'static>(
+    db: &TestDatabase,
+    first: (&str, &str),
+    second: (&str, &str),
+    op: impl std::future::Future<Output = tessera_store::StoreResult<T>> + Send + 'static,
+) -> T {
+    use sqlx::Connection as _;
+    if db.backend() != tessera_store::Backend::Postgres {
+        return op.await.unwrap();
+    }
+    let (mut conn, pid) = hold(db, first.0, first.1).await;
+    sqlx::query("SET LOCAL deadlock_timeout = '10s'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let task = tokio::spawn(op);
+    wait_until_blocked_by(
+        &mut conn,
+        pid,
+        "the operation never waited for the first lock",
+    )
+    .await;
+    // Waits until PostgreSQL aborted the operation's transaction, releasing `second`.
+    sqlx::query(second.0)
+        .bind(second.1)
+        .execute(&mut conn)
+        .await
+        .expect("this connection's second lock (the operation should have been the victim)");
+    sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    task.await
+        .unwrap()
+        .expect("the operation runs again after its transaction was aborted as a deadlock victim")
+}
+
+const LOCK_RUN: &str = "UPDATE runs SET attempt = attempt WHERE id = $1";
+const LOCK_ACTION: &str = "UPDATE pending_actions SET status = status WHERE id = $1";
+
+/// A cancellation locks the paused run, then its pending actions (to cancel them); here the
+/// action is held first by a transaction that then wants the run, as a decision on it does.
+async fn a_cancel_that_crosses_a_decision_runs_again(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let (th, claimed) = paused(&store, &t, &[action("a", Timestamp::now().plus_secs(3600))]).await;
+    let pending = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    let op = {
+        let (store, scope, th) = (store.clone(), t.scope.clone(), th.id.clone());
+        async move { store.cancel_runs(&scope, &th).await }
+    };
+    let runs = crossing(
+        db,
+        (LOCK_ACTION, pending[0].id.as_str()),
+        (LOCK_RUN, claimed.run.id.as_str()),
+        op,
+    )
+    .await;
+    assert_eq!(runs.len(), 1);
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Cancelled);
+}
+
+/// A decision locks the action, then the thread and the run (to resume it); here the run is
+/// held first by a transaction that then wants the action, as a cancellation does.
+async fn a_decision_that_crosses_a_cancel_runs_again(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let (th, claimed) = paused(&store, &t, &[action("a", Timestamp::now().plus_secs(3600))]).await;
+    let pending = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    let op = {
+        let (store, scope, th, id) = (
+            store.clone(),
+            t.scope.clone(),
+            th.id.clone(),
+            pending[0].id.clone(),
+        );
+        async move {
+            store
+                .resolve_action(&scope, &th, &id, true, Timestamp::now())
+                .await
+        }
+    };
+    let (decided, _) = crossing(
+        db,
+        (LOCK_RUN, claimed.run.id.as_str()),
+        (LOCK_ACTION, pending[0].id.as_str()),
+        op,
+    )
+    .await;
+    assert_eq!(decided.status, ActionStatus::Confirmed);
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Running, "the decided run resumes");
+}
+
+/// The scheduler's sweeps lock the due actions first, then their threads (and, for an expiry,
+/// the run it resumes); here a transaction holding the run (or the thread) then wants the
+/// action, as a cancellation (or a close) does.
+async fn an_expiry_and_a_warning_that_cross_a_stop_run_again(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let now = Timestamp::now();
+    let (th, claimed) = paused(&store, &t, &[action("a", now.plus_secs(60))]).await;
+    let pending = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    let action_id = pending[0].id.as_str();
+
+    let warning_due = pending[0].warn_at();
+    let op = {
+        let store = store.clone();
+        async move { store.warn_expiring_actions(warning_due).await }
+    };
+    let lock_thread = "UPDATE threads SET last_seq = last_seq WHERE id = $1";
+    let warned = crossing(
+        db,
+        (lock_thread, th.id.as_str()),
+        (LOCK_ACTION, action_id),
+        op,
+    )
+    .await;
+    assert_eq!(warned.len(), 1);
+    assert_eq!(warned[0].kind, "pending_action.expiring");
+
+    let op = {
+        let store = store.clone();
+        async move { store.expire_due_actions(now.plus_secs(61)).await }
+    };
+    let resolved = crossing(
+        db,
+        (LOCK_RUN, claimed.run.id.as_str()),
+        (LOCK_ACTION, action_id),
+        op,
+    )
+    .await;
+    assert_eq!(resolved.len(), 1);
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Expired);
+    let run = store
+        .get_run(&t.scope, &th.id, &claimed.run.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "the run resumes past its expired action"
+    );
 }
