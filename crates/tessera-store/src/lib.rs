@@ -1793,43 +1793,9 @@ mod tests {
     #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
     use super::*;
-    use std::borrow::Cow;
-
-    /// A database error carrying only its SQLSTATE code.
-    #[derive(Debug)]
-    struct Coded(&'static str);
-
-    impl std::fmt::Display for Coded {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "sqlstate {}", self.0)
-        }
-    }
-
-    impl std::error::Error for Coded {}
-
-    impl sqlx::error::DatabaseError for Coded {
-        fn message(&self) -> &str {
-            self.0
-        }
-        fn code(&self) -> Option<Cow<'_, str>> {
-            Some(Cow::Borrowed(self.0))
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
-    }
 
     fn db_error(code: &'static str) -> StoreError {
-        StoreError::Database(sqlx::Error::Database(Box::new(Coded(code))))
+        crate::testing::database_error(code)
     }
 
     /// Runs `retry_transient` over `answers` in turn; returns its result and the attempts made.

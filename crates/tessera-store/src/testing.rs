@@ -166,3 +166,42 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// A database error with SQLSTATE `code` and nothing else, as a driver would report it: for
+/// tests of how errors are classified (`"40P01"`, a deadlock, is transient).
+pub fn database_error(code: &'static str) -> crate::StoreError {
+    crate::StoreError::Database(sqlx::Error::Database(Box::new(Coded(code))))
+}
+
+/// A database error carrying only its SQLSTATE code (see [`database_error`]).
+#[derive(Debug)]
+struct Coded(&'static str);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sqlstate {}", self.0)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+impl sqlx::error::DatabaseError for Coded {
+    fn message(&self) -> &str {
+        self.0
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed(self.0))
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
