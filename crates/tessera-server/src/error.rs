@@ -221,6 +221,16 @@ impl From<StoreError> for ApiError {
                 cause: Some(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
                 retry_after: None,
             },
+            // A deadlock or serialization failure the store's own retries did not get past
+            // (PostgreSQL): nothing was written, and the same request may well succeed now.
+            err @ StoreError::Database(_) if err.is_transient() => Self {
+                code: ErrorCode::Unavailable,
+                message: "the database aborted this request among concurrent changes; retry"
+                    .to_owned(),
+                field: None,
+                cause: Some(anyhow::Error::new(err)),
+                retry_after: Some(1),
+            },
             StoreError::Invalid(err) => err.into(),
             err @ (StoreError::Database(_)
             | StoreError::Corrupt(_)
@@ -278,5 +288,22 @@ mod tests {
         let e: ApiError = StoreError::Corrupt("x".into()).into();
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(!e.message.contains('x'));
+    }
+
+    #[test]
+    fn a_deadlock_is_a_retryable_503_and_other_database_errors_are_500() {
+        use tessera_store::testing::database_error;
+        let response = ApiError::from(database_error("40P01")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let e = ApiError::from(database_error("23505"));
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert_eq!(e.retry_after, None);
     }
 }
