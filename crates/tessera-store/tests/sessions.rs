@@ -710,10 +710,13 @@ async fn an_interruption_waits_for_a_step_in_flight_instead_of_deadlocking(db: &
 }
 
 /// On PostgreSQL, a connection here locks `first` (a statement taking one row lock, bound to
-/// `first_id`), `op` starts and waits for it, and the connection then locks `second`, which
-/// `op` already holds: the two deadlock. This connection waits longest before it checks for a
-/// deadlock (10 s against the server's 1 s), so PostgreSQL aborts `op`'s transaction, which
-/// must run again and complete once this connection commits. On SQLite `op` just runs.
+/// its id), `op` starts and waits for it, and the connection then locks `second`, which `op`
+/// already holds: the two deadlock, which a third connection sees (each waits for the other)
+/// before PostgreSQL breaks it. This connection waits longest before it checks for a deadlock
+/// (10 s against the server's default 1 s), so PostgreSQL aborts `op`'s transaction, which must
+/// run again and complete once this connection commits. A machine that stalls for longer than
+/// the server's `deadlock_timeout` in between can make this connection the victim instead: the
+/// test then fails, it never passes without the crossing. On SQLite `op` just runs.
 async fn crossing<T: Send + 'static>(
     db: &TestDatabase,
     first: (&str, &str),
@@ -736,12 +739,47 @@ async fn crossing<T: Send + 'static>(
         "the operation never waited for the first lock",
     )
     .await;
-    // Waits until PostgreSQL aborted the operation's transaction, releasing `second`.
-    sqlx::query(second.0)
-        .bind(second.1)
-        .execute(&mut conn)
-        .await
-        .expect("this connection's second lock (the operation should have been the victim)");
+    let (op_pid,): (i32,) = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) LIMIT 1",
+    )
+    .bind(pid)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let mut monitor = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // This connection waits until PostgreSQL aborted the operation's transaction, releasing
+    // `second`; meanwhile the monitor sees the cycle.
+    let second_lock = async {
+        sqlx::query(second.0)
+            .bind(second.1)
+            .execute(&mut conn)
+            .await
+            .expect("this connection's second lock (the operation should have been the victim)")
+    };
+    let cycle = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let (crossed,): (bool,) = sqlx::query_as(
+                "SELECT $1 = ANY(pg_blocking_pids($2)) AND $2 = ANY(pg_blocking_pids($1))",
+            )
+            .bind(op_pid)
+            .bind(pid)
+            .fetch_one(&mut monitor)
+            .await
+            .unwrap();
+            if crossed {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    };
+    let (_, crossed) = tokio::join!(second_lock, cycle);
+    assert!(
+        crossed,
+        "the operation and this connection never waited for each other"
+    );
+    monitor.close().await.unwrap();
     sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     task.await
