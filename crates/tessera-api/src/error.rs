@@ -109,7 +109,7 @@ error_codes! {
     ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
     Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),
     ToolkitProviderFailed => (502, "toolkit_provider_failed", "The toolkit provider could not be reached or answered an error; the message says which."),
-    Unavailable => (503, "unavailable", "A dependency (the database) is not reachable, or it aborted the request among concurrent changes; retry (see `Retry-After`)."),
+    Unavailable => (503, "unavailable", "A dependency (the database) is not reachable, or it aborted the request among concurrent changes; retry shortly (after `Retry-After` seconds when the header is sent)."),
     Busy => (503, "busy", "Too many password checks are in progress; retry after `Retry-After` seconds."),
 }
 

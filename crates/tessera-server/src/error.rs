@@ -222,7 +222,8 @@ impl From<StoreError> for ApiError {
                 retry_after: None,
             },
             // A deadlock or serialization failure the store's own retries did not get past
-            // (PostgreSQL): nothing was written, and the same request may well succeed now.
+            // (PostgreSQL): the failed transaction wrote nothing, and the same request may well
+            // succeed now.
             err @ StoreError::Database(_) if err.is_transient() => Self {
                 code: ErrorCode::Unavailable,
                 message: "the database aborted this request among concurrent changes; retry"

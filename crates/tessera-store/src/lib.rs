@@ -218,7 +218,7 @@ const TRANSIENT_ATTEMPTS: u32 = 3;
 /// confirmation, the expiry and warning sweeps) locks the action first and then its thread and
 /// run, while a cancellation or a close locks the run (and thread) first and then its actions.
 /// The two can deadlock; each of them runs here, so the one PostgreSQL aborts runs again once
-/// the other committed (the sessions conformance tests cross them on purpose). A failed
+/// the other committed (the sessions conformance tests cause such deadlocks on purpose). A failed
 /// attempt has rolled back (its transaction was dropped) before the next one starts.
 pub(crate) async fn retry_transient<T, F>(mut transaction: impl FnMut() -> F) -> StoreResult<T>
 where
@@ -228,7 +228,7 @@ where
     loop {
         match transaction().await {
             Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
-                tracing::debug!(attempt, error = %e, "transaction aborted by the database; running it again");
+                tracing::info!(attempt, error = %e, "transaction aborted by the database; running it again");
                 attempt += 1;
             }
             done => return done,
