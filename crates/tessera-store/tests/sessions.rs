@@ -23,6 +23,7 @@ backend_tests!(
     a_cancel_that_crosses_a_decision_runs_again,
     a_decision_that_crosses_a_cancel_runs_again,
     an_expiry_and_a_warning_that_cross_a_stop_run_again,
+    a_board_cancel_that_crosses_a_decision_runs_again,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -898,4 +899,67 @@ async fn an_expiry_and_a_warning_that_cross_a_stop_run_again(db: &TestDatabase) 
         RunStatus::Running,
         "the run resumes past its expired action"
     );
+}
+
+/// Cancelling a board item stops its paused run as a thread's cancellation does: the item, the
+/// run, then the run's actions; here the action is held first by a transaction that then wants
+/// the run, as a decision does.
+async fn a_board_cancel_that_crosses_a_decision_runs_again(db: &TestDatabase) {
+    use tessera_domain::board::{Assignment, ItemStatus, NewBoardItem};
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let item = store
+        .create_board_item(
+            &t.scope,
+            &NewBoardItem {
+                project_id: t.project.id.clone(),
+                title: Label::parse("title", "report").unwrap(),
+                description: "write the report".into(),
+                assignment: Assignment::NewThread {
+                    agent: None,
+                    context_of: None,
+                },
+                capability_tags: vec![],
+                schedule: None,
+                parent_item_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    let slot = store
+        .claim_due_slots("n", Timestamp::now(), 10)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the item's slot fires");
+    let claimed = claim(&store, "node-a").await;
+    assert_eq!(slot.run_id.as_ref(), Some(&claimed.run.id));
+    store
+        .pause_run(
+            &claimed.lease,
+            &[action("a", Timestamp::now().plus_secs(3600))],
+        )
+        .await
+        .unwrap();
+    let pending = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    let op = {
+        let (store, scope, project, id) = (
+            store.clone(),
+            t.scope.clone(),
+            t.project.id.clone(),
+            item.id.clone(),
+        );
+        async move { store.cancel_board_item(&scope, &project, &id).await }
+    };
+    let (cancelled, stopping, _) = crossing(
+        db,
+        (LOCK_ACTION, pending[0].id.as_str()),
+        (LOCK_RUN, claimed.run.id.as_str()),
+        op,
+    )
+    .await;
+    assert_eq!(cancelled.status, ItemStatus::Cancelled);
+    assert_eq!(stopping.as_ref(), Some(&claimed.run.id));
+    let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
+    assert_eq!(actions[0].status, ActionStatus::Cancelled);
 }
