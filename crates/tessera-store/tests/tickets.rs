@@ -16,7 +16,7 @@ use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SecretHash, SECRET_KEY_PREFIX};
 use tessera_domain::thread::ContextGroup;
 use tessera_domain::ticket::{
-    Binding, Issuer, SessionMode, SessionName, TicketGrant, TICKET_PREFIX,
+    Binding, Issuer, SessionMode, SessionName, SessionTicket, TicketGrant, TICKET_PREFIX,
 };
 use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
 use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
@@ -90,9 +90,21 @@ async fn mint(
     grant: TicketGrant,
     seconds: i64,
 ) -> Result<PlainSecret, StoreError> {
+    minted(store, scope, grant, seconds)
+        .await
+        .map(|(secret, _)| secret)
+}
+
+/// [`mint`], with the ticket the store answered.
+async fn minted(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    grant: TicketGrant,
+    seconds: i64,
+) -> Result<(PlainSecret, SessionTicket), StoreError> {
     let secret = PlainSecret::generate(TICKET_PREFIX);
     let now = Timestamp::now();
-    store
+    let ticket = store
         .create_ticket(
             scope,
             &NewTicket {
@@ -104,7 +116,24 @@ async fn mint(
             },
         )
         .await?;
-    Ok(secret)
+    Ok((secret, ticket))
+}
+
+/// A user of `scope` (ada@example.com, nothing else set).
+async fn user(store: &Arc<dyn Store>, scope: &Scope) -> tessera_domain::identity::User {
+    store
+        .create_user(
+            scope,
+            &NewUser {
+                email: Email::parse("email", "ada@example.com").unwrap(),
+                first_name: None,
+                last_name: None,
+                password_hash: None,
+                metadata: Metadata::empty(),
+            },
+        )
+        .await
+        .unwrap()
 }
 
 fn browser(user: Option<tessera_domain::UserId>) -> (PlainSecret, NewSession) {
@@ -381,19 +410,7 @@ async fn signin_without_a_user_keeps_the_ticket(db: &TestDatabase) {
             .unwrap(),
         ExchangeOutcome::SigninRequired
     );
-    let user = store
-        .create_user(
-            &scope,
-            &NewUser {
-                email: Email::parse("email", "ada@example.com").unwrap(),
-                first_name: None,
-                last_name: None,
-                password_hash: None,
-                metadata: Metadata::empty(),
-            },
-        )
-        .await
-        .unwrap();
+    let user = user(&store, &scope).await;
     let (cookie, new) = browser(Some(user.id.clone()));
     let signed_in = store.create_session(&scope, &new).await.unwrap();
     // Two exchanges on one browser: the second replaces the first's agent session.
@@ -759,41 +776,12 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     let store = open(db).await;
     let scope = deployment(&store, "imp").await;
     let other = deployment(&store, "imp-other").await;
-    let user = store
-        .create_user(
-            &scope,
-            &NewUser {
-                email: Email::parse("email", "ada@example.com").unwrap(),
-                first_name: None,
-                last_name: None,
-                password_hash: None,
-                metadata: Metadata::parse("metadata", serde_json::json!({})).unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let user = user(&store, &scope).await;
     let grant = TicketGrant::Impersonation {
         user_id: user.id.clone(),
     };
-    let issuer = Issuer::SecretKey(SecretKeyId::generate());
-    let mint_as = |issuer: Issuer| {
-        let store = store.clone();
-        let (scope, grant) = (scope.clone(), grant.clone());
-        async move {
-            let secret = PlainSecret::generate_ordered(TICKET_PREFIX, Timestamp::now());
-            let now = Timestamp::now();
-            let new = NewTicket {
-                hash: secret.hash(),
-                grant,
-                issuer,
-                now,
-                expires_at: now.plus_secs(60),
-            };
-            let minted = store.create_ticket(&scope, &new).await.unwrap();
-            (secret, minted)
-        }
-    };
-    let (ticket, minted) = mint_as(issuer.clone()).await;
+    let (ticket, minted) = minted(&store, &scope, grant.clone(), 60).await.unwrap();
+    let issuer = minted.issuer.clone();
 
     // The browser already has a session (signed in as nobody): the exchange replaces it.
     let (old_cookie, old) = browser(None);
@@ -818,7 +806,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     };
     assert_eq!(
         redeemed,
-        tessera_domain::ticket::SessionTicket {
+        SessionTicket {
             redeemed_at: Some(ex.now),
             ..minted
         }
@@ -868,7 +856,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
 
     // A disabled user cannot be impersonated, and the refused exchange leaves the ticket
     // unused: it works once the user is enabled again.
-    let (ticket, _) = mint_as(issuer.clone()).await;
+    let ticket = mint(&store, &scope, grant, 60).await.unwrap();
     store
         .set_user_disabled(&scope, &user.id, true)
         .await
