@@ -213,13 +213,15 @@ impl StoreError {
 const TRANSIENT_ATTEMPTS: u32 = 3;
 
 /// Runs a write transaction again when it failed as transient ([`StoreError::is_transient`]).
-/// Writers take their locks in one order (runs before threads, see `lock_open_runs`), with one
-/// known exception on PostgreSQL: a decision on a paused run's pending action (a person's
+/// Writers take their locks in one order (runs before threads, see `lock_open_runs`), with
+/// known exceptions on PostgreSQL: a decision on a paused run's pending action (a person's
 /// confirmation, the expiry and warning sweeps) locks the action first and then its thread and
-/// run, while a cancellation or a close locks the run (and thread) first and then its actions.
-/// The two can deadlock; each of them runs here, so the one PostgreSQL aborts runs again once
-/// the other committed (the sessions conformance tests cause such deadlocks on purpose). A failed
-/// attempt has rolled back (its transaction was dropped) before the next one starts.
+/// run, while a cancellation or a close locks the run (and thread) first and then its actions;
+/// and the board scheduler's slot claim holds its due items while it locks their threads, which
+/// a sweep locking several threads in another order can cross. Each of them can deadlock and
+/// runs here, so the one PostgreSQL aborts runs again once the other committed (the sessions
+/// conformance tests cause such deadlocks on purpose). A failed attempt has rolled back (its
+/// transaction was dropped) before the next one starts.
 pub(crate) async fn retry_transient<T, F>(mut transaction: impl FnMut() -> F) -> StoreResult<T>
 where
     F: std::future::Future<Output = StoreResult<T>>,

@@ -681,9 +681,18 @@ macro_rules! impl_board_sql {
             }
 
             async fn claim_due_slots(&self, node: &str, now: Timestamp, limit: usize) -> StoreResult<Vec<SlotRecord>> {
-                let this = self.clone();
-                let node = node.to_owned();
-                self.offload(async move { this.do_claim_due_slots(&node, now, limit).await }).await
+                // The claim holds the items it took while it locks their threads; a transaction
+                // that holds one of those threads and then wants one of the items or another of
+                // the threads (the expiry and warning sweeps lock several threads, in their
+                // actions' order) deadlocks with it on PostgreSQL (see `retry_transient`): the
+                // aborted claim runs again instead of failing the scheduler's pass. Each attempt
+                // is offloaded on its own, so an aborted one sends no deferred wake-ups.
+                $crate::retry_transient(|| {
+                    let this = self.clone();
+                    let node = node.to_owned();
+                    self.offload(async move { this.do_claim_due_slots(&node, now, limit).await })
+                })
+                .await
             }
 
         }

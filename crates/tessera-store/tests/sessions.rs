@@ -1,7 +1,7 @@
 //! Conformance of session management storage on both backends: pausing a run on pending
 //! actions, decisions (one winner among concurrent ones), expiry by two nodes at once, the
 //! exactly-once marks of a confirmed action, context variables and closing, and (PostgreSQL)
-//! decisions, sweeps and stops whose locks cross.
+//! decisions, sweeps, stops and slot claims whose locks cross.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
@@ -24,6 +24,7 @@ backend_tests!(
     a_decision_that_crosses_a_cancel_runs_again,
     an_expiry_and_a_warning_that_cross_a_stop_run_again,
     a_board_cancel_that_crosses_a_decision_runs_again,
+    a_slot_claim_that_crosses_a_thread_lock_runs_again,
 );
 
 fn action(call: &str, expires_at: Timestamp) -> NewAction {
@@ -905,27 +906,10 @@ async fn an_expiry_and_a_warning_that_cross_a_stop_run_again(db: &TestDatabase) 
 /// run, then the run's actions; here the action is held first by a transaction that then wants
 /// the run, as a decision does.
 async fn a_board_cancel_that_crosses_a_decision_runs_again(db: &TestDatabase) {
-    use tessera_domain::board::{Assignment, ItemStatus, NewBoardItem};
+    use tessera_domain::board::ItemStatus;
     let store = open(db).await;
     let t = tenant(&store, "one").await;
-    let item = store
-        .create_board_item(
-            &t.scope,
-            &NewBoardItem {
-                project_id: t.project.id.clone(),
-                title: Label::parse("title", "report").unwrap(),
-                description: "write the report".into(),
-                assignment: Assignment::NewThread {
-                    agent: None,
-                    context_of: None,
-                },
-                capability_tags: vec![],
-                schedule: None,
-                parent_item_id: None,
-            },
-        )
-        .await
-        .unwrap();
+    let item = board_item(&store, &t).await;
     let slot = store
         .claim_due_slots("n", Timestamp::now(), 10)
         .await
@@ -962,4 +946,64 @@ async fn a_board_cancel_that_crosses_a_decision_runs_again(db: &TestDatabase) {
     assert_eq!(stopping.as_ref(), Some(&claimed.run.id));
     let actions = store.run_actions(&t.scope, &claimed.run.id).await.unwrap();
     assert_eq!(actions[0].status, ActionStatus::Cancelled);
+}
+
+/// A board item on a new thread, without a schedule: its one slot is due at once.
+async fn board_item(store: &Arc<dyn Store>, t: &Tenant) -> tessera_domain::board::BoardItem {
+    use tessera_domain::board::{Assignment, NewBoardItem};
+    store
+        .create_board_item(
+            &t.scope,
+            &NewBoardItem {
+                project_id: t.project.id.clone(),
+                title: Label::parse("title", "report").unwrap(),
+                description: "write the report".into(),
+                assignment: Assignment::NewThread {
+                    agent: None,
+                    context_of: None,
+                },
+                capability_tags: vec![],
+                schedule: None,
+                parent_item_id: None,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// The board scheduler's slot claim holds the due items it took (from its first statement)
+/// while it locks their threads to number their events; here a thread is held first by a
+/// transaction that then wants the item, as the expiry sweep wanting another of the claim's
+/// threads would. The aborted claim runs again; the slot fires once, from that claim or (when
+/// the item was still locked then, and skipped) from the next.
+async fn a_slot_claim_that_crosses_a_thread_lock_runs_again(db: &TestDatabase) {
+    use tessera_store::SlotOutcome;
+    let store = open(db).await;
+    let t = tenant(&store, "one").await;
+    let item = board_item(&store, &t).await;
+    let op = {
+        let store = store.clone();
+        async move { store.claim_due_slots("n", Timestamp::now(), 10).await }
+    };
+    let lock_thread = "UPDATE threads SET last_seq = last_seq WHERE id = $1";
+    let lock_item = "UPDATE board_items SET updated_at = updated_at WHERE id = $1";
+    let mut slots = crossing(
+        db,
+        (lock_thread, item.assigned_thread_id.as_str()),
+        (lock_item, item.id.as_str()),
+        op,
+    )
+    .await;
+    slots.extend(
+        store
+            .claim_due_slots("n", Timestamp::now(), 10)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(slots.len(), 1, "the item's one slot fires once: {slots:?}");
+    assert_eq!(slots[0].item_id, item.id);
+    assert_eq!(slots[0].outcome, SlotOutcome::Fired);
+    let claimed = claim(&store, "node-a").await;
+    assert_eq!(slots[0].run_id.as_ref(), Some(&claimed.run.id));
+    assert_eq!(claimed.run.thread_id, item.assigned_thread_id);
 }
