@@ -13,7 +13,8 @@ mod serve;
 use cli::{ApiCommand, Cli, Command, DeploymentsCommand, KeysCommand};
 
 /// The server allocates many short-lived buffers on several threads; mimalloc does that
-/// with less CPU than glibc's allocator (ARCHITECTURE.md, "Dependencies worth a note").
+/// with less CPU than glibc's allocator, and (its `override` feature) also serves SQLite's
+/// page caches (ARCHITECTURE.md, "Dependencies worth a note").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
