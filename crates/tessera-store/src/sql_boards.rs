@@ -685,8 +685,9 @@ macro_rules! impl_board_sql {
                 // that holds one of those threads and then wants one of the items or another of
                 // the threads (the expiry and warning sweeps lock several threads, in their
                 // actions' order) deadlocks with it on PostgreSQL (see `retry_transient`): the
-                // aborted claim runs again instead of failing the scheduler's pass. Each attempt
-                // is offloaded on its own, so an aborted one sends no deferred wake-ups.
+                // aborted claim runs again instead of failing the scheduler's pass. (An attempt
+                // is aborted before its last statement queues the wake-ups; one sent anyway
+                // would only make the workers look for runs.)
                 $crate::retry_transient(|| {
                     let this = self.clone();
                     let node = node.to_owned();
