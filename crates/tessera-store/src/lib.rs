@@ -1795,10 +1795,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
     use super::*;
-
-    fn db_error(code: &'static str) -> StoreError {
-        crate::testing::database_error(code)
-    }
+    use crate::testing::database_error;
 
     /// Runs `retry_transient` over `answers` in turn; returns its result and the attempts made.
     async fn run(answers: Vec<StoreResult<u32>>) -> (StoreResult<u32>, usize) {
@@ -1815,8 +1812,8 @@ mod tests {
     #[tokio::test]
     async fn transient_failures_run_the_transaction_again() {
         for code in ["40P01", "40001", "55P03"] {
-            assert!(db_error(code).is_transient(), "{code}");
-            let (result, attempts) = run(vec![Err(db_error(code)), Ok(7)]).await;
+            assert!(database_error(code).is_transient(), "{code}");
+            let (result, attempts) = run(vec![Err(database_error(code)), Ok(7)]).await;
             assert_eq!(result.unwrap(), 7);
             assert_eq!(attempts, 2);
         }
@@ -1825,16 +1822,16 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_after_three_attempts_and_other_errors_are_not_retried() {
         let (result, attempts) = run(vec![
-            Err(db_error("40P01")),
-            Err(db_error("40P01")),
-            Err(db_error("40P01")),
+            Err(database_error("40P01")),
+            Err(database_error("40P01")),
+            Err(database_error("40P01")),
             Ok(1),
         ])
         .await;
         assert!(result.unwrap_err().is_transient());
         assert_eq!(attempts, 3);
         for err in [
-            db_error("23505"),
+            database_error("23505"),
             StoreError::LeaseLost,
             StoreError::not_found(Entity::Thread),
         ] {
