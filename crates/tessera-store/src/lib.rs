@@ -866,6 +866,21 @@ pub trait IdentityStore {
         new: &NewSession,
     ) -> StoreResult<BrowserSession>;
 
+    /// Rotation of a live session (a signed-in browser switching its active organization):
+    /// deletes the session with hash `old` and creates `new` in its place, in one
+    /// transaction. The old session must still be live at `new.now`, else
+    /// `NotFound(User)` (as for a user gone or disabled) and nothing is created: a session
+    /// ended meanwhile (signed out, or revoked by a replay of the ticket it came from) stays
+    /// ended. What made the old session carries over: its impersonator and the ticket it came
+    /// from (so that a replay of that ticket still revokes the new session), and its absolute
+    /// limit when earlier than `new.expires_at`; `new.impersonation` is not used.
+    async fn rotate_session(
+        &self,
+        scope: &Scope,
+        old: &SecretHash,
+        new: &NewSession,
+    ) -> StoreResult<BrowserSession>;
+
     async fn delete_session(&self, scope: &Scope, hash: &SecretHash) -> StoreResult<()>;
 
     /// Milliseconds until sign-in is allowed again when one of `buckets` has reached its limit

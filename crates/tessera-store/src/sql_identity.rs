@@ -229,6 +229,23 @@ macro_rules! impl_identity_sql {
             }
         }
 
+        /// Checks that the user exists and is enabled, under a lock: a sign-in racing a
+        /// disable (or delete) must not leave a session behind it.
+        async fn lock_enabled_user(conn: &mut Conn, scope: &Scope, user_id: &UserId) -> StoreResult<()> {
+            let row = sqlx::query(&format!(
+                "SELECT disabled FROM users WHERE id = $1 AND deployment_id = $2{}",
+                $store::ROW_LOCK
+            ))
+            .bind(user_id.as_str())
+            .bind(scope.deployment_id().as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            match row {
+                Some(row) if row.try_get::<i64, _>("disabled")? == 0 => Ok(()),
+                _ => Err(StoreError::not_found(Entity::User)),
+            }
+        }
+
         pub(super) async fn insert_session(
             conn: &mut Conn,
             scope: &Scope,
@@ -690,24 +707,8 @@ macro_rules! impl_identity_sql {
                 new: &NewSession,
             ) -> StoreResult<BrowserSession> {
                 let mut tx = self.begin_write().await?;
-                // The user must still exist and be enabled, checked under a lock: a sign-in
-                // racing a disable (or delete) must not leave a session behind it.
                 if let Some(user_id) = &new.user_id {
-                    let row = sqlx::query(&format!(
-                        "SELECT disabled FROM users WHERE id = $1 AND deployment_id = $2{}",
-                        Self::ROW_LOCK
-                    ))
-                    .bind(user_id.as_str())
-                    .bind(scope.deployment_id().as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let enabled = match row {
-                        Some(row) => row.try_get::<i64, _>("disabled")? == 0,
-                        None => false,
-                    };
-                    if !enabled {
-                        return Err(StoreError::not_found(Entity::User));
-                    }
+                    lock_enabled_user(&mut tx, scope, user_id).await?;
                 }
                 if let Some(old) = old {
                     sqlx::query(
@@ -729,6 +730,50 @@ macro_rules! impl_identity_sql {
                 .execute(&mut *tx)
                 .await?;
                 let session = insert_session(&mut tx, scope, new).await?;
+                tx.commit().await?;
+                Ok(session)
+            }
+
+            async fn rotate_session(
+                &self,
+                scope: &Scope,
+                old: &SecretHash,
+                new: &NewSession,
+            ) -> StoreResult<BrowserSession> {
+                let mut tx = self.begin_write().await?;
+                if let Some(user_id) = &new.user_id {
+                    lock_enabled_user(&mut tx, scope, user_id).await?;
+                }
+                // The old session goes only if it is still live; what made it comes along.
+                let row = sqlx::query(
+                    "DELETE FROM browser_sessions
+                     WHERE token_hash = $1 AND deployment_id = $2
+                       AND expires_at > $3 AND idle_expires_at > $3
+                     RETURNING impersonator_type, impersonator_id, ticket_id, expires_at",
+                )
+                .bind(old.as_bytes().to_vec())
+                .bind(scope.deployment_id().as_str())
+                .bind(new.now.as_millis())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::User))?;
+                let impersonator = impersonator_from(
+                    row.try_get("impersonator_type")?,
+                    row.try_get("impersonator_id")?,
+                )?;
+                let ticket: Option<String> = row.try_get("ticket_id")?;
+                let impersonation = match (impersonator, ticket) {
+                    (Some(who), Some(ticket)) => Some((who, id(ticket, tessera_domain::TicketId::parse)?)),
+                    (None, _) => None,
+                    (Some(_), None) => return Err(corrupt("browser session", "an impersonator without its ticket")),
+                };
+                let expires_at = new.expires_at.min(Timestamp::from_millis(row.try_get("expires_at")?));
+                let rotated = NewSession {
+                    impersonation,
+                    expires_at,
+                    ..new.clone()
+                };
+                let session = insert_session(&mut tx, scope, &rotated).await?;
                 tx.commit().await?;
                 Ok(session)
             }

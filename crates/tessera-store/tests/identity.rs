@@ -512,6 +512,42 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
         .unwrap()
         .is_some());
 
+    // A rotation replaces a live session only: one past its idle limit (or gone) is not
+    // brought back, and another deployment's hash matches nothing.
+    let (idle_secret, idle) = session(None, now);
+    store.create_session(&a, &idle).await.unwrap();
+    let (_, too_late) = session(None, now.plus_secs(601));
+    assert_not_found(
+        store
+            .rotate_session(&a, &idle_secret.hash(), &too_late)
+            .await,
+        Entity::User,
+    );
+    let (_, elsewhere) = session(None, now);
+    assert_not_found(
+        store
+            .rotate_session(&b, &signed_secret.hash(), &elsewhere)
+            .await,
+        Entity::User,
+    );
+    let (kept_secret, kept) = session(Some(&ada.id), now.plus_secs(10));
+    let kept_row = store
+        .rotate_session(&a, &signed_secret.hash(), &kept)
+        .await
+        .unwrap();
+    assert_eq!(kept_row.impersonator, None);
+    assert_eq!(
+        kept_row.expires_at,
+        now.plus_secs(3600),
+        "the old session's limit stays"
+    );
+    assert!(store
+        .find_session(&a, &signed_secret.hash(), now, 600_000)
+        .await
+        .unwrap()
+        .is_none());
+    let signed_secret = kept_secret;
+
     // Disabling the user ends all their sessions; enabling does not bring them back.
     let (second_secret, second) = session(Some(&ada.id), now);
     store.create_session(&a, &second).await.unwrap();

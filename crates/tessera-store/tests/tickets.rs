@@ -836,7 +836,47 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
         "the browser's previous session is gone"
     );
 
-    // A replay signs the impersonated browser out.
+    // A rotation (choosing an organization) keeps the impersonator, the ticket and the
+    // impersonation's limit, whatever the new row asks for.
+    let (rotated_cookie, rotation) = crate::browser(Some(user.id.clone()));
+    assert!(rotation.expires_at > limit);
+    assert!(matches!(
+        store
+            .rotate_session(&other, &ex.new_browser_session.hash, &rotation)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let rotated = store
+        .rotate_session(&scope, &ex.new_browser_session.hash, &rotation)
+        .await
+        .unwrap();
+    assert_eq!(rotated.impersonator.as_ref(), Some(&issuer));
+    assert_eq!(rotated.expires_at, limit);
+    assert_eq!(rotated.idle_expires_at, limit);
+    assert_eq!(
+        store
+            .find_session(&scope, &rotated_cookie.hash(), now, 600_000)
+            .await
+            .unwrap(),
+        Some(rotated)
+    );
+    // The rotated session is gone: rotating it again creates nothing.
+    let (again_cookie, again) = crate::browser(Some(user.id.clone()));
+    assert!(matches!(
+        store
+            .rotate_session(&scope, &ex.new_browser_session.hash, &again)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .find_session(&scope, &again_cookie.hash(), now, 600_000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A replay signs the impersonated browser out, rotated or not.
     assert_eq!(
         store
             .exchange_ticket(&scope, &exchange(&ticket, None))
@@ -846,13 +886,15 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             replayed: Some(redeemed)
         }
     );
-    assert_eq!(
-        store
-            .find_session(&scope, &ex.new_browser_session.hash, now, 600_000)
-            .await
-            .unwrap(),
-        None
-    );
+    for hash in [&ex.new_browser_session.hash, &rotated_cookie.hash()] {
+        assert_eq!(
+            store
+                .find_session(&scope, hash, now, 600_000)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 
     // A disabled user cannot be impersonated, and the refused exchange leaves the ticket
     // unused: it works once the user is enabled again.

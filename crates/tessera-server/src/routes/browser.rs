@@ -658,16 +658,14 @@ pub(crate) async fn set_active_organization(
         )
         .with_field("organization_id"));
     }
+    // The session keeps its absolute limit and, for an impersonation, its impersonator and
+    // ticket (the store carries them over).
     let (secret, new) = state.identity.new_session(
         Some(caller.user.id.clone()),
         Some(organization_id.clone()),
         Some(session.expires_at),
     );
-    let rotated = match state
-        .store
-        .replace_session(&caller.scope, Some(hash), &new)
-        .await
-    {
+    let rotated = match state.store.rotate_session(&caller.scope, hash, &new).await {
         Ok(session) => session,
         Err(tessera_store::StoreError::NotFound { .. }) => {
             return Err(ApiError::unauthorized("not signed in"))

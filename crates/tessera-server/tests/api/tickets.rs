@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tessera_client::models::{CreateSessionTicketRequest, CreateUserRequest};
+use tessera_client::models::{
+    AddOrganizationMemberRequest, CreateOrganizationRequest, CreateSessionTicketRequest,
+    CreateUserRequest, OrganizationRole,
+};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -1044,7 +1047,41 @@ async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["actor_type"], "secret_key");
     assert_eq!(events[0]["subject_id"], user.id);
-    // Replaying the ticket ends the impersonation session.
+    // Choosing an organization rotates the session; it stays the impersonation's, with its
+    // limit, its banner and its ticket.
+    let orgs = app.client.organizations();
+    let org = orgs
+        .create_organization(CreateOrganizationRequest {
+            name: "Acme".into(),
+            slug: None,
+        })
+        .send()
+        .await
+        .unwrap();
+    orgs.add_member(
+        &org.id,
+        AddOrganizationMemberRequest {
+            user_id: user.id.clone(),
+            role: OrganizationRole::Member,
+        },
+    )
+    .send()
+    .await
+    .unwrap();
+    let before = jar.cookie.clone();
+    let chosen = send(
+        jar.apply(app.anonymous(Method::POST, "/me/active-organization"))
+            .header("origin", &app.base_url)
+            .json(&json!({"organization_id": org.id})),
+    )
+    .await;
+    assert_eq!(chosen.ok(200)["active_organization"]["id"], org.id.as_str());
+    assert!(chosen.body["expires_at"].as_str().unwrap() <= limit.as_str());
+    jar.keep(&chosen);
+    assert_ne!(jar.cookie, before, "the session was rotated");
+    let page = send(jar.apply(app.anonymous(Method::GET, "/sign-in"))).await;
+    assert!(page.text.contains("id=\"impersonation\""), "{}", page.text);
+    // Replaying the ticket ends the impersonation session, rotated or not.
     exchange(&app, &mut Jar::default(), &t)
         .await
         .assert_error(401, "invalid_ticket", None);
