@@ -1241,7 +1241,8 @@ pub trait SessionStore {
         reason: Option<&str>,
     ) -> StoreResult<Vec<ThreadEvent>>;
 
-    /// The agents serving pool `slug` and how many open runs each has, oldest agent first.
+    /// The agents serving pool `slug` (deleted agents serve none) and how many open runs each
+    /// has, oldest agent first.
     async fn pool_agents(&self, scope: &Scope, slug: &str) -> StoreResult<Vec<(AgentId, i64)>>;
 
     /// What a pool response shows: its run ([`Entity::Response`] when absent) and around it.

@@ -735,7 +735,8 @@ macro_rules! impl_session_sql {
                 let rows = sqlx::query(&format!(
                     "SELECT a.id, (SELECT COUNT(*) FROM runs r JOIN threads t ON t.id = r.thread_id
                                    WHERE t.agent_id = a.id AND r.status IN {OPEN_STATUSES}) AS load
-                     FROM agents a WHERE a.deployment_id = $1 AND a.endpoint_slug = $2 ORDER BY a.id"
+                     FROM agents a
+                     WHERE a.deployment_id = $1 AND a.endpoint_slug = $2 AND a.deleted_at IS NULL ORDER BY a.id"
                 ))
                 .bind(scope.deployment_id().as_str())
                 .bind(slug)

@@ -29,6 +29,7 @@ backend_tests!(
     cancel_interrupt_and_close_resolve_open_actions,
     a_refused_ask_changes_nothing,
     suggested_actions_offer_the_next_steps,
+    a_deleted_agent_leaves_its_pool,
 );
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -1022,5 +1023,28 @@ async fn suggested_actions_offer_the_next_steps(db: &TestDatabase) {
         ))
         .await;
     assert_eq!(closed.ok(200)["suggested_actions"], json!([]));
+    app.stop().await;
+}
+
+async fn a_deleted_agent_leaves_its_pool(db: &TestDatabase) {
+    let (app, _model) = start(db, 10).await;
+    // The first agent would be picked first (equal load, lowest id) were it still served.
+    let gone = pool_agent(&app, "desk", echo(), None).await;
+    let kept = pool_agent(&app, "desk", echo(), None).await;
+    app.call(Method::DELETE, &format!("/ai/agents/{gone}"), None)
+        .await
+        .ok(200);
+    for _ in 0..3 {
+        let answered = ask(&app, "desk", json!({"content": "hi"})).await;
+        assert_eq!(answered.ok(200)["agent_id"], kept.as_str());
+    }
+    // A pool whose only agent was deleted serves nobody.
+    let alone = pool_agent(&app, "alone", echo(), None).await;
+    app.call(Method::DELETE, &format!("/ai/agents/{alone}"), None)
+        .await
+        .ok(200);
+    ask(&app, "alone", json!({"content": "hi"}))
+        .await
+        .assert_error(404, "endpoint_not_found", None);
     app.stop().await;
 }
