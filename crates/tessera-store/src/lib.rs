@@ -747,6 +747,16 @@ pub struct AuditFilter {
     pub kind: Option<String>,
 }
 
+/// Whose sign-in failures a throttle counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle<'a> {
+    /// A deployment's users (`signIn`): each deployment counts its own.
+    Deployment(&'a Scope),
+    /// The installation's console admins (`consoleSignIn`): one count, whichever deployment's
+    /// host the request came through.
+    Console,
+}
+
 /// A sign-in throttling bucket (`account:<email>`, `ip:<address>`) and its failure limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrottleBucket {
@@ -887,7 +897,7 @@ pub trait IdentityStore {
     /// within the current window; `None` when sign-in may be attempted.
     async fn sign_in_blocked(
         &self,
-        scope: &Scope,
+        throttle: Throttle<'_>,
         buckets: &[ThrottleBucket],
         now: Timestamp,
         window_ms: i64,
@@ -899,17 +909,22 @@ pub trait IdentityStore {
     /// is now over its limit: the attempt must then be refused.
     async fn count_sign_in_attempt(
         &self,
-        scope: &Scope,
+        throttle: Throttle<'_>,
         buckets: &[ThrottleBucket],
         now: Timestamp,
         window_ms: i64,
     ) -> StoreResult<Option<i64>>;
 
     /// Takes back one counted attempt of a bucket (a sign-in that succeeded).
-    async fn uncount_sign_in_attempt(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
+    async fn uncount_sign_in_attempt(
+        &self,
+        throttle: Throttle<'_>,
+        bucket: &str,
+    ) -> StoreResult<()>;
 
     /// Forgets the failures of a bucket (after a successful sign-in to that account).
-    async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()>;
+    async fn clear_sign_in_failures(&self, throttle: Throttle<'_>, bucket: &str)
+        -> StoreResult<()>;
 
     async fn record_audit(&self, scope: &Scope, event: &NewAuditEvent) -> StoreResult<AuditEvent>;
 

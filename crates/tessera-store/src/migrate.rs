@@ -89,6 +89,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "cheaper_hot_writes",
         sql: include_str!("../migrations/sqlite/0013_cheaper_hot_writes.sql"),
     },
+    Migration {
+        version: 14,
+        name: "console_sign_in_failures",
+        sql: include_str!("../migrations/sqlite/0014_console_sign_in_failures.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -156,6 +161,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 13,
         name: "cheaper_hot_writes",
         sql: include_str!("../migrations/postgres/0013_cheaper_hot_writes.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "console_sign_in_failures",
+        sql: include_str!("../migrations/postgres/0014_console_sign_in_failures.sql"),
     },
 ];
 

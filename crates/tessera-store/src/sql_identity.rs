@@ -47,7 +47,7 @@ macro_rules! impl_identity_sql {
         };
         use $crate::{
             AuditFilter, Conflict, Entity, Page, PageRequest, StoreError, StoreResult,
-            ThrottleBucket, UserFilter,
+            Throttle, ThrottleBucket, UserFilter,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -226,6 +226,15 @@ macro_rules! impl_identity_sql {
                 last_seen_at: new.now,
                 idle_expires_at,
                 expires_at: new.expires_at,
+            }
+        }
+
+        /// The table counting `throttle`'s failures, and the deployment its rows are keyed
+        /// by (the console's table has none).
+        fn throttle_table(throttle: Throttle<'_>) -> (&'static str, Option<&str>) {
+            match throttle {
+                Throttle::Deployment(scope) => ("sign_in_failures", Some(scope.deployment_id().as_str())),
+                Throttle::Console => ("console_sign_in_failures", None),
             }
         }
 
@@ -793,22 +802,20 @@ macro_rules! impl_identity_sql {
 
             async fn sign_in_blocked(
                 &self,
-                scope: &Scope,
+                throttle: Throttle<'_>,
                 buckets: &[ThrottleBucket],
                 now: Timestamp,
                 window_ms: i64,
             ) -> StoreResult<Option<i64>> {
+                let (table, deployment) = throttle_table(throttle);
                 let mut wait: Option<i64> = None;
                 for bucket in buckets {
-                    let row = sqlx::query(
-                        "SELECT window_start, failures FROM sign_in_failures
-                         WHERE deployment_id = $1 AND bucket = $2",
-                    )
-                    .bind(scope.deployment_id().as_str())
-                    .bind(bucket.key.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                    let Some(row) = row else { continue };
+                    let mut qb = QueryBuilder::<$db>::new(format!("SELECT window_start, failures FROM {table} WHERE bucket = "));
+                    qb.push_bind(bucket.key.as_str());
+                    if let Some(deployment) = deployment {
+                        qb.push(" AND deployment_id = ").push_bind(deployment);
+                    }
+                    let Some(row) = qb.build().fetch_optional(self.reader()).await? else { continue };
                     let start: i64 = row.try_get("window_start")?;
                     let failures: i64 = row.try_get("failures")?;
                     let ends = start.saturating_add(window_ms);
@@ -822,32 +829,33 @@ macro_rules! impl_identity_sql {
 
             async fn count_sign_in_attempt(
                 &self,
-                scope: &Scope,
+                throttle: Throttle<'_>,
                 buckets: &[ThrottleBucket],
                 now: Timestamp,
                 window_ms: i64,
             ) -> StoreResult<Option<i64>> {
+                let (table, deployment) = throttle_table(throttle);
                 let mut wait: Option<i64> = None;
                 let mut tx = self.begin_write().await?;
                 for bucket in buckets {
                     // Every SET expression sees the row as it was, so both CASEs agree on
                     // whether the window restarts.
-                    let row = sqlx::query(
-                        "INSERT INTO sign_in_failures (deployment_id, bucket, window_start, failures)
-                         VALUES ($1, $2, $3, 1)
-                         ON CONFLICT (deployment_id, bucket) DO UPDATE SET
-                           failures = CASE WHEN sign_in_failures.window_start <= $4
-                                           THEN 1 ELSE sign_in_failures.failures + 1 END,
-                           window_start = CASE WHEN sign_in_failures.window_start <= $4
-                                               THEN $3 ELSE sign_in_failures.window_start END
-                         RETURNING window_start, failures",
-                    )
-                    .bind(scope.deployment_id().as_str())
-                    .bind(bucket.key.as_str())
-                    .bind(now.as_millis())
-                    .bind(now.as_millis() - window_ms)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let mut qb = QueryBuilder::<$db>::new(format!("INSERT INTO {table} ("));
+                    qb.push(if deployment.is_some() { "deployment_id, " } else { "" });
+                    qb.push("bucket, window_start, failures) VALUES (");
+                    if let Some(deployment) = deployment {
+                        qb.push_bind(deployment).push(", ");
+                    }
+                    qb.push_bind(bucket.key.as_str()).push(", ").push_bind(now.as_millis());
+                    qb.push(format!(
+                        ", 1) ON CONFLICT ({}bucket) DO UPDATE SET failures = CASE WHEN {table}.window_start <= ",
+                        if deployment.is_some() { "deployment_id, " } else { "" }
+                    ));
+                    qb.push_bind(now.as_millis() - window_ms);
+                    qb.push(format!(" THEN 1 ELSE {table}.failures + 1 END, window_start = CASE WHEN {table}.window_start <= "));
+                    qb.push_bind(now.as_millis() - window_ms).push(" THEN ").push_bind(now.as_millis());
+                    qb.push(format!(" ELSE {table}.window_start END RETURNING window_start, failures"));
+                    let row = qb.build().fetch_one(&mut *tx).await?;
                     let start: i64 = row.try_get("window_start")?;
                     let failures: i64 = row.try_get("failures")?;
                     let ends = start.saturating_add(window_ms);
@@ -860,27 +868,28 @@ macro_rules! impl_identity_sql {
                 Ok(wait)
             }
 
-            async fn uncount_sign_in_attempt(&self, scope: &Scope, bucket: &str) -> StoreResult<()> {
+            async fn uncount_sign_in_attempt(&self, throttle: Throttle<'_>, bucket: &str) -> StoreResult<()> {
+                let (table, deployment) = throttle_table(throttle);
                 let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "UPDATE sign_in_failures SET failures = failures - 1
-                     WHERE deployment_id = $1 AND bucket = $2 AND failures > 0",
-                )
-                .bind(scope.deployment_id().as_str())
-                .bind(bucket)
-                .execute(&mut *tx)
-                .await?;
+                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET failures = failures - 1 WHERE failures > 0 AND bucket = "));
+                qb.push_bind(bucket);
+                if let Some(deployment) = deployment {
+                    qb.push(" AND deployment_id = ").push_bind(deployment);
+                }
+                qb.build().execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
-            async fn clear_sign_in_failures(&self, scope: &Scope, bucket: &str) -> StoreResult<()> {
+            async fn clear_sign_in_failures(&self, throttle: Throttle<'_>, bucket: &str) -> StoreResult<()> {
+                let (table, deployment) = throttle_table(throttle);
                 let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM sign_in_failures WHERE deployment_id = $1 AND bucket = $2")
-                    .bind(scope.deployment_id().as_str())
-                    .bind(bucket)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut qb = QueryBuilder::<$db>::new(format!("DELETE FROM {table} WHERE bucket = "));
+                qb.push_bind(bucket);
+                if let Some(deployment) = deployment {
+                    qb.push(" AND deployment_id = ").push_bind(deployment);
+                }
+                qb.build().execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -20,7 +20,7 @@ use tessera_domain::{OrganizationId, Scope, SecretKeyId, Timestamp, UserId};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
     backend_tests, AuditFilter, Conflict, ConnectOptions, Cursor, Entity, NewSecretKey,
-    PageRequest, Store, StoreError, ThrottleBucket, UserFilter,
+    PageRequest, Store, StoreError, Throttle, ThrottleBucket, UserFilter,
 };
 
 backend_tests!(
@@ -600,13 +600,16 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
     let window = 60_000;
     let t0 = Timestamp::now();
     assert_eq!(
-        store.sign_in_blocked(&a, &both, t0, window).await.unwrap(),
+        store
+            .sign_in_blocked(Throttle::Deployment(&a), &both, t0, window)
+            .await
+            .unwrap(),
         None
     );
     for i in 0..3 {
         assert_eq!(
             store
-                .count_sign_in_attempt(&a, &both, t0.plus_secs(i), window)
+                .count_sign_in_attempt(Throttle::Deployment(&a), &both, t0.plus_secs(i), window)
                 .await
                 .unwrap(),
             None,
@@ -616,26 +619,34 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
     // The attempt after the limit is counted and refused at once, with the time left.
     assert_eq!(
         store
-            .count_sign_in_attempt(&a, &both, t0.plus_secs(5), window)
+            .count_sign_in_attempt(Throttle::Deployment(&a), &both, t0.plus_secs(5), window)
             .await
             .unwrap(),
         Some(55_000)
     );
     // Blocked until the window that started at t0 ends.
     let wait = store
-        .sign_in_blocked(&a, &both, t0.plus_secs(10), window)
+        .sign_in_blocked(Throttle::Deployment(&a), &both, t0.plus_secs(10), window)
         .await
         .unwrap();
     assert_eq!(wait, Some(50_000));
     // Another deployment's counters are its own.
     assert_eq!(
-        store.sign_in_blocked(&b, &both, t0, window).await.unwrap(),
+        store
+            .sign_in_blocked(Throttle::Deployment(&b), &both, t0, window)
+            .await
+            .unwrap(),
         None
     );
     // The IP bucket alone is not at its limit yet.
     assert_eq!(
         store
-            .sign_in_blocked(&a, std::slice::from_ref(&ip), t0, window)
+            .sign_in_blocked(
+                Throttle::Deployment(&a),
+                std::slice::from_ref(&ip),
+                t0,
+                window
+            )
             .await
             .unwrap(),
         None
@@ -643,18 +654,18 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
     // After the window, counting starts again.
     assert_eq!(
         store
-            .sign_in_blocked(&a, &both, t0.plus_secs(61), window)
+            .sign_in_blocked(Throttle::Deployment(&a), &both, t0.plus_secs(61), window)
             .await
             .unwrap(),
         None
     );
     store
-        .count_sign_in_attempt(&a, &both, t0.plus_secs(61), window)
+        .count_sign_in_attempt(Throttle::Deployment(&a), &both, t0.plus_secs(61), window)
         .await
         .unwrap();
     assert_eq!(
         store
-            .sign_in_blocked(&a, &both, t0.plus_secs(62), window)
+            .sign_in_blocked(Throttle::Deployment(&a), &both, t0.plus_secs(62), window)
             .await
             .unwrap(),
         None,
@@ -664,43 +675,113 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
     let ip_only = std::slice::from_ref(&ip);
     for _ in 0..4 {
         store
-            .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+            .count_sign_in_attempt(Throttle::Deployment(&a), ip_only, t0.plus_secs(62), window)
             .await
             .unwrap();
     }
-    store.uncount_sign_in_attempt(&a, &ip.key).await.unwrap();
+    store
+        .uncount_sign_in_attempt(Throttle::Deployment(&a), &ip.key)
+        .await
+        .unwrap();
     assert_eq!(
         store
-            .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+            .count_sign_in_attempt(Throttle::Deployment(&a), ip_only, t0.plus_secs(62), window)
             .await
             .unwrap(),
         None,
         "5 counted after one was taken back: at the limit, not over it"
     );
     assert!(store
-        .count_sign_in_attempt(&a, ip_only, t0.plus_secs(62), window)
+        .count_sign_in_attempt(Throttle::Deployment(&a), ip_only, t0.plus_secs(62), window)
         .await
         .unwrap()
         .is_some());
     // …and clears the account's bucket.
     for _ in 0..3 {
         store
-            .count_sign_in_attempt(&a, std::slice::from_ref(&account), t0.plus_secs(62), window)
+            .count_sign_in_attempt(
+                Throttle::Deployment(&a),
+                std::slice::from_ref(&account),
+                t0.plus_secs(62),
+                window,
+            )
             .await
             .unwrap();
     }
     assert!(store
-        .sign_in_blocked(&a, std::slice::from_ref(&account), t0.plus_secs(63), window)
+        .sign_in_blocked(
+            Throttle::Deployment(&a),
+            std::slice::from_ref(&account),
+            t0.plus_secs(63),
+            window
+        )
         .await
         .unwrap()
         .is_some());
     store
-        .clear_sign_in_failures(&a, &account.key)
+        .clear_sign_in_failures(Throttle::Deployment(&a), &account.key)
         .await
         .unwrap();
     assert_eq!(
         store
-            .sign_in_blocked(&a, std::slice::from_ref(&account), t0.plus_secs(63), window)
+            .sign_in_blocked(
+                Throttle::Deployment(&a),
+                std::slice::from_ref(&account),
+                t0.plus_secs(63),
+                window
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    // The console's counters are the installation's, apart from every deployment's.
+    let admin = ThrottleBucket {
+        key: "console:admin".into(),
+        max_failures: 1,
+    };
+    let admin = std::slice::from_ref(&admin);
+    assert_eq!(
+        store
+            .count_sign_in_attempt(Throttle::Console, admin, t0, window)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .count_sign_in_attempt(Throttle::Console, admin, t0.plus_secs(1), window)
+            .await
+            .unwrap(),
+        Some(59_000)
+    );
+    for scope in [&a, &b] {
+        assert_eq!(
+            store
+                .sign_in_blocked(Throttle::Deployment(scope), admin, t0, window)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    store
+        .uncount_sign_in_attempt(Throttle::Console, "console:admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sign_in_blocked(Throttle::Console, admin, t0.plus_secs(2), window)
+            .await
+            .unwrap(),
+        Some(58_000),
+        "one failure left: at the limit of 1"
+    );
+    store
+        .clear_sign_in_failures(Throttle::Console, "console:admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sign_in_blocked(Throttle::Console, admin, t0.plus_secs(2), window)
             .await
             .unwrap(),
         None

@@ -19,7 +19,7 @@ use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::{AuditActor, AuditKind, Email, Password, User};
 use tessera_domain::password::verify_password;
 use tessera_domain::{OrganizationId, Scope, Timestamp};
-use tessera_store::ThrottleBucket;
+use tessera_store::{Throttle, ThrottleBucket};
 
 use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
@@ -400,13 +400,13 @@ async fn attempt(
     // success take their attempt back.
     if let Some(wait_ms) = state
         .store
-        .count_sign_in_attempt(&scope, &buckets, now, window_ms)
+        .count_sign_in_attempt(Throttle::Deployment(&scope), &buckets, now, window_ms)
         .await?
     {
         for bucket in &buckets {
             state
                 .store
-                .uncount_sign_in_attempt(&scope, &bucket.key)
+                .uncount_sign_in_attempt(Throttle::Deployment(&scope), &bucket.key)
                 .await?;
         }
         let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
@@ -446,12 +446,12 @@ async fn attempt(
     };
     state
         .store
-        .clear_sign_in_failures(&scope, &format!("account:{email}"))
+        .clear_sign_in_failures(Throttle::Deployment(&scope), &format!("account:{email}"))
         .await?;
     if let Some(ip) = &client.ip {
         state
             .store
-            .uncount_sign_in_attempt(&scope, &format!("ip:{ip}"))
+            .uncount_sign_in_attempt(Throttle::Deployment(&scope), &format!("ip:{ip}"))
             .await?;
     }
 

@@ -20,8 +20,8 @@ use tessera_domain::identity::Password;
 use tessera_domain::password::verify_password;
 use tessera_domain::secret::{PlainSecret, SecretHash};
 use tessera_domain::ticket::{ConsoleAdmin, CONSOLE_TOKEN_PREFIX};
-use tessera_domain::{Scope, Timestamp};
-use tessera_store::ThrottleBucket;
+use tessera_domain::Timestamp;
+use tessera_store::{Throttle, ThrottleBucket};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
@@ -118,9 +118,9 @@ pub(crate) async fn console_sign_in(
 ) -> ApiResult<Response> {
     let deployment = deployment_for_request(&state, &headers).await?;
     check_origin(&headers, &deployment)?;
-    // Failure counters live with the deployment serving the request (the table is per
-    // deployment); the buckets are the console's own.
-    let scope = Scope::deployment(deployment.id.clone());
+    // Console admins belong to the installation: their failures are counted once, whichever
+    // deployment's host the request names.
+    let throttle = Throttle::Console;
     let username = req
         .username
         .unwrap_or_else(|| crate::bootstrap::DEFAULT_ADMIN.to_owned());
@@ -152,13 +152,13 @@ pub(crate) async fn console_sign_in(
     // attempt (never checked) and a success take their attempt back.
     if let Some(wait_ms) = state
         .store
-        .count_sign_in_attempt(&scope, &buckets, now, window_ms)
+        .count_sign_in_attempt(throttle, &buckets, now, window_ms)
         .await?
     {
         for bucket in &buckets {
             state
                 .store
-                .uncount_sign_in_attempt(&scope, &bucket.key)
+                .uncount_sign_in_attempt(throttle, &bucket.key)
                 .await?;
         }
         let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
@@ -188,12 +188,12 @@ pub(crate) async fn console_sign_in(
     };
     state
         .store
-        .clear_sign_in_failures(&scope, &format!("console:{username}"))
+        .clear_sign_in_failures(throttle, &format!("console:{username}"))
         .await?;
     if let Some(ip) = &client.ip {
         state
             .store
-            .uncount_sign_in_attempt(&scope, &format!("console-ip:{ip}"))
+            .uncount_sign_in_attempt(throttle, &format!("console-ip:{ip}"))
             .await?;
     }
     let token = PlainSecret::generate(CONSOLE_TOKEN_PREFIX);

@@ -132,6 +132,12 @@ impl TestApp {
     /// Creates deployment `name` directly in the database (as an operator would), with its first
     /// secret key, and returns an SDK client for it.
     pub async fn create_deployment(&self, name: &str) -> Tenant {
+        self.create_deployment_at(name, &self.base_url).await
+    }
+
+    /// [`Self::create_deployment`] with `origin` as its backend and frontend host (requests
+    /// naming that host in `Host` are the deployment's).
+    pub async fn create_deployment_at(&self, name: &str, origin: &str) -> Tenant {
         let store = tessera_store::open(&self.db_url, &ConnectOptions::default())
             .await
             .expect("open the store");
@@ -145,8 +151,8 @@ impl TestApp {
             .create_deployment(
                 &NewDeployment {
                     name: DeploymentName::parse("name", name).unwrap(),
-                    backend_host: self.base_url.clone(),
-                    frontend_host: self.base_url.clone(),
+                    backend_host: origin.to_owned(),
+                    frontend_host: origin.to_owned(),
                 },
                 &first_key,
             )

@@ -29,6 +29,7 @@ backend_tests!(
     chatting_through_the_browser_api,
     pending_actions_are_decided_from_the_browser,
     impersonation_signs_in_for_at_most_30_minutes,
+    console_sign_in_failures_are_counted_once_for_every_host,
     console_admins_mint_for_any_deployment,
     pages_cors_and_origin_checks,
 );
@@ -1338,5 +1339,48 @@ async fn pages_cors_and_origin_checks(db: &TestDatabase) {
         session.header("access-control-allow-origin"),
         Some(app.base_url.as_str())
     );
+    app.stop().await;
+}
+
+async fn console_sign_in_failures_are_counted_once_for_every_host(db: &TestDatabase) {
+    let app = spawn_app_with(db, |c| {
+        c.bootstrap_admin_password = Some(tessera_server::Secret::new(ADMIN_PASSWORD));
+        c.identity.sign_in_max_failures_per_account = 2;
+        c.identity.sign_in_max_failures_per_ip = 100;
+    })
+    .await;
+    // Another deployment, served at another host: naming it does not open a second allowance.
+    app.create_deployment_at("other", "http://other.test").await;
+    let own = app.base_url.trim_start_matches("http://").to_owned();
+    // `Host` picks the deployment (an unknown host falls back to `default`); `Origin` must be
+    // one of its hosts.
+    let attempt = |host: &str, origin: &str, password: &str| {
+        send(
+            app.anonymous(Method::POST, "/console/api/sign-in")
+                .header("host", host)
+                .header("origin", origin)
+                .json(&json!({ "password": password })),
+        )
+    };
+    let hosts = [
+        (own.as_str(), app.base_url.as_str()),
+        ("other.test", "http://other.test"),
+        ("unknown.test", app.base_url.as_str()),
+    ];
+    attempt(hosts[0].0, hosts[0].1, "guess-1")
+        .await
+        .assert_error(401, "invalid_credentials", None);
+    attempt(hosts[1].0, hosts[1].1, "guess-2")
+        .await
+        .assert_error(401, "invalid_credentials", None);
+    attempt(hosts[2].0, hosts[2].1, "guess-3")
+        .await
+        .assert_error(429, "too_many_attempts", None);
+    // Blocked through every host, even with the right password.
+    for (host, origin) in hosts {
+        attempt(host, origin, ADMIN_PASSWORD)
+            .await
+            .assert_error(429, "too_many_attempts", None);
+    }
     app.stop().await;
 }
