@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -358,13 +359,16 @@ fn pick_agent(pool: &[(AgentId, i64)]) -> Option<AgentId> {
 pub(crate) async fn ask_agent_pool(
     caller: Caller,
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    // A segment that is not even UTF-8 names no pool, like any other malformed slug.
+    slug: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<api::AskRequest>,
 ) -> ApiResult<(StatusCode, Json<api::AskResponse>)> {
     let scope = &caller.scope;
-    let slug = EndpointSlug::parse("endpoint_slug", slug)
-        .map_err(|_| ApiError::not_found(Entity::Endpoint))?;
+    let slug = slug
+        .ok()
+        .and_then(|Path(slug)| EndpointSlug::parse("endpoint_slug", slug).ok())
+        .ok_or_else(|| ApiError::not_found(Entity::Endpoint))?;
     session::check_ask_content("content", &req.content)?;
     let patch = match &req.context_variables {
         Some(vars) => VariablePatch::parse("context_variables", vars)?,

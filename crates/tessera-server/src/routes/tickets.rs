@@ -5,6 +5,7 @@
 //! Agent-access mints and exchanges are high-volume and are not written to the audit log (they
 //! are logged at debug level); impersonation tickets, impersonations and replayed tickets are.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -176,7 +177,8 @@ pub(crate) async fn create_backend_session_ticket(
 pub(crate) async fn create_session_ticket(
     admin: AdminCaller,
     State(state): State<AppState>,
-    Path(deployment_id): Path<String>,
+    // A segment that is not even UTF-8 names no deployment, like any other malformed id.
+    deployment_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     client: ClientInfo,
     ApiJson(req): ApiJson<api::CreateSessionTicketRequest>,
@@ -188,7 +190,10 @@ pub(crate) async fn create_session_ticket(
             "no deployment with this id exists",
         )
     };
-    let id = DeploymentId::parse(&deployment_id).map_err(|_| not_found())?;
+    let id = deployment_id
+        .ok()
+        .and_then(|Path(raw)| DeploymentId::parse(&raw).ok())
+        .ok_or_else(not_found)?;
     let scope = Scope::deployment(id);
     let deployment = match state.store.get_deployment(&scope).await {
         Ok(d) => d,

@@ -822,8 +822,14 @@ async fn non_utf8_ids_in_paths_are_404(db: &TestDatabase) {
             "/secret-keys/%FF/revoke",
             "secret_key_not_found",
         ),
+        (Method::POST, "/api/v1/ask/%FF", "endpoint_not_found"),
+        (Method::POST, "/api/v1/ask/%C0%AF", "endpoint_not_found"),
     ] {
-        let body = (method == Method::PATCH).then(|| json!({"name": "x"}));
+        let body = if path.starts_with("/api/v1/ask/") {
+            Some(json!({"content": "hi"}))
+        } else {
+            (method == Method::PATCH).then(|| json!({"name": "x"}))
+        };
         let resp = app.call(method.clone(), path, body).await;
         assert_eq!(resp.status, 404, "{method} {path}: {}", resp.text);
         resp.assert_error(404, code, None);

@@ -1160,6 +1160,14 @@ async fn console_admins_mint_for_any_deployment(db: &TestDatabase) {
         missing.code(),
         Some(tessera_client::ErrorCode::DeploymentNotFound)
     );
+    // An id that is not even UTF-8 is just as missing.
+    send(
+        app.anonymous(Method::POST, "/console/api/deployments/%FF/session/tickets")
+            .bearer_auth(&signed_in.token)
+            .json(&request),
+    )
+    .await
+    .assert_error(404, "deployment_not_found", None);
     // A secret key is not a console credential.
     let keyed = app
         .client
