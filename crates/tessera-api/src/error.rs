@@ -102,6 +102,7 @@ error_codes! {
     NoBrowserSession => (409, "no_browser_session", "This operation changes the browser session, and the caller authenticated with a user token, which has none."),
     NoCapableAgent => (409, "no_capable_agent", "No agent of the delegation's target lane has every requested capability tag."),
     BoardItemClosed => (409, "board_item_closed", "The board item is archived or cancelled and cannot be changed."),
+    PathConflict => (409, "path_conflict", "A workspace path is a file or a directory, never both: files lie below this path, or one of its parents is a file (`field`: `path`)."),
     ToolkitsNotConfigured => (409, "toolkits_not_configured", "This server has no toolkit provider (`[toolkits] base_url`): toolkits cannot be enabled or connected."),
     PayloadTooLarge => (413, "payload_too_large", "The request body exceeds the size limit."),
     UnsupportedMediaType => (415, "unsupported_media_type", "The request body must be `application/json`."),

@@ -130,6 +130,16 @@ impl From<StoreError> for ApiError {
                     ErrorCode::BoardItemClosed,
                     "the board item is archived or cancelled",
                 ),
+                Conflict::PathIsDirectory => Self::new(
+                    ErrorCode::PathConflict,
+                    "path: a directory of the workspace (files lie below it), not a file",
+                )
+                .with_field("path"),
+                Conflict::PathUnderFile => Self::new(
+                    ErrorCode::PathConflict,
+                    "path: one of its parent directories is a file of the workspace",
+                )
+                .with_field("path"),
                 Conflict::ActorExists => Self::new(
                     ErrorCode::ActorExists,
                     "an actor with this subject_type and external_key already exists",

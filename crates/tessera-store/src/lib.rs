@@ -117,6 +117,12 @@ pub enum Conflict {
     NoCapableAgent,
     /// The board item is archived or cancelled: it cannot be changed any more.
     BoardItemClosed,
+    /// A workspace file cannot be written at this path: files lie below it (it is a
+    /// directory).
+    PathIsDirectory,
+    /// A workspace file cannot be written at this path: one of its parent directories is a
+    /// file.
+    PathUnderFile,
     /// A ticket names an existing named session with another context group.
     NamedSessionGroupMismatch,
     /// A ticket names a named session that does not exist yet, without a context group.
@@ -1474,6 +1480,9 @@ pub trait WorkspaceStore {
     ) -> StoreResult<()>;
 
     /// Points `path` at a fully written blob, replacing (and deleting) the previous version.
+    /// A path is a file or a directory, never both: [`Conflict::PathIsDirectory`] when files
+    /// lie below `path`, [`Conflict::PathUnderFile`] when a parent of it is a file (nothing is
+    /// written; the caller discards the blob).
     async fn commit_file(
         &self,
         scope: &Scope,

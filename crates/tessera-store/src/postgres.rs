@@ -26,6 +26,8 @@ use crate::{Backend, ConnectOptions, Notification, PoolStats, StoreError, StoreR
 /// Advisory lock keys (arbitrary constants, unique within Tessera).
 const MIGRATION_LOCK: i64 = 0x7465_7373_0001;
 const BOOTSTRAP_LOCK: i64 = 0x7465_7373_0002;
+/// The first key of the workspace locks (`lock_workspace`).
+const WORKSPACE_LOCK_CLASS: i32 = 0x7473_0003;
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -82,6 +84,23 @@ impl PgStore {
     ) -> StoreResult<()> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(BOOTSTRAP_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Serialises the transactions that write files into one workspace (an advisory lock
+    /// keyed by the workspace id's hash, in a key space of its own: two-key locks never meet
+    /// the one-key locks above; an unlikely hash collision only makes two workspaces take
+    /// turns).
+    pub(crate) async fn lock_workspace(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        workspace_id: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(WORKSPACE_LOCK_CLASS)
+            .bind(workspace_id)
             .execute(&mut **tx)
             .await?;
         Ok(())

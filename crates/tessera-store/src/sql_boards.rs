@@ -1120,6 +1120,36 @@ macro_rules! impl_board_sql {
                 let dep = scope.deployment_id().as_str();
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
+                // A path is a file or a directory, never both. The checks and the write are one
+                // step for the workspace: concurrent commits to it take their turns.
+                self.lock_workspace(&mut tx, workspace.as_str()).await?;
+                let path = file.path.as_str();
+                let below = sqlx::query(
+                    "SELECT 1 FROM workspace_files
+                     WHERE deployment_id = $1 AND workspace_id = $2 AND substr(path, 1, $3) = $4 LIMIT 1",
+                )
+                .bind(dep)
+                .bind(workspace.as_str())
+                .bind(file.path.dir_prefix().chars().count() as i32)
+                .bind(file.path.dir_prefix())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if below.is_some() {
+                    return Err(StoreError::Conflict(Conflict::PathIsDirectory));
+                }
+                let parents: Vec<&str> = path.match_indices('/').filter(|&(i, _)| i > 0).map(|(i, _)| &path[..i]).collect();
+                if !parents.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT 1 FROM workspace_files WHERE deployment_id = ");
+                    qb.push_bind(dep).push(" AND workspace_id = ").push_bind(workspace.as_str()).push(" AND path IN (");
+                    let mut list = qb.separated(", ");
+                    for parent in &parents {
+                        list.push_bind(*parent);
+                    }
+                    qb.push(") LIMIT 1");
+                    if qb.build().fetch_optional(&mut *tx).await?.is_some() {
+                        return Err(StoreError::Conflict(Conflict::PathUnderFile));
+                    }
+                }
                 let old = sqlx::query(&format!(
                     "SELECT blob_id FROM workspace_files WHERE deployment_id = $1 AND workspace_id = $2 AND path = $3{}",
                     Self::ROW_LOCK

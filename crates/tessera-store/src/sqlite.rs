@@ -248,6 +248,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// `BEGIN IMMEDIATE` already serialises writers; nothing more to lock.
+    pub(crate) async fn lock_workspace(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _workspace_id: &str,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// The transaction migrations run in: `BEGIN IMMEDIATE` already excludes other writers.
     pub(crate) async fn begin_migration(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.begin_write().await

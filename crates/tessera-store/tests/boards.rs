@@ -131,6 +131,7 @@ backend_tests!(
     filters_and_tenancy,
     a_slot_queues_its_run_in_the_same_transaction,
     files_round_trip_in_chunks,
+    a_path_is_a_file_or_a_directory,
     a_closed_sessions_slot_fails_without_a_run,
     pruning_slots_never_lets_an_old_slot_fire_again,
     orphan_chunks_are_pruned_and_committed_files_kept,
@@ -822,6 +823,90 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
         .unwrap();
     store.discard_blob(&t.scope, &blob).await.unwrap();
     assert!(store.read_blob_chunk(&t.scope, &blob, 0).await.is_err());
+}
+
+async fn a_path_is_a_file_or_a_directory(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "acme").await;
+    let a = store
+        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    let b = store
+        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
+        .await
+        .unwrap();
+    let (ws, other_ws) = (
+        WorkspaceId::Item(a.id.clone()),
+        WorkspaceId::Item(b.id.clone()),
+    );
+    let commit = |ws: &WorkspaceId, path: &str| {
+        let (store, scope, ws) = (store.clone(), t.scope.clone(), ws.clone());
+        let path = WorkspacePath::parse_file("path", path).unwrap();
+        async move {
+            let blob = BlobId::generate();
+            store.put_blob_chunk(&scope, &blob, 0, b"x").await.unwrap();
+            let file = NewFile {
+                path: path.clone(),
+                blob_id: blob.clone(),
+                size: 1,
+                chunks: 1,
+                mime_type: "text/plain".into(),
+                sha256: "00".into(),
+            };
+            let result = store.commit_file(&scope, &ws, &file).await;
+            if result.is_err() {
+                // Nothing was written: the path still names what it named before.
+                assert!(store.get_file(&scope, &ws, &path).await.is_err());
+            }
+            result.map(|_| ())
+        }
+    };
+    commit(&ws, "/out/a/report.txt").await.unwrap();
+    // `/out` and `/out/a` are directories now.
+    for dir in ["/out", "/out/a"] {
+        assert!(
+            matches!(
+                commit(&ws, dir).await,
+                Err(StoreError::Conflict(Conflict::PathIsDirectory))
+            ),
+            "{dir}"
+        );
+    }
+    // A file cannot go below a file.
+    for below in ["/out/a/report.txt/x", "/out/a/report.txt/x/y"] {
+        assert!(
+            matches!(
+                commit(&ws, below).await,
+                Err(StoreError::Conflict(Conflict::PathUnderFile))
+            ),
+            "{below}"
+        );
+    }
+    // Replacing the file, a sibling, a name that only starts like a directory, and the same
+    // paths in another workspace are fine.
+    for ok in [
+        "/out/a/report.txt",
+        "/out/b",
+        "/outside",
+        "/out/a/report.txt.bak",
+    ] {
+        commit(&ws, ok).await.unwrap();
+    }
+    commit(&other_ws, "/out").await.unwrap();
+    assert!(matches!(
+        commit(&other_ws, "/out/a/report.txt").await,
+        Err(StoreError::Conflict(Conflict::PathUnderFile))
+    ));
+    // A file and a file below it committed at the same time: one of them wins.
+    for round in 0..50 {
+        let (dir, below) = (format!("/race{round}"), format!("/race{round}/f"));
+        let (first, second) = tokio::join!(commit(&ws, &dir), commit(&ws, &below));
+        assert!(
+            first.is_ok() != second.is_ok(),
+            "round {round}: {first:?} {second:?}"
+        );
+    }
 }
 
 /// A closed session (issue 6) takes no message: a slot due on its thread fails instead of

@@ -524,6 +524,7 @@ async fn drain(stream: &mut axum::body::BodyDataStream) {
         (status = 200, body = api::WorkspaceFile),
         (status = 401, body = ErrorBody, description = "`unauthorized`"),
         (status = 404, body = ErrorBody, description = "`board_item_not_found`"),
+        (status = 409, body = ErrorBody, description = "`path_conflict` (files lie below the path, or one of its parents is a file)"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`"),
         (status = 422, body = ErrorBody, description = "`validation_failed` (`path`, `Content-Type`)"),
     ),

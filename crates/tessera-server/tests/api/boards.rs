@@ -638,6 +638,29 @@ async fn path_traversal_attempts_are_refused(db: &TestDatabase) {
         .unwrap();
     assert_eq!(root.entries.len(), 1);
     assert_eq!(root.entries[0].path, "/a");
+    // `/a` is a directory and `/a/b` a file: neither can become the other.
+    for (path, message) in [("%2Fa", "a directory"), ("%2Fa%2Fb%2Fc", "parent")] {
+        let r = send(
+            b.app
+                .request(
+                    Method::PUT,
+                    &b.path(&item.id, &format!("/filesystem/file?path={path}")),
+                )
+                .body("x"),
+        )
+        .await;
+        r.assert_error(409, "path_conflict", Some("path"));
+        assert!(r.text.contains(message), "{}", r.text);
+    }
+    let root = b
+        .client()
+        .ai()
+        .actor_projects()
+        .list_board_item_filesystem(&b.project, &item.id, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.entries.len(), 1, "nothing was written");
     b.app.stop().await;
 }
 
