@@ -155,6 +155,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        check_query_utf8(query)?;
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
@@ -168,6 +169,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                 ApiError::invalid_parameter(&field, format!("{field}: {message}"))
             })
     }
+}
+
+/// Refuses a query whose names or values do not decode to UTF-8 (`form_urlencoded` would
+/// replace the bytes with U+FFFD, and a path or a name would be stored changed).
+fn check_query_utf8(query: &str) -> Result<(), ApiError> {
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !percent_decodes_to_utf8(name) || !percent_decodes_to_utf8(value) {
+            let field: String = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(n, _)| n.into_owned())
+                .unwrap_or_default();
+            return Err(ApiError::invalid_parameter(
+                &field,
+                format!("{field}: not valid UTF-8 once percent-decoded"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `raw` (`+` for a space, `%XX` escapes) decodes to UTF-8.
+fn percent_decodes_to_utf8(raw: &str) -> bool {
+    if !raw.contains('%') {
+        return true;
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// An id type that appears in paths, and the entity a bad one is "not found" as.
@@ -277,6 +325,30 @@ mod tests {
         match parse_json::<CreateAgentRequest>(body.as_bytes()) {
             Ok(_) => panic!("expected an error for {body}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn queries_must_decode_to_utf8() {
+        for good in [
+            "",
+            "path=%2Fa%20b",
+            "path=/caf%C3%A9",
+            "a=%",
+            "a=%zz&b=1",
+            "limit=5&x",
+            "q=%E2%82%AC+x",
+        ] {
+            assert!(check_query_utf8(good).is_ok(), "{good}");
+        }
+        for (bad, field) in [
+            ("path=%2F%FF", "path"),
+            ("a=1&name=%C0%AF", "name"),
+            ("%FF=1", "\u{fffd}"),
+        ] {
+            let err = check_query_utf8(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidParameter, "{bad}");
+            assert_eq!(err.field.as_deref(), Some(field), "{bad}");
         }
     }
 

@@ -661,6 +661,17 @@ async fn path_traversal_attempts_are_refused(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(root.entries.len(), 1, "nothing was written");
+    // A path that does not decode to UTF-8 is refused, not stored with U+FFFD in it.
+    send(
+        b.app
+            .request(
+                Method::PUT,
+                &b.path(&item.id, "/filesystem/file?path=%2F%FF"),
+            )
+            .body("x"),
+    )
+    .await
+    .assert_error(400, "invalid_parameter", Some("path"));
     b.app.stop().await;
 }
 
