@@ -40,8 +40,9 @@ const DIGEST_LEN: usize = 32;
 const ORDER_LEN: usize = 16;
 
 /// The stored form of a secret: its SHA-256 digest, led by the secret's ordering part when it
-/// has one (see the module documentation). The only form in which secrets are stored.
-#[derive(Clone, PartialEq, Eq)]
+/// has one (see the module documentation). The only form in which secrets are stored. `==`
+/// is [`SecretHash::matches`]: constant-time too.
+#[derive(Clone)]
 pub struct SecretHash {
     bytes: [u8; ORDER_LEN + DIGEST_LEN],
     len: usize,
@@ -88,6 +89,14 @@ impl SecretHash {
         self.as_bytes().ct_eq(other.as_bytes()).into()
     }
 }
+
+impl PartialEq for SecretHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other)
+    }
+}
+
+impl Eq for SecretHash {}
 
 /// The value of an ordered secret's id body: `<prefix>_<26-char id body><52 random chars>`, with
 /// one of the [`ORDERED_PREFIXES`].
@@ -188,6 +197,14 @@ mod tests {
         assert!(validate_operator_secret_key(s.expose()).is_ok());
         assert!(s.hash().matches(&SecretHash::of(s.expose())));
         assert!(!s.hash().matches(&SecretHash::of("tsk_other")));
+        // `==` is the same constant-time comparison.
+        assert!(s.hash() == SecretHash::of(s.expose()));
+        assert!(s.hash() != SecretHash::of("tsk_other"));
+        let ordered = PlainSecret::generate_ordered("tkt", Timestamp::from_millis(1));
+        assert!(
+            ordered.hash() != SecretHash::of(s.expose()),
+            "lengths differ"
+        );
         assert_eq!(s.display_prefix().len(), DISPLAY_PREFIX_LEN);
         assert!(!format!("{s:?}").contains(s.expose()));
     }
