@@ -792,6 +792,18 @@ pub(crate) fn event(
     }
 }
 
+/// Who acts through a browser session of `user`: the impersonator for an impersonation
+/// session (the user is the event's subject), else the user.
+pub(crate) fn session_actor(session: &BrowserSession, user: &UserId) -> AuditActor {
+    match &session.impersonator {
+        Some(tessera_domain::ticket::Issuer::SecretKey(id)) => AuditActor::SecretKey(id.clone()),
+        Some(tessera_domain::ticket::Issuer::ConsoleAdmin(id)) => {
+            AuditActor::ConsoleAdmin(id.clone())
+        }
+        None => AuditActor::User(user.clone()),
+    }
+}
+
 /// Shares the identity state (built in `Application::build`).
 pub(crate) type SharedIdentity = Arc<Identity>;
 

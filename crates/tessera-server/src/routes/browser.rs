@@ -25,8 +25,8 @@ use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_json;
 use crate::identity::{
-    audit, check_origin, current_session, deployment_for_request, event, ClientInfo, UserCaller,
-    Via,
+    audit, check_origin, current_session, deployment_for_request, event, session_actor, ClientInfo,
+    UserCaller, Via,
 };
 use crate::AppState;
 
@@ -542,14 +542,14 @@ pub(crate) async fn sign_out(
     let scope = Scope::deployment(deployment.id.clone());
     if let Some((session, hash)) = current_session(&state, &headers, &scope).await? {
         state.store.delete_session(&scope, &hash).await?;
-        if let Some(user_id) = session.user_id {
+        if let Some(user_id) = &session.user_id {
             audit(
                 &state,
                 &scope,
                 event(
                     AuditKind::SignedOut,
-                    AuditActor::User(user_id.clone()),
-                    Some(user_id.into_string()),
+                    session_actor(&session, user_id),
+                    Some(user_id.as_str().to_owned()),
                     &client,
                     json!({}),
                 ),
@@ -677,7 +677,7 @@ pub(crate) async fn set_active_organization(
         &caller.scope,
         event(
             AuditKind::ActiveOrganizationChanged,
-            AuditActor::User(caller.user.id.clone()),
+            session_actor(session, &caller.user.id),
             Some(caller.user.id.as_str().to_owned()),
             &client,
             json!({"organization_id": organization_id.as_str()}),

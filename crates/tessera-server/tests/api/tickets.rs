@@ -1082,6 +1082,14 @@ async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     assert_ne!(jar.cookie, before, "the session was rotated");
     let page = send(jar.apply(app.anonymous(Method::GET, "/sign-in"))).await;
     assert!(page.text.contains("id=\"impersonation\""), "{}", page.text);
+    // What the impersonator did is recorded as theirs, about the user.
+    let audit = app
+        .get("/audit-events?kind=user.active_organization_changed")
+        .await;
+    let events = audit.ok(200)["data"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["actor_type"], "secret_key");
+    assert_eq!(events[0]["subject_id"], user.id);
     // Replaying the ticket ends the impersonation session, rotated or not.
     exchange(&app, &mut Jar::default(), &t)
         .await
