@@ -551,6 +551,26 @@ pub(crate) fn normalize_origin(raw: &str) -> Option<String> {
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
+    // `host[:port]` or `[v6][:port]`, the port all digits: `h:1:80` is no origin.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (_, after) = v6.split_once(']')?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (&authority[..authority.len() - after.len()], port)
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty()
+        || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
     let authority = match (scheme, authority.rsplit_once(':')) {
         ("http", Some((host, "80"))) | ("https", Some((host, "443"))) => host.to_owned(),
         _ => authority.to_owned(),
@@ -844,6 +864,25 @@ mod tests {
         assert_eq!(normalize_origin("null"), None);
         assert_eq!(normalize_origin("ftp://x"), None);
         assert_eq!(normalize_origin("http://user@x"), None);
+        // One port, all digits.
+        for bad in [
+            "http://x:8080:80",
+            "http://x:",
+            "http://x:80a",
+            "http://:80",
+            "http://[::1]x",
+            "http://[::1",
+        ] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+        assert_eq!(
+            normalize_origin("http://[::1]:80").as_deref(),
+            Some("http://[::1]")
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]:8080").as_deref(),
+            Some("http://[::1]:8080")
+        );
     }
 
     #[test]
