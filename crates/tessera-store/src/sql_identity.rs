@@ -750,22 +750,58 @@ macro_rules! impl_identity_sql {
                 new: &NewSession,
             ) -> StoreResult<BrowserSession> {
                 let mut tx = self.begin_write().await?;
+                let dep = scope.deployment_id().as_str();
+                // A session opened by a ticket (an impersonation) takes its ticket's lock first,
+                // as a replay of the ticket does before it deletes the ticket's sessions: the
+                // rotated session is either refused (replayed already) or committed before the
+                // replay looks for it. Tickets, then users, then sessions: the exchange's order.
+                let ticket: Option<String> = sqlx::query(
+                    "SELECT ticket_id FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2",
+                )
+                .bind(old.as_bytes().to_vec())
+                .bind(dep)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::not_found(Entity::User))?
+                .try_get("ticket_id")?;
+                if let Some(ticket) = &ticket {
+                    let locked = sqlx::query(&format!(
+                        "SELECT replayed_at FROM session_tickets WHERE id = $1 AND deployment_id = $2{}",
+                        Self::ROW_LOCK
+                    ))
+                    .bind(ticket)
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    // (A ticket that is gone cannot be replayed.)
+                    if let Some(locked) = locked {
+                        if locked.try_get::<Option<i64>, _>("replayed_at")?.is_some() {
+                            return Err(StoreError::not_found(Entity::User));
+                        }
+                    }
+                }
                 if let Some(user_id) = &new.user_id {
                     lock_enabled_user(&mut tx, scope, user_id).await?;
                 }
-                // The old session goes only if it is still live; what made it comes along.
-                let row = sqlx::query(
-                    "DELETE FROM browser_sessions
-                     WHERE token_hash = $1 AND deployment_id = $2
-                       AND expires_at > $3 AND idle_expires_at > $3
-                     RETURNING impersonator_type, impersonator_id, ticket_id, expires_at",
-                )
-                .bind(old.as_bytes().to_vec())
-                .bind(scope.deployment_id().as_str())
-                .bind(new.now.as_millis())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::not_found(Entity::User))?;
+                // The old session goes only if it is still live (and the same user's); what made
+                // it comes along.
+                let mut delete = QueryBuilder::<$db>::new("DELETE FROM browser_sessions WHERE token_hash = ");
+                delete.push_bind(old.as_bytes().to_vec()).push(" AND deployment_id = ").push_bind(dep);
+                delete.push(" AND expires_at > ").push_bind(new.now.as_millis());
+                delete.push(" AND idle_expires_at > ").push_bind(new.now.as_millis());
+                match &new.user_id {
+                    Some(user_id) => delete.push(" AND user_id = ").push_bind(user_id.as_str()),
+                    None => delete.push(" AND user_id IS NULL"),
+                };
+                delete.push(" RETURNING impersonator_type, impersonator_id, ticket_id, expires_at");
+                let row = delete
+                    .build()
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::not_found(Entity::User))?;
+                if row.try_get::<Option<String>, _>("ticket_id")? != ticket {
+                    return Err(corrupt("browser session", "its ticket changed"));
+                }
                 let impersonator = impersonator_from(
                     row.try_get("impersonator_type")?,
                     row.try_get("impersonator_id")?,

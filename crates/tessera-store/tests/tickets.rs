@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+mod common;
+
 use std::sync::Arc;
 
 use tessera_domain::identity::{Email, NewSession, NewUser};
@@ -36,6 +38,7 @@ backend_tests!(
     concurrent_mixed_exchanges_each_get_their_own_outcome,
     the_exchange_answers_with_the_actor_and_the_live_agents,
     an_impersonation_signs_the_browser_in_as_the_user,
+    a_rotation_waits_for_a_replay_of_its_ticket,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -920,4 +923,85 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             .unwrap(),
         ExchangeOutcome::Impersonation { .. }
     ));
+}
+
+/// A rotation (choosing an organization) while the session's impersonation ticket is replayed.
+/// The replay locks the ticket, deletes the ticket's sessions and commits; a rotation that did
+/// not wait for the ticket could commit its new session after that delete had looked (on
+/// PostgreSQL), and the replayed impersonation would live on. The rotation takes the ticket's
+/// lock first: it waits, then finds the ticket replayed and creates nothing.
+async fn a_rotation_waits_for_a_replay_of_its_ticket(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "race").await;
+    let user = user(&store, &scope).await;
+    let grant = TicketGrant::Impersonation {
+        user_id: user.id.clone(),
+    };
+    let (ticket, minted) = minted(&store, &scope, grant, 60).await.unwrap();
+    let ex = ExchangeTicket {
+        impersonation_ms: 60_000,
+        ..exchange(&ticket, None)
+    };
+    assert!(matches!(
+        store.exchange_ticket(&scope, &ex).await.unwrap(),
+        ExchangeOutcome::Impersonation { .. }
+    ));
+    let signed_in = ex.new_browser_session.hash.clone();
+    let (rotated_cookie, rotation) = crate::browser(Some(user.id.clone()));
+    let now = Timestamp::now();
+    if db.backend() == tessera_store::Backend::Postgres {
+        // A replay in progress: it holds the ticket.
+        let (mut replay, pid) = common::hold(
+            db,
+            "SELECT id FROM session_tickets WHERE id = $1 FOR UPDATE",
+            minted.id.as_str(),
+        )
+        .await;
+        let rotating = {
+            let (store, scope, rotation) = (store.clone(), scope.clone(), rotation.clone());
+            let signed_in = signed_in.clone();
+            tokio::spawn(async move { store.rotate_session(&scope, &signed_in, &rotation).await })
+        };
+        common::wait_until_blocked_by(&mut replay, pid, "the rotation never waited for the ticket")
+            .await;
+        // The rest of the replay (`revoke_replayed`): the ticket's sessions, then the mark.
+        sqlx::query("DELETE FROM browser_sessions WHERE ticket_id = $1")
+            .bind(minted.id.as_str())
+            .execute(&mut replay)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE session_tickets SET replayed_at = $1 WHERE id = $2")
+            .bind(now.as_millis())
+            .bind(minted.id.as_str())
+            .execute(&mut replay)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut replay).await.unwrap();
+        assert!(matches!(
+            rotating.await.unwrap(),
+            Err(StoreError::NotFound { .. })
+        ));
+    } else {
+        // One writer at a time: the replay, then the rotation.
+        assert!(matches!(
+            store
+                .exchange_ticket(&scope, &exchange(&ticket, None))
+                .await
+                .unwrap(),
+            ExchangeOutcome::Invalid { replayed: Some(_) }
+        ));
+        assert!(matches!(
+            store.rotate_session(&scope, &signed_in, &rotation).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    for hash in [&signed_in, &rotated_cookie.hash()] {
+        assert_eq!(
+            store
+                .find_session(&scope, hash, now, 600_000)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 }

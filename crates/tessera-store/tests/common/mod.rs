@@ -173,3 +173,41 @@ pub async fn claim(store: &Arc<dyn Store>, owner: &str) -> Claimed {
         .unwrap()
         .expect("a claimable run")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lock crossings (PostgreSQL)
+// ---------------------------------------------------------------------------------------------
+
+/// PostgreSQL: a connection of its own inside a transaction that has run `lock` (one bind,
+/// `id`) and holds what it locked; with the connection's backend pid.
+pub async fn hold(db: &TestDatabase, lock: &str, id: &str) -> (sqlx::PgConnection, i32) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    sqlx::query(lock).bind(id).execute(&mut conn).await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    (conn, pid)
+}
+
+/// Waits (at most 20 s, else fails with `never`) until some session waits for a lock `pid`
+/// holds.
+pub async fn wait_until_blocked_by(conn: &mut sqlx::PgConnection, pid: i32, never: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (blocked,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(pid)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
