@@ -56,7 +56,7 @@ macro_rules! error_codes {
 
 error_codes! {
     MalformedJson => (400, "malformed_json", "The request body is not valid JSON."),
-    InvalidParameter => (400, "invalid_parameter", "A query parameter or header has a wrong type or value (`field` names it)."),
+    InvalidParameter => (400, "invalid_parameter", "A query parameter or header has a wrong type or value, or does not decode to UTF-8 (`field` names it)."),
     Unauthorized => (401, "unauthorized", "Credentials are missing, unknown or revoked."),
     InvalidTicket => (401, "invalid_ticket", "The session ticket is unknown, expired or already used (the same answer for all three); ask for a new one."),
     SigninRequired => (401, "signin_required", "This ticket opens a `signin` session and the browser has no signed-in user: sign in, then open the ticket again (it was not used up)."),
@@ -105,7 +105,7 @@ error_codes! {
     PathConflict => (409, "path_conflict", "A workspace path is a file or a directory, never both: files lie below this path, or one of its parents is a file (`field`: `path`)."),
     ToolkitsNotConfigured => (409, "toolkits_not_configured", "This server has no toolkit provider (`[toolkits] base_url`): toolkits cannot be enabled or connected."),
     PayloadTooLarge => (413, "payload_too_large", "The request body exceeds the size limit."),
-    UnsupportedMediaType => (415, "unsupported_media_type", "The request body must be `application/json`."),
+    UnsupportedMediaType => (415, "unsupported_media_type", "The request names a `Content-Type` other than `application/json` (or `application/*+json`; parameters such as `charset` are ignored). A JSON body without a `Content-Type` is read as JSON."),
     TooManyAttempts => (429, "too_many_attempts", "Too many failed sign-ins for this account or from this address; retry after `Retry-After` seconds."),
     ValidationFailed => (422, "validation_failed", "A field is missing, has the wrong type or an unknown value, or breaks a limit (`field` names it)."),
     Internal => (500, "internal_error", "The server failed; the request id identifies the logged cause."),

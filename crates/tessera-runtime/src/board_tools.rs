@@ -17,7 +17,7 @@ use tessera_domain::board::{
 use tessera_domain::thread::ToolCall;
 use tessera_domain::validate::{parse_list, CapabilityTag, Label};
 use tessera_domain::{BoardItemId, ProjectId, ThreadId, Timestamp};
-use tessera_store::{Idempotency, StoreError};
+use tessera_store::{Conflict, Idempotency, StoreError};
 
 use crate::board_scheduler::BoardSchedulerHandle;
 use crate::boards::{self, BoardError, Delegation, FileWriter};
@@ -271,10 +271,16 @@ impl BoardTools {
                 return Err(format!("cannot write {path}: {e}"));
             }
             let mime = guess_mime(&path).to_owned();
-            let meta = writer
-                .finish(&ws, path, mime)
-                .await
-                .map_err(|e| format!("cannot write the file: {e}"))?;
+            let meta = writer.finish(&ws, path, mime).await.map_err(|e| match e {
+                StoreError::Conflict(Conflict::PathIsDirectory) => {
+                    "cannot write the file: the path is a directory (files lie below it)".to_owned()
+                }
+                StoreError::Conflict(Conflict::PathUnderFile) => {
+                    "cannot write the file: one of the path's parent directories is a file"
+                        .to_owned()
+                }
+                other => format!("cannot write the file: {other}"),
+            })?;
             Ok::<_, String>(
                 json!({"path": meta.path.as_str(), "size": meta.size, "sha256": meta.sha256}),
             )

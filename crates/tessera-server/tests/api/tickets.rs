@@ -1097,6 +1097,24 @@ async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     send(jar.apply(app.anonymous(Method::GET, "/me")))
         .await
         .assert_error(401, "unauthorized", None);
+    // Signing out of an impersonation is the impersonator's act too.
+    let t = ticket(
+        &app,
+        json!({"ticket_type": "impersonation", "user_id": user.id}),
+    )
+    .await;
+    let mut jar = Jar::default();
+    exchange(&app, &mut jar, &t).await.ok(200);
+    send(
+        jar.apply(app.anonymous(Method::POST, "/sign-out"))
+            .header("origin", &app.base_url),
+    )
+    .await;
+    let audit = app.get("/audit-events?kind=user.signed_out").await;
+    let events = audit.ok(200)["data"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["actor_type"], "secret_key");
+    assert_eq!(events[0]["subject_id"], user.id);
     app.stop().await;
 }
 
