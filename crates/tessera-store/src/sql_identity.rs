@@ -799,14 +799,14 @@ macro_rules! impl_identity_sql {
                     .fetch_optional(&mut *tx)
                     .await?
                     .ok_or(StoreError::not_found(Entity::User))?;
-                if row.try_get::<Option<String>, _>("ticket_id")? != ticket {
+                let deleted: Option<String> = row.try_get("ticket_id")?;
+                if deleted != ticket {
                     return Err(corrupt("browser session", "its ticket changed"));
                 }
                 let impersonator = impersonator_from(
                     row.try_get("impersonator_type")?,
                     row.try_get("impersonator_id")?,
                 )?;
-                let ticket: Option<String> = row.try_get("ticket_id")?;
                 let impersonation = match (impersonator, ticket) {
                     (Some(who), Some(ticket)) => Some((who, id(ticket, tessera_domain::TicketId::parse)?)),
                     (None, _) => None,
