@@ -721,6 +721,32 @@ async fn a_slot_queues_its_run_in_the_same_transaction(db: &TestDatabase) {
     assert_eq!(got.schedule_state, ScheduleState::Done);
 }
 
+/// Writes `chunks` as a new blob and commits it at `path` of `ws` (a `text/plain` file).
+async fn store_file(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    ws: &WorkspaceId,
+    path: &WorkspacePath,
+    chunks: &[&[u8]],
+) -> Result<tessera_domain::board::FileMeta, StoreError> {
+    let blob = BlobId::generate();
+    for (i, c) in chunks.iter().enumerate() {
+        store
+            .put_blob_chunk(scope, &blob, i as u32, c)
+            .await
+            .unwrap();
+    }
+    let file = NewFile {
+        path: path.clone(),
+        blob_id: blob,
+        size: chunks.iter().map(|c| c.len() as u64).sum(),
+        chunks: chunks.len() as u32,
+        mime_type: "text/plain".into(),
+        sha256: "00".into(),
+    };
+    store.commit_file(scope, ws, &file).await
+}
+
 async fn files_round_trip_in_chunks(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
@@ -731,32 +757,9 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
         .unwrap();
     let ws = WorkspaceId::Item(a.id.clone());
     let path = WorkspacePath::parse_file("path", "/out/report.txt").unwrap();
-    let write = |content: Vec<Vec<u8>>| {
-        let store = store.clone();
-        let scope = t.scope.clone();
-        let ws = ws.clone();
-        let path = path.clone();
-        async move {
-            let blob = BlobId::generate();
-            for (i, c) in content.iter().enumerate() {
-                store
-                    .put_blob_chunk(&scope, &blob, i as u32, c)
-                    .await
-                    .unwrap();
-            }
-            let size = content.iter().map(|c| c.len() as u64).sum();
-            let file = NewFile {
-                path,
-                blob_id: blob,
-                size,
-                chunks: content.len() as u32,
-                mime_type: "text/plain".into(),
-                sha256: "00".into(),
-            };
-            store.commit_file(&scope, &ws, &file).await.unwrap()
-        }
-    };
-    let first = write(vec![b"hello ".to_vec(), b"world".to_vec()]).await;
+    let first = store_file(&store, &t.scope, &ws, &path, &[b"hello ", b"world"])
+        .await
+        .unwrap();
     assert_eq!((first.size, first.chunks), (11, 2));
     let got = store.get_file(&t.scope, &ws, &path).await.unwrap();
     assert_eq!(got, first);
@@ -771,7 +774,9 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
     }
     assert_eq!(bytes, b"hello world");
     // Replacing deletes the previous version's chunks.
-    let second = write(vec![b"v2".to_vec()]).await;
+    let second = store_file(&store, &t.scope, &ws, &path, &[b"v2"])
+        .await
+        .unwrap();
     assert_eq!(second.created_at, first.created_at);
     assert!(store
         .read_blob_chunk(&t.scope, &first.blob_id, 0)
@@ -844,17 +849,7 @@ async fn a_path_is_a_file_or_a_directory(db: &TestDatabase) {
         let (store, scope, ws) = (store.clone(), t.scope.clone(), ws.clone());
         let path = WorkspacePath::parse_file("path", path).unwrap();
         async move {
-            let blob = BlobId::generate();
-            store.put_blob_chunk(&scope, &blob, 0, b"x").await.unwrap();
-            let file = NewFile {
-                path: path.clone(),
-                blob_id: blob.clone(),
-                size: 1,
-                chunks: 1,
-                mime_type: "text/plain".into(),
-                sha256: "00".into(),
-            };
-            let result = store.commit_file(&scope, &ws, &file).await;
+            let result = store_file(&store, &scope, &ws, &path, &[b"x"]).await;
             if result.is_err() {
                 // Nothing was written: the path still names what it named before.
                 assert!(store.get_file(&scope, &ws, &path).await.is_err());
@@ -1045,26 +1040,7 @@ async fn orphan_chunks_are_pruned_and_committed_files_kept(db: &TestDatabase) {
         .unwrap();
     let ws = WorkspaceId::Item(a.id.clone());
     let path = WorkspacePath::parse_file("path", "/kept.txt").unwrap();
-    let committed = BlobId::generate();
-    for (i, c) in [b"kept ".as_slice(), b"file"].iter().enumerate() {
-        store
-            .put_blob_chunk(&t.scope, &committed, i as u32, c)
-            .await
-            .unwrap();
-    }
-    store
-        .commit_file(
-            &t.scope,
-            &ws,
-            &NewFile {
-                path: path.clone(),
-                blob_id: committed.clone(),
-                size: 9,
-                chunks: 2,
-                mime_type: "text/plain".into(),
-                sha256: "00".into(),
-            },
-        )
+    store_file(&store, &t.scope, &ws, &path, &[b"kept ", b"file"])
         .await
         .unwrap();
     // An upload cut off midway: two chunks, never committed (its node died).
