@@ -10,8 +10,9 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::Value;
 use tessera_client::models::{
-    Actor, ActorProject, Agent, CreateActorProjectRequest, CreateActorRequest, CreateAgentRequest,
-    ModelConfig,
+    Actor, ActorProject, AddOrganizationMemberRequest, Agent, CreateActorProjectRequest,
+    CreateActorRequest, CreateAgentRequest, CreateOrganizationRequest, ModelConfig, Organization,
+    OrganizationRole,
 };
 use tessera_client::{Client, Error as ClientError, ErrorCode};
 use tessera_domain::records::NewDeployment;
@@ -227,6 +228,30 @@ impl TestApp {
             .send()
             .await
             .expect("create actor")
+    }
+
+    /// Creates organization `name` (no slug) through the SDK, with user `user_id` as a member.
+    pub async fn organization_with_member(&self, name: &str, user_id: &str) -> Organization {
+        let orgs = self.client.organizations();
+        let org = orgs
+            .create_organization(CreateOrganizationRequest {
+                name: name.into(),
+                slug: None,
+            })
+            .send()
+            .await
+            .expect("create organization");
+        orgs.add_member(
+            &org.id,
+            AddOrganizationMemberRequest {
+                user_id: user_id.to_owned(),
+                role: OrganizationRole::Member,
+            },
+        )
+        .send()
+        .await
+        .expect("add member");
+        org
     }
 
     /// Creates an agent with the echo model through the SDK.

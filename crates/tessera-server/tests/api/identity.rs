@@ -445,25 +445,7 @@ async fn sign_in_sets_a_fresh_cookie_and_me_shows_the_user(db: &TestDatabase) {
     let orgs = app.client.organizations();
     let mut org_ids = Vec::new();
     for name in ["Acme", "Globex"] {
-        let org = orgs
-            .create_organization(CreateOrganizationRequest {
-                name: name.into(),
-                slug: None,
-            })
-            .send()
-            .await
-            .unwrap();
-        orgs.add_member(
-            &org.id,
-            AddOrganizationMemberRequest {
-                user_id: ada.id.clone(),
-                role: OrganizationRole::Member,
-            },
-        )
-        .send()
-        .await
-        .unwrap();
-        org_ids.push(org.id);
+        org_ids.push(app.organization_with_member(name, &ada.id).await.id);
     }
     let other_org = orgs
         .create_organization(CreateOrganizationRequest {

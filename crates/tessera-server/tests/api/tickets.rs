@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tessera_client::models::{
-    AddOrganizationMemberRequest, CreateOrganizationRequest, CreateSessionTicketRequest,
-    CreateUserRequest, OrganizationRole,
-};
+use tessera_client::models::{CreateSessionTicketRequest, CreateUserRequest};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -1050,25 +1047,7 @@ async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     assert_eq!(events[0]["subject_id"], user.id);
     // Choosing an organization rotates the session; it stays the impersonation's, with its
     // limit, its banner and its ticket.
-    let orgs = app.client.organizations();
-    let org = orgs
-        .create_organization(CreateOrganizationRequest {
-            name: "Acme".into(),
-            slug: None,
-        })
-        .send()
-        .await
-        .unwrap();
-    orgs.add_member(
-        &org.id,
-        AddOrganizationMemberRequest {
-            user_id: user.id.clone(),
-            role: OrganizationRole::Member,
-        },
-    )
-    .send()
-    .await
-    .unwrap();
+    let org = app.organization_with_member("Acme", &user.id).await;
     let before = jar.cookie.clone();
     let chosen = send(
         jar.apply(app.anonymous(Method::POST, "/me/active-organization"))
