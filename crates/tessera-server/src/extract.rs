@@ -190,32 +190,12 @@ fn check_query_utf8(query: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Whether `raw` (`+` for a space, `%XX` escapes) decodes to UTF-8.
+/// Whether `raw` (`%XX` escapes; `+` and malformed escapes are kept as they are, as
+/// `form_urlencoded` keeps them) decodes to UTF-8.
 fn percent_decodes_to_utf8(raw: &str) -> bool {
-    if !raw.contains('%') {
-        return true;
-    }
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                decoded.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::str::from_utf8(&decoded).is_ok()
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .is_ok()
 }
 
 /// An id type that appears in paths, and the entity a bad one is "not found" as.
