@@ -473,6 +473,29 @@ pub struct Idempotency {
     pub result: serde_json::Value,
 }
 
+/// An idempotency key taken and recorded by the transaction of the write it guards, so that a
+/// retry after a lost answer, a crash or a 503 replays the first answer instead of repeating the
+/// write or being refused by its outcome. A concurrent request with the same key waits for the
+/// first one's transaction, then replays its answer.
+pub struct IdempotentWrite<'a, T: ?Sized> {
+    /// The operation the key is scoped to (`cancelAgentThreadRuns:<thread id>`).
+    pub operation: &'a str,
+    pub key: &'a str,
+    /// Digest of the request, to refuse the same key with a different request.
+    pub request_hash: &'a str,
+    /// Makes the answer to record from what the write did.
+    pub answer: &'a (dyn Fn(&T) -> serde_json::Value + Send + Sync),
+}
+
+/// What an idempotent write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written<T> {
+    /// The write happened; its answer is recorded under the key.
+    Done(T),
+    /// The key was recorded before, for the same request: its first answer (nothing written).
+    Replayed(serde_json::Value),
+}
+
 /// A user message that starts a run — or, when the thread's run waits on an `ask_user`
 /// question, answers it: then the message joins that run (which resumes) instead of starting
 /// `run_id`, bypassing the multitask policy; the outcome's `run` is the resumed run, and every
@@ -649,17 +672,19 @@ pub trait RunStore {
         request_hash: &str,
     ) -> StoreResult<Option<serde_json::Value>>;
 
-    /// Records the answer to an idempotent request made outside `submit_run`; a record that
-    /// already exists for the key is kept.
-    async fn remember_idempotent(
-        &self,
-        scope: &Scope,
-        idempotency: &Idempotency,
-    ) -> StoreResult<()>;
-
     /// Cancels the thread's queued runs and flags its active run for its worker. Returns the
     /// runs affected; [`Conflict::RunNotActive`] when there are none.
     async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>>;
+
+    /// [`RunStore::cancel_runs`] under an idempotency key (see [`IdempotentWrite`]): the key is
+    /// taken before anything is read, so a replay answers even once no run is left to cancel
+    /// (or the thread is gone); a refusal records nothing.
+    async fn cancel_runs_once(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        key: &IdempotentWrite<'_, [Run]>,
+    ) -> StoreResult<Written<Vec<Run>>>;
 
     async fn get_run(
         &self,
@@ -1242,6 +1267,18 @@ pub trait SessionStore {
         confirmed: bool,
         now: Timestamp,
     ) -> StoreResult<(PendingAction, Vec<ThreadEvent>)>;
+
+    /// [`SessionStore::resolve_action`] under an idempotency key (see [`IdempotentWrite`]): a replay
+    /// answers even once the action is decided or expired; a refusal records nothing.
+    async fn resolve_action_once(
+        &self,
+        scope: &Scope,
+        thread_id: &ThreadId,
+        action_id: &ActionId,
+        confirmed: bool,
+        now: Timestamp,
+        key: &IdempotentWrite<'_, PendingAction>,
+    ) -> StoreResult<Written<(PendingAction, Vec<ThreadEvent>)>>;
 
     /// Scheduler: expires every pending action due at `now` (each by a conditional update, so
     /// across nodes exactly one expires it) and resumes their runs; returns the events stored.

@@ -241,9 +241,9 @@ macro_rules! impl_run_sql {
         use $crate::sql::corrupt;
         use $crate::sql_runs::{EVENT_COLS, WAITING_RUNS, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS, THREAD_COLS};
         use $crate::{
-            CancelRequest, Claimed, Conflict, Cursor, Entity, Idempotency, Lease, Notification,
+            CancelRequest, Claimed, Conflict, Cursor, Entity, Idempotency, IdempotentWrite, Lease, Notification,
             Order, Page, PageRequest, RunEnd, StepMessage, StoreError, StoreResult, SubmitOutcome,
-            SubmitRun, ThreadEvent,
+            SubmitRun, ThreadEvent, Written,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -583,6 +583,50 @@ macro_rules! impl_run_sql {
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() == 1)
+        }
+
+        /// Takes `key` for the transaction's write (see [`IdempotentWrite`]) with a placeholder
+        /// answer that [`record_answer`] replaces before commit: `Some(first answer)` when the
+        /// key was recorded before (then nothing is to be written). Call it before the write
+        /// reads anything, so that a concurrent request with the same key waits here.
+        pub(super) async fn take_key<T: ?Sized>(
+            conn: &mut Conn,
+            deployment_id: &str,
+            key: &IdempotentWrite<'_, T>,
+        ) -> StoreResult<Option<serde_json::Value>> {
+            if let Some(first) = find_idempotent(conn, deployment_id, key.operation, key.key, key.request_hash).await? {
+                return Ok(Some(first));
+            }
+            let placeholder = Idempotency {
+                operation: key.operation.to_owned(),
+                key: key.key.to_owned(),
+                request_hash: key.request_hash.to_owned(),
+                result: serde_json::Value::Null,
+            };
+            if save_idempotent(conn, deployment_id, &placeholder).await? {
+                return Ok(None);
+            }
+            match find_idempotent(conn, deployment_id, key.operation, key.key, key.request_hash).await? {
+                Some(first) => Ok(Some(first)),
+                None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
+            }
+        }
+
+        /// Records the answer under a key this transaction took with [`take_key`].
+        pub(super) async fn record_answer<T: ?Sized>(
+            conn: &mut Conn,
+            deployment_id: &str,
+            key: &IdempotentWrite<'_, T>,
+            done: &T,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE idempotency_keys SET result = $1 WHERE deployment_id = $2 AND operation = $3 AND key = $4")
+                .bind(to_json("idempotency result", &(key.answer)(done))?)
+                .bind(deployment_id)
+                .bind(key.operation)
+                .bind(key.key)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
         }
 
         /// The stored `cancel_requested` flag (0 none, 1 cancel, 2 interrupt).
@@ -1738,53 +1782,24 @@ macro_rules! impl_run_sql {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::RunStore for $store {
-            async fn submit_run(&self, scope: &Scope, thread_id: &ThreadId, submit: &SubmitRun) -> StoreResult<SubmitOutcome> {
-                // The hot writes: see `write_hot` (SQLite shares transactions between them).
-                let job = $crate::sql_runs::HotWrite::Submit {
-                    scope: scope.clone(),
-                    thread_id: thread_id.clone(),
-                    submit: submit.clone(),
-                };
-                self.write_hot(job).await?.submitted()
-            }
-
-            async fn idempotent_result(
+        impl $store {
+            /// `cancel_runs`, under `key` when one is given (taken before the thread is read).
+            async fn do_cancel_runs(
                 &self,
                 scope: &Scope,
-                operation: &str,
-                key: &str,
-                request_hash: &str,
-            ) -> StoreResult<Option<serde_json::Value>> {
-                let mut conn = self.reader().acquire().await?;
-                find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
-            }
-
-            async fn remember_idempotent(&self, scope: &Scope, idem: &Idempotency) -> StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (deployment_id, operation, key, request_hash, result, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, operation, key) DO NOTHING",
-                )
-                .bind(scope.deployment_id().as_str())
-                .bind(idem.operation.as_str())
-                .bind(idem.key.as_str())
-                .bind(idem.request_hash.as_str())
-                .bind(to_json("idempotency result", &idem.result)?)
-                .bind(Timestamp::now().as_millis())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
+                thread_id: &ThreadId,
+                key: Option<&IdempotentWrite<'_, [Run]>>,
+            ) -> StoreResult<Written<Vec<Run>>> {
                 // Deadlocks with a decision on a paused run's actions are possible on PostgreSQL (see
                 // `retry_transient`): the aborted transaction runs again.
                 $crate::retry_transient(|| async move {
                     let dep = scope.deployment_id().as_str();
                     let mut tx = self.begin_write().await?;
+                    if let Some(key) = key {
+                        if let Some(first) = take_key(&mut tx, dep, key).await? {
+                            return Ok(Written::Replayed(first));
+                        }
+                    }
                     ensure_thread(&mut tx, dep, thread_id).await?;
                     let open = open_runs(&mut tx, thread_id.as_str()).await?;
                     if open.is_empty() {
@@ -1814,10 +1829,53 @@ macro_rules! impl_run_sql {
                     // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
                     self.notify(&mut tx, &Notification::Runs).await?;
                     self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    if let Some(key) = key {
+                        record_answer(&mut tx, dep, key, &affected[..]).await?;
+                    }
                     tx.commit().await?;
-                    Ok(affected)
+                    Ok(Written::Done(affected))
                 })
                 .await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::RunStore for $store {
+            async fn submit_run(&self, scope: &Scope, thread_id: &ThreadId, submit: &SubmitRun) -> StoreResult<SubmitOutcome> {
+                // The hot writes: see `write_hot` (SQLite shares transactions between them).
+                let job = $crate::sql_runs::HotWrite::Submit {
+                    scope: scope.clone(),
+                    thread_id: thread_id.clone(),
+                    submit: submit.clone(),
+                };
+                self.write_hot(job).await?.submitted()
+            }
+
+            async fn idempotent_result(
+                &self,
+                scope: &Scope,
+                operation: &str,
+                key: &str,
+                request_hash: &str,
+            ) -> StoreResult<Option<serde_json::Value>> {
+                let mut conn = self.reader().acquire().await?;
+                find_idempotent(&mut conn, scope.deployment_id().as_str(), operation, key, request_hash).await
+            }
+
+            async fn cancel_runs(&self, scope: &Scope, thread_id: &ThreadId) -> StoreResult<Vec<Run>> {
+                match self.do_cancel_runs(scope, thread_id, None).await? {
+                    Written::Done(runs) => Ok(runs),
+                    Written::Replayed(_) => Err(StoreError::Corrupt("a cancellation without a key replayed".to_owned())),
+                }
+            }
+
+            async fn cancel_runs_once(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                key: &IdempotentWrite<'_, [Run]>,
+            ) -> StoreResult<Written<Vec<Run>>> {
+                self.do_cancel_runs(scope, thread_id, Some(key)).await
             }
 
             async fn get_run(&self, scope: &Scope, thread_id: &ThreadId, run_id: &RunId) -> StoreResult<Run> {

@@ -30,10 +30,12 @@ macro_rules! impl_session_sql {
         use $crate::sql_runs::{RunLock, MESSAGE_COLS, OPEN_STATUSES, RUN_COLS};
         use $crate::sql_sessions::ACTION_COLS;
         use $crate::{
-            Conflict, Entity, Lease, Notification, ResponseView, StoreError, StoreResult,
-            ThreadEvent,
+            Conflict, Entity, IdempotentWrite, Lease, Notification, ResponseView, StoreError,
+            StoreResult, ThreadEvent, Written,
         };
-        use super::run_sql::{append, json, lock_open_runs, message_from_row, run_from_row, to_json};
+        use super::run_sql::{
+            append, json, lock_open_runs, message_from_row, record_answer, run_from_row, take_key, to_json,
+        };
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -284,6 +286,81 @@ macro_rules! impl_session_sql {
             .fetch_all(&mut *conn)
             .await?;
             rows.iter().map(action_from_row).collect()
+        }
+
+        impl $store {
+            /// `resolve_action`, under `key` when one is given (taken before the action is read).
+            async fn do_resolve_action(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                action_id: &ActionId,
+                confirmed: bool,
+                now: Timestamp,
+                key: Option<&IdempotentWrite<'_, PendingAction>>,
+            ) -> StoreResult<Written<(PendingAction, Vec<ThreadEvent>)>> {
+                // Deadlocks with a cancellation or a close on PostgreSQL are possible (see
+                // `retry_transient`): the aborted transaction runs again.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let mut tx = self.begin_write().await?;
+                    if let Some(key) = key {
+                        if let Some(first) = take_key(&mut tx, dep, key).await? {
+                            return Ok(Written::Replayed(first));
+                        }
+                    }
+                    let row = sqlx::query(&format!(
+                        "SELECT {ACTION_COLS} FROM pending_actions
+                         WHERE id = $1 AND thread_id = $2 AND deployment_id = $3 AND kind = 'confirmation'{}",
+                        Self::ROW_LOCK
+                    ))
+                    .bind(action_id.as_str())
+                    .bind(thread_id.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::not_found(Entity::Action))?;
+                    let current = action_from_row(&row)?;
+                    let refusal = |a: &PendingAction| match a.status {
+                        ActionStatus::Expired => StoreError::Conflict(Conflict::ActionExpired),
+                        ActionStatus::Pending if a.expires_at <= now => StoreError::Conflict(Conflict::ActionExpired),
+                        _ => StoreError::Conflict(Conflict::ActionDecided),
+                    };
+                    if current.status != ActionStatus::Pending || current.expires_at <= now {
+                        return Err(refusal(&current));
+                    }
+                    let (status, callback) = if confirmed {
+                        ("confirmed", Some(CallbackId::generate_at(now).into_string()))
+                    } else {
+                        ("cancelled", None)
+                    };
+                    // The decision itself: only a still-pending, unexpired action changes.
+                    let updated = sqlx::query(&format!(
+                        "UPDATE pending_actions SET status = $1, callback_id = $2, decided_at = $3
+                         WHERE id = $4 AND status = 'pending' AND expires_at > $3 RETURNING {ACTION_COLS}"
+                    ))
+                    .bind(status)
+                    .bind(callback)
+                    .bind(now.as_millis())
+                    .bind(action_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = updated else {
+                        return Err(refusal(&current));
+                    };
+                    let action = action_from_row(&row)?;
+                    resume_if_decided(&mut tx, action.run_id.as_str()).await?;
+                    let stored = append(&mut tx, dep, thread_id.as_str(), Some(action.run_id.as_str()), &[resolved_event(&action)]).await?;
+                    self.notify(&mut tx, &Notification::Runs).await?;
+                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    if let Some(key) = key {
+                        record_answer(&mut tx, dep, key, &action).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(Written::Done((action, stored)))
+                })
+                .await
+            }
         }
 
         #[async_trait::async_trait]
@@ -575,59 +652,22 @@ macro_rules! impl_session_sql {
                 confirmed: bool,
                 now: Timestamp,
             ) -> StoreResult<(PendingAction, Vec<ThreadEvent>)> {
-                // Deadlocks with a cancellation or a close on PostgreSQL are possible (see
-                // `retry_transient`): the aborted transaction runs again.
-                $crate::retry_transient(|| async move {
-                    let dep = scope.deployment_id().as_str();
-                    let mut tx = self.begin_write().await?;
-                    let row = sqlx::query(&format!(
-                        "SELECT {ACTION_COLS} FROM pending_actions
-                         WHERE id = $1 AND thread_id = $2 AND deployment_id = $3 AND kind = 'confirmation'{}",
-                        Self::ROW_LOCK
-                    ))
-                    .bind(action_id.as_str())
-                    .bind(thread_id.as_str())
-                    .bind(dep)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(StoreError::not_found(Entity::Action))?;
-                    let current = action_from_row(&row)?;
-                    let refusal = |a: &PendingAction| match a.status {
-                        ActionStatus::Expired => StoreError::Conflict(Conflict::ActionExpired),
-                        ActionStatus::Pending if a.expires_at <= now => StoreError::Conflict(Conflict::ActionExpired),
-                        _ => StoreError::Conflict(Conflict::ActionDecided),
-                    };
-                    if current.status != ActionStatus::Pending || current.expires_at <= now {
-                        return Err(refusal(&current));
-                    }
-                    let (status, callback) = if confirmed {
-                        ("confirmed", Some(CallbackId::generate_at(now).into_string()))
-                    } else {
-                        ("cancelled", None)
-                    };
-                    // The decision itself: only a still-pending, unexpired action changes.
-                    let updated = sqlx::query(&format!(
-                        "UPDATE pending_actions SET status = $1, callback_id = $2, decided_at = $3
-                         WHERE id = $4 AND status = 'pending' AND expires_at > $3 RETURNING {ACTION_COLS}"
-                    ))
-                    .bind(status)
-                    .bind(callback)
-                    .bind(now.as_millis())
-                    .bind(action_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(row) = updated else {
-                        return Err(refusal(&current));
-                    };
-                    let action = action_from_row(&row)?;
-                    resume_if_decided(&mut tx, action.run_id.as_str()).await?;
-                    let stored = append(&mut tx, dep, thread_id.as_str(), Some(action.run_id.as_str()), &[resolved_event(&action)]).await?;
-                    self.notify(&mut tx, &Notification::Runs).await?;
-                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
-                    tx.commit().await?;
-                    Ok((action, stored))
-                })
-                .await
+                match self.do_resolve_action(scope, thread_id, action_id, confirmed, now, None).await? {
+                    Written::Done(done) => Ok(done),
+                    Written::Replayed(_) => Err(StoreError::Corrupt("a decision without a key replayed".to_owned())),
+                }
+            }
+
+            async fn resolve_action_once(
+                &self,
+                scope: &Scope,
+                thread_id: &ThreadId,
+                action_id: &ActionId,
+                confirmed: bool,
+                now: Timestamp,
+                key: &IdempotentWrite<'_, PendingAction>,
+            ) -> StoreResult<Written<(PendingAction, Vec<ThreadEvent>)>> {
+                self.do_resolve_action(scope, thread_id, action_id, confirmed, now, Some(key)).await
             }
 
             async fn expire_due_actions(&self, now: Timestamp) -> StoreResult<Vec<ThreadEvent>> {

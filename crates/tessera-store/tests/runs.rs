@@ -187,6 +187,7 @@ backend_tests!(
     interrupt_policy_cancels_queued_runs_and_flags_the_running_one,
     idempotent_submits_replay_the_first_answer,
     concurrent_idempotent_submits_create_one_run,
+    concurrent_idempotent_cancels_stop_once,
     claims_take_the_oldest_run_one_per_thread,
     batch_claims_take_up_to_the_limit_one_run_per_thread,
     concurrent_claims_take_each_run_once,
@@ -1053,30 +1054,79 @@ async fn idempotent_submits_replay_the_first_answer(db: &TestDatabase) {
     in_b.idempotency = Some(idem.clone());
     created(store.submit_run(&b.scope, &tb.id, &in_b).await.unwrap());
 
-    // Answers to other idempotent requests are remembered; the first answer is kept.
-    let cancel = Idempotency {
-        operation: format!("cancelThreadRuns:{}", t.id),
-        key: "cancel-1".into(),
-        request_hash: "h".into(),
-        result: json!({"cancelled": 1}),
+    // A cancellation under a key records its answer in its own transaction; a retry replays
+    // it although nothing is left to cancel, and a refused one records nothing.
+    let answer = |runs: &[Run]| json!({"cancelled": runs.len()});
+    let cancel_op = format!("cancelThreadRuns:{}", t.id);
+    let cancel = IdempotentWrite {
+        operation: &cancel_op,
+        key: "cancel-1",
+        request_hash: "h",
+        answer: &answer,
     };
-    store.remember_idempotent(&a.scope, &cancel).await.unwrap();
-    store
-        .remember_idempotent(
-            &a.scope,
-            &Idempotency {
-                result: json!({"cancelled": 9}),
-                ..cancel.clone()
-            },
-        )
+    let Written::Done(stopped) = store
+        .cancel_runs_once(&a.scope, &t.id, &cancel)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("the first cancellation replayed");
+    };
+    assert_eq!(stopped.len(), 2);
     assert_eq!(
         store
-            .idempotent_result(&a.scope, &cancel.operation, "cancel-1", "h")
+            .cancel_runs_once(&a.scope, &t.id, &cancel)
             .await
             .unwrap(),
-        Some(json!({"cancelled": 1}))
+        Written::Replayed(json!({"cancelled": 2}))
+    );
+    assert_eq!(
+        store
+            .idempotent_result(&a.scope, &cancel_op, "cancel-1", "h")
+            .await
+            .unwrap(),
+        Some(json!({"cancelled": 2}))
+    );
+    let reused = IdempotentWrite {
+        request_hash: "other",
+        ..cancel
+    };
+    let err = store
+        .cancel_runs_once(&a.scope, &t.id, &reused)
+        .await
+        .unwrap_err();
+    assert!(
+        is_conflict(&err, Conflict::IdempotencyKeyReused),
+        "got {err:?}"
+    );
+    let refused = IdempotentWrite {
+        key: "cancel-2",
+        ..cancel
+    };
+    let err = store
+        .cancel_runs_once(&a.scope, &t.id, &refused)
+        .await
+        .unwrap_err();
+    assert!(is_conflict(&err, Conflict::RunNotActive), "got {err:?}");
+    assert_eq!(
+        store
+            .idempotent_result(&a.scope, &cancel_op, "cancel-2", "h")
+            .await
+            .unwrap(),
+        None,
+        "a refusal records nothing"
+    );
+    // Another deployment's thread is not found, and its key is its own.
+    let err = store
+        .cancel_runs_once(&b.scope, &t.id, &refused)
+        .await
+        .unwrap_err();
+    assert!(is_not_found(&err, Entity::Thread), "got {err:?}");
+    assert_eq!(
+        store
+            .idempotent_result(&b.scope, &cancel_op, "cancel-1", "h")
+            .await
+            .unwrap(),
+        None
     );
 
     // Pruning deletes records older than the cut-off only.
@@ -1159,6 +1209,56 @@ async fn concurrent_idempotent_submits_create_one_run(db: &TestDatabase) {
     );
     assert_eq!(history(&store, &a.scope, &t.id).await.len(), 1);
     assert_eq!(all_events(&store, &a.scope, &t.id).await.len(), 2);
+    store.close().await;
+}
+
+async fn concurrent_idempotent_cancels_stop_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "cancel-race").await;
+    let t = thread(&store, &a, "t").await;
+    let run = queue(&store, &a.scope, &t.id, "first").await;
+    let operation = format!("executeAgentThreadAsync:{}", t.id);
+
+    // Retries of one cancellation racing each other: one cancels, the others wait for its
+    // transaction and replay its answer instead of finding nothing to cancel.
+    let barrier = Arc::new(tokio::sync::Barrier::new(6));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        let scope = a.scope.clone();
+        let thread_id = t.id.clone();
+        let operation = operation.clone();
+        tasks.push(tokio::spawn(async move {
+            let answer = |runs: &[Run]| json!({"run_ids": runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>()});
+            let key = IdempotentWrite {
+                operation: &operation,
+                key: "race",
+                request_hash: "h",
+                answer: &answer,
+            };
+            barrier.wait().await;
+            store.cancel_runs_once(&scope, &thread_id, &key).await
+        }));
+    }
+    let mut done = Vec::new();
+    let mut replays = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Written::Done(runs)) => done.push(runs),
+            Ok(Written::Replayed(first)) => replays.push(first),
+            Err(err) => panic!("a retry of the same cancellation failed: {err:?}"),
+        }
+    }
+    assert_eq!(done.len(), 1, "exactly one retry cancels");
+    assert_eq!(done[0].len(), 1);
+    assert_eq!(done[0][0].id, run.id);
+    assert_eq!(replays.len(), 5);
+    let answer = json!({"run_ids": [run.id.as_str()]});
+    assert!(
+        replays.iter().all(|r| *r == answer),
+        "replays carry the first answer: {replays:?}"
+    );
     store.close().await;
 }
 

@@ -8,12 +8,13 @@
 mod common;
 use common::*;
 
-use tessera_domain::session::{ActionKind, ActionStatus, NewAction, VariablePatch};
+use tessera_domain::session::{ActionKind, ActionStatus, NewAction, PendingAction, VariablePatch};
 use tessera_domain::ActionId;
 
 backend_tests!(
     pause_decide_expire_and_execute_once,
     concurrent_decisions_have_one_winner,
+    a_decision_under_a_key_replays_its_answer,
     variables_are_atomic_and_close_is_idempotent,
     a_question_is_answered_by_the_next_message_not_a_new_run,
     a_message_after_its_question_expired_is_no_answer,
@@ -245,6 +246,120 @@ async fn concurrent_decisions_have_one_winner(db: &TestDatabase) {
             );
         }
     }
+}
+
+async fn a_decision_under_a_key_replays_its_answer(db: &TestDatabase) {
+    let store = open(db).await;
+    let t = tenant(&store, "decide-once").await;
+    let (th, claimed) = paused(&store, &t, &[action("c", Timestamp::now().plus_secs(600))]).await;
+    let id = store.run_actions(&t.scope, &claimed.run.id).await.unwrap()[0]
+        .id
+        .clone();
+    let operation = format!("resolvePendingAction:{id}");
+
+    // Retries of one decision racing each other: one decides, the others wait for its
+    // transaction and replay its answer (with its callback id) instead of `action_already_decided`.
+    let attempts = (0..8).map(|_| {
+        let (store, scope, th, id) = (store.clone(), t.scope.clone(), th.id.clone(), id.clone());
+        let operation = operation.clone();
+        tokio::spawn(async move {
+            let answer = |a: &PendingAction| json!({"callback_id": a.callback_id.as_ref().map(|c| c.as_str())});
+            let key = IdempotentWrite {
+                operation: &operation,
+                key: "k",
+                request_hash: "confirm",
+                answer: &answer,
+            };
+            store
+                .resolve_action_once(&scope, &th, &id, true, Timestamp::now(), &key)
+                .await
+        })
+    });
+    let mut decided = Vec::new();
+    let mut replays = Vec::new();
+    for r in futures_util::future::join_all(attempts).await {
+        match r.unwrap() {
+            Ok(Written::Done((action, events))) => {
+                assert!(!events.is_empty());
+                decided.push(action);
+            }
+            Ok(Written::Replayed(first)) => replays.push(first),
+            Err(e) => panic!("a retry of the same decision failed: {e:?}"),
+        }
+    }
+    assert_eq!(decided.len(), 1, "exactly one retry decides");
+    let callback = decided[0]
+        .callback_id
+        .clone()
+        .expect("a confirmation has a callback");
+    assert_eq!(replays.len(), 7);
+    let answer = json!({"callback_id": callback.as_str()});
+    assert!(replays.iter().all(|r| *r == answer), "{replays:?}");
+
+    // Without the key, or with another key, the decision is refused as made; the same key with
+    // another request is refused as reused; a refusal records nothing.
+    let err = store
+        .resolve_action(&t.scope, &th.id, &id, true, Timestamp::now())
+        .await
+        .unwrap_err();
+    assert_eq!(err_conflict(&err), Some(Conflict::ActionDecided), "{err:?}");
+    let answer = |_: &PendingAction| json!({});
+    let other = IdempotentWrite {
+        operation: &operation,
+        key: "other",
+        request_hash: "confirm",
+        answer: &answer,
+    };
+    let err = store
+        .resolve_action_once(&t.scope, &th.id, &id, true, Timestamp::now(), &other)
+        .await
+        .unwrap_err();
+    assert_eq!(err_conflict(&err), Some(Conflict::ActionDecided), "{err:?}");
+    assert_eq!(
+        store
+            .idempotent_result(&t.scope, &operation, "other", "confirm")
+            .await
+            .unwrap(),
+        None
+    );
+    let reused = IdempotentWrite {
+        key: "k",
+        request_hash: "cancel",
+        ..other
+    };
+    let err = store
+        .resolve_action_once(&t.scope, &th.id, &id, false, Timestamp::now(), &reused)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err_conflict(&err),
+        Some(Conflict::IdempotencyKeyReused),
+        "{err:?}"
+    );
+
+    // Another deployment does not see the action, nor the key.
+    let stranger = tenant(&store, "decide-stranger").await;
+    let err = store
+        .resolve_action_once(&stranger.scope, &th.id, &id, true, Timestamp::now(), &other)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::Action,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .idempotent_result(&stranger.scope, &operation, "k", "confirm")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn variables_are_atomic_and_close_is_idempotent(db: &TestDatabase) {

@@ -16,8 +16,8 @@ use tessera_domain::validate::{EndpointSlug, ExternalKey, Label, Metadata, Subje
 use tessera_domain::{ActionId, AgentId, MessageId, ResponseId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::hub::Stop;
 use tessera_store::{
-    Conflict, Entity, Idempotency, PageRequest, ProjectFilter, ResponseView, StoreError,
-    SubmitOutcome, SubmitRun,
+    Conflict, Entity, Idempotency, IdempotentWrite, PageRequest, ProjectFilter, ResponseView,
+    StoreError, SubmitOutcome, SubmitRun, ThreadEvent, Written,
 };
 
 use crate::auth::Caller;
@@ -606,35 +606,51 @@ pub(crate) async fn resolve_pending_action(
     ApiJson(req): ApiJson<api::ResolveActionRequest>,
 ) -> ApiResult<(StatusCode, Json<api::ActionResolved>)> {
     let key = idempotency_key(&headers)?;
-    let operation = format!("resolvePendingAction:{action_id}");
-    let hash = request_hash(&req);
-    if let Some(key) = &key {
-        if let Some(result) = state
-            .store
-            .idempotent_result(&caller.scope, &operation, key, &hash)
-            .await?
-        {
-            return resolved(result);
+    let answer = match key {
+        None => {
+            let action =
+                resolve_action(&state, &caller.scope, &thread_id, &action_id, req.confirmed)
+                    .await?;
+            action_resolved(&thread_id, action, req.confirmed)
         }
-    }
-    let action =
-        resolve_action(&state, &caller.scope, &thread_id, &action_id, req.confirmed).await?;
-    let answer = action_resolved(&thread_id, action, req.confirmed);
-    let value =
-        serde_json::to_value(&answer).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-    if let Some(key) = key {
-        let record = Idempotency {
-            operation,
-            key,
-            request_hash: hash,
-            result: value.clone(),
-        };
-        state
-            .store
-            .remember_idempotent(&caller.scope, &record)
-            .await?;
-    }
-    resolved(value)
+        Some(key) => {
+            // The key is taken and the answer recorded in the decision's own transaction: a
+            // retry after a lost answer replays it instead of `action_already_decided`.
+            let operation = format!("resolvePendingAction:{action_id}");
+            let hash = request_hash(&req);
+            let answer = |action: &PendingAction| {
+                serde_json::to_value(action_resolved(&thread_id, action.clone(), req.confirmed))
+                    .unwrap_or_default()
+            };
+            let key = IdempotentWrite {
+                operation: &operation,
+                key: &key,
+                request_hash: &hash,
+                answer: &answer,
+            };
+            let written = state
+                .store
+                .resolve_action_once(
+                    &caller.scope,
+                    &thread_id,
+                    &action_id,
+                    req.confirmed,
+                    Timestamp::now(),
+                    &key,
+                )
+                .await?;
+            match written {
+                Written::Done((action, events)) => {
+                    announce_decision(&state, &events);
+                    action_resolved(&thread_id, action, req.confirmed)
+                }
+                Written::Replayed(first) => serde_json::from_value(first).map_err(|e| {
+                    ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}"))
+                })?,
+            }
+        }
+    };
+    Ok((resolved_status(&answer), Json(answer)))
 }
 
 /// Decides on an action (shared by the backend API and the browser API), then publishes the
@@ -650,9 +666,14 @@ pub(crate) async fn resolve_action(
         .store
         .resolve_action(scope, thread_id, action_id, confirmed, Timestamp::now())
         .await?;
-    state.runtime.publish(&events);
-    state.runtime.hub.wake_workers();
+    announce_decision(state, &events);
     Ok(action)
+}
+
+/// Publishes a decision's events and wakes the workers to resume its run.
+fn announce_decision(state: &AppState, events: &[ThreadEvent]) {
+    state.runtime.publish(events);
+    state.runtime.hub.wake_workers();
 }
 
 /// The answer to a decision: `processing` with its `callback_id` (confirmed) or `cancelled`.
@@ -682,12 +703,6 @@ pub(crate) fn resolved_status(answer: &api::ActionResolved) -> StatusCode {
     } else {
         StatusCode::OK
     }
-}
-
-fn resolved(value: serde_json::Value) -> ApiResult<(StatusCode, Json<api::ActionResolved>)> {
-    let answer: api::ActionResolved = serde_json::from_value(value)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored idempotent answer: {e}")))?;
-    Ok((resolved_status(&answer), Json(answer)))
 }
 
 /// Longest usage range.

@@ -6,10 +6,10 @@ use axum::Json;
 use sha2::{Digest, Sha256};
 use tessera_api as api;
 use tessera_api::ErrorBody;
-use tessera_domain::thread::{Message, Role};
+use tessera_domain::thread::{Message, Role, Run};
 use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp};
 use tessera_runtime::hub::{Live, Stop};
-use tessera_store::{Idempotency, Order, SubmitOutcome, SubmitRun};
+use tessera_store::{Idempotency, IdempotentWrite, Order, SubmitOutcome, SubmitRun, Written};
 
 use crate::auth::Caller;
 use crate::convert;
@@ -274,49 +274,49 @@ pub(crate) async fn cancel_runs(
     thread_id: &ThreadId,
     idempotency: Option<IdempotencyParts>,
 ) -> ApiResult<api::RunAccepted> {
-    if let Some((operation, key, hash)) = &idempotency {
-        if let Some(result) = state
-            .store
-            .idempotent_result(scope, operation, key, hash)
-            .await?
-        {
-            return replay(result);
+    // The key is taken and the answer recorded in the cancellation's own transaction: a retry
+    // after a lost answer replays it, even though nothing is left to cancel by then.
+    let runs = match &idempotency {
+        None => state.store.cancel_runs(scope, thread_id).await?,
+        Some((operation, key, request_hash)) => {
+            let answer =
+                |runs: &[Run]| serde_json::to_value(cancel_answer(runs)).unwrap_or_default();
+            let key = IdempotentWrite {
+                operation,
+                key,
+                request_hash,
+                answer: &answer,
+            };
+            match state.store.cancel_runs_once(scope, thread_id, &key).await? {
+                Written::Done(runs) => runs,
+                Written::Replayed(first) => return replay(first),
+            }
         }
-    }
-    let runs = state.store.cancel_runs(scope, thread_id).await?;
+    };
     let rt = &state.runtime;
     // A paused run is released for a worker to end it (settling its pending actions).
     rt.hub.wake_workers();
-    let mut active = None;
-    for run in &runs {
-        if !run.status.is_terminal() {
-            rt.hub.stop_run(&run.id, Stop::Cancel);
-            active.get_or_insert_with(|| run.id.to_string());
-        }
+    for run in runs.iter().filter(|r| !r.status.is_terminal()) {
+        rt.hub.stop_run(&run.id, Stop::Cancel);
     }
     rt.hub.publish(thread_id, Live::Look);
-    let accepted = api::RunAccepted {
+    Ok(cancel_answer(&runs))
+}
+
+/// The answer to a cancellation of `runs`: `cancelling` (naming the first run still to stop)
+/// while any is still to stop, else `cancelled`.
+fn cancel_answer(runs: &[Run]) -> api::RunAccepted {
+    let active = runs.iter().find(|r| !r.status.is_terminal());
+    api::RunAccepted {
         status: if active.is_some() {
             "cancelling"
         } else {
             "cancelled"
         }
         .to_owned(),
-        run_id: active.or_else(|| runs.first().map(|r| r.id.to_string())),
+        run_id: active.or(runs.first()).map(|r| r.id.to_string()),
         run_ids: Some(runs.iter().map(|r| r.id.to_string()).collect()),
-    };
-    if let Some((operation, key, request_hash)) = idempotency {
-        // After the cancellation: a crash in between makes a retry answer
-        // `run_not_active`, which is true by then.
-        let record = Idempotency {
-            operation,
-            key,
-            request_hash,
-            result: serde_json::to_value(&accepted).unwrap_or_default(),
-        };
-        state.store.remember_idempotent(scope, &record).await?;
     }
-    Ok(accepted)
 }
 
 fn replay(result: serde_json::Value) -> ApiResult<api::RunAccepted> {

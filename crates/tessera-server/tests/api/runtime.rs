@@ -1357,9 +1357,21 @@ async fn idempotent_retry(db: &TestDatabase) {
             .idempotency_key("cancel-1")
             .send()
     };
-    let cancelled = cancel().await.unwrap();
+    // A run queued behind it: the first cancellation ends it at once, so a racing retry that
+    // cancelled again would answer differently.
+    let queued = rig.send(&thread, "queued behind").await;
+    let (a, b, c) = tokio::join!(cancel(), cancel(), cancel());
+    let cancelled = a.unwrap();
     assert_eq!(cancelled.run_id.as_deref(), Some(hanging.as_str()));
+    assert_eq!(
+        cancelled.run_ids,
+        Some(vec![hanging.clone(), queued.clone()])
+    );
+    for retry in [b, c] {
+        assert_eq!(retry.unwrap(), cancelled);
+    }
     rig.wait_run(&thread, &hanging, RunStatus::Cancelled).await;
+    rig.wait_run(&thread, &queued, RunStatus::Cancelled).await;
     assert_eq!(cancel().await.unwrap(), cancelled);
 
     // Keys are per thread: the same key on another thread is a new request.

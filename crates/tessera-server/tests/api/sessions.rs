@@ -17,6 +17,7 @@ backend_tests!(
     ask_pending_action_confirm_result,
     cancel_is_answered_to_the_model,
     concurrent_confirm_and_cancel_have_one_winner,
+    an_idempotent_decision_replays_its_answer,
     an_unanswered_action_expires_and_the_run_resumes,
     variables_follow_the_rules_and_reach_the_model,
     request_variables_tool_fills_requested_variables,
@@ -308,6 +309,53 @@ async fn concurrent_confirm_and_cancel_have_one_winner(db: &TestDatabase) {
             "{done}"
         );
     }
+    app.stop().await;
+}
+
+async fn an_idempotent_decision_replays_its_answer(db: &TestDatabase) {
+    let (app, _model) = start(db, 10).await;
+    pool_agent(&app, "once", echo(), Some(json!({"tool": "notify_user"}))).await;
+    let (answer, thread, action) = paused_ask(&app, "once", None).await;
+    let path = format!("/api/v1/sessions/{thread}/actions/{action}");
+    let decide = |key: &'static str, confirmed: bool| {
+        send(
+            app.request(Method::POST, &path)
+                .header("Idempotency-Key", key)
+                .json(&json!({"confirmed": confirmed})),
+        )
+    };
+    // Retries of one decision racing each other all get its answer, with one callback id.
+    let (a, b, c, d) = tokio::join!(
+        decide("k-1", true),
+        decide("k-1", true),
+        decide("k-1", true),
+        decide("k-1", true)
+    );
+    let first = a.ok(202).clone();
+    assert_eq!(first["status"], "processing", "{first}");
+    assert!(first["callback_id"].is_string(), "{first}");
+    for retry in [b, c, d] {
+        assert_eq!(*retry.ok(202), first);
+    }
+    wait_response(&app, answer["response_id"].as_str().unwrap(), "completed").await;
+    let notified = event_kinds(&app, &thread)
+        .await
+        .iter()
+        .filter(|(k, _)| k == "notification")
+        .count();
+    assert_eq!(notified, 1, "the action ran once");
+    // Once the run is over, the retry still answers the first answer.
+    assert_eq!(*decide("k-1", true).await.ok(202), first);
+    // The same key with another body is a mistake; another key is another decision.
+    decide("k-1", false)
+        .await
+        .assert_error(409, "idempotency_key_reused", None);
+    decide("k-2", true)
+        .await
+        .assert_error(409, "action_already_decided", None);
+    resolve(&app, &thread, &action, true)
+        .await
+        .assert_error(409, "action_already_decided", None);
     app.stop().await;
 }
 

@@ -21,8 +21,8 @@ pub use tessera_domain::{MessageId, ProjectId, RunId, Scope, ThreadId, Timestamp
 pub use tessera_store::testing::TestDatabase;
 pub use tessera_store::{
     backend_tests, CancelRequest, Claimed, Conflict, ConnectOptions, Cursor, Entity, Idempotency,
-    Lease, NewSecretKey, Order, PageRequest, RunEnd, StartHere, StepMessage, Store, StoreError,
-    SubmitOutcome, SubmitRun, ThreadEvent,
+    IdempotentWrite, Lease, NewSecretKey, Order, PageRequest, RunEnd, StartHere, StepMessage,
+    Store, StoreError, SubmitOutcome, SubmitRun, ThreadEvent, Written,
 };
 
 /// A lease long enough never to expire during a test unless `now` is moved past it.
