@@ -120,6 +120,7 @@ async fn setup(db: &TestDatabase) -> Setup {
                 run_id,
                 policy: Some(MultitaskPolicy::Enqueue),
                 idempotency: None,
+                new_thread: None,
                 variables: Default::default(),
                 start: None,
             },

@@ -257,6 +257,7 @@ impl Rig {
             run_id: run_id.clone(),
             policy: Some(MultitaskPolicy::Enqueue),
             idempotency: None,
+            new_thread: None,
             variables: Default::default(),
             start: None,
         };

@@ -474,11 +474,11 @@ pub struct Idempotency {
 }
 
 /// An idempotency key taken and recorded by the transaction of the write it guards, so that a
-/// retry after a lost answer, a crash or a 503 replays the first answer instead of repeating the
+/// retry after a lost answer or a crash replays the first answer instead of repeating the
 /// write or being refused by its outcome. A concurrent request with the same key waits for the
 /// first one's transaction, then replays its answer.
 pub struct IdempotentWrite<'a, T: ?Sized> {
-    /// The operation the key is scoped to (`cancelAgentThreadRuns:<thread id>`).
+    /// The operation the key is scoped to (`executeAgentThreadAsync:<thread id>`).
     pub operation: &'a str,
     pub key: &'a str,
     /// Digest of the request, to refuse the same key with a different request.
@@ -510,6 +510,11 @@ pub struct SubmitRun {
     /// deleted), read by the submission's own transaction.
     pub policy: Option<MultitaskPolicy>,
     pub idempotency: Option<Idempotency>,
+    /// The thread does not exist yet (`askAgentPool`'s new session): it is created as
+    /// `thread_id` from this in the submission's transaction, after the idempotency key is
+    /// taken, so a refused submission leaves no thread behind and a retry with the same key
+    /// creates none.
+    pub new_thread: Option<Box<NewThread>>,
     /// Context variables to merge into the session with the message (`askAgentPool`), in the
     /// same transaction: a refused message merges nothing, a refused merge sends nothing.
     pub variables: tessera_domain::session::VariablePatch,

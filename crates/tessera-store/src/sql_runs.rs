@@ -585,6 +585,54 @@ macro_rules! impl_run_sql {
             Ok(done.rows_affected() == 1)
         }
 
+        /// Inserts thread `id` of `new` (in the caller's transaction), locking its project so
+        /// that a concurrent archive cannot slip in between.
+        pub(super) async fn insert_thread(
+            conn: &mut Conn,
+            deployment_id: &str,
+            id: &ThreadId,
+            new: &NewThread,
+            now: Timestamp,
+        ) -> StoreResult<Thread> {
+            let project = sqlx::query(&format!(
+                "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
+                <$store>::ROW_LOCK
+            ))
+            .bind(new.project_id.as_str())
+            .bind(deployment_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::not_found(Entity::Project))?;
+            let status: String = project.try_get("status")?;
+            if status != "active" {
+                return Err(StoreError::Conflict(Conflict::ProjectArchived));
+            }
+            let actor_id: String = project.try_get("actor_id")?;
+            let agent_id: String = project.try_get("agent_id")?;
+            let tags: Vec<&str> = new.capability_tags.iter().map(|t| t.as_str()).collect();
+            let row = sqlx::query(&format!(
+                "INSERT INTO threads (id, deployment_id, project_id, actor_id, agent_id, title,
+                   system_instructions, purpose, capability_tags, context_group, status,
+                   created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'idle', $11, $11)
+                 RETURNING {THREAD_COLS}"
+            ))
+            .bind(id.as_str())
+            .bind(deployment_id)
+            .bind(new.project_id.as_str())
+            .bind(actor_id)
+            .bind(agent_id)
+            .bind(new.title.as_str())
+            .bind(new.system_instructions.as_deref())
+            .bind(new.purpose.as_str())
+            .bind(to_json("thread capability_tags", &tags)?)
+            .bind(new.context_group.as_ref().map(|c| c.as_str()))
+            .bind(now.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            thread_from_row(&row)
+        }
+
         /// Takes `key` for the transaction's write (see [`IdempotentWrite`]) with a placeholder
         /// answer that [`record_answer`] replaces before commit: `Some(first answer)` when the
         /// key was recorded before (then nothing is to be written). Call it before the write
@@ -805,44 +853,7 @@ macro_rules! impl_run_sql {
             async fn create_thread(&self, scope: &Scope, new: &NewThread) -> StoreResult<Thread> {
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
-                // Locks the project so that a concurrent archive cannot slip in between.
-                let project = sqlx::query(&format!(
-                    "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
-                    Self::ROW_LOCK
-                ))
-                .bind(new.project_id.as_str())
-                .bind(scope.deployment_id().as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::not_found(Entity::Project))?;
-                let status: String = project.try_get("status")?;
-                if status != "active" {
-                    return Err(StoreError::Conflict(Conflict::ProjectArchived));
-                }
-                let actor_id: String = project.try_get("actor_id")?;
-                let agent_id: String = project.try_get("agent_id")?;
-                let tags: Vec<&str> = new.capability_tags.iter().map(|t| t.as_str()).collect();
-                let row = sqlx::query(&format!(
-                    "INSERT INTO threads (id, deployment_id, project_id, actor_id, agent_id, title,
-                       system_instructions, purpose, capability_tags, context_group, status,
-                       created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'idle', $11, $11)
-                     RETURNING {THREAD_COLS}"
-                ))
-                .bind(ThreadId::generate_at(now).into_string())
-                .bind(scope.deployment_id().as_str())
-                .bind(new.project_id.as_str())
-                .bind(actor_id)
-                .bind(agent_id)
-                .bind(new.title.as_str())
-                .bind(new.system_instructions.as_deref())
-                .bind(new.purpose.as_str())
-                .bind(to_json("thread capability_tags", &tags)?)
-                .bind(new.context_group.as_ref().map(|c| c.as_str()))
-                .bind(now.as_millis())
-                .fetch_one(&mut *tx)
-                .await?;
-                let thread = thread_from_row(&row)?;
+                let thread = insert_thread(&mut tx, scope.deployment_id().as_str(), &ThreadId::generate_at(now), new, now).await?;
                 tx.commit().await?;
                 Ok(thread)
             }
@@ -1144,6 +1155,9 @@ macro_rules! impl_run_sql {
                             None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
                         };
                     }
+                }
+                if let Some(new) = &submit.new_thread {
+                    insert_thread(tx, dep, thread_id, new, Timestamp::now()).await?;
                 }
                 // The caller's policy, else the agent's: read here, or, where the thread update
                 // answers the checks, by that update (there, no row locks are taken before it:

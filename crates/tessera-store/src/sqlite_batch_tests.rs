@@ -705,6 +705,7 @@ impl Tenant {
             run_id: run.clone(),
             policy: None,
             idempotency: None,
+            new_thread: None,
             variables: Default::default(),
             start: Some(crate::StartHere {
                 owner: "worker".to_owned(),

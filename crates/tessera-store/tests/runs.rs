@@ -177,6 +177,7 @@ fn is_lease_lost<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
 backend_tests!(
     threads_need_an_active_project_in_scope,
     submit_stores_the_message_and_queues_a_run,
+    a_submission_creates_its_new_thread_or_nothing,
     event_numbers_are_per_thread_and_gapless_under_concurrency,
     concurrent_writes_that_fail_leave_the_others_alone,
     reject_policy_refuses_while_a_run_is_open,
@@ -272,6 +273,94 @@ async fn threads_need_an_active_project_in_scope(db: &TestDatabase) {
     assert!(is_conflict(&err, Conflict::ProjectArchived), "got {err:?}");
     // The other tenant's active project still works.
     thread(&store, &b, "fine").await;
+    store.close().await;
+}
+
+async fn a_submission_creates_its_new_thread_or_nothing(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "new-thread-a").await;
+    let b = tenant(&store, "new-thread-b").await;
+    let fresh = |project: &ProjectId, key: &str, hash: &str| {
+        let id = ThreadId::generate();
+        let mut s = submission(&id, "first words", MultitaskPolicy::Reject);
+        s.new_thread = Some(Box::new(new_thread(project, "pool session")));
+        s.idempotency = Some(Idempotency {
+            operation: "askAgentPool:p".into(),
+            key: key.into(),
+            request_hash: hash.into(),
+            result: json!({"thread_id": id.as_str()}),
+        });
+        (id, s)
+    };
+
+    // The thread and its first run in one transaction.
+    let (id, s) = fresh(&a.project.id, "k-1", "h");
+    let (run, _, events) = created(store.submit_run(&a.scope, &id, &s).await.unwrap());
+    let made = store.get_thread(&a.scope, &id).await.unwrap();
+    assert_eq!(
+        (&made.project_id, &made.agent_id, made.title.as_str()),
+        (&a.project.id, &a.project.agent_id, "pool session")
+    );
+    assert_eq!(run.thread_id, id);
+    assert_eq!(history(&store, &a.scope, &id).await.len(), 1);
+    assert_eq!(events.len(), 2);
+
+    // A retry with the same key replays and creates no thread.
+    let (other_id, retry) = fresh(&a.project.id, "k-1", "h");
+    assert_eq!(
+        store.submit_run(&a.scope, &other_id, &retry).await.unwrap(),
+        SubmitOutcome::Replayed {
+            result: json!({"thread_id": id.as_str()})
+        }
+    );
+    let err = store.get_thread(&a.scope, &other_id).await.unwrap_err();
+    assert!(is_not_found(&err, Entity::Thread), "got {err:?}");
+
+    // A refused submission leaves no thread: a reused key, another deployment's project, an
+    // archived project.
+    let (reused_id, reused) = fresh(&a.project.id, "k-1", "another request");
+    let err = store
+        .submit_run(&a.scope, &reused_id, &reused)
+        .await
+        .unwrap_err();
+    assert!(
+        is_conflict(&err, Conflict::IdempotencyKeyReused),
+        "got {err:?}"
+    );
+    let (foreign_id, foreign) = fresh(&a.project.id, "k-2", "h");
+    let err = store
+        .submit_run(&b.scope, &foreign_id, &foreign)
+        .await
+        .unwrap_err();
+    assert!(is_not_found(&err, Entity::Project), "got {err:?}");
+    store
+        .archive_project(&a.scope, &a.project.id)
+        .await
+        .unwrap();
+    let (late_id, late) = fresh(&a.project.id, "k-3", "h");
+    let err = store
+        .submit_run(&a.scope, &late_id, &late)
+        .await
+        .unwrap_err();
+    assert!(is_conflict(&err, Conflict::ProjectArchived), "got {err:?}");
+    for (scope, gone, key) in [
+        (&a.scope, &reused_id, "k-1"),
+        (&b.scope, &foreign_id, "k-2"),
+        (&a.scope, &late_id, "k-3"),
+    ] {
+        let err = store.get_thread(scope, gone).await.unwrap_err();
+        assert!(is_not_found(&err, Entity::Thread), "got {err:?}");
+        if key != "k-1" {
+            assert_eq!(
+                store
+                    .idempotent_result(scope, "askAgentPool:p", key, "h")
+                    .await
+                    .unwrap(),
+                None,
+                "a refusal records no key"
+            );
+        }
+    }
     store.close().await;
 }
 
@@ -1115,9 +1204,9 @@ async fn idempotent_submits_replay_the_first_answer(db: &TestDatabase) {
         None,
         "a refusal records nothing"
     );
-    // Another deployment's thread is not found, and its key is its own.
+    // Another deployment's thread is not found, even with a key this deployment recorded.
     let err = store
-        .cancel_runs_once(&b.scope, &t.id, &refused)
+        .cancel_runs_once(&b.scope, &t.id, &cancel)
         .await
         .unwrap_err();
     assert!(is_not_found(&err, Entity::Thread), "got {err:?}");

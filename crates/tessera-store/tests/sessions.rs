@@ -337,10 +337,18 @@ async fn a_decision_under_a_key_replays_its_answer(db: &TestDatabase) {
         "{err:?}"
     );
 
-    // Another deployment does not see the action, nor the key.
+    // Another deployment does not see the action, nor the key this one recorded.
     let stranger = tenant(&store, "decide-stranger").await;
+    let recorded = IdempotentWrite { key: "k", ..other };
     let err = store
-        .resolve_action_once(&stranger.scope, &th.id, &id, true, Timestamp::now(), &other)
+        .resolve_action_once(
+            &stranger.scope,
+            &th.id,
+            &id,
+            true,
+            Timestamp::now(),
+            &recorded,
+        )
         .await
         .unwrap_err();
     assert!(

@@ -282,13 +282,14 @@ async fn pool_actor(
     }
 }
 
-/// A new session on `agent`: a thread in the pool actor's project for that agent.
+/// A new session on `agent`: a thread in the pool actor's project for that agent (found or
+/// created here), to be created by the ask's submission.
 async fn new_session(
     state: &AppState,
     scope: &Scope,
     slug: &EndpointSlug,
     agent: &AgentId,
-) -> ApiResult<ThreadId> {
+) -> ApiResult<NewThread> {
     let actor = pool_actor(state, scope, slug).await?;
     let filter = ProjectFilter {
         actor_id: Some(actor.clone()),
@@ -310,15 +311,14 @@ async fn new_session(
             state.store.create_project(scope, &new).await?.id
         }
     };
-    let thread = NewThread {
+    Ok(NewThread {
         project_id: project,
         title: Label::parse("title", format!("pool {} session", slug.as_str()))?,
         system_instructions: None,
         purpose: ThreadPurpose::Conversation,
         capability_tags: Vec::new(),
         context_group: None,
-    };
-    Ok(state.store.create_thread(scope, &thread).await?.id)
+    })
 }
 
 /// The least busy agent of the pool; ties are broken at random so that replicas share work.
@@ -394,7 +394,7 @@ pub(crate) async fn ask_agent_pool(
         }
     }
     let pool = state.store.pool_agents(scope, slug.as_str()).await?;
-    let thread_id = match requested_thread {
+    let (thread_id, new_thread) = match requested_thread {
         Some(thread_id) => {
             let thread = state
                 .store
@@ -411,14 +411,17 @@ pub(crate) async fn ask_agent_pool(
             if !pool.iter().any(|(agent, _)| *agent == thread.agent_id) {
                 return Err(StoreError::not_found_at(Entity::Thread, "thread_id").into());
             }
-            thread_id
+            (thread_id, None)
         }
         None => {
             let agent = pick_agent(&pool).ok_or_else(|| ApiError::not_found(Entity::Endpoint))?;
             // A new session has no variables yet: variables over the limits are refused before
-            // the session is made, so a refused ask leaves nothing behind.
+            // anything is made.
             patch.apply("context_variables", &Default::default())?;
-            new_session(&state, scope, &slug, &agent).await?
+            // The session's thread is created by the submission's transaction: a refused or
+            // failed ask leaves no session behind, and a retry with the same key makes none.
+            let new = new_session(&state, scope, &slug, &agent).await?;
+            (ThreadId::generate(), Some(Box::new(new)))
         }
     };
     let run_id = RunId::generate();
@@ -447,6 +450,7 @@ pub(crate) async fn ask_agent_pool(
             request_hash: hash,
             result: record,
         }),
+        new_thread,
         // Merged in the submission's transaction: a refused ask changes nothing.
         variables: patch,
         start: None,
@@ -616,7 +620,8 @@ pub(crate) async fn resolve_pending_action(
         Some(key) => {
             // The key is taken and the answer recorded in the decision's own transaction: a
             // retry after a lost answer replays it instead of `action_already_decided`.
-            let operation = format!("resolvePendingAction:{action_id}");
+            // Scoped to the path: the same key sent for another thread is another request.
+            let operation = format!("resolvePendingAction:{thread_id}:{action_id}");
             let hash = request_hash(&req);
             let answer = |action: &PendingAction| {
                 serde_json::to_value(action_resolved(&thread_id, action.clone(), req.confirmed))

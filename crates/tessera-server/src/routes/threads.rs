@@ -213,6 +213,7 @@ pub(crate) async fn send_message(
             request_hash,
             result: serde_json::to_value(&accepted).unwrap_or_default(),
         }),
+        new_thread: None,
         variables: Default::default(),
         start: None,
     };

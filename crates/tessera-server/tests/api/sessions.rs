@@ -356,6 +356,18 @@ async fn an_idempotent_decision_replays_its_answer(db: &TestDatabase) {
     resolve(&app, &thread, &action, true)
         .await
         .assert_error(409, "action_already_decided", None);
+    // The key belongs to its path: sent for another session, the action is not found there.
+    let (_, elsewhere, _) = paused_ask(&app, "once", None).await;
+    send(
+        app.request(
+            Method::POST,
+            &format!("/api/v1/sessions/{elsewhere}/actions/{action}"),
+        )
+        .header("Idempotency-Key", "k-1")
+        .json(&json!({"confirmed": true})),
+    )
+    .await
+    .assert_error(404, "action_not_found", None);
     app.stop().await;
 }
 
@@ -664,6 +676,31 @@ async fn idempotent_ask_starts_nothing_new(db: &TestDatabase) {
         Some(tessera_client::ErrorCode::IdempotencyKeyReused),
         "{other:?}"
     );
+    // Retries of a new-session ask racing each other: one session, one answer.
+    let racing = || {
+        sessions
+            .ask(
+                "idem",
+                AskRequest {
+                    content: "racing".into(),
+                    ..Default::default()
+                },
+            )
+            .idempotency_key("k-2")
+            .send()
+    };
+    let (r1, r2, r3, r4) = tokio::join!(racing(), racing(), racing(), racing());
+    let first = r1.unwrap();
+    for retry in [r2, r3, r4] {
+        let retry = retry.unwrap();
+        assert_eq!(
+            (&retry.thread_id, &retry.response_id),
+            (&first.thread_id, &first.response_id)
+        );
+    }
+    // No session was left behind by a retry: two asks, two sessions.
+    let usage = sessions.usage(UsageParams::default()).send().await.unwrap();
+    assert_eq!(usage.totals.sessions, 2, "{usage:?}");
     app.stop().await;
 }
 

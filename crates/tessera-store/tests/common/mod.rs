@@ -122,6 +122,7 @@ pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> 
         run_id,
         policy: Some(policy),
         idempotency: None,
+        new_thread: None,
         variables: Default::default(),
         start: None,
     }
