@@ -919,7 +919,9 @@ pub trait IdentityStore {
     /// ended meanwhile (signed out, or revoked by a replay of the ticket it came from) stays
     /// ended. What made the old session carries over: its impersonator and the ticket it came
     /// from (so that a replay of that ticket still revokes the new session), and its absolute
-    /// limit when earlier than `new.expires_at`; `new.impersonation` is not used.
+    /// limit when earlier than `new.expires_at`; `new.impersonation` is not used. A
+    /// `new.active_organization_id` the user is not a member of (or no longer, when a removal
+    /// commits first) is `NotFound(Organization)` and nothing changes.
     async fn rotate_session(
         &self,
         scope: &Scope,

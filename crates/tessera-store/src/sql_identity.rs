@@ -783,6 +783,24 @@ macro_rules! impl_identity_sql {
                 if let Some(user_id) = &new.user_id {
                     lock_enabled_user(&mut tx, scope, user_id).await?;
                 }
+                // The active organization must be one of the user's: its membership row is
+                // locked, so a removal of the membership either waits for this transaction (and
+                // then clears the organization from the new session, as from every other) or
+                // commits first and the organization is refused here.
+                if let Some(org) = &new.active_organization_id {
+                    let member = sqlx::query(&format!(
+                        "SELECT 1 FROM memberships WHERE organization_id = $1 AND user_id = $2 AND deployment_id = $3{}",
+                        Self::ROW_LOCK
+                    ))
+                    .bind(org.as_str())
+                    .bind(new.user_id.as_ref().map(|u| u.as_str()))
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if member.is_none() {
+                        return Err(StoreError::not_found(Entity::Organization));
+                    }
+                }
                 // The old session goes only if it is still live (and the same user's); what made
                 // it comes along.
                 let mut delete = QueryBuilder::<$db>::new("DELETE FROM browser_sessions WHERE token_hash = ");

@@ -39,6 +39,7 @@ backend_tests!(
     the_exchange_answers_with_the_actor_and_the_live_agents,
     an_impersonation_signs_the_browser_in_as_the_user,
     a_rotation_waits_for_a_replay_of_its_ticket,
+    a_rotation_into_an_organization_needs_the_membership,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -1004,4 +1005,113 @@ async fn a_rotation_waits_for_a_replay_of_its_ticket(db: &TestDatabase) {
             None
         );
     }
+}
+
+async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase) {
+    use tessera_domain::identity::{NewOrganization, Role};
+    let store = open(db).await;
+    let scope = deployment(&store, "orgs").await;
+    let user = user(&store, &scope).await;
+    let org = store
+        .create_organization(
+            &scope,
+            &NewOrganization {
+                name: Label::parse("name", "Acme").unwrap(),
+                slug: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (cookie, signed_in) = browser(Some(user.id.clone()));
+    store.create_session(&scope, &signed_in).await.unwrap();
+    let into_org = |cookie_of: &PlainSecret| {
+        let (next_cookie, mut next) = browser(Some(user.id.clone()));
+        next.active_organization_id = Some(org.id.clone());
+        (cookie_of.hash(), next_cookie, next)
+    };
+    let now = Timestamp::now();
+
+    // Not a member: refused, and the session stays as it was.
+    let (old, _, next) = into_org(&cookie);
+    assert!(matches!(
+        store.rotate_session(&scope, &old, &next).await,
+        Err(StoreError::NotFound {
+            entity: Entity::Organization,
+            ..
+        })
+    ));
+    assert!(store
+        .find_session(&scope, &old, now, 600_000)
+        .await
+        .unwrap()
+        .is_some());
+
+    // A member: rotated into it.
+    store
+        .add_member(&scope, &org.id, &user.id, Role::Member)
+        .await
+        .unwrap();
+    let (old, cookie, next) = into_org(&cookie);
+    let rotated = store.rotate_session(&scope, &old, &next).await.unwrap();
+    assert_eq!(rotated.active_organization_id.as_ref(), Some(&org.id));
+
+    // A removal of the membership racing the next rotation: either the removal goes first and
+    // the organization is refused, or it waits and clears the organization from the new session.
+    let (old, next_cookie, next) = into_org(&cookie);
+    if db.backend() == tessera_store::Backend::Postgres {
+        let (mut removal, pid) = common::hold(
+            db,
+            "DELETE FROM memberships WHERE user_id = $1",
+            user.id.as_str(),
+        )
+        .await;
+        let rotating = {
+            let (store, scope, old, next) =
+                (store.clone(), scope.clone(), old.clone(), next.clone());
+            tokio::spawn(async move { store.rotate_session(&scope, &old, &next).await })
+        };
+        common::wait_until_blocked_by(
+            &mut removal,
+            pid,
+            "the rotation never waited for the membership",
+        )
+        .await;
+        sqlx::query("UPDATE browser_sessions SET active_organization_id = NULL WHERE user_id = $1")
+            .bind(user.id.as_str())
+            .execute(&mut removal)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut removal).await.unwrap();
+        assert!(matches!(
+            rotating.await.unwrap(),
+            Err(StoreError::NotFound {
+                entity: Entity::Organization,
+                ..
+            })
+        ));
+    } else {
+        // One writer at a time: the removal, then the rotation.
+        store
+            .remove_member(&scope, &org.id, &user.id)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.rotate_session(&scope, &old, &next).await,
+            Err(StoreError::NotFound {
+                entity: Entity::Organization,
+                ..
+            })
+        ));
+    }
+    assert!(store
+        .find_session(&scope, &next_cookie.hash(), now, 600_000)
+        .await
+        .unwrap()
+        .is_none());
+    let kept = store
+        .find_session(&scope, &old, now, 600_000)
+        .await
+        .unwrap()
+        .expect("the refused rotation keeps the session");
+    assert_eq!(kept.active_organization_id, None, "the removal cleared it");
 }

@@ -19,7 +19,7 @@ use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::{AuditActor, AuditKind, Email, Password, User};
 use tessera_domain::password::verify_password;
 use tessera_domain::{OrganizationId, Scope, Timestamp};
-use tessera_store::{Throttle, ThrottleBucket};
+use tessera_store::{Entity, Throttle, ThrottleBucket};
 
 use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
@@ -354,6 +354,14 @@ struct SignedIn {
     cookie: String,
 }
 
+fn not_a_member() -> ApiError {
+    ApiError::new(
+        ErrorCode::OrganizationNotFound,
+        "organization_id: the user is not a member of this organization",
+    )
+    .with_field("organization_id")
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password")
 }
@@ -652,11 +660,7 @@ pub(crate) async fn set_active_organization(
         .user_memberships(&caller.scope, &caller.user.id)
         .await?;
     if !memberships.iter().any(|(_, o)| o.id == organization_id) {
-        return Err(ApiError::new(
-            ErrorCode::OrganizationNotFound,
-            "organization_id: the user is not a member of this organization",
-        )
-        .with_field("organization_id"));
+        return Err(not_a_member());
     }
     // The session keeps its absolute limit and, for an impersonation, its impersonator and
     // ticket (the store carries them over).
@@ -667,6 +671,11 @@ pub(crate) async fn set_active_organization(
     );
     let rotated = match state.store.rotate_session(&caller.scope, hash, &new).await {
         Ok(session) => session,
+        // The membership was removed since it was read above.
+        Err(tessera_store::StoreError::NotFound {
+            entity: Entity::Organization,
+            ..
+        }) => return Err(not_a_member()),
         Err(tessera_store::StoreError::NotFound { .. }) => {
             return Err(ApiError::unauthorized("not signed in"))
         }
