@@ -1534,7 +1534,8 @@ pub trait WorkspaceStore {
         file: &NewFile,
     ) -> StoreResult<FileMeta>;
 
-    /// Deletes the chunks of a blob that will not be committed.
+    /// Deletes the chunks of a blob that will not be committed; the chunks of a blob a file
+    /// was committed with are kept.
     async fn discard_blob(&self, scope: &Scope, blob_id: &BlobId) -> StoreResult<()>;
 
     /// Maintenance (all deployments): deletes the chunks of every blob no file points at whose

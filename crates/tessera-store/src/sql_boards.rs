@@ -1196,11 +1196,16 @@ macro_rules! impl_board_sql {
 
             async fn discard_blob(&self, scope: &Scope, blob_id: &BlobId) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM blob_chunks WHERE blob_id = $1 AND deployment_id = $2")
-                    .bind(blob_id.as_str())
-                    .bind(scope.deployment_id().as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                // Never the chunks of a committed file: a commit whose answer was lost (the
+                // connection dropped after COMMIT) looks failed to the uploader, which discards.
+                sqlx::query(
+                    "DELETE FROM blob_chunks WHERE blob_id = $1 AND deployment_id = $2
+                       AND NOT EXISTS (SELECT 1 FROM workspace_files f WHERE f.blob_id = $1 AND f.deployment_id = $2)",
+                )
+                .bind(blob_id.as_str())
+                .bind(scope.deployment_id().as_str())
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(())
             }

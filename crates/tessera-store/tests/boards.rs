@@ -828,6 +828,13 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
         .unwrap();
     store.discard_blob(&t.scope, &blob).await.unwrap();
     assert!(store.read_blob_chunk(&t.scope, &blob, 0).await.is_err());
+    // A discard of a committed file's blob (an upload whose commit succeeded though its answer
+    // was lost) keeps the file's content.
+    store.discard_blob(&t.scope, &second.blob_id).await.unwrap();
+    assert!(store
+        .read_blob_chunk(&t.scope, &second.blob_id, 0)
+        .await
+        .is_ok());
 }
 
 async fn a_path_is_a_file_or_a_directory(db: &TestDatabase) {
