@@ -121,6 +121,7 @@ async fn setup(db: &TestDatabase) -> Setup {
                 policy: Some(MultitaskPolicy::Enqueue),
                 idempotency: None,
                 new_thread: None,
+                refuse_hidden: false,
                 variables: Default::default(),
                 start: None,
             },

@@ -258,6 +258,7 @@ impl Rig {
             policy: Some(MultitaskPolicy::Enqueue),
             idempotency: None,
             new_thread: None,
+            refuse_hidden: false,
             variables: Default::default(),
             start: None,
         };

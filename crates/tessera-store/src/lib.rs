@@ -515,6 +515,9 @@ pub struct SubmitRun {
     /// taken, so a refused submission leaves no thread behind and a retry with the same key
     /// creates none.
     pub new_thread: Option<Box<NewThread>>,
+    /// A browser session's message: a conversation the session deleted (hidden, see
+    /// [`TicketStore::hide_context`]) takes none (`NotFound(Context)`).
+    pub refuse_hidden: bool,
     /// Context variables to merge into the session with the message (`askAgentPool`), in the
     /// same transaction: a refused message merges nothing, a refused merge sends nothing.
     pub variables: tessera_domain::session::VariablePatch,
@@ -1137,13 +1140,16 @@ pub trait TicketStore {
         title: &Label,
     ) -> StoreResult<Thread>;
 
-    /// Hides a conversation from the session's partition (the backend keeps the thread).
+    /// Hides a conversation from the session's partition (the backend keeps the thread) and
+    /// stops its open runs, in one transaction: a message the session sends meanwhile either
+    /// starts a run this stops, or is refused once the conversation is hidden (see
+    /// [`SubmitRun::refuse_hidden`]). Returns the runs stopped (as [`RunStore::cancel_runs`]).
     async fn hide_context(
         &self,
         scope: &Scope,
         session: &tessera_domain::ticket::AgentSession,
         id: &ThreadId,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<Run>>;
 }
 
 /// Console administrators: installation-wide, not tenant data.

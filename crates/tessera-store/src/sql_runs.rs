@@ -760,7 +760,7 @@ macro_rules! impl_run_sql {
             }
         }
 
-        async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
+        pub(super) async fn open_runs(conn: &mut Conn, thread_id: &str) -> StoreResult<Vec<Run>> {
             let rows = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE thread_id = $1 AND status IN {OPEN_STATUSES} ORDER BY id"
             ))
@@ -1200,7 +1200,7 @@ macro_rules! impl_run_sql {
                 };
                 let thread_row = sqlx::query(&format!(
                     "UPDATE threads SET last_seq = last_seq + 2, updated_at = $1
-                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq, closed_at{checks}"
+                     WHERE id = $2 AND deployment_id = $3 RETURNING last_seq, closed_at, hidden_at{checks}"
                 ))
                 .bind(now.as_millis())
                 .bind(thread_id.as_str())
@@ -1208,7 +1208,11 @@ macro_rules! impl_run_sql {
                 .fetch_optional(&mut **tx)
                 .await?
                 .ok_or(StoreError::not_found(Entity::Thread))?;
-                // A closed session takes no message (the update above is rolled back).
+                // A conversation its session deleted takes no message from it, and a closed
+                // session none at all (the update above is rolled back).
+                if submit.refuse_hidden && thread_row.try_get::<Option<i64>, _>("hidden_at")?.is_some() {
+                    return Err(StoreError::not_found(Entity::Context));
+                }
                 if thread_row.try_get::<Option<i64>, _>("closed_at")?.is_some() {
                     return Err(StoreError::Conflict(Conflict::SessionClosed));
                 }
@@ -1797,6 +1801,43 @@ macro_rules! impl_run_sql {
         }
 
         impl $store {
+            /// Stops `open` (the thread's open runs, locked or read by the caller's
+            /// transaction): queued ones end `cancelled` at once, others are flagged for their
+            /// worker; with their events, and every node's workers woken. Returns them as stopped.
+            pub(crate) async fn stop_runs(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                dep: &str,
+                thread_id: &ThreadId,
+                open: &[Run],
+            ) -> StoreResult<Vec<Run>> {
+                let mut affected = Vec::new();
+                let mut stops = Vec::new();
+                for run in open {
+                    let (run, stopped_here, events) = stop_run(&mut **tx, run, 1).await?;
+                    if !stopped_here {
+                        self.notify(tx, &Notification::CancelRun(run.id.clone())).await?;
+                    }
+                    stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
+                    affected.push(run);
+                }
+                if !stops.is_empty() {
+                    let last = reserve_seqs(&mut **tx, thread_id.as_str(), stops.len()).await?;
+                    let rows = numbered(
+                        dep,
+                        thread_id.as_str(),
+                        last - stops.len() as i64 + 1,
+                        stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
+                    );
+                    insert_events(&mut **tx, &rows, Timestamp::now()).await?;
+                }
+                // A paused run it stopped is released for a worker to end it (settling its actions):
+                // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
+                self.notify(tx, &Notification::Runs).await?;
+                self.notify(tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                Ok(affected)
+            }
+
             /// `cancel_runs`, under `key` when one is given (taken before the thread is read).
             async fn do_cancel_runs(
                 &self,
@@ -1819,30 +1860,7 @@ macro_rules! impl_run_sql {
                     if open.is_empty() {
                         return Err(StoreError::Conflict(Conflict::RunNotActive));
                     }
-                    let mut affected = Vec::new();
-                    let mut stops = Vec::new();
-                    for run in &open {
-                        let (run, stopped_here, events) = stop_run(&mut tx, run, 1).await?;
-                        if !stopped_here {
-                            self.notify(&mut tx, &Notification::CancelRun(run.id.clone())).await?;
-                        }
-                        stops.extend(events.into_iter().map(|e| (run.id.clone(), e)));
-                        affected.push(run);
-                    }
-                    if !stops.is_empty() {
-                        let last = reserve_seqs(&mut tx, thread_id.as_str(), stops.len()).await?;
-                        let rows = numbered(
-                            dep,
-                            thread_id.as_str(),
-                            last - stops.len() as i64 + 1,
-                            stops.iter().map(|(r, e): &(RunId, NewEvent)| (Some(r.as_str()), e)),
-                        );
-                        insert_events(&mut tx, &rows, Timestamp::now()).await?;
-                    }
-                    // A paused run it stopped is released for a worker to end it (settling its actions):
-                    // wake every node's workers. Cancels are rare; one wake-up too many costs a look.
-                    self.notify(&mut tx, &Notification::Runs).await?;
-                    self.notify(&mut tx, &Notification::ThreadEvents(thread_id.clone())).await?;
+                    let affected = self.stop_runs(&mut tx, dep, thread_id, &open).await?;
                     if let Some(key) = key {
                         record_answer(&mut tx, dep, key, &affected[..]).await?;
                     }

@@ -1255,19 +1255,35 @@ macro_rules! impl_ticket_sql {
                 scope: &Scope,
                 session: &AgentSession,
                 thread: &ThreadId,
-            ) -> StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE threads SET hidden_at = ");
-                qb.push_bind(Timestamp::now().as_millis());
-                qb.push(" WHERE");
-                push_partition(&mut qb, scope, session);
-                qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
-                let hidden = qb.build().execute(&mut *tx).await?.rows_affected();
-                if hidden == 0 {
-                    return Err(StoreError::not_found(Entity::Context));
-                }
-                tx.commit().await?;
-                Ok(())
+            ) -> StoreResult<Vec<tessera_domain::thread::Run>> {
+                use super::run_sql::{lock_open_runs, open_runs};
+                // A hide races the thread's worker like a close: see `retry_transient`.
+                $crate::retry_transient(|| async move {
+                    let dep = scope.deployment_id().as_str();
+                    let mut tx = self.begin_write().await?;
+                    // The open runs are stopped below: lock them before the thread, whose update
+                    // then waits for a submission in flight, and look again once it holds it.
+                    lock_open_runs(&mut tx, dep, thread.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::First).await?;
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE threads SET hidden_at = ");
+                    qb.push_bind(Timestamp::now().as_millis());
+                    qb.push(" WHERE");
+                    push_partition(&mut qb, scope, session);
+                    qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
+                    let hidden = qb.build().execute(&mut *tx).await?.rows_affected();
+                    if hidden == 0 {
+                        return Err(StoreError::not_found(Entity::Context));
+                    }
+                    lock_open_runs(&mut tx, dep, thread.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::Recheck).await?;
+                    let open = open_runs(&mut tx, thread.as_str()).await?;
+                    let stopped = if open.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.stop_runs(&mut tx, dep, thread, &open).await?
+                    };
+                    tx.commit().await?;
+                    Ok(stopped)
+                })
+                .await
             }
         }
 

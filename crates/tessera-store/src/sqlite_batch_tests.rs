@@ -706,6 +706,7 @@ impl Tenant {
             policy: None,
             idempotency: None,
             new_thread: None,
+            refuse_hidden: false,
             variables: Default::default(),
             start: Some(crate::StartHere {
                 owner: "worker".to_owned(),

@@ -11,21 +11,22 @@ mod common;
 
 use std::sync::Arc;
 
+use tessera_domain::agent::MultitaskPolicy;
 use tessera_domain::identity::{Email, NewSession, NewUser};
 use tessera_domain::password::hash_password;
 use tessera_domain::records::NewActor;
 use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SecretHash, SECRET_KEY_PREFIX};
-use tessera_domain::thread::ContextGroup;
+use tessera_domain::thread::{ContextGroup, RunStatus};
 use tessera_domain::ticket::{
     Binding, Issuer, SessionMode, SessionName, SessionTicket, TicketGrant, TICKET_PREFIX,
 };
 use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, SubjectType};
-use tessera_domain::{AgentId, Scope, SecretKeyId, Timestamp};
+use tessera_domain::{AgentId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
     backend_tests, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket, NewSecretKey,
-    NewTicket, PageRequest, Store, StoreError,
+    NewTicket, PageRequest, Store, StoreError, SubmitRun,
 };
 
 backend_tests!(
@@ -40,6 +41,7 @@ backend_tests!(
     an_impersonation_signs_the_browser_in_as_the_user,
     a_rotation_waits_for_a_replay_of_its_ticket,
     a_rotation_into_an_organization_needs_the_membership,
+    a_hidden_conversation_keeps_no_open_run,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -570,7 +572,10 @@ async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
             .rename_context(&scope, &sessions[1], &mine.id, &title)
             .await
             .map(|_| ()),
-        store.hide_context(&scope, &sessions[1], &mine.id).await,
+        store
+            .hide_context(&scope, &sessions[1], &mine.id)
+            .await
+            .map(|_| ()),
     ] {
         assert!(
             matches!(
@@ -583,16 +588,119 @@ async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
             "{result:?}"
         );
     }
-    store
+    // Hiding stops the conversation's runs in the same transaction.
+    let queued = common::created(
+        store
+            .submit_run(&scope, &mine.id, &from_session(&mine.id, "hello"))
+            .await
+            .unwrap(),
+    )
+    .0;
+    let stopped = store
         .hide_context(&scope, &sessions[0], &mine.id)
         .await
         .unwrap();
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(
+        (&stopped[0].id, stopped[0].status),
+        (&queued.id, RunStatus::Cancelled)
+    );
     assert!(store
         .get_context(&scope, &sessions[0], &mine.id)
         .await
         .is_err());
-    // The backend still has the thread.
+    // The session can send it nothing more; the backend still has the thread and can.
+    let err = store
+        .submit_run(&scope, &mine.id, &from_session(&mine.id, "again"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: Entity::Context,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     store.get_thread(&scope, &mine.id).await.unwrap();
+    let backend = common::submission(&mine.id, "from the backend", MultitaskPolicy::Enqueue);
+    common::created(store.submit_run(&scope, &mine.id, &backend).await.unwrap());
+}
+
+/// A message of a browser's agent session to `thread`.
+fn from_session(thread: &ThreadId, text: &str) -> SubmitRun {
+    SubmitRun {
+        refuse_hidden: true,
+        ..common::submission(thread, text, MultitaskPolicy::Enqueue)
+    }
+}
+
+async fn a_hidden_conversation_keeps_no_open_run(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "hide-race").await;
+    let a = agent(&store, &scope).await;
+    let t = mint(
+        &store,
+        &scope,
+        access(&a, SessionMode::Static, Some("g"), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ExchangeOutcome::Agent { session, .. } = store
+        .exchange_ticket(&scope, &exchange(&t, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let title = Label::parse("title", "chat").unwrap();
+    // Messages racing the deletion: each is refused, or its run is stopped by it.
+    for round in 0..10 {
+        let chat = store
+            .create_context(&scope, &session, &a, &title)
+            .await
+            .unwrap();
+        let sends = (0..4).map(|i| {
+            let (store, scope, id) = (store.clone(), scope.clone(), chat.id.clone());
+            tokio::spawn(async move {
+                store
+                    .submit_run(&scope, &id, &from_session(&id, &format!("m{i}")))
+                    .await
+            })
+        });
+        let hide = {
+            let (store, scope, session, id) = (
+                store.clone(),
+                scope.clone(),
+                session.clone(),
+                chat.id.clone(),
+            );
+            tokio::spawn(async move { store.hide_context(&scope, &session, &id).await })
+        };
+        let mut runs = Vec::new();
+        for sent in futures_util::future::join_all(sends).await {
+            match sent.unwrap() {
+                Ok(outcome) => runs.push(common::created(outcome).0.id),
+                Err(StoreError::NotFound {
+                    entity: Entity::Context,
+                    ..
+                }) => {}
+                Err(err) => panic!("round {round}: {err:?}"),
+            }
+        }
+        hide.await.unwrap().unwrap();
+        for id in &runs {
+            let run = store.get_run(&scope, &chat.id, id).await.unwrap();
+            assert_eq!(
+                run.status,
+                RunStatus::Cancelled,
+                "round {round}: a run still open after the deletion: {run:?}"
+            );
+        }
+    }
 }
 
 async fn the_console_admin_is_created_once(db: &TestDatabase) {

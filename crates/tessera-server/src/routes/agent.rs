@@ -28,7 +28,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{page_request, ApiJson, ApiQuery};
 use crate::identity::{bearer, check_origin, current_session, deployment_for_request};
 use crate::routes::sessions::{action_resolved, resolve_action, resolved_status};
-use crate::routes::threads::{cancel_runs, idempotency_key, request_hash, send_message};
+use crate::routes::threads::{
+    announce_stops, cancel_runs, idempotency_key, request_hash, send_message, Sender,
+};
 use crate::AppState;
 
 /// A browser (or bearer-token client) with a live agent session.
@@ -390,16 +392,13 @@ pub(crate) async fn delete_agent_context(
     headers: HeaderMap,
 ) -> ApiResult<Json<api::DeletedAgentContext>> {
     caller.check_write(&headers)?;
-    caller.context(&state, &id).await?;
-    match cancel_runs(&state, &caller.scope, &id, None).await {
-        Ok(_) => {}
-        Err(err) if err.code == tessera_api::ErrorCode::RunNotActive => {}
-        Err(err) => return Err(err),
-    }
-    state
+    // Hidden and its runs stopped in one transaction (a message sent meanwhile is refused or
+    // its run stopped too).
+    let stopped = state
         .store
         .hide_context(&caller.scope, &caller.session, &id)
         .await?;
+    announce_stops(&state, &id, &stopped);
     Ok(Json(api::DeletedAgentContext {
         id: id.into_string(),
         deleted: true,
@@ -481,7 +480,15 @@ pub(crate) async fn send_agent_context_message(
         content: req.content,
         files: None,
     };
-    let accepted = send_message(&state, &caller.scope, &id, message, idempotency).await?;
+    let accepted = send_message(
+        &state,
+        &caller.scope,
+        &id,
+        message,
+        idempotency,
+        Sender::AgentSession,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 

@@ -451,6 +451,7 @@ pub(crate) async fn ask_agent_pool(
             result: record,
         }),
         new_thread,
+        refuse_hidden: false,
         // Merged in the submission's transaction: a refused ask changes nothing.
         variables: patch,
         start: None,

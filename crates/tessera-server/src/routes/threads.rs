@@ -157,7 +157,15 @@ pub(crate) async fn execute(
     let idempotency = key.map(|key| (operation, key, hash));
     let accepted = match (req.message, req.cancel) {
         (Some(message), None | Some(false)) => {
-            send_message(&state, &caller.scope, &thread_id, message, idempotency).await?
+            send_message(
+                &state,
+                &caller.scope,
+                &thread_id,
+                message,
+                idempotency,
+                Sender::Backend,
+            )
+            .await?
         }
         (None, Some(true)) => cancel_runs(&state, &caller.scope, &thread_id, idempotency).await?,
         _ => {
@@ -173,6 +181,14 @@ pub(crate) async fn execute(
 /// `(operation, Idempotency-Key, request hash)` of an idempotent request.
 pub(crate) type IdempotencyParts = (String, String, String);
 
+/// Who sends a message: the backend, or a browser's agent session (which cannot send to a
+/// conversation it deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    Backend,
+    AgentSession,
+}
+
 /// Stores a user message and queues its run, applying the agent's multitask policy and the
 /// idempotency key; wakes the workers. Shared by the backend API and the browser API.
 pub(crate) async fn send_message(
@@ -181,6 +197,7 @@ pub(crate) async fn send_message(
     thread_id: &ThreadId,
     message: api::NewMessage,
     idempotency: Option<IdempotencyParts>,
+    from: Sender,
 ) -> ApiResult<api::RunAccepted> {
     let (content, files) = convert::new_message(message)?;
     let run_id = RunId::generate();
@@ -214,6 +231,7 @@ pub(crate) async fn send_message(
             result: serde_json::to_value(&accepted).unwrap_or_default(),
         }),
         new_thread: None,
+        refuse_hidden: from == Sender::AgentSession,
         variables: Default::default(),
         start: None,
     };
@@ -294,14 +312,20 @@ pub(crate) async fn cancel_runs(
             }
         }
     };
+    announce_stops(state, thread_id, &runs);
+    Ok(cancel_answer(&runs))
+}
+
+/// After runs were stopped (`cancel_runs`, `hide_context`): stops their workers on this node,
+/// wakes the workers (a paused run is released for one to end it, settling its pending
+/// actions) and tells the thread's streams to look.
+pub(crate) fn announce_stops(state: &AppState, thread_id: &ThreadId, runs: &[Run]) {
     let rt = &state.runtime;
-    // A paused run is released for a worker to end it (settling its pending actions).
     rt.hub.wake_workers();
     for run in runs.iter().filter(|r| !r.status.is_terminal()) {
         rt.hub.stop_run(&run.id, Stop::Cancel);
     }
     rt.hub.publish(thread_id, Live::Look);
-    Ok(cancel_answer(&runs))
 }
 
 /// The answer to a cancellation of `runs`: `cancelling` (naming the first run still to stop)

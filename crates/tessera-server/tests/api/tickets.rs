@@ -824,6 +824,13 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(tessera_client::ErrorCode::ContextNotFound));
+    let err = me
+        .agent()
+        .send_message(&chat.id, "still there?")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tessera_client::ErrorCode::ContextNotFound));
     // The backend keeps the thread.
     app.client
         .ai()

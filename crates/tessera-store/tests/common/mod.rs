@@ -123,6 +123,7 @@ pub fn submission(thread_id: &ThreadId, text: &str, policy: MultitaskPolicy) -> 
         policy: Some(policy),
         idempotency: None,
         new_thread: None,
+        refuse_hidden: false,
         variables: Default::default(),
         start: None,
     }
