@@ -201,7 +201,10 @@ impl<'a> FileWriter<'a> {
         mime_type: String,
     ) -> Result<FileMeta, StoreError> {
         let result = self.finish_inner(workspace, path, mime_type).await;
-        if result.is_err() {
+        // A refusal committed nothing: its chunks go now. A database error may hide a commit
+        // that went through (its answer lost, or still being written when a discard would
+        // run): those chunks are left to the orphan sweep, which keeps a committed file's.
+        if matches!(&result, Err(err) if !matches!(err, StoreError::Database(_))) {
             let _ = self.store.discard_blob(self.scope, &self.blob_id).await;
         }
         result

@@ -222,7 +222,8 @@ const TRANSIENT_ATTEMPTS: u32 = 3;
 /// Writers take their locks in one order (runs before threads, see `lock_open_runs`), with
 /// known exceptions on PostgreSQL: a decision on a paused run's pending action (a person's
 /// confirmation, the expiry and warning sweeps) locks the action first and then its thread and
-/// run, while a cancellation or a close locks the run (and thread) first and then its actions;
+/// run, while a cancellation, a close or a deleted conversation (`hide_context`) locks the run
+/// (and thread) first and then its actions;
 /// and the board scheduler's slot claim holds its due items while it locks their threads, which
 /// a sweep locking several threads in another order can cross. Each of them can deadlock and
 /// runs here, so the one PostgreSQL aborts runs again once the other committed (the sessions

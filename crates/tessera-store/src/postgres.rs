@@ -221,6 +221,9 @@ impl PgStore {
     /// Check-then-write transactions lock the row they check, so a concurrent writer waits
     /// instead of acting on a stale check (READ COMMITTED would allow it).
     pub(crate) const ROW_LOCK: &'static str = " FOR UPDATE";
+    /// A row checked by writers that may run side by side but must keep it unchanged until
+    /// they commit (a project new threads go into: archiving it waits for them).
+    pub(crate) const SHARE_LOCK: &'static str = " FOR SHARE";
     /// Hot writes are written one per transaction (no group commit): nothing to write together.
     pub(crate) const BULK_HOT_WRITES: bool = false;
     /// Rows: sqlx decodes PostgreSQL's rows on the caller's task, with no hand-off per row.

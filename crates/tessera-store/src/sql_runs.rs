@@ -585,8 +585,10 @@ macro_rules! impl_run_sql {
             Ok(done.rows_affected() == 1)
         }
 
-        /// Inserts thread `id` of `new` (in the caller's transaction), locking its project so
-        /// that a concurrent archive cannot slip in between.
+        /// Inserts thread `id` of `new` (in the caller's transaction), holding its project with
+        /// a shared lock so that a concurrent archive cannot slip in between (while new threads
+        /// of the project, which an ask creates inside its whole submission, do not wait for
+        /// each other).
         pub(super) async fn insert_thread(
             conn: &mut Conn,
             deployment_id: &str,
@@ -596,7 +598,7 @@ macro_rules! impl_run_sql {
         ) -> StoreResult<Thread> {
             let project = sqlx::query(&format!(
                 "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
-                <$store>::ROW_LOCK
+                <$store>::SHARE_LOCK
             ))
             .bind(new.project_id.as_str())
             .bind(deployment_id)

@@ -1261,6 +1261,14 @@ macro_rules! impl_ticket_sql {
                 $crate::retry_transient(|| async move {
                     let dep = scope.deployment_id().as_str();
                     let mut tx = self.begin_write().await?;
+                    // Only the session's own conversation is touched (no lock is taken on
+                    // another's runs; the update below checks the partition again).
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT 1 FROM threads WHERE");
+                    push_partition(&mut qb, scope, session);
+                    qb.push(" AND id = ").push_bind(thread.as_str().to_owned());
+                    if qb.build().fetch_optional(&mut *tx).await?.is_none() {
+                        return Err(StoreError::not_found(Entity::Context));
+                    }
                     // The open runs are stopped below: lock them before the thread, whose update
                     // then waits for a submission in flight, and look again once it holds it.
                     lock_open_runs(&mut tx, dep, thread.as_str(), Self::ROW_LOCK, $crate::sql_runs::RunLock::First).await?;

@@ -286,6 +286,8 @@ impl SqliteStore {
     }
     /// Likewise for check-then-write transactions.
     pub(crate) const ROW_LOCK: &'static str = "";
+    /// Likewise for shared locks.
+    pub(crate) const SHARE_LOCK: &'static str = "";
     /// A group-commit batch writes its mints in one statement and its fresh browsers' exchanges
     /// of static anonymous tickets in a few (see `bulk_in`).
     pub(crate) const BULK_HOT_WRITES: bool = true;

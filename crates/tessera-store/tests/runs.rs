@@ -178,6 +178,7 @@ backend_tests!(
     threads_need_an_active_project_in_scope,
     submit_stores_the_message_and_queues_a_run,
     a_submission_creates_its_new_thread_or_nothing,
+    new_threads_share_their_project_and_hold_off_its_archive,
     event_numbers_are_per_thread_and_gapless_under_concurrency,
     concurrent_writes_that_fail_leave_the_others_alone,
     reject_policy_refuses_while_a_run_is_open,
@@ -361,6 +362,40 @@ async fn a_submission_creates_its_new_thread_or_nothing(db: &TestDatabase) {
             );
         }
     }
+    store.close().await;
+}
+
+async fn new_threads_share_their_project_and_hold_off_its_archive(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = tenant(&store, "share").await;
+    if db.backend() != tessera_store::Backend::Postgres {
+        // One writer at a time: nothing to cross.
+        thread(&store, &a, "t").await;
+        return;
+    }
+    // A new thread in flight (an ask's submission holds its project until it commits).
+    let (mut in_flight, pid) = hold(
+        db,
+        "SELECT id FROM actor_projects WHERE id = $1 FOR SHARE",
+        a.project.id.as_str(),
+    )
+    .await;
+    // Another new thread of the project does not wait for it ...
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.create_thread(&a.scope, &new_thread(&a.project.id, "side by side")),
+    )
+    .await
+    .expect("a new thread waited for another one")
+    .unwrap();
+    // ... but an archive of the project does.
+    let archiving = {
+        let (store, scope, id) = (store.clone(), a.scope.clone(), a.project.id.clone());
+        tokio::spawn(async move { store.archive_project(&scope, &id).await })
+    };
+    wait_until_blocked_by(&mut in_flight, pid, "the archive never waited").await;
+    sqlx::query("COMMIT").execute(&mut in_flight).await.unwrap();
+    archiving.await.unwrap().unwrap();
     store.close().await;
 }
 
