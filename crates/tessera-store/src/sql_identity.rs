@@ -577,6 +577,15 @@ macro_rules! impl_identity_sql {
             ) -> StoreResult<()> {
                 let dep = scope.deployment_id().as_str();
                 let mut tx = self.begin_write().await?;
+                // The user first, as a deletion of the user (and a rotation into an
+                // organization) take it: users, memberships, then sessions. Taking the
+                // membership first deadlocked with a deletion, which holds the user's sessions
+                // when it deletes the memberships.
+                sqlx::query(&format!("SELECT id FROM users WHERE id = $1 AND deployment_id = $2{}", Self::SHARE_LOCK))
+                    .bind(user_id.as_str())
+                    .bind(dep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 let removed = sqlx::query(
                     "DELETE FROM memberships
                      WHERE organization_id = $1 AND user_id = $2 AND deployment_id = $3",

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+mod common;
+
 use std::sync::Arc;
 
 use tessera_domain::identity::{
@@ -28,6 +30,7 @@ backend_tests!(
     users_update_and_delete,
     organizations_and_memberships,
     sessions_expire_rotate_and_end_with_their_user,
+    a_member_removal_waits_for_a_deletion_of_the_user,
     sign_in_failures_are_counted_per_bucket_and_window,
     audit_events_are_scoped_filtered_and_paged,
     signing_keys_are_created_once_and_rotated,
@@ -951,5 +954,73 @@ async fn deployments_are_found_by_origin(db: &TestDatabase) {
     assert_eq!(found(&["http://c.test"]).await, None);
     assert_eq!(found(&[]).await, None);
     let _ = OrganizationId::generate();
+    db_cleanup(store).await;
+}
+
+async fn a_member_removal_waits_for_a_deletion_of_the_user(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = deployment(&store, "a", "http://a.test").await;
+    let ada = store
+        .create_user(&a, &new_user("ada@example.com"))
+        .await
+        .unwrap();
+    let org = store
+        .create_organization(
+            &a,
+            &NewOrganization {
+                name: Label::parse("name", "Acme").unwrap(),
+                slug: None,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .add_member(&a, &org.id, &ada.id, Role::Member)
+        .await
+        .unwrap();
+    let (_, mut signed_in) = session(Some(&ada.id), Timestamp::now());
+    signed_in.active_organization_id = Some(org.id.clone());
+    store.create_session(&a, &signed_in).await.unwrap();
+    if db.backend() == tessera_store::Backend::Postgres {
+        // A deletion of the user in progress: it holds the user and has deleted the sessions
+        // (`delete_user`'s order); the removal must wait for the user instead of taking the
+        // membership the deletion needs next (which deadlocked).
+        let (mut deleting, pid) = common::hold(
+            db,
+            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+            ada.id.as_str(),
+        )
+        .await;
+        sqlx::query("DELETE FROM browser_sessions WHERE user_id = $1")
+            .bind(ada.id.as_str())
+            .execute(&mut deleting)
+            .await
+            .unwrap();
+        let removing = {
+            let (store, scope, org, user) =
+                (store.clone(), a.clone(), org.id.clone(), ada.id.clone());
+            tokio::spawn(async move { store.remove_member(&scope, &org, &user).await })
+        };
+        common::wait_until_blocked_by(&mut deleting, pid, "the removal never waited").await;
+        for sql in [
+            "DELETE FROM memberships WHERE user_id = $1",
+            "DELETE FROM users WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(ada.id.as_str())
+                .execute(&mut deleting)
+                .await
+                .expect("the deletion goes on (no deadlock)");
+        }
+        sqlx::query("COMMIT").execute(&mut deleting).await.unwrap();
+        assert_not_found(removing.await.unwrap(), Entity::Membership);
+    } else {
+        // One writer at a time: the deletion, then the removal.
+        store.delete_user(&a, &ada.id).await.unwrap();
+        assert_not_found(
+            store.remove_member(&a, &org.id, &ada.id).await,
+            Entity::Membership,
+        );
+    }
     db_cleanup(store).await;
 }
