@@ -62,7 +62,7 @@ macro_rules! impl_board_sql {
             BoardItemFilter, Conflict, Cursor, Entity, Idempotency, NewFile, Notification, Page,
             PageRequest, SlotOutcome, SlotRecord, StoreError, StoreResult, ThreadEvent,
         };
-        use super::run_sql::{find_idempotent, save_idempotent};
+        use super::run_sql::{active_project, claim_key};
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -219,17 +219,9 @@ macro_rules! impl_board_sql {
                 if let Some(idem) = idem {
                     // Taken first, so that a concurrent retry waits for this transaction and
                     // then returns its item.
-                    let op = idem.operation.as_str();
                     let mut record = idem.clone();
                     record.result = serde_json::json!({"board_item_id": item_id.as_str()});
-                    let replayed = match find_idempotent(&mut tx, dep, op, &idem.key, &idem.request_hash).await? {
-                        Some(result) => Some(result),
-                        None if !save_idempotent(&mut tx, dep, &record).await? => {
-                            find_idempotent(&mut tx, dep, op, &idem.key, &idem.request_hash).await?
-                        }
-                        None => None,
-                    };
-                    if let Some(result) = replayed {
+                    if let Some(result) = claim_key(&mut tx, dep, &record).await? {
                         let id = result["board_item_id"].as_str().unwrap_or_default().to_owned();
                         let id = parse_id(id, BoardItemId::parse)?;
                         let item = load_item(&mut tx, dep, &new.project_id, &id).await?;
@@ -239,21 +231,7 @@ macro_rules! impl_board_sql {
                 }
                 // Locks the project: a concurrent archive waits, and so does a concurrent
                 // creation, which then takes the next key.
-                let project = sqlx::query(&format!(
-                    "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
-                    Self::ROW_LOCK
-                ))
-                .bind(new.project_id.as_str())
-                .bind(dep)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::not_found(Entity::Project))?;
-                let status: String = project.try_get("status")?;
-                if status != "active" {
-                    return Err(StoreError::Conflict(Conflict::ProjectArchived));
-                }
-                let actor_id: String = project.try_get("actor_id")?;
-                let project_agent: String = project.try_get("agent_id")?;
+                let (actor_id, project_agent) = active_project(&mut tx, dep, &new.project_id, Self::ROW_LOCK).await?;
                 let tags: Vec<&str> = new.capability_tags.iter().map(|t| t.as_str()).collect();
                 let tags = serde_json::to_string(&tags).map_err(|e| corrupt("capability_tags", e))?;
                 let (thread_id, agent_id) = match &new.assignment {

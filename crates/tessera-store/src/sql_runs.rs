@@ -585,6 +585,30 @@ macro_rules! impl_run_sql {
             Ok(done.rows_affected() == 1)
         }
 
+        /// The actor and agent of project `id`, read with `lock` (a row lock clause, or none):
+        /// `NotFound(Project)` outside the deployment, [`Conflict::ProjectArchived`] unless it
+        /// is active.
+        pub(super) async fn active_project(
+            conn: &mut Conn,
+            deployment_id: &str,
+            id: &ProjectId,
+            lock: &str,
+        ) -> StoreResult<(String, String)> {
+            let project = sqlx::query(&format!(
+                "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{lock}"
+            ))
+            .bind(id.as_str())
+            .bind(deployment_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::not_found(Entity::Project))?;
+            let status: String = project.try_get("status")?;
+            if status != "active" {
+                return Err(StoreError::Conflict(Conflict::ProjectArchived));
+            }
+            Ok((project.try_get("actor_id")?, project.try_get("agent_id")?))
+        }
+
         /// Inserts thread `id` of `new` (in the caller's transaction), holding its project with
         /// a shared lock so that a concurrent archive cannot slip in between (while new threads
         /// of the project, which an ask creates inside its whole submission, do not wait for
@@ -596,21 +620,7 @@ macro_rules! impl_run_sql {
             new: &NewThread,
             now: Timestamp,
         ) -> StoreResult<Thread> {
-            let project = sqlx::query(&format!(
-                "SELECT actor_id, agent_id, status FROM actor_projects WHERE id = $1 AND deployment_id = $2{}",
-                <$store>::SHARE_LOCK
-            ))
-            .bind(new.project_id.as_str())
-            .bind(deployment_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(StoreError::not_found(Entity::Project))?;
-            let status: String = project.try_get("status")?;
-            if status != "active" {
-                return Err(StoreError::Conflict(Conflict::ProjectArchived));
-            }
-            let actor_id: String = project.try_get("actor_id")?;
-            let agent_id: String = project.try_get("agent_id")?;
+            let (actor_id, agent_id) = active_project(conn, deployment_id, &new.project_id, <$store>::SHARE_LOCK).await?;
             let tags: Vec<&str> = new.capability_tags.iter().map(|t| t.as_str()).collect();
             let row = sqlx::query(&format!(
                 "INSERT INTO threads (id, deployment_id, project_id, actor_id, agent_id, title,
@@ -635,31 +645,57 @@ macro_rules! impl_run_sql {
             thread_from_row(&row)
         }
 
-        /// Takes `key` for the transaction's write (see [`IdempotentWrite`]) with a placeholder
-        /// answer that [`record_answer`] replaces before commit: `Some(first answer)` when the
-        /// key was recorded before (then nothing is to be written). Call it before the write
-        /// reads anything, so that a concurrent request with the same key waits here.
+        /// Takes `idem`'s key for the transaction's write, recording `idem.result` as its answer
+        /// (which [`save_answer`] may replace before commit): `Some(first answer)` when the key
+        /// was recorded before (then nothing is to be written). Call it before the write reads
+        /// anything, so that a concurrent request with the same key waits here (PostgreSQL:
+        /// on the uncommitted key) and then replays.
+        pub(super) async fn claim_key(conn: &mut Conn, deployment_id: &str, idem: &Idempotency) -> StoreResult<Option<serde_json::Value>> {
+            let (op, key, hash) = (idem.operation.as_str(), idem.key.as_str(), idem.request_hash.as_str());
+            if let Some(first) = find_idempotent(conn, deployment_id, op, key, hash).await? {
+                return Ok(Some(first));
+            }
+            if save_idempotent(conn, deployment_id, idem).await? {
+                return Ok(None);
+            }
+            match find_idempotent(conn, deployment_id, op, key, hash).await? {
+                Some(first) => Ok(Some(first)),
+                None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
+            }
+        }
+
+        /// Replaces the answer recorded under a key this transaction claimed.
+        pub(super) async fn save_answer(
+            conn: &mut Conn,
+            deployment_id: &str,
+            operation: &str,
+            key: &str,
+            result: &serde_json::Value,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE idempotency_keys SET result = $1 WHERE deployment_id = $2 AND operation = $3 AND key = $4")
+                .bind(to_json("idempotency result", result)?)
+                .bind(deployment_id)
+                .bind(operation)
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// [`claim_key`] for an [`IdempotentWrite`], with a placeholder answer that
+        /// [`record_answer`] replaces before commit.
         pub(super) async fn take_key<T: ?Sized>(
             conn: &mut Conn,
             deployment_id: &str,
             key: &IdempotentWrite<'_, T>,
         ) -> StoreResult<Option<serde_json::Value>> {
-            if let Some(first) = find_idempotent(conn, deployment_id, key.operation, key.key, key.request_hash).await? {
-                return Ok(Some(first));
-            }
             let placeholder = Idempotency {
                 operation: key.operation.to_owned(),
                 key: key.key.to_owned(),
                 request_hash: key.request_hash.to_owned(),
                 result: serde_json::Value::Null,
             };
-            if save_idempotent(conn, deployment_id, &placeholder).await? {
-                return Ok(None);
-            }
-            match find_idempotent(conn, deployment_id, key.operation, key.key, key.request_hash).await? {
-                Some(first) => Ok(Some(first)),
-                None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
-            }
+            claim_key(conn, deployment_id, &placeholder).await
         }
 
         /// Records the answer under a key this transaction took with [`take_key`].
@@ -669,14 +705,7 @@ macro_rules! impl_run_sql {
             key: &IdempotentWrite<'_, T>,
             done: &T,
         ) -> StoreResult<()> {
-            sqlx::query("UPDATE idempotency_keys SET result = $1 WHERE deployment_id = $2 AND operation = $3 AND key = $4")
-                .bind(to_json("idempotency result", &(key.answer)(done))?)
-                .bind(deployment_id)
-                .bind(key.operation)
-                .bind(key.key)
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
+            save_answer(conn, deployment_id, key.operation, key.key, &(key.answer)(done)).await
         }
 
         /// The stored `cancel_requested` flag (0 none, 1 cancel, 2 interrupt).
@@ -1145,17 +1174,11 @@ macro_rules! impl_run_sql {
                 submit: &SubmitRun,
             ) -> StoreResult<SubmitOutcome> {
                 let dep = scope.deployment_id().as_str();
+                // The key before anything else, so that a concurrent retry waits for this
+                // transaction and then replays its answer instead of failing.
                 if let Some(idem) = &submit.idempotency {
-                    if let Some(result) = find_idempotent(tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
+                    if let Some(result) = claim_key(tx, dep, idem).await? {
                         return Ok(SubmitOutcome::Replayed { result });
-                    }
-                    // Take the key before writing anything, so that a concurrent retry waits for
-                    // this transaction and then replays its answer instead of failing.
-                    if !save_idempotent(tx, dep, idem).await? {
-                        return match find_idempotent(tx, dep, &idem.operation, &idem.key, &idem.request_hash).await? {
-                            Some(result) => Ok(SubmitOutcome::Replayed { result }),
-                            None => Err(StoreError::Corrupt("idempotency key vanished".to_owned())),
-                        };
                     }
                 }
                 if let Some(new) = &submit.new_thread {
@@ -1256,13 +1279,7 @@ macro_rules! impl_run_sql {
                     let run = run_from_row(&row)?;
                     if let Some(idem) = &submit.idempotency {
                         let result = $crate::sql_runs::replace_string(&idem.result, submit.run_id.as_str(), run_id.as_str());
-                        sqlx::query("UPDATE idempotency_keys SET result = $1 WHERE deployment_id = $2 AND operation = $3 AND key = $4")
-                            .bind(to_json("idempotency result", &result)?)
-                            .bind(dep)
-                            .bind(idem.operation.as_str())
-                            .bind(idem.key.as_str())
-                            .execute(&mut **tx)
-                            .await?;
+                        save_answer(tx, dep, &idem.operation, &idem.key, &result).await?;
                     }
                     let created = event::message_event(event::MESSAGE_CREATED, &message);
                     let resumed = event::run_status_event(&run);
