@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tessera_domain::board::{
-    Assignment, BoardItemPatch, ItemStatus, NewBoardItem, Overlap, Schedule, ScheduleKind,
-    ScheduleState, WorkspaceId, WorkspacePath,
+    Assignment, BoardItem, BoardItemPatch, ItemStatus, NewBoardItem, Overlap, Schedule,
+    ScheduleKind, ScheduleState, WorkspaceId, WorkspacePath,
 };
 use tessera_domain::records::{NewActor, NewDeployment, NewProject, Project};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
@@ -145,10 +145,7 @@ async fn items_get_task_keys_and_execute_once(db: &TestDatabase) {
         .create_board_item(&t.scope, &item(&t, "a", None))
         .await
         .unwrap();
-    let b = store
-        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
+    let b = far_off_item(&store, &t, "b").await;
     assert_eq!(
         (a.task_key.as_str(), b.task_key.as_str()),
         ("TASK-1", "TASK-2")
@@ -518,14 +515,8 @@ async fn filters_and_tenancy(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
     let other = tenant(&store, "other").await;
-    let a = store
-        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
-    let b = store
-        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
+    let a = far_off_item(&store, &t, "a").await;
+    let b = far_off_item(&store, &t, "b").await;
     store
         .archive_board_item(&t.scope, &t.project.id, &b.id)
         .await
@@ -722,6 +713,14 @@ async fn a_slot_queues_its_run_in_the_same_transaction(db: &TestDatabase) {
 }
 
 /// Writes `chunks` as a new blob and commits it at `path` of `ws` (a `text/plain` file).
+/// A board item of `t` whose one slot is far in the future: nothing of it fires during a test.
+async fn far_off_item(store: &Arc<dyn Store>, t: &Tenant, title: &str) -> BoardItem {
+    store
+        .create_board_item(&t.scope, &item(t, title, Some(once(i64::MAX / 4))))
+        .await
+        .unwrap()
+}
+
 async fn store_file(
     store: &Arc<dyn Store>,
     scope: &Scope,
@@ -751,10 +750,7 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
     let other = tenant(&store, "other").await;
-    let a = store
-        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
+    let a = far_off_item(&store, &t, "a").await;
     let ws = WorkspaceId::Item(a.id.clone());
     let path = WorkspacePath::parse_file("path", "/out/report.txt").unwrap();
     let first = store_file(&store, &t.scope, &ws, &path, &[b"hello ", b"world"])
@@ -840,14 +836,8 @@ async fn files_round_trip_in_chunks(db: &TestDatabase) {
 async fn a_path_is_a_file_or_a_directory(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
-    let a = store
-        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
-    let b = store
-        .create_board_item(&t.scope, &item(&t, "b", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
+    let a = far_off_item(&store, &t, "a").await;
+    let b = far_off_item(&store, &t, "b").await;
     let (ws, other_ws) = (
         WorkspaceId::Item(a.id.clone()),
         WorkspaceId::Item(b.id.clone()),
@@ -1041,10 +1031,7 @@ async fn pruning_slots_never_lets_an_old_slot_fire_again(db: &TestDatabase) {
 async fn orphan_chunks_are_pruned_and_committed_files_kept(db: &TestDatabase) {
     let store = open(db).await;
     let t = tenant(&store, "acme").await;
-    let a = store
-        .create_board_item(&t.scope, &item(&t, "a", Some(once(i64::MAX / 4))))
-        .await
-        .unwrap();
+    let a = far_off_item(&store, &t, "a").await;
     let ws = WorkspaceId::Item(a.id.clone());
     let path = WorkspacePath::parse_file("path", "/kept.txt").unwrap();
     store_file(&store, &t.scope, &ws, &path, &[b"kept ", b"file"])

@@ -88,6 +88,27 @@ fn session(user: Option<&UserId>, now: Timestamp) -> (PlainSecret, NewSession) {
     (secret, new)
 }
 
+/// A new organization "Acme" with `user` as its only member, with `role`.
+async fn acme_with(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    user: &UserId,
+    role: Role,
+) -> tessera_domain::identity::Organization {
+    let org = store
+        .create_organization(
+            scope,
+            &NewOrganization {
+                name: Label::parse("name", "Acme").unwrap(),
+                slug: None,
+            },
+        )
+        .await
+        .unwrap();
+    store.add_member(scope, &org.id, user, role).await.unwrap();
+    org
+}
+
 #[track_caller]
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, entity: Entity) {
     match result {
@@ -248,20 +269,7 @@ async fn users_update_and_delete(db: &TestDatabase) {
     assert!(!cleared.has_password);
 
     // Deleting takes memberships and sessions along; another deployment cannot delete it.
-    let org = store
-        .create_organization(
-            &a,
-            &NewOrganization {
-                name: Label::parse("name", "Acme").unwrap(),
-                slug: None,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .add_member(&a, &org.id, &ada.id, Role::Admin)
-        .await
-        .unwrap();
+    let org = acme_with(&store, &a, &ada.id, Role::Admin).await;
     let (secret, new) = session(Some(&ada.id), Timestamp::now());
     store.create_session(&a, &new).await.unwrap();
     assert_not_found(store.delete_user(&b, &ada.id).await, Entity::User);
@@ -964,20 +972,7 @@ async fn a_member_removal_waits_for_a_deletion_of_the_user(db: &TestDatabase) {
         .create_user(&a, &new_user("ada@example.com"))
         .await
         .unwrap();
-    let org = store
-        .create_organization(
-            &a,
-            &NewOrganization {
-                name: Label::parse("name", "Acme").unwrap(),
-                slug: None,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .add_member(&a, &org.id, &ada.id, Role::Member)
-        .await
-        .unwrap();
+    let org = acme_with(&store, &a, &ada.id, Role::Member).await;
     let (_, mut signed_in) = session(Some(&ada.id), Timestamp::now());
     signed_in.active_organization_id = Some(org.id.clone());
     store.create_session(&a, &signed_in).await.unwrap();

@@ -158,14 +158,6 @@ fn settled(thread: Thread) -> Thread {
     }
 }
 
-fn is_not_found(err: &StoreError, want: Entity) -> bool {
-    matches!(err, StoreError::NotFound { entity, .. } if *entity == want)
-}
-
-fn is_conflict(err: &StoreError, want: Conflict) -> bool {
-    matches!(err, StoreError::Conflict(c) if *c == want)
-}
-
 fn is_lease_lost<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
     matches!(result, Err(StoreError::LeaseLost))
 }

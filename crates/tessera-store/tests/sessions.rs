@@ -105,16 +105,7 @@ async fn pause_decide_expire_and_execute_once(db: &TestDatabase) {
         .resolve_action(&stranger.scope, &th.id, &later.id, true, Timestamp::now())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                entity: Entity::Action,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(is_not_found(&err, Entity::Action), "{err:?}");
 
     let (confirmed, _) = store
         .resolve_action(&t.scope, &th.id, &later.id, true, Timestamp::now())
@@ -351,16 +342,7 @@ async fn a_decision_under_a_key_replays_its_answer(db: &TestDatabase) {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                entity: Entity::Action,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(is_not_found(&err, Entity::Action), "{err:?}");
     assert_eq!(
         store
             .idempotent_result(&stranger.scope, &operation, "k", "confirm")

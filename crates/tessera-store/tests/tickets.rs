@@ -518,22 +518,7 @@ async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
     let a = agent(&store, &scope).await;
     let mut sessions = Vec::new();
     for group in ["g1", "g2"] {
-        let t = mint(
-            &store,
-            &scope,
-            access(&a, SessionMode::Static, Some(group), Binding::Anonymous),
-            60,
-        )
-        .await
-        .unwrap();
-        let ExchangeOutcome::Agent { session, .. } = store
-            .exchange_ticket(&scope, &exchange(&t, None))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
-        sessions.push(session);
+        sessions.push(static_session(&store, &scope, &a, group).await);
     }
     let title = Label::parse("title", "chat").unwrap();
     let mine = store
@@ -614,19 +599,36 @@ async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
         .submit_run(&scope, &mine.id, &from_session(&mine.id, "again"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                entity: Entity::Context,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(common::is_not_found(&err, Entity::Context), "{err:?}");
     store.get_thread(&scope, &mine.id).await.unwrap();
     let backend = common::submission(&mine.id, "from the backend", MultitaskPolicy::Enqueue);
     common::created(store.submit_run(&scope, &mine.id, &backend).await.unwrap());
+}
+
+/// The agent session of a fresh browser that exchanged a static anonymous ticket of context
+/// group `group` for agent `a`.
+async fn static_session(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    a: &AgentId,
+    group: &str,
+) -> tessera_domain::ticket::AgentSession {
+    let t = mint(
+        store,
+        scope,
+        access(a, SessionMode::Static, Some(group), Binding::Anonymous),
+        60,
+    )
+    .await
+    .unwrap();
+    let ExchangeOutcome::Agent { session, .. } = store
+        .exchange_ticket(scope, &exchange(&t, None))
+        .await
+        .unwrap()
+    else {
+        panic!("a static ticket opens an agent session")
+    };
+    session
 }
 
 /// A message of a browser's agent session to `thread`.
@@ -641,21 +643,7 @@ async fn a_hidden_conversation_keeps_no_open_run(db: &TestDatabase) {
     let store = open(db).await;
     let scope = deployment(&store, "hide-race").await;
     let a = agent(&store, &scope).await;
-    let t = mint(
-        &store,
-        &scope,
-        access(&a, SessionMode::Static, Some("g"), Binding::Anonymous),
-        60,
-    )
-    .await
-    .unwrap();
-    let ExchangeOutcome::Agent { session, .. } = store
-        .exchange_ticket(&scope, &exchange(&t, None))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let session = static_session(&store, &scope, &a, "g").await;
     let title = Label::parse("title", "chat").unwrap();
     // Messages racing the deletion: each is refused, or its run is stopped by it.
     for round in 0..10 {
@@ -684,10 +672,7 @@ async fn a_hidden_conversation_keeps_no_open_run(db: &TestDatabase) {
         for sent in futures_util::future::join_all(sends).await {
             match sent.unwrap() {
                 Ok(outcome) => runs.push(common::created(outcome).0.id),
-                Err(StoreError::NotFound {
-                    entity: Entity::Context,
-                    ..
-                }) => {}
+                Err(err) if common::is_not_found(&err, Entity::Context) => {}
                 Err(err) => panic!("round {round}: {err:?}"),
             }
         }
@@ -1141,13 +1126,8 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
 
     // Not a member: refused, and the session stays as it was.
     let (old, _, next) = into_org(&cookie);
-    assert!(matches!(
-        store.rotate_session(&scope, &old, &next).await,
-        Err(StoreError::NotFound {
-            entity: Entity::Organization,
-            ..
-        })
-    ));
+    let err = store.rotate_session(&scope, &old, &next).await.unwrap_err();
+    assert!(common::is_not_found(&err, Entity::Organization), "{err:?}");
     assert!(store
         .find_session(&scope, &old, now, 600_000)
         .await
@@ -1190,26 +1170,16 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
             .await
             .unwrap();
         sqlx::query("COMMIT").execute(&mut removal).await.unwrap();
-        assert!(matches!(
-            rotating.await.unwrap(),
-            Err(StoreError::NotFound {
-                entity: Entity::Organization,
-                ..
-            })
-        ));
+        let err = rotating.await.unwrap().unwrap_err();
+        assert!(common::is_not_found(&err, Entity::Organization), "{err:?}");
     } else {
         // One writer at a time: the removal, then the rotation.
         store
             .remove_member(&scope, &org.id, &user.id)
             .await
             .unwrap();
-        assert!(matches!(
-            store.rotate_session(&scope, &old, &next).await,
-            Err(StoreError::NotFound {
-                entity: Entity::Organization,
-                ..
-            })
-        ));
+        let err = store.rotate_session(&scope, &old, &next).await.unwrap_err();
+        assert!(common::is_not_found(&err, Entity::Organization), "{err:?}");
     }
     assert!(store
         .find_session(&scope, &next_cookie.hash(), now, 600_000)

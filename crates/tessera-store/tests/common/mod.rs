@@ -25,6 +25,14 @@ pub use tessera_store::{
     Store, StoreError, SubmitOutcome, SubmitRun, ThreadEvent, Written,
 };
 
+pub fn is_not_found(err: &StoreError, want: Entity) -> bool {
+    matches!(err, StoreError::NotFound { entity, .. } if *entity == want)
+}
+
+pub fn is_conflict(err: &StoreError, want: Conflict) -> bool {
+    matches!(err, StoreError::Conflict(c) if *c == want)
+}
+
 /// A lease long enough never to expire during a test unless `now` is moved past it.
 pub const LEASE_MS: i64 = 60_000;
 
