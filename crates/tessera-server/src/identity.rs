@@ -812,6 +812,83 @@ pub(crate) fn event(
     }
 }
 
+/// The throttle buckets of a sign-in: its account's (`account`, first) and, when the client's
+/// address is known, that address's (`address`).
+pub(crate) fn sign_in_buckets(
+    settings: &IdentitySettings,
+    account: String,
+    address: Option<String>,
+) -> Vec<tessera_store::ThrottleBucket> {
+    let mut buckets = vec![tessera_store::ThrottleBucket {
+        key: account,
+        max_failures: settings.sign_in_max_failures_per_account,
+    }];
+    if let Some(key) = address {
+        buckets.push(tessera_store::ThrottleBucket {
+            key,
+            max_failures: settings.sign_in_max_failures_per_ip,
+        });
+    }
+    buckets
+}
+
+/// Counts a sign-in attempt in `buckets` before its password is checked: attempts made at the
+/// same time cannot all pass a check made before any of them was counted. When a bucket is
+/// full the attempt is taken back (it was never checked) and the answer is `429
+/// too_many_attempts` with `Retry-After`.
+pub(crate) async fn count_sign_in(
+    state: &AppState,
+    throttle: tessera_store::Throttle<'_>,
+    buckets: &[tessera_store::ThrottleBucket],
+) -> Result<(), ApiError> {
+    let window_ms = i64::try_from(state.identity.settings.sign_in_window_seconds)
+        .unwrap_or(i64::MAX / 2_000)
+        .saturating_mul(1000);
+    let Some(wait_ms) = state
+        .store
+        .count_sign_in_attempt(throttle, buckets, Timestamp::now(), window_ms)
+        .await?
+    else {
+        return Ok(());
+    };
+    for bucket in buckets {
+        state
+            .store
+            .uncount_sign_in_attempt(throttle, &bucket.key)
+            .await?;
+    }
+    let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
+    let mut err = ApiError::new(
+        ErrorCode::TooManyAttempts,
+        format!("too many failed sign-ins; retry in {seconds} seconds"),
+    );
+    err.retry_after = Some(seconds);
+    Err(err)
+}
+
+/// After a successful sign-in: the account's failures are cleared and the attempt is taken
+/// back from the other buckets (`buckets` as given to [`count_sign_in`]).
+pub(crate) async fn sign_in_succeeded(
+    state: &AppState,
+    throttle: tessera_store::Throttle<'_>,
+    buckets: &[tessera_store::ThrottleBucket],
+) -> Result<(), ApiError> {
+    let Some((account, others)) = buckets.split_first() else {
+        return Ok(());
+    };
+    state
+        .store
+        .clear_sign_in_failures(throttle, &account.key)
+        .await?;
+    for bucket in others {
+        state
+            .store
+            .uncount_sign_in_attempt(throttle, &bucket.key)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Who acts through a browser session of `user`: the impersonator for an impersonation
 /// session (the user is the event's subject), else the user.
 pub(crate) fn session_actor(session: &BrowserSession, user: &UserId) -> AuditActor {

@@ -19,14 +19,14 @@ use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::{AuditActor, AuditKind, Email, Password, User};
 use tessera_domain::password::verify_password;
 use tessera_domain::{OrganizationId, Scope, Timestamp};
-use tessera_store::{Entity, Throttle, ThrottleBucket};
+use tessera_store::{Entity, Throttle};
 
 use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_json;
 use crate::identity::{
-    audit, check_origin, current_session, deployment_for_request, event, session_actor, ClientInfo,
-    UserCaller, Via,
+    audit, check_origin, count_sign_in, current_session, deployment_for_request, event,
+    session_actor, sign_in_buckets, sign_in_succeeded, ClientInfo, UserCaller, Via,
 };
 use crate::AppState;
 
@@ -388,43 +388,15 @@ async fn attempt(
     let email = Email::parse("email", &req.email)?;
     let password = Password::presented("password", req.password)?;
 
-    let settings = &state.identity.settings;
-    let window_ms = i64::try_from(settings.sign_in_window_seconds)
-        .unwrap_or(i64::MAX / 2_000)
-        .saturating_mul(1000);
-    let mut buckets = vec![ThrottleBucket {
-        key: format!("account:{email}"),
-        max_failures: settings.sign_in_max_failures_per_account,
-    }];
-    if let Some(ip) = &client.ip {
-        buckets.push(ThrottleBucket {
-            key: format!("ip:{ip}"),
-            max_failures: settings.sign_in_max_failures_per_ip,
-        });
-    }
-    let now = Timestamp::now();
-    // Counted before the password is checked: attempts made at the same time cannot all pass a
-    // check made before any of them was counted. A refused attempt (never checked) and a
-    // success take their attempt back.
-    if let Some(wait_ms) = state
-        .store
-        .count_sign_in_attempt(Throttle::Deployment(&scope), &buckets, now, window_ms)
-        .await?
-    {
-        for bucket in &buckets {
-            state
-                .store
-                .uncount_sign_in_attempt(Throttle::Deployment(&scope), &bucket.key)
-                .await?;
-        }
-        let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
-        let mut err = ApiError::new(
-            ErrorCode::TooManyAttempts,
-            format!("too many failed sign-ins; retry in {seconds} seconds"),
-        );
-        err.retry_after = Some(seconds);
-        return Err(err);
-    }
+    // Counted before the password is checked; a refused attempt (never checked) and a success
+    // take their attempt back.
+    let throttle = Throttle::Deployment(&scope);
+    let buckets = sign_in_buckets(
+        &state.identity.settings,
+        format!("account:{email}"),
+        client.ip.as_ref().map(|ip| format!("ip:{ip}")),
+    );
+    count_sign_in(state, throttle, &buckets).await?;
 
     let credentials = state.store.user_credentials(&scope, &email).await?;
     // Verified off the async threads, and always: an unknown email, a user without password
@@ -452,16 +424,7 @@ async fn attempt(
             return Err(invalid_credentials());
         }
     };
-    state
-        .store
-        .clear_sign_in_failures(Throttle::Deployment(&scope), &format!("account:{email}"))
-        .await?;
-    if let Some(ip) = &client.ip {
-        state
-            .store
-            .uncount_sign_in_attempt(Throttle::Deployment(&scope), &format!("ip:{ip}"))
-            .await?;
-    }
+    sign_in_succeeded(state, throttle, &buckets).await?;
 
     // Session fixation: whatever session the browser had is replaced by a new one with a new
     // cookie value, in one transaction.

@@ -21,11 +21,14 @@ use tessera_domain::password::verify_password;
 use tessera_domain::secret::{PlainSecret, SecretHash};
 use tessera_domain::ticket::{ConsoleAdmin, CONSOLE_TOKEN_PREFIX};
 use tessera_domain::Timestamp;
-use tessera_store::{Throttle, ThrottleBucket};
+use tessera_store::Throttle;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
-use crate::identity::{bearer, check_origin, cookie_value, deployment_for_request, ClientInfo};
+use crate::identity::{
+    bearer, check_origin, cookie_value, count_sign_in, deployment_for_request, sign_in_buckets,
+    sign_in_succeeded, ClientInfo,
+};
 use crate::AppState;
 
 /// The console session cookie.
@@ -132,43 +135,15 @@ pub(crate) async fn console_sign_in(
         .with_field("username"));
     }
     let password = Password::presented("password", req.password)?;
-    let settings = &state.identity.settings;
-    let window_ms = i64::try_from(settings.sign_in_window_seconds)
-        .unwrap_or(i64::MAX / 2_000)
-        .saturating_mul(1000);
-    let mut buckets = vec![ThrottleBucket {
-        key: format!("console:{username}"),
-        max_failures: settings.sign_in_max_failures_per_account,
-    }];
-    if let Some(ip) = &client.ip {
-        buckets.push(ThrottleBucket {
-            key: format!("console-ip:{ip}"),
-            max_failures: settings.sign_in_max_failures_per_ip,
-        });
-    }
+    // Counted before the password is checked (as for users' sign-in); a refused attempt
+    // (never checked) and a success take their attempt back.
+    let buckets = sign_in_buckets(
+        &state.identity.settings,
+        format!("console:{username}"),
+        client.ip.as_ref().map(|ip| format!("console-ip:{ip}")),
+    );
     let now = Timestamp::now();
-    // Counted before the password is checked (as for users' sign-in): attempts made at the
-    // same time cannot all pass a check made before any of them was counted. A refused
-    // attempt (never checked) and a success take their attempt back.
-    if let Some(wait_ms) = state
-        .store
-        .count_sign_in_attempt(throttle, &buckets, now, window_ms)
-        .await?
-    {
-        for bucket in &buckets {
-            state
-                .store
-                .uncount_sign_in_attempt(throttle, &bucket.key)
-                .await?;
-        }
-        let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
-        let mut err = ApiError::new(
-            ErrorCode::TooManyAttempts,
-            format!("too many failed sign-ins; retry in {seconds} seconds"),
-        );
-        err.retry_after = Some(seconds);
-        return Err(err);
-    }
+    count_sign_in(&state, throttle, &buckets).await?;
     let credentials = state.store.console_admin_credentials(&username).await?;
     let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
     // Always verified (against a dummy hash for an unknown name): the same time either way.
@@ -186,16 +161,7 @@ pub(crate) async fn console_sign_in(
             ));
         }
     };
-    state
-        .store
-        .clear_sign_in_failures(throttle, &format!("console:{username}"))
-        .await?;
-    if let Some(ip) = &client.ip {
-        state
-            .store
-            .uncount_sign_in_attempt(throttle, &format!("console-ip:{ip}"))
-            .await?;
-    }
+    sign_in_succeeded(&state, throttle, &buckets).await?;
     let token = PlainSecret::generate(CONSOLE_TOKEN_PREFIX);
     let seconds = state.identity.sessions.console_session_seconds;
     let expires_at = now.plus_secs(i64::try_from(seconds).unwrap_or(3600));
