@@ -8,8 +8,15 @@
 //! writer: SQLite's automatic checkpoint would run inside whichever commit crosses 1,000 WAL
 //! pages and hold the single writer meanwhile, a stall every concurrent write waits behind. A
 //! background task runs a `PASSIVE` checkpoint on a reader connection every
-//! [`CHECKPOINT_EVERY`] instead; it never blocks the writer, and the writer starts the WAL over
-//! once a checkpoint has caught up.
+//! [`CHECKPOINT_EVERY`] instead; it never blocks the writer.
+//!
+//! SQLite starts the WAL over only at a write that finds every frame copied into the database
+//! file. Under a steady write load a checkpoint on a reader never gets there (commits land while
+//! it copies), and the WAL would grow by every page written for as long as the load lasts. Once
+//! the WAL holds more than [`WAL_RESTART_FRAMES`], the task runs a second `PASSIVE` checkpoint on
+//! the writer connection, queued like any write: no commit can land meanwhile, it copies only
+//! the frames that arrived during the first, and the next write starts the WAL over (unless a
+//! reader still reads an older snapshot from it; the next round tries again).
 
 use std::str::FromStr;
 
@@ -54,9 +61,22 @@ const WRITER_CACHE_KIB: i64 = 8 * 1024;
 /// How often the background task checkpoints the WAL (see the module documentation).
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// WAL frames (pages) past which a checkpoint is finished on the writer connection, so that the
+/// WAL starts over (see the module documentation): 32 MiB of 4 KiB pages. That step holds the
+/// writer for the copy of the last frames and two syncs (2–4 ms measured under the ticket
+/// benchmark's load, where the WAL passes this size about every 0.6 s); a lower bound would
+/// stall the writer that often more for little gain, as the file is overwritten in place once
+/// it has grown.
+pub(crate) const WAL_RESTART_FRAMES: i64 = 8_192;
+
+/// The WAL file is cut back to this size when it starts over (`PRAGMA journal_size_limit`): a
+/// burst that grew it gives the disk space back.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// Checkpoints the WAL on a reader connection every [`CHECKPOINT_EVERY`] until the store is
-/// dropped or closed.
-fn spawn_checkpointer(reader: Readers, alive: std::sync::Weak<()>) {
+/// dropped or closed, and finishes a checkpoint on the writer connection once the WAL holds
+/// more than [`WAL_RESTART_FRAMES`].
+fn spawn_checkpointer(reader: Readers, writer: SqlitePool, alive: std::sync::Weak<()>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -65,17 +85,38 @@ fn spawn_checkpointer(reader: Readers, alive: std::sync::Weak<()>) {
             if alive.strong_count() == 0 || reader.is_closed() {
                 return;
             }
-            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&reader)
-                .await
-            {
-                if reader.is_closed() {
+            let frames = match checkpoint(&reader).await {
+                Ok(frames) => frames,
+                Err(_) if reader.is_closed() => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "SQLite WAL checkpoint failed; retrying");
+                    continue;
+                }
+            };
+            if frames <= WAL_RESTART_FRAMES {
+                continue;
+            }
+            if let Err(err) = checkpoint(&writer).await {
+                if writer.is_closed() {
                     return;
                 }
-                tracing::warn!(error = %err, "SQLite WAL checkpoint failed; retrying");
+                tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
             }
         }
     });
+}
+
+/// A `PASSIVE` checkpoint on a connection of `pool`: it copies what it can without waiting for
+/// anyone. Answers how many frames the WAL holds.
+async fn checkpoint<'c, E>(pool: E) -> Result<i64, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let (_busy, frames, _copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+    Ok(frames)
 }
 
 // A submission learns its agent's multitask policy from its thread update (see
@@ -195,6 +236,7 @@ impl SqliteStore {
                 connect
                     .clone()
                     .pragma("wal_autocheckpoint", "0")
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
                     .pragma("temp_store", "memory")
                     .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE),
@@ -207,7 +249,11 @@ impl SqliteStore {
             .await?;
         let alive = std::sync::Arc::new(());
         let reader = Readers::new(reader);
-        spawn_checkpointer(reader.clone(), std::sync::Arc::downgrade(&alive));
+        spawn_checkpointer(
+            reader.clone(),
+            writer.clone(),
+            std::sync::Arc::downgrade(&alive),
+        );
         Ok(Self {
             reader,
             writer,
@@ -514,6 +560,64 @@ mod tests {
                 "the database file did not grow ({before} → {now} bytes): no checkpoint ran"
             );
             tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+        store.close_pools().await;
+    }
+
+    /// The WAL starts over while writes never pause: SQLite restarts it only at a write that
+    /// finds every frame copied into the database file, which a checkpoint on a reader cannot
+    /// achieve while commits keep landing, so without the checkpointer's step on the writer the
+    /// file would grow by every page written until the load stops.
+    #[tokio::test]
+    async fn the_wal_starts_over_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("restart.db");
+        let wal = dir.path().join("restart.db-wal");
+        let store = SqliteStore::connect(
+            &format!("sqlite://{}", path.display()),
+            &ConnectOptions::default(),
+        )
+        .await
+        .expect("open");
+        let (limit,): (i64,) = sqlx::query_as("PRAGMA journal_size_limit")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(limit, WAL_SIZE_LIMIT_BYTES, "the WAL's size limit");
+        sqlx::query("CREATE TABLE filler (body BLOB NOT NULL)")
+            .execute(&store.writer)
+            .await
+            .expect("create");
+        // The WAL header's checkpoint sequence number (bytes 12..16, big-endian) goes up by one
+        // each time the WAL starts over.
+        let restarts = || {
+            use std::io::Read as _;
+            let mut header = [0u8; 16];
+            std::fs::File::open(&wal)
+                .and_then(|mut file| file.read_exact(&mut header))
+                .expect("wal header");
+            u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+        };
+        let first = restarts();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut commits = 0u32;
+        // Each commit writes 32 pages or more, with nothing in between but the next commit.
+        while restarts().wrapping_sub(first) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL never started over during {commits} back-to-back commits \
+                 ({} bytes)",
+                std::fs::metadata(&wal).map_or(0, |m| m.len())
+            );
+            let mut tx = store.begin_write().await.expect("begin");
+            for _ in 0..32 {
+                sqlx::query("INSERT INTO filler (body) VALUES (zeroblob(4000))")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+            }
+            tx.commit().await.expect("commit");
+            commits += 1;
         }
         store.close_pools().await;
     }
