@@ -101,8 +101,9 @@ struct Args {
     /// database also goes (0 skips it).
     #[arg(long, default_value_t = 5)]
     disk_probe_seconds: u64,
-    /// Also print each paced phase as a timeline: operations, p50, p99 and max latency per this
-    /// many milliseconds of due times (0: no timeline), to tell steady queueing from stalls.
+    /// Also print each phase as a timeline: operations, p50, p99 and max latency per this many
+    /// milliseconds of start times (a paced operation's due time; 0: no timeline), to tell
+    /// steady queueing from stalls.
     /// Failed operations are left out of it (the table counts them as errors).
     #[arg(long, default_value_t = 0)]
     timeline_ms: u64,
@@ -608,16 +609,22 @@ fn print_disk_probe(seconds: u64, latencies_us: &[u64]) {
     );
 }
 
-/// Each paced phase by windows of `--timeline-ms` of due times: whether its slow operations were
-/// spread out (queueing) or bunched (a stall).
+/// Each phase by windows of `--timeline-ms` of start times (a paced operation's due time):
+/// whether its slow operations were spread out (queueing) or bunched (a stall).
 fn print_timelines(args: &Args, reports: &[Report]) {
     let window = Duration::from_millis(args.timeline_ms);
     for r in reports {
-        for (what, phase) in [("mints", &r.mint_paced), ("pairs", &r.pairs_paced)] {
+        let phases = [
+            ("flat-out mints", Some(&r.mint)),
+            ("flat-out pairs", Some(&r.pairs)),
+            ("paced mints", r.mint_paced.as_ref()),
+            ("paced pairs", r.pairs_paced.as_ref()),
+        ];
+        for (what, phase) in phases {
             let Some(phase) = phase else { continue };
             println!();
             println!(
-                "{} paced {what}, per {} ms of due times:",
+                "{} {what}, per {} ms of start times:",
                 r.backend, args.timeline_ms
             );
             println!("| from s | ops | p50 ms | p99 ms | max ms |");
