@@ -135,6 +135,11 @@ pub struct IdentitySettings {
     pub user_token_default_seconds: u32,
     /// Longest lifetime a user token may be given.
     pub user_token_max_seconds: u32,
+    /// Password hashes computed or checked at once (argon2id takes ~19 MiB and tens of
+    /// milliseconds of CPU each); 0: two per CPU.
+    pub password_check_slots: u32,
+    /// How long a sign-in waits for a free slot before the answer is `503 busy`.
+    pub password_check_wait_ms: u64,
 }
 
 impl Default for IdentitySettings {
@@ -147,6 +152,8 @@ impl Default for IdentitySettings {
             sign_in_max_failures_per_ip: 50,
             user_token_default_seconds: 15 * 60,
             user_token_max_seconds: 3600,
+            password_check_slots: 0,
+            password_check_wait_ms: 5_000,
         }
     }
 }
@@ -597,8 +604,12 @@ mod tests {
             assert!(err.to_string().contains("SECRETS_KEY"), "{err}");
             jail.set_env("TESSERA_SECRETS_KEY", "ab".repeat(32));
             jail.set_env("TESSERA_IDENTITY__SIGN_IN_MAX_FAILURES_PER_ACCOUNT", "3");
+            jail.set_env("TESSERA_IDENTITY__PASSWORD_CHECK_SLOTS", "4");
+            jail.set_env("TESSERA_IDENTITY__PASSWORD_CHECK_WAIT_MS", "250");
             let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.identity.sign_in_max_failures_per_account, 3);
+            assert_eq!(config.identity.password_check_slots, 4);
+            assert_eq!(config.identity.password_check_wait_ms, 250);
             assert!(!format!("{config:?}").contains(&"ab".repeat(32)));
             Ok(())
         });

@@ -66,10 +66,9 @@ pub(crate) struct Identity {
     /// Password hashing and checking in progress: argon2id takes ~19 MiB and tens of
     /// milliseconds of CPU each, so without a bound a burst of sign-ins exhausts memory.
     password_work: tokio::sync::Semaphore,
+    /// Longest wait for a password-hashing slot before answering `503 busy`.
+    password_wait: std::time::Duration,
 }
-
-/// Longest wait for a password-hashing slot before answering `503 busy`.
-const PASSWORD_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Verification keys as last read from the database.
 #[derive(Default)]
@@ -115,8 +114,14 @@ impl Identity {
             secrets: tokio::sync::OnceCell::new(),
             public_keys: Mutex::new(KeyCache::default()),
             password_work: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+                match usize::try_from(config.identity.password_check_slots) {
+                    Ok(0) | Err(_) => {
+                        std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+                    }
+                    Ok(slots) => slots,
+                },
             ),
+            password_wait: std::time::Duration::from_millis(config.identity.password_check_wait_ms),
         })
     }
 
@@ -127,7 +132,7 @@ impl Identity {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let _permit =
-            match tokio::time::timeout(PASSWORD_WORK_WAIT, self.password_work.acquire()).await {
+            match tokio::time::timeout(self.password_wait, self.password_work.acquire()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_)) | Err(_) => {
                     let mut err = ApiError::new(
@@ -851,12 +856,7 @@ pub(crate) async fn count_sign_in(
     else {
         return Ok(());
     };
-    for bucket in buckets {
-        state
-            .store
-            .uncount_sign_in_attempt(throttle, &bucket.key)
-            .await?;
-    }
+    take_back_sign_in(state, throttle, buckets).await?;
     let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
     let mut err = ApiError::new(
         ErrorCode::TooManyAttempts,
@@ -864,6 +864,42 @@ pub(crate) async fn count_sign_in(
     );
     err.retry_after = Some(seconds);
     Err(err)
+}
+
+/// Takes back an attempt counted by [`count_sign_in`] that was never checked.
+async fn take_back_sign_in(
+    state: &AppState,
+    throttle: tessera_store::Throttle<'_>,
+    buckets: &[tessera_store::ThrottleBucket],
+) -> Result<(), ApiError> {
+    for bucket in buckets {
+        state
+            .store
+            .uncount_sign_in_attempt(throttle, &bucket.key)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The password check of an attempt counted by [`count_sign_in`]. When `check` itself fails
+/// (`503 busy` with no password slot free, the credentials unreadable) the password was never
+/// checked, and the attempt is taken back: otherwise a few busy answers would lock the account
+/// out as if its password had been guessed at.
+pub(crate) async fn check_counted_sign_in<T>(
+    state: &AppState,
+    throttle: tessera_store::Throttle<'_>,
+    buckets: &[tessera_store::ThrottleBucket],
+    check: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match check.await {
+        Ok(checked) => Ok(checked),
+        Err(err) => {
+            if let Err(back) = take_back_sign_in(state, throttle, buckets).await {
+                tracing::warn!(error = %back.message, "a sign-in attempt that was never checked stays counted");
+            }
+            Err(err)
+        }
+    }
 }
 
 /// After a successful sign-in: the account's failures are cleared and the attempt is taken

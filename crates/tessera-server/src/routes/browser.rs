@@ -25,8 +25,9 @@ use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_json;
 use crate::identity::{
-    audit, check_origin, count_sign_in, current_session, deployment_for_request, event,
-    session_actor, sign_in_buckets, sign_in_succeeded, ClientInfo, UserCaller, Via,
+    audit, check_counted_sign_in, check_origin, count_sign_in, current_session,
+    deployment_for_request, event, session_actor, sign_in_buckets, sign_in_succeeded, ClientInfo,
+    UserCaller, Via,
 };
 use crate::AppState;
 
@@ -398,14 +399,18 @@ async fn attempt(
     );
     count_sign_in(state, throttle, &buckets).await?;
 
-    let credentials = state.store.user_credentials(&scope, &email).await?;
-    // Verified off the async threads, and always: an unknown email, a user without password
-    // and a disabled user cost the same time as a wrong password.
-    let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
-    let matches = state
-        .identity
-        .password_work(move || verify_password(stored.as_ref(), &password))
-        .await?;
+    let (credentials, matches) = check_counted_sign_in(state, throttle, &buckets, async {
+        let credentials = state.store.user_credentials(&scope, &email).await?;
+        // Verified off the async threads, and always: an unknown email, a user without
+        // password and a disabled user cost the same time as a wrong password.
+        let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
+        let matches = state
+            .identity
+            .password_work(move || verify_password(stored.as_ref(), &password))
+            .await?;
+        Ok((credentials, matches))
+    })
+    .await?;
     let user = match credentials {
         Some(c) if matches && !c.user.disabled => c.user,
         other => {

@@ -26,8 +26,8 @@ use tessera_store::Throttle;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::identity::{
-    bearer, check_origin, cookie_value, count_sign_in, deployment_for_request, sign_in_buckets,
-    sign_in_succeeded, ClientInfo,
+    bearer, check_counted_sign_in, check_origin, cookie_value, count_sign_in,
+    deployment_for_request, sign_in_buckets, sign_in_succeeded, ClientInfo,
 };
 use crate::AppState;
 
@@ -144,14 +144,18 @@ pub(crate) async fn console_sign_in(
     );
     let now = Timestamp::now();
     count_sign_in(&state, throttle, &buckets).await?;
-    let credentials = state.store.console_admin_credentials(&username).await?;
-    let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
-    // Always verified (against a dummy hash for an unknown name): the same time either way.
-    // Bounded like every password check (`503 busy` when no slot frees up).
-    let matches = state
-        .identity
-        .password_work(move || verify_password(stored.as_ref(), &password))
-        .await?;
+    let (credentials, matches) = check_counted_sign_in(&state, throttle, &buckets, async {
+        let credentials = state.store.console_admin_credentials(&username).await?;
+        let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
+        // Always verified (against a dummy hash for an unknown name): the same time either
+        // way. Bounded like every password check (`503 busy` when no slot frees up).
+        let matches = state
+            .identity
+            .password_work(move || verify_password(stored.as_ref(), &password))
+            .await?;
+        Ok((credentials, matches))
+    })
+    .await?;
     let admin = match credentials {
         Some((admin, _)) if matches => admin,
         _ => {

@@ -30,6 +30,7 @@ backend_tests!(
     failed_sign_ins_are_rate_limited_across_nodes,
     user_tokens_verify_with_the_jwks_and_survive_rotation,
     concurrent_failed_sign_ins_cannot_exceed_the_limit,
+    busy_password_checks_are_not_counted_as_failures,
     overlong_tokens_and_long_retired_keys_are_refused,
     the_sign_in_page_works_without_javascript,
     the_audit_log_records_keys_and_sign_ins,
@@ -1056,6 +1057,75 @@ async fn concurrent_failed_sign_ins_cannot_exceed_the_limit(db: &TestDatabase) {
         .await
         .assert_error(429, "too_many_attempts", None);
     app.stop().await;
+}
+
+/// A sign-in answered `503 busy` (no password slot free) had its password never checked: it
+/// must not count towards the limit, or a few busy moments lock an account out as if its
+/// password had been guessed at. One slot and no wait make most of a burst busy.
+async fn busy_password_checks_are_not_counted_as_failures(db: &TestDatabase) {
+    const LIMIT: u32 = 6;
+    let app = spawn_app_with(db, |c| {
+        c.identity.sign_in_max_failures_per_account = LIMIT;
+        c.identity.sign_in_max_failures_per_ip = 1_000;
+        c.identity.password_check_slots = 1;
+        c.identity.password_check_wait_ms = 0;
+        c.bootstrap_admin_password = Some(tessera_server::Secret::new(PASSWORD));
+    })
+    .await;
+    let console = |password: String| {
+        send(
+            app.anonymous(Method::POST, "/console/api/sign-in")
+                .header("origin", &app.base_url)
+                .json(&json!({ "password": password })),
+        )
+    };
+    // A burst of 8 is only telling when some of it was busy and fewer than 6 guesses (the
+    // limit) were checked: then the busy ones would have reached the limit had they counted.
+    // A slow machine may check more; each try takes a fresh account.
+    let mut telling = [false; 2];
+    for round in 0..5 {
+        let email = format!("user{round}@example.com");
+        user(&app, &email, Some(PASSWORD)).await;
+        let guesses = (0..8).map(|i| {
+            let (app, email) = (&app, &email);
+            async move { sign_in(app, email, &format!("guess-{i}"), None).await }
+        });
+        let answers = futures_util::future::join_all(guesses).await;
+        if burst_is_telling(&answers, LIMIT) {
+            telling[0] = true;
+            // Only the checked guesses count: the right password still gets in.
+            sign_in(&app, &email, PASSWORD, None).await.ok(200);
+        }
+        if !telling[1] {
+            let guesses = (0..8).map(|i| console(format!("guess-{i}")));
+            let answers = futures_util::future::join_all(guesses).await;
+            if burst_is_telling(&answers, LIMIT) {
+                telling[1] = true;
+                console(PASSWORD.to_owned()).await.ok(200);
+            }
+        }
+        if telling == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(
+        telling,
+        [true, true],
+        "no burst was partly busy (users, console)"
+    );
+    app.stop().await;
+}
+
+/// Whether a burst of wrong guesses had some answered `503 busy` and fewer than `limit` checked;
+/// every answer is one of 401 (checked), 503 (busy) and 429 (refused by the limit).
+fn burst_is_telling(answers: &[Resp], limit: u32) -> bool {
+    let count = |status: u16| answers.iter().filter(|r| r.status == status).count();
+    let (checked, busy, refused) = (count(401), count(503), count(429));
+    assert_eq!(checked + busy + refused, answers.len(), "{answers:?}");
+    for answer in answers.iter().filter(|r| r.status == 503) {
+        answer.assert_error(503, "busy", None);
+    }
+    busy > 0 && checked < limit as usize
 }
 
 /// Signs claims for `user` of deployment `dep` with `signer`, a key the test put in the
