@@ -15,8 +15,11 @@
 //! it copies), and the WAL would grow by every page written for as long as the load lasts. Once
 //! the WAL holds more than [`WAL_RESTART_FRAMES`], the task runs a second `PASSIVE` checkpoint on
 //! the writer connection, queued like any write: no commit can land meanwhile, it copies only
-//! the frames that arrived during the first, and the next write starts the WAL over (unless a
-//! reader still reads an older snapshot from it; the next round tries again).
+//! the frames that arrived during the first, and the next write starts the WAL over. A read
+//! that started before the step ended and is still running then keeps the WAL as it is (every
+//! read holds the part of the WAL it started with); the next round tries again. The step is
+//! skipped when the reader's checkpoint left more than [`WAL_RESTART_LEFT_FRAMES`] of what it
+//! saw (the writer would be held too long).
 
 use std::str::FromStr;
 
@@ -69,6 +72,11 @@ pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::fr
 /// it has grown.
 pub(crate) const WAL_RESTART_FRAMES: i64 = 8_192;
 
+/// The most frames a checkpoint on the writer connection may be left to copy: the step is meant
+/// to copy what arrived during the checkpoint on a reader, not to hold the writer for a long
+/// copy.
+const WAL_RESTART_LEFT_FRAMES: i64 = 2_048;
+
 /// The WAL file is cut back to this size when it starts over (`PRAGMA journal_size_limit`): a
 /// burst that grew it gives the disk space back.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
@@ -85,38 +93,55 @@ fn spawn_checkpointer(reader: Readers, writer: SqlitePool, alive: std::sync::Wea
             if alive.strong_count() == 0 || reader.is_closed() {
                 return;
             }
-            let frames = match checkpoint(&reader).await {
-                Ok(frames) => frames,
+            let (frames, copied) = match checkpoint(&reader).await {
+                Ok(progress) => progress,
                 Err(_) if reader.is_closed() => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "SQLite WAL checkpoint failed; retrying");
                     continue;
                 }
             };
-            if frames <= WAL_RESTART_FRAMES {
+            // `frames` is what the checkpoint saw when it began; commits that landed while it
+            // copied are left for the writer. Far behind (a read kept an old snapshot): the
+            // writer would be held for the whole copy, so the next round tries again.
+            if frames <= WAL_RESTART_FRAMES || frames - copied > WAL_RESTART_LEFT_FRAMES {
                 continue;
             }
-            if let Err(err) = checkpoint(&writer).await {
-                if writer.is_closed() {
-                    return;
+            // On the writer's own thread, like every write (see `offload`).
+            let on_writer = match writer_runtime() {
+                Ok(runtime) => {
+                    let writer = writer.clone();
+                    runtime.spawn(async move { checkpoint(&writer).await })
                 }
-                tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
+                Err(err) => {
+                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
+                    continue;
+                }
+            };
+            match on_writer.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) if writer.is_closed() => return,
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
+                }
             }
         }
     });
 }
 
 /// A `PASSIVE` checkpoint on a connection of `pool`: it copies what it can without waiting for
-/// anyone. Answers how many frames the WAL holds.
-async fn checkpoint<'c, E>(pool: E) -> Result<i64, sqlx::Error>
+/// anyone. Answers how many frames the WAL holds and how many of them are copied.
+async fn checkpoint<'c, E>(pool: E) -> Result<(i64, i64), sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    let (_busy, frames, _copied): (i64, i64, i64) =
-        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(pool)
-            .await?;
-    Ok(frames)
+    let (_busy, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok((frames, copied))
 }
 
 // A submission learns its agent's multitask policy from its thread update (see
@@ -599,6 +624,25 @@ mod tests {
             u32::from_be_bytes([header[12], header[13], header[14], header[15]])
         };
         let first = restarts();
+        // Reads run all along, as on a busy server: each holds the part of the WAL it started
+        // with while it runs.
+        let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (reader, reading) = (store.reader.clone(), reading.clone());
+                tokio::spawn(async move {
+                    let mut reads = 0u64;
+                    while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _: (Option<i64>,) = sqlx::query_as("SELECT max(rowid) FROM filler")
+                            .fetch_one(&reader)
+                            .await
+                            .expect("read");
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let mut commits = 0u32;
         // Each commit writes 32 pages or more, with nothing in between but the next commit.
@@ -618,6 +662,10 @@ mod tests {
             }
             tx.commit().await.expect("commit");
             commits += 1;
+        }
+        reading.store(false, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.expect("reader") > 0, "no read ran");
         }
         store.close_pools().await;
     }
