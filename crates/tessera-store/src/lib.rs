@@ -957,7 +957,8 @@ pub trait IdentityStore {
         window_ms: i64,
     ) -> StoreResult<Option<i64>>;
 
-    /// Takes back one counted attempt of a bucket (a sign-in that succeeded).
+    /// Takes back one counted attempt of a bucket (a sign-in that succeeded, was refused by
+    /// the limit, or whose password was never checked).
     async fn uncount_sign_in_attempt(
         &self,
         throttle: Throttle<'_>,
