@@ -891,7 +891,17 @@ pub(crate) async fn check_counted_sign_in<T>(
     buckets: &[tessera_store::ThrottleBucket],
     check: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    match check.await {
+    let unchecked = Unchecked {
+        store: state.store.clone(),
+        scope: match throttle {
+            tessera_store::Throttle::Deployment(scope) => Some(scope.clone()),
+            tessera_store::Throttle::Console => None,
+        },
+        buckets: buckets.to_vec(),
+    };
+    let result = check.await;
+    unchecked.finished();
+    match result {
         Ok(checked) => Ok(checked),
         Err(err) => {
             if let Err(back) = take_back_sign_in(state, throttle, buckets).await {
@@ -899,6 +909,50 @@ pub(crate) async fn check_counted_sign_in<T>(
             }
             Err(err)
         }
+    }
+}
+
+/// An attempt counted by [`count_sign_in`] whose check has not finished. Dropped before
+/// [`Self::finished`] (the request was abandoned: its client went away while it waited for a
+/// password slot, and the server dropped the handler), it takes the attempt back in the
+/// background, as a check that failed does.
+struct Unchecked {
+    store: Arc<dyn Store>,
+    /// The deployment of a user's sign-in; `None` for a console admin's.
+    scope: Option<Scope>,
+    buckets: Vec<tessera_store::ThrottleBucket>,
+}
+
+impl Unchecked {
+    /// The check finished: whatever its outcome, the caller deals with the attempt.
+    fn finished(mut self) {
+        self.buckets.clear();
+    }
+}
+
+impl Drop for Unchecked {
+    fn drop(&mut self) {
+        if self.buckets.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, scope) = (self.store.clone(), self.scope.take());
+        let buckets = std::mem::take(&mut self.buckets);
+        runtime.spawn(async move {
+            let throttle = scope
+                .as_ref()
+                .map_or(tessera_store::Throttle::Console, |scope| {
+                    tessera_store::Throttle::Deployment(scope)
+                });
+            for bucket in &buckets {
+                if let Err(err) = store.uncount_sign_in_attempt(throttle, &bucket.key).await {
+                    tracing::warn!(error = %err, "an abandoned sign-in attempt stays counted");
+                    return;
+                }
+            }
+        });
     }
 }
 

@@ -31,6 +31,7 @@ backend_tests!(
     user_tokens_verify_with_the_jwks_and_survive_rotation,
     concurrent_failed_sign_ins_cannot_exceed_the_limit,
     busy_password_checks_are_not_counted_as_failures,
+    abandoned_sign_ins_are_not_counted_as_failures,
     overlong_tokens_and_long_retired_keys_are_refused,
     the_sign_in_page_works_without_javascript,
     the_audit_log_records_keys_and_sign_ins,
@@ -1122,6 +1123,92 @@ async fn busy_password_checks_are_not_counted_as_failures(db: &TestDatabase) {
         [true, true],
         "no burst was partly busy (users, console)"
     );
+    app.stop().await;
+}
+
+/// A sign-in whose client gave up while it waited for a password slot was counted and never
+/// checked: when the server drops the request, the attempt is taken back. A user whose stored
+/// hash asks for 300 argon2 passes holds the one slot for seconds while a burst of guesses for
+/// another account waits behind it and is abandoned.
+async fn abandoned_sign_ins_are_not_counted_as_failures(db: &TestDatabase) {
+    const LIMIT: u32 = 6;
+    let app = spawn_app_with(db, |c| {
+        c.identity.sign_in_max_failures_per_account = LIMIT;
+        c.identity.sign_in_max_failures_per_ip = 1_000;
+        c.identity.password_check_slots = 1;
+        c.identity.password_check_wait_ms = 60_000;
+    })
+    .await;
+    user(&app, "ada@example.com", Some(PASSWORD)).await;
+    let store = tessera_store::open(&app.db_url, &Default::default())
+        .await
+        .expect("open the store");
+    let deployment = app.client.deployments().current().send().await.unwrap();
+    let scope = tessera_domain::Scope::deployment(
+        tessera_domain::DeploymentId::parse(&deployment.id).unwrap(),
+    );
+    let slow = tessera_domain::password::PasswordHash::from_stored(format!(
+        "$argon2id$v=19$m=19456,t=300,p=1$c2FsdHNhbHRzYWx0c2FsdA${}",
+        "A".repeat(43)
+    ))
+    .expect("a PHC string");
+    store
+        .create_user(
+            &scope,
+            &tessera_domain::identity::NewUser {
+                email: tessera_domain::identity::Email::parse("email", "slow@example.com").unwrap(),
+                first_name: None,
+                last_name: None,
+                password_hash: Some(slow),
+                metadata: tessera_domain::validate::Metadata::parse("metadata", json!({})).unwrap(),
+            },
+        )
+        .await
+        .expect("create the slow user");
+    store.close().await;
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let holder = async {
+        let started = Instant::now();
+        sign_in(&app, "slow@example.com", "guess", None)
+            .await
+            .assert_error(401, "invalid_credentials", None);
+        started.elapsed()
+    };
+    let burst = async {
+        // The holder has the slot by then.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let guesses = (0..8).map(|i| {
+            impatient
+                .post(format!("{}/sign-in", app.base_url))
+                .header("origin", &app.base_url)
+                .json(&json!({"email": "ada@example.com", "password": format!("guess-{i}")}))
+                .send()
+        });
+        futures_util::future::join_all(guesses).await
+    };
+    let (held, answers) = tokio::join!(holder, burst);
+    let mut abandoned = 0;
+    for answer in answers {
+        match answer {
+            Err(err) if err.is_timeout() => abandoned += 1,
+            // Over the limit while the others were counted and waiting.
+            Ok(answer) => assert_eq!(answer.status(), 429, "{answer:?}"),
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(
+        held > Duration::from_millis(600),
+        "the slow check took only {held:?}: the burst was not kept waiting"
+    );
+    assert_eq!(abandoned, LIMIT as usize, "guesses abandoned while waiting");
+    // None of them was checked: the right password gets in.
+    sign_in(&app, "ada@example.com", PASSWORD, None)
+        .await
+        .ok(200);
     app.stop().await;
 }
 
