@@ -840,23 +840,25 @@ pub(crate) fn sign_in_buckets(
 /// Counts a sign-in attempt in `buckets` before its password is checked: attempts made at the
 /// same time cannot all pass a check made before any of them was counted. When a bucket is
 /// full the attempt is taken back (it was never checked) and the answer is `429
-/// too_many_attempts` with `Retry-After`.
+/// too_many_attempts` with `Retry-After`. Answers when the attempt was counted: taking it back
+/// later ([`check_counted_sign_in`], [`sign_in_succeeded`]) needs it.
 pub(crate) async fn count_sign_in(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
     buckets: &[tessera_store::ThrottleBucket],
-) -> Result<(), ApiError> {
+) -> Result<Timestamp, ApiError> {
     let window_ms = i64::try_from(state.identity.settings.sign_in_window_seconds)
         .unwrap_or(i64::MAX / 2_000)
         .saturating_mul(1000);
+    let now = Timestamp::now();
     let Some(wait_ms) = state
         .store
-        .count_sign_in_attempt(throttle, buckets, Timestamp::now(), window_ms)
+        .count_sign_in_attempt(throttle, buckets, now, window_ms)
         .await?
     else {
-        return Ok(());
+        return Ok(now);
     };
-    take_back_sign_in(state, throttle, buckets).await?;
+    take_back_sign_in(&*state.store, throttle, buckets, now).await?;
     let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
     let mut err = ApiError::new(
         ErrorCode::TooManyAttempts,
@@ -866,16 +868,16 @@ pub(crate) async fn count_sign_in(
     Err(err)
 }
 
-/// Takes back an attempt counted by [`count_sign_in`] that was never checked.
+/// Takes back an attempt counted by [`count_sign_in`] at `counted_at` that was never checked.
 async fn take_back_sign_in(
-    state: &AppState,
+    store: &dyn Store,
     throttle: tessera_store::Throttle<'_>,
     buckets: &[tessera_store::ThrottleBucket],
-) -> Result<(), ApiError> {
+    counted_at: Timestamp,
+) -> Result<(), tessera_store::StoreError> {
     for bucket in buckets {
-        state
-            .store
-            .uncount_sign_in_attempt(throttle, &bucket.key)
+        store
+            .uncount_sign_in_attempt(throttle, &bucket.key, counted_at)
             .await?;
     }
     Ok(())
@@ -888,10 +890,11 @@ async fn take_back_sign_in(
 pub(crate) async fn check_counted_sign_in<T>(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
-    buckets: &[tessera_store::ThrottleBucket],
+    (buckets, counted_at): (&[tessera_store::ThrottleBucket], Timestamp),
     check: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let unchecked = Unchecked {
+        counted_at,
         store: state.store.clone(),
         scope: match throttle {
             tessera_store::Throttle::Deployment(scope) => Some(scope.clone()),
@@ -904,8 +907,9 @@ pub(crate) async fn check_counted_sign_in<T>(
     match result {
         Ok(checked) => Ok(checked),
         Err(err) => {
-            if let Err(back) = take_back_sign_in(state, throttle, buckets).await {
-                tracing::warn!(error = %back.message, "a sign-in attempt that was never checked stays counted");
+            if let Err(back) = take_back_sign_in(&*state.store, throttle, buckets, counted_at).await
+            {
+                tracing::warn!(error = %back, "a sign-in attempt that was never checked stays counted");
             }
             Err(err)
         }
@@ -921,6 +925,7 @@ struct Unchecked {
     /// The deployment of a user's sign-in; `None` for a console admin's.
     scope: Option<Scope>,
     buckets: Vec<tessera_store::ThrottleBucket>,
+    counted_at: Timestamp,
 }
 
 impl Unchecked {
@@ -938,7 +943,7 @@ impl Drop for Unchecked {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, scope) = (self.store.clone(), self.scope.take());
+        let (store, scope, counted_at) = (self.store.clone(), self.scope.take(), self.counted_at);
         let buckets = std::mem::take(&mut self.buckets);
         runtime.spawn(async move {
             let throttle = scope
@@ -946,22 +951,20 @@ impl Drop for Unchecked {
                 .map_or(tessera_store::Throttle::Console, |scope| {
                     tessera_store::Throttle::Deployment(scope)
                 });
-            for bucket in &buckets {
-                if let Err(err) = store.uncount_sign_in_attempt(throttle, &bucket.key).await {
-                    tracing::warn!(error = %err, "an abandoned sign-in attempt stays counted");
-                    return;
-                }
+            if let Err(err) = take_back_sign_in(&*store, throttle, &buckets, counted_at).await {
+                tracing::warn!(error = %err, "an abandoned sign-in attempt stays counted");
             }
         });
     }
 }
 
 /// After a successful sign-in: the account's failures are cleared and the attempt is taken
-/// back from the other buckets (`buckets` as given to [`count_sign_in`]).
+/// back from the other buckets (`buckets` as given to [`count_sign_in`], with the time it
+/// answered).
 pub(crate) async fn sign_in_succeeded(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
-    buckets: &[tessera_store::ThrottleBucket],
+    (buckets, counted_at): (&[tessera_store::ThrottleBucket], Timestamp),
 ) -> Result<(), ApiError> {
     let Some((account, others)) = buckets.split_first() else {
         return Ok(());
@@ -970,12 +973,7 @@ pub(crate) async fn sign_in_succeeded(
         .store
         .clear_sign_in_failures(throttle, &account.key)
         .await?;
-    for bucket in others {
-        state
-            .store
-            .uncount_sign_in_attempt(throttle, &bucket.key)
-            .await?;
-    }
+    take_back_sign_in(&*state.store, throttle, others, counted_at).await?;
     Ok(())
 }
 

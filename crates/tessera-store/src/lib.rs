@@ -957,12 +957,15 @@ pub trait IdentityStore {
         window_ms: i64,
     ) -> StoreResult<Option<i64>>;
 
-    /// Takes back one counted attempt of a bucket (a sign-in that succeeded, was refused by
-    /// the limit, or whose password was never checked).
+    /// Takes back one attempt of a bucket counted at `counted_at` (a sign-in that succeeded,
+    /// was refused by the limit, or whose password was never checked). Only from the window
+    /// it was counted in: once the bucket's window started again (or its failures were
+    /// cleared) the attempt is gone already, and a failure counted since stays.
     async fn uncount_sign_in_attempt(
         &self,
         throttle: Throttle<'_>,
         bucket: &str,
+        counted_at: Timestamp,
     ) -> StoreResult<()>;
 
     /// Forgets the failures of a bucket (after a successful sign-in to that account).

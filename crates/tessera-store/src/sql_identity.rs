@@ -931,10 +931,19 @@ macro_rules! impl_identity_sql {
                 Ok(wait)
             }
 
-            async fn uncount_sign_in_attempt(&self, throttle: Throttle<'_>, bucket: &str) -> StoreResult<()> {
+            async fn uncount_sign_in_attempt(
+                &self,
+                throttle: Throttle<'_>,
+                bucket: &str,
+                counted_at: Timestamp,
+            ) -> StoreResult<()> {
                 let (table, deployment) = throttle_table(throttle);
                 let mut tx = self.begin_write().await?;
-                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET failures = failures - 1 WHERE failures > 0 AND bucket = "));
+                // A window that started again, or a row cleared and counted anew, began after
+                // the attempt was counted.
+                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET failures = failures - 1 WHERE failures > 0 AND window_start <= "));
+                qb.push_bind(counted_at.as_millis());
+                qb.push(" AND bucket = ");
                 qb.push_bind(bucket);
                 if let Some(deployment) = deployment {
                     qb.push(" AND deployment_id = ").push_bind(deployment);

@@ -691,7 +691,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             .unwrap();
     }
     store
-        .uncount_sign_in_attempt(Throttle::Deployment(&a), &ip.key)
+        .uncount_sign_in_attempt(Throttle::Deployment(&a), &ip.key, t0.plus_secs(62))
         .await
         .unwrap();
     assert_eq!(
@@ -775,7 +775,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         );
     }
     store
-        .uncount_sign_in_attempt(Throttle::Console, "console:admin")
+        .uncount_sign_in_attempt(Throttle::Console, "console:admin", t0.plus_secs(1))
         .await
         .unwrap();
     assert_eq!(
@@ -797,6 +797,46 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             .unwrap(),
         None
     );
+
+    // An attempt is taken back only from the window it was counted in: one counted at t0 + 2 s
+    // and taken back after the window started again (t0 + 63 s) or after the failures were
+    // cleared and counted anew leaves the newer failure counted.
+    for restart in ["window", "clear"] {
+        store
+            .count_sign_in_attempt(Throttle::Console, admin, t0.plus_secs(2), window)
+            .await
+            .unwrap();
+        let later = match restart {
+            "window" => t0.plus_secs(63),
+            _ => {
+                store
+                    .clear_sign_in_failures(Throttle::Console, "console:admin")
+                    .await
+                    .unwrap();
+                t0.plus_secs(3)
+            }
+        };
+        store
+            .count_sign_in_attempt(Throttle::Console, admin, later, window)
+            .await
+            .unwrap();
+        store
+            .uncount_sign_in_attempt(Throttle::Console, "console:admin", t0.plus_secs(2))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .count_sign_in_attempt(Throttle::Console, admin, later, window)
+                .await
+                .unwrap()
+                .is_some(),
+            "after a {restart}, the late take-back removed a newer failure"
+        );
+        store
+            .clear_sign_in_failures(Throttle::Console, "console:admin")
+            .await
+            .unwrap();
+    }
     db_cleanup(store).await;
 }
 

@@ -397,20 +397,21 @@ async fn attempt(
         format!("account:{email}"),
         client.ip.as_ref().map(|ip| format!("ip:{ip}")),
     );
-    count_sign_in(state, throttle, &buckets).await?;
+    let counted_at = count_sign_in(state, throttle, &buckets).await?;
 
-    let (credentials, matches) = check_counted_sign_in(state, throttle, &buckets, async {
-        let credentials = state.store.user_credentials(&scope, &email).await?;
-        // Verified off the async threads, and always: an unknown email, a user without
-        // password and a disabled user cost the same time as a wrong password.
-        let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
-        let matches = state
-            .identity
-            .password_work(move || verify_password(stored.as_ref(), &password))
-            .await?;
-        Ok((credentials, matches))
-    })
-    .await?;
+    let (credentials, matches) =
+        check_counted_sign_in(state, throttle, (&buckets, counted_at), async {
+            let credentials = state.store.user_credentials(&scope, &email).await?;
+            // Verified off the async threads, and always: an unknown email, a user without
+            // password and a disabled user cost the same time as a wrong password.
+            let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
+            let matches = state
+                .identity
+                .password_work(move || verify_password(stored.as_ref(), &password))
+                .await?;
+            Ok((credentials, matches))
+        })
+        .await?;
     let user = match credentials {
         Some(c) if matches && !c.user.disabled => c.user,
         other => {
@@ -429,7 +430,7 @@ async fn attempt(
             return Err(invalid_credentials());
         }
     };
-    sign_in_succeeded(state, throttle, &buckets).await?;
+    sign_in_succeeded(state, throttle, (&buckets, counted_at)).await?;
 
     // Session fixation: whatever session the browser had is replaced by a new one with a new
     // cookie value, in one transaction.

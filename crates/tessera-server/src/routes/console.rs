@@ -143,19 +143,20 @@ pub(crate) async fn console_sign_in(
         client.ip.as_ref().map(|ip| format!("console-ip:{ip}")),
     );
     let now = Timestamp::now();
-    count_sign_in(&state, throttle, &buckets).await?;
-    let (credentials, matches) = check_counted_sign_in(&state, throttle, &buckets, async {
-        let credentials = state.store.console_admin_credentials(&username).await?;
-        let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
-        // Always verified (against a dummy hash for an unknown name): the same time either
-        // way. Bounded like every password check (`503 busy` when no slot frees up).
-        let matches = state
-            .identity
-            .password_work(move || verify_password(stored.as_ref(), &password))
-            .await?;
-        Ok((credentials, matches))
-    })
-    .await?;
+    let counted_at = count_sign_in(&state, throttle, &buckets).await?;
+    let (credentials, matches) =
+        check_counted_sign_in(&state, throttle, (&buckets, counted_at), async {
+            let credentials = state.store.console_admin_credentials(&username).await?;
+            let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
+            // Always verified (against a dummy hash for an unknown name): the same time either
+            // way. Bounded like every password check (`503 busy` when no slot frees up).
+            let matches = state
+                .identity
+                .password_work(move || verify_password(stored.as_ref(), &password))
+                .await?;
+            Ok((credentials, matches))
+        })
+        .await?;
     let admin = match credentials {
         Some((admin, _)) if matches => admin,
         _ => {
@@ -165,7 +166,7 @@ pub(crate) async fn console_sign_in(
             ));
         }
     };
-    sign_in_succeeded(&state, throttle, &buckets).await?;
+    sign_in_succeeded(&state, throttle, (&buckets, counted_at)).await?;
     let token = PlainSecret::generate(CONSOLE_TOKEN_PREFIX);
     let seconds = state.identity.sessions.console_session_seconds;
     let expires_at = now.plus_secs(i64::try_from(seconds).unwrap_or(3600));
