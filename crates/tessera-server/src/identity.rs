@@ -65,7 +65,7 @@ pub(crate) struct Identity {
     public_keys: Mutex<KeyCache>,
     /// Password hashing and checking in progress: argon2id takes ~19 MiB and tens of
     /// milliseconds of CPU each, so without a bound a burst of sign-ins exhausts memory.
-    password_work: tokio::sync::Semaphore,
+    password_work: Arc<tokio::sync::Semaphore>,
     /// Longest wait for a password-hashing slot before answering `503 busy`.
     password_wait: std::time::Duration,
 }
@@ -87,6 +87,27 @@ const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 const ACTOR_TOKEN_SECONDS: i64 = 300;
 /// Clock skew tolerated between nodes, seconds.
 const TOKEN_SKEW_SECS: i64 = 60;
+
+/// A slot for argon2id work (see [`Identity::password_slot`]).
+pub struct PasswordSlot(tokio::sync::OwnedSemaphorePermit);
+
+impl PasswordSlot {
+    /// Runs `f` on a blocking thread. The blocking work holds the slot, not this future: a
+    /// request dropped half-way (its client went away) frees the slot only when the work it
+    /// started is done, so abandoned requests cannot pile up argon2 work beyond the limit.
+    pub async fn run<T: Send + 'static>(
+        self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let PasswordSlot(permit) = self;
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            f()
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+}
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,14 +134,14 @@ impl Identity {
             source,
             secrets: tokio::sync::OnceCell::new(),
             public_keys: Mutex::new(KeyCache::default()),
-            password_work: tokio::sync::Semaphore::new(
+            password_work: Arc::new(tokio::sync::Semaphore::new(
                 match usize::try_from(config.identity.password_check_slots) {
                     Ok(0) | Err(_) => {
                         std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
                     }
                     Ok(slots) => slots,
                 },
-            ),
+            )),
             password_wait: std::time::Duration::from_millis(config.identity.password_check_wait_ms),
         })
     }
@@ -131,21 +152,28 @@ impl Identity {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit =
-            match tokio::time::timeout(self.password_wait, self.password_work.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) | Err(_) => {
-                    let mut err = ApiError::new(
-                        tessera_api::ErrorCode::Busy,
-                        "too many password checks in progress; retry shortly",
-                    );
-                    err.retry_after = Some(1);
-                    return Err(err);
-                }
-            };
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(ApiError::internal)
+        self.password_slot().await?.run(f).await
+    }
+
+    /// A slot for argon2id work, waited for at most the configured time (`503 busy` with
+    /// `Retry-After` then).
+    pub async fn password_slot(&self) -> Result<PasswordSlot, ApiError> {
+        match tokio::time::timeout(
+            self.password_wait,
+            self.password_work.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(PasswordSlot(permit)),
+            Ok(Err(_)) | Err(_) => {
+                let mut err = ApiError::new(
+                    tessera_api::ErrorCode::Busy,
+                    "too many password checks in progress; retry shortly",
+                );
+                err.retry_after = Some(1);
+                Err(err)
+            }
+        }
     }
 
     /// The secrets key, loaded (or, for a key file that does not exist yet, created) once.
@@ -841,7 +869,7 @@ pub(crate) fn sign_in_buckets(
 /// same time cannot all pass a check made before any of them was counted. When a bucket is
 /// full the attempt is taken back (it was never checked) and the answer is `429
 /// too_many_attempts` with `Retry-After`. Answers when the attempt was counted: taking it back
-/// later ([`check_counted_sign_in`], [`sign_in_succeeded`]) needs it.
+/// later ([`check_counted_password`], [`sign_in_succeeded`]) needs it.
 pub(crate) async fn count_sign_in(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
@@ -883,16 +911,25 @@ async fn take_back_sign_in(
     Ok(())
 }
 
-/// The password check of an attempt counted by [`count_sign_in`]. When `check` itself fails
-/// (`503 busy` with no password slot free, the credentials unreadable) the password was never
-/// checked, and the attempt is taken back: otherwise a few busy answers would lock the account
-/// out as if its password had been guessed at.
-pub(crate) async fn check_counted_sign_in<T>(
+/// The password check of an attempt counted by [`count_sign_in`]: reads the `credentials`,
+/// takes a password slot, then checks `password` against the hash `stored` finds in them.
+/// When either step before the check fails (`503 busy` with no slot free, the credentials
+/// unreadable) the password was never checked, and the attempt is taken back: otherwise a
+/// few busy answers would lock the account out as if its password had been guessed at. The
+/// same when the request is abandoned before it has a slot. Once it has one the attempt
+/// stays counted whatever happens, since the password is checked then even if nobody waits
+/// for the answer (otherwise requests abandoned at once would get password checks without
+/// ever reaching the limit).
+pub(crate) async fn check_counted_password<C>(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
     (buckets, counted_at): (&[tessera_store::ThrottleBucket], Timestamp),
-    check: impl std::future::Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
+    credentials: impl std::future::Future<Output = Result<C, ApiError>>,
+    (password, stored): (
+        tessera_domain::identity::Password,
+        impl FnOnce(&C) -> Option<tessera_domain::password::PasswordHash>,
+    ),
+) -> Result<(C, bool), ApiError> {
     let unchecked = Unchecked {
         counted_at,
         store: state.store.clone(),
@@ -902,24 +939,36 @@ pub(crate) async fn check_counted_sign_in<T>(
         },
         buckets: buckets.to_vec(),
     };
-    let result = check.await;
+    let ready = async {
+        let credentials = credentials.await?;
+        let slot = state.identity.password_slot().await?;
+        Ok::<_, ApiError>((credentials, slot))
+    }
+    .await;
     unchecked.finished();
-    match result {
-        Ok(checked) => Ok(checked),
+    let (credentials, slot) = match ready {
+        Ok(ready) => ready,
         Err(err) => {
             if let Err(back) = take_back_sign_in(&*state.store, throttle, buckets, counted_at).await
             {
                 tracing::warn!(error = %back, "a sign-in attempt that was never checked stays counted");
             }
-            Err(err)
+            return Err(err);
         }
-    }
+    };
+    // Verified off the async threads, and always: an unknown account or one without a
+    // password is checked against a dummy hash, in the same time as a wrong password.
+    let stored = stored(&credentials);
+    let matches = slot
+        .run(move || tessera_domain::password::verify_password(stored.as_ref(), &password))
+        .await?;
+    Ok((credentials, matches))
 }
 
-/// An attempt counted by [`count_sign_in`] whose check has not finished. Dropped before
+/// An attempt counted by [`count_sign_in`] that has no password slot yet. Dropped before
 /// [`Self::finished`] (the request was abandoned: its client went away while it waited for a
-/// password slot, and the server dropped the handler), it takes the attempt back in the
-/// background, as a check that failed does.
+/// slot, and the server dropped the handler), it takes the attempt back in the background, as
+/// a busy answer does.
 struct Unchecked {
     store: Arc<dyn Store>,
     /// The deployment of a user's sign-in; `None` for a console admin's.
@@ -929,7 +978,7 @@ struct Unchecked {
 }
 
 impl Unchecked {
-    /// The check finished: whatever its outcome, the caller deals with the attempt.
+    /// The wait is over: whatever its outcome, the caller deals with the attempt.
     fn finished(mut self) {
         self.buckets.clear();
     }

@@ -17,7 +17,6 @@ use serde_json::json;
 use tessera_api as api;
 use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::{AuditActor, AuditKind, Email, Password, User};
-use tessera_domain::password::verify_password;
 use tessera_domain::{OrganizationId, Scope, Timestamp};
 use tessera_store::{Entity, Throttle};
 
@@ -25,7 +24,7 @@ use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_json;
 use crate::identity::{
-    audit, check_counted_sign_in, check_origin, count_sign_in, current_session,
+    audit, check_counted_password, check_origin, count_sign_in, current_session,
     deployment_for_request, event, session_actor, sign_in_buckets, sign_in_succeeded, ClientInfo,
     UserCaller, Via,
 };
@@ -399,19 +398,21 @@ async fn attempt(
     );
     let counted_at = count_sign_in(state, throttle, &buckets).await?;
 
-    let (credentials, matches) =
-        check_counted_sign_in(state, throttle, (&buckets, counted_at), async {
-            let credentials = state.store.user_credentials(&scope, &email).await?;
-            // Verified off the async threads, and always: an unknown email, a user without
-            // password and a disabled user cost the same time as a wrong password.
-            let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
-            let matches = state
-                .identity
-                .password_work(move || verify_password(stored.as_ref(), &password))
-                .await?;
-            Ok((credentials, matches))
-        })
-        .await?;
+    // Verified always: an unknown email, a user without password and a disabled user cost the
+    // same time as a wrong password.
+    let (credentials, matches) = check_counted_password(
+        state,
+        throttle,
+        (&buckets, counted_at),
+        async { Ok(state.store.user_credentials(&scope, &email).await?) },
+        (
+            password,
+            |c: &Option<tessera_domain::identity::UserCredentials>| {
+                c.as_ref().and_then(|c| c.password_hash.clone())
+            },
+        ),
+    )
+    .await?;
     let user = match credentials {
         Some(c) if matches && !c.user.disabled => c.user,
         other => {

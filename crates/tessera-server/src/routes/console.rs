@@ -17,7 +17,6 @@ use axum::Json;
 use tessera_api as api;
 use tessera_api::{ErrorBody, ErrorCode};
 use tessera_domain::identity::Password;
-use tessera_domain::password::verify_password;
 use tessera_domain::secret::{PlainSecret, SecretHash};
 use tessera_domain::ticket::{ConsoleAdmin, CONSOLE_TOKEN_PREFIX};
 use tessera_domain::Timestamp;
@@ -26,7 +25,7 @@ use tessera_store::Throttle;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::identity::{
-    bearer, check_counted_sign_in, check_origin, cookie_value, count_sign_in,
+    bearer, check_counted_password, check_origin, cookie_value, count_sign_in,
     deployment_for_request, sign_in_buckets, sign_in_succeeded, ClientInfo,
 };
 use crate::AppState;
@@ -144,19 +143,19 @@ pub(crate) async fn console_sign_in(
     );
     let now = Timestamp::now();
     let counted_at = count_sign_in(&state, throttle, &buckets).await?;
-    let (credentials, matches) =
-        check_counted_sign_in(&state, throttle, (&buckets, counted_at), async {
-            let credentials = state.store.console_admin_credentials(&username).await?;
-            let stored = credentials.as_ref().map(|(_, hash)| hash.clone());
-            // Always verified (against a dummy hash for an unknown name): the same time either
-            // way. Bounded like every password check (`503 busy` when no slot frees up).
-            let matches = state
-                .identity
-                .password_work(move || verify_password(stored.as_ref(), &password))
-                .await?;
-            Ok((credentials, matches))
-        })
-        .await?;
+    // Always verified (against a dummy hash for an unknown name): the same time either way.
+    // Bounded like every password check (`503 busy` when no slot frees up).
+    let (credentials, matches) = check_counted_password(
+        &state,
+        throttle,
+        (&buckets, counted_at),
+        async { Ok(state.store.console_admin_credentials(&username).await?) },
+        (password, |c: &Option<_>| {
+            c.as_ref()
+                .map(|(_, hash): &(_, tessera_domain::password::PasswordHash)| hash.clone())
+        }),
+    )
+    .await?;
     let admin = match credentials {
         Some((admin, _)) if matches => admin,
         _ => {
