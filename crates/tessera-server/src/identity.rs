@@ -868,25 +868,24 @@ pub(crate) fn sign_in_buckets(
 /// Counts a sign-in attempt in `buckets` before its password is checked: attempts made at the
 /// same time cannot all pass a check made before any of them was counted. When a bucket is
 /// full the attempt is taken back (it was never checked) and the answer is `429
-/// too_many_attempts` with `Retry-After`. Answers when the attempt was counted: taking it back
-/// later ([`check_counted_password`], [`sign_in_succeeded`]) needs it.
+/// too_many_attempts` with `Retry-After`. Answers the window each bucket counted the attempt
+/// in: taking it back later ([`check_counted_password`], [`sign_in_succeeded`]) names it.
 pub(crate) async fn count_sign_in(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
     buckets: &[tessera_store::ThrottleBucket],
-) -> Result<Timestamp, ApiError> {
+) -> Result<Vec<i64>, ApiError> {
     let window_ms = i64::try_from(state.identity.settings.sign_in_window_seconds)
         .unwrap_or(i64::MAX / 2_000)
         .saturating_mul(1000);
-    let now = Timestamp::now();
-    let Some(wait_ms) = state
+    let counted = state
         .store
-        .count_sign_in_attempt(throttle, buckets, now, window_ms)
-        .await?
-    else {
-        return Ok(now);
+        .count_sign_in_attempt(throttle, buckets, Timestamp::now(), window_ms)
+        .await?;
+    let Some(wait_ms) = counted.wait_ms else {
+        return Ok(counted.windows);
     };
-    take_back_sign_in(&*state.store, throttle, buckets, now).await?;
+    take_back_sign_in(&*state.store, throttle, buckets, &counted.windows).await?;
     let seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
     let mut err = ApiError::new(
         ErrorCode::TooManyAttempts,
@@ -896,16 +895,16 @@ pub(crate) async fn count_sign_in(
     Err(err)
 }
 
-/// Takes back an attempt counted by [`count_sign_in`] at `counted_at` that was never checked.
+/// Takes back an attempt counted by [`count_sign_in`] in `windows` (one per bucket).
 async fn take_back_sign_in(
     store: &dyn Store,
     throttle: tessera_store::Throttle<'_>,
     buckets: &[tessera_store::ThrottleBucket],
-    counted_at: Timestamp,
+    windows: &[i64],
 ) -> Result<(), tessera_store::StoreError> {
-    for bucket in buckets {
+    for (bucket, window) in buckets.iter().zip(windows) {
         store
-            .uncount_sign_in_attempt(throttle, &bucket.key, counted_at)
+            .uncount_sign_in_attempt(throttle, &bucket.key, *window)
             .await?;
     }
     Ok(())
@@ -923,7 +922,7 @@ async fn take_back_sign_in(
 pub(crate) async fn check_counted_password<C>(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
-    (buckets, counted_at): (&[tessera_store::ThrottleBucket], Timestamp),
+    (buckets, windows): (&[tessera_store::ThrottleBucket], &[i64]),
     credentials: impl std::future::Future<Output = Result<C, ApiError>>,
     (password, stored): (
         tessera_domain::identity::Password,
@@ -931,7 +930,7 @@ pub(crate) async fn check_counted_password<C>(
     ),
 ) -> Result<(C, bool), ApiError> {
     let unchecked = Unchecked {
-        counted_at,
+        windows: windows.to_vec(),
         store: state.store.clone(),
         scope: match throttle {
             tessera_store::Throttle::Deployment(scope) => Some(scope.clone()),
@@ -949,8 +948,7 @@ pub(crate) async fn check_counted_password<C>(
     let (credentials, slot) = match ready {
         Ok(ready) => ready,
         Err(err) => {
-            if let Err(back) = take_back_sign_in(&*state.store, throttle, buckets, counted_at).await
-            {
+            if let Err(back) = take_back_sign_in(&*state.store, throttle, buckets, windows).await {
                 tracing::warn!(error = %back, "a sign-in attempt that was never checked stays counted");
             }
             return Err(err);
@@ -974,7 +972,8 @@ struct Unchecked {
     /// The deployment of a user's sign-in; `None` for a console admin's.
     scope: Option<Scope>,
     buckets: Vec<tessera_store::ThrottleBucket>,
-    counted_at: Timestamp,
+    /// The window each bucket counted the attempt in.
+    windows: Vec<i64>,
 }
 
 impl Unchecked {
@@ -992,7 +991,8 @@ impl Drop for Unchecked {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, scope, counted_at) = (self.store.clone(), self.scope.take(), self.counted_at);
+        let (store, scope) = (self.store.clone(), self.scope.take());
+        let windows = std::mem::take(&mut self.windows);
         let buckets = std::mem::take(&mut self.buckets);
         runtime.spawn(async move {
             let throttle = scope
@@ -1000,7 +1000,7 @@ impl Drop for Unchecked {
                 .map_or(tessera_store::Throttle::Console, |scope| {
                     tessera_store::Throttle::Deployment(scope)
                 });
-            if let Err(err) = take_back_sign_in(&*store, throttle, &buckets, counted_at).await {
+            if let Err(err) = take_back_sign_in(&*store, throttle, &buckets, &windows).await {
                 tracing::warn!(error = %err, "an abandoned sign-in attempt stays counted");
             }
         });
@@ -1008,12 +1008,12 @@ impl Drop for Unchecked {
 }
 
 /// After a successful sign-in: the account's failures are cleared and the attempt is taken
-/// back from the other buckets (`buckets` as given to [`count_sign_in`], with the time it
+/// back from the other buckets (`buckets` as given to [`count_sign_in`], with the windows it
 /// answered).
 pub(crate) async fn sign_in_succeeded(
     state: &AppState,
     throttle: tessera_store::Throttle<'_>,
-    (buckets, counted_at): (&[tessera_store::ThrottleBucket], Timestamp),
+    (buckets, windows): (&[tessera_store::ThrottleBucket], &[i64]),
 ) -> Result<(), ApiError> {
     let Some((account, others)) = buckets.split_first() else {
         return Ok(());
@@ -1022,7 +1022,13 @@ pub(crate) async fn sign_in_succeeded(
         .store
         .clear_sign_in_failures(throttle, &account.key)
         .await?;
-    take_back_sign_in(&*state.store, throttle, others, counted_at).await?;
+    take_back_sign_in(
+        &*state.store,
+        throttle,
+        others,
+        windows.get(1..).unwrap_or_default(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -804,6 +804,17 @@ pub struct ThrottleBucket {
     pub max_failures: u32,
 }
 
+/// What [`IdentityStore::count_sign_in_attempt`] counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInCount {
+    /// How long to wait (ms) when a bucket is now over its limit: the attempt must then be
+    /// refused.
+    pub wait_ms: Option<i64>,
+    /// The start (ms) of the window each bucket counted the attempt in, in the buckets'
+    /// order: a take-back names it.
+    pub windows: Vec<i64>,
+}
+
 #[async_trait]
 pub trait IdentityStore {
     /// Fails with [`Conflict::EmailTaken`] when another user of the deployment has the email.
@@ -947,25 +958,25 @@ pub trait IdentityStore {
 
     /// Counts a sign-in attempt in each bucket (a bucket whose window has passed starts again),
     /// before the password is checked, so that attempts made at the same time cannot all pass
-    /// a check made before any of them was counted. Returns how long to wait (ms) when a bucket
-    /// is now over its limit: the attempt must then be refused.
+    /// a check made before any of them was counted.
     async fn count_sign_in_attempt(
         &self,
         throttle: Throttle<'_>,
         buckets: &[ThrottleBucket],
         now: Timestamp,
         window_ms: i64,
-    ) -> StoreResult<Option<i64>>;
+    ) -> StoreResult<SignInCount>;
 
-    /// Takes back one attempt of a bucket counted at `counted_at` (a sign-in that succeeded,
-    /// was refused by the limit, or whose password was never checked). Only from the window
-    /// it was counted in: once the bucket's window started again (or its failures were
-    /// cleared) the attempt is gone already, and a failure counted since stays.
+    /// Takes back one attempt of a bucket counted in the window that started at `window` (ms,
+    /// as [`SignInCount::windows`] gave it): a sign-in that succeeded, was refused by the
+    /// limit, or whose password was never checked. Once the bucket's window started again (or
+    /// its failures were cleared) the attempt is gone already, and a failure counted since
+    /// stays.
     async fn uncount_sign_in_attempt(
         &self,
         throttle: Throttle<'_>,
         bucket: &str,
-        counted_at: Timestamp,
+        window: i64,
     ) -> StoreResult<()>;
 
     /// Forgets the failures of a bucket (after a successful sign-in to that account).

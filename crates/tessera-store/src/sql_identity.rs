@@ -47,7 +47,7 @@ macro_rules! impl_identity_sql {
         };
         use $crate::{
             AuditFilter, Conflict, Entity, Page, PageRequest, StoreError, StoreResult,
-            Throttle, ThrottleBucket, UserFilter,
+            SignInCount, Throttle, ThrottleBucket, UserFilter,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -896,9 +896,10 @@ macro_rules! impl_identity_sql {
                 buckets: &[ThrottleBucket],
                 now: Timestamp,
                 window_ms: i64,
-            ) -> StoreResult<Option<i64>> {
+            ) -> StoreResult<SignInCount> {
                 let (table, deployment) = throttle_table(throttle);
                 let mut wait: Option<i64> = None;
+                let mut windows = Vec::with_capacity(buckets.len());
                 let mut tx = self.begin_write().await?;
                 for bucket in buckets {
                     // Every SET expression sees the row as it was, so both CASEs agree on
@@ -920,6 +921,7 @@ macro_rules! impl_identity_sql {
                     qb.push(format!(" ELSE {table}.window_start END RETURNING window_start, failures"));
                     let row = qb.build().fetch_one(&mut *tx).await?;
                     let start: i64 = row.try_get("window_start")?;
+                    windows.push(start);
                     let failures: i64 = row.try_get("failures")?;
                     let ends = start.saturating_add(window_ms);
                     if failures > i64::from(bucket.max_failures) && ends > now.as_millis() {
@@ -928,21 +930,21 @@ macro_rules! impl_identity_sql {
                     }
                 }
                 tx.commit().await?;
-                Ok(wait)
+                Ok(SignInCount { wait_ms: wait, windows })
             }
 
             async fn uncount_sign_in_attempt(
                 &self,
                 throttle: Throttle<'_>,
                 bucket: &str,
-                counted_at: Timestamp,
+                window: i64,
             ) -> StoreResult<()> {
                 let (table, deployment) = throttle_table(throttle);
                 let mut tx = self.begin_write().await?;
-                // A window that started again, or a row cleared and counted anew, began after
-                // the attempt was counted.
-                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET failures = failures - 1 WHERE failures > 0 AND window_start <= "));
-                qb.push_bind(counted_at.as_millis());
+                // A window that started again, or a row cleared and counted anew, has another
+                // start.
+                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET failures = failures - 1 WHERE failures > 0 AND window_start = "));
+                qb.push_bind(window);
                 qb.push(" AND bucket = ");
                 qb.push_bind(bucket);
                 if let Some(deployment) = deployment {

@@ -622,7 +622,8 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             store
                 .count_sign_in_attempt(Throttle::Deployment(&a), &both, t0.plus_secs(i), window)
                 .await
-                .unwrap(),
+                .unwrap()
+                .wait_ms,
             None,
             "attempt {i} is within the limit of 3"
         );
@@ -632,7 +633,8 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         store
             .count_sign_in_attempt(Throttle::Deployment(&a), &both, t0.plus_secs(5), window)
             .await
-            .unwrap(),
+            .unwrap()
+            .wait_ms,
         Some(55_000)
     );
     // Blocked until the window that started at t0 ends.
@@ -691,14 +693,19 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             .unwrap();
     }
     store
-        .uncount_sign_in_attempt(Throttle::Deployment(&a), &ip.key, t0.plus_secs(62))
+        .uncount_sign_in_attempt(
+            Throttle::Deployment(&a),
+            &ip.key,
+            t0.plus_secs(61).as_millis(),
+        )
         .await
         .unwrap();
     assert_eq!(
         store
             .count_sign_in_attempt(Throttle::Deployment(&a), ip_only, t0.plus_secs(62), window)
             .await
-            .unwrap(),
+            .unwrap()
+            .wait_ms,
         None,
         "5 counted after one was taken back: at the limit, not over it"
     );
@@ -706,6 +713,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         .count_sign_in_attempt(Throttle::Deployment(&a), ip_only, t0.plus_secs(62), window)
         .await
         .unwrap()
+        .wait_ms
         .is_some());
     // …and clears the account's bucket.
     for _ in 0..3 {
@@ -755,14 +763,16 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         store
             .count_sign_in_attempt(Throttle::Console, admin, t0, window)
             .await
-            .unwrap(),
+            .unwrap()
+            .wait_ms,
         None
     );
     assert_eq!(
         store
             .count_sign_in_attempt(Throttle::Console, admin, t0.plus_secs(1), window)
             .await
-            .unwrap(),
+            .unwrap()
+            .wait_ms,
         Some(59_000)
     );
     for scope in [&a, &b] {
@@ -775,7 +785,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
         );
     }
     store
-        .uncount_sign_in_attempt(Throttle::Console, "console:admin", t0.plus_secs(1))
+        .uncount_sign_in_attempt(Throttle::Console, "console:admin", t0.as_millis())
         .await
         .unwrap();
     assert_eq!(
@@ -802,10 +812,15 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
     // and taken back after the window started again (t0 + 63 s) or after the failures were
     // cleared and counted anew leaves the newer failure counted.
     for restart in ["window", "clear"] {
-        store
+        let counted = store
             .count_sign_in_attempt(Throttle::Console, admin, t0.plus_secs(2), window)
             .await
             .unwrap();
+        assert_eq!(
+            counted.windows,
+            [t0.plus_secs(2).as_millis()],
+            "a new window"
+        );
         let later = match restart {
             "window" => t0.plus_secs(63),
             _ => {
@@ -821,7 +836,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             .await
             .unwrap();
         store
-            .uncount_sign_in_attempt(Throttle::Console, "console:admin", t0.plus_secs(2))
+            .uncount_sign_in_attempt(Throttle::Console, "console:admin", counted.windows[0])
             .await
             .unwrap();
         assert!(
@@ -829,6 +844,7 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
                 .count_sign_in_attempt(Throttle::Console, admin, later, window)
                 .await
                 .unwrap()
+                .wait_ms
                 .is_some(),
             "after a {restart}, the late take-back removed a newer failure"
         );
@@ -837,6 +853,35 @@ async fn sign_in_failures_are_counted_per_bucket_and_window(db: &TestDatabase) {
             .await
             .unwrap();
     }
+    // Attempts made at once carry their own clock readings: one read before the window's
+    // first attempt but counted after it is counted in that window, and taken back from it.
+    let two = ThrottleBucket {
+        key: "console:two".into(),
+        max_failures: 2,
+    };
+    let two = std::slice::from_ref(&two);
+    let first = store
+        .count_sign_in_attempt(Throttle::Console, two, t0.plus_secs(5), window)
+        .await
+        .unwrap();
+    let earlier = store
+        .count_sign_in_attempt(Throttle::Console, two, t0.plus_secs(4), window)
+        .await
+        .unwrap();
+    assert_eq!(earlier.windows, first.windows, "the same window");
+    store
+        .uncount_sign_in_attempt(Throttle::Console, "console:two", earlier.windows[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .count_sign_in_attempt(Throttle::Console, two, t0.plus_secs(6), window)
+            .await
+            .unwrap()
+            .wait_ms,
+        None,
+        "two counted after one was taken back: at the limit, not over it"
+    );
     db_cleanup(store).await;
 }
 

@@ -396,14 +396,14 @@ async fn attempt(
         format!("account:{email}"),
         client.ip.as_ref().map(|ip| format!("ip:{ip}")),
     );
-    let counted_at = count_sign_in(state, throttle, &buckets).await?;
+    let windows = count_sign_in(state, throttle, &buckets).await?;
 
     // Verified always: an unknown email, a user without password and a disabled user cost the
     // same time as a wrong password.
     let (credentials, matches) = check_counted_password(
         state,
         throttle,
-        (&buckets, counted_at),
+        (&buckets, &windows),
         async { Ok(state.store.user_credentials(&scope, &email).await?) },
         (
             password,
@@ -431,7 +431,7 @@ async fn attempt(
             return Err(invalid_credentials());
         }
     };
-    sign_in_succeeded(state, throttle, (&buckets, counted_at)).await?;
+    sign_in_succeeded(state, throttle, (&buckets, &windows)).await?;
 
     // Session fixation: whatever session the browser had is replaced by a new one with a new
     // cookie value, in one transaction.

@@ -142,13 +142,13 @@ pub(crate) async fn console_sign_in(
         client.ip.as_ref().map(|ip| format!("console-ip:{ip}")),
     );
     let now = Timestamp::now();
-    let counted_at = count_sign_in(&state, throttle, &buckets).await?;
+    let windows = count_sign_in(&state, throttle, &buckets).await?;
     // Always verified (against a dummy hash for an unknown name): the same time either way.
     // Bounded like every password check (`503 busy` when no slot frees up).
     let (credentials, matches) = check_counted_password(
         &state,
         throttle,
-        (&buckets, counted_at),
+        (&buckets, &windows),
         async { Ok(state.store.console_admin_credentials(&username).await?) },
         (password, |c: &Option<_>| {
             c.as_ref()
@@ -165,7 +165,7 @@ pub(crate) async fn console_sign_in(
             ));
         }
     };
-    sign_in_succeeded(&state, throttle, (&buckets, counted_at)).await?;
+    sign_in_succeeded(&state, throttle, (&buckets, &windows)).await?;
     let token = PlainSecret::generate(CONSOLE_TOKEN_PREFIX);
     let seconds = state.identity.sessions.console_session_seconds;
     let expires_at = now.plus_secs(i64::try_from(seconds).unwrap_or(3600));
