@@ -1067,10 +1067,7 @@ async fn concurrent_failed_sign_ins_cannot_exceed_the_limit(db: &TestDatabase) {
 async fn busy_password_checks_are_not_counted_as_failures(db: &TestDatabase) {
     const LIMIT: u32 = 6;
     let app = spawn_app_with(db, |c| {
-        c.identity.sign_in_max_failures_per_account = LIMIT;
-        c.identity.sign_in_max_failures_per_ip = 1_000;
-        c.identity.password_check_slots = 1;
-        c.identity.password_check_wait_ms = 0;
+        one_password_slot(c, 0, LIMIT);
         c.bootstrap_admin_password = Some(tessera_server::Secret::new(PASSWORD));
     })
     .await;
@@ -1127,6 +1124,40 @@ async fn busy_password_checks_are_not_counted_as_failures(db: &TestDatabase) {
     app.stop().await;
 }
 
+/// One password slot, waited for `wait_ms`, and `limit` failures per account (the address's
+/// limit out of the way).
+fn one_password_slot(c: &mut tessera_server::Config, wait_ms: u64, limit: u32) {
+    c.identity.password_check_slots = 1;
+    c.identity.password_check_wait_ms = wait_ms;
+    c.identity.sign_in_max_failures_per_account = limit;
+    c.identity.sign_in_max_failures_per_ip = 1_000;
+}
+
+/// A browser that gives up on a sign-in after a while (its connection closes).
+struct Impatient<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+}
+
+impl<'a> Impatient<'a> {
+    fn new(app: &'a TestApp, patience: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(patience)
+            .build()
+            .unwrap();
+        Self { app, http }
+    }
+
+    async fn sign_in(&self, email: &str, password: String) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{}/sign-in", self.app.base_url))
+            .header("origin", &self.app.base_url)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+    }
+}
+
 /// A user `slow@example.com` whose stored hash asks for so many argon2 passes that checking a
 /// password against it holds a password slot for seconds.
 async fn slow_user(app: &TestApp) {
@@ -1164,20 +1195,11 @@ async fn slow_user(app: &TestApp) {
 /// is abandoned.
 async fn abandoned_sign_ins_are_not_counted_as_failures(db: &TestDatabase) {
     const LIMIT: u32 = 6;
-    let app = spawn_app_with(db, |c| {
-        c.identity.sign_in_max_failures_per_account = LIMIT;
-        c.identity.sign_in_max_failures_per_ip = 1_000;
-        c.identity.password_check_slots = 1;
-        c.identity.password_check_wait_ms = 60_000;
-    })
-    .await;
+    let app = spawn_app_with(db, |c| one_password_slot(c, 60_000, LIMIT)).await;
     user(&app, "ada@example.com", Some(PASSWORD)).await;
     slow_user(&app).await;
     let (head_start, patience) = (Duration::from_millis(500), Duration::from_millis(1_000));
-    let impatient = reqwest::Client::builder()
-        .timeout(patience)
-        .build()
-        .unwrap();
+    let impatient = Impatient::new(&app, patience);
     let holder = async {
         let started = Instant::now();
         sign_in(&app, "slow@example.com", "guess", None)
@@ -1188,13 +1210,7 @@ async fn abandoned_sign_ins_are_not_counted_as_failures(db: &TestDatabase) {
     let burst = async {
         // The holder has the slot by then.
         tokio::time::sleep(head_start).await;
-        let guesses = (0..8).map(|i| {
-            impatient
-                .post(format!("{}/sign-in", app.base_url))
-                .header("origin", &app.base_url)
-                .json(&json!({"email": "ada@example.com", "password": format!("guess-{i}")}))
-                .send()
-        });
+        let guesses = (0..8).map(|i| impatient.sign_in("ada@example.com", format!("guess-{i}")));
         futures_util::future::join_all(guesses).await
     };
     let (held, answers) = tokio::join!(holder, burst);
@@ -1224,23 +1240,11 @@ async fn abandoned_sign_ins_are_not_counted_as_failures(db: &TestDatabase) {
 /// attempt stays counted: otherwise requests abandoned at once would start argon2 work
 /// (~19 MiB each) beyond the limit, and without ever reaching the limit of failures.
 async fn abandoned_password_checks_keep_their_slot(db: &TestDatabase) {
-    let app = spawn_app_with(db, |c| {
-        c.identity.password_check_slots = 1;
-        c.identity.password_check_wait_ms = 0;
-        c.identity.sign_in_max_failures_per_account = 1;
-    })
-    .await;
+    let app = spawn_app_with(db, |c| one_password_slot(c, 0, 1)).await;
     user(&app, "ada@example.com", Some(PASSWORD)).await;
     slow_user(&app).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(format!("{}/sign-in", app.base_url))
-        .header("origin", &app.base_url)
-        .json(&json!({"email": "slow@example.com", "password": "guess"}))
-        .send()
+    let gave_up = Impatient::new(&app, Duration::from_millis(500))
+        .sign_in("slow@example.com", "guess".to_owned())
         .await;
     assert!(
         gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
