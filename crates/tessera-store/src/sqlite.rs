@@ -107,26 +107,16 @@ fn spawn_checkpointer(reader: Readers, writer: SqlitePool, alive: std::sync::Wea
             if frames <= WAL_RESTART_FRAMES || frames - copied > WAL_RESTART_LEFT_FRAMES {
                 continue;
             }
-            // On the writer's own thread, like every write (see `offload`).
-            let on_writer = match writer_runtime() {
-                Ok(runtime) => {
-                    let writer = writer.clone();
-                    runtime.spawn(async move { checkpoint(&writer).await })
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
-                    continue;
-                }
+            // On the writer's own thread, like every write.
+            let step = {
+                let writer = writer.clone();
+                async move { Ok(checkpoint(&writer).await?) }
             };
-            match on_writer.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) if writer.is_closed() => return,
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
+            if let Err(err) = on_writer_thread(step).await {
+                if writer.is_closed() {
+                    return;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
-                }
+                tracing::warn!(error = %err, "SQLite WAL checkpoint on the writer failed");
             }
         }
     });
@@ -184,6 +174,16 @@ fn writer_runtime() -> StoreResult<&'static tokio::runtime::Handle> {
         })
         .as_ref()
         .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer thread: {e}")))
+}
+
+/// Runs `work` on the writer's dedicated thread (see [`SqliteStore::offload`]).
+async fn on_writer_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    writer_runtime()?
+        .spawn(work)
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the write transaction's task failed: {e}")))?
 }
 
 impl SqliteStore {
@@ -301,10 +301,7 @@ impl SqliteStore {
         &self,
         work: impl std::future::Future<Output = StoreResult<T>> + Send + 'static,
     ) -> StoreResult<T> {
-        writer_runtime()?
-            .spawn(work)
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("the write transaction's task failed: {e}")))?
+        on_writer_thread(work).await
     }
 
     pub(crate) async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
