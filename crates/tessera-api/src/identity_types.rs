@@ -313,9 +313,10 @@ pub struct AuditEvent {
     pub id: String,
     /// `user.signed_in`, `user.signed_out`, `user.sign_in_failed`, `secret_key.created`,
     /// `secret_key.revoked`, `user.created`, `user.disabled`, `user.enabled`, `user.deleted`,
-    /// `user.token_created` or `user.active_organization_changed`.
+    /// `user.token_created`, `user.active_organization_changed`, `session_ticket.created`
+    /// (impersonation tickets), `user.impersonation_started` or `session_ticket.replayed`.
     pub kind: String,
-    /// `secret_key`, `user`, `anonymous` or `operator`.
+    /// `secret_key`, `user`, `anonymous`, `console_admin` or `operator`.
     pub actor_type: String,
     #[serde(default)]
     pub actor_id: Option<String>,

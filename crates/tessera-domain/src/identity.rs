@@ -417,6 +417,23 @@ impl AuditKind {
     }
 }
 
+/// The client a request came from, as an audit event records it: its address and user agent,
+/// when known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditClient {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl From<&crate::ticket::Issuer> for AuditActor {
+    fn from(issuer: &crate::ticket::Issuer) -> Self {
+        match issuer {
+            crate::ticket::Issuer::SecretKey(id) => Self::SecretKey(id.clone()),
+            crate::ticket::Issuer::ConsoleAdmin(id) => Self::ConsoleAdmin(id.clone()),
+        }
+    }
+}
+
 /// An audit log entry to record. `subject_id` names the object acted on (a user, a key).
 #[derive(Debug, Clone)]
 pub struct NewAuditEvent {
@@ -426,6 +443,26 @@ pub struct NewAuditEvent {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub data: serde_json::Value,
+}
+
+impl NewAuditEvent {
+    /// An event about `subject` with the client's details.
+    pub fn new(
+        kind: AuditKind,
+        actor: AuditActor,
+        subject: Option<String>,
+        client: &AuditClient,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            kind,
+            actor,
+            subject_id: subject,
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.clone(),
+            data,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

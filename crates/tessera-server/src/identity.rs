@@ -564,6 +564,16 @@ impl ClientInfo {
     }
 }
 
+impl ClientInfo {
+    /// The details an audit event the store records keeps.
+    pub fn audit(&self) -> tessera_domain::identity::AuditClient {
+        tessera_domain::identity::AuditClient {
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
@@ -835,14 +845,7 @@ pub(crate) fn event(
     client: &ClientInfo,
     data: serde_json::Value,
 ) -> NewAuditEvent {
-    NewAuditEvent {
-        kind,
-        actor,
-        subject_id: subject,
-        ip: client.ip.clone(),
-        user_agent: client.user_agent.clone(),
-        data,
-    }
+    NewAuditEvent::new(kind, actor, subject, &client.audit(), data)
 }
 
 /// The throttle buckets of a sign-in: its account's (`account`, first) and, when the client's

@@ -1024,6 +1024,9 @@ pub struct NewTicket {
     pub issuer: tessera_domain::ticket::Issuer,
     pub now: Timestamp,
     pub expires_at: Timestamp,
+    /// Who asked, for the audit event an impersonation ticket's mint records in its own
+    /// transaction (`session_ticket.created`).
+    pub client: tessera_domain::identity::AuditClient,
 }
 
 /// What an exchange needs besides the ticket: the browser's current session (if its cookie is
@@ -1047,6 +1050,10 @@ pub struct ExchangeTicket {
     pub impersonation_ms: i64,
     /// External key of the actor an anonymous ticket creates (`anonymous`/<key>).
     pub anonymous_key: String,
+    /// Who presented the ticket, for the audit events the exchange records in its own
+    /// transaction: `user.impersonation_started` when an impersonation ticket signs the browser
+    /// in, `session_ticket.replayed` when a used ticket comes back.
+    pub client: tessera_domain::identity::AuditClient,
 }
 
 /// How an exchange ended.
@@ -1073,7 +1080,8 @@ pub enum ExchangeOutcome {
         browser: BrowserSession,
     },
     /// Unknown, expired or already used: all answered alike. `replayed` is the used ticket
-    /// presented again (its sessions were revoked), for the audit log.
+    /// presented again (its sessions were revoked and the replay recorded in the audit log, in
+    /// the same transaction).
     Invalid {
         replayed: Option<tessera_domain::ticket::SessionTicket>,
     },

@@ -153,6 +153,35 @@ macro_rules! impl_identity_sql {
             }
         }
 
+        /// Records `event` on `conn`, in the transaction of what it records where there is one
+        /// (an event written after its action's commit is lost when the node dies in between).
+        pub(super) async fn insert_audit(
+            conn: &mut Conn,
+            scope: &Scope,
+            event: &NewAuditEvent,
+            now: Timestamp,
+        ) -> StoreResult<AuditEvent> {
+            let row = sqlx::query(&format!(
+                "INSERT INTO audit_events
+                   (id, deployment_id, kind, actor_type, actor_id, subject_id, ip, user_agent,
+                    data, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {AUDIT_COLS}"
+            ))
+            .bind(AuditEventId::generate_at(now).into_string())
+            .bind(scope.deployment_id().as_str())
+            .bind(event.kind.as_str())
+            .bind(event.actor.kind())
+            .bind(event.actor.id().map(str::to_owned))
+            .bind(event.subject_id.clone())
+            .bind(event.ip.clone())
+            .bind(event.user_agent.clone())
+            .bind(json_text("audit data", &event.data)?)
+            .bind(now.as_millis())
+            .fetch_one(&mut *conn)
+            .await?;
+            audit_from_row(&row)
+        }
+
         fn audit_from_row(row: &DbRow) -> StoreResult<AuditEvent> {
             let data: String = row.try_get("data")?;
             Ok(AuditEvent {
@@ -975,25 +1004,7 @@ macro_rules! impl_identity_sql {
             ) -> StoreResult<AuditEvent> {
                 let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
-                let row = sqlx::query(&format!(
-                    "INSERT INTO audit_events
-                       (id, deployment_id, kind, actor_type, actor_id, subject_id, ip, user_agent,
-                        data, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {AUDIT_COLS}"
-                ))
-                .bind(AuditEventId::generate_at(now).into_string())
-                .bind(scope.deployment_id().as_str())
-                .bind(event.kind.as_str())
-                .bind(event.actor.kind())
-                .bind(event.actor.id().map(str::to_owned))
-                .bind(event.subject_id.clone())
-                .bind(event.ip.clone())
-                .bind(event.user_agent.clone())
-                .bind(json_text("audit data", &event.data)?)
-                .bind(now.as_millis())
-                .fetch_one(&mut *tx)
-                .await?;
-                let recorded = audit_from_row(&row)?;
+                let recorded = insert_audit(&mut tx, scope, event, now).await?;
                 tx.commit().await?;
                 Ok(recorded)
             }

@@ -26,11 +26,14 @@ macro_rules! impl_ticket_sql {
         #[allow(unused_imports)]
         use super::*;
         use super::identity_sql::{
-            insert_session, push_session_row, session_from_row, user_from_row, NEW_SESSION_COLS,
+            insert_audit, insert_session, push_session_row, session_from_row, user_from_row,
+            NEW_SESSION_COLS,
         };
         use super::shared_sql::{actor_from_row, agent_from_row, finish_page, push_page};
         use sqlx::Row as _;
-        use tessera_domain::identity::{BrowserSession, NewSession};
+        use tessera_domain::identity::{
+            AuditActor, AuditClient, AuditKind, BrowserSession, NewAuditEvent, NewSession,
+        };
         use tessera_domain::records::Actor;
         use tessera_domain::password::PasswordHash;
         use tessera_domain::secret::SecretHash;
@@ -228,6 +231,32 @@ macro_rules! impl_ticket_sql {
 
         /// Appends the partition condition of an agent session to a query whose WHERE clause is
         /// open (over `threads`).
+        /// The audit event of an impersonation ticket's mint, in the mint's transaction
+        /// (other tickets record none).
+        async fn record_minted(
+            conn: &mut Conn,
+            scope: &Scope,
+            ticket: &SessionTicket,
+            client: &AuditClient,
+        ) -> StoreResult<()> {
+            let ticket_type = ticket.grant.ticket_type();
+            if ticket_type != tessera_domain::ticket::TicketType::Impersonation {
+                return Ok(());
+            }
+            let event = NewAuditEvent::new(
+                AuditKind::TicketCreated,
+                AuditActor::from(&ticket.issuer),
+                Some(ticket.id.as_str().to_owned()),
+                client,
+                serde_json::json!({
+                    "ticket_type": ticket_type.as_str(),
+                    "expires_at": ticket.expires_at.as_secs(),
+                }),
+            );
+            insert_audit(conn, scope, &event, ticket.created_at).await?;
+            Ok(())
+        }
+
         fn push_partition<'q>(
             qb: &mut sqlx::QueryBuilder<'q, $db>,
             scope: &Scope,
@@ -409,10 +438,12 @@ macro_rules! impl_ticket_sql {
                 qb.push(")) = ").push_bind(agents.len() as i64);
             }
             qb.push(format!(" RETURNING {TICKET_COLS}"));
-            match qb.build().fetch_optional(&mut *conn).await? {
-                Some(row) => ticket_from_row(&row),
-                None => Err(missing_agent(conn, dep, &new.grant).await),
-            }
+            let ticket = match qb.build().fetch_optional(&mut *conn).await? {
+                Some(row) => ticket_from_row(&row)?,
+                None => return Err(missing_agent(conn, dep, &new.grant).await),
+            };
+            record_minted(conn, scope, &ticket, &new.client).await?;
+            Ok(ticket)
         }
 
         /// Inserts many new tickets in one statement (SQLite's group commit, see
@@ -488,7 +519,9 @@ macro_rules! impl_ticket_sql {
             let mut out = Vec::with_capacity(mints.len());
             for ((scope, new), id) in mints.iter().zip(ids) {
                 out.push(if written.as_ref().is_none_or(|w| w.contains(id.as_str())) {
-                    Ok(new_ticket(id, new))
+                    let ticket = new_ticket(id, new);
+                    record_minted(conn, scope, &ticket, &new.client).await?;
+                    Ok(ticket)
                 } else {
                     Err(missing_agent(conn, scope.deployment_id().as_str(), &new.grant).await)
                 });
@@ -676,6 +709,14 @@ macro_rules! impl_ticket_sql {
                 };
                 if let Some(ticket) = &used {
                     revoke_replayed(tx, dep, &ticket.id, now).await?;
+                    let event = NewAuditEvent::new(
+                        AuditKind::TicketReplayed,
+                        AuditActor::Anonymous,
+                        Some(ticket.id.as_str().to_owned()),
+                        &ex.client,
+                        serde_json::json!({"ticket_type": ticket.grant.ticket_type().as_str()}),
+                    );
+                    insert_audit(tx, scope, &event, now).await?;
                 }
                 return Ok(ExchangeOutcome::Invalid { replayed: used });
             };
@@ -830,6 +871,20 @@ macro_rules! impl_ticket_sql {
                         ..ex.new_browser_session.clone()
                     };
                     let browser = insert_session(tx, scope, &new).await?;
+                    // Who impersonates whom, recorded by the transaction that signs them in.
+                    let event = NewAuditEvent::new(
+                        AuditKind::ImpersonationStarted,
+                        AuditActor::from(&ticket.issuer),
+                        Some(user.id.as_str().to_owned()),
+                        &ex.client,
+                        serde_json::json!({
+                            "ticket_id": ticket.id.as_str(),
+                            "impersonator_type": ticket.issuer.kind(),
+                            "impersonator_id": ticket.issuer.id(),
+                            "expires_at": browser.expires_at.to_rfc3339(),
+                        }),
+                    );
+                    insert_audit(tx, scope, &event, now).await?;
                     Ok(ExchangeOutcome::Impersonation { ticket, user, browser })
                 }
                 TicketGrant::App { .. } => {

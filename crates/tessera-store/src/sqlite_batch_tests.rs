@@ -110,6 +110,7 @@ impl Tenant {
             issuer: Issuer::SecretKey(SecretKeyId::generate()),
             now,
             expires_at: now.plus_secs(60),
+            client: Default::default(),
         }
     }
 
@@ -163,6 +164,7 @@ fn fresh_exchange(secret: &PlainSecret, n: i64) -> ExchangeTicket {
         session_lifetime_ms: 3_600_000,
         impersonation_ms: 1_800_000,
         anonymous_key: format!("anon-{}", SecretKeyId::generate()),
+        client: Default::default(),
     }
 }
 
@@ -638,6 +640,80 @@ async fn a_failing_statement_written_together_fails_the_batch_then_each_write_al
         ),
         "the failed exchange left its ticket unused"
     );
+    store.close_pools().await;
+}
+
+/// Mints written together (`insert_tickets`) record the audit event an impersonation ticket's
+/// mint calls for, in the batch's transaction, once per impersonation ticket and for nothing
+/// else.
+#[tokio::test]
+async fn impersonation_mints_written_together_are_audited() {
+    let fixture = Fixture::new().await;
+    let tenant = fixture.tenant("audit").await;
+    let store = &fixture.store;
+    let scope = &tenant.scope;
+    let user = store
+        .create_user(
+            scope,
+            &tessera_domain::identity::NewUser {
+                email: tessera_domain::identity::Email::parse("email", "ada@example.com")
+                    .expect("email"),
+                first_name: None,
+                last_name: None,
+                password_hash: None,
+                metadata: tessera_domain::validate::Metadata::empty(),
+            },
+        )
+        .await
+        .expect("user");
+    let impersonation = || {
+        let mut new = tenant.ticket(&PlainSecret::generate(TICKET_PREFIX), SessionMode::Static);
+        new.grant = TicketGrant::Impersonation {
+            user_id: user.id.clone(),
+        };
+        new.client = tessera_domain::identity::AuditClient {
+            ip: Some("203.0.113.9".into()),
+            user_agent: None,
+        };
+        new
+    };
+    let batch = [
+        tenant.mint(impersonation()),
+        tenant.mint(tenant.ticket(&PlainSecret::generate(TICKET_PREFIX), SessionMode::Static)),
+        tenant.mint(impersonation()),
+    ];
+    assert_eq!(
+        fixture.written_together(&batch).await,
+        [true, true, true],
+        "the mints are one statement"
+    );
+    let minted: Vec<_> = fixture
+        .batch(&batch)
+        .await
+        .into_iter()
+        .map(|done| done.and_then(HotDone::ticket).expect("minted"))
+        .collect();
+    let events = store
+        .list_audit_events(
+            scope,
+            &crate::AuditFilter {
+                kind: Some("session_ticket.created".into()),
+            },
+            &crate::PageRequest::default(),
+        )
+        .await
+        .expect("audit log");
+    let mut subjects: Vec<_> = events.items.iter().map(|e| e.subject_id.clone()).collect();
+    subjects.sort();
+    let mut expected = vec![
+        Some(minted[0].id.as_str().to_owned()),
+        Some(minted[2].id.as_str().to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(subjects, expected, "one event per impersonation ticket");
+    assert!(events.items.iter().all(
+        |e| e.ip.as_deref() == Some("203.0.113.9") && e.data["ticket_type"] == "impersonation"
+    ));
     store.close_pools().await;
 }
 

@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use tessera_domain::agent::MultitaskPolicy;
-use tessera_domain::identity::{Email, NewSession, NewUser};
+use tessera_domain::identity::{AuditClient, Email, NewSession, NewUser};
 use tessera_domain::password::hash_password;
 use tessera_domain::records::NewActor;
 use tessera_domain::records::NewDeployment;
@@ -25,8 +25,8 @@ use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, Sub
 use tessera_domain::{AgentId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
-    backend_tests, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket, NewSecretKey,
-    NewTicket, PageRequest, Store, StoreError, SubmitRun,
+    backend_tests, AuditFilter, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket,
+    NewSecretKey, NewTicket, PageRequest, Store, StoreError, SubmitRun,
 };
 
 backend_tests!(
@@ -119,6 +119,7 @@ async fn minted(
                 issuer: Issuer::SecretKey(SecretKeyId::generate()),
                 now,
                 expires_at: now.plus_secs(seconds),
+                client: client(),
             },
         )
         .await?;
@@ -168,6 +169,34 @@ fn exchange(ticket: &PlainSecret, cookie: Option<&PlainSecret>) -> ExchangeTicke
         session_lifetime_ms: 3_600_000,
         impersonation_ms: 1_800_000,
         anonymous_key: format!("anon-{}", AgentId::generate()),
+        client: client(),
+    }
+}
+
+/// The audit events of `kind` in `scope`, oldest first.
+async fn audited(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    kind: &str,
+) -> Vec<tessera_domain::identity::AuditEvent> {
+    store
+        .list_audit_events(
+            scope,
+            &AuditFilter {
+                kind: Some(kind.to_owned()),
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items
+}
+
+/// The client the tests' audit events name.
+fn client() -> AuditClient {
+    AuditClient {
+        ip: Some("203.0.113.7".into()),
+        user_agent: Some("store-tests".into()),
     }
 }
 
@@ -300,6 +329,19 @@ async fn one_exchange_wins_and_a_replay_revokes(db: &TestDatabase) {
         }
     }
     assert_eq!(winners, 1);
+    // Each losing exchange recorded its replay; an agent_access mint records nothing.
+    assert_eq!(
+        audited(&store, &scope, "session_ticket.replayed")
+            .await
+            .len(),
+        19
+    );
+    assert!(audited(&store, &scope, "session_ticket.created")
+        .await
+        .is_empty());
+    assert!(audited(&store, &other, "session_ticket.replayed")
+        .await
+        .is_empty());
 
     // A fresh ticket: its session lives until the ticket is replayed.
     let ticket = mint(
@@ -879,6 +921,23 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     };
     let (ticket, minted) = minted(&store, &scope, grant.clone(), 60).await.unwrap();
     let issuer = minted.issuer.clone();
+    // The mint records itself in the audit log, in its own transaction.
+    let created = audited(&store, &scope, "session_ticket.created").await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].subject_id.as_deref(), Some(minted.id.as_str()));
+    assert_eq!(
+        (
+            created[0].actor_type.as_str(),
+            created[0].actor_id.as_deref()
+        ),
+        ("secret_key", Some(issuer.id()))
+    );
+    assert_eq!(
+        (created[0].ip.clone(), created[0].user_agent.clone()),
+        (client().ip, client().user_agent)
+    );
+    assert_eq!(created[0].data["ticket_type"], "impersonation");
+    assert_eq!(created[0].data["expires_at"], minted.expires_at.as_secs());
 
     // The browser already has a session (signed in as nobody): the exchange replaces it.
     let (old_cookie, old) = browser(None);
@@ -905,7 +964,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
         redeemed,
         SessionTicket {
             redeemed_at: Some(ex.now),
-            ..minted
+            ..minted.clone()
         }
     );
     assert_eq!(signed_in, user);
@@ -915,6 +974,27 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     assert_eq!(browser.expires_at, limit);
     assert_eq!(browser.idle_expires_at, limit);
     assert_eq!(browser.created_at, ex.new_browser_session.now);
+    // The transaction that signed the browser in recorded who impersonates whom.
+    let started = audited(&store, &scope, "user.impersonation_started").await;
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].subject_id.as_deref(), Some(user.id.as_str()));
+    assert_eq!(
+        (
+            started[0].actor_type.as_str(),
+            started[0].actor_id.as_deref()
+        ),
+        ("secret_key", Some(issuer.id()))
+    );
+    assert_eq!(started[0].ip, client().ip);
+    assert_eq!(started[0].data["ticket_id"], minted.id.as_str());
+    assert_eq!(started[0].data["impersonator_id"], issuer.id());
+    assert_eq!(started[0].data["expires_at"], limit.to_rfc3339());
+    assert!(
+        audited(&store, &other, "user.impersonation_started")
+            .await
+            .is_empty(),
+        "the other deployment's log has nothing"
+    );
     // What the exchange answered is what it stored (it does not read its row back).
     let now = Timestamp::now();
     assert_eq!(
@@ -992,6 +1072,15 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             None
         );
     }
+    let replayed = audited(&store, &scope, "session_ticket.replayed").await;
+    assert_eq!(
+        replayed.len(),
+        1,
+        "the replay is recorded with its revocation"
+    );
+    assert_eq!(replayed[0].subject_id.as_deref(), Some(minted.id.as_str()));
+    assert_eq!(replayed[0].actor_type, "anonymous");
+    assert_eq!(replayed[0].data["ticket_type"], "impersonation");
 
     // A disabled user cannot be impersonated, and the refused exchange leaves the ticket
     // unused: it works once the user is enabled again.
@@ -1006,6 +1095,13 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             .await,
         Err(StoreError::Conflict(Conflict::UserDisabled))
     ));
+    assert_eq!(
+        audited(&store, &scope, "user.impersonation_started")
+            .await
+            .len(),
+        1,
+        "a refused exchange records nothing"
+    );
     store
         .set_user_disabled(&scope, &user.id, false)
         .await
@@ -1017,6 +1113,18 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             .unwrap(),
         ExchangeOutcome::Impersonation { .. }
     ));
+    assert_eq!(
+        audited(&store, &scope, "user.impersonation_started")
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        audited(&store, &scope, "session_ticket.created")
+            .await
+            .len(),
+        2
+    );
 }
 
 /// A rotation (choosing an organization) while the session's impersonation ticket is replayed.

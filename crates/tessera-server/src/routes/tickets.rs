@@ -11,10 +11,8 @@ use axum::http::header::{CACHE_CONTROL, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use tessera_api as api;
 use tessera_api::{ErrorBody, ErrorCode};
-use tessera_domain::identity::{AuditActor, AuditKind};
 use tessera_domain::records::Deployment;
 use tessera_domain::secret::{PlainSecret, SecretHash};
 use tessera_domain::ticket::{
@@ -27,9 +25,7 @@ use tessera_store::{ExchangeOutcome, ExchangeTicket, NewTicket, StoreError};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
-use crate::identity::{
-    audit, check_origin, deployment_for_request, event, session_cookie_value, ClientInfo,
-};
+use crate::identity::{check_origin, deployment_for_request, session_cookie_value, ClientInfo};
 use crate::routes::agent::session_view;
 use crate::routes::console::AdminCaller;
 use crate::AppState;
@@ -48,13 +44,6 @@ fn ticket_request(req: api::CreateSessionTicketRequest) -> TicketRequest {
         expires_in: req.expires_in,
         api_auth_app_slug: req.api_auth_app_slug,
         webhook_app_slug: req.webhook_app_slug,
-    }
-}
-
-fn audit_actor(issuer: &Issuer) -> AuditActor {
-    match issuer {
-        Issuer::SecretKey(id) => AuditActor::SecretKey(id.clone()),
-        Issuer::ConsoleAdmin(id) => AuditActor::ConsoleAdmin(id.clone()),
     }
 }
 
@@ -102,24 +91,11 @@ async fn mint(
                 issuer: issuer.clone(),
                 now,
                 expires_at,
+                client: client.audit(),
             },
         )
         .await?;
     tracing::debug!(ticket_id = %stored.id, ticket_type = ticket_type.as_str(), "session ticket minted");
-    if ticket_type == TicketType::Impersonation {
-        audit(
-            state,
-            scope,
-            event(
-                AuditKind::TicketCreated,
-                audit_actor(&issuer),
-                Some(stored.id.as_str().to_owned()),
-                client,
-                json!({"ticket_type": ticket_type.as_str(), "expires_at": expires_at.as_secs()}),
-            ),
-        )
-        .await;
-    }
     Ok((
         StatusCode::CREATED,
         Json(api::SessionTicket {
@@ -260,6 +236,7 @@ pub(crate) async fn exchange_session_ticket(
         // Time-ordered like ids (80 random bits under a millisecond timestamp): the actors'
         // unique key index then grows at its end instead of at a random page per exchange.
         anonymous_key: format!("anon_{}", tessera_domain::id::new_body(now)),
+        client: client.audit(),
     };
     let outcome = state.store.exchange_ticket(&scope, &exchange).await?;
     let (body, cookie) = match outcome {
@@ -291,23 +268,7 @@ pub(crate) async fn exchange_session_ticket(
             user,
             browser,
         } => {
-            audit(
-                &state,
-                &scope,
-                event(
-                    AuditKind::ImpersonationStarted,
-                    audit_actor(&ticket.issuer),
-                    Some(user.id.as_str().to_owned()),
-                    &client,
-                    json!({
-                        "ticket_id": ticket.id.as_str(),
-                        "impersonator_type": ticket.issuer.kind(),
-                        "impersonator_id": ticket.issuer.id(),
-                        "expires_at": browser.expires_at.to_rfc3339(),
-                    }),
-                ),
-            )
-            .await;
+            // The store recorded `user.impersonation_started` in the exchange's transaction.
             (
                 api::ExchangedSessionTicket {
                     ticket_type: TicketType::Impersonation.as_str().to_owned(),
@@ -329,19 +290,8 @@ pub(crate) async fn exchange_session_ticket(
         }
         ExchangeOutcome::Invalid { replayed } => {
             if let Some(ticket) = replayed {
+                // Revoked and recorded in the audit log by the exchange's transaction.
                 tracing::warn!(ticket_id = %ticket.id, "a used session ticket was presented again; its sessions were revoked");
-                audit(
-                    &state,
-                    &scope,
-                    event(
-                        AuditKind::TicketReplayed,
-                        AuditActor::Anonymous,
-                        Some(ticket.id.as_str().to_owned()),
-                        &client,
-                        json!({"ticket_type": ticket.grant.ticket_type().as_str()}),
-                    ),
-                )
-                .await;
             }
             return Err(invalid_ticket());
         }

@@ -1083,6 +1083,17 @@ async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     send(jar.apply(app.anonymous(Method::GET, "/me")))
         .await
         .assert_error(401, "unauthorized", None);
+    // The mint and the replay are in the log too, with the client that sent them.
+    for kind in ["session_ticket.created", "session_ticket.replayed"] {
+        let audit = app.get(&format!("/audit-events?kind={kind}")).await;
+        let events = audit.ok(200)["data"].as_array().unwrap().clone();
+        assert_eq!(events.len(), 1, "{kind}");
+        assert_eq!(events[0]["ip"], "127.0.0.1", "{kind}");
+        assert!(events[0]["subject_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("tkt_"));
+    }
     // Signing out of an impersonation is the impersonator's act too.
     let t = ticket(
         &app,
