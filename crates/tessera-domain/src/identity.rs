@@ -425,6 +425,13 @@ pub struct AuditClient {
     pub user_agent: Option<String>,
 }
 
+/// Who did a write whose audit event its own transaction records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBy {
+    pub actor: AuditActor,
+    pub client: AuditClient,
+}
+
 impl From<&crate::ticket::Issuer> for AuditActor {
     fn from(issuer: &crate::ticket::Issuer) -> Self {
         match issuer {

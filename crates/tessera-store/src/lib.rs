@@ -361,7 +361,13 @@ pub trait KeyStore {
         now: Timestamp,
     ) -> StoreResult<Option<AuthenticatedKey>>;
 
-    async fn create_key(&self, scope: &Scope, new: &NewSecretKey) -> StoreResult<SecretKeyRecord>;
+    /// Stores a new key and records `secret_key.created` by `by` in the same transaction.
+    async fn create_key(
+        &self,
+        scope: &Scope,
+        new: &NewSecretKey,
+        by: &tessera_domain::identity::AuditBy,
+    ) -> StoreResult<SecretKeyRecord>;
 
     async fn list_keys(
         &self,
@@ -369,9 +375,15 @@ pub trait KeyStore {
         page: &PageRequest,
     ) -> StoreResult<Page<SecretKeyRecord>>;
 
-    /// Revokes a key; revoking an already revoked key returns it unchanged. Refuses to revoke
-    /// the deployment's last active key ([`Conflict::LastActiveKey`]).
-    async fn revoke_key(&self, scope: &Scope, id: &SecretKeyId) -> StoreResult<SecretKeyRecord>;
+    /// Revokes a key and records `secret_key.revoked` by `by` in the same transaction;
+    /// revoking an already revoked key returns it unchanged and records nothing. Refuses to
+    /// revoke the deployment's last active key ([`Conflict::LastActiveKey`]).
+    async fn revoke_key(
+        &self,
+        scope: &Scope,
+        id: &SecretKeyId,
+        by: &tessera_domain::identity::AuditBy,
+    ) -> StoreResult<SecretKeyRecord>;
 }
 
 #[async_trait]

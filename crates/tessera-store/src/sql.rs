@@ -37,6 +37,7 @@ macro_rules! impl_sql_store {
             Actor, Deployment, NewActor, NewDeployment, NewProject, Project, ProjectStatus,
             SecretKeyRecord,
         };
+        use tessera_domain::identity::AuditKind;
         use tessera_domain::secret::SecretHash;
         use tessera_domain::{
             ActorId, AgentId, DeploymentId, ProjectId, Scope, SecretKeyId, Timestamp,
@@ -162,6 +163,27 @@ macro_rules! impl_sql_store {
 
         pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
             matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+        }
+
+        /// Records `kind` (a key's creation or revocation) by `by` in the transaction of what
+        /// it records.
+        async fn audit_key(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            scope: &Scope,
+            key: &SecretKeyRecord,
+            by: &tessera_domain::identity::AuditBy,
+            kind: AuditKind,
+            now: Timestamp,
+        ) -> StoreResult<()> {
+            let event = tessera_domain::identity::NewAuditEvent::new(
+                kind,
+                by.actor.clone(),
+                Some(key.id.as_str().to_owned()),
+                &by.client,
+                serde_json::json!({"name": key.name, "prefix": key.prefix}),
+            );
+            super::identity_sql::insert_audit(conn, scope, &event, now).await?;
+            Ok(())
         }
 
         async fn insert_key(
@@ -399,6 +421,7 @@ macro_rules! impl_sql_store {
                 &self,
                 scope: &Scope,
                 new: &NewSecretKey,
+                by: &tessera_domain::identity::AuditBy,
             ) -> StoreResult<SecretKeyRecord> {
                 let mut tx = self.begin_write().await?;
                 let exists = sqlx::query("SELECT 1 FROM deployments WHERE id = $1")
@@ -408,7 +431,9 @@ macro_rules! impl_sql_store {
                 if exists.is_none() {
                     return Err(StoreError::not_found(Entity::Deployment));
                 }
-                let key = insert_key(&mut tx, scope.deployment_id(), new, Timestamp::now()).await?;
+                let now = Timestamp::now();
+                let key = insert_key(&mut tx, scope.deployment_id(), new, now).await?;
+                audit_key(&mut tx, scope, &key, by, AuditKind::SecretKeyCreated, now).await?;
                 tx.commit().await?;
                 Ok(key)
             }
@@ -431,6 +456,7 @@ macro_rules! impl_sql_store {
                 &self,
                 scope: &Scope,
                 id: &SecretKeyId,
+                by: &tessera_domain::identity::AuditBy,
             ) -> StoreResult<SecretKeyRecord> {
                 let mut tx = self.begin_write().await?;
                 // Serialise revocations per deployment: two concurrent revokes must not both see
@@ -463,16 +489,20 @@ macro_rules! impl_sql_store {
                 if others == 0 {
                     return Err(StoreError::Conflict(Conflict::LastActiveKey));
                 }
+                let now = Timestamp::now();
                 let row = sqlx::query(&format!(
                     "UPDATE secret_keys SET revoked_at = $1 WHERE id = $2 AND deployment_id = $3
                      RETURNING {KEY_COLS}"
                 ))
-                .bind(Timestamp::now().as_millis())
+                .bind(now.as_millis())
                 .bind(id.as_str())
                 .bind(scope.deployment_id().as_str())
                 .fetch_one(&mut *tx)
                 .await?;
                 let key = key_from_row(&row)?;
+                // Only the call that revoked it gets here (the deployment's lock serialises
+                // revocations), so the revocation is recorded once.
+                audit_key(&mut tx, scope, &key, by, AuditKind::SecretKeyRevoked, now).await?;
                 tx.commit().await?;
                 Ok(key)
             }

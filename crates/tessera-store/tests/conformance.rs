@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use tessera_domain::agent::AgentSpec;
+use tessera_domain::identity::{AuditActor, AuditBy, AuditClient};
 use tessera_domain::records::{NewActor, NewDeployment, NewProject, ProjectStatus};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::{
@@ -15,7 +16,7 @@ use tessera_domain::validate::{
 use tessera_domain::{Scope, Timestamp, ToolId};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
-    backend_tests, ActorFilter, AgentFilter, Conflict, ConnectOptions, Cursor, Entity,
+    backend_tests, ActorFilter, AgentFilter, AuditFilter, Conflict, ConnectOptions, Cursor, Entity,
     NewSecretKey, PageRequest, ProjectFilter, Store, StoreError,
 };
 
@@ -33,6 +34,14 @@ fn new_key(name: &str) -> (PlainSecret, NewSecretKey) {
         prefix: secret.display_prefix(),
     };
     (secret, key)
+}
+
+/// An operator's audited write (no client).
+fn operator() -> AuditBy {
+    AuditBy {
+        actor: AuditActor::Operator,
+        client: AuditClient::default(),
+    }
 }
 
 fn new_deployment(name: &str) -> NewDeployment {
@@ -211,7 +220,14 @@ async fn keys_authenticate_until_revoked(db: &TestDatabase) {
     assert_eq!(auth.scope, scope);
 
     let (second, key) = new_key("second");
-    let record = store.create_key(&scope, &key).await.unwrap();
+    let by = AuditBy {
+        actor: AuditActor::SecretKey(auth.key_id.clone()),
+        client: AuditClient {
+            ip: Some("198.51.100.4".into()),
+            user_agent: Some("conformance".into()),
+        },
+    };
+    let record = store.create_key(&scope, &key, &by).await.unwrap();
     assert_eq!(record.prefix, second.display_prefix());
     assert!(store
         .authenticate_key(&second.hash(), now)
@@ -219,7 +235,7 @@ async fn keys_authenticate_until_revoked(db: &TestDatabase) {
         .unwrap()
         .is_some());
 
-    let revoked = store.revoke_key(&scope, &auth.key_id).await.unwrap();
+    let revoked = store.revoke_key(&scope, &auth.key_id, &by).await.unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(store
         .authenticate_key(&first.hash(), now)
@@ -228,9 +244,33 @@ async fn keys_authenticate_until_revoked(db: &TestDatabase) {
         .is_none());
     // Revoking again is a no-op that returns the record.
     assert_eq!(
-        store.revoke_key(&scope, &auth.key_id).await.unwrap(),
+        store.revoke_key(&scope, &auth.key_id, &by).await.unwrap(),
         revoked
     );
+    // The creation and the one revocation were recorded by their own transactions, by whom
+    // the caller said, about the key.
+    let events = store
+        .list_audit_events(&scope, &AuditFilter::default(), &PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.subject_id.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("secret_key.created", Some(record.id.as_str().to_owned())),
+            ("secret_key.revoked", Some(auth.key_id.as_str().to_owned())),
+        ]
+    );
+    for event in &events {
+        assert_eq!(event.actor_type, "secret_key");
+        assert_eq!(event.actor_id.as_deref(), Some(auth.key_id.as_str()));
+        assert_eq!(event.ip.as_deref(), Some("198.51.100.4"));
+        assert!(event.data["prefix"].is_string());
+    }
     let unknown = PlainSecret::generate(SECRET_KEY_PREFIX);
     assert!(store
         .authenticate_key(&unknown.hash(), now)
@@ -255,8 +295,20 @@ async fn last_active_key_cannot_be_revoked(db: &TestDatabase) {
         .await
         .unwrap()
         .unwrap();
-    let err = store.revoke_key(&scope, &auth.key_id).await.unwrap_err();
+    let err = store
+        .revoke_key(&scope, &auth.key_id, &operator())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict::LastActiveKey)));
+    assert!(
+        store
+            .list_audit_events(&scope, &AuditFilter::default(), &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a refused revocation records nothing"
+    );
     store.close().await;
 }
 
@@ -573,7 +625,7 @@ async fn nothing_crosses_deployments(db: &TestDatabase) {
         .await
         .unwrap();
     let (_, extra) = new_key("extra");
-    store.create_key(&a, &extra).await.unwrap();
+    store.create_key(&a, &extra, &operator()).await.unwrap();
     let a_keys = store.list_keys(&a, &PageRequest::default()).await.unwrap();
     let b_key = store
         .authenticate_key(&b_secret.hash(), Timestamp::now())
@@ -603,11 +655,17 @@ async fn nothing_crosses_deployments(db: &TestDatabase) {
         Entity::Project
     ));
     assert!(is_not_found(
-        &store.revoke_key(&b, &a_keys.items[0].id).await.unwrap_err(),
+        &store
+            .revoke_key(&b, &a_keys.items[0].id, &operator())
+            .await
+            .unwrap_err(),
         Entity::SecretKey
     ));
     assert!(is_not_found(
-        &store.revoke_key(&a, &b_key.key_id).await.unwrap_err(),
+        &store
+            .revoke_key(&a, &b_key.key_id, &operator())
+            .await
+            .unwrap_err(),
         Entity::SecretKey
     ));
     let all = PageRequest::default();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use tessera_domain::identity::{AuditActor, AuditBy, AuditClient};
 use tessera_domain::records::NewDeployment;
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::{DeploymentName, Label};
@@ -141,7 +142,14 @@ pub async fn create_key(
             .context("cannot look up the deployment")?
             .with_context(|| format!("no deployment has the id or name {deployment:?}"))?;
         let record = store
-            .create_key(&Scope::deployment(found.id.clone()), &key)
+            .create_key(
+                &Scope::deployment(found.id.clone()),
+                &key,
+                &AuditBy {
+                    actor: AuditActor::Operator,
+                    client: AuditClient::default(),
+                },
+            )
             .await
             .context("cannot create the key")?;
         anyhow::Ok((found, record))

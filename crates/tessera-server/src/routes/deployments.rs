@@ -7,16 +7,16 @@ use tessera_api as api;
 use tessera_api::ErrorBody;
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::validate::Label;
-use tessera_domain::{SecretKeyId, Timestamp};
+use tessera_domain::SecretKeyId;
 use tessera_store::NewSecretKey;
 
 use crate::auth::Caller;
 use crate::convert;
 use crate::error::ApiResult;
 use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
-use crate::identity::{audit, event, ClientInfo};
+use crate::identity::ClientInfo;
 use crate::AppState;
-use tessera_domain::identity::{AuditActor, AuditKind};
+use tessera_domain::identity::{AuditActor, AuditBy};
 
 /// The deployment the caller's secret key belongs to.
 #[utoipa::path(
@@ -102,20 +102,12 @@ pub(crate) async fn create_secret_key(
                 hash: secret.hash(),
                 prefix: secret.display_prefix(),
             },
+            &AuditBy {
+                actor: AuditActor::SecretKey(caller.key_id.clone()),
+                client: client.audit(),
+            },
         )
         .await?;
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::SecretKeyCreated,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(record.id.as_str().to_owned()),
-            &client,
-            serde_json::json!({"name": record.name, "prefix": record.prefix}),
-        ),
-    )
-    .await;
     let listed = convert::secret_key(record);
     Ok((
         StatusCode::CREATED,
@@ -172,23 +164,12 @@ pub(crate) async fn revoke_secret_key(
     State(state): State<AppState>,
     IdPath(id): IdPath<SecretKeyId>,
 ) -> ApiResult<Json<api::SecretKey>> {
-    let started = Timestamp::now();
-    let key = state.store.revoke_key(&caller.scope, &id).await?;
-    // Revoking a revoked key changes nothing and is not recorded again: only a revocation
-    // stamped by this call is.
-    if key.revoked_at.is_some_and(|at| at >= started) {
-        audit(
-            &state,
-            &caller.scope,
-            event(
-                AuditKind::SecretKeyRevoked,
-                AuditActor::SecretKey(caller.key_id.clone()),
-                Some(key.id.as_str().to_owned()),
-                &client,
-                serde_json::json!({"name": key.name, "prefix": key.prefix}),
-            ),
-        )
-        .await;
-    }
+    // Recorded in the audit log by the revocation's transaction (a revoked key's revocation
+    // changes nothing and is not recorded again).
+    let by = AuditBy {
+        actor: AuditActor::SecretKey(caller.key_id.clone()),
+        client: client.audit(),
+    };
+    let key = state.store.revoke_key(&caller.scope, &id, &by).await?;
     Ok(Json(convert::secret_key(key)))
 }

@@ -136,4 +136,21 @@ async fn offline_commands_prepare_a_database(db: &TestDatabase) {
         // Not given: the configured public URL (here the default listen address).
         assert_eq!(deployment.frontend_host, "http://127.0.0.1:8080");
     }
+    // The two keys created offline are in the audit log, as the operator's.
+    let log = server
+        .client(&first_key)
+        .audit_events()
+        .list_audit_events(tessera_client::models::ListAuditEventsParams {
+            kind: Some("secret_key.created".into()),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = log
+        .data
+        .iter()
+        .map(|e| (e.actor_type.as_str(), e.data["name"].as_str()))
+        .collect();
+    assert_eq!(names, [("operator", Some("ci")), ("operator", Some("cli"))]);
 }
