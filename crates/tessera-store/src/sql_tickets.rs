@@ -229,8 +229,6 @@ macro_rules! impl_ticket_sql {
             Ok(())
         }
 
-        /// Appends the partition condition of an agent session to a query whose WHERE clause is
-        /// open (over `threads`).
         /// The audit event of an impersonation ticket's mint, in the mint's transaction
         /// (other tickets record none).
         async fn record_minted(
@@ -257,6 +255,8 @@ macro_rules! impl_ticket_sql {
             Ok(())
         }
 
+        /// Appends the partition condition of an agent session to a query whose WHERE clause is
+        /// open (over `threads`).
         fn push_partition<'q>(
             qb: &mut sqlx::QueryBuilder<'q, $db>,
             scope: &Scope,

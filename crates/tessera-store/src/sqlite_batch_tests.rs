@@ -714,6 +714,54 @@ async fn impersonation_mints_written_together_are_audited() {
     assert!(events.items.iter().all(
         |e| e.ip.as_deref() == Some("203.0.113.9") && e.data["ticket_type"] == "impersonation"
     ));
+
+    // A batch whose shared transaction fails (two exchanges bringing one session token) keeps
+    // nothing of its mint's event; retried write by write, the mint records it once.
+    let (a, b) = (
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+        tenant.minted(&fixture, SessionMode::Static, 60).await,
+    );
+    let first = fresh_exchange(&a, 0);
+    let mut second = fresh_exchange(&b, 1);
+    second.session_token = first.session_token.clone();
+    let batch = [
+        tenant.exchange(first),
+        tenant.mint(impersonation()),
+        tenant.exchange(second),
+    ];
+    assert!(store.do_hot_writes(&batch).await.is_err());
+    let created = || async {
+        store
+            .list_audit_events(
+                scope,
+                &crate::AuditFilter {
+                    kind: Some("session_ticket.created".into()),
+                },
+                &crate::PageRequest::default(),
+            )
+            .await
+            .expect("audit log")
+            .items
+    };
+    assert_eq!(
+        created().await.len(),
+        2,
+        "the failed batch recorded nothing"
+    );
+    let retried = store.do_hot_writes_isolated(&batch).await;
+    let again = retried
+        .into_iter()
+        .nth(1)
+        .expect("the mint's result")
+        .and_then(HotDone::ticket)
+        .expect("minted alone");
+    let events = created().await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        events[2].subject_id.as_deref(),
+        Some(again.id.as_str()),
+        "the retried mint recorded its event once"
+    );
     store.close_pools().await;
 }
 

@@ -85,6 +85,7 @@ backend_tests!(
     deployment_settings_are_replaced_per_deployment,
     keys_authenticate_until_revoked,
     last_active_key_cannot_be_revoked,
+    concurrent_revocations_are_recorded_once,
     actors_are_unique_per_deployment_and_looked_up,
     lists_page_forwards_and_backwards,
     agents_update_with_versions_and_check_references,
@@ -284,6 +285,53 @@ async fn keys_authenticate_until_revoked(db: &TestDatabase) {
         .unwrap();
     assert_eq!(keys.items.len(), 2);
     assert!(keys.items[1].last_used_at.is_some() || keys.items[0].last_used_at.is_some());
+    store.close().await;
+}
+
+/// Revocations of one key racing each other all answer the revoked key; the one that revoked
+/// it recorded `secret_key.revoked`, and only it.
+async fn concurrent_revocations_are_recorded_once(db: &TestDatabase) {
+    let store = open(db).await;
+    let (scope, _) = deployment(&store, "racing").await;
+    let mut doomed = Vec::new();
+    for round in 0..5 {
+        let (_, key) = new_key(&format!("doomed-{round}"));
+        let key = store.create_key(&scope, &key, &operator()).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, scope, id) = (store.clone(), scope.clone(), key.id.clone());
+            tasks.push(tokio::spawn(async move {
+                store.revoke_key(&scope, &id, &operator()).await.unwrap()
+            }));
+        }
+        let mut stamps = Vec::new();
+        for task in tasks {
+            stamps.push(task.await.unwrap().revoked_at.expect("revoked"));
+        }
+        stamps.sort();
+        stamps.dedup();
+        assert_eq!(
+            stamps.len(),
+            1,
+            "round {round}: one revocation, seen by all"
+        );
+        doomed.push(Some(key.id.as_str().to_owned()));
+    }
+    let revoked: Vec<_> = store
+        .list_audit_events(
+            &scope,
+            &AuditFilter {
+                kind: Some("secret_key.revoked".into()),
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.subject_id)
+        .collect();
+    assert_eq!(revoked, doomed, "one event per revoked key");
     store.close().await;
 }
 
