@@ -890,7 +890,7 @@ async fn audit_events_are_scoped_filtered_and_paged(db: &TestDatabase) {
     let a = deployment(&store, "a", "http://a.test").await;
     let b = deployment(&store, "b", "http://b.test").await;
     let key = SecretKeyId::generate();
-    let mut ids = Vec::new();
+    let (mut ids, mut recorded) = (Vec::new(), Vec::new());
     for kind in [
         AuditKind::SecretKeyCreated,
         AuditKind::SignInFailed,
@@ -915,7 +915,8 @@ async fn audit_events_are_scoped_filtered_and_paged(db: &TestDatabase) {
         assert_eq!(event.actor_id.as_deref(), Some(key.as_str()));
         assert_eq!(event.ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(event.user_agent.as_deref(), Some("test-agent"));
-        ids.push(event.id);
+        ids.push(event.id.clone());
+        recorded.push(event);
     }
     store
         .record_audit(
@@ -939,6 +940,7 @@ async fn audit_events_are_scoped_filtered_and_paged(db: &TestDatabase) {
         all.items.iter().map(|e| &e.id).collect::<Vec<_>>(),
         ids.iter().collect::<Vec<_>>()
     );
+    assert_eq!(all.items, recorded, "each answer is the row it wrote");
     let failed = store
         .list_audit_events(
             &a,
