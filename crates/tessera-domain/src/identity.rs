@@ -458,15 +458,15 @@ impl NewAuditEvent {
         kind: AuditKind,
         actor: AuditActor,
         subject: Option<String>,
-        client: &AuditClient,
+        client: AuditClient,
         data: serde_json::Value,
     ) -> Self {
         Self {
             kind,
             actor,
             subject_id: subject,
-            ip: client.ip.clone(),
-            user_agent: client.user_agent.clone(),
+            ip: client.ip,
+            user_agent: client.user_agent,
             data,
         }
     }

@@ -562,9 +562,7 @@ impl ClientInfo {
                 .map(|v| v.chars().take(512).collect()),
         }
     }
-}
 
-impl ClientInfo {
     /// The details an audit event the store records keeps.
     pub fn audit(&self) -> tessera_domain::identity::AuditClient {
         tessera_domain::identity::AuditClient {
@@ -845,7 +843,7 @@ pub(crate) fn event(
     client: &ClientInfo,
     data: serde_json::Value,
 ) -> NewAuditEvent {
-    NewAuditEvent::new(kind, actor, subject, &client.audit(), data)
+    NewAuditEvent::new(kind, actor, subject, client.audit(), data)
 }
 
 /// The throttle buckets of a sign-in: its account's (`account`, first) and, when the client's

@@ -179,7 +179,7 @@ macro_rules! impl_sql_store {
                 kind,
                 by.actor.clone(),
                 Some(key.id.as_str().to_owned()),
-                &by.client,
+                by.client.clone(),
                 serde_json::json!({"name": key.name, "prefix": key.prefix}),
             );
             super::identity_sql::insert_audit(conn, scope, &event, now).await?;

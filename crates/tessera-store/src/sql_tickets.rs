@@ -245,7 +245,7 @@ macro_rules! impl_ticket_sql {
                 AuditKind::TicketCreated,
                 AuditActor::from(&ticket.issuer),
                 Some(ticket.id.as_str().to_owned()),
-                client,
+                client.clone(),
                 serde_json::json!({
                     "ticket_type": ticket_type.as_str(),
                     "expires_at": ticket.expires_at.as_secs(),
@@ -713,7 +713,7 @@ macro_rules! impl_ticket_sql {
                         AuditKind::TicketReplayed,
                         AuditActor::Anonymous,
                         Some(ticket.id.as_str().to_owned()),
-                        &ex.client,
+                        ex.client.clone(),
                         serde_json::json!({"ticket_type": ticket.grant.ticket_type().as_str()}),
                     );
                     insert_audit(tx, scope, &event, now).await?;
@@ -876,7 +876,7 @@ macro_rules! impl_ticket_sql {
                         AuditKind::ImpersonationStarted,
                         AuditActor::from(&ticket.issuer),
                         Some(user.id.as_str().to_owned()),
-                        &ex.client,
+                        ex.client.clone(),
                         serde_json::json!({
                             "ticket_id": ticket.id.as_str(),
                             "impersonator_type": ticket.issuer.kind(),
