@@ -127,6 +127,23 @@ impl Tenant {
         secret
     }
 
+    /// Exchanges of two fresh tickets that bring the same session token, so that a batch
+    /// writing them together fails as a whole; with the second ticket (alone, the second
+    /// exchange fails and leaves it unused).
+    async fn clashing_exchanges(
+        &self,
+        fixture: &Fixture,
+    ) -> (ExchangeTicket, ExchangeTicket, PlainSecret) {
+        let (a, b) = (
+            self.minted(fixture, SessionMode::Static, 60).await,
+            self.minted(fixture, SessionMode::Static, 60).await,
+        );
+        let first = fresh_exchange(&a, 0);
+        let mut second = fresh_exchange(&b, 1);
+        second.session_token = first.session_token.clone();
+        (first, second, b)
+    }
+
     fn mint(&self, new: NewTicket) -> HotWrite {
         HotWrite::Ticket {
             scope: self.scope.clone(),
@@ -610,13 +627,7 @@ async fn a_failing_statement_written_together_fails_the_batch_then_each_write_al
     let tenant = fixture.tenant("retry").await;
     let store = &fixture.store;
     let scope = &tenant.scope;
-    let (a, b) = (
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-    );
-    let first = fresh_exchange(&a, 0);
-    let mut second = fresh_exchange(&b, 1);
-    second.session_token = first.session_token.clone();
+    let (first, second, b) = tenant.clashing_exchanges(&fixture).await;
     let batch = [
         tenant.exchange(first.clone()),
         tenant.exchange(second.clone()),
@@ -693,43 +704,6 @@ async fn impersonation_mints_written_together_are_audited() {
         .into_iter()
         .map(|done| done.and_then(HotDone::ticket).expect("minted"))
         .collect();
-    let events = store
-        .list_audit_events(
-            scope,
-            &crate::AuditFilter {
-                kind: Some("session_ticket.created".into()),
-            },
-            &crate::PageRequest::default(),
-        )
-        .await
-        .expect("audit log");
-    let mut subjects: Vec<_> = events.items.iter().map(|e| e.subject_id.clone()).collect();
-    subjects.sort();
-    let mut expected = vec![
-        Some(minted[0].id.as_str().to_owned()),
-        Some(minted[2].id.as_str().to_owned()),
-    ];
-    expected.sort();
-    assert_eq!(subjects, expected, "one event per impersonation ticket");
-    assert!(events.items.iter().all(
-        |e| e.ip.as_deref() == Some("203.0.113.9") && e.data["ticket_type"] == "impersonation"
-    ));
-
-    // A batch whose shared transaction fails (two exchanges bringing one session token) keeps
-    // nothing of its mint's event; retried write by write, the mint records it once.
-    let (a, b) = (
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-        tenant.minted(&fixture, SessionMode::Static, 60).await,
-    );
-    let first = fresh_exchange(&a, 0);
-    let mut second = fresh_exchange(&b, 1);
-    second.session_token = first.session_token.clone();
-    let batch = [
-        tenant.exchange(first),
-        tenant.mint(impersonation()),
-        tenant.exchange(second),
-    ];
-    assert!(store.do_hot_writes(&batch).await.is_err());
     let created = || async {
         store
             .list_audit_events(
@@ -743,6 +717,28 @@ async fn impersonation_mints_written_together_are_audited() {
             .expect("audit log")
             .items
     };
+    let events = created().await;
+    let mut subjects: Vec<_> = events.iter().map(|e| e.subject_id.clone()).collect();
+    subjects.sort();
+    let mut expected = vec![
+        Some(minted[0].id.as_str().to_owned()),
+        Some(minted[2].id.as_str().to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(subjects, expected, "one event per impersonation ticket");
+    assert!(events.iter().all(
+        |e| e.ip.as_deref() == Some("203.0.113.9") && e.data["ticket_type"] == "impersonation"
+    ));
+
+    // A batch whose shared transaction fails (two exchanges bringing one session token) keeps
+    // nothing of its mint's event; retried write by write, the mint records it once.
+    let (first, second, _) = tenant.clashing_exchanges(&fixture).await;
+    let batch = [
+        tenant.exchange(first),
+        tenant.mint(impersonation()),
+        tenant.exchange(second),
+    ];
+    assert!(store.do_hot_writes(&batch).await.is_err());
     assert_eq!(
         created().await.len(),
         2,

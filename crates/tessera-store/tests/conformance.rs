@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+mod common;
+
 use std::sync::Arc;
 
 use tessera_domain::agent::AgentSpec;
@@ -16,7 +18,7 @@ use tessera_domain::validate::{
 use tessera_domain::{Scope, Timestamp, ToolId};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
-    backend_tests, ActorFilter, AgentFilter, AuditFilter, Conflict, ConnectOptions, Cursor, Entity,
+    backend_tests, ActorFilter, AgentFilter, Conflict, ConnectOptions, Cursor, Entity,
     NewSecretKey, PageRequest, ProjectFilter, Store, StoreError,
 };
 
@@ -250,11 +252,7 @@ async fn keys_authenticate_until_revoked(db: &TestDatabase) {
     );
     // The creation and the one revocation were recorded by their own transactions, by whom
     // the caller said, about the key.
-    let events = store
-        .list_audit_events(&scope, &AuditFilter::default(), &PageRequest::default())
-        .await
-        .unwrap()
-        .items;
+    let events = common::audited(&store, &scope, None).await;
     let seen: Vec<_> = events
         .iter()
         .map(|e| (e.kind.as_str(), e.subject_id.clone()))
@@ -317,17 +315,8 @@ async fn concurrent_revocations_are_recorded_once(db: &TestDatabase) {
         );
         doomed.push(Some(key.id.as_str().to_owned()));
     }
-    let revoked: Vec<_> = store
-        .list_audit_events(
-            &scope,
-            &AuditFilter {
-                kind: Some("secret_key.revoked".into()),
-            },
-            &PageRequest::default(),
-        )
+    let revoked: Vec<_> = common::audited(&store, &scope, Some("secret_key.revoked"))
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|e| e.subject_id)
         .collect();
@@ -349,12 +338,7 @@ async fn last_active_key_cannot_be_revoked(db: &TestDatabase) {
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict::LastActiveKey)));
     assert!(
-        store
-            .list_audit_events(&scope, &AuditFilter::default(), &PageRequest::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
+        common::audited(&store, &scope, None).await.is_empty(),
         "a refused revocation records nothing"
     );
     store.close().await;

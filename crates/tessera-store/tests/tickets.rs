@@ -25,8 +25,8 @@ use tessera_domain::validate::{DeploymentName, ExternalKey, Label, Metadata, Sub
 use tessera_domain::{AgentId, Scope, SecretKeyId, ThreadId, Timestamp};
 use tessera_store::testing::TestDatabase;
 use tessera_store::{
-    backend_tests, AuditFilter, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket,
-    NewSecretKey, NewTicket, PageRequest, Store, StoreError, SubmitRun,
+    backend_tests, Conflict, ConnectOptions, Entity, ExchangeOutcome, ExchangeTicket, NewSecretKey,
+    NewTicket, PageRequest, Store, StoreError, SubmitRun,
 };
 
 backend_tests!(
@@ -173,25 +173,6 @@ fn exchange(ticket: &PlainSecret, cookie: Option<&PlainSecret>) -> ExchangeTicke
     }
 }
 
-/// The audit events of `kind` in `scope`, oldest first.
-async fn audited(
-    store: &Arc<dyn Store>,
-    scope: &Scope,
-    kind: &str,
-) -> Vec<tessera_domain::identity::AuditEvent> {
-    store
-        .list_audit_events(
-            scope,
-            &AuditFilter {
-                kind: Some(kind.to_owned()),
-            },
-            &PageRequest::default(),
-        )
-        .await
-        .unwrap()
-        .items
-}
-
 /// The client the tests' audit events name.
 fn client() -> AuditClient {
     AuditClient {
@@ -331,17 +312,21 @@ async fn one_exchange_wins_and_a_replay_revokes(db: &TestDatabase) {
     assert_eq!(winners, 1);
     // Each losing exchange recorded its replay; an agent_access mint records nothing.
     assert_eq!(
-        audited(&store, &scope, "session_ticket.replayed")
+        common::audited(&store, &scope, Some("session_ticket.replayed"))
             .await
             .len(),
         19
     );
-    assert!(audited(&store, &scope, "session_ticket.created")
-        .await
-        .is_empty());
-    assert!(audited(&store, &other, "session_ticket.replayed")
-        .await
-        .is_empty());
+    assert!(
+        common::audited(&store, &scope, Some("session_ticket.created"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        common::audited(&store, &other, Some("session_ticket.replayed"))
+            .await
+            .is_empty()
+    );
 
     // A fresh ticket: its session lives until the ticket is replayed.
     let ticket = mint(
@@ -922,7 +907,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     let (ticket, minted) = minted(&store, &scope, grant.clone(), 60).await.unwrap();
     let issuer = minted.issuer.clone();
     // The mint records itself in the audit log, in its own transaction.
-    let created = audited(&store, &scope, "session_ticket.created").await;
+    let created = common::audited(&store, &scope, Some("session_ticket.created")).await;
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].subject_id.as_deref(), Some(minted.id.as_str()));
     assert_eq!(
@@ -975,7 +960,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     assert_eq!(browser.idle_expires_at, limit);
     assert_eq!(browser.created_at, ex.new_browser_session.now);
     // The transaction that signed the browser in recorded who impersonates whom.
-    let started = audited(&store, &scope, "user.impersonation_started").await;
+    let started = common::audited(&store, &scope, Some("user.impersonation_started")).await;
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].subject_id.as_deref(), Some(user.id.as_str()));
     assert_eq!(
@@ -990,7 +975,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     assert_eq!(started[0].data["impersonator_id"], issuer.id());
     assert_eq!(started[0].data["expires_at"], limit.to_rfc3339());
     assert!(
-        audited(&store, &other, "user.impersonation_started")
+        common::audited(&store, &other, Some("user.impersonation_started"))
             .await
             .is_empty(),
         "the other deployment's log has nothing"
@@ -1072,7 +1057,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
             None
         );
     }
-    let replayed = audited(&store, &scope, "session_ticket.replayed").await;
+    let replayed = common::audited(&store, &scope, Some("session_ticket.replayed")).await;
     assert_eq!(
         replayed.len(),
         1,
@@ -1096,7 +1081,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
         Err(StoreError::Conflict(Conflict::UserDisabled))
     ));
     assert_eq!(
-        audited(&store, &scope, "user.impersonation_started")
+        common::audited(&store, &scope, Some("user.impersonation_started"))
             .await
             .len(),
         1,
@@ -1114,13 +1099,13 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
         ExchangeOutcome::Impersonation { .. }
     ));
     assert_eq!(
-        audited(&store, &scope, "user.impersonation_started")
+        common::audited(&store, &scope, Some("user.impersonation_started"))
             .await
             .len(),
         2
     );
     assert_eq!(
-        audited(&store, &scope, "session_ticket.created")
+        common::audited(&store, &scope, Some("session_ticket.created"))
             .await
             .len(),
         2

@@ -1,5 +1,5 @@
-//! Set-up helpers shared by the run and session conformance suites: a store, deployments, a
-//! tenant with an actor, agent and project, threads, submissions and claims.
+//! Set-up helpers shared by the store's conformance suites: a store, deployments, a
+//! tenant with an actor, agent and project, threads, submissions, claims and the audit log.
 
 #![allow(dead_code, unused_imports)] // Each suite uses its own subset (of the imports too).
 
@@ -220,4 +220,23 @@ pub async fn wait_until_blocked_by(conn: &mut sqlx::PgConnection, pid: i32, neve
         assert!(std::time::Instant::now() < deadline, "{never}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The audit events of `kind` (every kind for `None`) in `scope`, oldest first.
+pub async fn audited(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    kind: Option<&str>,
+) -> Vec<tessera_domain::identity::AuditEvent> {
+    store
+        .list_audit_events(
+            scope,
+            &tessera_store::AuditFilter {
+                kind: kind.map(str::to_owned),
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .expect("audit log")
+        .items
 }
