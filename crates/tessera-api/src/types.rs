@@ -687,7 +687,8 @@ pub struct Run {
     pub attempt: i64,
     pub input_message_id: String,
     /// Why it ended: `completed`, `cancelled`, `interrupted`, `max_iterations`,
-    /// `token_budget`, `timeout` or `model_error`.
+    /// `token_budget`, `timeout` (the run's wall-clock limit), `tool_timeout` (a tool call over
+    /// its tool's timeout) or `model_error`.
     #[serde(default)]
     pub stop_reason: Option<String>,
     #[serde(default)]

@@ -112,6 +112,10 @@ pub enum Event {
         call_id: String,
         result: Result<String, String>,
     },
+    /// A tool call took longer than its tool's timeout and was abandoned. `error` is stored as
+    /// the call's result; once the results of the turn's other finished calls are stored too,
+    /// the run ends (`tool_timeout`) with `error` as its reason.
+    ToolTimedOut { call_id: String, error: String },
     /// The result of a tool call is durable.
     ToolResultRecorded { call_id: String },
     /// Cancellation was requested (`interrupted`: by a newer message).
@@ -175,6 +179,9 @@ pub struct AgentLoop {
     phase: Phase,
     /// Results reported but not yet stored, by call id.
     recording: Vec<String>,
+    /// A call of the current turn timed out: the run ends once the turn's reported results
+    /// are stored.
+    tool_timeout: Option<String>,
     /// Which tools need a confirmation.
     approvals: Approvals,
     /// Decisions already taken on calls that needed one, by call id.
@@ -218,6 +225,7 @@ impl AgentLoop {
             state,
             phase: Phase::AwaitingModel,
             recording: Vec::new(),
+            tool_timeout: None,
             approvals,
             decisions,
             awaiting: Vec::new(),
@@ -386,19 +394,13 @@ impl AgentLoop {
                 self.state.pending = tool_calls.clone();
                 self.after_assistant(tool_calls)
             }
-            Event::ToolFinished { call_id, result } => {
-                if self.phase != Phase::AwaitingTools || self.recording.contains(&call_id) {
-                    return Vec::new();
+            Event::ToolFinished { call_id, result } => self.tool_finished(call_id, result),
+            Event::ToolTimedOut { call_id, error } => {
+                let effects = self.tool_finished(call_id, Err(error.clone()));
+                if !effects.is_empty() && self.tool_timeout.is_none() {
+                    self.tool_timeout = Some(error);
                 }
-                let Some(call) = self.state.pending.iter().find(|c| c.id == call_id).cloned()
-                else {
-                    return Vec::new();
-                };
-                if self.awaiting.contains(&call_id) {
-                    return Vec::new();
-                }
-                self.recording.push(call_id);
-                vec![Effect::RecordToolResult { call, result }]
+                effects
             }
             Event::ToolResultRecorded { call_id } => {
                 if self.phase != Phase::AwaitingTools {
@@ -406,6 +408,14 @@ impl AgentLoop {
                 }
                 self.recording.retain(|id| id != &call_id);
                 self.state.pending.retain(|c| c.id != call_id);
+                if let Some(error) = &self.tool_timeout {
+                    // Calls still waiting for a decision are not asked about: the run ends.
+                    if !self.recording.is_empty() {
+                        return Vec::new();
+                    }
+                    let error = error.clone();
+                    return self.finish(Outcome::Failed, StopReason::ToolTimeout, Some(error));
+                }
                 if self.state.pending.is_empty() {
                     self.next_turn()
                 } else if self
@@ -420,6 +430,22 @@ impl AgentLoop {
                 }
             }
         }
+    }
+
+    /// A call's result to store, unless the call is not one of the turn's runnable calls or
+    /// its result was reported already.
+    fn tool_finished(&mut self, call_id: String, result: Result<String, String>) -> Vec<Effect> {
+        if self.phase != Phase::AwaitingTools || self.recording.contains(&call_id) {
+            return Vec::new();
+        }
+        let Some(call) = self.state.pending.iter().find(|c| c.id == call_id).cloned() else {
+            return Vec::new();
+        };
+        if self.awaiting.contains(&call_id) {
+            return Vec::new();
+        }
+        self.recording.push(call_id);
+        vec![Effect::RecordToolResult { call, result }]
     }
 
     /// After a stored turn: finish on a limit or a final answer, else run the tools.
@@ -743,6 +769,65 @@ mod tests {
         assert!(lp
             .handle(Event::Cancelled { interrupted: false })
             .is_empty());
+    }
+
+    #[test]
+    fn a_tool_timeout_ends_the_run_once_the_turns_results_are_stored() {
+        let (mut lp, _) =
+            AgentLoop::start_with(LIMITS, LoopState::default(), gated("send_*"), Vec::new());
+        lp.handle(reply(
+            "",
+            vec![
+                named("a", "notify_user"),
+                named("b", "lookup"),
+                named("c", "send_email"),
+            ],
+            1,
+        ));
+        lp.handle(Event::AssistantRecorded);
+        // A timeout reported for a call that is not runnable now changes nothing.
+        for stray in ["c", "zz"] {
+            let effects = lp.handle(Event::ToolTimedOut {
+                call_id: stray.into(),
+                error: "late".into(),
+            });
+            assert!(effects.is_empty(), "{stray}: {effects:?}");
+        }
+        let timed_out = lp.handle(Event::ToolTimedOut {
+            call_id: "b".into(),
+            error: "the tool `lookup` did not finish within 1 seconds".into(),
+        });
+        assert_eq!(
+            timed_out,
+            vec![Effect::RecordToolResult {
+                call: named("b", "lookup"),
+                result: Err("the tool `lookup` did not finish within 1 seconds".into()),
+            }]
+        );
+        let finished = lp.handle(Event::ToolFinished {
+            call_id: "a".into(),
+            result: Ok("ok".into()),
+        });
+        assert!(matches!(finished[0], Effect::RecordToolResult { .. }));
+        // Both results are stored before the run ends; no further model turn, and the gated
+        // call is not held for a decision.
+        assert!(lp
+            .handle(Event::ToolResultRecorded {
+                call_id: "b".into()
+            })
+            .is_empty());
+        let effects = lp.handle(Event::ToolResultRecorded {
+            call_id: "a".into(),
+        });
+        assert_eq!(
+            effects,
+            vec![Effect::Finish {
+                outcome: Outcome::Failed,
+                reason: StopReason::ToolTimeout,
+                detail: Some("the tool `lookup` did not finish within 1 seconds".into()),
+            }]
+        );
+        assert!(lp.is_finished());
     }
 
     #[test]

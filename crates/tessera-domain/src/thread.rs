@@ -302,7 +302,10 @@ pub enum StopReason {
     Interrupted,
     MaxIterations,
     TokenBudget,
+    /// The run's wall-clock limit passed.
     Timeout,
+    /// A tool call took longer than its tool's timeout.
+    ToolTimeout,
     /// The model provider failed (after its retries) or is not configured.
     ModelError,
 }
@@ -316,6 +319,7 @@ impl StopReason {
             Self::MaxIterations => "max_iterations",
             Self::TokenBudget => "token_budget",
             Self::Timeout => "timeout",
+            Self::ToolTimeout => "tool_timeout",
             Self::ModelError => "model_error",
         }
     }
@@ -328,6 +332,7 @@ impl StopReason {
             "max_iterations" => Some(Self::MaxIterations),
             "token_budget" => Some(Self::TokenBudget),
             "timeout" => Some(Self::Timeout),
+            "tool_timeout" => Some(Self::ToolTimeout),
             "model_error" => Some(Self::ModelError),
             _ => None,
         }
@@ -406,6 +411,7 @@ mod tests {
             StopReason::MaxIterations,
             StopReason::TokenBudget,
             StopReason::Timeout,
+            StopReason::ToolTimeout,
             StopReason::ModelError,
         ] {
             assert_eq!(StopReason::parse(r.as_str()), Some(r));

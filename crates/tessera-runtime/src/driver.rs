@@ -714,11 +714,17 @@ impl Driver<'_> {
             () = tokio::time::sleep_until(deadline) => return Ok(vec![Event::TimedOut]),
         };
         let mut events = Vec::with_capacity(outputs.len());
-        for (call, output) in calls.into_iter().zip(outputs) {
+        for (call, CallOutput { output, timed_out }) in calls.into_iter().zip(outputs) {
             self.rt.publish(&output.events);
-            events.push(Event::ToolFinished {
-                call_id: call.id,
-                result: output.result,
+            events.push(match (timed_out, output.result) {
+                (true, Err(error)) => Event::ToolTimedOut {
+                    call_id: call.id,
+                    error,
+                },
+                (_, result) => Event::ToolFinished {
+                    call_id: call.id,
+                    result,
+                },
             });
         }
         Ok(events)
@@ -948,20 +954,39 @@ impl Driver<'_> {
     }
 }
 
-/// Runs a tool, or an error for the model when it takes longer than `timeout`.
+/// What a call gave: its output, and whether that output is the error of the tool's timeout
+/// (which ends the run once the turn's results are stored).
+struct CallOutput {
+    output: crate::tools::ToolOutput,
+    timed_out: bool,
+}
+
+impl From<crate::tools::ToolOutput> for CallOutput {
+    fn from(output: crate::tools::ToolOutput) -> Self {
+        Self {
+            output,
+            timed_out: false,
+        }
+    }
+}
+
+/// Runs a tool, or abandons it with an error when it takes longer than `timeout`.
 async fn execute_tool(
     tools: &dyn ToolExecutor,
     ctx: &ToolContext<'_>,
     call: &ToolCall,
     timeout: Duration,
-) -> crate::tools::ToolOutput {
+) -> CallOutput {
     match tokio::time::timeout(timeout, tools.execute(ctx, call)).await {
-        Ok(output) => output,
-        Err(_) => crate::tools::ToolOutput::error(format!(
-            "the tool `{}` did not finish within {} seconds",
-            call.name,
-            timeout.as_secs()
-        )),
+        Ok(output) => output.into(),
+        Err(_) => CallOutput {
+            output: crate::tools::ToolOutput::error(format!(
+                "the tool `{}` did not finish within {} seconds",
+                call.name,
+                timeout.as_secs()
+            )),
+            timed_out: true,
+        },
     }
 }
 
@@ -975,7 +1000,7 @@ async fn execute_call(
     call: &ToolCall,
     gated: bool,
     timeout: Duration,
-) -> crate::tools::ToolOutput {
+) -> CallOutput {
     use crate::tools::ToolOutput;
     if !gated {
         return execute_tool(tools, ctx, call, timeout).await;
@@ -984,12 +1009,15 @@ async fn execute_call(
     let action = match ctx.store.start_action(ctx.lease, &call.id).await {
         Ok(action) => action,
         Err(err) => {
-            return ToolOutput::error(format!("could not start the confirmed action: {err}"))
+            return ToolOutput::error(format!("could not start the confirmed action: {err}")).into()
         }
     };
-    let stored = |result: Result<String, String>| ToolOutput {
-        result,
-        events: Vec::new(),
+    let stored = |result: Result<String, String>| -> CallOutput {
+        ToolOutput {
+            result,
+            events: Vec::new(),
+        }
+        .into()
     };
     match action.status {
         ActionStatus::Confirmed => {
@@ -997,7 +1025,7 @@ async fn execute_call(
             crate::fault::point("action_after_tool").await;
             if let Err(err) = ctx
                 .store
-                .finish_action(ctx.lease, &call.id, &output.result)
+                .finish_action(ctx.lease, &call.id, &output.output.result)
                 .await
             {
                 tracing::warn!(call_id = %call.id, error = %err, "recording the action's result failed");

@@ -18,7 +18,9 @@ use tessera_domain::board::{Assignment, NewBoardItem, Overlap, Schedule, Schedul
 use tessera_domain::records::{NewActor, NewDeployment, NewProject};
 use tessera_domain::secret::{PlainSecret, SECRET_KEY_PREFIX};
 use tessera_domain::session::{ActionStatus, PendingAction};
-use tessera_domain::thread::{Message, NewThread, Role, Run, RunStatus, ThreadPurpose, ToolCall};
+use tessera_domain::thread::{
+    Message, NewThread, Role, Run, RunStatus, StopReason, ThreadPurpose, ToolCall,
+};
 use tessera_domain::validate::{
     DeploymentName, Description, ExternalKey, Label, Metadata, ModelName, ProviderName,
     SubjectType, ToolPattern,
@@ -36,7 +38,7 @@ use tessera_store::{
 use tokio::sync::{watch, Barrier};
 
 backend_tests!(
-    a_tool_over_its_timeout_fails_its_call_not_the_run,
+    a_tool_over_its_timeout_ends_the_run,
     independent_tool_calls_of_a_turn_run_concurrently,
     a_confirmed_tool_that_times_out_or_fails_ends_its_action_failed,
     a_run_cancelled_while_a_confirmed_tool_runs_settles_its_action,
@@ -517,17 +519,33 @@ async fn postgres_workers_wait_while_another_node_still_claims_a_burst() {
     db.cleanup().await;
 }
 
-async fn a_tool_over_its_timeout_fails_its_call_not_the_run(db: &TestDatabase) {
+async fn a_tool_over_its_timeout_ends_the_run(db: &TestDatabase) {
     let rig = Rig::start(db, Duration::from_millis(300)).await;
-    rig.model.push_all([
-        Script::tool_calls([("slow", json!({})), ("fast", json!({}))]),
-        Script::text(["Recovered."]),
-    ]);
+    rig.model.push(Script::tool_calls([
+        ("slow", json!({})),
+        ("fast", json!({})),
+    ]));
     let run = rig.send("use both tools").await;
     let ended = rig.ended(&run).await;
-    assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+    assert_eq!(ended.status, RunStatus::Failed, "{ended:?}");
+    assert_eq!(
+        ended.stop_reason,
+        Some(StopReason::ToolTimeout),
+        "{ended:?}"
+    );
+    let reason = ended.error.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("the tool `slow` did not finish within"),
+        "the reason names the tool and its limit: {reason:?}"
+    );
     assert_eq!(ended.usage.tool_calls, 2);
-
+    assert!(
+        !rig.tools.slow_finished.load(Ordering::SeqCst),
+        "the timed-out call was abandoned, not awaited"
+    );
+    // The turn's results are both stored, the timeout's as an error; the model is not asked
+    // again by this run.
+    assert_eq!(rig.model.request_count(), 1);
     let messages = rig.messages().await;
     let tools = tool_messages(&messages);
     assert_eq!(tools.len(), 2, "{messages:#?}");
@@ -536,31 +554,26 @@ async fn a_tool_over_its_timeout_fails_its_call_not_the_run(db: &TestDatabase) {
         .find(|m| m.tool_name.as_deref() == Some("slow"))
         .unwrap();
     assert!(slow.is_error, "{slow:?}");
-    assert!(
-        slow.content.contains("did not finish within"),
-        "the timeout names itself: {:?}",
-        slow.content
-    );
+    assert_eq!(slow.content, reason);
     let fast = tools
         .iter()
         .find(|m| m.tool_name.as_deref() == Some("fast"))
         .unwrap();
     assert!(!fast.is_error);
     assert_eq!(fast.content, "fast done");
-    assert!(
-        !rig.tools.slow_finished.load(Ordering::SeqCst),
-        "the timed-out call was abandoned, not awaited"
-    );
 
-    // The model saw both outcomes, the error included, and answered.
-    assert_eq!(rig.model.request_count(), 2);
+    // The conversation goes on: the next run's model sees both results.
+    rig.model
+        .push(Script::text(["Sorry, the lookup was slow."]));
+    let next = rig.send("and now?").await;
+    let ended = rig.ended(&next).await;
+    assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
     let results = rig.tool_results(1);
     assert_eq!(results.len(), 2, "{results:?}");
     assert!(results
         .iter()
         .any(|(_, content)| content.contains("did not finish within")));
     assert!(results.iter().any(|(_, content)| content == "fast done"));
-    assert_eq!(messages.last().unwrap().content, "Recovered.");
     rig.stop().await;
 }
 
@@ -592,18 +605,21 @@ async fn independent_tool_calls_of_a_turn_run_concurrently(db: &TestDatabase) {
 
 async fn a_confirmed_tool_that_times_out_or_fails_ends_its_action_failed(db: &TestDatabase) {
     let rig = Rig::start_gating(db, Duration::from_millis(300), &["slow", "broken"]).await;
-    for (tool, error) in [
-        ("slow", "did not finish within"),
-        ("broken", "no tool broken"),
+    // A failure goes back to the model, which answers; a timeout ends the run.
+    for (tool, error, stop) in [
+        ("slow", "did not finish within", StopReason::ToolTimeout),
+        ("broken", "no tool broken", StopReason::Completed),
     ] {
-        rig.model
-            .push_all([Script::tool_call(tool, json!({})), Script::text(["Noted."])]);
+        rig.model.push(Script::tool_call(tool, json!({})));
+        if stop == StopReason::Completed {
+            rig.model.push(Script::text(["Noted."]));
+        }
         let run = rig.send(&format!("use {tool}")).await;
         let action = rig.paused_action(&run).await;
         assert_eq!(action.tool, tool);
         rig.confirm(&action).await;
         let ended = rig.ended(&run).await;
-        assert_eq!(ended.status, RunStatus::Completed, "{ended:?}");
+        assert_eq!(ended.stop_reason, Some(stop), "{ended:?}");
         // The action is final, not left `executing`, and keeps the error.
         let actions = rig.store.run_actions(&rig.scope, &run).await.unwrap();
         assert_eq!(actions.len(), 1);

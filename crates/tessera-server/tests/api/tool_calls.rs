@@ -498,15 +498,36 @@ async fn responses_are_capped_and_calls_time_out_per_tool(db: &TestDatabase) {
             .contains("larger than 1000 bytes"),
         "{m}"
     );
-    let (_, m) = call(&app, "limits", "slow", json!({"order_id": "1"})).await;
+    let asked = app
+        .post(
+            "/api/v1/ask/limits",
+            json!({"content": "/tool slow {\"order_id\": \"1\"}"}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    let m = tool_message(&app, asked["thread_id"].as_str().unwrap()).await;
     assert_eq!(m["is_error"], true);
-    assert!(
-        m["content"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish within 1 seconds"),
+    let timeout = "the tool `slow` did not finish within 1 seconds";
+    assert_eq!(
+        m["content"], timeout,
         "the tool's own timeout, not the server's 60 s: {m}"
     );
+    // A call over its timeout ends the run, with the timeout as its reason.
+    assert_eq!(asked["status"], "failed", "{asked}");
+    assert_eq!(asked["error"], timeout, "{asked}");
+    let run = asked["response_id"]
+        .as_str()
+        .unwrap()
+        .replacen("resp_", "run_", 1);
+    let run = app
+        .get(&format!(
+            "/ai/threads/{}/runs/{run}",
+            asked["thread_id"].as_str().unwrap()
+        ))
+        .await;
+    let run = run.ok(200);
+    assert_eq!(run["stop_reason"], "tool_timeout", "{run}");
+    assert_eq!(run["error"], timeout, "{run}");
     app.stop().await;
 }
 
