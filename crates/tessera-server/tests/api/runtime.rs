@@ -19,7 +19,9 @@ use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 use tokio::time::Instant;
 
-use crate::helpers::{assert_api_error, assert_id, poll_until, raw_http, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_api_error, assert_id, poll_until, raw_http, spawn_app_with, unknown_id, TestApp,
+};
 
 backend_tests!(
     full_turn_with_scripted_model,
@@ -48,6 +50,8 @@ backend_tests!(
     bad_input_gets_documented_4xx,
     another_deployments_thread_is_404,
     stops_promptly_right_after_starting,
+    threads_keep_their_fields_and_refuse_bad_input,
+    messages_page_oldest_and_newest_first,
 );
 
 /// Longest wait for anything asynchronous (runs, stream events); polls are every 25 ms.
@@ -2036,4 +2040,254 @@ async fn stops_promptly_right_after_starting(db: &TestDatabase) {
             asked.elapsed()
         );
     }
+}
+
+/// PostgreSQL: two nodes on one database whose safety-net polls and heartbeats are minutes
+/// away, so only `NOTIFY` can tell one node in time what the other did. A message sent through
+/// a node whose workers are all busy starts on the other node, and a cancel asked of one node
+/// stops the run the other executes.
+#[tokio::test]
+async fn postgres_nodes_wake_each_other_through_notify() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let quiet = |config: &mut tessera_server::Config, workers: usize| {
+        config.runtime.workers = workers;
+        config.runtime.poll_interval_ms = 300_000;
+        // Heartbeats (which also relay cancel requests) come every third of the lease.
+        config.runtime.lease_seconds = 900;
+    };
+    let a = Rig::start_with(&db, |config| quiet(config, 1)).await;
+    // Node A's only worker is busy: its run's model answers slowly.
+    let busy = a.thread(scripted_agent("busy")).await;
+    a.model.push(Script::Slow {
+        first_byte_after: Duration::ZERO,
+        chunks: vec!["Let me think".into(), " about it".into()],
+        gap: Duration::from_secs(120),
+    });
+    let slow_run = a.send(&busy, "Tell me everything").await;
+    a.wait_requests(1).await;
+
+    // Node B joins on the same database, with the same model server, after its start-up
+    // claim found nothing to do.
+    let scripted = a.model.provider_config();
+    let b = spawn_app_with(&db, |config| {
+        quiet(config, 2);
+        config.providers.insert("scripted".into(), scripted);
+    })
+    .await;
+    let on_b = tessera_client::Client::new(b.base_url.clone(), a.app.key.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A message sent through node A, which cannot run it now: node B hears of it and runs it.
+    let other = a.thread(scripted_agent("other")).await;
+    a.model.push(Script::text(["Hello from the other node."]));
+    let quick = a.send(&other, "hi").await;
+    let done = a.wait_run(&other, &quick, RunStatus::Completed).await;
+    assert_eq!(done.attempt, 1, "{done:?}");
+    assert_eq!(
+        a.run(&busy, &slow_run).await.status,
+        RunStatus::Running,
+        "node A's worker was still busy"
+    );
+    assert_eq!(
+        a.messages(&other).await.last().unwrap().content,
+        "Hello from the other node."
+    );
+
+    // A cancel asked of node B reaches the run on node A at once.
+    let cancelled = on_b.ai().threads().cancel(&busy).send().await.unwrap();
+    assert_eq!(cancelled.run_id.as_deref(), Some(slow_run.as_str()));
+    let run = a.wait_run(&busy, &slow_run, RunStatus::Cancelled).await;
+    assert_eq!(run.stop_reason.as_deref(), Some("cancelled"), "{run:?}");
+
+    b.stop().await;
+    a.finish().await;
+    db.cleanup().await;
+}
+
+async fn threads_keep_their_fields_and_refuse_bad_input(db: &TestDatabase) {
+    let app = spawn_app_with(db, |_| {}).await;
+    let actor = app.actor("owner").await;
+    let agent = app.agent("Helper").await;
+    let project = app.project(&actor.id, &agent.id, "p").await;
+    let path = format!("/ai/actor-projects/{}/threads", project.id);
+
+    let full = json!({
+        "title": "Billing question",
+        "system_instructions": "Answer in French.",
+        "purpose": "execution",
+        "capability_tags": ["billing", "eu"],
+        "context_group": "tenant:acme",
+    });
+    let created = app.post(&path, full.clone()).await;
+    let thread = created.ok(201).clone();
+    assert_id(thread["id"].as_str().unwrap(), "thread");
+    for field in [
+        "title",
+        "system_instructions",
+        "purpose",
+        "capability_tags",
+        "context_group",
+    ] {
+        assert_eq!(thread[field], full[field], "{field}: {thread}");
+    }
+    assert_eq!(thread["status"], "idle");
+    assert_eq!(thread["agent_id"], agent.id.as_str());
+    let read = app
+        .get(&format!("/ai/threads/{}", thread["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(read.ok(200), &thread);
+    // Only a title is needed: a conversation without a context group.
+    let plain = app.post(&path, json!({"title": "t"})).await;
+    let plain = plain.ok(201);
+    assert_eq!(plain["purpose"], "conversation");
+    assert_eq!(plain["context_group"], Value::Null);
+
+    for (body, field) in [
+        (json!({"title": ""}), "title"),
+        (json!({"title": "x".repeat(201)}), "title"),
+        (json!({}), "title"),
+        (json!({"title": "t", "purpose": "chat"}), "purpose"),
+        (
+            json!({"title": "t", "system_instructions": "x".repeat(20_001)}),
+            "system_instructions",
+        ),
+        (
+            json!({"title": "t", "context_group": "has spaces"}),
+            "context_group",
+        ),
+        (json!({"title": "t", "context_group": ""}), "context_group"),
+    ] {
+        app.post(&path, body.clone())
+            .await
+            .assert_error(422, "validation_failed", Some(field));
+    }
+    app.post_text(&path, "{not json")
+        .await
+        .assert_error(400, "malformed_json", None);
+    for missing in [unknown_id("proj"), "proj_nope".to_owned()] {
+        app.post(
+            &format!("/ai/actor-projects/{missing}/threads"),
+            json!({"title": "t"}),
+        )
+        .await
+        .assert_error(404, "project_not_found", None);
+    }
+    // Another deployment's key does not reach this deployment's project.
+    let other = app.create_deployment("other").await;
+    assert_api_error(
+        other
+            .client
+            .ai()
+            .threads()
+            .create_thread(
+                &project.id,
+                CreateThreadRequest {
+                    title: "t".into(),
+                    ..Default::default()
+                },
+            )
+            .send()
+            .await,
+        404,
+        ErrorCode::ProjectNotFound,
+        None,
+    );
+
+    app.post(
+        &format!("/ai/actor-projects/{}/archive", project.id),
+        json!({}),
+    )
+    .await
+    .ok(200);
+    app.post(&path, json!({"title": "t"}))
+        .await
+        .assert_error(409, "project_archived", None);
+    app.stop().await;
+}
+
+async fn messages_page_oldest_and_newest_first(db: &TestDatabase) {
+    let rig = Rig::start(db).await;
+    let thread = rig.thread(agent_on("echo", "echo")).await;
+    for text in ["one", "two", "three"] {
+        let run = rig.send(&thread, text).await;
+        rig.wait_run(&thread, &run, RunStatus::Completed).await;
+    }
+    let app = &rig.app;
+    let page = |query: String| {
+        let thread = thread.clone();
+        async move {
+            let resp = app
+                .get(&format!("/ai/threads/{thread}/messages?{query}"))
+                .await;
+            let page = resp.ok(200).clone();
+            let contents: Vec<String> = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}:{}",
+                        m["role"].as_str().unwrap(),
+                        m["content"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            (contents, page)
+        }
+    };
+    let all = page("limit=100".into()).await;
+    assert_eq!(
+        all.0,
+        [
+            "user:one",
+            "assistant:one",
+            "user:two",
+            "assistant:two",
+            "user:three",
+            "assistant:three"
+        ]
+    );
+    let ids: Vec<String> = all.1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    let contents = |idx: &[usize]| idx.iter().map(|&i| all.0[i].clone()).collect::<Vec<_>>();
+
+    // Oldest first (the default, or `order=asc`): `after` goes on to newer messages.
+    let (got, first) = page("limit=4".into()).await;
+    assert_eq!(got, contents(&[0, 1, 2, 3]));
+    assert_eq!(first["has_more"], true);
+    assert_eq!(first["last_id"], ids[3].as_str());
+    let (got, rest) = page(format!("order=asc&limit=4&after={}", ids[3])).await;
+    assert_eq!(got, contents(&[4, 5]));
+    assert_eq!(rest["has_more"], false);
+    let (got, _) = page(format!("limit=2&before={}", ids[3])).await;
+    assert_eq!(got, contents(&[1, 2]));
+
+    // Newest first: the latest messages, and `after` goes on to older ones.
+    let (got, first) = page("order=desc&limit=4".into()).await;
+    assert_eq!(got, contents(&[5, 4, 3, 2]));
+    assert_eq!(first["has_more"], true);
+    assert_eq!(first["last_id"], ids[2].as_str());
+    let (got, rest) = page(format!("order=desc&limit=4&after={}", ids[2])).await;
+    assert_eq!(got, contents(&[1, 0]));
+    assert_eq!(rest["has_more"], false);
+    let (got, _) = page(format!("order=desc&limit=2&before={}", ids[1])).await;
+    assert_eq!(got, contents(&[3, 2]));
+
+    for (query, name) in [
+        ("order=sideways", "order"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("after=msg_nope", "after"),
+    ] {
+        app.get(&format!("/ai/threads/{thread}/messages?{query}"))
+            .await
+            .assert_error(400, "invalid_parameter", Some(name));
+    }
+    rig.finish().await;
 }
