@@ -2291,3 +2291,46 @@ async fn messages_page_oldest_and_newest_first(db: &TestDatabase) {
     }
     rig.finish().await;
 }
+
+/// An idle thread's stream gets a comment line every 15 s (SPEC §5), so proxies and browsers
+/// keep it open; nothing else arrives meanwhile. (SQLite only: the keep-alive is the HTTP
+/// layer's, the same on both backends; the test waits one interval.)
+#[tokio::test]
+async fn an_idle_stream_gets_a_keep_alive_every_15_seconds() {
+    let db = TestDatabase::sqlite();
+    let rig = Rig::start(&db).await;
+    let thread = rig.thread(agent_on("echo", "quiet")).await;
+    let mut response = rig
+        .app
+        .request(
+            reqwest::Method::GET,
+            &format!("/ai/threads/{thread}/stream"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let opened = Instant::now();
+    let mut received = String::new();
+    while !received.contains(":\n\n") && !received.contains(":\r\n\r\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(25), response.chunk())
+            .await
+            .expect("a keep-alive within 25 s")
+            .unwrap()
+            .expect("the stream stays open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14) && waited <= Duration::from_secs(20),
+        "the keep-alive came after {waited:?}"
+    );
+    assert!(
+        received
+            .split('\n')
+            .all(|line| line.is_empty() || line.starts_with(':')),
+        "an idle stream sends only comments: {received:?}"
+    );
+    drop(response);
+    rig.finish().await;
+}
