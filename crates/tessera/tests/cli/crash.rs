@@ -19,6 +19,7 @@ use crate::support::{bootstrap_key, Server};
 
 backend_tests!(
     run_resumes_after_sigkill_without_duplicates,
+    a_tool_call_cut_by_sigkill_runs_again_and_is_stored_once,
     sigterm_releases_the_run_for_immediate_resumption
 );
 
@@ -273,6 +274,208 @@ async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
     assert_eq!(statuses, ["queued", "running", "running", "completed"]);
     let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+}
+
+/// An HTTP endpoint for an `Api` tool: the first request is read and never answered (the node
+/// calling it is killed meanwhile), later ones get `{"order": "shipped"}`.
+struct HangingOnce {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HangingOnce {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // Hold the connection until the caller goes away.
+                        let _ = socket.read(&mut buf).await;
+                        return;
+                    }
+                    let body = r#"{"order": "shipped"}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self { port, requests }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A node killed while a tool call is in flight: its result was never stored, so the node that
+/// resumes the run makes the call again (README: calls without a stored result run again), and
+/// the conversation still holds each step once; the model turn that asked for the call is not
+/// asked again.
+async fn a_tool_call_cut_by_sigkill_runs_again_and_is_stored_once(db: &TestDatabase) {
+    let model = ScriptedModelServer::start().await;
+    let target = HangingOnce::start().await;
+    let env = [
+        ("TESSERA_RUNTIME__LEASE_SECONDS", "3".to_owned()),
+        ("TESSERA_RUNTIME__POLL_INTERVAL_MS", "200".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__KIND", "openai".to_owned()),
+        ("TESSERA_PROVIDERS__SCRIPTED__BASE_URL", model.url()),
+        ("TESSERA_TOOLS__ALLOW_HOSTS", r#"["127.0.0.1"]"#.to_owned()),
+    ];
+    let key = bootstrap_key();
+    let mut server = Server::start_with_env(&db.url, &key, &env).await;
+    let client = server.client(&key);
+    let tool = reqwest::Client::new()
+        .post(format!("{}/ai/tools", server.url))
+        .bearer_auth(&key)
+        .json(&json!({
+            "name": "get_order",
+            "description": "Looks an order up.",
+            "input_schema": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string"}},
+                "required": ["order_id"]
+            },
+            "configuration": {
+                "type": "Api",
+                "url": format!("http://127.0.0.1:{}/orders/{{order_id}}", target.port),
+                "method": "GET",
+                "auth": {"type": "none"}
+            }
+        }))
+        .send()
+        .await
+        .unwrap();
+    let created = tool.status();
+    let tool: Value = tool.json().await.unwrap();
+    assert_eq!(created, 201, "{tool}");
+    let thread = scripted_thread(&client, "crash-tool").await;
+    let agent = client
+        .ai()
+        .threads()
+        .get_thread(&thread)
+        .send()
+        .await
+        .unwrap()
+        .agent_id;
+    let attached = reqwest::Client::new()
+        .patch(format!("{}/ai/agents/{agent}", server.url))
+        .bearer_auth(&key)
+        .json(&json!({"tool_ids": [tool["id"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attached.status(), 200);
+
+    model.push(Script::tool_call("get_order", json!({"order_id": "7"})));
+    let run_id = client
+        .ai()
+        .threads()
+        .send_message(&thread, "where is order 7?")
+        .send()
+        .await
+        .unwrap()
+        .run_id
+        .unwrap();
+    let before = poll_until("the tool call in flight", Duration::from_secs(10), || {
+        let (client, thread, target) = (&client, &thread, &target);
+        async move {
+            let stored = messages(client, thread).await;
+            if stored.len() == 2 && target.count() == 1 {
+                Ok(stored)
+            } else {
+                Err(format!(
+                    "{} messages, {} calls",
+                    stored.len(),
+                    target.count()
+                ))
+            }
+        }
+    })
+    .await;
+
+    server.kill_hard();
+    model.push(Script::text(["Order 7 has shipped."]));
+    let server = Server::start_with_env(&db.url, &key, &env).await;
+    let client = server.client(&key);
+    let run = poll_until("the run to complete", Duration::from_secs(20), || {
+        let (client, thread, run_id, server) = (&client, &thread, &run_id, &server);
+        async move {
+            let run = client
+                .ai()
+                .threads()
+                .get_run(thread, run_id)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match run.status {
+                RunStatus::Completed => Ok(run),
+                RunStatus::Failed | RunStatus::Cancelled => panic!(
+                    "the resumed run ended {:?}: {run:?}\nlog:\n{}",
+                    run.status,
+                    server.log()
+                ),
+                _ => Err(format!("{run:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(run.attempt, 2, "{run:?}");
+    assert_eq!(
+        target.count(),
+        2,
+        "the call without a stored result was made again"
+    );
+
+    let after = messages(&client, &thread).await;
+    let roles: Vec<MessageRole> = after.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            MessageRole::User,
+            MessageRole::Assistant,
+            MessageRole::Tool,
+            MessageRole::Assistant
+        ],
+        "{after:#?}"
+    );
+    assert_eq!(
+        after[..2],
+        before[..],
+        "the steps before the crash are kept"
+    );
+    assert_eq!(
+        after[2].tool_call_id.as_deref(),
+        Some(after[1].tool_calls[0].id.as_str())
+    );
+    assert!(after[2].content.contains("shipped"), "{:?}", after[2]);
+    assert_eq!(after[3].content, "Order 7 has shipped.");
+    // The turn that asked for the call was not asked again.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(request_roles(&requests[0].body), ["system", "user"]);
+    assert_eq!(
+        request_roles(&requests[1].body),
+        ["system", "user", "assistant", "tool"]
+    );
 }
 
 /// A graceful stop (SIGTERM) mid-run releases the run's lease: the restarted server resumes it
