@@ -13,11 +13,12 @@ use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
 use crate::browser::{browser_available, Browser};
-use crate::helpers::{echo_agent, spawn_app, TestApp};
+use crate::helpers::{echo_agent, spawn_app, TcpProxy, TestApp};
 
 backend_tests!(
     the_chat_page_works_in_a_real_browser,
-    pending_actions_are_decided_in_the_page
+    pending_actions_are_decided_in_the_page,
+    the_page_catches_up_after_its_connection_drops
 );
 
 async fn mint(app: &TestApp, agent: &str, expires_in: Option<i64>) -> String {
@@ -375,5 +376,148 @@ async fn pending_actions_are_decided_in_the_page(db: &TestDatabase) {
         .session_call(reqwest::Method::DELETE, "", None)
         .await;
     drop(browser);
+    app.stop().await;
+}
+
+/// `tessera.js` reconnects a dropped stream and resumes after the last event it saw: the page
+/// reaches the server through a proxy that is cut while the backend sends the conversation a
+/// message; once the proxy is back, the page shows that message and the agent's reply without a
+/// reload, and its stream asked to resume (`Last-Event-ID`) instead of starting over.
+async fn the_page_catches_up_after_its_connection_drops(db: &TestDatabase) {
+    if browser_available().is_none() {
+        return;
+    }
+    let app = spawn_app(db).await;
+    let proxy = TcpProxy::start(app.address).await;
+    // A deployment whose host is the proxy's, so that the page's requests (Host, Origin) are
+    // its own.
+    let tenant = app
+        .create_deployment_at("proxied", &format!("http://{}", proxy.address))
+        .await;
+    let agent = tenant
+        .client
+        .ai()
+        .agents()
+        .create_agent(echo_agent("Echo helper"))
+        .send()
+        .await
+        .unwrap();
+    let url = tenant
+        .client
+        .session_tickets()
+        .create_backend_session_ticket(CreateSessionTicketRequest {
+            ticket_type: "agent_access".into(),
+            agent_ids: Some(vec![agent.id.clone()]),
+            context_group: Some("chromium:reconnect".into()),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap()
+        .url;
+    assert!(
+        url.starts_with(&format!("http://{}/", proxy.address)),
+        "{url}"
+    );
+    let browser = Browser::start().await;
+    browser.goto(&url).await;
+    browser
+        .wait_for(
+            "the chat",
+            "return !document.getElementById('chat').hidden;",
+        )
+        .await;
+    browser.click("#new-chat").await;
+    browser
+        .wait_for(
+            "the composer",
+            "return !document.getElementById('composer').hidden;",
+        )
+        .await;
+    browser.type_into("#message", "Before the cut").await;
+    browser.click("#send").await;
+    let thread = browser
+        .wait_for(
+            "the first reply",
+            "const done = [...document.querySelectorAll('.message.assistant:not(.streaming)')]; \
+             const t = document.querySelector('#context-list .context[aria-current=true]'); \
+             return done.length === 1 && t && t.dataset.id;",
+        )
+        .await;
+    let thread = thread.as_str().unwrap().to_owned();
+    // Watch the page's requests from here on: which stream requests, resuming after what.
+    browser
+        .execute(
+            "window.__streams = []; const f = window.fetch; \
+             window.fetch = (u, o) => { if (String(u).endsWith('/stream')) \
+               window.__streams.push((o && o.headers && o.headers['Last-Event-ID']) || null); \
+               return f(u, o); }; return true;",
+        )
+        .await;
+
+    proxy.cut();
+    browser
+        .wait_for(
+            "the page to notice the cut",
+            "return document.getElementById('status').textContent.includes('Reconnecting');",
+        )
+        .await;
+    // Meanwhile the backend writes to the conversation; the echo agent answers.
+    let run = tenant
+        .client
+        .ai()
+        .threads()
+        .send_message(&thread, "Sent while you were away")
+        .send()
+        .await
+        .unwrap()
+        .run_id
+        .unwrap();
+    crate::helpers::poll_until("the run to end", Duration::from_secs(10), || {
+        let (threads, thread, run) = (tenant.client.ai().threads(), &thread, &run);
+        async move {
+            let got = threads
+                .get_run(thread, run)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.status == tessera_client::models::RunStatus::Completed {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        }
+    })
+    .await;
+    proxy.restore().await;
+
+    let conversation = browser
+        .wait_for(
+            "the messages sent while the connection was down",
+            "const m = [...document.querySelectorAll('.message:not(.streaming)')]; \
+             return m.length >= 4 && m.map(e => e.className + '=' + e.textContent).join('|');",
+        )
+        .await;
+    assert_eq!(
+        conversation,
+        "message user=Before the cut|message assistant=Before the cut|\
+         message user=Sent while you were away|message assistant=Sent while you were away"
+    );
+    let resumed = browser
+        .execute("return window.__streams.filter(id => id !== null);")
+        .await;
+    let resumed = resumed.as_array().unwrap();
+    assert!(
+        !resumed.is_empty()
+            && resumed
+                .iter()
+                .all(|id| id.as_str().unwrap().parse::<u64>().unwrap() > 0),
+        "the stream resumed after the last event it saw: {resumed:?}"
+    );
+    let _ = browser
+        .session_call(reqwest::Method::DELETE, "", None)
+        .await;
+    drop(browser);
+    drop(proxy);
     app.stop().await;
 }
