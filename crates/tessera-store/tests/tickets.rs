@@ -35,6 +35,7 @@ backend_tests!(
     signin_without_a_user_keeps_the_ticket,
     named_sessions_keep_group_and_actor,
     contexts_stay_inside_their_partition,
+    each_dimension_of_the_partition_is_checked,
     the_console_admin_is_created_once,
     concurrent_mixed_exchanges_each_get_their_own_outcome,
     the_exchange_answers_with_the_actor_and_the_live_agents,
@@ -632,6 +633,116 @@ async fn contexts_stay_inside_their_partition(db: &TestDatabase) {
     common::created(store.submit_run(&scope, &mine.id, &backend).await.unwrap());
 }
 
+/// A conversation is found only by a session that matches it in every dimension: a session
+/// that differs in just one (the actor, the context group, or the agents), or the right session
+/// asked in another deployment, does not see it, whatever it tries.
+async fn each_dimension_of_the_partition_is_checked(db: &TestDatabase) {
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let other = deployment(&store, "two").await;
+    let a = agent(&store, &scope).await;
+    let b = agent(&store, &scope).await;
+    let (ada, bob) = (
+        customer(&store, &scope, "ada").await,
+        customer(&store, &scope, "bob").await,
+    );
+    let session = |agent: &AgentId, actor: &tessera_domain::ActorId, group: &'static str| {
+        let (store, scope) = (store.clone(), scope.clone());
+        let (agent, binding) = (agent.clone(), Binding::Actor(actor.clone()));
+        async move { bound_session(&store, &scope, &agent, group, binding).await }
+    };
+    let owner = session(&a, &ada, "g1").await;
+    let title = Label::parse("title", "chat").unwrap();
+    let chat = store
+        .create_context(&scope, &owner, &a, &title)
+        .await
+        .unwrap();
+    // Another session of the same actor, group and agent sees it (so the refusals below come
+    // from the one dimension each differs in).
+    let twin = session(&a, &ada, "g1").await;
+    assert_eq!(
+        store.get_context(&scope, &twin, &chat.id).await.unwrap().id,
+        chat.id
+    );
+    let strangers = [
+        (
+            "same actor and agent, another group",
+            &scope,
+            session(&a, &ada, "g2").await,
+        ),
+        (
+            "same group and agent, another actor",
+            &scope,
+            session(&a, &bob, "g1").await,
+        ),
+        (
+            "same actor and group, another agent",
+            &scope,
+            session(&b, &ada, "g1").await,
+        ),
+        (
+            "the same session, another deployment",
+            &other,
+            owner.clone(),
+        ),
+    ];
+    for (case, scope, stranger) in &strangers {
+        let listed = store
+            .list_contexts(scope, stranger, &PageRequest::default())
+            .await
+            .unwrap();
+        assert!(listed.items.is_empty(), "{case}: {listed:?}");
+        for result in [
+            store
+                .get_context(scope, stranger, &chat.id)
+                .await
+                .map(|_| ()),
+            store
+                .rename_context(
+                    scope,
+                    stranger,
+                    &chat.id,
+                    &Label::parse("t", "theirs").unwrap(),
+                )
+                .await
+                .map(|_| ()),
+            store
+                .hide_context(scope, stranger, &chat.id)
+                .await
+                .map(|_| ()),
+        ] {
+            assert!(
+                matches!(
+                    result,
+                    Err(StoreError::NotFound {
+                        entity: Entity::Context,
+                        ..
+                    })
+                ),
+                "{case}: {result:?}"
+            );
+        }
+    }
+    // Nothing they tried changed it.
+    let page = store
+        .list_contexts(&scope, &owner, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].title, "chat");
+}
+
+/// A new actor of `scope` (subject type `customer`, external key `key`).
+async fn customer(store: &Arc<dyn Store>, scope: &Scope, key: &str) -> tessera_domain::ActorId {
+    let actor = NewActor {
+        subject_type: SubjectType::parse("subject_type", "customer").unwrap(),
+        external_key: ExternalKey::parse("external_key", key).unwrap(),
+        display_name: None,
+        metadata: Metadata::empty(),
+    };
+    store.create_actor(scope, &actor).await.unwrap().id
+}
+
 /// The agent session of a fresh browser that exchanged a static anonymous ticket of context
 /// group `group` for agent `a`.
 async fn static_session(
@@ -640,10 +751,22 @@ async fn static_session(
     a: &AgentId,
     group: &str,
 ) -> tessera_domain::ticket::AgentSession {
+    bound_session(store, scope, a, group, Binding::Anonymous).await
+}
+
+/// The agent session of a fresh browser that exchanged a static ticket of context group `group`
+/// for agent `a`, bound as `binding` says.
+async fn bound_session(
+    store: &Arc<dyn Store>,
+    scope: &Scope,
+    a: &AgentId,
+    group: &str,
+    binding: Binding,
+) -> tessera_domain::ticket::AgentSession {
     let t = mint(
         store,
         scope,
-        access(a, SessionMode::Static, Some(group), Binding::Anonymous),
+        access(a, SessionMode::Static, Some(group), binding),
         60,
     )
     .await

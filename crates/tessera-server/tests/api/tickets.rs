@@ -23,6 +23,7 @@ backend_tests!(
     named_sessions_are_resumed,
     a_new_exchange_replaces_the_older_agent_session,
     a_session_sees_only_its_partition,
+    each_dimension_of_the_partition_is_enforced,
     chatting_through_the_browser_api,
     pending_actions_are_decided_from_the_browser,
     impersonation_signs_in_for_at_most_30_minutes,
@@ -591,6 +592,31 @@ async fn a_new_exchange_replaces_the_older_agent_session(db: &TestDatabase) {
     app.stop().await;
 }
 
+/// Every browser-API route that names conversation `id`: method, path and body.
+fn context_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (
+            Method::PATCH,
+            format!("/agent/contexts/{id}"),
+            Some(json!({"title": "mine"})),
+        ),
+        (Method::DELETE, format!("/agent/contexts/{id}"), None),
+        (Method::GET, format!("/agent/contexts/{id}/messages"), None),
+        (
+            Method::POST,
+            format!("/agent/contexts/{id}/messages"),
+            Some(json!({"content": "x"})),
+        ),
+        (Method::POST, format!("/agent/contexts/{id}/cancel"), None),
+        (Method::GET, format!("/agent/contexts/{id}/stream"), None),
+        (
+            Method::POST,
+            format!("/agent/contexts/{id}/actions/{}", unknown_id("act")),
+            Some(json!({"confirmed": true})),
+        ),
+    ]
+}
+
 async fn a_session_sees_only_its_partition(db: &TestDatabase) {
     let app = spawn_app(db).await;
     let agent = agent_id(&app, "Support").await;
@@ -629,27 +655,7 @@ async fn a_session_sees_only_its_partition(db: &TestDatabase) {
     .ok(202);
 
     // Bob's session tries every route with Alice's conversation: 404, like a missing one.
-    let routes: Vec<(Method, String, Option<Value>)> = vec![
-        (
-            Method::PATCH,
-            format!("/agent/contexts/{id}"),
-            Some(json!({"title": "mine"})),
-        ),
-        (Method::DELETE, format!("/agent/contexts/{id}"), None),
-        (Method::GET, format!("/agent/contexts/{id}/messages"), None),
-        (
-            Method::POST,
-            format!("/agent/contexts/{id}/messages"),
-            Some(json!({"content": "x"})),
-        ),
-        (Method::POST, format!("/agent/contexts/{id}/cancel"), None),
-        (Method::GET, format!("/agent/contexts/{id}/stream"), None),
-        (
-            Method::POST,
-            format!("/agent/contexts/{id}/actions/{}", unknown_id("act")),
-            Some(json!({"confirmed": true})),
-        ),
-    ];
+    let routes = context_routes(&id);
     for (method, path, body) in &routes {
         browser(&app, &bob, method.clone(), path, body.clone())
             .await
@@ -710,6 +716,70 @@ async fn a_session_sees_only_its_partition(db: &TestDatabase) {
     exchange(&app, &mut Jar::default(), &foreign.ticket)
         .await
         .assert_error(401, "invalid_ticket", None);
+    app.stop().await;
+}
+
+/// A session that differs from the conversation's in only one dimension (the actor, the context
+/// group or the agents) is as much a stranger as one that differs in all of them.
+async fn each_dimension_of_the_partition_is_enforced(db: &TestDatabase) {
+    let app = spawn_app(db).await;
+    let agent = agent_id(&app, "Support").await;
+    let other_agent = agent_id(&app, "Other").await;
+    let (ada, bob) = (app.actor("ada").await, app.actor("bob").await);
+    // A browser with the session of a static ticket for `agent`, acting for `actor`.
+    let session = |agent: &str, actor: &str, group: &str| {
+        let body = json!({"ticket_type": "agent_access", "agent_ids": [agent],
+                          "context_group": group, "actor_id": actor});
+        let app = &app;
+        async move {
+            let t = ticket(app, body).await;
+            let mut jar = Jar::default();
+            exchange(app, &mut jar, &t).await.ok(200);
+            jar
+        }
+    };
+    let owner = session(&agent, &ada.id, "tenant:a").await;
+    let created = browser(
+        &app,
+        &owner,
+        Method::POST,
+        "/agent/contexts",
+        Some(json!({"title": "Secret plans"})),
+    )
+    .await;
+    let id = created.ok(201)["id"].as_str().unwrap().to_owned();
+    let strangers = [
+        (
+            "same actor and agent, another group",
+            session(&agent, &ada.id, "tenant:b").await,
+        ),
+        (
+            "same group and agent, another actor",
+            session(&agent, &bob.id, "tenant:a").await,
+        ),
+        (
+            "same actor and group, another agent",
+            session(&other_agent, &ada.id, "tenant:a").await,
+        ),
+    ];
+    for (case, jar) in &strangers {
+        for (method, path, body) in context_routes(&id) {
+            let resp = browser(&app, jar, method.clone(), &path, body).await;
+            assert_eq!(resp.status, 404, "{case}: {method} {path}: {}", resp.text);
+            resp.assert_error(404, "context_not_found", None);
+        }
+        let list = browser(&app, jar, Method::GET, "/agent/contexts", None).await;
+        assert_eq!(list.ok(200)["data"], json!([]), "{case}");
+    }
+    // Another session matching in every dimension sees it, untouched by all of the above.
+    let twin = session(&agent, &ada.id, "tenant:a").await;
+    let list = browser(&app, &twin, Method::GET, "/agent/contexts", None).await;
+    let data = list.ok(200)["data"].clone();
+    assert_eq!(data.as_array().unwrap().len(), 1, "{data}");
+    assert_eq!(
+        (&data[0]["id"], &data[0]["title"]),
+        (&json!(id), &json!("Secret plans"))
+    );
     app.stop().await;
 }
 
