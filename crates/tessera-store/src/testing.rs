@@ -68,6 +68,41 @@ impl TestDatabase {
         self.backend
     }
 
+    /// Runs one raw SQL statement on its own connection, binding `args` as text to `$1`, `$2`, …;
+    /// returns the rows it affected. For what no store method writes: rows of features not
+    /// built yet (`apps`), or a clock moved for one row (an expired session).
+    pub async fn execute(&self, sql: &str, args: &[&str]) -> u64 {
+        let done: Result<u64, sqlx::Error> = match self.backend {
+            crate::Backend::Sqlite => {
+                async {
+                    let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
+                    let mut query = sqlx::query(sql);
+                    for arg in args {
+                        query = query.bind(*arg);
+                    }
+                    let done = query.execute(&mut conn).await?;
+                    let _ = conn.close().await;
+                    Ok(done.rows_affected())
+                }
+                .await
+            }
+            crate::Backend::Postgres => {
+                async {
+                    let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+                    let mut query = sqlx::query(sql);
+                    for arg in args {
+                        query = query.bind(*arg);
+                    }
+                    let done = query.execute(&mut conn).await?;
+                    let _ = conn.close().await;
+                    Ok(done.rows_affected())
+                }
+                .await
+            }
+        };
+        done.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Drops the PostgreSQL schema (call at the end of a passing test; a failing test leaves
     /// it for inspection). SQLite files go with the temporary directory.
     pub async fn cleanup(self) {

@@ -31,6 +31,7 @@ use tessera_store::{
 
 backend_tests!(
     tickets_check_their_references,
+    an_app_ticket_is_minted_for_an_app_of_its_deployment,
     one_exchange_wins_and_a_replay_revokes,
     signin_without_a_user_keeps_the_ticket,
     named_sessions_keep_group_and_actor,
@@ -271,6 +272,50 @@ async fn tickets_check_their_references(db: &TestDatabase) {
     )
     .await
     .unwrap();
+}
+
+/// The app check of minting is a real lookup: an app registered for the deployment is accepted,
+/// one of another deployment or of the other kind is not. No API creates apps yet: the rows are
+/// written directly.
+async fn an_app_ticket_is_minted_for_an_app_of_its_deployment(db: &TestDatabase) {
+    use tessera_domain::ticket::{AppKind, AppSlug};
+    let store = open(db).await;
+    let scope = deployment(&store, "one").await;
+    let other = deployment(&store, "two").await;
+    let registered = db
+        .execute(
+            "INSERT INTO apps (deployment_id, kind, slug, name, created_at)
+             VALUES ($1, 'api_auth', 'billing', 'Billing', 0)",
+            &[scope.deployment_id().as_str()],
+        )
+        .await;
+    assert_eq!(registered, 1);
+    let grant = |kind| TicketGrant::App {
+        kind,
+        slug: AppSlug::parse("s", "billing").unwrap(),
+    };
+    let (_, minted) = minted(&store, &scope, grant(AppKind::ApiAuth), 60)
+        .await
+        .unwrap();
+    assert_eq!(minted.grant, grant(AppKind::ApiAuth));
+    // The same slug in another deployment, or as a webhook app, names no app.
+    for (scope, kind, field) in [
+        (&other, AppKind::ApiAuth, "api_auth_app_slug"),
+        (&scope, AppKind::Webhook, "webhook_app_slug"),
+    ] {
+        let err = mint(&store, scope, grant(kind), 60).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    entity: Entity::App,
+                    field: Some(f),
+                    ..
+                } if f == field
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 async fn one_exchange_wins_and_a_replay_revokes(db: &TestDatabase) {

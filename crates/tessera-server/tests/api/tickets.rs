@@ -15,6 +15,7 @@ use crate::helpers::{
 
 backend_tests!(
     minting_checks_every_rule_and_reference,
+    app_tickets_are_minted_for_an_app_of_the_deployment,
     exactly_one_of_100_concurrent_exchanges_wins,
     a_replayed_ticket_revokes_its_session,
     expired_and_unknown_tickets_are_refused_alike,
@@ -299,6 +300,53 @@ async fn minting_checks_every_rule_and_reference(db: &TestDatabase) {
         .await
         .unwrap();
     assert!(via_sdk.url.ends_with(&via_sdk.ticket));
+    app.stop().await;
+}
+
+/// No API registers apps yet; once one is (a row of the deployment's app registry), tickets
+/// naming it are minted, with their page's URL. Another deployment's app of the same slug stays
+/// unknown.
+async fn app_tickets_are_minted_for_an_app_of_the_deployment(db: &TestDatabase) {
+    let app = spawn_app(db).await;
+    let other = app.create_deployment("other").await;
+    let own = app.client.deployments().current().send().await.unwrap();
+    for kind in ["api_auth", "webhook"] {
+        let registered = db
+            .execute(
+                &format!(
+                    "INSERT INTO apps (deployment_id, kind, slug, name, created_at)
+                     VALUES ($1, '{kind}', 'billing', 'Billing', 0)"
+                ),
+                &[&own.id],
+            )
+            .await;
+        assert_eq!(registered, 1);
+    }
+    let cases = [
+        (
+            "api_auth_access",
+            "api_auth_app_slug",
+            "/vanity/api-auth?ticket=tkt_",
+        ),
+        (
+            "webhook_app_access",
+            "webhook_app_slug",
+            "/vanity/webhook?ticket=tkt_",
+        ),
+    ];
+    for (ticket_type, field, page) in cases {
+        let body = json!({"ticket_type": ticket_type, field: "billing"});
+        let resp = mint(&app, body.clone()).await;
+        let url = resp.ok(201)["url"].as_str().unwrap().to_owned();
+        assert!(url.starts_with(&format!("{}{page}", app.base_url)), "{url}");
+        send(
+            app.anonymous(Method::POST, "/session/tickets")
+                .bearer_auth(&other.key)
+                .json(&body),
+        )
+        .await
+        .assert_error(404, "app_not_found", Some(field));
+    }
     app.stop().await;
 }
 
