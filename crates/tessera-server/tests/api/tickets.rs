@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tessera_client::models::{CreateSessionTicketRequest, CreateUserRequest};
+use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -26,6 +27,7 @@ backend_tests!(
     a_session_sees_only_its_partition,
     each_dimension_of_the_partition_is_enforced,
     chatting_through_the_browser_api,
+    a_reply_is_cancelled_from_the_browser,
     pending_actions_are_decided_from_the_browser,
     impersonation_signs_in_for_at_most_30_minutes,
     console_sign_in_failures_are_counted_once_for_every_host,
@@ -967,6 +969,118 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
     )
     .await;
     resp.assert_error(422, "validation_failed", Some("title"));
+    app.stop().await;
+}
+
+/// A reply still being written is stopped from the browser: `cancelAgentContext` (the cookie's
+/// session, from the page's origin) cancels the running run promptly, the stream says so, and
+/// the conversation is idle again.
+async fn a_reply_is_cancelled_from_the_browser(db: &TestDatabase) {
+    let model = ScriptedModelServer::start().await;
+    let app = spawn_app_with(db, |c| {
+        c.providers
+            .insert("scripted".into(), model.provider_config());
+    })
+    .await;
+    let agent = app
+        .post(
+            "/ai/agents",
+            json!({"name": "Slow", "model": {"provider": "scripted", "model": "scripted-model"}}),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = ticket(
+        &app,
+        json!({"ticket_type": "agent_access", "agent_ids": [agent], "context_group": "g"}),
+    )
+    .await;
+    let mut jar = Jar::default();
+    let token = exchange(&app, &mut jar, &t).await.ok(200)["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = tessera_client::Client::new(app.base_url.clone(), token);
+    let chat = me
+        .agent()
+        .create_context(Default::default())
+        .send()
+        .await
+        .unwrap();
+    let mut stream = me.agent().stream(&chat.id).connect().await.unwrap();
+    // The first words come at once, the rest only after 30 s.
+    model.push(Script::Slow {
+        first_byte_after: Duration::ZERO,
+        chunks: vec!["Let me think".into(), " about it".into()],
+        gap: Duration::from_secs(30),
+    });
+    let path = format!("/agent/contexts/{}", chat.id);
+    let sent = browser(
+        &app,
+        &jar,
+        Method::POST,
+        &format!("{path}/messages"),
+        Some(json!({"content": "Tell me everything"})),
+    )
+    .await;
+    let run_id = sent.ok(202)["run_id"].as_str().unwrap().to_owned();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the stream delivers")
+            .expect("the stream stays open")
+            .unwrap();
+        if event.event == "message.delta" {
+            assert_eq!(event.data["text"], "Let me think");
+            break;
+        }
+    }
+
+    let asked = std::time::Instant::now();
+    let cancelled = browser(&app, &jar, Method::POST, &format!("{path}/cancel"), None).await;
+    let cancelled = cancelled.ok(202);
+    assert_eq!(cancelled["status"], "cancelling", "{cancelled}");
+    assert_eq!(cancelled["run_id"], run_id.as_str());
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the stream delivers")
+            .expect("the stream stays open")
+            .unwrap();
+        seen.push(event.event.clone());
+        if event.event == "run.status" && event.data["run_id"] == run_id.as_str() {
+            if event.data["status"] == "cancelled" {
+                break;
+            }
+            assert_ne!(event.data["status"], "completed", "{seen:?}");
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "cancelled promptly, not after the model's 30 s: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !seen.iter().any(|e| e == "message.completed"),
+        "the interrupted reply is not stored: {seen:?}"
+    );
+    let run = app
+        .client
+        .ai()
+        .threads()
+        .get_run(&chat.id, &run_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status, tessera_client::models::RunStatus::Cancelled);
+    assert_eq!(run.stop_reason.as_deref(), Some("cancelled"), "{run:?}");
+    // Nothing runs any more.
+    browser(&app, &jar, Method::POST, &format!("{path}/cancel"), None)
+        .await
+        .assert_error(409, "run_not_active", None);
     app.stop().await;
 }
 
