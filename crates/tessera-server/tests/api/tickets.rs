@@ -17,6 +17,7 @@ use crate::helpers::{
 backend_tests!(
     minting_checks_every_rule_and_reference,
     app_tickets_are_minted_for_an_app_of_the_deployment,
+    disabled_users_get_no_ticket_and_no_session,
     exactly_one_of_100_concurrent_exchanges_wins,
     a_replayed_ticket_revokes_its_session,
     expired_and_unknown_tickets_are_refused_alike,
@@ -348,6 +349,51 @@ async fn app_tickets_are_minted_for_an_app_of_the_deployment(db: &TestDatabase) 
         )
         .await
         .assert_error(404, "app_not_found", Some(field));
+    }
+    app.stop().await;
+}
+
+/// A disabled user gets no ticket minted for them, and a ticket minted before they were
+/// disabled is refused at the exchange without being used up.
+async fn disabled_users_get_no_ticket_and_no_session(db: &TestDatabase) {
+    let app = spawn_app(db).await;
+    let agent = agent_id(&app, "Support").await;
+    let user = app
+        .client
+        .users()
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    let bodies = [
+        json!({"ticket_type": "agent_access", "agent_ids": [agent], "context_group": "g", "user_id": user.id}),
+        json!({"ticket_type": "impersonation", "user_id": user.id}),
+    ];
+    let mut minted = Vec::new();
+    for body in &bodies {
+        minted.push(ticket(&app, body.clone()).await);
+    }
+    let users = app.client.users();
+    assert!(users.disable_user(&user.id).send().await.unwrap().disabled);
+    for body in &bodies {
+        mint(&app, body.clone())
+            .await
+            .assert_error(409, "user_disabled", Some("user_id"));
+    }
+    let mut jar = Jar::default();
+    for t in &minted {
+        exchange(&app, &mut jar, t)
+            .await
+            .assert_error(409, "user_disabled", Some("user_id"));
+    }
+    assert!(jar.cookie.is_none(), "a refused exchange sets no cookie");
+    // Enabled again, the same tickets work: the refusals did not use them up.
+    assert!(!users.enable_user(&user.id).send().await.unwrap().disabled);
+    for t in &minted {
+        exchange(&app, &mut Jar::default(), t).await.ok(200);
     }
     app.stop().await;
 }
