@@ -27,6 +27,7 @@ backend_tests!(
     a_new_exchange_replaces_the_older_agent_session,
     a_session_sees_only_its_partition,
     each_dimension_of_the_partition_is_enforced,
+    an_agent_session_ends_with_its_lifetime,
     chatting_through_the_browser_api,
     a_reply_is_cancelled_from_the_browser,
     pending_actions_are_decided_from_the_browser,
@@ -876,6 +877,66 @@ async fn each_dimension_of_the_partition_is_enforced(db: &TestDatabase) {
         (&data[0]["id"], &data[0]["title"]),
         (&json!(id), &json!("Secret plans"))
     );
+    app.stop().await;
+}
+
+/// Past `sessions.agent_session_lifetime_seconds` the agent session is over: its token and its
+/// browser's cookie are refused, though the browser session itself lives on.
+async fn an_agent_session_ends_with_its_lifetime(db: &TestDatabase) {
+    let app = spawn_app_with(db, |c| c.sessions.agent_session_lifetime_seconds = 60).await;
+    let agent = agent_id(&app, "Support").await;
+    let t = ticket(
+        &app,
+        json!({"ticket_type": "agent_access", "agent_ids": [agent], "context_group": "g"}),
+    )
+    .await;
+    let mut jar = Jar::default();
+    let resp = exchange(&app, &mut jar, &t).await;
+    let body = resp.ok(200);
+    let token = body["session_token"].as_str().unwrap().to_owned();
+    let session_id = body["session"]["id"].as_str().unwrap().to_owned();
+    let expires = body["session"]["expires_at"].as_str().unwrap().to_owned();
+    let now = tessera_domain::Timestamp::now();
+    assert!(
+        (now.plus_secs(55).to_rfc3339()..=now.plus_secs(60).to_rfc3339()).contains(&expires),
+        "the configured lifetime: {expires}"
+    );
+    let created = bearer(&app, &token, Method::POST, "/agent/contexts", None).await;
+    let context = created.ok(201)["id"].as_str().unwrap().to_owned();
+    // The lifetime passes: the session is moved back by it (no test waits a minute).
+    let moved = db
+        .execute(
+            "UPDATE agent_sessions
+             SET created_at = created_at - 60000, expires_at = expires_at - 60000
+             WHERE id = $1",
+            &[&session_id],
+        )
+        .await;
+    assert_eq!(moved, 1);
+    for (method, path) in [
+        (Method::GET, "/agent/session".to_owned()),
+        (Method::GET, "/agent/contexts".to_owned()),
+        (Method::GET, format!("/agent/contexts/{context}/messages")),
+    ] {
+        bearer(&app, &token, method.clone(), &path, None)
+            .await
+            .assert_error(401, "unauthorized", None);
+        if path != "/agent/session" {
+            browser(&app, &jar, method, &path, None)
+                .await
+                .assert_error(401, "unauthorized", None);
+        }
+    }
+    let session = browser(&app, &jar, Method::GET, "/agent/session", None).await;
+    assert_eq!(session.ok(200)["has_session"], false, "{}", session.text);
+    // The backend still has the conversation.
+    app.client
+        .ai()
+        .threads()
+        .get_thread(&context)
+        .send()
+        .await
+        .unwrap();
     app.stop().await;
 }
 
