@@ -940,6 +940,30 @@ async fn an_agent_session_ends_with_its_lifetime(db: &TestDatabase) {
     app.stop().await;
 }
 
+/// The durable events (those with an id) of a stream up to the next completed run, and the
+/// last reply completed on the way.
+async fn read_turn(
+    stream: &mut tessera_client::ThreadStream,
+) -> (Vec<(i64, String)>, Option<String>) {
+    let (mut durable, mut reply) = (Vec::new(), None);
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the stream delivers")
+    {
+        let event = event.unwrap();
+        if let Some(id) = event.id {
+            durable.push((id, event.event.clone()));
+        }
+        if event.event == "message.completed" {
+            reply = event.data["message"]["content"].as_str().map(str::to_owned);
+        }
+        if event.event == "run.status" && event.data["status"] == "completed" {
+            break;
+        }
+    }
+    (durable, reply)
+}
+
 async fn chatting_through_the_browser_api(db: &TestDatabase) {
     let app = spawn_app(db).await;
     let agent = agent_id(&app, "Echo").await;
@@ -976,25 +1000,22 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(accepted.status, "queued");
-    let mut reply = None;
-    let mut last_id = 0;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("the stream delivers")
-    {
-        let event = event.unwrap();
-        if let Some(id) = event.id {
-            last_id = id;
-        }
-        if event.event == "message.completed" {
-            reply = event.data["message"]["content"].as_str().map(str::to_owned);
-        }
-        if event.event == "run.status" && event.data["status"] == "completed" {
-            break;
-        }
-    }
+    let (durable, reply) = read_turn(&mut stream).await;
     assert_eq!(reply.as_deref(), Some("Hello from the browser API"));
-    // Resuming after the last event replays nothing old.
+    assert!(durable.len() >= 3, "{durable:?}");
+    // Resuming after an event replays exactly the durable events that followed it.
+    let mut resumed = me
+        .agent()
+        .stream(&chat.id)
+        .last_event_id(durable[0].0)
+        .connect()
+        .await
+        .unwrap();
+    let (replayed, reply) = read_turn(&mut resumed).await;
+    assert_eq!(replayed, durable[1..]);
+    assert_eq!(reply.as_deref(), Some("Hello from the browser API"));
+    // Resuming after the last event replays nothing old: the first event is the next turn's.
+    let last_id = durable.last().unwrap().0;
     let mut resumed = me
         .agent()
         .stream(&chat.id)
@@ -1002,11 +1023,15 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
         .connect()
         .await
         .unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), resumed.next())
-            .await
-            .is_err()
-    );
+    me.agent()
+        .send_message(&chat.id, "And again")
+        .send()
+        .await
+        .unwrap();
+    let (next, reply) = read_turn(&mut resumed).await;
+    assert!(next.iter().all(|(id, _)| *id > last_id), "{next:?}");
+    assert_eq!(next[0].1, "message.created", "{next:?}");
+    assert_eq!(reply.as_deref(), Some("And again"));
 
     let messages = me
         .agent()
@@ -1019,7 +1044,7 @@ async fn chatting_through_the_browser_api(db: &TestDatabase) {
         .iter()
         .map(|m| format!("{:?}", m.role))
         .collect();
-    assert_eq!(roles, ["User", "Assistant"]);
+    assert_eq!(roles, ["User", "Assistant", "User", "Assistant"]);
     let err = me.agent().cancel(&chat.id).send().await.unwrap_err();
     assert_eq!(err.code(), Some(tessera_client::ErrorCode::RunNotActive));
     let renamed = me
@@ -1627,6 +1652,32 @@ async fn console_admins_mint_for_any_deployment(db: &TestDatabase) {
     app.stop().await;
 }
 
+/// What in `html` runs as inline script: `<script>` elements without a `src` or with a body,
+/// and `on…=` event-handler attributes.
+fn inline_scripts(html: &str) -> Vec<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut found = Vec::new();
+    for (at, _) in lower.match_indices("<script") {
+        let end = lower[at..].find('>').map_or(lower.len(), |e| at + e + 1);
+        let tag = &lower[at..end];
+        let empty = lower[end..].starts_with("</script>");
+        if !tag.contains(" src=") || !empty {
+            found.push(html[at..end].to_owned());
+        }
+    }
+    for word in lower.split(|c: char| c.is_whitespace() || c == '<') {
+        let Some(rest) = word.strip_prefix("on") else {
+            continue;
+        };
+        if let Some((name, _)) = rest.split_once('=') {
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphabetic()) {
+                found.push(word.to_owned());
+            }
+        }
+    }
+    found
+}
+
 async fn pages_cors_and_origin_checks(db: &TestDatabase) {
     let app = spawn_app(db).await;
     let agent = agent_id(&app, "Support").await;
@@ -1644,7 +1695,17 @@ async fn pages_cors_and_origin_checks(db: &TestDatabase) {
         "{csp}"
     );
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
-    assert!(!page.text.contains("<script>"), "no inline script");
+    assert_eq!(
+        inline_scripts(&page.text),
+        Vec::<String>::new(),
+        "no inline script"
+    );
+    assert!(
+        page.text
+            .contains(r#"<script type="module" src="/static/vanity-agents.js"></script>"#),
+        "{}",
+        page.text
+    );
     let js = send(app.anonymous(Method::GET, "/static/tessera.js")).await;
     assert_eq!(js.status, 200);
     assert!(js
