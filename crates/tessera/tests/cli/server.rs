@@ -1,8 +1,10 @@
-//! The server process: durability across a crash, graceful shutdown, `deployments current`.
+//! The server process: durability across a crash, graceful shutdown, `deployments current`,
+//! the credentials the first start prints.
 
 use std::time::Duration;
 
-use tessera_client::models::{CreateActorRequest, LookupActorParams};
+use tessera_client::models::{ConsoleSignInRequest, CreateActorRequest, LookupActorParams};
+use tessera_client::Client;
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -187,5 +189,49 @@ async fn the_banner_shows_a_generated_key_once() {
     assert_eq!(deployment.name, "default");
     assert!(!server.log().contains(key));
     drop(server);
+    db.cleanup().await;
+}
+
+/// Without `TESSERA_BOOTSTRAP_ADMIN_PASSWORD`, the first start creates console admin `admin`
+/// with a generated password, printed once: it signs in to the console, is not in the log, and a
+/// later start prints no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_shows_a_generated_admin_password_once() {
+    let db = TestDatabase::sqlite();
+    let key = bootstrap_key();
+    let server = Server::start(&db.url, &key).await;
+    let (username, password) = server
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("console admin:"))
+        .and_then(|rest| rest.trim().split_once(" / "))
+        .map(|(user, password)| (user.to_owned(), password.to_owned()))
+        .unwrap_or_else(|| panic!("{:?}", server.banner));
+    assert_eq!(username, "admin");
+    assert!(
+        password.starts_with("tap_") && password.len() > 40,
+        "{password}"
+    );
+    assert!(!server.log().contains(&password));
+    let session = Client::unauthenticated(server.url.clone())
+        .console()
+        .sign_in(ConsoleSignInRequest {
+            username: Some(username),
+            password: password.clone(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(session.token.starts_with("tca_"), "{session:?}");
+    assert_eq!(session.admin.username, "admin");
+    drop(server);
+
+    let again = Server::start(&db.url, &key).await;
+    assert!(
+        !again.banner.iter().any(|l| l.contains("console admin")),
+        "{:?}",
+        again.banner
+    );
+    drop(again);
     db.cleanup().await;
 }
