@@ -64,10 +64,15 @@ impl ApiError {
         }
     }
 
-    /// The not-found error of an entity, as answered for a missing or foreign id.
+    /// The not-found error of an entity, as answered for a missing or foreign id (or slug, for
+    /// the entities named by one).
     pub fn not_found(entity: Entity) -> Self {
         let (code, what) = entity_code(entity);
-        Self::new(code, format!("no {what} with this id exists"))
+        let key = match entity {
+            Entity::App | Entity::Endpoint | Entity::Toolkit => "slug",
+            _ => "id",
+        };
+        Self::new(code, format!("no {what} with this {key} exists"))
     }
 }
 

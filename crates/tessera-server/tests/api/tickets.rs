@@ -343,13 +343,17 @@ async fn app_tickets_are_minted_for_an_app_of_the_deployment(db: &TestDatabase) 
         let resp = mint(&app, body.clone()).await;
         let url = resp.ok(201)["url"].as_str().unwrap().to_owned();
         assert!(url.starts_with(&format!("{}{page}", app.base_url)), "{url}");
-        send(
+        let refused = send(
             app.anonymous(Method::POST, "/session/tickets")
                 .bearer_auth(&other.key)
                 .json(&body),
         )
-        .await
-        .assert_error(404, "app_not_found", Some(field));
+        .await;
+        refused.assert_error(404, "app_not_found", Some(field));
+        assert_eq!(
+            refused.body["error"]["message"],
+            format!("{field}: no app with this slug exists")
+        );
     }
     app.stop().await;
 }
