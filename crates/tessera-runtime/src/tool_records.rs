@@ -61,7 +61,12 @@ pub struct ToolRecordsConfig {
     pub mcp_clients: McpClients,
     /// The operator's toolkit provider (`[toolkits]`); `None`: no toolkit tools are offered.
     pub toolkits: Option<Arc<crate::toolkits::Toolkits>>,
+    /// A call's timeout when its record sets none (`runtime.tool_timeout_seconds`).
+    pub tool_timeout: Duration,
 }
+
+/// How much longer than its tool's timeout an MCP client waits by itself (see `mcp_server`).
+const MCP_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// The node's MCP clients, by tool record.
 #[derive(Default)]
@@ -199,9 +204,15 @@ impl RecordTools {
         };
         let mut server = crate::mcp::McpServerConfig::new(mcp.slug.clone(), transport);
         server.auth = auth;
-        if let Some(seconds) = tool.spec.timeout_seconds {
-            server.call_timeout = Duration::from_secs(u64::from(seconds));
-        }
+        // The run's timer bounds a call (and ends the run past it, `tool_timeout`); the client's
+        // own limit, a second later, only bounds connecting and listing, and never races it.
+        let timeout = tool
+            .spec
+            .timeout_seconds
+            .map_or(self.config.tool_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+            });
+        server.call_timeout = timeout + MCP_TIMEOUT_MARGIN;
         Ok(server)
     }
 

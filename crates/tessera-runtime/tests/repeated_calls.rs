@@ -267,6 +267,7 @@ async fn a_repeated_platform_event_call_emits_one_event(db: &TestDatabase) {
             mcp: Default::default(),
             mcp_clients: McpClients::default(),
             toolkits: None,
+            tool_timeout: std::time::Duration::from_secs(60),
         }),
     );
     let ctx = s.ctx();

@@ -157,6 +157,7 @@ impl Application {
             mcp: config.mcp,
             mcp_clients: Default::default(),
             toolkits,
+            tool_timeout: Duration::from_secs(config.runtime.tool_timeout_seconds),
         });
         let board_scheduler = BoardSchedulerHandle::default();
         let runtime = Arc::new(Runtime {

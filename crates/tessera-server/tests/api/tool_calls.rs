@@ -702,6 +702,30 @@ async fn mcp_records_offer_their_servers_tools(db: &TestDatabase) {
     let (_, m) = call(&app, "mcp", "everything", json!({})).await;
     assert_eq!(m["is_error"], true, "{m}");
 
+    // A server tool over its record's timeout ends the run (`tool_timeout`), like any tool:
+    // the MCP client's own limit does not answer first with an error for the model.
+    let slow = tool(
+        &app,
+        json!({"name": "slow_server", "timeout_seconds": 1, "configuration": {"type": "Mcp",
+            "slug": "sl", "transport": "streamable_http", "url": server.url(),
+            "auth": {"type": "none"}}}),
+    )
+    .await;
+    agent(&app, "mcp-slow", &[&slow]).await;
+    let asked = app
+        .post(
+            "/api/v1/ask/mcp-slow",
+            json!({"content": "/tool mcp_sl_trigger-long-running-operation {\"duration\": 30, \"steps\": 2}"}),
+        )
+        .await;
+    let asked = asked.ok(200).clone();
+    let timeout =
+        "the tool `mcp_sl_trigger-long-running-operation` did not finish within 1 seconds";
+    assert_eq!(asked["status"], "failed", "{asked}");
+    assert_eq!(asked["error"], timeout, "{asked}");
+    let m = tool_message(&app, asked["thread_id"].as_str().unwrap()).await;
+    assert_eq!(m["content"], timeout, "{m}");
+
     app.stop().await;
 }
 
