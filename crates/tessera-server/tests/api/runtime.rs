@@ -2046,7 +2046,7 @@ async fn stops_promptly_right_after_starting(db: &TestDatabase) {
 /// away, so only `NOTIFY` can tell one node in time what the other did. A message sent through
 /// a node whose workers are all busy starts on the other node, and a cancel asked of one node
 /// stops the run the other executes.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_nodes_wake_each_other_through_notify() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
