@@ -68,8 +68,9 @@ impl TestDatabase {
         self.backend
     }
 
-    /// Runs one raw SQL statement on its own connection, binding `args` as text to `$1`, `$2`, …;
-    /// returns the rows it affected. For what no store method writes: rows of features not
+    /// Runs one raw SQL statement on its own connection, binding `args` as text to `$1`, `$2`, …
+    /// (PostgreSQL needs a cast in the SQL for other column types: `$1::bigint`); returns the
+    /// rows it affected. For what no store method writes: rows of features not
     /// built yet (`apps`), or a clock moved for one row (an expired session).
     pub async fn execute(&self, sql: &str, args: &[&str]) -> u64 {
         let done: Result<u64, sqlx::Error> = match self.backend {
