@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tessera_client::models::{ApprovalRule, CreateSessionTicketRequest};
+use tessera_client::models::{ApprovalRule, CreateSessionTicketRequest, CreateUserRequest};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -18,7 +18,8 @@ use crate::helpers::{echo_agent, spawn_app, TcpProxy, TestApp};
 backend_tests!(
     the_chat_page_works_in_a_real_browser,
     pending_actions_are_decided_in_the_page,
-    the_page_catches_up_after_its_connection_drops
+    the_page_catches_up_after_its_connection_drops,
+    an_impersonation_shows_its_banner_and_two_agents_a_picker
 );
 
 async fn mint(app: &TestApp, agent: &str, expires_in: Option<i64>) -> String {
@@ -519,5 +520,149 @@ async fn the_page_catches_up_after_its_connection_drops(db: &TestDatabase) {
         .await;
     drop(browser);
     drop(proxy);
+    app.stop().await;
+}
+
+/// A browser signed in by an impersonation ticket: the signed-in page and then the chat page of
+/// a `signin` link show the impersonation banner (who acts for the user); the link names two
+/// agents, so the page offers a picker, and the chosen agent answers the new conversation.
+async fn an_impersonation_shows_its_banner_and_two_agents_a_picker(db: &TestDatabase) {
+    if browser_available().is_none() {
+        return;
+    }
+    let app = spawn_app(db).await;
+    let user = app
+        .client
+        .users()
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for name in ["Alpha", "Beta"] {
+        let agent = app
+            .client
+            .ai()
+            .agents()
+            .create_agent(echo_agent(name))
+            .send()
+            .await
+            .unwrap();
+        agents.push(agent.id);
+    }
+    let mint = |body: CreateSessionTicketRequest| {
+        let client = app.client.clone();
+        async move {
+            client
+                .session_tickets()
+                .create_backend_session_ticket(body)
+                .send()
+                .await
+                .unwrap()
+                .url
+        }
+    };
+    let sign_in = mint(CreateSessionTicketRequest {
+        ticket_type: "impersonation".into(),
+        user_id: Some(user.id.clone()),
+        ..Default::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.goto(&sign_in).await;
+    let banner = browser
+        .wait_for(
+            "the signed-in page's banner",
+            "const b = document.getElementById('impersonation'); \
+             return b && !b.hidden && b.getBoundingClientRect().height > 0 && b.textContent;",
+        )
+        .await;
+    assert!(
+        banner.as_str().unwrap().contains("Impersonation"),
+        "{banner}"
+    );
+
+    let chat = mint(CreateSessionTicketRequest {
+        ticket_type: "agent_access".into(),
+        agent_ids: Some(agents.clone()),
+        agent_session_identifier: Some("signin".into()),
+        ..Default::default()
+    })
+    .await;
+    browser.goto(&chat).await;
+    let banner = browser
+        .wait_for(
+            "the chat page's banner",
+            "const b = document.getElementById('impersonation'); \
+             return !document.getElementById('chat').hidden && !b.hidden \
+               && b.getBoundingClientRect().height > 0 && b.textContent;",
+        )
+        .await;
+    let banner = banner.as_str().unwrap();
+    assert!(
+        banner
+            .starts_with("Impersonation: you are acting as this user on behalf of secret_key key_"),
+        "{banner}"
+    );
+    let options = browser
+        .wait_for(
+            "the agent picker",
+            "return !document.getElementById('agent-picker-label').hidden \
+             && [...document.querySelectorAll('#agent-picker option')] \
+                  .map(o => o.value + '=' + o.textContent).join('|');",
+        )
+        .await;
+    assert_eq!(
+        options,
+        format!("{}=Alpha|{}=Beta", agents[0], agents[1]).as_str()
+    );
+    // Choose the second agent, start a conversation: it is Beta's, and Beta answers.
+    browser
+        .execute(&format!(
+            "const p = document.getElementById('agent-picker'); p.value = '{}'; \
+             p.dispatchEvent(new Event('change')); return p.value;",
+            agents[1]
+        ))
+        .await;
+    browser.click("#new-chat").await;
+    let name = browser
+        .wait_for(
+            "the new conversation",
+            "return !document.getElementById('composer').hidden \
+             && document.querySelector('#context-list .context[aria-current=true]') \
+             && document.getElementById('agent-name').textContent;",
+        )
+        .await;
+    assert_eq!(name, "Beta");
+    browser.type_into("#message", "Hello Beta").await;
+    browser.click("#send").await;
+    let reply = browser
+        .wait_for(
+            "Beta's reply",
+            "const done = [...document.querySelectorAll('.message.assistant:not(.streaming)')]; \
+             return done.length > 0 && done[done.length - 1].textContent;",
+        )
+        .await;
+    assert_eq!(reply, "Hello Beta");
+    let thread = browser
+        .execute("return document.querySelector('#context-list .context[aria-current=true]').dataset.id;")
+        .await;
+    let thread = app
+        .client
+        .ai()
+        .threads()
+        .get_thread(thread.as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thread.agent_id, agents[1]);
+
+    let _ = browser
+        .session_call(reqwest::Method::DELETE, "", None)
+        .await;
+    drop(browser);
     app.stop().await;
 }
