@@ -570,6 +570,14 @@ impl ClientInfo {
             user_agent: self.user_agent.clone(),
         }
     }
+
+    /// Who acts, for the store's audit record: the caller's secret key, from this client.
+    pub fn by_key(&self, caller: &crate::auth::Caller) -> tessera_domain::identity::AuditBy {
+        tessera_domain::identity::AuditBy {
+            actor: AuditActor::SecretKey(caller.key_id.clone()),
+            client: self.audit(),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {

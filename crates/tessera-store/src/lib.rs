@@ -830,7 +830,13 @@ pub struct SignInCount {
 #[async_trait]
 pub trait IdentityStore {
     /// Fails with [`Conflict::EmailTaken`] when another user of the deployment has the email.
-    async fn create_user(&self, scope: &Scope, new: &NewUser) -> StoreResult<User>;
+    /// Records `user.created` by `by` in the same transaction.
+    async fn create_user(
+        &self,
+        scope: &Scope,
+        new: &NewUser,
+        by: &tessera_domain::identity::AuditBy,
+    ) -> StoreResult<User>;
 
     async fn get_user(&self, scope: &Scope, id: &UserId) -> StoreResult<User>;
 
@@ -852,17 +858,24 @@ pub trait IdentityStore {
     async fn update_user(&self, scope: &Scope, id: &UserId, patch: &UserPatch)
         -> StoreResult<User>;
 
-    /// Deletes the user, their memberships and their browser sessions. Audit events keep the
-    /// user's id.
-    async fn delete_user(&self, scope: &Scope, id: &UserId) -> StoreResult<()>;
+    /// Deletes the user, their memberships and their browser sessions, and records
+    /// `user.deleted` by `by`, in one transaction. Audit events keep the user's id.
+    async fn delete_user(
+        &self,
+        scope: &Scope,
+        id: &UserId,
+        by: &tessera_domain::identity::AuditBy,
+    ) -> StoreResult<()>;
 
     /// Disables or enables a user. Disabling ends every browser session of the user in the
-    /// same transaction; returns the user and how many sessions ended.
+    /// same transaction; returns the user and how many sessions ended. Records
+    /// `user.disabled` (with `sessions_ended`) or `user.enabled` by `by` in that transaction too.
     async fn set_user_disabled(
         &self,
         scope: &Scope,
         id: &UserId,
         disabled: bool,
+        by: &tessera_domain::identity::AuditBy,
     ) -> StoreResult<(User, u64)>;
 
     /// Fails with [`Conflict::OrganizationSlugTaken`] when the slug is taken.

@@ -28,9 +28,9 @@ macro_rules! impl_identity_sql {
         use super::shared_sql::{finish_page, is_unique_violation, push_page};
         use sqlx::{QueryBuilder, Row as _};
         use tessera_domain::identity::{
-            AuditEvent, BrowserSession, Email, Membership, NewAuditEvent, NewOrganization,
-            NewSession, NewUser, Organization, Role, SigningKeyRecord, User, UserCredentials,
-            UserPatch,
+            AuditBy, AuditEvent, AuditKind, BrowserSession, Email, Membership, NewAuditEvent,
+            NewOrganization, NewSession, NewUser, Organization, Role, SigningKeyRecord, User,
+            UserCredentials, UserPatch,
         };
         use tessera_domain::password::PasswordHash;
         use tessera_domain::records::Deployment;
@@ -157,6 +157,27 @@ macro_rules! impl_identity_sql {
         /// (an event written after its action's commit is lost when the node dies in between).
         /// Answers the row it wrote without reading it back (no `RETURNING`: most callers are
         /// inside a write that the writer's other work waits for, and discard it).
+        /// Records `kind` about the user `user` by `by`, inside the caller's transaction.
+        async fn audit_user(
+            conn: &mut Conn,
+            scope: &Scope,
+            kind: AuditKind,
+            user: &UserId,
+            by: &AuditBy,
+            data: serde_json::Value,
+            now: Timestamp,
+        ) -> StoreResult<()> {
+            let event = NewAuditEvent::new(
+                kind,
+                by.actor.clone(),
+                Some(user.as_str().to_owned()),
+                by.client.clone(),
+                data,
+            );
+            insert_audit(conn, scope, &event, now).await?;
+            Ok(())
+        }
+
         pub(super) async fn insert_audit(
             conn: &mut Conn,
             scope: &Scope,
@@ -313,7 +334,12 @@ macro_rules! impl_identity_sql {
 
         #[async_trait::async_trait]
         impl $crate::IdentityStore for $store {
-            async fn create_user(&self, scope: &Scope, new: &NewUser) -> StoreResult<User> {
+            async fn create_user(
+                &self,
+                scope: &Scope,
+                new: &NewUser,
+                by: &AuditBy,
+            ) -> StoreResult<User> {
                 let now = Timestamp::now();
                 let metadata = serde_json::to_string(new.metadata.as_map())
                     .map_err(|e| corrupt("user metadata", e))?;
@@ -336,6 +362,7 @@ macro_rules! impl_identity_sql {
                 .await
                 .map_err(email_conflict)?;
                 let user = user_from_row(&row)?;
+                audit_user(&mut tx, scope, AuditKind::UserCreated, &user.id, by, serde_json::json!({}), now).await?;
                 tx.commit().await?;
                 Ok(user)
             }
@@ -429,7 +456,12 @@ macro_rules! impl_identity_sql {
                 Ok(user)
             }
 
-            async fn delete_user(&self, scope: &Scope, user_id: &UserId) -> StoreResult<()> {
+            async fn delete_user(
+                &self,
+                scope: &Scope,
+                user_id: &UserId,
+                by: &AuditBy,
+            ) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
                 let dep = scope.deployment_id().as_str();
                 let exists = sqlx::query(&format!(
@@ -457,6 +489,8 @@ macro_rules! impl_identity_sql {
                     .bind(dep)
                     .execute(&mut *tx)
                     .await?;
+                let now = Timestamp::now();
+                audit_user(&mut tx, scope, AuditKind::UserDeleted, user_id, by, serde_json::json!({}), now).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -466,6 +500,7 @@ macro_rules! impl_identity_sql {
                 scope: &Scope,
                 user_id: &UserId,
                 disabled: bool,
+                by: &AuditBy,
             ) -> StoreResult<(User, u64)> {
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&format!(
@@ -490,6 +525,12 @@ macro_rules! impl_identity_sql {
                 } else {
                     0
                 };
+                let (kind, data) = if disabled {
+                    (AuditKind::UserDisabled, serde_json::json!({"sessions_ended": ended}))
+                } else {
+                    (AuditKind::UserEnabled, serde_json::json!({}))
+                };
+                audit_user(&mut tx, scope, kind, user_id, by, data, Timestamp::now()).await?;
                 tx.commit().await?;
                 Ok((user, ended))
             }

@@ -674,6 +674,10 @@ async fn impersonation_mints_written_together_are_audited() {
                 password_hash: None,
                 metadata: tessera_domain::validate::Metadata::empty(),
             },
+            &tessera_domain::identity::AuditBy {
+                actor: tessera_domain::identity::AuditActor::Operator,
+                client: Default::default(),
+            },
         )
         .await
         .expect("user");

@@ -38,14 +38,6 @@ fn new_key(name: &str) -> (PlainSecret, NewSecretKey) {
     (secret, key)
 }
 
-/// An operator's audited write (no client).
-fn operator() -> AuditBy {
-    AuditBy {
-        actor: AuditActor::Operator,
-        client: AuditClient::default(),
-    }
-}
-
 fn new_deployment(name: &str) -> NewDeployment {
     NewDeployment {
         name: DeploymentName::parse("name", name).unwrap(),
@@ -294,12 +286,18 @@ async fn concurrent_revocations_are_recorded_once(db: &TestDatabase) {
     let mut doomed = Vec::new();
     for round in 0..5 {
         let (_, key) = new_key(&format!("doomed-{round}"));
-        let key = store.create_key(&scope, &key, &operator()).await.unwrap();
+        let key = store
+            .create_key(&scope, &key, &common::operator())
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let (store, scope, id) = (store.clone(), scope.clone(), key.id.clone());
             tasks.push(tokio::spawn(async move {
-                store.revoke_key(&scope, &id, &operator()).await.unwrap()
+                store
+                    .revoke_key(&scope, &id, &common::operator())
+                    .await
+                    .unwrap()
             }));
         }
         let mut stamps = Vec::new();
@@ -333,7 +331,7 @@ async fn last_active_key_cannot_be_revoked(db: &TestDatabase) {
         .unwrap()
         .unwrap();
     let err = store
-        .revoke_key(&scope, &auth.key_id, &operator())
+        .revoke_key(&scope, &auth.key_id, &common::operator())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict::LastActiveKey)));
@@ -657,7 +655,10 @@ async fn nothing_crosses_deployments(db: &TestDatabase) {
         .await
         .unwrap();
     let (_, extra) = new_key("extra");
-    store.create_key(&a, &extra, &operator()).await.unwrap();
+    store
+        .create_key(&a, &extra, &common::operator())
+        .await
+        .unwrap();
     let a_keys = store.list_keys(&a, &PageRequest::default()).await.unwrap();
     let b_key = store
         .authenticate_key(&b_secret.hash(), Timestamp::now())
@@ -688,14 +689,14 @@ async fn nothing_crosses_deployments(db: &TestDatabase) {
     ));
     assert!(is_not_found(
         &store
-            .revoke_key(&b, &a_keys.items[0].id, &operator())
+            .revoke_key(&b, &a_keys.items[0].id, &common::operator())
             .await
             .unwrap_err(),
         Entity::SecretKey
     ));
     assert!(is_not_found(
         &store
-            .revoke_key(&a, &b_key.key_id, &operator())
+            .revoke_key(&a, &b_key.key_id, &common::operator())
             .await
             .unwrap_err(),
         Entity::SecretKey

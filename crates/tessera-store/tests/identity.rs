@@ -10,8 +10,8 @@ mod common;
 use std::sync::Arc;
 
 use tessera_domain::identity::{
-    AuditActor, AuditKind, Email, NewAuditEvent, NewOrganization, NewSession, NewUser,
-    OrganizationSlug, Password, PersonName, Role, SigningKeyRecord, UserPatch,
+    AuditActor, AuditBy, AuditClient, AuditKind, Email, NewAuditEvent, NewOrganization, NewSession,
+    NewUser, OrganizationSlug, Password, PersonName, Role, SigningKeyRecord, UserPatch,
 };
 use tessera_domain::password::hash_password;
 use tessera_domain::records::NewDeployment;
@@ -35,6 +35,7 @@ backend_tests!(
     audit_events_are_scoped_filtered_and_paged,
     signing_keys_are_created_once_and_rotated,
     deployments_are_found_by_origin,
+    user_writes_record_their_audit_events,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -133,7 +134,10 @@ async fn users_are_unique_per_deployment_and_scoped(db: &TestDatabase) {
     let mut new = new_user("ada@example.com");
     let password = Password::new_choice("password", "correct horse".into()).unwrap();
     new.password_hash = Some(hash_password(&password).unwrap());
-    let ada = store.create_user(&a, &new).await.unwrap();
+    let ada = store
+        .create_user(&a, &new, &common::operator())
+        .await
+        .unwrap();
     assert_eq!(ada.email, "ada@example.com");
     assert!(ada.has_password);
     assert!(!ada.disabled);
@@ -142,12 +146,14 @@ async fn users_are_unique_per_deployment_and_scoped(db: &TestDatabase) {
 
     // The email is normalized before it gets here, so the same address is taken whatever its case.
     assert_conflict(
-        store.create_user(&a, &new_user(" ADA@Example.com ")).await,
+        store
+            .create_user(&a, &new_user(" ADA@Example.com "), &common::operator())
+            .await,
         Conflict::EmailTaken,
     );
     // Another deployment may have a user with the same email.
     let other = store
-        .create_user(&b, &new_user("ada@example.com"))
+        .create_user(&b, &new_user("ada@example.com"), &common::operator())
         .await
         .unwrap();
     assert_ne!(other.id, ada.id);
@@ -169,7 +175,7 @@ async fn users_are_unique_per_deployment_and_scoped(db: &TestDatabase) {
     assert!(none.is_none());
 
     store
-        .create_user(&a, &new_user("bob@example.com"))
+        .create_user(&a, &new_user("bob@example.com"), &common::operator())
         .await
         .unwrap();
     let all = store
@@ -207,11 +213,11 @@ async fn users_update_and_delete(db: &TestDatabase) {
     let a = deployment(&store, "a", "http://a.test").await;
     let b = deployment(&store, "b", "http://b.test").await;
     let ada = store
-        .create_user(&a, &new_user("ada@example.com"))
+        .create_user(&a, &new_user("ada@example.com"), &common::operator())
         .await
         .unwrap();
     let bob = store
-        .create_user(&a, &new_user("bob@example.com"))
+        .create_user(&a, &new_user("bob@example.com"), &common::operator())
         .await
         .unwrap();
 
@@ -272,10 +278,19 @@ async fn users_update_and_delete(db: &TestDatabase) {
     let org = acme_with(&store, &a, &ada.id, Role::Admin).await;
     let (secret, new) = session(Some(&ada.id), Timestamp::now());
     store.create_session(&a, &new).await.unwrap();
-    assert_not_found(store.delete_user(&b, &ada.id).await, Entity::User);
-    store.delete_user(&a, &ada.id).await.unwrap();
+    assert_not_found(
+        store.delete_user(&b, &ada.id, &common::operator()).await,
+        Entity::User,
+    );
+    store
+        .delete_user(&a, &ada.id, &common::operator())
+        .await
+        .unwrap();
     assert_not_found(store.get_user(&a, &ada.id).await, Entity::User);
-    assert_not_found(store.delete_user(&a, &ada.id).await, Entity::User);
+    assert_not_found(
+        store.delete_user(&a, &ada.id, &common::operator()).await,
+        Entity::User,
+    );
     let members = store
         .list_members(&a, &org.id, &PageRequest::default())
         .await
@@ -288,7 +303,7 @@ async fn users_update_and_delete(db: &TestDatabase) {
     assert!(found.is_none(), "the deleted user's session ended");
     // The email is free again.
     store
-        .create_user(&a, &new_user("ada.l@example.com"))
+        .create_user(&a, &new_user("ada.l@example.com"), &common::operator())
         .await
         .unwrap();
     db_cleanup(store).await;
@@ -338,15 +353,15 @@ async fn organizations_and_memberships(db: &TestDatabase) {
     assert_eq!(listed.items.len(), 3);
 
     let ada = store
-        .create_user(&a, &new_user("ada@example.com"))
+        .create_user(&a, &new_user("ada@example.com"), &common::operator())
         .await
         .unwrap();
     let bob = store
-        .create_user(&a, &new_user("bob@example.com"))
+        .create_user(&a, &new_user("bob@example.com"), &common::operator())
         .await
         .unwrap();
     let stranger = store
-        .create_user(&b, &new_user("eve@example.com"))
+        .create_user(&b, &new_user("eve@example.com"), &common::operator())
         .await
         .unwrap();
     let m = store
@@ -438,7 +453,7 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     let a = deployment(&store, "a", "http://a.test").await;
     let b = deployment(&store, "b", "http://b.test").await;
     let ada = store
-        .create_user(&a, &new_user("ada@example.com"))
+        .create_user(&a, &new_user("ada@example.com"), &common::operator())
         .await
         .unwrap();
     let now = Timestamp::now();
@@ -562,7 +577,10 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     // Disabling the user ends all their sessions; enabling does not bring them back.
     let (second_secret, second) = session(Some(&ada.id), now);
     store.create_session(&a, &second).await.unwrap();
-    let (user, ended) = store.set_user_disabled(&a, &ada.id, true).await.unwrap();
+    let (user, ended) = store
+        .set_user_disabled(&a, &ada.id, true, &common::operator())
+        .await
+        .unwrap();
     assert!(user.disabled);
     assert_eq!(ended, 2);
     for secret in [&signed_secret, &second_secret] {
@@ -572,11 +590,16 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
             .unwrap()
             .is_none());
     }
-    let (user, ended) = store.set_user_disabled(&a, &ada.id, false).await.unwrap();
+    let (user, ended) = store
+        .set_user_disabled(&a, &ada.id, false, &common::operator())
+        .await
+        .unwrap();
     assert!(!user.disabled);
     assert_eq!(ended, 0);
     assert_not_found(
-        store.set_user_disabled(&b, &ada.id, true).await,
+        store
+            .set_user_disabled(&b, &ada.id, true, &common::operator())
+            .await,
         Entity::User,
     );
 
@@ -1056,7 +1079,7 @@ async fn a_member_removal_waits_for_a_deletion_of_the_user(db: &TestDatabase) {
     let store = open(db).await;
     let a = deployment(&store, "a", "http://a.test").await;
     let ada = store
-        .create_user(&a, &new_user("ada@example.com"))
+        .create_user(&a, &new_user("ada@example.com"), &common::operator())
         .await
         .unwrap();
     let org = acme_with(&store, &a, &ada.id, Role::Member).await;
@@ -1098,11 +1121,90 @@ async fn a_member_removal_waits_for_a_deletion_of_the_user(db: &TestDatabase) {
         assert_not_found(removing.await.unwrap(), Entity::Membership);
     } else {
         // One writer at a time: the deletion, then the removal.
-        store.delete_user(&a, &ada.id).await.unwrap();
+        store
+            .delete_user(&a, &ada.id, &common::operator())
+            .await
+            .unwrap();
         assert_not_found(
             store.remove_member(&a, &org.id, &ada.id).await,
             Entity::Membership,
         );
     }
     db_cleanup(store).await;
+}
+
+/// A user's creation, disabling, enabling and deletion record their audit events in their own
+/// transactions: with who did it, from where, about whom; a write that fails or is refused
+/// records nothing, and nothing reaches another deployment's log.
+async fn user_writes_record_their_audit_events(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = deployment(&store, "a", "http://a.test").await;
+    let b = deployment(&store, "b", "http://b.test").await;
+    let key = SecretKeyId::generate();
+    let by = AuditBy {
+        actor: AuditActor::SecretKey(key.clone()),
+        client: AuditClient {
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some("backend/1.0".into()),
+        },
+    };
+    let ada = store
+        .create_user(&a, &new_user("ada@example.com"), &by)
+        .await
+        .unwrap();
+    assert_conflict(
+        store
+            .create_user(&a, &new_user("ada@example.com"), &by)
+            .await,
+        Conflict::EmailTaken,
+    );
+    let (_, new) = session(Some(&ada.id), Timestamp::now());
+    store.create_session(&a, &new).await.unwrap();
+    let (_, ended) = store
+        .set_user_disabled(&a, &ada.id, true, &by)
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    store
+        .set_user_disabled(&a, &ada.id, false, &by)
+        .await
+        .unwrap();
+    // Another deployment's writes do not reach the user, and record nothing.
+    assert_not_found(
+        store.set_user_disabled(&b, &ada.id, true, &by).await,
+        Entity::User,
+    );
+    assert_not_found(store.delete_user(&b, &ada.id, &by).await, Entity::User);
+    store.delete_user(&a, &ada.id, &by).await.unwrap();
+    assert_not_found(store.delete_user(&a, &ada.id, &by).await, Entity::User);
+
+    let events = common::audited(&store, &a, None).await;
+    let seen: Vec<(&str, Option<&str>, serde_json::Value)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.subject_id.as_deref(), e.data.clone()))
+        .collect();
+    let subject = Some(ada.id.as_str());
+    assert_eq!(
+        seen,
+        vec![
+            ("user.created", subject, serde_json::json!({})),
+            (
+                "user.disabled",
+                subject,
+                serde_json::json!({"sessions_ended": 1})
+            ),
+            ("user.enabled", subject, serde_json::json!({})),
+            ("user.deleted", subject, serde_json::json!({})),
+        ]
+    );
+    for e in &events {
+        assert_eq!(
+            (e.actor_type.as_str(), e.actor_id.as_deref()),
+            ("secret_key", Some(key.as_str())),
+            "{e:?}"
+        );
+        assert_eq!(e.ip.as_deref(), Some("203.0.113.7"));
+        assert_eq!(e.user_agent.as_deref(), Some("backend/1.0"));
+    }
+    assert!(common::audited(&store, &b, None).await.is_empty());
 }

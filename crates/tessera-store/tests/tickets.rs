@@ -140,6 +140,7 @@ async fn user(store: &Arc<dyn Store>, scope: &Scope) -> tessera_domain::identity
                 password_hash: None,
                 metadata: Metadata::empty(),
             },
+            &common::operator(),
         )
         .await
         .unwrap()
@@ -1239,7 +1240,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     // unused: it works once the user is enabled again.
     let ticket = mint(&store, &scope, grant, 60).await.unwrap();
     store
-        .set_user_disabled(&scope, &user.id, true)
+        .set_user_disabled(&scope, &user.id, true, &common::operator())
         .await
         .unwrap();
     assert!(matches!(
@@ -1256,7 +1257,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
         "a refused exchange records nothing"
     );
     store
-        .set_user_disabled(&scope, &user.id, false)
+        .set_user_disabled(&scope, &user.id, false, &common::operator())
         .await
         .unwrap();
     assert!(matches!(

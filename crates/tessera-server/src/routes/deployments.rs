@@ -16,7 +16,6 @@ use crate::error::ApiResult;
 use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
 use crate::identity::ClientInfo;
 use crate::AppState;
-use tessera_domain::identity::{AuditActor, AuditBy};
 
 /// The deployment the caller's secret key belongs to.
 #[utoipa::path(
@@ -102,10 +101,7 @@ pub(crate) async fn create_secret_key(
                 hash: secret.hash(),
                 prefix: secret.display_prefix(),
             },
-            &AuditBy {
-                actor: AuditActor::SecretKey(caller.key_id.clone()),
-                client: client.audit(),
-            },
+            &client.by_key(&caller),
         )
         .await?;
     let listed = convert::secret_key(record);
@@ -166,10 +162,9 @@ pub(crate) async fn revoke_secret_key(
 ) -> ApiResult<Json<api::SecretKey>> {
     // Recorded in the audit log by the revocation's transaction (a revoked key's revocation
     // changes nothing and is not recorded again).
-    let by = AuditBy {
-        actor: AuditActor::SecretKey(caller.key_id.clone()),
-        client: client.audit(),
-    };
-    let key = state.store.revoke_key(&caller.scope, &id, &by).await?;
+    let key = state
+        .store
+        .revoke_key(&caller.scope, &id, &client.by_key(&caller))
+        .await?;
     Ok(Json(convert::secret_key(key)))
 }

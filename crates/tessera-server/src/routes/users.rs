@@ -17,7 +17,7 @@ use crate::convert;
 use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
-use crate::identity::{audit, event, ClientInfo};
+use crate::identity::{event, ClientInfo};
 use crate::AppState;
 
 /// Hashes on a blocking thread, bounded with the sign-in checks: argon2id deliberately takes
@@ -62,19 +62,10 @@ pub(crate) async fn create_user(
         password_hash,
         metadata: input.metadata,
     };
-    let user = state.store.create_user(&caller.scope, &new).await?;
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::UserCreated,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(user.id.as_str().to_owned()),
-            &client,
-            json!({}),
-        ),
-    )
-    .await;
+    let user = state
+        .store
+        .create_user(&caller.scope, &new, &client.by_key(&caller))
+        .await?;
     Ok((StatusCode::CREATED, Json(convert_id::user(user))))
 }
 
@@ -187,19 +178,10 @@ pub(crate) async fn delete_user(
     State(state): State<AppState>,
     IdPath(id): IdPath<UserId>,
 ) -> ApiResult<Json<api::DeletedUser>> {
-    state.store.delete_user(&caller.scope, &id).await?;
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::UserDeleted,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(id.as_str().to_owned()),
-            &client,
-            json!({}),
-        ),
-    )
-    .await;
+    state
+        .store
+        .delete_user(&caller.scope, &id, &client.by_key(&caller))
+        .await?;
     Ok(Json(api::DeletedUser {
         id: id.into_string(),
         deleted: true,
@@ -224,22 +206,10 @@ pub(crate) async fn disable_user(
     State(state): State<AppState>,
     IdPath(id): IdPath<UserId>,
 ) -> ApiResult<Json<api::User>> {
-    let (user, ended) = state
+    let (user, _) = state
         .store
-        .set_user_disabled(&caller.scope, &id, true)
+        .set_user_disabled(&caller.scope, &id, true, &client.by_key(&caller))
         .await?;
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::UserDisabled,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(id.as_str().to_owned()),
-            &client,
-            json!({"sessions_ended": ended}),
-        ),
-    )
-    .await;
     Ok(Json(convert_id::user(user)))
 }
 
@@ -262,20 +232,8 @@ pub(crate) async fn enable_user(
 ) -> ApiResult<Json<api::User>> {
     let (user, _) = state
         .store
-        .set_user_disabled(&caller.scope, &id, false)
+        .set_user_disabled(&caller.scope, &id, false, &client.by_key(&caller))
         .await?;
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::UserEnabled,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(id.as_str().to_owned()),
-            &client,
-            json!({}),
-        ),
-    )
-    .await;
     Ok(Json(convert_id::user(user)))
 }
 
@@ -333,18 +291,21 @@ pub(crate) async fn create_user_token(
         )
         .await?;
     let expires_at = Timestamp::from_millis(exp.saturating_mul(1000)).to_rfc3339();
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::UserTokenCreated,
-            AuditActor::SecretKey(caller.key_id.clone()),
-            Some(user.id.as_str().to_owned()),
-            &client,
-            json!({"expires_at": expires_at}),
-        ),
-    )
-    .await;
+    // A token is a signature, not a row: the event is its only trace, so no token is handed
+    // out unless its event is stored.
+    state
+        .store
+        .record_audit(
+            &caller.scope,
+            &event(
+                AuditKind::UserTokenCreated,
+                AuditActor::SecretKey(caller.key_id.clone()),
+                Some(user.id.as_str().to_owned()),
+                &client,
+                json!({"expires_at": expires_at}),
+            ),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(api::UserToken {

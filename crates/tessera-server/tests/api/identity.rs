@@ -1183,6 +1183,10 @@ async fn slow_user(app: &TestApp) {
                 password_hash: Some(slow),
                 metadata: tessera_domain::validate::Metadata::parse("metadata", json!({})).unwrap(),
             },
+            &tessera_domain::identity::AuditBy {
+                actor: tessera_domain::identity::AuditActor::Operator,
+                client: Default::default(),
+            },
         )
         .await
         .expect("create the slow user");

@@ -240,3 +240,11 @@ pub async fn audited(
         .expect("audit log")
         .items
 }
+
+/// An operator's audited write (no client).
+pub fn operator() -> tessera_domain::identity::AuditBy {
+    tessera_domain::identity::AuditBy {
+        actor: tessera_domain::identity::AuditActor::Operator,
+        client: tessera_domain::identity::AuditClient::default(),
+    }
+}
