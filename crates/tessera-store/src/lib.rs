@@ -945,11 +945,13 @@ pub trait IdentityStore {
 
     /// Rotation: deletes the session with hash `old` (if any) and creates `new`, in one
     /// transaction, so the old cookie value stops working at the moment the new one exists.
+    /// `audit` (a sign-in's `user.signed_in`) is recorded in that transaction.
     async fn replace_session(
         &self,
         scope: &Scope,
         old: Option<&SecretHash>,
         new: &NewSession,
+        audit: Option<&tessera_domain::identity::NewAuditEvent>,
     ) -> StoreResult<BrowserSession>;
 
     /// Rotation of a live session (a signed-in browser switching its active organization):
@@ -961,15 +963,24 @@ pub trait IdentityStore {
     /// from (so that a replay of that ticket still revokes the new session), and its absolute
     /// limit when earlier than `new.expires_at`; `new.impersonation` is not used. A
     /// `new.active_organization_id` the user is not a member of (or no longer, when a removal
-    /// commits first) is `NotFound(Organization)` and nothing changes.
+    /// commits first) is `NotFound(Organization)` and nothing changes. `audit` (the switch's
+    /// `user.active_organization_changed`) is recorded in the same transaction.
     async fn rotate_session(
         &self,
         scope: &Scope,
         old: &SecretHash,
         new: &NewSession,
+        audit: Option<&tessera_domain::identity::NewAuditEvent>,
     ) -> StoreResult<BrowserSession>;
 
-    async fn delete_session(&self, scope: &Scope, hash: &SecretHash) -> StoreResult<()>;
+    /// Ends the session with this hash. `audit` (a sign-out's `user.signed_out`) is recorded
+    /// in the same transaction, only when a session ended.
+    async fn delete_session(
+        &self,
+        scope: &Scope,
+        hash: &SecretHash,
+        audit: Option<&tessera_domain::identity::NewAuditEvent>,
+    ) -> StoreResult<()>;
 
     /// Milliseconds until sign-in is allowed again when one of `buckets` has reached its limit
     /// within the current window; `None` when sign-in may be attempted.

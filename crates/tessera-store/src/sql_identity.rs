@@ -806,6 +806,7 @@ macro_rules! impl_identity_sql {
                 scope: &Scope,
                 old: Option<&SecretHash>,
                 new: &NewSession,
+                audit: Option<&NewAuditEvent>,
             ) -> StoreResult<BrowserSession> {
                 let mut tx = self.begin_write().await?;
                 if let Some(user_id) = &new.user_id {
@@ -831,6 +832,9 @@ macro_rules! impl_identity_sql {
                 .execute(&mut *tx)
                 .await?;
                 let session = insert_session(&mut tx, scope, new).await?;
+                if let Some(event) = audit {
+                    insert_audit(&mut tx, scope, event, new.now).await?;
+                }
                 tx.commit().await?;
                 Ok(session)
             }
@@ -840,6 +844,7 @@ macro_rules! impl_identity_sql {
                 scope: &Scope,
                 old: &SecretHash,
                 new: &NewSession,
+                audit: Option<&NewAuditEvent>,
             ) -> StoreResult<BrowserSession> {
                 let mut tx = self.begin_write().await?;
                 let dep = scope.deployment_id().as_str();
@@ -929,19 +934,31 @@ macro_rules! impl_identity_sql {
                     ..new.clone()
                 };
                 let session = insert_session(&mut tx, scope, &rotated).await?;
+                if let Some(event) = audit {
+                    insert_audit(&mut tx, scope, event, new.now).await?;
+                }
                 tx.commit().await?;
                 Ok(session)
             }
 
-            async fn delete_session(&self, scope: &Scope, hash: &SecretHash) -> StoreResult<()> {
+            async fn delete_session(
+                &self,
+                scope: &Scope,
+                hash: &SecretHash,
+                audit: Option<&NewAuditEvent>,
+            ) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query(
+                let ended = sqlx::query(
                     "DELETE FROM browser_sessions WHERE token_hash = $1 AND deployment_id = $2",
                 )
                 .bind(hash.as_bytes().to_vec())
                 .bind(scope.deployment_id().as_str())
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if let (Some(event), true) = (audit, ended > 0) {
+                    insert_audit(&mut tx, scope, event, Timestamp::now()).await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }

@@ -36,6 +36,7 @@ backend_tests!(
     signing_keys_are_created_once_and_rotated,
     deployments_are_found_by_origin,
     user_writes_record_their_audit_events,
+    session_writes_record_their_audit_events,
 );
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -512,7 +513,7 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     store.create_session(&a, &first).await.unwrap();
     let (signed_secret, signed) = session(Some(&ada.id), now);
     let rotated = store
-        .replace_session(&a, Some(&first_secret.hash()), &signed)
+        .replace_session(&a, Some(&first_secret.hash()), &signed, None)
         .await
         .unwrap();
     assert_eq!(rotated.user_id.as_ref(), Some(&ada.id));
@@ -529,7 +530,7 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     // Another deployment cannot delete it by its hash.
     let (_, foreign) = session(None, now);
     store
-        .replace_session(&b, Some(&signed_secret.hash()), &foreign)
+        .replace_session(&b, Some(&signed_secret.hash()), &foreign, None)
         .await
         .unwrap();
     assert!(store
@@ -545,20 +546,20 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     let (_, too_late) = session(None, now.plus_secs(601));
     assert_not_found(
         store
-            .rotate_session(&a, &idle_secret.hash(), &too_late)
+            .rotate_session(&a, &idle_secret.hash(), &too_late, None)
             .await,
         Entity::User,
     );
     let (_, elsewhere) = session(None, now);
     assert_not_found(
         store
-            .rotate_session(&b, &signed_secret.hash(), &elsewhere)
+            .rotate_session(&b, &signed_secret.hash(), &elsewhere, None)
             .await,
         Entity::User,
     );
     let (kept_secret, kept) = session(Some(&ada.id), now.plus_secs(10));
     let kept_row = store
-        .rotate_session(&a, &signed_secret.hash(), &kept)
+        .rotate_session(&a, &signed_secret.hash(), &kept, None)
         .await
         .unwrap();
     assert_eq!(kept_row.impersonator, None);
@@ -607,7 +608,7 @@ async fn sessions_expire_rotate_and_end_with_their_user(db: &TestDatabase) {
     let (third_secret, third) = session(Some(&ada.id), now);
     store.create_session(&a, &third).await.unwrap();
     store
-        .delete_session(&a, &third_secret.hash())
+        .delete_session(&a, &third_secret.hash(), None)
         .await
         .unwrap();
     assert!(store
@@ -1207,4 +1208,113 @@ async fn user_writes_record_their_audit_events(db: &TestDatabase) {
         assert_eq!(e.user_agent.as_deref(), Some("backend/1.0"));
     }
     assert!(common::audited(&store, &b, None).await.is_empty());
+}
+
+/// A sign-in, an organization switch and a sign-out record their events in the transactions that
+/// create, rotate and end the session: one each, and none when the write is refused or ends
+/// nothing.
+async fn session_writes_record_their_audit_events(db: &TestDatabase) {
+    let store = open(db).await;
+    let a = deployment(&store, "a", "http://a.test").await;
+    let b = deployment(&store, "b", "http://b.test").await;
+    let ada = store
+        .create_user(&a, &new_user("ada@example.com"), &common::operator())
+        .await
+        .unwrap();
+    let by_ada = |kind: AuditKind, data: serde_json::Value| {
+        NewAuditEvent::new(
+            kind,
+            AuditActor::User(ada.id.clone()),
+            Some(ada.id.as_str().to_owned()),
+            AuditClient::default(),
+            data,
+        )
+    };
+    let kinds = |scope: Scope| {
+        let store = store.clone();
+        async move {
+            common::audited(&store, &scope, None)
+                .await
+                .into_iter()
+                .map(|e| e.kind)
+                .collect::<Vec<_>>()
+        }
+    };
+    let signed_in = by_ada(
+        AuditKind::SignedIn,
+        serde_json::json!({"method": "password"}),
+    );
+
+    // Refused (the user was disabled meanwhile): no session, no event.
+    store
+        .set_user_disabled(&a, &ada.id, true, &common::operator())
+        .await
+        .unwrap();
+    let (_, refused) = session(Some(&ada.id), Timestamp::now());
+    assert_not_found(
+        store
+            .replace_session(&a, None, &refused, Some(&signed_in))
+            .await,
+        Entity::User,
+    );
+    store
+        .set_user_disabled(&a, &ada.id, false, &common::operator())
+        .await
+        .unwrap();
+    let users = ["user.created", "user.disabled", "user.enabled"];
+    assert_eq!(kinds(a.clone()).await, users);
+
+    let (secret, new) = session(Some(&ada.id), Timestamp::now());
+    store
+        .replace_session(&a, None, &new, Some(&signed_in))
+        .await
+        .unwrap();
+    // A switch to an organization Ada is not a member of changes nothing and records nothing.
+    let org = acme_with(&store, &a, &ada.id, Role::Member).await;
+    let stranger = store
+        .create_organization(
+            &a,
+            &NewOrganization {
+                name: Label::parse("name", "Other").unwrap(),
+                slug: None,
+            },
+        )
+        .await
+        .unwrap();
+    let switch = |to: &OrganizationId| {
+        let (secret, mut new) = session(Some(&ada.id), Timestamp::now());
+        new.active_organization_id = Some(to.clone());
+        (secret, new)
+    };
+    let changed = by_ada(
+        AuditKind::ActiveOrganizationChanged,
+        serde_json::json!({"organization_id": org.id.as_str()}),
+    );
+    let (_, wrong) = switch(&stranger.id);
+    assert_not_found(
+        store
+            .rotate_session(&a, &secret.hash(), &wrong, Some(&changed))
+            .await,
+        Entity::Organization,
+    );
+    let (rotated_secret, rotated) = switch(&org.id);
+    store
+        .rotate_session(&a, &secret.hash(), &rotated, Some(&changed))
+        .await
+        .unwrap();
+    // Signing out twice ends one session: one event.
+    let signed_out = by_ada(AuditKind::SignedOut, serde_json::json!({}));
+    for _ in 0..2 {
+        store
+            .delete_session(&a, &rotated_secret.hash(), Some(&signed_out))
+            .await
+            .unwrap();
+    }
+    let sessions = [
+        "user.signed_in",
+        "user.active_organization_changed",
+        "user.signed_out",
+    ];
+    assert_eq!(kinds(a.clone()).await, [&users[..], &sessions[..]].concat());
+    assert!(kinds(b.clone()).await.is_empty());
 }

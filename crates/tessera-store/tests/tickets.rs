@@ -1173,12 +1173,12 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     assert!(rotation.expires_at > limit);
     assert!(matches!(
         store
-            .rotate_session(&other, &ex.new_browser_session.hash, &rotation)
+            .rotate_session(&other, &ex.new_browser_session.hash, &rotation, None)
             .await,
         Err(StoreError::NotFound { .. })
     ));
     let rotated = store
-        .rotate_session(&scope, &ex.new_browser_session.hash, &rotation)
+        .rotate_session(&scope, &ex.new_browser_session.hash, &rotation, None)
         .await
         .unwrap();
     assert_eq!(rotated.impersonator.as_ref(), Some(&issuer));
@@ -1195,7 +1195,7 @@ async fn an_impersonation_signs_the_browser_in_as_the_user(db: &TestDatabase) {
     let (again_cookie, again) = crate::browser(Some(user.id.clone()));
     assert!(matches!(
         store
-            .rotate_session(&scope, &ex.new_browser_session.hash, &again)
+            .rotate_session(&scope, &ex.new_browser_session.hash, &again, None)
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -1316,7 +1316,11 @@ async fn a_rotation_waits_for_a_replay_of_its_ticket(db: &TestDatabase) {
         let rotating = {
             let (store, scope, rotation) = (store.clone(), scope.clone(), rotation.clone());
             let signed_in = signed_in.clone();
-            tokio::spawn(async move { store.rotate_session(&scope, &signed_in, &rotation).await })
+            tokio::spawn(async move {
+                store
+                    .rotate_session(&scope, &signed_in, &rotation, None)
+                    .await
+            })
         };
         common::wait_until_blocked_by(&mut replay, pid, "the rotation never waited for the ticket")
             .await;
@@ -1347,7 +1351,9 @@ async fn a_rotation_waits_for_a_replay_of_its_ticket(db: &TestDatabase) {
             ExchangeOutcome::Invalid { replayed: Some(_) }
         ));
         assert!(matches!(
-            store.rotate_session(&scope, &signed_in, &rotation).await,
+            store
+                .rotate_session(&scope, &signed_in, &rotation, None)
+                .await,
             Err(StoreError::NotFound { .. })
         ));
     }
@@ -1388,7 +1394,10 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
 
     // Not a member: refused, and the session stays as it was.
     let (old, _, next) = into_org(&cookie);
-    let err = store.rotate_session(&scope, &old, &next).await.unwrap_err();
+    let err = store
+        .rotate_session(&scope, &old, &next, None)
+        .await
+        .unwrap_err();
     assert!(common::is_not_found(&err, Entity::Organization), "{err:?}");
     assert!(store
         .find_session(&scope, &old, now, 600_000)
@@ -1402,7 +1411,10 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
         .await
         .unwrap();
     let (old, cookie, next) = into_org(&cookie);
-    let rotated = store.rotate_session(&scope, &old, &next).await.unwrap();
+    let rotated = store
+        .rotate_session(&scope, &old, &next, None)
+        .await
+        .unwrap();
     assert_eq!(rotated.active_organization_id.as_ref(), Some(&org.id));
 
     // A removal of the membership racing the next rotation: either the removal goes first and
@@ -1418,7 +1430,7 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
         let rotating = {
             let (store, scope, old, next) =
                 (store.clone(), scope.clone(), old.clone(), next.clone());
-            tokio::spawn(async move { store.rotate_session(&scope, &old, &next).await })
+            tokio::spawn(async move { store.rotate_session(&scope, &old, &next, None).await })
         };
         common::wait_until_blocked_by(
             &mut removal,
@@ -1440,7 +1452,10 @@ async fn a_rotation_into_an_organization_needs_the_membership(db: &TestDatabase)
             .remove_member(&scope, &org.id, &user.id)
             .await
             .unwrap();
-        let err = store.rotate_session(&scope, &old, &next).await.unwrap_err();
+        let err = store
+            .rotate_session(&scope, &old, &next, None)
+            .await
+            .unwrap_err();
         assert!(common::is_not_found(&err, Entity::Organization), "{err:?}");
     }
     assert!(store

@@ -439,9 +439,22 @@ async fn attempt(
     let (secret, new) = state
         .identity
         .new_session(Some(user.id.clone()), None, None);
+    // Recorded by the sign-in's own transaction.
+    let signed_in = event(
+        AuditKind::SignedIn,
+        AuditActor::User(user.id.clone()),
+        Some(user.id.as_str().to_owned()),
+        client,
+        json!({"method": "password"}),
+    );
     let session = match state
         .store
-        .replace_session(&scope, old.as_ref().map(|(_, hash)| hash), &new)
+        .replace_session(
+            &scope,
+            old.as_ref().map(|(_, hash)| hash),
+            &new,
+            Some(&signed_in),
+        )
         .await
     {
         Ok(session) => session,
@@ -449,18 +462,6 @@ async fn attempt(
         Err(tessera_store::StoreError::NotFound { .. }) => return Err(invalid_credentials()),
         Err(err) => return Err(err.into()),
     };
-    audit(
-        state,
-        &scope,
-        event(
-            AuditKind::SignedIn,
-            AuditActor::User(user.id.clone()),
-            Some(user.id.as_str().to_owned()),
-            client,
-            json!({"method": "password"}),
-        ),
-    )
-    .await;
     let expires = session.idle_expires_at.min(session.expires_at);
     let me = me(state, &scope, user, None, "session", expires).await?;
     Ok(SignedIn {
@@ -519,21 +520,20 @@ pub(crate) async fn sign_out(
     check_origin(&headers, &deployment)?;
     let scope = Scope::deployment(deployment.id.clone());
     if let Some((session, hash)) = current_session(&state, &headers, &scope).await? {
-        state.store.delete_session(&scope, &hash).await?;
-        if let Some(user_id) = &session.user_id {
-            audit(
-                &state,
-                &scope,
-                event(
-                    AuditKind::SignedOut,
-                    session_actor(&session, user_id),
-                    Some(user_id.as_str().to_owned()),
-                    &client,
-                    json!({}),
-                ),
+        // A signed-in session's end is recorded by the deletion's transaction.
+        let signed_out = session.user_id.as_ref().map(|user_id| {
+            event(
+                AuditKind::SignedOut,
+                session_actor(&session, user_id),
+                Some(user_id.as_str().to_owned()),
+                &client,
+                json!({}),
             )
-            .await;
-        }
+        });
+        state
+            .store
+            .delete_session(&scope, &hash, signed_out.as_ref())
+            .await?;
     }
     let clear = state.identity.clear_cookie();
     if is_form(&headers) {
@@ -639,7 +639,18 @@ pub(crate) async fn set_active_organization(
         Some(organization_id.clone()),
         Some(session.expires_at),
     );
-    let rotated = match state.store.rotate_session(&caller.scope, hash, &new).await {
+    let changed = event(
+        AuditKind::ActiveOrganizationChanged,
+        session_actor(session, &caller.user.id),
+        Some(caller.user.id.as_str().to_owned()),
+        &client,
+        json!({"organization_id": organization_id.as_str()}),
+    );
+    let rotated = match state
+        .store
+        .rotate_session(&caller.scope, hash, &new, Some(&changed))
+        .await
+    {
         Ok(session) => session,
         // The membership was removed since it was read above.
         Err(tessera_store::StoreError::NotFound {
@@ -651,18 +662,6 @@ pub(crate) async fn set_active_organization(
         }
         Err(err) => return Err(err.into()),
     };
-    audit(
-        &state,
-        &caller.scope,
-        event(
-            AuditKind::ActiveOrganizationChanged,
-            session_actor(session, &caller.user.id),
-            Some(caller.user.id.as_str().to_owned()),
-            &client,
-            json!({"organization_id": organization_id.as_str()}),
-        ),
-    )
-    .await;
     let expires = rotated.idle_expires_at.min(rotated.expires_at);
     let me = me(
         &state,
