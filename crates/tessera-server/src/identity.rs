@@ -834,9 +834,9 @@ async fn user_from_token(state: &AppState, token: &str) -> Result<UserCaller, Ap
     })
 }
 
-/// Records an audit event. A failure is logged and does not fail the request: the action it
-/// describes has already been committed and its answer (a key shown once) must reach the
-/// caller.
+/// Records an audit event that accompanies no write of its own (a refused sign-in). A failure is
+/// logged and does not fail the request. Events of writes are recorded by the store inside the
+/// write's transaction instead.
 pub(crate) async fn audit(state: &AppState, scope: &Scope, event: NewAuditEvent) {
     if let Err(err) = state.store.record_audit(scope, &event).await {
         tracing::error!(error = %err, kind = event.kind.as_str(), "cannot record an audit event");
