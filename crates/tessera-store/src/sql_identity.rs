@@ -157,27 +157,6 @@ macro_rules! impl_identity_sql {
         /// (an event written after its action's commit is lost when the node dies in between).
         /// Answers the row it wrote without reading it back (no `RETURNING`: most callers are
         /// inside a write that the writer's other work waits for, and discard it).
-        /// Records `kind` about the user `user` by `by`, inside the caller's transaction.
-        async fn audit_user(
-            conn: &mut Conn,
-            scope: &Scope,
-            kind: AuditKind,
-            user: &UserId,
-            by: &AuditBy,
-            data: serde_json::Value,
-            now: Timestamp,
-        ) -> StoreResult<()> {
-            let event = NewAuditEvent::new(
-                kind,
-                by.actor.clone(),
-                Some(user.as_str().to_owned()),
-                by.client.clone(),
-                data,
-            );
-            insert_audit(conn, scope, &event, now).await?;
-            Ok(())
-        }
-
         pub(super) async fn insert_audit(
             conn: &mut Conn,
             scope: &Scope,
@@ -214,6 +193,27 @@ macro_rules! impl_identity_sql {
                 data: event.data.clone(),
                 created_at: now,
             })
+        }
+
+        /// Records `kind` about the user `user` by `by`, inside the caller's transaction.
+        async fn audit_user(
+            conn: &mut Conn,
+            scope: &Scope,
+            kind: AuditKind,
+            user: &UserId,
+            by: &AuditBy,
+            data: serde_json::Value,
+            now: Timestamp,
+        ) -> StoreResult<()> {
+            let event = NewAuditEvent::new(
+                kind,
+                by.actor.clone(),
+                Some(user.as_str().to_owned()),
+                by.client.clone(),
+                data,
+            );
+            insert_audit(conn, scope, &event, now).await?;
+            Ok(())
         }
 
         fn audit_from_row(row: &DbRow) -> StoreResult<AuditEvent> {
@@ -502,13 +502,14 @@ macro_rules! impl_identity_sql {
                 disabled: bool,
                 by: &AuditBy,
             ) -> StoreResult<(User, u64)> {
+                let now = Timestamp::now();
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&format!(
                     "UPDATE users SET disabled = $1, updated_at = $2
                      WHERE id = $3 AND deployment_id = $4 RETURNING {USER_COLS}"
                 ))
                 .bind(i64::from(disabled))
-                .bind(Timestamp::now().as_millis())
+                .bind(now.as_millis())
                 .bind(user_id.as_str())
                 .bind(scope.deployment_id().as_str())
                 .fetch_optional(&mut *tx)
@@ -530,7 +531,7 @@ macro_rules! impl_identity_sql {
                 } else {
                     (AuditKind::UserEnabled, serde_json::json!({}))
                 };
-                audit_user(&mut tx, scope, kind, user_id, by, data, Timestamp::now()).await?;
+                audit_user(&mut tx, scope, kind, user_id, by, data, now).await?;
                 tx.commit().await?;
                 Ok((user, ended))
             }

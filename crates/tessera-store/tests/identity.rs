@@ -1161,7 +1161,7 @@ async fn user_writes_record_their_audit_events(db: &TestDatabase) {
     );
     let (_, new) = session(Some(&ada.id), Timestamp::now());
     store.create_session(&a, &new).await.unwrap();
-    let (_, ended) = store
+    let (disabled, ended) = store
         .set_user_disabled(&a, &ada.id, true, &by)
         .await
         .unwrap();
@@ -1198,6 +1198,9 @@ async fn user_writes_record_their_audit_events(db: &TestDatabase) {
             ("user.deleted", subject, serde_json::json!({})),
         ]
     );
+    // Each event has its write's time.
+    assert_eq!(events[0].created_at, ada.created_at);
+    assert_eq!(events[1].created_at, disabled.updated_at);
     for e in &events {
         assert_eq!(
             (e.actor_type.as_str(), e.actor_id.as_deref()),
