@@ -432,6 +432,18 @@ pub struct AuditBy {
     pub client: AuditClient,
 }
 
+impl AuditBy {
+    /// The event of `kind` about `subject` that this actor, from this client, caused.
+    pub fn event(
+        &self,
+        kind: AuditKind,
+        subject: Option<String>,
+        data: serde_json::Value,
+    ) -> NewAuditEvent {
+        NewAuditEvent::new(kind, self.actor.clone(), subject, self.client.clone(), data)
+    }
+}
+
 impl From<&crate::ticket::Issuer> for AuditActor {
     fn from(issuer: &crate::ticket::Issuer) -> Self {
         match issuer {

@@ -175,11 +175,9 @@ macro_rules! impl_sql_store {
             kind: AuditKind,
             now: Timestamp,
         ) -> StoreResult<()> {
-            let event = tessera_domain::identity::NewAuditEvent::new(
+            let event = by.event(
                 kind,
-                by.actor.clone(),
                 Some(key.id.as_str().to_owned()),
-                by.client.clone(),
                 serde_json::json!({"name": key.name, "prefix": key.prefix}),
             );
             super::identity_sql::insert_audit(conn, scope, &event, now).await?;

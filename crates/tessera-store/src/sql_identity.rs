@@ -195,27 +195,6 @@ macro_rules! impl_identity_sql {
             })
         }
 
-        /// Records `kind` about the user `user` by `by`, inside the caller's transaction.
-        async fn audit_user(
-            conn: &mut Conn,
-            scope: &Scope,
-            kind: AuditKind,
-            user: &UserId,
-            by: &AuditBy,
-            data: serde_json::Value,
-            now: Timestamp,
-        ) -> StoreResult<()> {
-            let event = NewAuditEvent::new(
-                kind,
-                by.actor.clone(),
-                Some(user.as_str().to_owned()),
-                by.client.clone(),
-                data,
-            );
-            insert_audit(conn, scope, &event, now).await?;
-            Ok(())
-        }
-
         fn audit_from_row(row: &DbRow) -> StoreResult<AuditEvent> {
             let data: String = row.try_get("data")?;
             Ok(AuditEvent {
@@ -362,7 +341,8 @@ macro_rules! impl_identity_sql {
                 .await
                 .map_err(email_conflict)?;
                 let user = user_from_row(&row)?;
-                audit_user(&mut tx, scope, AuditKind::UserCreated, &user.id, by, serde_json::json!({}), now).await?;
+                let created = by.event(AuditKind::UserCreated, Some(user.id.as_str().to_owned()), serde_json::json!({}));
+                insert_audit(&mut tx, scope, &created, now).await?;
                 tx.commit().await?;
                 Ok(user)
             }
@@ -490,7 +470,8 @@ macro_rules! impl_identity_sql {
                     .execute(&mut *tx)
                     .await?;
                 let now = Timestamp::now();
-                audit_user(&mut tx, scope, AuditKind::UserDeleted, user_id, by, serde_json::json!({}), now).await?;
+                let deleted = by.event(AuditKind::UserDeleted, Some(user_id.as_str().to_owned()), serde_json::json!({}));
+                insert_audit(&mut tx, scope, &deleted, now).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -531,7 +512,7 @@ macro_rules! impl_identity_sql {
                 } else {
                     (AuditKind::UserEnabled, serde_json::json!({}))
                 };
-                audit_user(&mut tx, scope, kind, user_id, by, data, now).await?;
+                insert_audit(&mut tx, scope, &by.event(kind, Some(user_id.as_str().to_owned()), data), now).await?;
                 tx.commit().await?;
                 Ok((user, ended))
             }

@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 use tessera_api as api;
 use tessera_api::{ErrorBody, ErrorCode};
-use tessera_domain::identity::{AuditActor, AuditKind, Email, NewUser, Password, UserPatch};
+use tessera_domain::identity::{AuditKind, Email, NewUser, Password, UserPatch};
 use tessera_domain::password::{hash_password, PasswordHash};
 use tessera_domain::{Timestamp, UserId};
 use tessera_store::UserFilter;
@@ -17,7 +17,7 @@ use crate::convert;
 use crate::convert_identity as convert_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{page_request, ApiJson, ApiJsonOrDefault, ApiQuery, IdPath};
-use crate::identity::{event, ClientInfo};
+use crate::identity::ClientInfo;
 use crate::AppState;
 
 /// Hashes on a blocking thread, bounded with the sign-in checks: argon2id deliberately takes
@@ -297,11 +297,9 @@ pub(crate) async fn create_user_token(
         .store
         .record_audit(
             &caller.scope,
-            &event(
+            &client.by_key(&caller).event(
                 AuditKind::UserTokenCreated,
-                AuditActor::SecretKey(caller.key_id.clone()),
                 Some(user.id.as_str().to_owned()),
-                &client,
                 json!({"expires_at": expires_at}),
             ),
         )
