@@ -73,33 +73,25 @@ impl TestDatabase {
     /// rows it affected. For what no store method writes: rows of features not
     /// built yet (`apps`), or a clock moved for one row (an expired session).
     pub async fn execute(&self, sql: &str, args: &[&str]) -> u64 {
+        // The same statement on either backend's connection type.
+        macro_rules! on {
+            ($connection:ty) => {
+                async {
+                    let mut conn = <$connection>::connect(&self.url).await?;
+                    let mut query = sqlx::query(sql);
+                    for arg in args {
+                        query = query.bind(*arg);
+                    }
+                    let done = query.execute(&mut conn).await?;
+                    let _ = conn.close().await;
+                    Ok(done.rows_affected())
+                }
+                .await
+            };
+        }
         let done: Result<u64, sqlx::Error> = match self.backend {
-            crate::Backend::Sqlite => {
-                async {
-                    let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
-                    let mut query = sqlx::query(sql);
-                    for arg in args {
-                        query = query.bind(*arg);
-                    }
-                    let done = query.execute(&mut conn).await?;
-                    let _ = conn.close().await;
-                    Ok(done.rows_affected())
-                }
-                .await
-            }
-            crate::Backend::Postgres => {
-                async {
-                    let mut conn = sqlx::PgConnection::connect(&self.url).await?;
-                    let mut query = sqlx::query(sql);
-                    for arg in args {
-                        query = query.bind(*arg);
-                    }
-                    let done = query.execute(&mut conn).await?;
-                    let _ = conn.close().await;
-                    Ok(done.rows_affected())
-                }
-                .await
-            }
+            crate::Backend::Sqlite => on!(sqlx::SqliteConnection),
+            crate::Backend::Postgres => on!(sqlx::PgConnection),
         };
         done.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }

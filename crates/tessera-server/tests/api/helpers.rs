@@ -11,8 +11,8 @@ use reqwest::Method;
 use serde_json::Value;
 use tessera_client::models::{
     Actor, ActorProject, AddOrganizationMemberRequest, Agent, CreateActorProjectRequest,
-    CreateActorRequest, CreateAgentRequest, CreateOrganizationRequest, ModelConfig, Organization,
-    OrganizationRole,
+    CreateActorRequest, CreateAgentRequest, CreateOrganizationRequest, CreateUserRequest,
+    ModelConfig, Organization, OrganizationRole, User,
 };
 use tessera_client::{Client, Error as ClientError, ErrorCode};
 use tessera_domain::records::NewDeployment;
@@ -263,6 +263,20 @@ impl TestApp {
             .send()
             .await
             .expect("create agent")
+    }
+
+    /// Creates a user through the SDK (no name, no metadata).
+    pub async fn user(&self, email: &str, password: Option<&str>) -> User {
+        self.client
+            .users()
+            .create_user(CreateUserRequest {
+                email: email.to_owned(),
+                password: password.map(str::to_owned),
+                ..Default::default()
+            })
+            .send()
+            .await
+            .expect("create user")
     }
 
     /// Creates a project binding `actor_id` and `agent_id` through the SDK.

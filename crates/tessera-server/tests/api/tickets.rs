@@ -165,16 +165,7 @@ async fn minting_checks_every_rule_and_reference(db: &TestDatabase) {
     );
 
     // Impersonation URLs go to the frontend host's sign-in page.
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
+    let user = app.user("ada@example.com", None).await;
     let resp = mint(
         &app,
         json!({"ticket_type": "impersonation", "user_id": user.id, "expires_in": 60}),
@@ -363,16 +354,7 @@ async fn app_tickets_are_minted_for_an_app_of_the_deployment(db: &TestDatabase) 
 async fn disabled_users_get_no_ticket_and_no_session(db: &TestDatabase) {
     let app = spawn_app(db).await;
     let agent = agent_id(&app, "Support").await;
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
+    let user = app.user("ada@example.com", None).await;
     let bodies = [
         json!({"ticket_type": "agent_access", "agent_ids": [agent], "context_group": "g", "user_id": user.id}),
         json!({"ticket_type": "impersonation", "user_id": user.id}),
@@ -542,16 +524,7 @@ async fn static_anonymous_user_and_actor_bound_sessions(db: &TestDatabase) {
     assert_ne!(actors[0], actors[1]);
 
     // User-bound: actor user/<user_id>, the same one every time.
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "grace@example.com".into(),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
+    let user = app.user("grace@example.com", None).await;
     let mut seen = Vec::new();
     for _ in 0..2 {
         let t = ticket(
@@ -581,17 +554,7 @@ async fn static_anonymous_user_and_actor_bound_sessions(db: &TestDatabase) {
 async fn signin_sessions_need_a_signed_in_user(db: &TestDatabase) {
     let app = spawn_app(db).await;
     let agent = agent_id(&app, "Support").await;
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            password: Some("analytical engine".into()),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
+    let user = app.user("ada@example.com", Some("analytical engine")).await;
     let t = ticket(
         &app,
         json!({"ticket_type": "agent_access", "agent_ids": [agent], "agent_session_identifier": "signin"}),
@@ -1377,16 +1340,7 @@ async fn pending_actions_are_decided_from_the_browser(db: &TestDatabase) {
 
 async fn impersonation_signs_in_for_at_most_30_minutes(db: &TestDatabase) {
     let app = spawn_app(db).await;
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
+    let user = app.user("ada@example.com", None).await;
     let t = ticket(
         &app,
         json!({"ticket_type": "impersonation", "user_id": user.id}),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tessera_client::models::{ApprovalRule, CreateSessionTicketRequest, CreateUserRequest};
+use tessera_client::models::{ApprovalRule, CreateSessionTicketRequest};
 use tessera_store::backend_tests;
 use tessera_store::testing::TestDatabase;
 
@@ -75,23 +75,11 @@ async fn the_chat_page_works_in_a_real_browser(db: &TestDatabase) {
     );
 
     // New chat, a message, and the echo agent's reply streamed into the page.
-    browser.click("#new-chat").await;
-    browser
-        .wait_for(
-            "the composer",
-            "return !document.getElementById('composer').hidden;",
-        )
-        .await;
-    browser.type_into("#message", "Hello from Chromium").await;
-    browser.click("#send").await;
-    let reply = browser
-        .wait_for(
-            "the streamed reply",
-            "const done = [...document.querySelectorAll('.message.assistant:not(.streaming)')]; \
-             return done.length > 0 && done[done.length - 1].textContent;",
-        )
-        .await;
-    assert_eq!(reply, "Hello from Chromium");
+    new_chat(&browser).await;
+    assert_eq!(
+        chat(&browser, "Hello from Chromium").await,
+        "Hello from Chromium"
+    );
     let listed = browser
         .execute("return [...document.querySelectorAll('#context-list .context')].length;")
         .await;
@@ -169,6 +157,30 @@ fn card(n: usize) -> String {
     )
 }
 
+/// Starts a new conversation in the chat page and waits for its message box.
+async fn new_chat(browser: &Browser) {
+    browser.click("#new-chat").await;
+    browser
+        .wait_for(
+            "the composer",
+            "return !document.getElementById('composer').hidden;",
+        )
+        .await;
+}
+
+/// Types `text` into the message box, sends it, and returns the page's last finished reply.
+async fn chat(browser: &Browser, text: &str) -> serde_json::Value {
+    browser.type_into("#message", text).await;
+    browser.click("#send").await;
+    browser
+        .wait_for(
+            "the streamed reply",
+            "const done = [...document.querySelectorAll('.message.assistant:not(.streaming)')]; \
+             return done.length > 0 && done[done.length - 1].textContent;",
+        )
+        .await
+}
+
 async fn send_in_page(browser: &Browser, text: &str) {
     browser
         .execute(&format!(
@@ -208,13 +220,7 @@ async fn pending_actions_are_decided_in_the_page(db: &TestDatabase) {
             "return !document.getElementById('chat').hidden;",
         )
         .await;
-    browser.click("#new-chat").await;
-    browser
-        .wait_for(
-            "the composer",
-            "return !document.getElementById('composer').hidden;",
-        )
-        .await;
+    new_chat(&browser).await;
 
     // 1. A gated call: the card shows the exact arguments and a countdown that runs.
     send_in_page(&browser, r#"/tool notify_user {"message": "ship it"}"#).await;
@@ -428,13 +434,7 @@ async fn the_page_catches_up_after_its_connection_drops(db: &TestDatabase) {
             "return !document.getElementById('chat').hidden;",
         )
         .await;
-    browser.click("#new-chat").await;
-    browser
-        .wait_for(
-            "the composer",
-            "return !document.getElementById('composer').hidden;",
-        )
-        .await;
+    new_chat(&browser).await;
     browser.type_into("#message", "Before the cut").await;
     browser.click("#send").await;
     let thread = browser
@@ -531,28 +531,8 @@ async fn an_impersonation_shows_its_banner_and_two_agents_a_picker(db: &TestData
         return;
     }
     let app = spawn_app(db).await;
-    let user = app
-        .client
-        .users()
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap();
-    let mut agents = Vec::new();
-    for name in ["Alpha", "Beta"] {
-        let agent = app
-            .client
-            .ai()
-            .agents()
-            .create_agent(echo_agent(name))
-            .send()
-            .await
-            .unwrap();
-        agents.push(agent.id);
-    }
+    let user = app.user("ada@example.com", None).await;
+    let agents = vec![app.agent("Alpha").await.id, app.agent("Beta").await.id];
     let mint = |body: CreateSessionTicketRequest| {
         let client = app.client.clone();
         async move {
@@ -585,14 +565,14 @@ async fn an_impersonation_shows_its_banner_and_two_agents_a_picker(db: &TestData
         "{banner}"
     );
 
-    let chat = mint(CreateSessionTicketRequest {
+    let chat_link = mint(CreateSessionTicketRequest {
         ticket_type: "agent_access".into(),
         agent_ids: Some(agents.clone()),
         agent_session_identifier: Some("signin".into()),
         ..Default::default()
     })
     .await;
-    browser.goto(&chat).await;
+    browser.goto(&chat_link).await;
     let banner = browser
         .wait_for(
             "the chat page's banner",
@@ -627,7 +607,7 @@ async fn an_impersonation_shows_its_banner_and_two_agents_a_picker(db: &TestData
             agents[1]
         ))
         .await;
-    browser.click("#new-chat").await;
+    new_chat(&browser).await;
     let name = browser
         .wait_for(
             "the new conversation",
@@ -637,16 +617,7 @@ async fn an_impersonation_shows_its_banner_and_two_agents_a_picker(db: &TestData
         )
         .await;
     assert_eq!(name, "Beta");
-    browser.type_into("#message", "Hello Beta").await;
-    browser.click("#send").await;
-    let reply = browser
-        .wait_for(
-            "Beta's reply",
-            "const done = [...document.querySelectorAll('.message.assistant:not(.streaming)')]; \
-             return done.length > 0 && done[done.length - 1].textContent;",
-        )
-        .await;
-    assert_eq!(reply, "Hello Beta");
+    assert_eq!(chat(&browser, "Hello Beta").await, "Hello Beta");
     let thread = browser
         .execute("return document.querySelector('#context-list .context[aria-current=true]').dataset.id;")
         .await;

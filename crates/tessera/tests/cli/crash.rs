@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tessera_client::models::{
     CreateActorProjectRequest, CreateActorRequest, CreateAgentRequest, CreateThreadRequest,
-    ListMessagesParams, Message, MessageRole, ModelConfig, RunStatus,
+    ListMessagesParams, Message, MessageRole, ModelConfig, Run, RunStatus,
 };
 use tessera_client::{Client, StreamEvent};
 use tessera_runtime::provider::testing::{Script, ScriptedModelServer};
@@ -68,6 +68,34 @@ fn request_roles(body: &Value) -> Vec<&str> {
         .iter()
         .map(|m| m["role"].as_str().unwrap_or("?"))
         .collect()
+}
+
+/// The run once the restarted `server` has completed it (within 20 s: the lease expires, a
+/// worker claims it and finishes); panics with the server's log if it ends otherwise.
+async fn completed_run(server: &Server, client: &Client, thread: &str, run_id: &str) -> Run {
+    poll_until(
+        "the run to complete",
+        Duration::from_secs(20),
+        || async move {
+            let run = client
+                .ai()
+                .threads()
+                .get_run(thread, run_id)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match run.status {
+                RunStatus::Completed => Ok(run),
+                RunStatus::Failed | RunStatus::Cancelled => panic!(
+                    "the resumed run ended {:?}: {run:?}\nlog:\n{}",
+                    run.status,
+                    server.log()
+                ),
+                _ => Err(format!("{run:?}")),
+            }
+        },
+    )
+    .await
 }
 
 /// A thread of an agent whose model is the scripted server (provider `scripted`).
@@ -184,26 +212,7 @@ async fn run_resumes_after_sigkill_without_duplicates(db: &TestDatabase) {
     let threads = client.ai().threads();
 
     // The lease (3 s) expires, the new server claims the run and finishes it.
-    let run = poll_until("the run to complete", Duration::from_secs(20), || {
-        let (threads, thread, run_id, server) = (threads, &thread, &run_id, &server);
-        async move {
-            let run = threads
-                .get_run(thread, run_id)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            match run.status {
-                RunStatus::Completed => Ok(run),
-                RunStatus::Failed | RunStatus::Cancelled => panic!(
-                    "the resumed run ended {:?}: {run:?}\nlog:\n{}",
-                    run.status,
-                    server.log()
-                ),
-                _ => Err(format!("{run:?}")),
-            }
-        }
-    })
-    .await;
+    let run = completed_run(&server, &client, &thread, &run_id).await;
     assert_eq!(run.attempt, 2, "{run:?}");
     assert_eq!(run.stop_reason.as_deref(), Some("completed"));
     assert_eq!((run.usage.iterations, run.usage.tool_calls), (2, 1));
@@ -416,28 +425,7 @@ async fn a_tool_call_cut_by_sigkill_runs_again_and_is_stored_once(db: &TestDatab
     model.push(Script::text(["Order 7 has shipped."]));
     let server = Server::start_with_env(&db.url, &key, &env).await;
     let client = server.client(&key);
-    let run = poll_until("the run to complete", Duration::from_secs(20), || {
-        let (client, thread, run_id, server) = (&client, &thread, &run_id, &server);
-        async move {
-            let run = client
-                .ai()
-                .threads()
-                .get_run(thread, run_id)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            match run.status {
-                RunStatus::Completed => Ok(run),
-                RunStatus::Failed | RunStatus::Cancelled => panic!(
-                    "the resumed run ended {:?}: {run:?}\nlog:\n{}",
-                    run.status,
-                    server.log()
-                ),
-                _ => Err(format!("{run:?}")),
-            }
-        }
-    })
-    .await;
+    let run = completed_run(&server, &client, &thread, &run_id).await;
     assert_eq!(run.attempt, 2, "{run:?}");
     assert_eq!(
         target.count(),
